@@ -1,0 +1,471 @@
+//! The wire between controller and agents: JSON, one message per websocket text frame.
+//!
+//! Every frame carries the protocol version `v` and a message id `id`. Commands from the
+//! controller are answered by an [`AgentMessage::Ack`] (or [`AgentMessage::Error`]) whose
+//! `re` is the command's id. A frame that cannot be decoded is answered with an error and
+//! never ends the connection.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Version of this protocol; a frame with another `v` is refused with an error reply.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Path of the controller's websocket endpoint.
+pub const AGENT_PATH: &str = "/v1/agents";
+
+/// Largest frame either side accepts; anything bigger is refused unread.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Capabilities an agent can have, also the names accepted by `--allow`.
+pub const CAPABILITIES: [&str; 5] = ["kill", "cpu", "memory", "latency", "blackout"];
+
+/// One frame: version, message id and the message.
+///
+/// On the wire the three share one JSON object: `{"v": 1, "id": 7, "type": "ping"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame<M> {
+    /// Protocol version, [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// Message id, unique per sender and connection.
+    pub id: u64,
+    /// The message itself, tagged by `type`.
+    pub msg: M,
+}
+
+impl<M: Serialize> Frame<M> {
+    /// A frame of the current version.
+    pub fn new(id: u64, msg: M) -> Self {
+        Frame {
+            v: PROTOCOL_VERSION,
+            id,
+            msg,
+        }
+    }
+
+    /// The frame as the text of one websocket message.
+    pub fn encode(&self) -> String {
+        let mut value = serde_json::to_value(&self.msg).expect("protocol types always serialize");
+        let obj = value.as_object_mut().expect("messages are tagged objects");
+        obj.insert("v".into(), self.v.into());
+        obj.insert("id".into(), self.id.into());
+        value.to_string()
+    }
+}
+
+/// Why a frame could not be decoded, with the id when one could be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// Id of the offending frame, when it had a readable one.
+    pub id: Option<u64>,
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Decodes one text frame; never panics, whatever the input.
+pub fn decode<M: for<'de> Deserialize<'de>>(text: &str) -> Result<Frame<M>, DecodeError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError {
+            id: None,
+            code: ErrorCode::Malformed,
+            message: format!("frame of {} bytes exceeds {MAX_FRAME_BYTES}", text.len()),
+        });
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
+        id: None,
+        code: ErrorCode::Malformed,
+        message: format!("not JSON: {e}"),
+    })?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(DecodeError {
+            id: None,
+            code: ErrorCode::Malformed,
+            message: "a frame is a JSON object".into(),
+        });
+    };
+    let id = obj.remove("id").and_then(|v| v.as_u64());
+    let version = obj.remove("v").and_then(|v| v.as_u64());
+    let malformed = |message: String| DecodeError {
+        id,
+        code: ErrorCode::Malformed,
+        message,
+    };
+    match version {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(DecodeError {
+                id,
+                code: ErrorCode::UnsupportedVersion,
+                message: format!(
+                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
+                ),
+            })
+        }
+        None => {
+            return Err(malformed(
+                "frame has no numeric protocol version `v`".into(),
+            ))
+        }
+    }
+    let Some(id) = id else {
+        return Err(malformed("frame has no numeric message id `id`".into()));
+    };
+    match serde_json::from_value(value) {
+        Ok(msg) => Ok(Frame {
+            v: PROTOCOL_VERSION,
+            id,
+            msg,
+        }),
+        Err(e) => Err(DecodeError {
+            id: Some(id),
+            code: if e.to_string().starts_with("unknown variant") {
+                ErrorCode::UnknownMessage
+            } else {
+                ErrorCode::Malformed
+            },
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Messages the controller sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControllerMessage {
+    /// Answer to a registration: the agent is accepted.
+    Welcome {
+        /// Identity of this controller process; faults are leased to it.
+        controller_id: String,
+        /// How long the agent keeps a fault without hearing from the controller, in ms.
+        lease_ms: u64,
+    },
+    /// Inject a fault.
+    Apply {
+        /// The fault to inject.
+        fault: FaultSpec,
+    },
+    /// Remove one fault; removing a fault that is already gone succeeds.
+    Remove {
+        /// Id of the fault given in [`ControllerMessage::Apply`].
+        fault_id: String,
+    },
+    /// Remove every fault this controller owns on the agent.
+    RemoveAll {},
+    /// Heartbeat; renews every lease held by this controller.
+    Ping {},
+}
+
+/// Messages an agent sends to the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// First message on a connection: who this host is.
+    Register {
+        /// The host's description, as target filters see it.
+        host: HostDescription,
+    },
+    /// Answer to a command.
+    Ack {
+        /// Id of the command answered.
+        re: u64,
+        /// What came of it.
+        outcome: Outcome,
+    },
+    /// A command or frame that was refused.
+    Error {
+        /// Id of the offending frame when it had one.
+        re: Option<u64>,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// A fault ended on the agent's own initiative (duration over, lease lost, shutdown).
+    FaultEnded {
+        /// Id of the fault.
+        fault_id: String,
+        /// Why it ended.
+        reason: EndReason,
+    },
+}
+
+/// Result of a command, as acknowledged by the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    /// The fault is in effect (or, for a kill, done).
+    Applied {
+        /// What was done, e.g. the pids signalled.
+        detail: String,
+        /// Pids signalled by a kill.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pids: Vec<u32>,
+    },
+    /// The fault is removed (or was never there).
+    Removed {
+        /// Number of faults removed by this command.
+        count: u32,
+    },
+    /// Heartbeat answered.
+    Pong {},
+    /// The command failed; nothing of it is left in effect.
+    Failed {
+        /// Why it failed.
+        message: String,
+    },
+}
+
+/// Machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or a known message with a wrong shape.
+    Malformed,
+    /// A message type this side does not know.
+    UnknownMessage,
+    /// Another protocol version.
+    UnsupportedVersion,
+    /// The fault kind is not in this agent's allow-list or capabilities.
+    NotAllowed,
+    /// A command arrived before the peer was accepted.
+    NotRegistered,
+}
+
+/// Why a fault ended without a remove command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Its duration passed.
+    DurationElapsed,
+    /// The controller was silent for the lease interval.
+    LeaseExpired,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// A fault to inject on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Unique id, chosen by the controller.
+    pub fault_id: String,
+    /// How long it lasts, in ms; `None` for instantaneous faults (kill).
+    pub duration_ms: Option<u64>,
+    /// What to do.
+    pub kind: FaultKind,
+}
+
+/// The faults an agent knows, with their parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultKind {
+    /// Signal every process with this name.
+    Kill {
+        /// Matched against `/proc/PID/comm` and the basename of argv[0].
+        process_name: String,
+        /// Signal name, e.g. `SIGKILL`.
+        signal: String,
+    },
+    /// Hold a CPU load.
+    Cpu {
+        /// Duty cycle of each worker, 1-100.
+        load_percent: u8,
+        /// Worker threads; 0 means one per CPU.
+        workers: u32,
+    },
+    /// Hold resident memory.
+    Memory {
+        /// How much.
+        amount: MemoryAmount,
+        /// Threads touching the memory; 0 means one.
+        workers: u32,
+    },
+    /// Delay and drop traffic through the agent's proxy.
+    Latency {
+        /// Added delay per direction, ms.
+        delay_ms: u64,
+        /// Uniform jitter around the delay, ms.
+        jitter_ms: u64,
+        /// Share of new connections refused, 0-100.
+        loss_percent: f64,
+    },
+    /// Cut the host off from everything but these addresses.
+    Blackout {
+        /// Peers that stay reachable: the other hosts of the AZ.
+        allow: Vec<IpAddr>,
+        /// Keep the controller reachable.
+        keep_control_plane: bool,
+    },
+}
+
+impl FaultKind {
+    /// The capability (and `--allow` name) this fault needs.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            FaultKind::Kill { .. } => "kill",
+            FaultKind::Cpu { .. } => "cpu",
+            FaultKind::Memory { .. } => "memory",
+            FaultKind::Latency { .. } => "latency",
+            FaultKind::Blackout { .. } => "blackout",
+        }
+    }
+}
+
+/// An amount of memory to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MemoryAmount {
+    /// Absolute size in MiB.
+    SizeMib(u64),
+    /// Percent of the memory available to the host (its cgroup limit when it has one).
+    Percent(u8),
+}
+
+/// A host as its agent registers it, and as target filters see it (design §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct HostDescription {
+    /// Unique host id, e.g. `web-a1`.
+    pub host_id: String,
+    /// Where the host is.
+    pub placement: Placement,
+    /// Lifecycle state; `running` for a connected agent.
+    #[serde(default)]
+    pub state: HostState,
+    /// Free-form tags, matched by `resourceTags`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Address other hosts reach this one at.
+    #[serde(default)]
+    pub address: String,
+    /// The agent on the host.
+    #[serde(default)]
+    pub agent: AgentInfo,
+}
+
+/// Placement of a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Availability zone name, e.g. `az-a`.
+    pub availability_zone: String,
+}
+
+/// State of a host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct HostState {
+    /// State name, `running` for a host whose agent is connected.
+    pub name: String,
+}
+
+impl Default for HostState {
+    fn default() -> Self {
+        HostState {
+            name: "running".into(),
+        }
+    }
+}
+
+/// What the agent on a host is and can do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct AgentInfo {
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+    /// Fault kinds this agent can and may inject.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips_a_command() {
+        let frame = Frame::new(
+            7,
+            ControllerMessage::Apply {
+                fault: FaultSpec {
+                    fault_id: "e1/stress/web-a1".into(),
+                    duration_ms: Some(30_000),
+                    kind: FaultKind::Cpu {
+                        load_percent: 80,
+                        workers: 0,
+                    },
+                },
+            },
+        );
+        let back: Frame<ControllerMessage> = decode(&frame.encode()).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn reports_version_and_id_of_a_future_frame() {
+        let err = decode::<ControllerMessage>(r#"{"v":9,"id":4,"type":"ping"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+        assert_eq!(err.id, Some(4));
+    }
+
+    #[test]
+    fn classifies_unknown_message_types() {
+        let err =
+            decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"format_disk"}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownMessage);
+        assert_eq!(err.id, Some(5));
+    }
+
+    #[test]
+    fn refuses_extra_fields() {
+        let err = decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"ping","x":1}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Malformed);
+    }
+
+    proptest! {
+        #[test]
+        fn random_text_never_panics(s in ".{0,512}") {
+            let _ = decode::<ControllerMessage>(&s);
+            let _ = decode::<AgentMessage>(&s);
+        }
+
+        #[test]
+        fn random_json_never_panics(v in any_json()) {
+            let text = v.to_string();
+            let _ = decode::<ControllerMessage>(&text);
+            let _ = decode::<AgentMessage>(&text);
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            prop::sample::select(vec![
+                "v", "id", "type", "ping", "apply", "fault", "kind", "cpu"
+            ])
+            .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "v", "id", "type", "fault", "kind", "fault_id", "re"
+                    ])
+                    .prop_map(String::from),
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! One function per command; each returns the exit status.
+
+mod plan;
+mod validate;
+
+use crate::cli::Command;
+use std::fmt;
+
+/// An error that carries the exit status it ends the process with.
+#[derive(Debug)]
+pub struct Coded {
+    /// Exit status.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// Wraps an error with the exit status it must end the process with.
+pub fn fail(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        code,
+        error: error.into(),
+    })
+}
+
+/// Runs one command.
+pub fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Validate {
+            alarms,
+            format,
+            files,
+        } => validate::run(&files, alarms.as_deref(), format),
+        Command::Plan {
+            inventory,
+            seed,
+            alarms,
+            format,
+            template,
+        } => plan::run(&template, alarms.as_deref(), &inventory, seed, format),
+    }
+}

@@ -1,0 +1,53 @@
+//! The actions faultline knows: ids and parameter names (value rules live in `semantic`).
+
+/// Every action id of design §2, in the order the docs list them.
+pub const ACTION_IDS: [&str; 6] = [
+    "faultline:process:kill",
+    "faultline:host:cpu-stress",
+    "faultline:host:memory-stress",
+    "faultline:network:latency",
+    "faultline:az:blackout",
+    "aws:fis:wait",
+];
+
+/// Signal names `faultline:process:kill` accepts.
+pub const SIGNALS: [&str; 12] = [
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT",
+    "SIGUSR1", "SIGUSR2", "SIGSEGV", "SIGTSTP",
+];
+
+/// The closest candidate to `word`, when one is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, c)| *d <= (c.len().min(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(
+            did_you_mean("faultline:host:cpu-stres", ACTION_IDS),
+            Some("faultline:host:cpu-stress")
+        );
+        assert_eq!(did_you_mean("sigkill", SIGNALS), Some("SIGKILL"));
+        assert_eq!(did_you_mean("reboot", ACTION_IDS), None);
+        assert_eq!(did_you_mean("fial", ["fail", "skip"]), Some("fail"));
+        assert_eq!(did_you_mean("zz", ["a", "b"]), None);
+    }
+}

@@ -1,0 +1,371 @@
+//! A validated experiment: what `faultline validate` accepts and every later stage consumes.
+
+use faultline_agent::protocol::{FaultKind, MemoryAmount};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A template that passed both validation passes, with its alarms resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Experiment {
+    /// What the experiment tests.
+    pub description: String,
+    /// The template's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Named targets.
+    pub targets: BTreeMap<String, Target>,
+    /// Named actions.
+    pub actions: BTreeMap<String, Action>,
+    /// Names of the alarms that stop the experiment; empty for `source: none`.
+    pub stop_conditions: Vec<String>,
+    /// Every alarm the stop conditions name, from the template or `--alarms`.
+    pub alarms: BTreeMap<String, Alarm>,
+    /// What an empty target resolution does.
+    pub empty_target_mode: EmptyTargetMode,
+    /// Journal path from `logConfiguration.journal.path`.
+    pub journal_path: Option<PathBuf>,
+}
+
+/// What to do with a target that resolves to nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyTargetMode {
+    /// The experiment fails before any action runs.
+    #[default]
+    Fail,
+    /// The actions on that target are skipped.
+    Skip,
+}
+
+/// What a target selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ResourceType {
+    /// Hosts (also `aws:ec2:instance`).
+    #[serde(rename = "faultline:host")]
+    Host,
+    /// Availability zones.
+    #[serde(rename = "faultline:az")]
+    Az,
+}
+
+impl ResourceType {
+    /// The name used in templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Host => "faultline:host",
+            ResourceType::Az => "faultline:az",
+        }
+    }
+
+    /// The key of `action.targets` that names a target of this type.
+    pub fn target_key(self) -> &'static str {
+        match self {
+            ResourceType::Host => "Hosts",
+            ResourceType::Az => "AvailabilityZones",
+        }
+    }
+}
+
+/// A named set of resources.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    /// Hosts or AZs.
+    pub resource_type: ResourceType,
+    /// Explicit ids (host ids or AZ names), from `resourceIds` or `resourceArns`.
+    pub resource_ids: Option<Vec<String>>,
+    /// Tags a host must all carry.
+    pub resource_tags: BTreeMap<String, String>,
+    /// Conditions on the description; all must match.
+    pub filters: Vec<Filter>,
+    /// How many of the matching resources are chosen.
+    pub selection: Selection,
+}
+
+/// Matches when the value at `path` equals one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Filter {
+    /// Dotted path, e.g. `Placement.AvailabilityZone`.
+    pub path: String,
+    /// Accepted values.
+    pub values: Vec<String>,
+}
+
+/// FIS selection modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Selection {
+    /// Every matching resource.
+    All,
+    /// `n` of them at random (all if fewer match).
+    Count(u32),
+    /// `n` percent of them at random, rounded down.
+    Percent(u32),
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selection::All => write!(f, "ALL"),
+            Selection::Count(n) => write!(f, "COUNT({n})"),
+            Selection::Percent(n) => write!(f, "PERCENT({n})"),
+        }
+    }
+}
+
+/// A named action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    /// What it does, with typed parameters.
+    pub spec: ActionSpec,
+    /// Its description.
+    pub description: Option<String>,
+    /// The target it acts on; `None` for `aws:fis:wait`.
+    pub target: Option<String>,
+    /// Actions that must finish first.
+    pub start_after: Vec<String>,
+}
+
+/// The actions of design §2 with their parameters checked and typed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "actionId")]
+pub enum ActionSpec {
+    /// `faultline:process:kill`
+    #[serde(rename = "faultline:process:kill")]
+    Kill {
+        /// Name matched against comm and argv[0].
+        process_name: String,
+        /// Signal name, e.g. `SIGKILL`.
+        signal: String,
+    },
+    /// `faultline:host:cpu-stress`
+    #[serde(rename = "faultline:host:cpu-stress")]
+    CpuStress {
+        /// How long.
+        duration: Duration,
+        /// 1-100.
+        load_percent: u8,
+        /// 0 = one per CPU.
+        workers: u32,
+    },
+    /// `faultline:host:memory-stress`
+    #[serde(rename = "faultline:host:memory-stress")]
+    MemoryStress {
+        /// How long.
+        duration: Duration,
+        /// How much.
+        amount: MemoryAmount,
+        /// Threads touching it.
+        workers: u32,
+    },
+    /// `faultline:network:latency`
+    #[serde(rename = "faultline:network:latency")]
+    Latency {
+        /// How long.
+        duration: Duration,
+        /// Delay per direction, ms.
+        delay_ms: u64,
+        /// Jitter, ms.
+        jitter_ms: u64,
+        /// Percent of new connections refused.
+        loss_percent: f64,
+    },
+    /// `faultline:az:blackout`
+    #[serde(rename = "faultline:az:blackout")]
+    Blackout {
+        /// How long.
+        duration: Duration,
+        /// Keep the controller reachable.
+        keep_control_plane: bool,
+    },
+    /// `aws:fis:wait`
+    #[serde(rename = "aws:fis:wait")]
+    Wait {
+        /// How long.
+        duration: Duration,
+    },
+}
+
+impl ActionSpec {
+    /// The FIS-style action id.
+    pub fn action_id(&self) -> &'static str {
+        match self {
+            ActionSpec::Kill { .. } => "faultline:process:kill",
+            ActionSpec::CpuStress { .. } => "faultline:host:cpu-stress",
+            ActionSpec::MemoryStress { .. } => "faultline:host:memory-stress",
+            ActionSpec::Latency { .. } => "faultline:network:latency",
+            ActionSpec::Blackout { .. } => "faultline:az:blackout",
+            ActionSpec::Wait { .. } => "aws:fis:wait",
+        }
+    }
+
+    /// How long the action lasts; zero for a kill.
+    pub fn duration(&self) -> Duration {
+        match self {
+            ActionSpec::Kill { .. } => Duration::ZERO,
+            ActionSpec::CpuStress { duration, .. }
+            | ActionSpec::MemoryStress { duration, .. }
+            | ActionSpec::Latency { duration, .. }
+            | ActionSpec::Blackout { duration, .. }
+            | ActionSpec::Wait { duration } => *duration,
+        }
+    }
+
+    /// The fault an agent injects for this action; `None` for a wait and for a blackout,
+    /// whose allow-list depends on the AZ's hosts (see [`ActionSpec::blackout_fault`]).
+    pub fn host_fault(&self) -> Option<FaultKind> {
+        Some(match self {
+            ActionSpec::Kill {
+                process_name,
+                signal,
+            } => FaultKind::Kill {
+                process_name: process_name.clone(),
+                signal: signal.clone(),
+            },
+            ActionSpec::CpuStress {
+                load_percent,
+                workers,
+                ..
+            } => FaultKind::Cpu {
+                load_percent: *load_percent,
+                workers: *workers,
+            },
+            ActionSpec::MemoryStress {
+                amount, workers, ..
+            } => FaultKind::Memory {
+                amount: *amount,
+                workers: *workers,
+            },
+            ActionSpec::Latency {
+                delay_ms,
+                jitter_ms,
+                loss_percent,
+                ..
+            } => FaultKind::Latency {
+                delay_ms: *delay_ms,
+                jitter_ms: *jitter_ms,
+                loss_percent: *loss_percent,
+            },
+            ActionSpec::Blackout { .. } | ActionSpec::Wait { .. } => return None,
+        })
+    }
+
+    /// The resource type its target must have; `None` for a wait.
+    pub fn target_type(&self) -> Option<ResourceType> {
+        match self {
+            ActionSpec::Wait { .. } => None,
+            ActionSpec::Blackout { .. } => Some(ResourceType::Az),
+            _ => Some(ResourceType::Host),
+        }
+    }
+}
+
+/// An alarm with CloudWatch semantics (design §4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alarm {
+    /// Where datapoints come from and which statistic is taken.
+    pub source: MetricSource,
+    /// Statistic taken from the source.
+    pub statistic: Statistic,
+    /// Compared with the statistic.
+    pub threshold: f64,
+    /// How.
+    pub comparison: Comparison,
+    /// One datapoint's window.
+    pub period: Duration,
+    /// M of "N out of M".
+    pub evaluation_periods: u32,
+    /// N of "N out of M".
+    pub datapoints_to_alarm: u32,
+    /// What a missing datapoint counts as.
+    pub treat_missing_data: TreatMissingData,
+}
+
+/// A metric source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricSource {
+    /// HTTP probes.
+    Http {
+        /// URL probed.
+        url: String,
+        /// Method.
+        method: String,
+        /// Per-probe timeout.
+        timeout: Duration,
+        /// Probes per period.
+        probes_per_period: u32,
+    },
+    /// Prometheus instant query.
+    Prometheus {
+        /// Server base URL.
+        url: String,
+        /// PromQL.
+        query: String,
+        /// Query timeout.
+        timeout: Duration,
+    },
+    /// A program run without a shell.
+    Command {
+        /// argv.
+        run: Vec<String>,
+        /// Run timeout.
+        timeout: Duration,
+    },
+}
+
+/// Statistics an alarm can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Statistic {
+    /// Share of probes that failed, 0-1.
+    ErrorRate,
+    /// Share of probes that succeeded, 0-1.
+    SuccessRate,
+    /// Median probe latency, ms.
+    LatencyP50Ms,
+    /// 99th percentile probe latency, ms.
+    LatencyP99Ms,
+    /// The number a query returned or a command printed.
+    Value,
+    /// A command's exit status.
+    ExitStatus,
+}
+
+/// CloudWatch comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Comparison {
+    /// value > threshold
+    GreaterThanThreshold,
+    /// value >= threshold
+    GreaterThanOrEqualToThreshold,
+    /// value < threshold
+    LessThanThreshold,
+    /// value <= threshold
+    LessThanOrEqualToThreshold,
+}
+
+impl Comparison {
+    /// Whether `value` breaches `threshold` under this operator.
+    pub fn breaches(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Comparison::GreaterThanThreshold => value > threshold,
+            Comparison::GreaterThanOrEqualToThreshold => value >= threshold,
+            Comparison::LessThanThreshold => value < threshold,
+            Comparison::LessThanOrEqualToThreshold => value <= threshold,
+        }
+    }
+}
+
+/// CloudWatch's `treatMissingData`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TreatMissingData {
+    /// A missing datapoint breaches.
+    Breaching,
+    /// A missing datapoint does not breach.
+    NotBreaching,
+    /// Missing datapoints are skipped; the state holds when all are missing.
+    Ignore,
+    /// Missing datapoints are skipped; INSUFFICIENT_DATA when all are missing.
+    Missing,
+}
