@@ -2,7 +2,32 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use faultline::logging::LogFormat;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses an ISO 8601 duration flag (`PT10S`).
+fn iso_duration(s: &str) -> Result<Duration, String> {
+    faultline::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Where the controller listens and how agents prove themselves.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Address the controller listens on for agents (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:7700", env = "FAULTLINE_LISTEN")]
+    pub listen: SocketAddr,
+    /// File holding the token agents must present; created with a random token if missing.
+    #[arg(long, value_name = "PATH", default_value = faultline::token::DEFAULT_PATH, env = "FAULTLINE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Wait until this many agents are connected [default: the hosts the targets name, then
+    /// until no new agent has connected for 2 s].
+    #[arg(long, value_name = "N")]
+    pub wait_agents: Option<usize>,
+    /// Give up waiting for agents after this long (ISO 8601).
+    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
+    pub agents_timeout: Duration,
+}
 
 /// Chaos experiments from FIS-style templates, run by agents that always clean up.
 #[derive(Debug, Parser)]
@@ -71,5 +96,43 @@ pub enum Command {
         /// Template file.
         #[arg(value_name = "TEMPLATE")]
         template: PathBuf,
+    },
+    /// Run an experiment: serve agents, resolve targets, run the actions, remove every fault.
+    ///
+    /// Exit status: 0 completed, 1 stopped by a stop condition, 2 invalid template or usage,
+    /// 3 failed (no agents, empty target, an action failed), 130 interrupted.
+    Run {
+        #[command(flatten)]
+        controller: ControllerArgs,
+        /// Alarms file that stop conditions may name.
+        #[arg(long, value_name = "FILE")]
+        alarms: Option<PathBuf>,
+        /// Seed for random selection (COUNT, PERCENT); the report prints the one used.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Journal file (JSON Lines) [default: logConfiguration.journal.path, else
+        /// .faultline/journals/EXPERIMENT-ID.jsonl].
+        #[arg(long, value_name = "PATH")]
+        journal: Option<PathBuf>,
+        /// Report format on stdout.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Resolve targets against the connected agents and print the plan; inject nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long an agent has to acknowledge a command (ISO 8601).
+        #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
+        ack_timeout: Duration,
+        /// Template file.
+        #[arg(value_name = "TEMPLATE")]
+        template: PathBuf,
+    },
+    /// List the agents that connect: host id, AZ, tags, address, capabilities, version.
+    Agents {
+        #[command(flatten)]
+        controller: ControllerArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
     },
 }

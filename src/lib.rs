@@ -2,10 +2,17 @@
 //!
 //! Templates are validated ([`template`]), their targets resolved and timed ([`plan`]),
 //! then run by the [`engine`] against agents connected to the controller ([`server`]),
-//! watched by [`alarms`], and reported ([`report`]).
+//! journaled ([`journal`]), shown as they go ([`live`]) and reported ([`report`]).
 
-pub mod duration;
+pub mod controller;
+pub mod engine;
 pub mod exit;
-pub mod logging;
+pub mod journal;
+pub mod live;
 pub mod plan;
+pub mod report;
+pub mod server;
 pub mod template;
+pub mod token;
+
+pub use faultline_agent::{duration, logging};

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    faultline::logging::init(cli.log_format, cli.verbose as i8 - cli.quiet as i8);
+    faultline::logging::init(
+        cli.log_format,
+        cli.verbose as i8 - cli.quiet as i8,
+        &["faultline", "faultline_agent"],
+    );
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -1,5 +1,8 @@
-//! faultline agent library: the wire protocol shared with the controller.
+//! faultline agent library: the wire protocol shared with the controller, and the small
+//! pieces both binaries use (ISO 8601 durations, log set-up).
 //!
 //! The agent binary (`src/main.rs`) adds the faults, the lease and the state directory.
 
+pub mod duration;
+pub mod logging;
 pub mod protocol;

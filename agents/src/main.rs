@@ -1,1 +1,201 @@
-fn main() {}
+//! `faultline-agent`: injects faults on one host for a faultline controller, and always
+//! takes them away again: at the end of their duration, on request, when the controller
+//! goes silent, on SIGTERM/SIGINT, and at the next start after a crash.
+
+mod agent;
+mod faults;
+mod lease;
+mod proxy;
+mod session;
+mod state;
+
+use clap::Parser;
+use faultline_agent::duration;
+use faultline_agent::logging::{self, LogFormat};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The faultline agent: dials the controller, registers this host, injects the faults it is
+/// sent and removes every one of them, whatever happens.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-agent", version, about)]
+struct Cli {
+    /// Controller to dial, e.g. ws://10.42.0.1:7700.
+    #[arg(long, env = "FAULTLINE_CONTROLLER")]
+    controller: String,
+    /// File holding the shared token.
+    #[arg(long, env = "FAULTLINE_TOKEN_FILE", value_name = "PATH")]
+    token_file: PathBuf,
+    /// This host's id, e.g. web-a1.
+    #[arg(long, env = "FAULTLINE_HOST_ID")]
+    host_id: String,
+    /// This host's availability zone, e.g. az-a.
+    #[arg(long, env = "FAULTLINE_AZ")]
+    az: String,
+    /// A tag, KEY=VALUE (repeat, or comma-separate in the variable).
+    #[arg(long = "tag", env = "FAULTLINE_TAGS", value_delimiter = ',', value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Address other hosts reach this one at [default: this end of the controller connection].
+    #[arg(long, env = "FAULTLINE_ADDRESS")]
+    address: Option<IpAddr>,
+    /// Where faults are recorded before they take effect.
+    #[arg(
+        long,
+        env = "FAULTLINE_STATE_DIR",
+        default_value = "/var/lib/faultline-agent"
+    )]
+    state_dir: PathBuf,
+    /// Fault kinds this agent may inject.
+    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
+    allow: Vec<String>,
+    /// Proxy LISTEN=UPSTREAM in front of the host's service, e.g. 0.0.0.0:8080=127.0.0.1:8081 (repeat).
+    #[arg(long = "proxy", env = "FAULTLINE_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
+    proxies: Vec<(String, String)>,
+    /// Remove this controller's faults after it has been silent this long (ISO 8601).
+    #[arg(long, env = "FAULTLINE_LEASE", default_value = "PT10S", value_parser = parse_lease)]
+    lease: Duration,
+    /// Log line format on stderr.
+    #[arg(long, env = "FAULTLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_proxy(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((l, u)) if !l.is_empty() && !u.is_empty() => Ok((l.to_string(), u.to_string())),
+        _ => Err(format!(
+            "`{s}` is not LISTEN=UPSTREAM, e.g. 0.0.0.0:8080=127.0.0.1:8081"
+        )),
+    }
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    match duration::parse(s) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err("the lease must be at least PT1S".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
+    // One thread runs the agent; stress workers are their own threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let token = std::fs::read_to_string(&cli.token_file)
+        .map_err(|e| {
+            format!(
+                "cannot read the token file {}: {e}",
+                cli.token_file.display()
+            )
+        })?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(format!(
+            "the token file {} is empty",
+            cli.token_file.display()
+        ));
+    }
+    let state = state::StateDir::open(&cli.state_dir).map_err(|e| e.to_string())?;
+    let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
+    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty());
+    for note in notes {
+        tracing::info!("capability left out: {note}");
+    }
+    let conditions = Arc::new(proxy::Conditions::default());
+    let faults = faults::Faults::new(caps, state, conditions.clone());
+    // Undo what a previous life left before this one registers.
+    let restarted = faults
+        .recover()
+        .map_err(|e| format!("cannot clean up after the previous run: {e}"))?
+        .into_iter()
+        .map(|r| (r.owner, r.fault_id))
+        .collect();
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listen, upstream) in &cli.proxies {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen} for the proxy: {e}"))?;
+        tracing::info!(listen = %listener.local_addr().map_or(listen.clone(), |a| a.to_string()), %upstream, "proxy ready");
+        tasks.spawn(proxy::serve(
+            listener,
+            upstream.clone(),
+            conditions.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(signals(shutdown.clone()));
+
+    let identity = agent::Identity {
+        host_id: cli.host_id,
+        az: cli.az,
+        tags: cli.tags.into_iter().collect::<BTreeMap<_, _>>(),
+        address: cli.address,
+    };
+    let agent = agent::Agent::new(
+        session::endpoint(&cli.controller),
+        token,
+        identity,
+        faults,
+        cli.lease,
+        restarted,
+    );
+    agent.run(shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: removing every fault, then exiting"),
+        _ = int.recv() => tracing::info!("SIGINT: removing every fault, then exiting"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

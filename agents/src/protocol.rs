@@ -21,6 +21,25 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Capabilities an agent can have, also the names accepted by `--allow`.
 pub const CAPABILITIES: [&str; 5] = ["kill", "cpu", "memory", "latency", "blackout"];
 
+/// Signal names a kill may send, as the agent maps them to numbers.
+pub const SIGNALS: [&str; 12] = [
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT",
+    "SIGUSR1", "SIGUSR2", "SIGSEGV", "SIGTSTP",
+];
+
+/// Header carrying the shared token in the websocket upgrade request.
+pub const TOKEN_HEADER: &str = "authorization";
+
+/// The value of [`TOKEN_HEADER`] for a token.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// One frame: version, message id and the message.
 ///
 /// On the wire the three share one JSON object: `{"v": 1, "id": 7, "type": "ping"}`.
@@ -140,8 +159,6 @@ pub enum ControllerMessage {
     Welcome {
         /// Identity of this controller process; faults are leased to it.
         controller_id: String,
-        /// How long the agent keeps a fault without hearing from the controller, in ms.
-        lease_ms: u64,
     },
     /// Inject a fault.
     Apply {
@@ -157,6 +174,15 @@ pub enum ControllerMessage {
     RemoveAll {},
     /// Heartbeat; renews every lease held by this controller.
     Ping {},
+    /// A frame from the agent that was refused; never answered, so errors cannot loop.
+    Error {
+        /// Id of the offending frame when it had one.
+        re: Option<u64>,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
 }
 
 /// Messages an agent sends to the controller.
@@ -167,6 +193,9 @@ pub enum AgentMessage {
     Register {
         /// The host's description, as target filters see it.
         host: HostDescription,
+        /// How long the agent keeps a fault without hearing from the controller, in ms;
+        /// the controller pings well within it.
+        lease_ms: u64,
     },
     /// Answer to a command.
     Ack {
@@ -245,6 +274,8 @@ pub enum EndReason {
     LeaseExpired,
     /// The agent is shutting down.
     Shutdown,
+    /// The agent was restarted while the fault was in effect; its restart removed it.
+    AgentRestarted,
 }
 
 /// A fault to inject on one host.

@@ -1,6 +1,8 @@
 //! One function per command; each returns the exit status.
 
+mod agents;
 mod plan;
+mod run;
 mod validate;
 
 use crate::cli::Command;
@@ -31,6 +33,15 @@ pub fn fail(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
     })
 }
 
+/// A multi-threaded runtime for the commands that serve agents.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(faultline::exit::FAILED, e))
+}
+
 /// Runs one command.
 pub fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
@@ -46,5 +57,25 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             format,
             template,
         } => plan::run(&template, alarms.as_deref(), &inventory, seed, format),
+        Command::Run {
+            controller,
+            alarms,
+            seed,
+            journal,
+            format,
+            dry_run,
+            ack_timeout,
+            template,
+        } => run::run(run::Args {
+            controller,
+            alarms,
+            seed,
+            journal,
+            format,
+            dry_run,
+            ack_timeout,
+            template,
+        }),
+        Command::Agents { controller, format } => agents::run(controller, format),
     }
 }

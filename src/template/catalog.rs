@@ -11,10 +11,7 @@ pub const ACTION_IDS: [&str; 6] = [
 ];
 
 /// Signal names `faultline:process:kill` accepts.
-pub const SIGNALS: [&str; 12] = [
-    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT",
-    "SIGUSR1", "SIGUSR2", "SIGSEGV", "SIGTSTP",
-];
+pub use faultline_agent::protocol::SIGNALS;
 
 /// The closest candidate to `word`, when one is close enough to be a plausible typo.
 pub fn did_you_mean<'a>(

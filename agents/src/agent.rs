@@ -1,0 +1,486 @@
+//! The agent's one owner task: it holds the fault table, the leases and the link to the
+//! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
+//! touches the faults, so there are no locks and no races between a remove and an expiry.
+
+use crate::faults::{Applied, Faults};
+use crate::lease::Leases;
+use crate::session::{self, Connected, Ws};
+use faultline_agent::protocol::{
+    decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
+    HostDescription, Outcome,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How long a controller has to welcome a registration.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many "fault ended" notices wait for an owner that is not connected.
+const MAX_PENDING_NOTICES: usize = 256;
+
+/// Who this agent says it is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Host id.
+    pub host_id: String,
+    /// Availability zone.
+    pub az: String,
+    /// Tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Address to register; the local end of the controller connection when `None`.
+    pub address: Option<IpAddr>,
+}
+
+/// The state of the link to the controller.
+enum Link {
+    Down,
+    /// Registered, waiting for the welcome.
+    Registering {
+        c: Connected,
+        since: Instant,
+    },
+    /// Welcomed by `controller_id`.
+    Up {
+        c: Connected,
+        controller_id: String,
+    },
+}
+
+/// The agent.
+pub struct Agent {
+    url: String,
+    token: String,
+    identity: Identity,
+    faults: Faults,
+    leases: Leases,
+    /// "Fault ended" notices for owners not connected right now.
+    notices: VecDeque<(String, String, EndReason)>,
+    next_id: u64,
+}
+
+impl Agent {
+    /// An agent that will dial `url`; `restarted` are faults a previous life left behind
+    /// and this start-up removed, to be reported to their owners.
+    pub fn new(
+        url: String,
+        token: String,
+        identity: Identity,
+        faults: Faults,
+        lease: Duration,
+        restarted: Vec<(String, String)>,
+    ) -> Self {
+        Agent {
+            url,
+            token,
+            identity,
+            faults,
+            leases: Leases::new(lease),
+            notices: restarted
+                .into_iter()
+                .map(|(owner, id)| (owner, id, EndReason::AgentRestarted))
+                .collect(),
+            next_id: 0,
+        }
+    }
+
+    fn describe(&self, local_ip: IpAddr) -> HostDescription {
+        HostDescription {
+            host_id: self.identity.host_id.clone(),
+            placement: faultline_agent::protocol::Placement {
+                availability_zone: self.identity.az.clone(),
+            },
+            state: Default::default(),
+            tags: self.identity.tags.clone(),
+            address: self.identity.address.unwrap_or(local_ip).to_string(),
+            agent: AgentInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                capabilities: self
+                    .faults
+                    .capabilities()
+                    .kinds
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect(),
+            },
+        }
+    }
+
+    fn frame(&mut self, msg: AgentMessage) -> String {
+        self.next_id += 1;
+        Frame::new(self.next_id, msg).encode()
+    }
+
+    /// Runs until `shutdown` is cancelled; removes every fault before it returns.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut link = Link::Down;
+        let (connected_tx, mut connected_rx) = mpsc::channel::<Connected>(1);
+        let mut dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown));
+        let mut pending: JoinSet<(u64, String, Outcome)> = JoinSet::new();
+        loop {
+            let now = Instant::now();
+            let wake = [
+                self.faults.next_deadline(),
+                self.leases.next_expiry(),
+                match &link {
+                    Link::Registering { since, .. } => Some(*since + WELCOME_TIMEOUT),
+                    _ => None,
+                },
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(c) = connected_rx.recv() => {
+                    dialer = None;
+                    link = self.register(c).await;
+                }
+                incoming = next_frame(&mut link) => {
+                    match incoming {
+                        Incoming::Text(text) => link = self.on_frame(link, &text, &mut pending).await,
+                        Incoming::Binary => {
+                            let reply = self.frame(AgentMessage::Error {
+                                re: None,
+                                code: ErrorCode::Malformed,
+                                message: "binary frames are not part of the protocol; send JSON text".into(),
+                            });
+                            link = send(link, reply).await;
+                        }
+                        Incoming::Closed => {
+                            tracing::warn!("lost the controller; reconnecting");
+                            link = Link::Down;
+                        }
+                    }
+                }
+                Some(done) = pending.join_next() => {
+                    if let Ok((re, owner, outcome)) = done {
+                        if let Link::Up { controller_id, .. } = &link {
+                            if *controller_id == owner {
+                                let text = self.frame(AgentMessage::Ack { re, outcome });
+                                link = send(link, text).await;
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                    link = self.on_timers(link).await;
+                }
+            }
+            if matches!(link, Link::Down) && dialer.is_none() {
+                dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown));
+            }
+        }
+        if let Some(d) = dialer {
+            d.abort();
+        }
+        let removed = self.faults.remove_where(|_, _, _| true);
+        tracing::info!(count = removed.len(), "shutting down: every fault removed");
+        if let Link::Up { controller_id, .. } = &link {
+            let owner = controller_id.clone();
+            let texts: Vec<String> = removed
+                .into_iter()
+                .filter(|(_, o)| *o == owner)
+                .map(|(fault_id, _)| {
+                    self.frame(AgentMessage::FaultEnded {
+                        fault_id,
+                        reason: EndReason::Shutdown,
+                    })
+                })
+                .collect();
+            let mut link = link;
+            for text in texts {
+                link = send(link, text).await;
+            }
+            if let Link::Up { mut c, .. } = link {
+                let _ = tokio::time::timeout(Duration::from_millis(500), c.ws.close(None)).await;
+            }
+        }
+    }
+
+    fn spawn_dialer(
+        &self,
+        tx: mpsc::Sender<Connected>,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (url, token, cancel) = (self.url.clone(), self.token.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Some(c) = session::connect(&url, &token, &cancel).await {
+                let _ = tx.send(c).await;
+            }
+        })
+    }
+
+    async fn register(&mut self, c: Connected) -> Link {
+        let host = self.describe(c.local_ip);
+        let text = self.frame(AgentMessage::Register {
+            host,
+            lease_ms: self.leases.interval().as_millis() as u64,
+        });
+        send(
+            Link::Registering {
+                c,
+                since: Instant::now(),
+            },
+            text,
+        )
+        .await
+    }
+
+    async fn on_frame(
+        &mut self,
+        link: Link,
+        text: &str,
+        pending: &mut JoinSet<(u64, String, Outcome)>,
+    ) -> Link {
+        let frame = match decode::<ControllerMessage>(text) {
+            Ok(f) => f,
+            Err(DecodeError { id, code, message }) => {
+                tracing::warn!(%message, "refused a frame from the controller");
+                let reply = self.frame(AgentMessage::Error {
+                    re: id,
+                    code,
+                    message,
+                });
+                return send(link, reply).await;
+            }
+        };
+        let id = frame.id;
+        match (link, frame.msg) {
+            (Link::Registering { c, .. }, ControllerMessage::Welcome { controller_id }) => {
+                tracing::info!(controller = %controller_id, "registered");
+                self.leases.heard(&controller_id, Instant::now());
+                let mut link = Link::Up {
+                    c,
+                    controller_id: controller_id.clone(),
+                };
+                let (mine, others): (Vec<_>, Vec<_>) = self
+                    .notices
+                    .drain(..)
+                    .partition(|(o, _, _)| *o == controller_id);
+                self.notices = others.into();
+                for (_, fault_id, reason) in mine {
+                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                    link = send(link, text).await;
+                }
+                link
+            }
+            (Link::Up { c, controller_id }, msg) => {
+                self.leases.heard(&controller_id, Instant::now());
+                let reply = self.command(id, &controller_id, c.controller_ip, msg, pending);
+                let link = Link::Up { c, controller_id };
+                match reply {
+                    Some(msg) => {
+                        let text = self.frame(msg);
+                        send(link, text).await
+                    }
+                    None => link,
+                }
+            }
+            (link, _) => {
+                let reply = self.frame(AgentMessage::Error {
+                    re: Some(id),
+                    code: ErrorCode::NotRegistered,
+                    message: "no command is accepted before the controller welcomes this agent"
+                        .into(),
+                });
+                send(link, reply).await
+            }
+        }
+    }
+
+    /// Carries out one command; the reply to send now, if any.
+    fn command(
+        &mut self,
+        id: u64,
+        owner: &str,
+        controller_ip: IpAddr,
+        msg: ControllerMessage,
+        pending: &mut JoinSet<(u64, String, Outcome)>,
+    ) -> Option<AgentMessage> {
+        let ack = |outcome| Some(AgentMessage::Ack { re: id, outcome });
+        match msg {
+            ControllerMessage::Apply { fault } => {
+                let fault_id = fault.fault_id.clone();
+                let kind = fault.kind.capability();
+                let result = self.faults.apply(owner, fault, Some(controller_ip));
+                self.leases
+                    .set_paused(self.faults.cuts_control_plane(), Instant::now());
+                match result {
+                    Ok(Applied::Now(outcome)) => {
+                        log_outcome(&fault_id, kind, &outcome);
+                        ack(outcome)
+                    }
+                    Ok(Applied::Later(rx)) => {
+                        let owner = owner.to_string();
+                        pending.spawn(async move {
+                            let outcome = rx.await.unwrap_or(Outcome::Failed {
+                                message: "the fault was removed before it took full effect".into(),
+                            });
+                            log_outcome(&fault_id, kind, &outcome);
+                            (id, owner, outcome)
+                        });
+                        None
+                    }
+                    Err((code, message)) => {
+                        tracing::warn!(fault = %fault_id, %message, "refused a fault");
+                        Some(AgentMessage::Error {
+                            re: Some(id),
+                            code,
+                            message,
+                        })
+                    }
+                }
+            }
+            ControllerMessage::Remove { fault_id } => {
+                let outcome = match self.faults.remove(&fault_id) {
+                    Ok(removed) => {
+                        if removed {
+                            tracing::info!(fault = %fault_id, "removed on request");
+                        }
+                        Outcome::Removed {
+                            count: u32::from(removed),
+                        }
+                    }
+                    Err(message) => Outcome::Failed { message },
+                };
+                self.after_removal();
+                ack(outcome)
+            }
+            ControllerMessage::RemoveAll {} => {
+                let removed = self.faults.remove_where(|_, o, _| o == owner);
+                tracing::info!(count = removed.len(), "removed every fault on request");
+                self.after_removal();
+                ack(Outcome::Removed {
+                    count: removed.len() as u32,
+                })
+            }
+            ControllerMessage::Ping {} => ack(Outcome::Pong {}),
+            ControllerMessage::Error { re, code, message } => {
+                tracing::warn!(?re, ?code, %message, "the controller refused a frame of this agent");
+                None
+            }
+            ControllerMessage::Welcome { .. } => Some(AgentMessage::Error {
+                re: Some(id),
+                code: ErrorCode::Malformed,
+                message: "already welcomed".into(),
+            }),
+        }
+    }
+
+    fn after_removal(&mut self) {
+        self.leases
+            .set_paused(self.faults.cuts_control_plane(), Instant::now());
+    }
+
+    async fn on_timers(&mut self, mut link: Link) -> Link {
+        let now = Instant::now();
+        if let Link::Registering { since, .. } = &link {
+            if now >= *since + WELCOME_TIMEOUT {
+                tracing::warn!("the controller did not welcome this agent; reconnecting");
+                return Link::Down;
+            }
+        }
+        let was_cut = self.faults.cuts_control_plane();
+        let mut ended: Vec<(String, String, EndReason)> = self
+            .faults
+            .remove_where(|_, _, deadline| deadline <= now)
+            .into_iter()
+            .map(|(id, owner)| (owner, id, EndReason::DurationElapsed))
+            .collect();
+        self.leases
+            .set_paused(self.faults.cuts_control_plane(), now);
+        for owner in self.leases.expired(now) {
+            tracing::warn!(controller = %owner, lease = ?self.leases.interval(), "the controller has been silent for the lease; removing its faults");
+            ended.extend(
+                self.faults
+                    .remove_where(|_, o, _| o == owner)
+                    .into_iter()
+                    .map(|(id, owner)| (owner, id, EndReason::LeaseExpired)),
+            );
+            if matches!(&link, Link::Up { controller_id, .. } if *controller_id == owner) {
+                // A silent controller on an open socket: start over with a fresh connection.
+                link = Link::Down;
+            }
+        }
+        for (owner, fault_id, reason) in ended {
+            tracing::info!(fault = %fault_id, ?reason, "fault ended");
+            match &link {
+                Link::Up { controller_id, .. } if *controller_id == owner => {
+                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                    link = send(link, text).await;
+                }
+                _ => {
+                    if self.notices.len() == MAX_PENDING_NOTICES {
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back((owner, fault_id, reason));
+                }
+            }
+        }
+        if was_cut && !self.faults.cuts_control_plane() {
+            // The link may have died during the cut; a fresh one is quicker than finding out.
+            tracing::info!("the control plane is back; reconnecting");
+            return Link::Down;
+        }
+        link
+    }
+}
+
+fn log_outcome(fault_id: &str, kind: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied { detail, .. } => {
+            tracing::info!(fault = %fault_id, kind, %detail, "applied")
+        }
+        Outcome::Failed { message } => {
+            tracing::warn!(fault = %fault_id, kind, %message, "could not apply")
+        }
+        _ => {}
+    }
+}
+
+/// What arrived on the link.
+enum Incoming {
+    Text(String),
+    Binary,
+    Closed,
+}
+
+/// The next data frame of a live link. Pends forever when the link is down.
+async fn next_frame(link: &mut Link) -> Incoming {
+    let ws: &mut Ws = match link {
+        Link::Down => return std::future::pending().await,
+        Link::Registering { c, .. } | Link::Up { c, .. } => &mut c.ws,
+    };
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Incoming::Text(t.as_str().to_string()),
+            Some(Ok(Message::Binary(_))) => return Incoming::Binary,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Incoming::Closed,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends a frame; a link that cannot send is down.
+async fn send(link: Link, text: String) -> Link {
+    match link {
+        Link::Down => Link::Down,
+        Link::Registering { mut c, since } => match c.ws.send(Message::text(text)).await {
+            Ok(()) => Link::Registering { c, since },
+            Err(_) => Link::Down,
+        },
+        Link::Up {
+            mut c,
+            controller_id,
+        } => match c.ws.send(Message::text(text)).await {
+            Ok(()) => Link::Up { c, controller_id },
+            Err(_) => Link::Down,
+        },
+    }
+}

@@ -1,0 +1,249 @@
+//! `faultline:host:memory-stress`: allocate, touch and keep resident an amount of memory.
+
+use faultline_agent::protocol::MemoryAmount;
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const MIB: u64 = 1 << 20;
+/// Never leave less than this free, whatever the percentage of the host.
+const MIN_MARGIN: u64 = 64 * MIB;
+
+/// What memory this host has, as the agent may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Memory of the host, or its cgroup limit when lower.
+    pub total: u64,
+    /// What is free now within that.
+    pub free: u64,
+}
+
+impl Budget {
+    /// Reads `/proc/meminfo` and the cgroup limit (v2 or v1) of this process.
+    pub fn read() -> std::io::Result<Budget> {
+        let meminfo = fs::read_to_string("/proc/meminfo")?;
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .map(|kb| kb * 1024)
+        };
+        let total = field("MemTotal:").unwrap_or(0);
+        let available = field("MemAvailable:").unwrap_or(total);
+        Ok(match cgroup_limit() {
+            Some((limit, usage)) if limit < total => Budget {
+                total: limit,
+                free: available.min(limit.saturating_sub(usage)),
+            },
+            _ => Budget {
+                total,
+                free: available,
+            },
+        })
+    }
+
+    /// The safety margin: 5 % of the total, at least 64 MiB.
+    pub fn margin(&self) -> u64 {
+        (self.total / 20).max(MIN_MARGIN)
+    }
+
+    /// Bytes to hold for `amount`, or why that would be unsafe.
+    pub fn bytes_for(&self, amount: MemoryAmount) -> Result<u64, String> {
+        let bytes = match amount {
+            MemoryAmount::SizeMib(m) => m.saturating_mul(MIB),
+            MemoryAmount::Percent(p) => self.total / 100 * u64::from(p),
+        };
+        let margin = self.margin();
+        if bytes.saturating_add(margin) > self.free {
+            return Err(format!(
+                "holding {} MiB would leave {} MiB free of {} MiB, under the safety margin of {} MiB; ask for at most {} MiB",
+                bytes / MIB,
+                self.free.saturating_sub(bytes) / MIB,
+                self.total / MIB,
+                margin / MIB,
+                self.free.saturating_sub(margin) / MIB
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+/// The memory cgroup limit and usage of this process, when it has a limit.
+fn cgroup_limit() -> Option<(u64, u64)> {
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let read_u64 = |p: String| fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    // cgroup v2: "0::/path"
+    if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+        for base in [format!("/sys/fs/cgroup{path}"), "/sys/fs/cgroup".into()] {
+            if let (Some(limit), Some(usage)) = (
+                read_u64(format!("{base}/memory.max")),
+                read_u64(format!("{base}/memory.current")),
+            ) {
+                return Some((limit, usage));
+            }
+        }
+    }
+    // cgroup v1: "N:memory:/path"; inside a container the own path is mounted at the root.
+    let v1 = own
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+    if let Some(path) = v1 {
+        for base in [
+            format!("/sys/fs/cgroup/memory{path}"),
+            "/sys/fs/cgroup/memory".into(),
+        ] {
+            let limit = read_u64(format!("{base}/memory.limit_in_bytes"));
+            let usage = read_u64(format!("{base}/memory.usage_in_bytes"));
+            if let (Some(limit), Some(usage)) = (limit, usage) {
+                // v1 writes "no limit" as a huge page-rounded number.
+                return (limit < 1 << 60).then_some((limit, usage));
+            }
+        }
+    }
+    None
+}
+
+/// Anonymous memory held resident; unmapped on drop.
+#[derive(Debug)]
+pub struct Held {
+    base: usize,
+    len: usize,
+    cancel: Arc<AtomicBool>,
+    touchers: Vec<JoinHandle<()>>,
+}
+
+impl Held {
+    /// Maps `bytes` and starts `workers` threads (0 = one) writing every page; `done` is
+    /// called from the last of them once the memory is resident.
+    pub fn hold(
+        bytes: u64,
+        workers: u32,
+        done: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Held> {
+        let len = usize::try_from(bytes)
+            .map_err(std::io::Error::other)?
+            .max(1);
+        // SAFETY: anonymous private mapping; the region is owned by the returned value.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = ptr as usize;
+        let page = 4096usize;
+        let workers = (workers.max(1) as usize).min(len.div_ceil(page));
+        let chunk = len.div_ceil(workers).next_multiple_of(page);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
+        let done = Arc::new(std::sync::Mutex::new(Some(done)));
+        let mut held = Held {
+            base,
+            len,
+            cancel: cancel.clone(),
+            touchers: Vec::new(),
+        };
+        for w in 0..workers {
+            let (start, end) = (w * chunk, ((w + 1) * chunk).min(len));
+            let (cancel, remaining, done) = (cancel.clone(), remaining.clone(), done.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("mem-stress-{w}"))
+                .spawn(move || {
+                    let mut at = start;
+                    while at < end && !cancel.load(Ordering::Relaxed) {
+                        // SAFETY: `at` is inside the mapping, which outlives this thread (joined on drop).
+                        unsafe { std::ptr::write_volatile((base + at) as *mut u8, 0xA5) };
+                        at += page;
+                    }
+                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1
+                        && !cancel.load(Ordering::Relaxed)
+                    {
+                        if let Some(f) = done.lock().ok().and_then(|mut d| d.take()) {
+                            f();
+                        }
+                    }
+                })?;
+            held.touchers.push(t);
+        }
+        Ok(held)
+    }
+}
+
+impl Held {
+    /// Stops touching and gives the memory back to the system.
+    pub fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        for t in self.touchers.drain(..) {
+            let _ = t.join();
+        }
+        // SAFETY: the mapping was created by `hold` with this base and length, and no
+        // thread touches it any more.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_would_eat_the_margin() {
+        let b = Budget {
+            total: 1000 * MIB,
+            free: 500 * MIB,
+        };
+        assert_eq!(b.margin(), 64 * MIB);
+        assert_eq!(b.bytes_for(MemoryAmount::SizeMib(400)), Ok(400 * MIB));
+        let err = b.bytes_for(MemoryAmount::SizeMib(450)).unwrap_err();
+        assert!(err.contains("ask for at most 436 MiB"), "{err}");
+        assert_eq!(b.bytes_for(MemoryAmount::Percent(10)), Ok(100 * MIB));
+        assert!(b.bytes_for(MemoryAmount::Percent(50)).is_err());
+    }
+
+    #[test]
+    fn holds_resident_and_releases() {
+        let rss = || {
+            fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("VmRSS:")?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap()
+                * 1024
+        };
+        let before = rss();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let held = Held::hold(64 * MIB, 2, move || tx.send(()).unwrap()).unwrap();
+        rx.recv().unwrap();
+        assert!(rss() >= before + 60 * MIB);
+        drop(held);
+        assert!(rss() < before + 16 * MIB);
+    }
+}

@@ -1,0 +1,373 @@
+//! The faults an agent injects, and the table of those in effect.
+//!
+//! Every fault with a duration is recorded in the state directory before it takes effect
+//! and forgotten only once it is removed. Removal is the same code whatever asks for it:
+//! the controller, the end of the duration, a lapsed lease, or shutdown.
+
+pub mod cpu;
+pub mod kill;
+pub mod memory;
+pub mod nft;
+
+use crate::proxy::{Condition, Conditions};
+use crate::state::{fnv1a, Record, StateDir};
+use faultline_agent::protocol::{ErrorCode, FaultKind, FaultSpec, Outcome};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What this agent can do here, after its allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Capability names, as registered.
+    pub kinds: BTreeSet<&'static str>,
+    /// Whether blackouts use nf_tables (else only the proxy enforces them).
+    pub nft: bool,
+}
+
+impl Capabilities {
+    /// Detects what works on this machine and keeps what `allow` permits; the notes say
+    /// what was left out and why.
+    pub fn detect(allow: &BTreeSet<String>, has_proxy: bool) -> (Capabilities, Vec<String>) {
+        let nft = allow.contains("blackout") && nft::available();
+        let mut notes = Vec::new();
+        let mut kinds = BTreeSet::new();
+        for kind in faultline_agent::protocol::CAPABILITIES {
+            let possible = match kind {
+                "latency" if !has_proxy => {
+                    Err("latency needs a proxy in front of the service (--proxy LISTEN=UPSTREAM)")
+                }
+                "blackout" if !nft && !has_proxy => {
+                    Err("blackout needs CAP_NET_ADMIN (nf_tables) or a proxy (--proxy)")
+                }
+                _ => Ok(()),
+            };
+            match (allow.contains(kind), possible) {
+                (false, _) => notes.push(format!("{kind}: not in --allow")),
+                (true, Err(why)) => notes.push(format!("{kind}: {why}")),
+                (true, Ok(())) => {
+                    kinds.insert(kind);
+                }
+            }
+        }
+        if kinds.contains("blackout") && !nft {
+            notes.push(
+                "blackout: no CAP_NET_ADMIN or nf_tables here; only the proxy enforces it".into(),
+            );
+        }
+        (Capabilities { kinds, nft }, notes)
+    }
+}
+
+/// What is in effect, and what taking it away needs.
+#[derive(Debug)]
+enum Effect {
+    Cpu(cpu::CpuStress),
+    Memory(memory::Held),
+    Latency,
+    Blackout { nft_table: Option<String> },
+}
+
+#[derive(Debug)]
+struct Active {
+    owner: String,
+    effect: Effect,
+    deadline: Instant,
+    cuts_control_plane: bool,
+}
+
+/// The result of an apply: an answer now, or later (memory becomes resident).
+#[derive(Debug)]
+pub enum Applied {
+    /// Answer now.
+    Now(Outcome),
+    /// Answer when this resolves.
+    Later(oneshot::Receiver<Outcome>),
+}
+
+/// A refused command: code and reason.
+pub type Refusal = (ErrorCode, String);
+
+/// The faults in effect on this host.
+#[derive(Debug)]
+pub struct Faults {
+    active: BTreeMap<String, Active>,
+    caps: Capabilities,
+    state: StateDir,
+    conditions: Arc<Conditions>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Faults {
+    /// An empty table.
+    pub fn new(caps: Capabilities, state: StateDir, conditions: Arc<Conditions>) -> Self {
+        Faults {
+            active: BTreeMap::new(),
+            caps,
+            state,
+            conditions,
+        }
+    }
+
+    /// The capabilities registered with the controller.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Takes away what a previous life of this agent left in the state dir. Returns the
+    /// records undone, so their owners can be told.
+    pub fn recover(&self) -> std::io::Result<Vec<Record>> {
+        let (records, unreadable) = self.state.leftovers()?;
+        for path in unreadable {
+            tracing::warn!(path = %path.display(), "discarding an unreadable state file");
+            self.state.discard(&path)?;
+        }
+        for r in &records {
+            if let Some(table) = &r.nft_table {
+                nft::remove(table).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "cannot remove blackout table {table} of {}: {e}",
+                        r.fault_id
+                    ))
+                })?;
+            }
+            self.state.remove(&r.fault_id)?;
+            tracing::warn!(fault = %r.fault_id, kind = %r.kind, "removed a fault left by the previous run of this agent");
+        }
+        Ok(records)
+    }
+
+    /// Applies a fault for `owner`. `controller` is the controller's address, kept reachable
+    /// by a blackout that keeps the control plane.
+    pub fn apply(
+        &mut self,
+        owner: &str,
+        spec: FaultSpec,
+        controller: Option<IpAddr>,
+    ) -> Result<Applied, Refusal> {
+        let capability = spec.kind.capability();
+        if !self.caps.kinds.contains(capability) {
+            return Err((
+                ErrorCode::NotAllowed,
+                format!(
+                    "this agent does not inject `{capability}` faults (capabilities: {})",
+                    self.caps
+                        .kinds
+                        .iter()
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if self.active.contains_key(&spec.fault_id) {
+            return Ok(Applied::Now(Outcome::Applied {
+                detail: "already in effect".into(),
+                pids: vec![],
+            }));
+        }
+        if let FaultKind::Kill {
+            process_name,
+            signal,
+        } = &spec.kind
+        {
+            // Nothing to take away afterwards, so nothing to record.
+            return Ok(Applied::Now(match kill::kill(process_name, signal) {
+                Ok(pids) => Outcome::Applied {
+                    detail: format!(
+                        "sent {signal} to {} process{} named {process_name}",
+                        pids.len(),
+                        if pids.len() == 1 { "" } else { "es" }
+                    ),
+                    pids,
+                },
+                Err(message) => Outcome::Failed { message },
+            }));
+        }
+        let Some(duration_ms) = spec.duration_ms else {
+            return Ok(Applied::Now(Outcome::Failed {
+                message: format!("a `{capability}` fault needs a duration"),
+            }));
+        };
+        let nft_table = match (&spec.kind, self.caps.nft) {
+            (FaultKind::Blackout { .. }, true) => {
+                Some(format!("fl_{:016x}", fnv1a(spec.fault_id.as_bytes())))
+            }
+            _ => None,
+        };
+        let record = Record {
+            fault_id: spec.fault_id.clone(),
+            owner: owner.to_string(),
+            kind: capability.to_string(),
+            nft_table: nft_table.clone(),
+            applied_at_ms: now_ms(),
+        };
+        if let Err(e) = self.state.write(&record) {
+            return Ok(Applied::Now(Outcome::Failed {
+                message: format!(
+                    "cannot record the fault in the state dir, so it is not applied: {e}"
+                ),
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_millis(duration_ms);
+        let mut later = None;
+        let effect = match spec.kind {
+            FaultKind::Cpu {
+                load_percent,
+                workers,
+            } => cpu::CpuStress::start(load_percent, workers)
+                .map(Effect::Cpu)
+                .map_err(|e| format!("cannot start CPU workers: {e}")),
+            FaultKind::Memory { amount, workers } => memory::Budget::read()
+                .map_err(|e| format!("cannot read the memory budget: {e}"))
+                .and_then(|b| b.bytes_for(amount))
+                .and_then(|bytes| {
+                    let (tx, rx) = oneshot::channel();
+                    later = Some(rx);
+                    let done = move || {
+                        let _ = tx.send(Outcome::Applied {
+                            detail: format!("holding {} MiB resident", bytes >> 20),
+                            pids: vec![],
+                        });
+                    };
+                    memory::Held::hold(bytes, workers, done)
+                        .map(Effect::Memory)
+                        .map_err(|e| format!("cannot map {} MiB: {e}", bytes >> 20))
+                }),
+            FaultKind::Latency {
+                delay_ms,
+                jitter_ms,
+                loss_percent,
+            } => {
+                self.conditions.set(
+                    &spec.fault_id,
+                    Condition::Latency {
+                        delay: Duration::from_millis(delay_ms),
+                        jitter: Duration::from_millis(jitter_ms),
+                        loss_percent,
+                    },
+                );
+                Ok(Effect::Latency)
+            }
+            FaultKind::Blackout {
+                ref allow,
+                keep_control_plane,
+            } => {
+                let mut allow = allow.clone();
+                allow.extend(controller.filter(|_| keep_control_plane));
+                let installed = match &nft_table {
+                    Some(t) => nft::install(t, &allow)
+                        .map_err(|e| format!("cannot install the nf_tables blackout: {e}")),
+                    None => Ok(()),
+                };
+                installed.map(|()| {
+                    self.conditions
+                        .set(&spec.fault_id, Condition::Blackout { allow });
+                    Effect::Blackout { nft_table }
+                })
+            }
+            FaultKind::Kill { .. } => unreachable!("handled above"),
+        };
+        match effect {
+            Ok(effect) => {
+                let cuts_control_plane = matches!(
+                    spec.kind,
+                    FaultKind::Blackout {
+                        keep_control_plane: false,
+                        ..
+                    }
+                );
+                self.active.insert(
+                    spec.fault_id.clone(),
+                    Active {
+                        owner: owner.to_string(),
+                        effect,
+                        deadline,
+                        cuts_control_plane,
+                    },
+                );
+                Ok(match later {
+                    Some(rx) => Applied::Later(rx),
+                    None => Applied::Now(Outcome::Applied {
+                        detail: format!("{capability} in effect for {} ms", duration_ms),
+                        pids: vec![],
+                    }),
+                })
+            }
+            Err(message) => {
+                if let Err(e) = self.state.remove(&spec.fault_id) {
+                    tracing::error!(fault = %spec.fault_id, error = %e, "cannot forget a fault that was never applied");
+                }
+                Ok(Applied::Now(Outcome::Failed { message }))
+            }
+        }
+    }
+
+    /// Removes one fault; `Ok(false)` when it was not in effect.
+    pub fn remove(&mut self, fault_id: &str) -> Result<bool, String> {
+        let Some(active) = self.active.remove(fault_id) else {
+            return Ok(false);
+        };
+        self.conditions.clear(fault_id);
+        if let Effect::Blackout {
+            nft_table: Some(table),
+        } = &active.effect
+        {
+            if let Err(e) = nft::remove(table) {
+                let message = format!("cannot remove blackout table {table}: {e}");
+                // Keep it, and its record, so a retry or a restart takes it away.
+                self.active.insert(fault_id.to_string(), active);
+                return Err(message);
+            }
+        }
+        match active.effect {
+            Effect::Cpu(stress) => stress.stop(),
+            Effect::Memory(held) => held.release(),
+            Effect::Latency | Effect::Blackout { .. } => {}
+        }
+        self.state
+            .remove(fault_id)
+            .map_err(|e| format!("fault removed, but its state record remains: {e}"))?;
+        Ok(true)
+    }
+
+    /// Removes the faults matching `which`; the ids and owners of those removed.
+    pub fn remove_where(
+        &mut self,
+        which: impl Fn(&str, &str, Instant) -> bool,
+    ) -> Vec<(String, String)> {
+        let ids: Vec<(String, String)> = self
+            .active
+            .iter()
+            .filter(|(id, a)| which(id, &a.owner, a.deadline))
+            .map(|(id, a)| (id.clone(), a.owner.clone()))
+            .collect();
+        ids.into_iter()
+            .filter(|(id, _)| match self.remove(id) {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::error!(fault = %id, error = %e, "fault could not be removed");
+                    false
+                }
+            })
+            .collect()
+    }
+
+    /// The earliest deadline of a fault in effect.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.active.values().map(|a| a.deadline).min()
+    }
+
+    /// Whether a fault in effect cuts this host off from its controller.
+    pub fn cuts_control_plane(&self) -> bool {
+        self.active.values().any(|a| a.cuts_control_plane)
+    }
+}

@@ -1,0 +1,389 @@
+//! nf_tables over netlink, from Rust: just enough to install and delete a blackout table.
+//!
+//! The table (family `inet`) has an input and an output chain. Each accepts loopback and the
+//! allowed addresses and drops everything else. Dropping is final across all base chains of
+//! a hook, so other firewalls on the host cannot re-open what the blackout closes. No `nft`
+//! binary and no libnftnl: the messages are encoded here.
+
+use std::io;
+use std::net::IpAddr;
+
+const NETLINK_NETFILTER: i32 = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLMSG_ERROR: u16 = 2;
+const NLA_F_NESTED: u16 = 1 << 15;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_CMP_EQ: u32 = 0;
+/// Runs before the usual filter priority (0) so the blackout sees packets first.
+const PRIORITY: i32 = -200;
+
+/// Which way a chain filters.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
+/// Installs a blackout table named `table`: only loopback and `allow` stay reachable.
+pub fn install(table: &str, allow: &[IpAddr]) -> io::Result<()> {
+    let mut batch = Batch::new();
+    batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
+        m.str_attr(1, table); // NFTA_TABLE_NAME
+        m.u32_attr(2, 0); // NFTA_TABLE_FLAGS
+    });
+    for (chain, direction) in [("input", Direction::In), ("output", Direction::Out)] {
+        let hook = match direction {
+            Direction::In => NF_INET_LOCAL_IN,
+            Direction::Out => NF_INET_LOCAL_OUT,
+        };
+        batch.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |m| {
+            m.str_attr(1, table); // NFTA_CHAIN_TABLE
+            m.str_attr(3, chain); // NFTA_CHAIN_NAME
+            m.nested(4, |h| {
+                // NFTA_CHAIN_HOOK
+                h.u32_attr(1, hook); // NFTA_HOOK_HOOKNUM
+                h.u32_attr(2, PRIORITY as u32); // NFTA_HOOK_PRIORITY
+            });
+            m.u32_attr(5, NF_ACCEPT); // NFTA_CHAIN_POLICY
+            m.str_attr(7, "filter"); // NFTA_CHAIN_TYPE
+        });
+        let iface_key = match direction {
+            Direction::In => NFT_META_IIFNAME,
+            Direction::Out => NFT_META_OIFNAME,
+        };
+        let mut lo = [0u8; 16];
+        lo[..2].copy_from_slice(b"lo");
+        batch.rule(table, chain, |r| {
+            r.meta(iface_key);
+            r.cmp(&lo);
+            r.verdict(NF_ACCEPT);
+        });
+        for addr in allow {
+            let (proto, offset, bytes) = match (addr, direction) {
+                (IpAddr::V4(a), Direction::In) => (NFPROTO_IPV4, 12, a.octets().to_vec()),
+                (IpAddr::V4(a), Direction::Out) => (NFPROTO_IPV4, 16, a.octets().to_vec()),
+                (IpAddr::V6(a), Direction::In) => (NFPROTO_IPV6, 8, a.octets().to_vec()),
+                (IpAddr::V6(a), Direction::Out) => (NFPROTO_IPV6, 24, a.octets().to_vec()),
+            };
+            batch.rule(table, chain, |r| {
+                r.meta(NFT_META_NFPROTO);
+                r.cmp(&[proto]);
+                r.payload(offset, bytes.len() as u32);
+                r.cmp(&bytes);
+                r.verdict(NF_ACCEPT);
+            });
+        }
+        batch.rule(table, chain, |r| r.verdict(NF_DROP));
+    }
+    batch.send()
+}
+
+/// Deletes the table; a table that is already gone is not an error.
+pub fn remove(table: &str) -> io::Result<()> {
+    let mut batch = Batch::new();
+    batch.message(NFT_MSG_DELTABLE, 0, |m| m.str_attr(1, table));
+    match batch.send() {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether this process may change nf_tables here: creates and deletes a probe table.
+pub fn available() -> bool {
+    let probe = format!("faultline_probe_{}", std::process::id());
+    install(&probe, &[]).is_ok() && remove(&probe).is_ok()
+}
+
+/// One netlink message under construction; attributes are appended to `buf`.
+struct Msg<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Msg<'_> {
+    fn attr(&mut self, kind: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        pad(self.buf);
+    }
+
+    fn str_attr(&mut self, kind: u16, s: &str) {
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.push(0);
+        self.attr(kind, &bytes);
+    }
+
+    /// Netfilter attributes carry integers in network byte order.
+    fn u32_attr(&mut self, kind: u16, v: u32) {
+        self.attr(kind, &v.to_be_bytes());
+    }
+
+    fn nested(&mut self, kind: u16, fill: impl FnOnce(&mut Msg<'_>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0]);
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        fill(&mut Msg { buf: self.buf });
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn expr(&mut self, name: &str, fill: impl FnOnce(&mut Msg<'_>)) {
+        self.nested(1, |e| {
+            // NFTA_LIST_ELEM
+            e.str_attr(1, name); // NFTA_EXPR_NAME
+            e.nested(2, fill); // NFTA_EXPR_DATA
+        });
+    }
+
+    fn meta(&mut self, key: u32) {
+        self.expr("meta", |d| {
+            d.u32_attr(1, NFT_REG_1); // NFTA_META_DREG
+            d.u32_attr(2, key); // NFTA_META_KEY
+        });
+    }
+
+    fn payload(&mut self, offset: u32, len: u32) {
+        self.expr("payload", |d| {
+            d.u32_attr(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+            d.u32_attr(2, NFT_PAYLOAD_NETWORK_HEADER); // NFTA_PAYLOAD_BASE
+            d.u32_attr(3, offset); // NFTA_PAYLOAD_OFFSET
+            d.u32_attr(4, len); // NFTA_PAYLOAD_LEN
+        });
+    }
+
+    fn cmp(&mut self, data: &[u8]) {
+        self.expr("cmp", |d| {
+            d.u32_attr(1, NFT_REG_1); // NFTA_CMP_SREG
+            d.u32_attr(2, NFT_CMP_EQ); // NFTA_CMP_OP
+            d.nested(3, |v| v.attr(1, data)); // NFTA_CMP_DATA { NFTA_DATA_VALUE }
+        });
+    }
+
+    fn verdict(&mut self, code: u32) {
+        self.expr("immediate", |d| {
+            d.u32_attr(1, NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
+            d.nested(2, |data| {
+                // NFTA_IMMEDIATE_DATA { NFTA_DATA_VERDICT { NFTA_VERDICT_CODE } }
+                data.nested(2, |v| v.u32_attr(1, code));
+            });
+        });
+    }
+}
+
+fn pad(buf: &mut Vec<u8>) {
+    while buf.len() % 4 != 0 {
+        buf.push(0);
+    }
+}
+
+/// A netfilter transaction: begin, messages, end; applied by the kernel all or nothing.
+struct Batch {
+    buf: Vec<u8>,
+    seq: u32,
+    acked: Vec<u32>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        let mut b = Batch {
+            buf: Vec::new(),
+            seq: 0,
+            acked: Vec::new(),
+        };
+        b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, |_| {});
+        b
+    }
+
+    fn header(&mut self, kind: u16, flags: u16, family: u8, fill: impl FnOnce(&mut Msg<'_>)) {
+        self.seq += 1;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]); // length, patched below
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+                                                         // nfgenmsg: family, version, resource id (the subsystem, for batch messages).
+        self.buf.push(family);
+        self.buf.push(0);
+        self.buf
+            .extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        fill(&mut Msg { buf: &mut self.buf });
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn message(&mut self, msg: u16, flags: u16, fill: impl FnOnce(&mut Msg<'_>)) {
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
+        self.header(kind, NLM_F_REQUEST | NLM_F_ACK | flags, NFPROTO_INET, fill);
+        self.acked.push(self.seq);
+    }
+
+    fn rule(&mut self, table: &str, chain: &str, exprs: impl FnOnce(&mut Msg<'_>)) {
+        self.message(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, |m| {
+            m.str_attr(1, table); // NFTA_RULE_TABLE
+            m.str_attr(2, chain); // NFTA_RULE_CHAIN
+            m.nested(4, exprs); // NFTA_RULE_EXPRESSIONS
+        });
+    }
+
+    /// Sends the batch and waits for every acknowledgement; the first error wins.
+    fn send(mut self) -> io::Result<()> {
+        self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, |_| {});
+        let socket = Socket::open()?;
+        socket.send(&self.buf)?;
+        let mut pending = self.acked;
+        let mut buf = vec![0u8; 1 << 16];
+        while !pending.is_empty() {
+            let n = socket.recv(&mut buf)?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                if len < 16 || at + len > n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "truncated netlink reply",
+                    ));
+                }
+                if kind == NLMSG_ERROR && len >= 20 {
+                    let code =
+                        i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    pending.retain(|s| *s != seq);
+                }
+                at += (len + 3) & !3;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A netfilter netlink socket, closed on drop.
+struct Socket(i32);
+
+impl Socket {
+    fn open() -> io::Result<Socket> {
+        // SAFETY: plain socket(2) call; the descriptor is owned by the returned value.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = Socket(fd);
+        let timeout = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: fd is valid; the option value is a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(socket)
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_nl is the kernel's address (pid 0, no groups).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: buf and addr are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.0,
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned by this value and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_and_nested_lengths_patched() {
+        let mut buf = Vec::new();
+        let mut m = Msg { buf: &mut buf };
+        m.nested(4, |n| n.str_attr(1, "abc"));
+        // nested header (4) + attr header (4) + "abc\0" (4)
+        assert_eq!(buf.len(), 12);
+        assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), 12);
+        assert_eq!(u16::from_ne_bytes([buf[2], buf[3]]), 4 | NLA_F_NESTED);
+        assert_eq!(&buf[8..12], b"abc\0");
+    }
+
+    #[test]
+    fn batch_messages_are_framed_and_acked() {
+        let mut b = Batch::new();
+        b.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| m.str_attr(1, "t"));
+        let first_len = u32::from_ne_bytes(b.buf[0..4].try_into().unwrap()) as usize;
+        assert_eq!(first_len, 20, "batch begin is a bare header with nfgenmsg");
+        let kind = u16::from_ne_bytes(b.buf[first_len + 4..first_len + 6].try_into().unwrap());
+        assert_eq!(kind, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE);
+        assert_eq!(b.acked, vec![2]);
+        assert_eq!(b.buf.len() % 4, 0);
+    }
+}

@@ -1,0 +1,350 @@
+//! The sidecar TCP proxy in front of the host's service (`--proxy LISTEN=UPSTREAM`).
+//!
+//! It always forwards. During a latency fault it holds each chunk of each direction for
+//! the delay (± jitter) before writing it on, and refuses a share of new connections;
+//! during a blackout it refuses, and cuts, connections from peers outside the AZ. This is
+//! how latency works on kernels without `netem`, and how a blackout holds without
+//! CAP_NET_ADMIN. Buffers are bounded: a full queue stops reading, which pushes back on
+//! the sender through TCP.
+
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Chunks held per direction of a connection while delayed (16 KiB each).
+const MAX_QUEUED_CHUNKS: usize = 64;
+const CHUNK: usize = 16 * 1024;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a fault asks of the proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Delay and refuse.
+    Latency {
+        /// Delay per direction.
+        delay: Duration,
+        /// Uniform jitter around it.
+        jitter: Duration,
+        /// Percent of new connections refused.
+        loss_percent: f64,
+    },
+    /// Only these peers may connect.
+    Blackout {
+        /// Allowed peers.
+        allow: Vec<IpAddr>,
+    },
+}
+
+/// The effective conditions: the newest latency, and every blackout's allow-list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    latency: Option<(Duration, Duration, f64)>,
+    allow: Vec<Vec<IpAddr>>,
+}
+
+impl Snapshot {
+    /// Whether `peer` may talk through the proxy.
+    pub fn allows(&self, peer: IpAddr) -> bool {
+        self.allow.iter().all(|list| list.contains(&peer))
+    }
+
+    fn delay(&self, rng: &mut impl Rng) -> Duration {
+        match self.latency {
+            Some((delay, jitter, _)) if !jitter.is_zero() => {
+                let j = rng.random_range(-(jitter.as_micros() as i64)..=jitter.as_micros() as i64);
+                Duration::from_micros((delay.as_micros() as i64 + j).max(0) as u64)
+            }
+            Some((delay, _, _)) => delay,
+            None => Duration::ZERO,
+        }
+    }
+
+    fn refuses_new(&self, rng: &mut impl Rng) -> bool {
+        matches!(self.latency, Some((_, _, loss)) if loss > 0.0 && rng.random_range(0.0..100.0) < loss)
+    }
+}
+
+/// Conditions shared by every proxy of the agent, set and cleared by faults.
+#[derive(Debug)]
+pub struct Conditions {
+    by_fault: Mutex<BTreeMap<String, (u64, Condition)>>,
+    seq: Mutex<u64>,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions {
+            by_fault: Mutex::new(BTreeMap::new()),
+            seq: Mutex::new(0),
+            tx: watch::Sender::new(Arc::new(Snapshot::default())),
+        }
+    }
+}
+
+impl Conditions {
+    /// Sets the condition of a fault, replacing any it had.
+    pub fn set(&self, fault_id: &str, condition: Condition) {
+        let seq = {
+            let mut s = self.seq.lock().expect("not poisoned");
+            *s += 1;
+            *s
+        };
+        self.by_fault
+            .lock()
+            .expect("not poisoned")
+            .insert(fault_id.to_string(), (seq, condition));
+        self.publish();
+    }
+
+    /// Clears the condition of a fault; whether it had one.
+    pub fn clear(&self, fault_id: &str) -> bool {
+        let had = self
+            .by_fault
+            .lock()
+            .expect("not poisoned")
+            .remove(fault_id)
+            .is_some();
+        if had {
+            self.publish();
+        }
+        had
+    }
+
+    fn publish(&self) {
+        let map = self.by_fault.lock().expect("not poisoned");
+        let latency = map
+            .values()
+            .filter_map(|(seq, c)| match c {
+                Condition::Latency {
+                    delay,
+                    jitter,
+                    loss_percent,
+                } => Some((*seq, (*delay, *jitter, *loss_percent))),
+                Condition::Blackout { .. } => None,
+            })
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, l)| l);
+        let allow = map
+            .values()
+            .filter_map(|(_, c)| match c {
+                Condition::Blackout { allow } => Some(allow.clone()),
+                Condition::Latency { .. } => None,
+            })
+            .collect();
+        self.tx.send_replace(Arc::new(Snapshot { latency, allow }));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+}
+
+/// Serves one `LISTEN=UPSTREAM` pair until cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    upstream: String,
+    conditions: Arc<Conditions>,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let upstream: Arc<str> = upstream.into();
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let (client, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    continue;
+                }
+            },
+        };
+        let (upstream, conditions, cancel) = (upstream.clone(), conditions.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = connection(client, peer, &upstream, &conditions) => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "proxied connection ended");
+                },
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Why a connection was refused or cut.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("peer {0} is outside the blacked-out AZ")]
+    Blocked(IpAddr),
+    #[error("refused by the latency fault's loss")]
+    Lost,
+    #[error("upstream {0}: {1}")]
+    Upstream(String, std::io::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    upstream: &str,
+    conditions: &Conditions,
+) -> Result<(), ProxyError> {
+    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let snapshot = conditions.subscribe().borrow().clone();
+    if !snapshot.allows(peer.ip()) || snapshot.refuses_new(&mut rng) {
+        // A reset, not a polite close: the client sees the connection fail at once.
+        let _ = client.set_zero_linger();
+        return Err(if snapshot.allows(peer.ip()) {
+            ProxyError::Lost
+        } else {
+            ProxyError::Blocked(peer.ip())
+        });
+    }
+    let server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let _ = client.set_zero_linger();
+            return Err(ProxyError::Upstream(upstream.into(), e));
+        }
+        Err(_) => {
+            let _ = client.set_zero_linger();
+            return Err(ProxyError::Upstream(
+                upstream.into(),
+                std::io::ErrorKind::TimedOut.into(),
+            ));
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = pump(
+        cr,
+        sw,
+        conditions.subscribe(),
+        peer.ip(),
+        rand::rngs::SmallRng::from_rng(&mut rng),
+    );
+    let down = pump(sr, cw, conditions.subscribe(), peer.ip(), rng);
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// Copies one direction, holding chunks for the current delay; ends when the reader is done
+/// and everything queued is written, or when the peer becomes blocked.
+async fn pump(
+    mut reader: impl AsyncReadExt + Unpin,
+    mut writer: impl AsyncWriteExt + Unpin,
+    mut conditions: watch::Receiver<Arc<Snapshot>>,
+    peer: IpAddr,
+    mut rng: impl Rng,
+) -> Result<(), ProxyError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut last_release = Instant::now();
+    let mut snapshot = conditions.borrow_and_update().clone();
+    let mut eof = false;
+    loop {
+        if !snapshot.allows(peer) {
+            return Err(ProxyError::Blocked(peer));
+        }
+        if eof && queue.is_empty() {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        let head = queue.front().map(|(t, _)| *t);
+        tokio::select! {
+            r = reader.read(&mut buf), if !eof && queue.len() < MAX_QUEUED_CHUNKS => {
+                let n = r?;
+                if n == 0 {
+                    eof = true;
+                    continue;
+                }
+                let delay = snapshot.delay(&mut rng);
+                if delay.is_zero() && queue.is_empty() {
+                    writer.write_all(&buf[..n]).await?;
+                } else {
+                    // Never release before an earlier chunk: jitter must not reorder a stream.
+                    last_release = last_release.max(Instant::now() + delay);
+                    queue.push_back((last_release, buf[..n].to_vec()));
+                }
+            }
+            _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
+                if let Some((_, data)) = queue.pop_front() {
+                    writer.write_all(&data).await?;
+                }
+            }
+            r = conditions.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                snapshot = conditions.borrow_and_update().clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_latency_wins_and_blackouts_intersect() {
+        let c = Conditions::default();
+        let lat = |ms| Condition::Latency {
+            delay: Duration::from_millis(ms),
+            jitter: Duration::ZERO,
+            loss_percent: 0.0,
+        };
+        c.set("a", lat(100));
+        c.set("b", lat(200));
+        assert_eq!(
+            c.subscribe().borrow().latency.unwrap().0,
+            Duration::from_millis(200)
+        );
+        c.clear("b");
+        assert_eq!(
+            c.subscribe().borrow().latency.unwrap().0,
+            Duration::from_millis(100)
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        c.set("x", Condition::Blackout { allow: vec![a, b] });
+        c.set("y", Condition::Blackout { allow: vec![a] });
+        let s = c.subscribe().borrow().clone();
+        assert!(s.allows(a) && !s.allows(b));
+        assert!(c.clear("x") && c.clear("y") && !c.clear("y"));
+        assert!(c.subscribe().borrow().allows(b));
+    }
+
+    #[test]
+    fn jitter_stays_around_the_delay() {
+        let s = Snapshot {
+            latency: Some((Duration::from_millis(100), Duration::from_millis(20), 0.0)),
+            allow: vec![],
+        };
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        for _ in 0..1000 {
+            let d = s.delay(&mut rng);
+            assert!(
+                d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The state directory: every fault is recorded here before it takes effect, so an agent
+//! that is killed and restarted knows what its previous life left behind.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// What must be known to take a fault away after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The controller's fault id.
+    pub fault_id: String,
+    /// The controller that owns it.
+    pub owner: String,
+    /// Capability name of the fault (`cpu`, `blackout`, ...).
+    pub kind: String,
+    /// nf_tables table installed for a blackout; it outlives the process.
+    pub nft_table: Option<String>,
+    /// When it was applied, ms since the Unix epoch.
+    pub applied_at_ms: u64,
+}
+
+/// Why the state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Creating or reading the directory failed.
+    #[error("state dir {dir}: {source}")]
+    Io {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another agent holds the lock.
+    #[error("state dir {0} is in use by another agent; give each agent its own --state-dir")]
+    Locked(PathBuf),
+}
+
+/// A locked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    faults: PathBuf,
+    /// Held for the life of the agent: two agents sharing a directory would undo each other.
+    _lock: File,
+}
+
+impl StateDir {
+    /// Creates (if needed) and locks the directory.
+    pub fn open(dir: &Path) -> Result<StateDir, StateError> {
+        let io_err = |source| StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let faults = dir.join("faults");
+        fs::create_dir_all(&faults).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(io_err)?;
+        // SAFETY: flock on a descriptor owned by `lock`.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StateError::Locked(dir.to_path_buf()));
+        }
+        Ok(StateDir {
+            faults,
+            _lock: lock,
+        })
+    }
+
+    fn path(&self, fault_id: &str) -> PathBuf {
+        self.faults.join(format!("{}.json", file_stem(fault_id)))
+    }
+
+    /// Durably records a fault: written, synced, renamed into place, directory synced.
+    pub fn write(&self, record: &Record) -> io::Result<()> {
+        let path = self.path(&record.fault_id);
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(&self.faults)?.sync_all()
+    }
+
+    /// Forgets a fault once it is removed.
+    pub fn remove(&self, fault_id: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(fault_id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Records left by a previous life, and files that cannot be read as records.
+    pub fn leftovers(&self) -> io::Result<(Vec<Record>, Vec<PathBuf>)> {
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in fs::read_dir(&self.faults)? {
+            let path = entry?.path();
+            match fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            {
+                Some(r) if path.extension().is_some_and(|e| e == "json") => records.push(r),
+                _ => unreadable.push(path),
+            }
+        }
+        records.sort_by(|a, b| a.fault_id.cmp(&b.fault_id));
+        Ok((records, unreadable))
+    }
+
+    /// Deletes a file [`StateDir::leftovers`] could not read (e.g. an interrupted write).
+    pub fn discard(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+}
+
+/// A file name for a fault id: readable where it can be, unique always.
+fn file_stem(fault_id: &str) -> String {
+    let readable: String = fault_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("{readable}-{:016x}", fnv1a(fault_id.as_bytes()))
+}
+
+/// A short stable hash, also used to name nf_tables tables after fault ids.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "fl-state-{}-{}",
+            std::process::id(),
+            fnv1a(format!("{:?}", std::thread::current().id()).as_bytes())
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_survive_and_are_removed() {
+        let dir = temp();
+        let rec = Record {
+            fault_id: "exp/a/web-a1".into(),
+            owner: "c1".into(),
+            kind: "blackout".into(),
+            nft_table: Some("fl_1".into()),
+            applied_at_ms: 1,
+        };
+        {
+            let s = StateDir::open(&dir).unwrap();
+            s.write(&rec).unwrap();
+        }
+        let s = StateDir::open(&dir).unwrap();
+        assert_eq!(s.leftovers().unwrap().0, vec![rec.clone()]);
+        s.remove(&rec.fault_id).unwrap();
+        s.remove(&rec.fault_id).unwrap();
+        assert!(s.leftovers().unwrap().0.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_agent_is_refused() {
+        let dir = temp();
+        let _first = StateDir::open(&dir).unwrap();
+        assert!(matches!(StateDir::open(&dir), Err(StateError::Locked(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

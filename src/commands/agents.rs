@@ -1,0 +1,57 @@
+//! `faultline agents`: who is connected.
+
+use crate::cli::{ControllerArgs, ReportFormat};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use faultline::controller::{AgentWait, Controller};
+use faultline::exit;
+
+/// Starts a controller from the flags.
+pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
+    let token = super::run::token(&args.token_file)?;
+    Controller::start(args.listen, token)
+        .await
+        .map_err(|e| super::fail(e.code, e))
+}
+
+/// Lists the agents that connect before the wait ends.
+pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
+    super::runtime()?.block_on(async move {
+        let controller = start(&args).await?;
+        let wait = match args.wait_agents {
+            Some(n) => AgentWait::Count(n),
+            None => AgentWait::Settle(Default::default()),
+        };
+        let hosts = controller
+            .wait_for_agents(&wait, args.agents_timeout)
+            .await
+            .map_err(|e| super::fail(e.code, e))?;
+        match format {
+            ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
+            ReportFormat::Table => {
+                let mut t = Table::new();
+                t.load_preset(UTF8_FULL_CONDENSED).set_header([
+                    "host",
+                    "az",
+                    "tags",
+                    "address",
+                    "capabilities",
+                    "version",
+                ]);
+                for h in &hosts {
+                    let tags: Vec<String> =
+                        h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    t.add_row(vec![
+                        h.host_id.clone(),
+                        h.placement.availability_zone.clone(),
+                        tags.join(", "),
+                        h.address.clone(),
+                        h.agent.capabilities.join(", "),
+                        h.agent.version.clone(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        Ok(exit::COMPLETED)
+    })
+}

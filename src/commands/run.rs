@@ -1,0 +1,105 @@
+//! `faultline run`: an experiment against live agents.
+
+use crate::cli::{ControllerArgs, ReportFormat};
+use faultline::controller::{named_hosts, AgentWait, RunOptions};
+use faultline::engine::StopRequest;
+use faultline::{exit, plan, template, token};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The flags of `faultline run`.
+pub struct Args {
+    pub controller: ControllerArgs,
+    pub alarms: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub journal: Option<PathBuf>,
+    pub format: ReportFormat,
+    pub dry_run: bool,
+    pub ack_timeout: Duration,
+    pub template: PathBuf,
+}
+
+/// Runs the experiment; the exit status follows the experiment's final state.
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let experiment = template::load(&args.template, args.alarms.as_deref())
+        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))?;
+    super::runtime()?.block_on(async move {
+        let controller = super::agents::start(&args.controller).await?;
+        let wait = match args.controller.wait_agents {
+            Some(n) => AgentWait::Count(n),
+            None => AgentWait::Settle(named_hosts(&experiment)),
+        };
+        let hosts = controller
+            .wait_for_agents(&wait, args.controller.agents_timeout)
+            .await
+            .map_err(|e| super::fail(e.code, e))?;
+        if args.dry_run {
+            return dry_run(&experiment, &hosts, args.seed, args.format);
+        }
+        let (stop_tx, stop_rx) = mpsc::channel(4);
+        tokio::spawn(interrupts(stop_tx));
+        let mut opts = RunOptions::new(&args.template);
+        opts.seed = args.seed;
+        opts.journal = args.journal.clone();
+        opts.settings.ack_timeout = args.ack_timeout;
+        let report = controller
+            .run(experiment, opts, stop_rx)
+            .await
+            .map_err(|e| super::fail(e.code, e))?;
+        controller.shutdown();
+        match args.format {
+            ReportFormat::Table => println!("{}", report.render()),
+            ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        Ok(report.exit_code)
+    })
+}
+
+fn dry_run(
+    experiment: &template::Experiment,
+    hosts: &[faultline_agent::protocol::HostDescription],
+    seed: Option<u64>,
+    format: ReportFormat,
+) -> anyhow::Result<u8> {
+    let seed = seed.unwrap_or_else(rand::random);
+    let resolution =
+        plan::resolve(experiment, hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
+    let plan = plan::plan(experiment, &resolution);
+    match format {
+        ReportFormat::Table => println!(
+            "{}",
+            plan::render_tables(experiment, &resolution, &plan, hosts)
+        ),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+    }
+    Ok(exit::COMPLETED)
+}
+
+/// First Ctrl-C: stop the experiment (every fault removed). Second: exit at once; the
+/// agents' leases remove what is left.
+async fn interrupts(stop: mpsc::Sender<StopRequest>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!("stopping: removing every fault (press Ctrl-C again to exit at once; agents' leases clean up)");
+    let _ = stop.send(StopRequest::Interrupted).await;
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("exiting now");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    }
+}
+
+/// Reads or creates the token file, saying so when it is new.
+pub fn token(path: &std::path::Path) -> anyhow::Result<String> {
+    let (t, created) = token::load_or_create(path).map_err(|e| {
+        super::fail(
+            exit::INVALID,
+            anyhow::anyhow!("token file {}: {e}", path.display()),
+        )
+    })?;
+    if created {
+        tracing::info!(path = %path.display(), "created a new agent token; start agents with --token-file pointing at it");
+    }
+    Ok(t)
+}

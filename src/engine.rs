@@ -1,0 +1,668 @@
+//! The run: actions in startAfter order, each fault dispatched to its hosts and acknowledged,
+//! held for its duration and removed; a stop request or a failed action stops everything,
+//! and stopping removes every fault before the run ends.
+
+use crate::journal::{Event, Journal, State};
+use crate::plan::Resolution;
+use crate::server::{DispatchError, Fleet};
+use crate::template::{Action, ActionSpec, Experiment, ResourceType};
+use faultline_agent::protocol::{
+    ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome,
+};
+use futures_util::future::join_all;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Timeouts of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long an agent has to acknowledge a command.
+    pub ack_timeout: Duration,
+    /// How long to wait for a removal to be confirmed by an agent that is unreachable
+    /// (cut off by a blackout, restarting) before relying on its lease.
+    pub removal_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ack_timeout: Duration::from_secs(10),
+            removal_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a run is asked to stop before its end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StopRequest {
+    /// A stop condition's alarm went into ALARM.
+    Alarm {
+        /// The alarm.
+        alarm: String,
+        /// What it saw.
+        detail: String,
+    },
+    /// The operator pressed Ctrl-C.
+    Interrupted,
+}
+
+impl std::fmt::Display for StopRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopRequest::Alarm { alarm, detail } => {
+                write!(f, "stop condition {alarm} went into ALARM ({detail})")
+            }
+            StopRequest::Interrupted => write!(f, "interrupted by the operator"),
+        }
+    }
+}
+
+/// What became of one action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRecord {
+    /// Its actionId.
+    pub action_id: String,
+    /// Final state.
+    pub state: State,
+    /// Resources it acted on (hosts, or AZs for a blackout).
+    pub resources: Vec<String>,
+    /// Hosts that received a fault.
+    pub hosts: Vec<String>,
+    /// When it started.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ts_opt")]
+    pub started_at: Option<SystemTime>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ts_opt")]
+    pub ended_at: Option<SystemTime>,
+    /// Why it failed or stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What else is worth knowing (e.g. a fault an agent ended early).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// RFC 3339 with milliseconds, as the journal writes times.
+pub fn ts(t: &SystemTime) -> String {
+    humantime::format_rfc3339_millis(*t).to_string()
+}
+
+fn ts_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&ts(t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOutcome {
+    /// Final experiment state: completed, stopped or failed.
+    pub state: State,
+    /// Why it did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The stop request that stopped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRequest>,
+    /// Every action, by name.
+    pub actions: BTreeMap<String, ActionRecord>,
+    /// From the stop request (or the failure) to the last confirmed removal.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ms_opt")]
+    pub rollback: Option<Duration>,
+    /// Faults no agent confirmed removed (their leases remove them).
+    pub unconfirmed_removals: usize,
+}
+
+fn ms_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
+        None => s.serialize_none(),
+    }
+}
+
+/// Everything a run needs.
+pub struct Run {
+    /// The experiment id, e.g. `EXP1a2b3c4d5e6f`; fault ids start with it.
+    pub id: String,
+    /// The experiment.
+    pub experiment: Arc<Experiment>,
+    /// Its targets, resolved at the start.
+    pub resolution: Resolution,
+    /// The hosts known when it was resolved.
+    pub hosts: Vec<HostDescription>,
+    /// The agents.
+    pub fleet: Fleet,
+    /// The journal.
+    pub journal: Arc<Journal>,
+    /// Timeouts.
+    pub settings: Settings,
+}
+
+/// The faults one action puts on one host.
+#[derive(Debug, Clone)]
+struct Placement {
+    host: String,
+    fault: FaultKind,
+}
+
+/// What an action runner reports back.
+struct Finished {
+    name: String,
+    state: State,
+    error: Option<String>,
+    notes: Vec<String>,
+    hosts: Vec<String>,
+    last_removal: Option<Instant>,
+    unconfirmed: usize,
+}
+
+impl Run {
+    /// The faults of an action, host by host; an error when a host cannot take it.
+    fn placements(&self, action: &Action) -> Result<(Vec<String>, Vec<Placement>), String> {
+        let Some(target) = &action.target else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let resources = self
+            .resolution
+            .targets
+            .get(target)
+            .map(|r| r.selected.clone())
+            .unwrap_or_default();
+        let by_id: BTreeMap<&str, &HostDescription> =
+            self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
+        let placements: Vec<Placement> =
+            match (&action.spec, self.experiment.targets[target].resource_type) {
+                (
+                    ActionSpec::Blackout {
+                        keep_control_plane, ..
+                    },
+                    ResourceType::Az,
+                ) => resources
+                    .iter()
+                    .flat_map(|az| {
+                        let members: Vec<&HostDescription> = self
+                            .hosts
+                            .iter()
+                            .filter(|h| &h.placement.availability_zone == az)
+                            .collect();
+                        let allow: Vec<IpAddr> = members
+                            .iter()
+                            .filter_map(|h| h.address.parse().ok())
+                            .collect();
+                        members.into_iter().map(move |h| Placement {
+                            host: h.host_id.clone(),
+                            fault: FaultKind::Blackout {
+                                allow: allow.clone(),
+                                keep_control_plane: *keep_control_plane,
+                            },
+                        })
+                    })
+                    .collect(),
+                (spec, _) => match spec.host_fault() {
+                    Some(fault) => resources
+                        .iter()
+                        .map(|h| Placement {
+                            host: h.clone(),
+                            fault: fault.clone(),
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                },
+            };
+        for p in &placements {
+            let capability = p.fault.capability();
+            let host = by_id
+                .get(p.host.as_str())
+                .ok_or_else(|| format!("{} is not connected", p.host))?;
+            if !host.agent.capabilities.iter().any(|c| c == capability) {
+                return Err(format!(
+                    "{} cannot inject `{capability}` (its agent offers: {}); start it with that capability or target other hosts",
+                    p.host,
+                    host.agent.capabilities.join(", ")
+                ));
+            }
+        }
+        Ok((resources, placements))
+    }
+
+    /// Checks that every host of every action can take its fault, before anything starts.
+    pub fn preflight(&self) -> Result<(), String> {
+        let errors: Vec<String> = self
+            .experiment
+            .actions
+            .iter()
+            .filter(|(_, a)| {
+                !a.target
+                    .as_ref()
+                    .is_some_and(|t| self.resolution.empty.contains(t))
+            })
+            .filter_map(|(name, a)| {
+                self.placements(a)
+                    .err()
+                    .map(|e| format!("action {name}: {e}"))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// Runs the experiment until it completes, fails or is stopped through `stops`.
+    pub async fn run(self, mut stops: mpsc::Receiver<StopRequest>) -> RunOutcome {
+        let run = Arc::new(self);
+        let journal = run.journal.clone();
+        journal.record(Event::ExperimentState {
+            state: State::Initiating,
+            reason: None,
+        });
+        for (name, r) in &run.resolution.targets {
+            journal.record(Event::TargetResolved {
+                target: name.clone(),
+                selected: r.selected.clone(),
+                matched: r.matched,
+            });
+        }
+        let mut records: BTreeMap<String, ActionRecord> = BTreeMap::new();
+        for (name, a) in &run.experiment.actions {
+            let skipped = a
+                .target
+                .as_ref()
+                .is_some_and(|t| run.resolution.empty.contains(t));
+            let (resources, placements) = run.placements(a).unwrap_or_default();
+            records.insert(
+                name.clone(),
+                ActionRecord {
+                    action_id: a.spec.action_id().into(),
+                    state: if skipped {
+                        State::Skipped
+                    } else {
+                        State::Pending
+                    },
+                    resources,
+                    hosts: placements.into_iter().map(|p| p.host).collect(),
+                    started_at: None,
+                    ended_at: None,
+                    error: None,
+                    notes: Vec::new(),
+                },
+            );
+            if skipped {
+                journal.record(Event::ActionState {
+                    action: name.clone(),
+                    state: State::Skipped,
+                    reason: Some("its target resolved to nothing".into()),
+                    duration_ms: None,
+                });
+            }
+        }
+        journal.record(Event::ExperimentState {
+            state: State::Running,
+            reason: None,
+        });
+
+        let cancel = CancellationToken::new();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
+        let mut stop: Option<StopRequest> = None;
+        let mut failure: Option<String> = None;
+        let mut stopping_since: Option<Instant> = None;
+        let mut last_removal: Option<Instant> = None;
+        let mut unconfirmed = 0;
+        start_ready(&run, &mut records, &mut tasks, &cancel);
+        while !tasks.is_empty() {
+            tokio::select! {
+                Some(joined) = tasks.join_next() => {
+                    let f = joined.expect("action runners do not panic");
+                    let rec = records.get_mut(&f.name).expect("runner of a known action");
+                    rec.state = f.state;
+                    rec.error = f.error.clone();
+                    rec.notes = f.notes;
+                    rec.hosts = f.hosts;
+                    rec.ended_at = Some(SystemTime::now());
+                    unconfirmed += f.unconfirmed;
+                    last_removal = last_removal.max(f.last_removal);
+                    if f.state == State::Failed && failure.is_none() && stop.is_none() {
+                        let reason = format!("action {} failed: {}", f.name, f.error.unwrap_or_default());
+                        journal.record(Event::ExperimentState { state: State::Stopping, reason: Some(reason.clone()) });
+                        failure = Some(reason);
+                        stopping_since = Some(Instant::now());
+                        cancel.cancel();
+                    }
+                    if failure.is_none() && stop.is_none() {
+                        start_ready(&run, &mut records, &mut tasks, &cancel);
+                    }
+                }
+                Some(req) = stops.recv(), if stop.is_none() && failure.is_none() => {
+                    journal.record(Event::ExperimentState { state: State::Stopping, reason: Some(req.to_string()) });
+                    stopping_since = Some(Instant::now());
+                    stop = Some(req);
+                    cancel.cancel();
+                }
+            }
+        }
+        for (name, rec) in records
+            .iter_mut()
+            .filter(|(_, r)| r.state == State::Pending)
+        {
+            rec.state = State::Cancelled;
+            journal.record(Event::ActionState {
+                action: name.clone(),
+                state: State::Cancelled,
+                reason: Some("the experiment stopped before it started".into()),
+                duration_ms: None,
+            });
+        }
+        let (state, reason) = match (&failure, &stop) {
+            (Some(f), _) => (State::Failed, Some(f.clone())),
+            (None, Some(s)) => (State::Stopped, Some(s.to_string())),
+            (None, None) => (State::Completed, None),
+        };
+        journal.record(Event::ExperimentState {
+            state,
+            reason: reason.clone(),
+        });
+        RunOutcome {
+            state,
+            reason,
+            stop,
+            actions: records,
+            rollback: stopping_since
+                .map(|s| last_removal.map_or(Duration::ZERO, |l| l.saturating_duration_since(s))),
+            unconfirmed_removals: unconfirmed,
+        }
+    }
+}
+
+/// Starts every pending action whose startAfter actions are all done.
+fn start_ready(
+    run: &Arc<Run>,
+    records: &mut BTreeMap<String, ActionRecord>,
+    tasks: &mut JoinSet<Finished>,
+    cancel: &CancellationToken,
+) {
+    let done = |r: &ActionRecord| matches!(r.state, State::Completed | State::Skipped);
+    let ready: Vec<String> = run
+        .experiment
+        .actions
+        .iter()
+        .filter(|(name, a)| {
+            records[*name].state == State::Pending
+                && a.start_after.iter().all(|d| done(&records[d]))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in ready {
+        let rec = records.get_mut(&name).expect("known action");
+        rec.state = State::Initiating;
+        rec.started_at = Some(SystemTime::now());
+        tasks.spawn(run_action(run.clone(), name, cancel.child_token()));
+    }
+}
+
+/// Runs one action to its end, removing what it put in place before returning.
+async fn run_action(run: Arc<Run>, name: String, cancel: CancellationToken) -> Finished {
+    let journal = &run.journal;
+    let action = &run.experiment.actions[&name];
+    let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
+        journal.record(Event::ActionState {
+            action: name.clone(),
+            state,
+            reason,
+            duration_ms,
+        })
+    };
+    state(State::Initiating, None, None);
+    let mut finished = Finished {
+        name: name.clone(),
+        state: State::Completed,
+        error: None,
+        notes: Vec::new(),
+        hosts: Vec::new(),
+        last_removal: None,
+        unconfirmed: 0,
+    };
+    let duration = action.spec.duration();
+    let placements = match run.placements(action) {
+        Ok((_, p)) => p,
+        Err(e) => {
+            state(State::Failed, Some(e.clone()), None);
+            finished.state = State::Failed;
+            finished.error = Some(e);
+            return finished;
+        }
+    };
+    finished.hosts = placements.iter().map(|p| p.host.clone()).collect();
+
+    // Dispatch to every host at once; each answer is journaled as it comes.
+    let duration_ms = (!duration.is_zero()).then_some(duration.as_millis() as u64);
+    let dispatches = placements.iter().map(|p| {
+        let fault_id = format!("{}/{}/{}", run.id, name, p.host);
+        let spec = FaultSpec {
+            fault_id: fault_id.clone(),
+            duration_ms,
+            kind: p.fault.clone(),
+        };
+        let run = run.clone();
+        let (name, host) = (name.clone(), p.host.clone());
+        async move {
+            run.journal.record(Event::Dispatch {
+                action: name.clone(),
+                host: host.clone(),
+                fault_id: fault_id.clone(),
+                fault: spec.kind.clone(),
+            });
+            let sent = Instant::now();
+            let result = run
+                .fleet
+                .command(
+                    &host,
+                    ControllerMessage::Apply { fault: spec },
+                    run.settings.ack_timeout,
+                )
+                .await;
+            match &result {
+                Ok(outcome) => run.journal.record(Event::Ack {
+                    action: name,
+                    host: host.clone(),
+                    fault_id: fault_id.clone(),
+                    outcome: outcome.clone(),
+                    latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                }),
+                Err(e) => run.journal.record(Event::DispatchFailed {
+                    action: name,
+                    host: host.clone(),
+                    error: e.to_string(),
+                }),
+            }
+            (host, fault_id, result)
+        }
+    });
+    let results = join_all(dispatches).await;
+    let mut applied: Vec<(String, String)> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for (host, fault_id, result) in results {
+        match result {
+            Ok(Outcome::Applied { .. }) => applied.push((host, fault_id)),
+            Ok(Outcome::Failed { message }) => errors.push(format!("{host}: {message}")),
+            Ok(other) => errors.push(format!("{host}: unexpected answer {other:?}")),
+            Err(e) => {
+                // A fault that may have landed without an answer must still be taken away.
+                if matches!(e, DispatchError::Timeout { .. }) {
+                    applied.push((host, fault_id));
+                }
+                errors.push(e.to_string());
+            }
+        }
+    }
+    let instant = matches!(action.spec, ActionSpec::Kill { .. });
+    if !errors.is_empty() {
+        if !instant {
+            remove_all(&run, &name, &applied, &mut finished).await;
+        }
+        let error = errors.join("; ");
+        state(State::Failed, Some(error.clone()), None);
+        finished.state = State::Failed;
+        finished.error = Some(error);
+        return finished;
+    }
+    if instant {
+        state(State::Completed, None, None);
+        return finished;
+    }
+
+    state(State::Running, None, Some(duration.as_millis() as u64));
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = cancel.cancelled() => true,
+    };
+    if stopped {
+        state(State::Stopping, None, None);
+    }
+    remove_all(&run, &name, &applied, &mut finished).await;
+    finished.state = match (stopped, finished.unconfirmed) {
+        (true, _) => State::Stopped,
+        (false, 0) => State::Completed,
+        (false, _) => State::Failed,
+    };
+    if finished.state == State::Failed {
+        finished.error = Some(format!(
+            "{} fault(s) not confirmed removed; the agents' leases remove them",
+            finished.unconfirmed
+        ));
+    }
+    state(
+        finished.state,
+        finished
+            .error
+            .clone()
+            .or_else(|| stopped.then(|| "the experiment is stopping".into())),
+        None,
+    );
+    finished
+}
+
+/// Removes an action's faults from every host at once, recording what was confirmed.
+async fn remove_all(
+    run: &Arc<Run>,
+    action: &str,
+    applied: &[(String, String)],
+    finished: &mut Finished,
+) {
+    let removals = applied
+        .iter()
+        .map(|(host, fault_id)| remove_one(run, action, host, fault_id));
+    for result in join_all(removals).await {
+        match result {
+            Ok((at, note)) => {
+                finished.last_removal = finished.last_removal.max(Some(at));
+                finished.notes.extend(note);
+            }
+            Err(e) => {
+                finished.unconfirmed += 1;
+                finished.notes.push(e);
+            }
+        }
+    }
+}
+
+/// Removes one fault, waiting out a disconnected agent for the grace period; returns when
+/// the removal was confirmed and a note when the agent had ended it early.
+async fn remove_one(
+    run: &Run,
+    action: &str,
+    host: &str,
+    fault_id: &str,
+) -> Result<(Instant, Option<String>), String> {
+    let started = Instant::now();
+    let deadline = started + run.settings.removal_grace;
+    let mut changes = run.fleet.changes();
+    let record = |by: String, confirmed: bool, error: Option<String>| {
+        run.journal.record(Event::Removal {
+            action: action.into(),
+            host: host.into(),
+            fault_id: fault_id.into(),
+            by,
+            confirmed,
+            latency_ms: confirmed.then(|| started.elapsed().as_secs_f64() * 1000.0),
+            error,
+        })
+    };
+    loop {
+        changes.borrow_and_update();
+        if let Some(reason) = run.fleet.ended(fault_id) {
+            record(end_reason(reason).into(), true, None);
+            let note = matches!(reason, EndReason::AgentRestarted | EndReason::LeaseExpired)
+                .then(|| format!("{host}: the fault ended early ({})", end_reason(reason)));
+            return Ok((Instant::now(), note));
+        }
+        if run.fleet.is_connected(host) {
+            let wait = run
+                .settings
+                .ack_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match run
+                .fleet
+                .command(
+                    host,
+                    ControllerMessage::Remove {
+                        fault_id: fault_id.into(),
+                    },
+                    wait,
+                )
+                .await
+            {
+                Ok(Outcome::Removed { .. }) => {
+                    record("controller".into(), true, None);
+                    return Ok((Instant::now(), None));
+                }
+                Ok(Outcome::Failed { message }) => {
+                    record("controller".into(), false, Some(message.clone()));
+                    return Err(format!("{host}: could not remove {fault_id}: {message}"));
+                }
+                Ok(other) => {
+                    return Err(format!("{host}: unexpected answer to a removal: {other:?}"))
+                }
+                Err(DispatchError::Refused { message, .. }) => {
+                    record("controller".into(), false, Some(message.clone()));
+                    return Err(format!(
+                        "{host}: refused the removal of {fault_id}: {message}"
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            let error = format!(
+                "{host} did not confirm the removal of {fault_id} within {}; its lease removes the fault",
+                faultline_agent::duration::human(run.settings.removal_grace)
+            );
+            record("controller".into(), false, Some(error.clone()));
+            return Err(error);
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+fn end_reason(r: EndReason) -> &'static str {
+    match r {
+        EndReason::DurationElapsed => "agent: duration elapsed",
+        EndReason::LeaseExpired => "agent: lease expired",
+        EndReason::Shutdown => "agent: shutdown",
+        EndReason::AgentRestarted => "agent: restarted",
+    }
+}

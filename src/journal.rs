@@ -1,0 +1,252 @@
+//! The run's journal: one JSON object per line, written the moment it happens, so a crash
+//! loses nothing that was already shown. Every event is also broadcast to the live view.
+
+use faultline_agent::protocol::{EndReason, FaultKind, Outcome};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+use tokio::sync::broadcast;
+
+/// An experiment or action state (design §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not started.
+    Pending,
+    /// Starting: targets resolving, faults being dispatched.
+    Initiating,
+    /// In effect.
+    Running,
+    /// Done as planned.
+    Completed,
+    /// Being stopped.
+    Stopping,
+    /// Stopped before its end.
+    Stopped,
+    /// Could not be done.
+    Failed,
+    /// Never started because the experiment stopped first.
+    Cancelled,
+    /// Never started because its target resolved to nothing.
+    Skipped,
+}
+
+impl State {
+    /// Whether nothing more happens after this state.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Completed | State::Stopped | State::Failed | State::Cancelled | State::Skipped
+        )
+    }
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Initiating => "initiating",
+            State::Running => "running",
+            State::Completed => "completed",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Skipped => "skipped",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The experiment changed state.
+    ExperimentState {
+        /// New state.
+        state: State,
+        /// Why, when it is not the plain course of things.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// An action changed state.
+    ActionState {
+        /// The action.
+        action: String,
+        /// New state.
+        state: State,
+        /// Why, for failures and stops.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Remaining run time, for `running`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    /// A target was resolved.
+    TargetResolved {
+        /// The target.
+        target: String,
+        /// What it selected.
+        selected: Vec<String>,
+        /// How many resources matched before sampling.
+        matched: usize,
+    },
+    /// A fault was sent to an agent.
+    Dispatch {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// The fault id.
+        fault_id: String,
+        /// The fault.
+        fault: FaultKind,
+    },
+    /// An agent answered a dispatch.
+    Ack {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// The fault id.
+        fault_id: String,
+        /// Its answer.
+        outcome: Outcome,
+        /// Time from dispatch to answer.
+        latency_ms: f64,
+    },
+    /// A dispatch got no usable answer.
+    DispatchFailed {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// Why.
+        error: String,
+    },
+    /// A fault was removed, or could not be confirmed removed.
+    Removal {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// The fault id.
+        fault_id: String,
+        /// `controller` when removed on request, or the agent's own reason.
+        by: String,
+        /// Whether the agent confirmed it.
+        confirmed: bool,
+        /// Time from the request to the confirmation.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        latency_ms: Option<f64>,
+        /// What went wrong, when unconfirmed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// An agent ended a fault on its own.
+    FaultEnded {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// Why.
+        reason: EndReason,
+    },
+    /// An agent connected.
+    AgentConnected {
+        /// The host.
+        host: String,
+        /// Its AZ.
+        az: String,
+        /// Its address.
+        address: String,
+    },
+    /// An agent disconnected.
+    AgentDisconnected {
+        /// The host.
+        host: String,
+    },
+    /// An alarm was evaluated.
+    AlarmEvaluation {
+        /// The alarm.
+        alarm: String,
+        /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+        state: String,
+        /// The newest datapoint, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+        /// The datapoints considered, oldest first (`null` = missing).
+        datapoints: Vec<Option<f64>>,
+        /// Phase of the run: `baseline`, `experiment` or `recovery`.
+        phase: String,
+    },
+}
+
+/// A journal line: the event with its time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// The experiment.
+    pub experiment: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The journal of one run.
+pub struct Journal {
+    experiment: String,
+    path: PathBuf,
+    file: Mutex<File>,
+    tx: broadcast::Sender<Entry>,
+}
+
+impl Journal {
+    /// Creates the file (and its directory) for experiment `experiment`.
+    pub fn create(path: &Path, experiment: &str) -> std::io::Result<Journal> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Journal {
+            experiment: experiment.to_string(),
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            tx: broadcast::channel(4096).0,
+        })
+    }
+
+    /// Where it is written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes an event now, and broadcasts it.
+    pub fn record(&self, event: Event) {
+        let entry = Entry {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            experiment: self.experiment.clone(),
+            event,
+        };
+        let mut line = serde_json::to_string(&entry).expect("journal entries serialize");
+        line.push('\n');
+        // One write per line on an unbuffered file: a crash after it loses nothing.
+        if let Err(e) = self
+            .file
+            .lock()
+            .expect("journal lock is never poisoned")
+            .write_all(line.as_bytes())
+        {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot write the journal");
+        }
+        let _ = self.tx.send(entry);
+    }
+
+    /// Entries as they are recorded.
+    pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
+        self.tx.subscribe()
+    }
+}

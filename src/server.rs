@@ -1,0 +1,507 @@
+//! The controller's agent server: agents dial in over a websocket, prove the shared token in
+//! the upgrade request, register, and then take commands. The [`Fleet`] is the registry of
+//! connected agents and the way to command them.
+
+use faultline_agent::protocol::{
+    constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode,
+    Frame, HostDescription, Outcome, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How long an agent has to register after the upgrade.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued to one agent before the controller waits for it.
+const OUTBOX: usize = 256;
+
+/// Something that happened to the fleet, for the journal and the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetEvent {
+    /// An agent registered.
+    Connected(HostDescription),
+    /// An agent's connection ended.
+    Disconnected {
+        /// Its host id.
+        host: String,
+    },
+    /// An agent ended a fault on its own.
+    FaultEnded {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// Why.
+        reason: EndReason,
+    },
+    /// A connection was refused (bad token, bad path, no registration).
+    Refused {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a command did not get an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    /// No agent with that host id is connected.
+    #[error("{0} is not connected")]
+    NotConnected(String),
+    /// The agent did not answer in time.
+    #[error("{host} did not answer within {}", faultline_agent::duration::human(*.after))]
+    Timeout {
+        /// The host.
+        host: String,
+        /// How long the controller waited.
+        after: Duration,
+    },
+    /// The connection ended before the answer.
+    #[error("{0} disconnected before answering")]
+    Disconnected(String),
+    /// The agent refused the command.
+    #[error("{host} refused: {message}")]
+    Refused {
+        /// The host.
+        host: String,
+        /// Its reason.
+        message: String,
+    },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, String>>>>>;
+
+#[derive(Clone)]
+struct Link {
+    description: HostDescription,
+    conn: u64,
+    lease: Duration,
+    outbox: mpsc::Sender<String>,
+    pending: Pending,
+}
+
+struct Inner {
+    controller_id: String,
+    token: String,
+    agents: Mutex<BTreeMap<String, Link>>,
+    ended: Mutex<HashMap<String, EndReason>>,
+    next_id: AtomicU64,
+    next_conn: AtomicU64,
+    version: watch::Sender<u64>,
+    events: broadcast::Sender<FleetEvent>,
+}
+
+/// The agents connected to this controller.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl Fleet {
+    /// Binds `listen` and serves agents until `cancel`; returns the fleet and the bound address.
+    pub async fn start(
+        listen: SocketAddr,
+        token: String,
+        controller_id: String,
+        cancel: CancellationToken,
+    ) -> std::io::Result<(Fleet, SocketAddr)> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let fleet = Fleet {
+            inner: Arc::new(Inner {
+                controller_id,
+                token,
+                agents: Mutex::new(BTreeMap::new()),
+                ended: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                next_conn: AtomicU64::new(1),
+                version: watch::Sender::new(0),
+                events: broadcast::channel(1024).0,
+            }),
+        };
+        tokio::spawn(fleet.clone().accept_loop(listener, cancel.clone()));
+        tokio::spawn(fleet.clone().heartbeats(cancel));
+        Ok((fleet, addr))
+    }
+
+    /// This controller's id; agents lease faults to it.
+    pub fn controller_id(&self) -> &str {
+        &self.inner.controller_id
+    }
+
+    /// Descriptions of the connected agents, by host id.
+    pub fn hosts(&self) -> Vec<HostDescription> {
+        self.agents()
+            .values()
+            .map(|l| l.description.clone())
+            .collect()
+    }
+
+    /// Whether a host is connected.
+    pub fn is_connected(&self, host: &str) -> bool {
+        self.agents().contains_key(host)
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Link>> {
+        self.inner
+            .agents
+            .lock()
+            .expect("fleet lock is never poisoned")
+    }
+
+    /// Bumps whenever an agent connects or disconnects, or a fault ends on its own.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Fleet events as they happen.
+    pub fn events(&self) -> broadcast::Receiver<FleetEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Why an agent ended a fault on its own, if it did.
+    pub fn ended(&self, fault_id: &str) -> Option<EndReason> {
+        self.inner
+            .ended
+            .lock()
+            .expect("never poisoned")
+            .get(fault_id)
+            .copied()
+    }
+
+    /// Sends a command to a host and waits up to `timeout` for its answer.
+    pub async fn command(
+        &self,
+        host: &str,
+        msg: ControllerMessage,
+        timeout: Duration,
+    ) -> Result<Outcome, DispatchError> {
+        let link = self
+            .agents()
+            .get(host)
+            .cloned()
+            .ok_or_else(|| DispatchError::NotConnected(host.to_string()))?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        link.pending.lock().expect("never poisoned").insert(id, tx);
+        let sent =
+            tokio::time::timeout(timeout, link.outbox.send(Frame::new(id, msg).encode())).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            link.pending.lock().expect("never poisoned").remove(&id);
+            return Err(DispatchError::Disconnected(host.to_string()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(message))) => Err(DispatchError::Refused {
+                host: host.to_string(),
+                message,
+            }),
+            Ok(Err(_)) => Err(DispatchError::Disconnected(host.to_string())),
+            Err(_) => {
+                link.pending.lock().expect("never poisoned").remove(&id);
+                Err(DispatchError::Timeout {
+                    host: host.to_string(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener, cancel: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let (fleet, cancel) = (self.clone(), cancel.clone());
+            tokio::spawn(async move {
+                if let Err(reason) = fleet.serve(stream, peer, cancel).await {
+                    tracing::warn!(%peer, %reason, "agent connection refused");
+                    let _ = fleet
+                        .inner
+                        .events
+                        .send(FleetEvent::Refused { peer, reason });
+                }
+            });
+        }
+    }
+
+    /// One agent connection: handshake, registration, then frames until it ends.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        let check = UpgradeCheck {
+            token: self.inner.token.clone(),
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let ws = tokio::time::timeout(
+            REGISTER_TIMEOUT,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+
+        let (description, lease) = tokio::time::timeout(REGISTER_TIMEOUT, async {
+            while let Some(msg) = stream.next().await {
+                if let Ok(Message::Text(t)) = msg {
+                    match decode::<AgentMessage>(t.as_str()) {
+                        Ok(Frame {
+                            msg: AgentMessage::Register { host, lease_ms },
+                            ..
+                        }) => return Ok((host, Duration::from_millis(lease_ms.max(1000)))),
+                        _ => return Err("the first frame was not a registration".to_string()),
+                    }
+                }
+            }
+            Err("closed before registering".to_string())
+        })
+        .await
+        .map_err(|_| "did not register in time".to_string())??;
+
+        let welcome = Frame::new(
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            ControllerMessage::Welcome {
+                controller_id: self.inner.controller_id.clone(),
+            },
+        );
+        sink.send(Message::text(welcome.encode()))
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let host = description.host_id.clone();
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (outbox, mut outgoing) = mpsc::channel::<String>(OUTBOX);
+        let pending: Pending = Arc::default();
+        let replaced = self.agents().insert(
+            host.clone(),
+            Link {
+                description: description.clone(),
+                conn,
+                lease,
+                outbox: outbox.clone(),
+                pending: pending.clone(),
+            },
+        );
+        if replaced.is_some() {
+            tracing::warn!(%host, %peer, "a new connection for this host replaces the old one");
+        }
+        tracing::info!(%host, az = %description.placement.availability_zone, %peer, "agent connected");
+        self.inner.version.send_modify(|v| *v += 1);
+        let _ = self.inner.events.send(FleetEvent::Connected(description));
+
+        let writer = tokio::spawn(async move {
+            while let Some(text) = outgoing.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        loop {
+            let msg = tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = stream.next() => m,
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    self.on_frame(&host, t.as_str(), &pending, &outbox).await
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = outbox.try_send(error_frame(
+                        None,
+                        "binary frames are not part of the protocol",
+                    ));
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            }
+        }
+        drop(outbox);
+        {
+            let mut agents = self.agents();
+            if agents.get(&host).is_some_and(|l| l.conn == conn) {
+                agents.remove(&host);
+            }
+        }
+        // Dropping the senders tells every waiting command that the connection ended.
+        pending.lock().expect("never poisoned").clear();
+        writer.abort();
+        tracing::info!(%host, "agent disconnected");
+        self.inner.version.send_modify(|v| *v += 1);
+        let _ = self.inner.events.send(FleetEvent::Disconnected { host });
+        Ok(())
+    }
+
+    async fn on_frame(
+        &self,
+        host: &str,
+        text: &str,
+        pending: &Pending,
+        outbox: &mpsc::Sender<String>,
+    ) {
+        match decode::<AgentMessage>(text) {
+            Ok(Frame {
+                msg: AgentMessage::Ack { re, outcome },
+                ..
+            }) => {
+                if let Some(tx) = pending.lock().expect("never poisoned").remove(&re) {
+                    let _ = tx.send(Ok(outcome));
+                }
+            }
+            Ok(Frame {
+                msg: AgentMessage::Error { re, code, message },
+                ..
+            }) => {
+                tracing::warn!(%host, ?code, %message, "agent reported an error");
+                if let Some(tx) =
+                    re.and_then(|re| pending.lock().expect("never poisoned").remove(&re))
+                {
+                    let _ = tx.send(Err(message));
+                }
+            }
+            Ok(Frame {
+                msg: AgentMessage::FaultEnded { fault_id, reason },
+                ..
+            }) => {
+                tracing::info!(%host, fault = %fault_id, ?reason, "agent ended a fault");
+                self.inner
+                    .ended
+                    .lock()
+                    .expect("never poisoned")
+                    .insert(fault_id.clone(), reason);
+                self.inner.version.send_modify(|v| *v += 1);
+                let _ = self.inner.events.send(FleetEvent::FaultEnded {
+                    host: host.to_string(),
+                    fault_id,
+                    reason,
+                });
+            }
+            Ok(Frame {
+                id,
+                msg: AgentMessage::Register { .. },
+                ..
+            }) => {
+                let _ = outbox.try_send(error_frame(Some(id), "already registered"));
+            }
+            Err(DecodeError { id, code, message }) => {
+                tracing::warn!(%host, %message, "refused a frame from an agent");
+                let _ = outbox.try_send(
+                    Frame::new(
+                        0,
+                        ControllerMessage::Error {
+                            re: id,
+                            code,
+                            message,
+                        },
+                    )
+                    .encode(),
+                );
+            }
+        }
+    }
+
+    /// Pings every agent well within its lease, so its faults stay leased to this controller.
+    async fn heartbeats(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last: HashMap<(String, u64), tokio::time::Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            let due: Vec<(String, u64, Duration)> = self
+                .agents()
+                .iter()
+                .map(|(h, l)| (h.clone(), l.conn, l.lease / 4))
+                .filter(|(h, c, every)| {
+                    last.get(&(h.clone(), *c))
+                        .is_none_or(|t| now.duration_since(*t) >= *every)
+                })
+                .collect();
+            for (host, conn, every) in due {
+                last.insert((host.clone(), conn), now);
+                let fleet = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = fleet
+                        .command(&host, ControllerMessage::Ping {}, every * 2)
+                        .await
+                    {
+                        tracing::debug!(%host, error = %e, "heartbeat not answered");
+                    }
+                });
+            }
+            let live: Vec<(String, u64)> = self
+                .agents()
+                .iter()
+                .map(|(h, l)| (h.clone(), l.conn))
+                .collect();
+            last.retain(|k, _| live.contains(k));
+        }
+    }
+}
+
+/// Accepts the upgrade only on the agent path and with the token, compared in constant time.
+struct UpgradeCheck {
+    token: String,
+}
+
+impl Callback for UpgradeCheck {
+    fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+        let refuse = |status: StatusCode, why: &str| {
+            let mut r = ErrorResponse::new(Some(why.to_string()));
+            *r.status_mut() = status;
+            r
+        };
+        if req.uri().path() != AGENT_PATH {
+            return Err(refuse(StatusCode::NOT_FOUND, "agents connect to /v1/agents"));
+        }
+        let presented = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), self.token.as_bytes()) {
+            return Err(refuse(StatusCode::UNAUTHORIZED, "bad token"));
+        }
+        Ok(resp)
+    }
+}
+
+/// The error frame the controller sends for something it cannot accept.
+fn error_frame(re: Option<u64>, message: &str) -> String {
+    Frame::new(
+        0,
+        ControllerMessage::Error {
+            re,
+            code: ErrorCode::Malformed,
+            message: message.into(),
+        },
+    )
+    .encode()
+}

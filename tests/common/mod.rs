@@ -1,0 +1,342 @@
+//! Test harness: real controller and agent processes, their output read line by line as it
+//! comes, and effects measured from outside through /proc.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
+
+/// A binary of another workspace package, built (once per test process) with the same
+/// profile as this test: cargo builds only this package's binaries for its tests.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(bin) {
+        return p.clone();
+    }
+    let path = Path::new(FAULTLINE).with_file_name(bin);
+    let release = FAULTLINE.contains("/release/");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build {bin}");
+    built.insert(bin.into(), path.clone());
+    path
+}
+
+/// The agent binary.
+pub fn agent_bin() -> PathBuf {
+    workspace_bin("faultline-agent", "faultline-agent")
+}
+
+/// A scratch directory, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "faultline-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write_json(&self, name: &str, v: &Value) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process whose stderr is read line by line and stdout collected.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            lines: rx,
+            seen: Vec::new(),
+            stdout: Some(stdout),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for a stderr line matching `pred`; panics with everything seen on timeout.
+    pub fn wait_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line with {what} within {timeout:?}; saw:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{}: exited before a line with {what}; saw:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for a line containing `text`.
+    pub fn expect(&mut self, text: &str, timeout: Duration) -> String {
+        self.wait_line(text, timeout, |l| l.contains(text))
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for exit (killing it after `timeout`), returning status, stdout and the rest of stderr.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            // Stderr lines arrive until exit; waiting on them paces this loop.
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => self.seen.push(l),
+                Err(_) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let s = child.wait().unwrap();
+                    panic!(
+                        "{} did not exit within {timeout:?} ({s}); saw:\n{}",
+                        self.name,
+                        self.seen.join("\n")
+                    );
+                }
+                Err(_) => {}
+            }
+        };
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(l);
+        }
+        let out = self.stdout.take().unwrap().join().unwrap();
+        (status, out, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `faultline run` on a free loopback port; returns it and the port agents dial.
+pub fn controller(
+    scratch: &Scratch,
+    template: &Path,
+    wait_agents: usize,
+    extra: &[&str],
+) -> (Proc, u16) {
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--format",
+        "json",
+        "--seed",
+        "1",
+    ])
+    .arg("--token-file")
+    .arg(scratch.path("token"))
+    .arg("--journal")
+    .arg(scratch.path("journal.jsonl"))
+    .args(["--wait-agents", &wait_agents.to_string()])
+    .args(extra)
+    .arg(template)
+    .current_dir(&scratch.0);
+    let mut p = Proc::spawn("controller", cmd);
+    let line = p.expect("controller listening on ws://", Duration::from_secs(20));
+    let port = line
+        .rsplit("ws://")
+        .next()
+        .and_then(|s| s.split('/').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    (p, port)
+}
+
+/// Starts an agent dialing `port`, with the scratch token and its own state dir.
+pub fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--controller", &format!("ws://127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(scratch.path("token"))
+        .args([
+            "--host-id",
+            host,
+            "--az",
+            az,
+            "--tag",
+            "tier=web",
+            "--lease",
+            "PT3S",
+        ])
+        .arg("--state-dir")
+        .arg(scratch.path(&format!("state-{host}")))
+        .args(extra);
+    Proc::spawn(host, cmd)
+}
+
+/// A one-action template against one host by id.
+pub fn single_action(host: &str, action_id: &str, params: Value) -> Value {
+    serde_json::json!({
+        "description": format!("test {action_id}"),
+        "targets": { "T": { "resourceType": "faultline:host", "resourceIds": [host], "selectionMode": "ALL" } },
+        "actions": { "A": { "actionId": action_id, "parameters": params, "targets": { "Hosts": "T" } } },
+        "stopConditions": [{ "source": "none" }]
+    })
+}
+
+/// Parses the JSON report a controller printed.
+pub fn report(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{stdout}"))
+}
+
+/// CPU seconds a process has used (user + system), from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// CPUs a process used on average over `window` (1.0 = one full CPU).
+pub fn cpu_load(pid: u32, window: Duration) -> f64 {
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
+}
+
+/// Resident set size of a process, bytes.
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap()
+        * 1024
+}
+
+/// Files left in an agent's state dir.
+pub fn state_files(scratch: &Scratch, host: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(scratch.path(&format!("state-{host}/faults")))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+/// The journal's events.
+pub fn journal(scratch: &Scratch) -> Vec<Value> {
+    std::fs::read_to_string(scratch.path("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Whether the tests must not skip privileged parts (CI runs as root and says so).
+pub fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether this process is root (network namespaces, nf_tables).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

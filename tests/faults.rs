@@ -1,0 +1,373 @@
+//! Each fault, injected by a real agent for a real controller, observed from outside.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn kill_signals_every_process_with_the_name() {
+    let s = Scratch::new("kill");
+    let name = format!("fl-victim-{}", std::process::id());
+    let mut victims: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg0(&name)
+                .arg("300")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:process:kill",
+            json!({ "processName": name }),
+        ),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _agent = agent(&s, port, "web-a1", "az-a", &[]);
+    let (status, out, _) = ctl.finish(T);
+    for v in &mut victims {
+        assert_eq!(v.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+    assert_eq!(status.code(), Some(0));
+    let r = report(&out);
+    assert_eq!(r["state"], "completed");
+    let acks: Vec<_> = journal(&s)
+        .into_iter()
+        .filter(|e| e["event"] == "ack")
+        .collect();
+    assert_eq!(
+        acks[0]["outcome"]["pids"].as_array().unwrap().len(),
+        2,
+        "{acks:?}"
+    );
+}
+
+#[test]
+fn kill_of_a_missing_process_fails_the_experiment() {
+    let s = Scratch::new("kill-none");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:process:kill",
+            json!({ "processName": "no-such-process-here" }),
+        ),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _agent = agent(&s, port, "web-a1", "az-a", &[]);
+    let (status, out, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3));
+    let r = report(&out);
+    assert_eq!(r["state"], "failed");
+    assert!(
+        r["actions"]["A"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no process named `no-such-process-here`"),
+        "{r}"
+    );
+}
+
+#[test]
+fn cpu_stress_holds_the_load_then_lets_go() {
+    let s = Scratch::new("cpu");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:cpu-stress",
+            json!({ "duration": "PT5S", "loadPercent": "60", "workers": "1" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    let busy = cpu_load(a.pid(), Duration::from_secs(2));
+    ctl.expect("action A completed", T);
+    let after = cpu_load(a.pid(), Duration::from_secs(1));
+    let (status, _, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        (0.35..0.9).contains(&busy),
+        "60% of one worker measured as {busy:.2} CPU"
+    );
+    assert!(after < 0.1, "after the fault the agent used {after:.2} CPU");
+    assert!(state_files(&s, "web-a1").is_empty());
+}
+
+#[test]
+fn memory_stress_holds_resident_memory_then_frees_it() {
+    let s = Scratch::new("mem");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:memory-stress",
+            json!({ "duration": "PT4S", "sizeMiB": "256" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("experiment initiating", T);
+    let before = rss(a.pid());
+    ctl.expect("action A running", T);
+    let during = rss(a.pid());
+    ctl.expect("action A completed", T);
+    let after = rss(a.pid());
+    let (status, _, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0));
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    assert!(
+        during >= before + (250 << 20),
+        "RSS {:.0} MiB -> {:.0} MiB",
+        mib(before),
+        mib(during)
+    );
+    assert!(
+        after < before + (16 << 20),
+        "RSS after {:.0} MiB (before {:.0} MiB)",
+        mib(after),
+        mib(before)
+    );
+}
+
+#[test]
+fn an_idle_agent_is_small_and_quiet() {
+    let s = Scratch::new("idle");
+    let template = s.write_json(
+        "t.json",
+        &json!({
+            "description": "only wait",
+            "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": "PT2S" } } },
+            "stopConditions": [{ "source": "none" }]
+        }),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(&s, port, "web-a1", "az-a", &[]);
+    a.expect("registered", T);
+    let load = cpu_load(a.pid(), Duration::from_secs(1));
+    let resident = rss(a.pid());
+    assert_eq!(ctl.finish(T).0.code(), Some(0));
+    assert!(load < 0.05, "an idle agent used {load:.3} CPU");
+    assert!(
+        resident < 16 << 20,
+        "an idle agent holds {} KiB",
+        resident >> 10
+    );
+}
+
+#[test]
+fn memory_stress_refuses_to_eat_the_safety_margin() {
+    let s = Scratch::new("mem-refuse");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:memory-stress",
+            json!({ "duration": "PT4S", "percent": "100" }),
+        ),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _a = agent(&s, port, "web-a1", "az-a", &[]);
+    let (status, out, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3));
+    let r = report(&out);
+    assert!(
+        r["actions"]["A"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("safety margin"),
+        "{r}"
+    );
+    assert!(
+        state_files(&s, "web-a1").is_empty(),
+        "a refused fault leaves no record"
+    );
+}
+
+/// An echo server on loopback; each connection echoes until closed.
+fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Median round trip of a small message through `port`, on a fresh connection each time.
+fn round_trip(port: u16) -> Duration {
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_nodelay(true).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let t = Instant::now();
+            c.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"ping");
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[2]
+}
+
+#[test]
+fn latency_delays_traffic_through_the_proxy_and_then_not() {
+    let s = Scratch::new("latency");
+    let upstream = echo_server();
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:network:latency",
+            json!({ "duration": "PT4S", "delayMilliseconds": "150", "jitterMilliseconds": "20" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(
+        &s,
+        port,
+        "web-a1",
+        "az-a",
+        &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
+    );
+    let line = a.expect("proxy ready", T);
+    let proxy: u16 = line
+        .split("listen=127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let before = round_trip(proxy);
+    ctl.expect("action A running", T);
+    let during = round_trip(proxy);
+    ctl.expect("action A completed", T);
+    let after = round_trip(proxy);
+    let (status, _, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0));
+    assert!(before < Duration::from_millis(50), "before: {before:?}");
+    // Both directions are delayed: 2 × (150 ± 20) ms.
+    assert!(
+        during >= Duration::from_millis(260) && during < Duration::from_millis(800),
+        "during: {during:?}"
+    );
+    assert!(after < Duration::from_millis(50), "after: {after:?}");
+}
+
+#[test]
+fn latency_loss_refuses_new_connections() {
+    let s = Scratch::new("loss");
+    let upstream = echo_server();
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:network:latency",
+            json!({ "duration": "PT3S", "lossPercent": "100" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(
+        &s,
+        port,
+        "web-a1",
+        "az-a",
+        &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
+    );
+    let line = a.expect("proxy ready", T);
+    let proxy: u16 = line
+        .split("listen=127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    ctl.expect("action A running", T);
+    let mut c = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = c.write_all(b"ping");
+    let mut buf = [0u8; 4];
+    assert!(
+        c.read_exact(&mut buf).is_err(),
+        "a connection got through 100% loss"
+    );
+    ctl.expect("action A completed", T);
+    assert_eq!(round_trip(proxy) < Duration::from_millis(50), true);
+    assert_eq!(ctl.finish(T).0.code(), Some(0));
+}
+
+#[test]
+fn an_agent_without_the_capability_fails_the_run_before_anything_starts() {
+    let s = Scratch::new("caps");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:network:latency",
+            json!({ "duration": "PT3S", "delayMilliseconds": "10" }),
+        ),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _a = agent(&s, port, "web-a1", "az-a", &[]);
+    let (status, _, stderr) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("web-a1 cannot inject `latency`")),
+        "{stderr:?}"
+    );
+    assert!(
+        !journal(&s).iter().any(|e| e["event"] == "dispatch"),
+        "nothing may be dispatched"
+    );
+}
+
+#[test]
+fn the_allow_list_is_enforced_on_the_agent() {
+    let s = Scratch::new("allow");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:cpu-stress",
+            json!({ "duration": "PT3S" }),
+        ),
+    );
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _a = agent(&s, port, "web-a1", "az-a", &["--allow", "kill,memory"]);
+    let (status, _, stderr) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        stderr.iter().any(|l| l.contains("cannot inject `cpu`")),
+        "{stderr:?}"
+    );
+}
