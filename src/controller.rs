@@ -65,11 +65,7 @@ impl Controller {
             "controller listening on ws://{addr}{}",
             faultline_agent::protocol::AGENT_PATH
         );
-        Ok(Controller {
-            fleet,
-            addr,
-            cancel,
-        })
+        Ok(Controller { fleet, addr, cancel })
     }
 
     /// The address agents dial.
@@ -83,11 +79,7 @@ impl Controller {
     }
 
     /// Waits for agents as `wait` says, up to `timeout`; the hosts connected then.
-    pub async fn wait_for_agents(
-        &self,
-        wait: &AgentWait,
-        timeout: Duration,
-    ) -> Result<Vec<HostDescription>, RunError> {
+    pub async fn wait_for_agents(&self, wait: &AgentWait, timeout: Duration) -> Result<Vec<HostDescription>, RunError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.fleet.changes();
         let mut last_change = tokio::time::Instant::now();
@@ -101,10 +93,7 @@ impl Controller {
                 AgentWait::Settle(named) => {
                     let all_named = named.iter().all(|n| connected.contains(n.as_str()));
                     let quiet = last_change + SETTLE;
-                    (
-                        all_named && !hosts.is_empty() && now >= quiet,
-                        quiet.min(deadline),
-                    )
+                    (all_named && !hosts.is_empty() && now >= quiet, quiet.min(deadline))
                 }
             };
             if done {
@@ -112,10 +101,7 @@ impl Controller {
             }
             if now >= deadline {
                 let missing: Vec<&String> = match wait {
-                    AgentWait::Settle(named) => named
-                        .iter()
-                        .filter(|n| !connected.contains(n.as_str()))
-                        .collect(),
+                    AgentWait::Settle(named) => named.iter().filter(|n| !connected.contains(n.as_str())).collect(),
                     AgentWait::Count(_) => Vec::new(),
                 };
                 return match (wait, hosts.len()) {
@@ -160,12 +146,10 @@ impl Controller {
             .clone()
             .or_else(|| experiment.journal_path.clone())
             .unwrap_or_else(|| PathBuf::from(format!(".faultline/journals/{id}.jsonl")));
-        let journal = Arc::new(Journal::create(&journal_path, &id).map_err(|e| {
-            failed(format!(
-                "cannot create the journal {}: {e}",
-                journal_path.display()
-            ))
-        })?);
+        let journal = Arc::new(
+            Journal::create(&journal_path, &id)
+                .map_err(|e| failed(format!("cannot create the journal {}: {e}", journal_path.display())))?,
+        );
         let live_cancel = CancellationToken::new();
         let live = opts
             .progress
@@ -233,18 +217,10 @@ impl Controller {
         opts: &RunOptions,
         journal: Arc<Journal>,
         stops: mpsc::Receiver<StopRequest>,
-    ) -> Result<
-        (
-            RunOutcome,
-            u64,
-            std::collections::BTreeMap<String, Vec<String>>,
-        ),
-        RunError,
-    > {
+    ) -> Result<(RunOutcome, u64, std::collections::BTreeMap<String, Vec<String>>), RunError> {
         let hosts = self.fleet.hosts();
         let seed = opts.seed.unwrap_or_else(rand::random);
-        let resolution =
-            plan::resolve(&experiment, &hosts, seed).map_err(|e| failed(e.to_string()))?;
+        let resolution = plan::resolve(&experiment, &hosts, seed).map_err(|e| failed(e.to_string()))?;
         let targets = resolution
             .targets
             .iter()
@@ -335,15 +311,7 @@ async fn forward_fleet_events(
                 address: h.address,
             },
             FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
-            FleetEvent::FaultEnded {
-                host,
-                fault_id,
-                reason,
-            } => Event::FaultEnded {
-                host,
-                fault_id,
-                reason,
-            },
+            FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
             FleetEvent::Refused { .. } => continue,
         });
     }

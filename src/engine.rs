@@ -6,9 +6,7 @@ use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
 use crate::server::{DispatchError, Fleet};
 use crate::template::{Action, ActionSpec, Experiment, ResourceType};
-use faultline_agent::protocol::{
-    ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome,
-};
+use faultline_agent::protocol::{ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome};
 use futures_util::future::join_all;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -179,47 +177,37 @@ impl Run {
             .get(target)
             .map(|r| r.selected.clone())
             .unwrap_or_default();
-        let by_id: BTreeMap<&str, &HostDescription> =
-            self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
-        let placements: Vec<Placement> =
-            match (&action.spec, self.experiment.targets[target].resource_type) {
-                (
-                    ActionSpec::Blackout {
-                        keep_control_plane, ..
-                    },
-                    ResourceType::Az,
-                ) => resources
+        let by_id: BTreeMap<&str, &HostDescription> = self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
+        let placements: Vec<Placement> = match (&action.spec, self.experiment.targets[target].resource_type) {
+            (ActionSpec::Blackout { keep_control_plane, .. }, ResourceType::Az) => resources
+                .iter()
+                .flat_map(|az| {
+                    let members: Vec<&HostDescription> = self
+                        .hosts
+                        .iter()
+                        .filter(|h| &h.placement.availability_zone == az)
+                        .collect();
+                    let allow: Vec<IpAddr> = members.iter().filter_map(|h| h.address.parse().ok()).collect();
+                    members.into_iter().map(move |h| Placement {
+                        host: h.host_id.clone(),
+                        fault: FaultKind::Blackout {
+                            allow: allow.clone(),
+                            keep_control_plane: *keep_control_plane,
+                        },
+                    })
+                })
+                .collect(),
+            (spec, _) => match spec.host_fault() {
+                Some(fault) => resources
                     .iter()
-                    .flat_map(|az| {
-                        let members: Vec<&HostDescription> = self
-                            .hosts
-                            .iter()
-                            .filter(|h| &h.placement.availability_zone == az)
-                            .collect();
-                        let allow: Vec<IpAddr> = members
-                            .iter()
-                            .filter_map(|h| h.address.parse().ok())
-                            .collect();
-                        members.into_iter().map(move |h| Placement {
-                            host: h.host_id.clone(),
-                            fault: FaultKind::Blackout {
-                                allow: allow.clone(),
-                                keep_control_plane: *keep_control_plane,
-                            },
-                        })
+                    .map(|h| Placement {
+                        host: h.clone(),
+                        fault: fault.clone(),
                     })
                     .collect(),
-                (spec, _) => match spec.host_fault() {
-                    Some(fault) => resources
-                        .iter()
-                        .map(|h| Placement {
-                            host: h.clone(),
-                            fault: fault.clone(),
-                        })
-                        .collect(),
-                    None => Vec::new(),
-                },
-            };
+                None => Vec::new(),
+            },
+        };
         for p in &placements {
             let capability = p.fault.capability();
             let host = by_id
@@ -242,16 +230,8 @@ impl Run {
             .experiment
             .actions
             .iter()
-            .filter(|(_, a)| {
-                !a.target
-                    .as_ref()
-                    .is_some_and(|t| self.resolution.empty.contains(t))
-            })
-            .filter_map(|(name, a)| {
-                self.placements(a)
-                    .err()
-                    .map(|e| format!("action {name}: {e}"))
-            })
+            .filter(|(_, a)| !a.target.as_ref().is_some_and(|t| self.resolution.empty.contains(t)))
+            .filter_map(|(name, a)| self.placements(a).err().map(|e| format!("action {name}: {e}")))
             .collect();
         if errors.is_empty() {
             Ok(())
@@ -277,20 +257,13 @@ impl Run {
         }
         let mut records: BTreeMap<String, ActionRecord> = BTreeMap::new();
         for (name, a) in &run.experiment.actions {
-            let skipped = a
-                .target
-                .as_ref()
-                .is_some_and(|t| run.resolution.empty.contains(t));
+            let skipped = a.target.as_ref().is_some_and(|t| run.resolution.empty.contains(t));
             let (resources, placements) = run.placements(a).unwrap_or_default();
             records.insert(
                 name.clone(),
                 ActionRecord {
                     action_id: a.spec.action_id().into(),
-                    state: if skipped {
-                        State::Skipped
-                    } else {
-                        State::Pending
-                    },
+                    state: if skipped { State::Skipped } else { State::Pending },
                     resources,
                     hosts: placements.into_iter().map(|p| p.host).collect(),
                     started_at: None,
@@ -352,10 +325,7 @@ impl Run {
                 }
             }
         }
-        for (name, rec) in records
-            .iter_mut()
-            .filter(|(_, r)| r.state == State::Pending)
-        {
+        for (name, rec) in records.iter_mut().filter(|(_, r)| r.state == State::Pending) {
             rec.state = State::Cancelled;
             journal.record(Event::ActionState {
                 action: name.clone(),
@@ -378,8 +348,7 @@ impl Run {
             reason,
             stop,
             actions: records,
-            rollback: stopping_since
-                .map(|s| last_removal.map_or(Duration::ZERO, |l| l.saturating_duration_since(s))),
+            rollback: stopping_since.map(|s| last_removal.map_or(Duration::ZERO, |l| l.saturating_duration_since(s))),
             unconfirmed_removals: unconfirmed,
         }
     }
@@ -397,10 +366,7 @@ fn start_ready(
         .experiment
         .actions
         .iter()
-        .filter(|(name, a)| {
-            records[*name].state == State::Pending
-                && a.start_after.iter().all(|d| done(&records[d]))
-        })
+        .filter(|(name, a)| records[*name].state == State::Pending && a.start_after.iter().all(|d| done(&records[d])))
         .map(|(name, _)| name.clone())
         .collect();
     for name in ready {
@@ -554,12 +520,7 @@ async fn run_action(run: Arc<Run>, name: String, cancel: CancellationToken) -> F
 }
 
 /// Removes an action's faults from every host at once, recording what was confirmed.
-async fn remove_all(
-    run: &Arc<Run>,
-    action: &str,
-    applied: &[(String, String)],
-    finished: &mut Finished,
-) {
+async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], finished: &mut Finished) {
     let removals = applied
         .iter()
         .map(|(host, fault_id)| remove_one(run, action, host, fault_id));
@@ -579,12 +540,7 @@ async fn remove_all(
 
 /// Removes one fault, waiting out a disconnected agent for the grace period; returns when
 /// the removal was confirmed and a note when the agent had ended it early.
-async fn remove_one(
-    run: &Run,
-    action: &str,
-    host: &str,
-    fault_id: &str,
-) -> Result<(Instant, Option<String>), String> {
+async fn remove_one(run: &Run, action: &str, host: &str, fault_id: &str) -> Result<(Instant, Option<String>), String> {
     let started = Instant::now();
     let deadline = started + run.settings.removal_grace;
     let mut changes = run.fleet.changes();
@@ -631,14 +587,10 @@ async fn remove_one(
                     record("controller".into(), false, Some(message.clone()));
                     return Err(format!("{host}: could not remove {fault_id}: {message}"));
                 }
-                Ok(other) => {
-                    return Err(format!("{host}: unexpected answer to a removal: {other:?}"))
-                }
+                Ok(other) => return Err(format!("{host}: unexpected answer to a removal: {other:?}")),
                 Err(DispatchError::Refused { message, .. }) => {
                     record("controller".into(), false, Some(message.clone()));
-                    return Err(format!(
-                        "{host}: refused the removal of {fault_id}: {message}"
-                    ));
+                    return Err(format!("{host}: refused the removal of {fault_id}: {message}"));
                 }
                 Err(_) => {}
             }

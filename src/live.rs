@@ -21,10 +21,7 @@ pub fn line(e: &Entry) -> Option<String> {
         } => {
             let mut s = format!("action {action} {}", state.as_str());
             if let Some(ms) = duration_ms {
-                s += &format!(
-                    " for {}",
-                    crate::duration::human(std::time::Duration::from_millis(*ms))
-                );
+                s += &format!(" for {}", crate::duration::human(std::time::Duration::from_millis(*ms)));
             }
             if let Some(r) = reason {
                 s += &format!(": {r}");
@@ -42,11 +39,7 @@ pub fn line(e: &Entry) -> Option<String> {
                 selected.join(", ")
             )
         }
-        Event::DispatchFailed {
-            action,
-            host,
-            error,
-        } => format!("action {action}: {host}: {error}"),
+        Event::DispatchFailed { action, host, error } => format!("action {action}: {host}: {error}"),
         Event::Removal {
             action,
             host,
@@ -57,11 +50,7 @@ pub fn line(e: &Entry) -> Option<String> {
             "action {action}: {host}: removal not confirmed: {}",
             error.as_deref().unwrap_or("")
         ),
-        Event::FaultEnded {
-            host,
-            fault_id,
-            reason,
-        } if *reason != EndReason::DurationElapsed => {
+        Event::FaultEnded { host, fault_id, reason } if *reason != EndReason::DurationElapsed => {
             format!("{host} ended {fault_id} on its own ({reason:?})")
         }
         Event::AgentConnected { host, az, address } => {

@@ -3,8 +3,8 @@
 //! connected agents and the way to command them.
 
 use faultline_agent::protocol::{
-    constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode,
-    Frame, HostDescription, Outcome, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER,
+    constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
+    HostDescription, Outcome, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -89,6 +89,8 @@ struct Link {
     lease: Duration,
     outbox: mpsc::Sender<String>,
     pending: Pending,
+    /// Ends the connection's task, e.g. when a new connection of the same host replaces it.
+    closed: CancellationToken,
 }
 
 struct Inner {
@@ -142,10 +144,7 @@ impl Fleet {
 
     /// Descriptions of the connected agents, by host id.
     pub fn hosts(&self) -> Vec<HostDescription> {
-        self.agents()
-            .values()
-            .map(|l| l.description.clone())
-            .collect()
+        self.agents().values().map(|l| l.description.clone()).collect()
     }
 
     /// Whether a host is connected.
@@ -154,10 +153,7 @@ impl Fleet {
     }
 
     fn agents(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Link>> {
-        self.inner
-            .agents
-            .lock()
-            .expect("fleet lock is never poisoned")
+        self.inner.agents.lock().expect("fleet lock is never poisoned")
     }
 
     /// Bumps whenever an agent connects or disconnects, or a fault ends on its own.
@@ -172,12 +168,7 @@ impl Fleet {
 
     /// Why an agent ended a fault on its own, if it did.
     pub fn ended(&self, fault_id: &str) -> Option<EndReason> {
-        self.inner
-            .ended
-            .lock()
-            .expect("never poisoned")
-            .get(fault_id)
-            .copied()
+        self.inner.ended.lock().expect("never poisoned").get(fault_id).copied()
     }
 
     /// Sends a command to a host and waits up to `timeout` for its answer.
@@ -195,8 +186,7 @@ impl Fleet {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         link.pending.lock().expect("never poisoned").insert(id, tx);
-        let sent =
-            tokio::time::timeout(timeout, link.outbox.send(Frame::new(id, msg).encode())).await;
+        let sent = tokio::time::timeout(timeout, link.outbox.send(Frame::new(id, msg).encode())).await;
         if !matches!(sent, Ok(Ok(()))) {
             link.pending.lock().expect("never poisoned").remove(&id);
             return Err(DispatchError::Disconnected(host.to_string()));
@@ -234,22 +224,14 @@ impl Fleet {
             tokio::spawn(async move {
                 if let Err(reason) = fleet.serve(stream, peer, cancel).await {
                     tracing::warn!(%peer, %reason, "agent connection refused");
-                    let _ = fleet
-                        .inner
-                        .events
-                        .send(FleetEvent::Refused { peer, reason });
+                    let _ = fleet.inner.events.send(FleetEvent::Refused { peer, reason });
                 }
             });
         }
     }
 
     /// One agent connection: handshake, registration, then frames until it ends.
-    async fn serve(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        cancel: CancellationToken,
-    ) -> Result<(), String> {
+    async fn serve(&self, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) -> Result<(), String> {
         let check = UpgradeCheck {
             token: self.inner.token.clone(),
         };
@@ -262,7 +244,15 @@ impl Fleet {
         )
         .await
         .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                "bad or missing token".to_string()
+            }
+            tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
+                format!("wrong path; agents connect to {AGENT_PATH}")
+            }
+            other => format!("handshake: {other}"),
+        })?;
         let (mut sink, mut stream) = ws.split();
 
         let (description, lease) = tokio::time::timeout(REGISTER_TIMEOUT, async {
@@ -296,6 +286,7 @@ impl Fleet {
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, mut outgoing) = mpsc::channel::<String>(OUTBOX);
         let pending: Pending = Arc::default();
+        let closed = cancel.child_token();
         let replaced = self.agents().insert(
             host.clone(),
             Link {
@@ -304,10 +295,15 @@ impl Fleet {
                 lease,
                 outbox: outbox.clone(),
                 pending: pending.clone(),
+                closed: closed.clone(),
             },
         );
-        if replaced.is_some() {
-            tracing::warn!(%host, %peer, "a new connection for this host replaces the old one");
+        if let Some(old) = replaced {
+            // The agent came back (restart, or a cut that ended): what waits on the old
+            // connection will not be answered there.
+            tracing::info!(%host, %peer, "a new connection for this host replaces the old one");
+            old.pending.lock().expect("never poisoned").clear();
+            old.closed.cancel();
         }
         tracing::info!(%host, az = %description.placement.availability_zone, %peer, "agent connected");
         self.inner.version.send_modify(|v| *v += 1);
@@ -323,18 +319,13 @@ impl Fleet {
         });
         loop {
             let msg = tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = closed.cancelled() => break,
                 m = stream.next() => m,
             };
             match msg {
-                Some(Ok(Message::Text(t))) => {
-                    self.on_frame(&host, t.as_str(), &pending, &outbox).await
-                }
+                Some(Ok(Message::Text(t))) => self.on_frame(&host, t.as_str(), &pending, &outbox).await,
                 Some(Ok(Message::Binary(_))) => {
-                    let _ = outbox.try_send(error_frame(
-                        None,
-                        "binary frames are not part of the protocol",
-                    ));
+                    let _ = outbox.try_send(error_frame(None, "binary frames are not part of the protocol"));
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 Some(Ok(_)) => {}
@@ -356,13 +347,7 @@ impl Fleet {
         Ok(())
     }
 
-    async fn on_frame(
-        &self,
-        host: &str,
-        text: &str,
-        pending: &Pending,
-        outbox: &mpsc::Sender<String>,
-    ) {
+    async fn on_frame(&self, host: &str, text: &str, pending: &Pending, outbox: &mpsc::Sender<String>) {
         match decode::<AgentMessage>(text) {
             Ok(Frame {
                 msg: AgentMessage::Ack { re, outcome },
@@ -377,9 +362,7 @@ impl Fleet {
                 ..
             }) => {
                 tracing::warn!(%host, ?code, %message, "agent reported an error");
-                if let Some(tx) =
-                    re.and_then(|re| pending.lock().expect("never poisoned").remove(&re))
-                {
+                if let Some(tx) = re.and_then(|re| pending.lock().expect("never poisoned").remove(&re)) {
                     let _ = tx.send(Err(message));
                 }
             }
@@ -409,17 +392,7 @@ impl Fleet {
             }
             Err(DecodeError { id, code, message }) => {
                 tracing::warn!(%host, %message, "refused a frame from an agent");
-                let _ = outbox.try_send(
-                    Frame::new(
-                        0,
-                        ControllerMessage::Error {
-                            re: id,
-                            code,
-                            message,
-                        },
-                    )
-                    .encode(),
-                );
+                let _ = outbox.try_send(Frame::new(0, ControllerMessage::Error { re: id, code, message }).encode());
             }
         }
     }
@@ -447,19 +420,12 @@ impl Fleet {
                 last.insert((host.clone(), conn), now);
                 let fleet = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = fleet
-                        .command(&host, ControllerMessage::Ping {}, every * 2)
-                        .await
-                    {
+                    if let Err(e) = fleet.command(&host, ControllerMessage::Ping {}, every * 2).await {
                         tracing::debug!(%host, error = %e, "heartbeat not answered");
                     }
                 });
             }
-            let live: Vec<(String, u64)> = self
-                .agents()
-                .iter()
-                .map(|(h, l)| (h.clone(), l.conn))
-                .collect();
+            let live: Vec<(String, u64)> = self.agents().iter().map(|(h, l)| (h.clone(), l.conn)).collect();
             last.retain(|k, _| live.contains(k));
         }
     }

@@ -26,11 +26,7 @@ fn kill_signals_every_process_with_the_name() {
         .collect();
     let template = s.write_json(
         "t.json",
-        &single_action(
-            "web-a1",
-            "faultline:process:kill",
-            json!({ "processName": name }),
-        ),
+        &single_action("web-a1", "faultline:process:kill", json!({ "processName": name })),
     );
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let _agent = agent(&s, port, "web-a1", "az-a", &[]);
@@ -41,15 +37,8 @@ fn kill_signals_every_process_with_the_name() {
     assert_eq!(status.code(), Some(0));
     let r = report(&out);
     assert_eq!(r["state"], "completed");
-    let acks: Vec<_> = journal(&s)
-        .into_iter()
-        .filter(|e| e["event"] == "ack")
-        .collect();
-    assert_eq!(
-        acks[0]["outcome"]["pids"].as_array().unwrap().len(),
-        2,
-        "{acks:?}"
-    );
+    let acks: Vec<_> = journal(&s).into_iter().filter(|e| e["event"] == "ack").collect();
+    assert_eq!(acks[0]["outcome"]["pids"].as_array().unwrap().len(), 2, "{acks:?}");
 }
 
 #[test]
@@ -159,11 +148,7 @@ fn an_idle_agent_is_small_and_quiet() {
     let resident = rss(a.pid());
     assert_eq!(ctl.finish(T).0.code(), Some(0));
     assert!(load < 0.05, "an idle agent used {load:.3} CPU");
-    assert!(
-        resident < 16 << 20,
-        "an idle agent holds {} KiB",
-        resident >> 10
-    );
+    assert!(resident < 16 << 20, "an idle agent holds {} KiB", resident >> 10);
 }
 
 #[test]
@@ -183,16 +168,10 @@ fn memory_stress_refuses_to_eat_the_safety_margin() {
     assert_eq!(status.code(), Some(3));
     let r = report(&out);
     assert!(
-        r["actions"]["A"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("safety margin"),
+        r["actions"]["A"]["error"].as_str().unwrap().contains("safety margin"),
         "{r}"
     );
-    assert!(
-        state_files(&s, "web-a1").is_empty(),
-        "a refused fault leaves no record"
-    );
+    assert!(state_files(&s, "web-a1").is_empty(), "a refused fault leaves no record");
 }
 
 /// An echo server on loopback; each connection echoes until closed.
@@ -315,10 +294,7 @@ fn latency_loss_refuses_new_connections() {
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let _ = c.write_all(b"ping");
     let mut buf = [0u8; 4];
-    assert!(
-        c.read_exact(&mut buf).is_err(),
-        "a connection got through 100% loss"
-    );
+    assert!(c.read_exact(&mut buf).is_err(), "a connection got through 100% loss");
     ctl.expect("action A completed", T);
     let after = round_trip(proxy);
     assert!(after < Duration::from_millis(50), "after: {after:?}");
@@ -341,9 +317,7 @@ fn an_agent_without_the_capability_fails_the_run_before_anything_starts() {
     let (status, _, stderr) = ctl.finish(T);
     assert_eq!(status.code(), Some(3));
     assert!(
-        stderr
-            .iter()
-            .any(|l| l.contains("web-a1 cannot inject `latency`")),
+        stderr.iter().any(|l| l.contains("web-a1 cannot inject `latency`")),
         "{stderr:?}"
     );
     assert!(
@@ -357,18 +331,11 @@ fn the_allow_list_is_enforced_on_the_agent() {
     let s = Scratch::new("allow");
     let template = s.write_json(
         "t.json",
-        &single_action(
-            "web-a1",
-            "faultline:host:cpu-stress",
-            json!({ "duration": "PT3S" }),
-        ),
+        &single_action("web-a1", "faultline:host:cpu-stress", json!({ "duration": "PT3S" })),
     );
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let _a = agent(&s, port, "web-a1", "az-a", &["--allow", "kill,memory"]);
     let (status, _, stderr) = ctl.finish(T);
     assert_eq!(status.code(), Some(3));
-    assert!(
-        stderr.iter().any(|l| l.contains("cannot inject `cpu`")),
-        "{stderr:?}"
-    );
+    assert!(stderr.iter().any(|l| l.contains("cannot inject `cpu`")), "{stderr:?}");
 }

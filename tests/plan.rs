@@ -19,14 +19,7 @@ fn write_template(name: &str, doc: &Value) -> PathBuf {
 
 fn plan(template: &Path, seed: u64) -> Output {
     Command::new(env!("CARGO_BIN_EXE_faultline"))
-        .args([
-            "plan",
-            "--format",
-            "json",
-            "--seed",
-            &seed.to_string(),
-            "--inventory",
-        ])
+        .args(["plan", "--format", "json", "--seed", &seed.to_string(), "--inventory"])
         .arg(inventory())
         .arg(template)
         .output()
@@ -67,11 +60,7 @@ fn counts_count_and_percent_like_fis() {
             String::from_utf8_lossy(&out.stderr)
         );
         let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(
-            plan["targets"]["t"].as_array().unwrap().len(),
-            expected,
-            "{mode}"
-        );
+        assert_eq!(plan["targets"]["t"].as_array().unwrap().len(), expected, "{mode}");
         assert_eq!(plan["actions"][0]["resources"], plan["targets"]["t"]);
     }
 }
@@ -85,14 +74,9 @@ fn a_seed_repeats_the_selection() {
     assert_eq!(runs[0]["targets"], runs[1]["targets"]);
     assert_eq!(runs[1]["targets"], runs[2]["targets"]);
     let differing = (0..20u64)
-        .map(|s| {
-            serde_json::from_slice::<Value>(&plan(&path, s).stdout).unwrap()["targets"].to_string()
-        })
+        .map(|s| serde_json::from_slice::<Value>(&plan(&path, s).stdout).unwrap()["targets"].to_string())
         .collect::<std::collections::BTreeSet<_>>();
-    assert!(
-        differing.len() > 1,
-        "different seeds should pick different hosts"
-    );
+    assert!(differing.len() > 1, "different seeds should pick different hosts");
 }
 
 #[test]
@@ -117,12 +101,7 @@ fn empty_resolution_fails_with_3_or_skips() {
 fn timeline_follows_start_after() {
     let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/gameday-az-outage.json");
     let out = plan(&template, 7);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     let start = |name: &str| {
         plan["actions"]

@@ -25,10 +25,7 @@ fn examples() -> Vec<std::path::PathBuf> {
 #[test]
 fn every_example_validates() {
     let files = examples();
-    assert!(
-        files.len() >= 9,
-        "expected the examples of design §2, found {files:?}"
-    );
+    assert!(files.len() >= 9, "expected the examples of design §2, found {files:?}");
     let out = faultline().arg("validate").args(&files).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -145,10 +142,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "AvailabilityZones needs an az target",
-            with(
-                "/actions/dark/targets",
-                Some(json!({"AvailabilityZones": "web"})),
-            ),
+            with("/actions/dark/targets", Some(json!({"AvailabilityZones": "web"}))),
             "/actions/dark/targets/AvailabilityZones",
             "needs a faultline:az target",
         ),
@@ -160,10 +154,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "unknown actionId",
-            with(
-                "/actions/cpu/actionId",
-                Some(json!("faultline:host:cpu-stres")),
-            ),
+            with("/actions/cpu/actionId", Some(json!("faultline:host:cpu-stres"))),
             "/actions/cpu/actionId",
             "unknown actionId",
         ),
@@ -208,10 +199,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "delay is a whole number >= 0",
-            with(
-                "/actions/lat/parameters/delayMilliseconds",
-                Some(json!("-5")),
-            ),
+            with("/actions/lat/parameters/delayMilliseconds", Some(json!("-5"))),
             "/actions/lat/parameters/delayMilliseconds",
             "not a whole number",
         ),
@@ -301,10 +289,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "resourceType known",
-            with(
-                "/targets/web/resourceType",
-                Some(json!("aws:ec2:instances")),
-            ),
+            with("/targets/web/resourceType", Some(json!("aws:ec2:instances"))),
             "/targets/web/resourceType",
             "not an accepted value",
         ),
@@ -334,10 +319,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "comparison operator known",
-            with(
-                "/alarms/Errors/comparisonOperator",
-                Some(json!("GreaterThan")),
-            ),
+            with("/alarms/Errors/comparisonOperator", Some(json!("GreaterThan"))),
             "/alarms/Errors/comparisonOperator",
             "not an accepted value",
         ),
@@ -400,10 +382,7 @@ fn each_rule_names_the_pointer_and_the_problem() {
         ),
         (
             "empty target mode known",
-            with(
-                "/experimentOptions",
-                Some(json!({"emptyTargetResolutionMode": "fial"})),
-            ),
+            with("/experimentOptions", Some(json!({"emptyTargetResolutionMode": "fial"}))),
             "/experimentOptions/emptyTargetResolutionMode",
             "not an accepted value",
         ),
@@ -413,14 +392,11 @@ fn each_rule_names_the_pointer_and_the_problem() {
         match template::validate(doc, None) {
             Ok(_) => failures.push(format!("{rule}: accepted")),
             Err(diags) => {
-                let hit = diags.iter().any(|d| {
-                    matches!(&d.at, At::Pointer(p) if p.starts_with(pointer))
-                        && d.message.contains(message)
-                });
+                let hit = diags
+                    .iter()
+                    .any(|d| matches!(&d.at, At::Pointer(p) if p.starts_with(pointer)) && d.message.contains(message));
                 if !hit {
-                    failures.push(format!(
-                        "{rule}: wanted {pointer} `{message}`, got {diags:#?}"
-                    ));
+                    failures.push(format!("{rule}: wanted {pointer} `{message}`, got {diags:#?}"));
                 }
             }
         }
@@ -443,32 +419,16 @@ fn cli_exits_2_and_names_the_pointer() {
     let bad = dir.join("bad.json");
     std::fs::write(
         &bad,
-        serde_json::to_string_pretty(&with(
-            "/actions/cpu/parameters/loadPercent",
-            Some(json!("0")),
-        ))
-        .unwrap(),
+        serde_json::to_string_pretty(&with("/actions/cpu/parameters/loadPercent", Some(json!("0")))).unwrap(),
     )
     .unwrap();
     let syntax = dir.join("syntax.json");
-    std::fs::write(
-        &syntax,
-        "{\n  \"description\": \"x\",\n  \"actions\": {,}\n}\n",
-    )
-    .unwrap();
-    let out = faultline()
-        .arg("validate")
-        .arg(&bad)
-        .arg(&syntax)
-        .output()
-        .unwrap();
+    std::fs::write(&syntax, "{\n  \"description\": \"x\",\n  \"actions\": {,}\n}\n").unwrap();
+    let out = faultline().arg("validate").arg(&bad).arg(&syntax).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(
-        stdout.contains(&format!(
-            "{}: /actions/cpu/parameters/loadPercent: ",
-            bad.display()
-        )),
+        stdout.contains(&format!("{}: /actions/cpu/parameters/loadPercent: ", bad.display())),
         "{stdout}"
     );
     assert!(
@@ -522,13 +482,8 @@ fn fis_shaped_template_with_an_alarms_file() {
     )
     .unwrap();
     let out = faultline().arg("validate").arg(&fis).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "the alarm is only in the --alarms file"
-    );
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("/stopConditions/0/value: no alarm named `HighErrorRate`"));
+    assert_eq!(out.status.code(), Some(2), "the alarm is only in the --alarms file");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/stopConditions/0/value: no alarm named `HighErrorRate`"));
     let out = faultline()
         .arg("validate")
         .arg("--alarms")
@@ -536,12 +491,7 @@ fn fis_shaped_template_with_an_alarms_file() {
         .arg(&fis)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 
     let text = std::fs::read_to_string(&fis).unwrap();
     let alarms_text = std::fs::read_to_string(&alarms).unwrap();

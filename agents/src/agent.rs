@@ -6,8 +6,8 @@ use crate::faults::{Applied, Faults};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
 use faultline_agent::protocol::{
-    decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
-    HostDescription, Outcome,
+    decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HostDescription,
+    Outcome,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -61,6 +61,8 @@ pub struct Agent {
     leases: Leases,
     /// "Fault ended" notices for owners not connected right now.
     notices: VecDeque<(String, String, EndReason)>,
+    /// A blackout whose control plane is cut once the reply to its apply is sent.
+    cut_after_reply: Option<String>,
     next_id: u64,
 }
 
@@ -85,6 +87,7 @@ impl Agent {
                 .into_iter()
                 .map(|(owner, id)| (owner, id, EndReason::AgentRestarted))
                 .collect(),
+            cut_after_reply: None,
             next_id: 0,
         }
     }
@@ -100,13 +103,7 @@ impl Agent {
             address: self.identity.address.unwrap_or(local_ip).to_string(),
             agent: AgentInfo {
                 version: env!("CARGO_PKG_VERSION").into(),
-                capabilities: self
-                    .faults
-                    .capabilities()
-                    .kinds
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect(),
+                capabilities: self.faults.capabilities().kinds.iter().map(|k| k.to_string()).collect(),
             },
         }
     }
@@ -203,11 +200,7 @@ impl Agent {
         }
     }
 
-    fn spawn_dialer(
-        &self,
-        tx: mpsc::Sender<Connected>,
-        shutdown: &CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    fn spawn_dialer(&self, tx: mpsc::Sender<Connected>, shutdown: &CancellationToken) -> tokio::task::JoinHandle<()> {
         let (url, token, cancel) = (self.url.clone(), self.token.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Some(c) = session::connect(&url, &token, &cancel).await {
@@ -232,21 +225,12 @@ impl Agent {
         .await
     }
 
-    async fn on_frame(
-        &mut self,
-        link: Link,
-        text: &str,
-        pending: &mut JoinSet<(u64, String, Outcome)>,
-    ) -> Link {
+    async fn on_frame(&mut self, link: Link, text: &str, pending: &mut JoinSet<(u64, String, Outcome)>) -> Link {
         let frame = match decode::<ControllerMessage>(text) {
             Ok(f) => f,
             Err(DecodeError { id, code, message }) => {
                 tracing::warn!(%message, "refused a frame from the controller");
-                let reply = self.frame(AgentMessage::Error {
-                    re: id,
-                    code,
-                    message,
-                });
+                let reply = self.frame(AgentMessage::Error { re: id, code, message });
                 return send(link, reply).await;
             }
         };
@@ -259,10 +243,8 @@ impl Agent {
                     c,
                     controller_id: controller_id.clone(),
                 };
-                let (mine, others): (Vec<_>, Vec<_>) = self
-                    .notices
-                    .drain(..)
-                    .partition(|(o, _, _)| *o == controller_id);
+                let (mine, others): (Vec<_>, Vec<_>) =
+                    self.notices.drain(..).partition(|(o, _, _)| *o == controller_id);
                 self.notices = others.into();
                 for (_, fault_id, reason) in mine {
                     let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
@@ -273,21 +255,26 @@ impl Agent {
             (Link::Up { c, controller_id }, msg) => {
                 self.leases.heard(&controller_id, Instant::now());
                 let reply = self.command(id, &controller_id, c.controller_ip, msg, pending);
-                let link = Link::Up { c, controller_id };
-                match reply {
-                    Some(msg) => {
-                        let text = self.frame(msg);
-                        send(link, text).await
-                    }
-                    None => link,
+                let mut link = Link::Up { c, controller_id };
+                if let Some(msg) = reply {
+                    let text = self.frame(msg);
+                    link = send(link, text).await;
                 }
+                if let Some(fault_id) = self.cut_after_reply.take() {
+                    if let Link::Up { c, .. } = &link {
+                        session::wait_sent(&c.ws).await;
+                    }
+                    if let Err(e) = self.faults.cut(&fault_id) {
+                        tracing::error!(fault = %fault_id, error = %e, "the blackout keeps the control plane");
+                    }
+                }
+                link
             }
             (link, _) => {
                 let reply = self.frame(AgentMessage::Error {
                     re: Some(id),
                     code: ErrorCode::NotRegistered,
-                    message: "no command is accepted before the controller welcomes this agent"
-                        .into(),
+                    message: "no command is accepted before the controller welcomes this agent".into(),
                 });
                 send(link, reply).await
             }
@@ -309,11 +296,15 @@ impl Agent {
                 let fault_id = fault.fault_id.clone();
                 let kind = fault.kind.capability();
                 let result = self.faults.apply(owner, fault, Some(controller_ip));
-                self.leases
-                    .set_paused(self.faults.cuts_control_plane(), Instant::now());
+                self.leases.set_paused(self.faults.cuts_control_plane(), Instant::now());
                 match result {
                     Ok(Applied::Now(outcome)) => {
                         log_outcome(&fault_id, kind, &outcome);
+                        ack(outcome)
+                    }
+                    Ok(Applied::ThenCut(outcome)) => {
+                        log_outcome(&fault_id, kind, &outcome);
+                        self.cut_after_reply = Some(fault_id);
                         ack(outcome)
                     }
                     Ok(Applied::Later(rx)) => {
@@ -374,8 +365,7 @@ impl Agent {
     }
 
     fn after_removal(&mut self) {
-        self.leases
-            .set_paused(self.faults.cuts_control_plane(), Instant::now());
+        self.leases.set_paused(self.faults.cuts_control_plane(), Instant::now());
     }
 
     async fn on_timers(&mut self, mut link: Link) -> Link {
@@ -393,8 +383,7 @@ impl Agent {
             .into_iter()
             .map(|(id, owner)| (owner, id, EndReason::DurationElapsed))
             .collect();
-        self.leases
-            .set_paused(self.faults.cuts_control_plane(), now);
+        self.leases.set_paused(self.faults.cuts_control_plane(), now);
         for owner in self.leases.expired(now) {
             tracing::warn!(controller = %owner, lease = ?self.leases.interval(), "the controller has been silent for the lease; removing its faults");
             ended.extend(
@@ -475,10 +464,7 @@ async fn send(link: Link, text: String) -> Link {
             Ok(()) => Link::Registering { c, since },
             Err(_) => Link::Down,
         },
-        Link::Up {
-            mut c,
-            controller_id,
-        } => match c.ws.send(Message::text(text)).await {
+        Link::Up { mut c, controller_id } => match c.ws.send(Message::text(text)).await {
             Ok(()) => Link::Up { c, controller_id },
             Err(_) => Link::Down,
         },

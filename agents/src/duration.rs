@@ -9,9 +9,7 @@ pub enum DurationError {
     #[error("`{0}` is not an ISO 8601 duration; write e.g. PT30S, PT5M or PT1H30M")]
     Syntax(String),
     /// Years and months have no fixed length.
-    #[error(
-        "`{0}` uses years or months, which have no fixed length; use days (P1D) or hours (PT24H)"
-    )]
+    #[error("`{0}` uses years or months, which have no fixed length; use days (P1D) or hours (PT24H)")]
     Calendar(String),
 }
 
@@ -70,9 +68,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             return Err(syntax());
         }
     }
-    u64::try_from(millis)
-        .map(Duration::from_millis)
-        .map_err(|_| syntax())
+    u64::try_from(millis).map(Duration::from_millis).map_err(|_| syntax())
 }
 
 /// Formats a duration back as ISO 8601, the shortest exact form (`PT1H30M`, `PT0.5S`).
@@ -154,10 +150,7 @@ mod tests {
         for text in [
             "", "P", "PT", "30S", "PT5", "PTS", "PT1.5M", "PT5X", "P5H", "pt5m", "PT-5S", "PT5M5",
         ] {
-            assert!(
-                matches!(parse(text), Err(DurationError::Syntax(_))),
-                "{text}"
-            );
+            assert!(matches!(parse(text), Err(DurationError::Syntax(_))), "{text}");
         }
         assert!(matches!(parse("P1M"), Err(DurationError::Calendar(_))));
         assert!(matches!(parse("P1Y"), Err(DurationError::Calendar(_))));

@@ -84,15 +84,9 @@ mod tests {
         l.heard("b", t0);
         l.heard("a", t0 + Duration::from_secs(6));
         assert_eq!(l.next_expiry(), Some(t0 + Duration::from_secs(10)));
-        assert_eq!(
-            l.expired(t0 + Duration::from_secs(10)),
-            vec!["b".to_string()]
-        );
+        assert_eq!(l.expired(t0 + Duration::from_secs(10)), vec!["b".to_string()]);
         assert!(l.expired(t0 + Duration::from_secs(15)).is_empty());
-        assert_eq!(
-            l.expired(t0 + Duration::from_secs(16)),
-            vec!["a".to_string()]
-        );
+        assert_eq!(l.expired(t0 + Duration::from_secs(16)), vec!["a".to_string()]);
         assert_eq!(l.next_expiry(), None);
     }
 
@@ -105,9 +99,6 @@ mod tests {
         assert!(l.expired(t0 + Duration::from_secs(60)).is_empty());
         l.set_paused(false, t0 + Duration::from_secs(60));
         assert!(l.expired(t0 + Duration::from_secs(69)).is_empty());
-        assert_eq!(
-            l.expired(t0 + Duration::from_secs(70)),
-            vec!["a".to_string()]
-        );
+        assert_eq!(l.expired(t0 + Duration::from_secs(70)), vec!["a".to_string()]);
     }
 }

@@ -44,11 +44,7 @@ struct Cli {
     #[arg(long, env = "FAULTLINE_ADDRESS")]
     address: Option<IpAddr>,
     /// Where faults are recorded before they take effect.
-    #[arg(
-        long,
-        env = "FAULTLINE_STATE_DIR",
-        default_value = "/var/lib/faultline-agent"
-    )]
+    #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = "/var/lib/faultline-agent")]
     state_dir: PathBuf,
     /// Fault kinds this agent may inject.
     #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
@@ -95,10 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
     // One thread runs the agent; stress workers are their own threads.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -116,19 +109,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let token = std::fs::read_to_string(&cli.token_file)
-        .map_err(|e| {
-            format!(
-                "cannot read the token file {}: {e}",
-                cli.token_file.display()
-            )
-        })?
+        .map_err(|e| format!("cannot read the token file {}: {e}", cli.token_file.display()))?
         .trim()
         .to_string();
     if token.is_empty() {
-        return Err(format!(
-            "the token file {} is empty",
-            cli.token_file.display()
-        ));
+        return Err(format!("the token file {} is empty", cli.token_file.display()));
     }
     let state = state::StateDir::open(&cli.state_dir).map_err(|e| e.to_string())?;
     let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
@@ -185,10 +170,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -23,8 +23,8 @@ pub const CAPABILITIES: [&str; 5] = ["kill", "cpu", "memory", "latency", "blacko
 
 /// Signal names a kill may send, as the agent maps them to numbers.
 pub const SIGNALS: [&str; 12] = [
-    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT",
-    "SIGUSR1", "SIGUSR2", "SIGSEGV", "SIGTSTP",
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT", "SIGUSR1", "SIGUSR2",
+    "SIGSEGV", "SIGTSTP",
 ];
 
 /// Header carrying the shared token in the websocket upgrade request.
@@ -119,16 +119,10 @@ pub fn decode<M: for<'de> Deserialize<'de>>(text: &str) -> Result<Frame<M>, Deco
             return Err(DecodeError {
                 id,
                 code: ErrorCode::UnsupportedVersion,
-                message: format!(
-                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
-                ),
+                message: format!("protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"),
             })
         }
-        None => {
-            return Err(malformed(
-                "frame has no numeric protocol version `v`".into(),
-            ))
-        }
+        None => return Err(malformed("frame has no numeric protocol version `v`".into())),
     }
     let Some(id) = id else {
         return Err(malformed("frame has no numeric message id `id`".into()));
@@ -396,9 +390,7 @@ pub struct HostState {
 
 impl Default for HostState {
     fn default() -> Self {
-        HostState {
-            name: "running".into(),
-        }
+        HostState { name: "running".into() }
     }
 }
 
@@ -447,8 +439,7 @@ mod tests {
 
     #[test]
     fn classifies_unknown_message_types() {
-        let err =
-            decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"format_disk"}"#).unwrap_err();
+        let err = decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"format_disk"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownMessage);
         assert_eq!(err.id, Some(5));
     }
@@ -479,19 +470,15 @@ mod tests {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
             any::<i64>().prop_map(serde_json::Value::from),
-            prop::sample::select(vec![
-                "v", "id", "type", "ping", "apply", "fault", "kind", "cpu"
-            ])
-            .prop_map(serde_json::Value::from),
+            prop::sample::select(vec!["v", "id", "type", "ping", "apply", "fault", "kind", "cpu"])
+                .prop_map(serde_json::Value::from),
         ];
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
                 prop::collection::btree_map(
-                    prop::sample::select(vec![
-                        "v", "id", "type", "fault", "kind", "fault_id", "re"
-                    ])
-                    .prop_map(String::from),
+                    prop::sample::select(vec!["v", "id", "type", "fault", "kind", "fault_id", "re"])
+                        .prop_map(String::from),
                     inner,
                     0..5
                 )

@@ -108,12 +108,7 @@ impl Conditions {
 
     /// Clears the condition of a fault; whether it had one.
     pub fn clear(&self, fault_id: &str) -> bool {
-        let had = self
-            .by_fault
-            .lock()
-            .expect("not poisoned")
-            .remove(fault_id)
-            .is_some();
+        let had = self.by_fault.lock().expect("not poisoned").remove(fault_id).is_some();
         if had {
             self.publish();
         }
@@ -150,12 +145,7 @@ impl Conditions {
 }
 
 /// Serves one `LISTEN=UPSTREAM` pair until cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    upstream: String,
-    conditions: Arc<Conditions>,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, upstream: String, conditions: Arc<Conditions>, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let upstream: Arc<str> = upstream.into();
     loop {
@@ -313,15 +303,9 @@ mod tests {
         };
         c.set("a", lat(100));
         c.set("b", lat(200));
-        assert_eq!(
-            c.subscribe().borrow().latency.unwrap().0,
-            Duration::from_millis(200)
-        );
+        assert_eq!(c.subscribe().borrow().latency.unwrap().0, Duration::from_millis(200));
         c.clear("b");
-        assert_eq!(
-            c.subscribe().borrow().latency.unwrap().0,
-            Duration::from_millis(100)
-        );
+        assert_eq!(c.subscribe().borrow().latency.unwrap().0, Duration::from_millis(100));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         c.set("x", Condition::Blackout { allow: vec![a, b] });

@@ -44,9 +44,7 @@ pub fn endpoint(controller: &str) -> String {
 
 /// Backoff before attempt `n` (0-based): exponential, capped, with the upper half jittered.
 pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
-    let base = FIRST_BACKOFF
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(MAX_BACKOFF);
+    let base = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF);
     base / 2 + base.mul_f64(rng.random_range(0.0..0.5))
 }
 
@@ -91,9 +89,7 @@ enum DialError {
 }
 
 async fn dial(url: &str, token: &str) -> Result<Connected, DialError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| DialError::Url(e.to_string()))?;
+    let mut request = url.into_client_request().map_err(|e| DialError::Url(e.to_string()))?;
     let value = HeaderValue::from_str(&bearer(token))
         .map_err(|_| DialError::Url("the token must be printable ASCII".into()))?;
     request.headers_mut().insert(TOKEN_HEADER, value);
@@ -105,28 +101,41 @@ async fn dial(url: &str, token: &str) -> Result<Connected, DialError> {
         .await
         .map_err(|_| DialError::Other("timed out".into()))?
         .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) => {
-                DialError::Refused(r.status().as_u16())
-            }
+            tokio_tungstenite::tungstenite::Error::Http(r) => DialError::Refused(r.status().as_u16()),
             other => DialError::Other(other.to_string()),
         })?;
     let tcp = match ws.get_ref() {
         MaybeTlsStream::Plain(s) => s,
         _ => return Err(DialError::Other("unexpected stream type".into())),
     };
-    let controller_ip = tcp
-        .peer_addr()
-        .map_err(|e| DialError::Other(e.to_string()))?
-        .ip();
-    let local_ip = tcp
-        .local_addr()
-        .map_err(|e| DialError::Other(e.to_string()))?
-        .ip();
+    // Acks go out at once: small frames must not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    let controller_ip = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
+    let local_ip = tcp.local_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
     Ok(Connected {
         ws,
         controller_ip,
         local_ip,
     })
+}
+
+/// Waits (up to 200 ms) until the kernel has sent everything written to the connection,
+/// so a blackout installed next cannot swallow it.
+pub async fn wait_sent(ws: &Ws) {
+    use std::os::fd::AsRawFd;
+    const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+        return;
+    };
+    let fd = tcp.as_raw_fd();
+    for _ in 0..200 {
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: SIOCOUTQNSD writes one int for a TCP socket we own.
+        if unsafe { libc::ioctl(fd, SIOCOUTQNSD, &mut unsent) } != 0 || unsent == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[cfg(test)]
@@ -142,21 +151,14 @@ mod tests {
             let b = backoff(n, &mut rng);
             assert!(b >= MAX_BACKOFF / 2 && b <= MAX_BACKOFF, "{b:?}");
         }
-        let spread: std::collections::BTreeSet<_> =
-            (0..20).map(|_| backoff(10, &mut rng)).collect();
+        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(10, &mut rng)).collect();
         assert!(spread.len() > 10, "jitter spreads reconnects");
     }
 
     #[test]
     fn endpoint_adds_the_agent_path() {
-        assert_eq!(
-            endpoint("ws://10.0.0.1:7700"),
-            "ws://10.0.0.1:7700/v1/agents"
-        );
-        assert_eq!(
-            endpoint("ws://10.0.0.1:7700/"),
-            "ws://10.0.0.1:7700/v1/agents"
-        );
+        assert_eq!(endpoint("ws://10.0.0.1:7700"), "ws://10.0.0.1:7700/v1/agents");
+        assert_eq!(endpoint("ws://10.0.0.1:7700/"), "ws://10.0.0.1:7700/v1/agents");
         assert_eq!(endpoint("ws://h:1/custom"), "ws://h:1/custom");
     }
 }

@@ -65,10 +65,7 @@ impl StateDir {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(StateError::Locked(dir.to_path_buf()));
         }
-        Ok(StateDir {
-            faults,
-            _lock: lock,
-        })
+        Ok(StateDir { faults, _lock: lock })
     }
 
     fn path(&self, fault_id: &str) -> PathBuf {
@@ -122,13 +119,7 @@ impl StateDir {
 fn file_stem(fault_id: &str) -> String {
     let readable: String = fault_id
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
         .take(64)
         .collect();
     format!("{readable}-{:016x}", fnv1a(fault_id.as_bytes()))

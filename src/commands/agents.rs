@@ -38,8 +38,7 @@ pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
                     "version",
                 ]);
                 for h in &hosts {
-                    let tags: Vec<String> =
-                        h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let tags: Vec<String> = h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     t.add_row(vec![
                         h.host_id.clone(),
                         h.placement.availability_zone.clone(),

@@ -14,8 +14,8 @@ pub fn run(
     seed: Option<u64>,
     format: ReportFormat,
 ) -> anyhow::Result<u8> {
-    let experiment = template::load(template_path, alarms)
-        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))?;
+    let experiment =
+        template::load(template_path, alarms).map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))?;
     let text = std::fs::read_to_string(inventory).map_err(|e| {
         super::fail(
             exit::INVALID,
@@ -30,14 +30,10 @@ pub fn run(
         super::fail(exit::INVALID, anyhow::anyhow!(rendered.join("\n")))
     })?;
     let seed = seed.unwrap_or_else(rand::random);
-    let resolution =
-        plan::resolve(&experiment, &hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
+    let resolution = plan::resolve(&experiment, &hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
     let plan = plan::plan(&experiment, &resolution);
     match format {
-        ReportFormat::Table => println!(
-            "{}",
-            plan::render_tables(&experiment, &resolution, &plan, &hosts)
-        ),
+        ReportFormat::Table => println!("{}", plan::render_tables(&experiment, &resolution, &plan, &hosts)),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
     Ok(exit::COMPLETED)

@@ -63,14 +63,10 @@ fn dry_run(
     format: ReportFormat,
 ) -> anyhow::Result<u8> {
     let seed = seed.unwrap_or_else(rand::random);
-    let resolution =
-        plan::resolve(experiment, hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
+    let resolution = plan::resolve(experiment, hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
     let plan = plan::plan(experiment, &resolution);
     match format {
-        ReportFormat::Table => println!(
-            "{}",
-            plan::render_tables(experiment, &resolution, &plan, hosts)
-        ),
+        ReportFormat::Table => println!("{}", plan::render_tables(experiment, &resolution, &plan, hosts)),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
     Ok(exit::COMPLETED)
@@ -92,12 +88,8 @@ async fn interrupts(stop: mpsc::Sender<StopRequest>) {
 
 /// Reads or creates the token file, saying so when it is new.
 pub fn token(path: &std::path::Path) -> anyhow::Result<String> {
-    let (t, created) = token::load_or_create(path).map_err(|e| {
-        super::fail(
-            exit::INVALID,
-            anyhow::anyhow!("token file {}: {e}", path.display()),
-        )
-    })?;
+    let (t, created) = token::load_or_create(path)
+        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("token file {}: {e}", path.display())))?;
     if created {
         tracing::info!(path = %path.display(), "created a new agent token; start agents with --token-file pointing at it");
     }

@@ -21,12 +21,10 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
                     anyhow::anyhow!("cannot read alarms file {}: {e}", path.display()),
                 )
             })?;
-            Some(template::parse_json(&text, Origin::Alarms).map_err(|d| {
-                super::fail(
-                    exit::INVALID,
-                    anyhow::anyhow!(d.render(&path.display().to_string())),
-                )
-            })?)
+            Some(
+                template::parse_json(&text, Origin::Alarms)
+                    .map_err(|d| super::fail(exit::INVALID, anyhow::anyhow!(d.render(&path.display().to_string()))))?,
+            )
         }
     };
     let mut reports = Vec::new();
@@ -39,7 +37,12 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
                 Ok(summary) => println!("{}: valid {summary}", file.display()),
                 Err(diags) => {
                     println!("{}", template::render_all(diags, file, alarms));
-                    println!("{}: invalid ({} error{})", file.display(), diags.len(), plural(diags.len()));
+                    println!(
+                        "{}: invalid ({} error{})",
+                        file.display(),
+                        diags.len(),
+                        plural(diags.len())
+                    );
                 }
             },
             ValidateFormat::Json => reports.push(json!({
@@ -56,11 +59,7 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
     if format == ValidateFormat::Json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
-    Ok(if all_valid {
-        exit::COMPLETED
-    } else {
-        exit::INVALID
-    })
+    Ok(if all_valid { exit::COMPLETED } else { exit::INVALID })
 }
 
 /// Checks one file as the kind of document it is; `Ok` carries a one-line summary.
@@ -79,18 +78,10 @@ fn check(file: &Path, alarms: Option<&Value>) -> Result<String, Vec<Diagnostic>>
         .is_some_and(|s| s.ends_with("alarms.schema.json"));
     if doc.is_array() {
         let hosts = inventory::from_value(&doc)?;
-        Ok(format!(
-            "inventory ({} host{})",
-            hosts.len(),
-            plural(hosts.len())
-        ))
+        Ok(format!("inventory ({} host{})", hosts.len(), plural(hosts.len())))
     } else if names_alarms_schema {
         let found = template::validate_alarms(&doc)?;
-        Ok(format!(
-            "alarms file ({} alarm{})",
-            found.len(),
-            plural(found.len())
-        ))
+        Ok(format!("alarms file ({} alarm{})", found.len(), plural(found.len())))
     } else {
         let e = template::validate(&doc, alarms)?;
         Ok(format!(

@@ -25,13 +25,16 @@ pub fn from_value(value: &Value) -> Result<Vec<HostDescription>, Vec<Diagnostic>
     for (i, item) in items.iter().enumerate() {
         match serde_json::from_value::<HostDescription>(item.clone()) {
             Ok(h) if hosts.iter().any(|o| o.host_id == h.host_id) => {
-                diags.push(Diagnostic::at(Origin::Inventory, join(&join("", i), "HostId"), format!("host `{}` appears twice", h.host_id)));
+                diags.push(Diagnostic::at(
+                    Origin::Inventory,
+                    join(&join("", i), "HostId"),
+                    format!("host `{}` appears twice", h.host_id),
+                ));
             }
             Ok(h) => hosts.push(h),
-            Err(e) => diags.push(
-                Diagnostic::at(Origin::Inventory, join("", i), e.to_string())
-                    .hint("a host description has HostId, Placement.AvailabilityZone and optionally State, Tags, Address, Agent"),
-            ),
+            Err(e) => diags.push(Diagnostic::at(Origin::Inventory, join("", i), e.to_string()).hint(
+                "a host description has HostId, Placement.AvailabilityZone and optionally State, Tags, Address, Agent",
+            )),
         }
     }
     if diags.is_empty() {

@@ -104,10 +104,7 @@ pub fn plan(experiment: &Experiment, resolution: &Resolution) -> Plan {
             start_offset: offsets[name],
             duration: a.spec.duration(),
             start_after: a.start_after.clone(),
-            skipped: a
-                .target
-                .as_ref()
-                .is_some_and(|t| resolution.empty.contains(t)),
+            skipped: a.target.as_ref().is_some_and(|t| resolution.empty.contains(t)),
         })
         .collect();
     actions.sort_by(|a, b| (a.start_offset, &a.name).cmp(&(b.start_offset, &b.name)));
@@ -142,13 +139,9 @@ pub fn render_tables(
     hosts: &[HostDescription],
 ) -> String {
     let mut targets = Table::new();
-    targets.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "target",
-        "type",
-        "selection",
-        "matched",
-        "selected",
-    ]);
+    targets
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["target", "type", "selection", "matched", "selected"]);
     for (name, r) in &resolution.targets {
         let t = &experiment.targets[name];
         let selected = if r.selected.is_empty() {
@@ -157,10 +150,7 @@ pub fn render_tables(
             r.selected
                 .iter()
                 .map(|az| {
-                    let n = hosts
-                        .iter()
-                        .filter(|h| &h.placement.availability_zone == az)
-                        .count();
+                    let n = hosts.iter().filter(|h| &h.placement.availability_zone == az).count();
                     format!("{az} ({n} hosts)")
                 })
                 .collect::<Vec<_>>()

@@ -51,11 +51,7 @@ pub struct EmptyTarget {
 }
 
 /// Resolves every target against `hosts`, sampling with `seed`.
-pub fn resolve(
-    experiment: &Experiment,
-    hosts: &[HostDescription],
-    seed: u64,
-) -> Result<Resolution, EmptyTarget> {
+pub fn resolve(experiment: &Experiment, hosts: &[HostDescription], seed: u64) -> Result<Resolution, EmptyTarget> {
     let mut out = Resolution {
         seed,
         targets: BTreeMap::new(),
@@ -94,29 +90,14 @@ pub fn resolve(
 }
 
 /// Resolves one target; deterministic for a given seed, name and candidate set.
-pub fn resolve_target(
-    name: &str,
-    target: &Target,
-    hosts: &[HostDescription],
-    seed: u64,
-) -> Resolved {
+pub fn resolve_target(name: &str, target: &Target, hosts: &[HostDescription], seed: u64) -> Resolved {
     let (candidates, known): (Vec<String>, BTreeSet<String>) = match target.resource_type {
         ResourceType::Host => {
             let known = hosts.iter().map(|h| h.host_id.clone()).collect();
             let matching = hosts
                 .iter()
-                .filter(|h| {
-                    target
-                        .resource_ids
-                        .as_ref()
-                        .is_none_or(|ids| ids.contains(&h.host_id))
-                })
-                .filter(|h| {
-                    target
-                        .resource_tags
-                        .iter()
-                        .all(|(k, v)| h.tags.get(k) == Some(v))
-                })
+                .filter(|h| target.resource_ids.as_ref().is_none_or(|ids| ids.contains(&h.host_id)))
+                .filter(|h| target.resource_tags.iter().all(|(k, v)| h.tags.get(k) == Some(v)))
                 .filter(|h| {
                     let desc = serde_json::to_value(h).unwrap_or(Value::Null);
                     target.filters.iter().all(|f| filter_matches(f, &desc))
@@ -126,18 +107,10 @@ pub fn resolve_target(
             (matching, known)
         }
         ResourceType::Az => {
-            let known: BTreeSet<String> = hosts
-                .iter()
-                .map(|h| h.placement.availability_zone.clone())
-                .collect();
+            let known: BTreeSet<String> = hosts.iter().map(|h| h.placement.availability_zone.clone()).collect();
             let matching = known
                 .iter()
-                .filter(|az| {
-                    target
-                        .resource_ids
-                        .as_ref()
-                        .is_none_or(|ids| ids.contains(az))
-                })
+                .filter(|az| target.resource_ids.as_ref().is_none_or(|ids| ids.contains(az)))
                 .filter(|az| {
                     let desc = serde_json::json!({ "Name": az });
                     target.filters.iter().all(|f| filter_matches(f, &desc))
@@ -147,11 +120,7 @@ pub fn resolve_target(
             (matching, known)
         }
     };
-    let mut candidates: Vec<String> = candidates
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let mut candidates: Vec<String> = candidates.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
     let missing = target
         .resource_ids
         .iter()
@@ -167,10 +136,7 @@ pub fn resolve_target(
     };
     if want < matched {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
-        candidates = candidates
-            .choose_multiple(&mut rng, want)
-            .cloned()
-            .collect();
+        candidates = candidates.choose_multiple(&mut rng, want).cloned().collect();
         candidates.sort();
     }
     Resolved {
@@ -246,10 +212,7 @@ mod tests {
         Target {
             resource_type: ResourceType::Host,
             resource_ids: None,
-            resource_tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            resource_tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             filters,
             selection,
         }

@@ -60,10 +60,7 @@ fn state_cell(state: State) -> Cell {
 }
 
 fn span(a: &ActionRecord) -> (String, String) {
-    let start = a
-        .started_at
-        .map(|t| clock(&t))
-        .unwrap_or_else(|| "-".into());
+    let start = a.started_at.map(|t| clock(&t)).unwrap_or_else(|| "-".into());
     let end = a.ended_at.map(|t| clock(&t)).unwrap_or_else(|| "-".into());
     (start, end)
 }
@@ -77,9 +74,7 @@ fn clock(t: &SystemTime) -> String {
 impl Report {
     /// The experiment's duration.
     pub fn duration(&self) -> Duration {
-        self.ended_at
-            .duration_since(self.started_at)
-            .unwrap_or_default()
+        self.ended_at.duration_since(self.started_at).unwrap_or_default()
     }
 
     /// The summary as tables.
@@ -124,10 +119,7 @@ impl Report {
             out += &format!("Reason: {reason}\n");
         }
         if let Some(r) = self.outcome.rollback {
-            out += &format!(
-                "Rollback: every fault removed {} after the stop\n",
-                duration::human(r)
-            );
+            out += &format!("Rollback: every fault removed {} after the stop\n", duration::human(r));
         }
         if self.outcome.unconfirmed_removals > 0 {
             out += &format!(
@@ -135,11 +127,7 @@ impl Report {
                 self.outcome.unconfirmed_removals
             );
         }
-        out += &format!(
-            "{actions}\nSeed {} · journal {}",
-            self.seed,
-            self.journal.display()
-        );
+        out += &format!("{actions}\nSeed {} · journal {}", self.seed, self.journal.display());
         out
     }
 }

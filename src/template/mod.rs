@@ -88,10 +88,7 @@ pub fn parse_json(text: &str, origin: Origin) -> Result<Value, Diagnostic> {
 ///
 /// The schema pass runs first; the semantic pass then reports only what the schema did
 /// not already report at the same place or above it, so a user sees each mistake once.
-pub fn validate(
-    template: &Value,
-    alarms_file: Option<&Value>,
-) -> Result<Experiment, Vec<Diagnostic>> {
+pub fn validate(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment, Vec<Diagnostic>> {
     let mut diags = schema::check_template(template);
     if let Some(a) = alarms_file {
         diags.extend(schema::check_alarms(a));
@@ -104,9 +101,7 @@ pub fn validate(
 }
 
 /// Validates an alarms file on its own (both passes).
-pub fn validate_alarms(
-    doc: &Value,
-) -> Result<std::collections::BTreeMap<String, Alarm>, Vec<Diagnostic>> {
+pub fn validate_alarms(doc: &Value) -> Result<std::collections::BTreeMap<String, Alarm>, Vec<Diagnostic>> {
     let schema = schema::check_alarms(doc);
     match semantic::build_alarms(doc) {
         Ok(a) if schema.is_empty() => Ok(a),
@@ -137,14 +132,9 @@ fn merge(mut diags: Vec<Diagnostic>, semantic: Vec<Diagnostic>) -> Vec<Diagnosti
 }
 
 /// Validates texts; the entry point for callers that already read the files.
-pub fn validate_text(
-    template: &str,
-    alarms_file: Option<&str>,
-) -> Result<Experiment, Vec<Diagnostic>> {
+pub fn validate_text(template: &str, alarms_file: Option<&str>) -> Result<Experiment, Vec<Diagnostic>> {
     let template = parse_json(template, Origin::Template);
-    let alarms = alarms_file
-        .map(|a| parse_json(a, Origin::Alarms))
-        .transpose();
+    let alarms = alarms_file.map(|a| parse_json(a, Origin::Alarms)).transpose();
     match (template, alarms) {
         (Ok(t), Ok(a)) => validate(&t, a.as_ref()),
         (t, a) => Err(t.err().into_iter().chain(a.err()).collect()),

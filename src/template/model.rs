@@ -214,24 +214,17 @@ impl ActionSpec {
     /// whose allow-list depends on the AZ's hosts (see [`ActionSpec::blackout_fault`]).
     pub fn host_fault(&self) -> Option<FaultKind> {
         Some(match self {
-            ActionSpec::Kill {
-                process_name,
-                signal,
-            } => FaultKind::Kill {
+            ActionSpec::Kill { process_name, signal } => FaultKind::Kill {
                 process_name: process_name.clone(),
                 signal: signal.clone(),
             },
             ActionSpec::CpuStress {
-                load_percent,
-                workers,
-                ..
+                load_percent, workers, ..
             } => FaultKind::Cpu {
                 load_percent: *load_percent,
                 workers: *workers,
             },
-            ActionSpec::MemoryStress {
-                amount, workers, ..
-            } => FaultKind::Memory {
+            ActionSpec::MemoryStress { amount, workers, .. } => FaultKind::Memory {
                 amount: *amount,
                 workers: *workers,
             },

@@ -26,13 +26,9 @@ struct Schemas {
 fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
-        let template: Value =
-            serde_json::from_str(TEMPLATE_SCHEMA).expect("embedded schema is JSON");
+        let template: Value = serde_json::from_str(TEMPLATE_SCHEMA).expect("embedded schema is JSON");
         let alarms: Value = serde_json::from_str(ALARMS_SCHEMA).expect("embedded schema is JSON");
-        let alarms_id = alarms["$id"]
-            .as_str()
-            .expect("alarms schema has an $id")
-            .to_string();
+        let alarms_id = alarms["$id"].as_str().expect("alarms schema has an $id").to_string();
         let build = |schema: &Value| {
             jsonschema::options()
                 .with_draft(Draft::Draft202012)
@@ -113,25 +109,15 @@ fn describe(e: &ValidationError<'_>, origin: Origin, known: &BTreeSet<String>) -
             .collect(),
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            vec![d(
-                join(&path, name),
-                format!("required key `{name}` is missing"),
-            )]
+            vec![d(join(&path, name), format!("required key `{name}` is missing"))]
         }
         ValidationErrorKind::Type { kind } => {
             let found = json_type(instance);
             let expected = match kind {
                 TypeKind::Single(t) => t.to_string(),
-                TypeKind::Multiple(set) => set
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
+                TypeKind::Multiple(set) => set.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" or "),
             };
-            let diag = d(
-                path.clone(),
-                format!("expected a {expected}, found {found}"),
-            );
+            let diag = d(path.clone(), format!("expected a {expected}, found {found}"));
             vec![if under_parameters || path.ends_with("/parameters") {
                 diag.hint(format!(
                     "action parameters are strings, as in FIS: write \"{}\"",
@@ -184,9 +170,8 @@ fn describe(e: &ValidationError<'_>, origin: Origin, known: &BTreeSet<String>) -
         }
         ValidationErrorKind::PropertyNames { error } => {
             let name = plain(error.instance.as_ref());
-            vec![d(join(&path, &name), format!("`{name}` is not a valid name")).hint(
-                "names start with a letter or digit and use only letters, digits, '_', '.' and '-' (at most 64)",
-            )]
+            vec![d(join(&path, &name), format!("`{name}` is not a valid name"))
+                .hint("names start with a letter or digit and use only letters, digits, '_', '.' and '-' (at most 64)")]
         }
         ValidationErrorKind::MinProperties { limit } if path == "/actions" => {
             vec![d(path, format!("at least {limit} action is required"))
@@ -263,9 +248,6 @@ mod tests {
         }));
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert_eq!(diags[0].pointer(), Some("/experimentOption"));
-        assert_eq!(
-            diags[0].hint.as_deref(),
-            Some("did you mean `experimentOptions`?")
-        );
+        assert_eq!(diags[0].hint.as_deref(), Some("did you mean `experimentOptions`?"));
     }
 }

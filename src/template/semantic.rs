@@ -45,8 +45,7 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
             }
         }
     }
-    let stop_conditions =
-        c.stop_conditions(root.get("stopConditions"), &alarms, alarms_file.is_some());
+    let stop_conditions = c.stop_conditions(root.get("stopConditions"), &alarms, alarms_file.is_some());
 
     let empty_target_mode = match root
         .get("experimentOptions")
@@ -72,10 +71,7 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         tags: string_map(root.get("tags")),
         targets,
         actions,
-        alarms: alarms
-            .into_iter()
-            .filter(|(n, _)| used.contains(n))
-            .collect(),
+        alarms: alarms.into_iter().filter(|(n, _)| used.contains(n)).collect(),
         stop_conditions,
         empty_target_mode,
         journal_path,
@@ -113,12 +109,8 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 fn strings(v: Option<&Value>) -> Option<Vec<String>> {
-    v.and_then(Value::as_array).map(|a| {
-        a.iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect()
-    })
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
 }
 
 fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
@@ -131,12 +123,10 @@ pub fn parse_selection(text: &str) -> Result<Selection, String> {
         return Ok(Selection::All);
     }
     let inner = |prefix: &str| {
-        text.strip_prefix(prefix)
-            .and_then(|r| r.strip_suffix(')'))
-            .map(|n| {
-                n.parse::<u32>()
-                    .map_err(|_| format!("`{text}`: n must be a whole number"))
-            })
+        text.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')).map(|n| {
+            n.parse::<u32>()
+                .map_err(|_| format!("`{text}`: n must be a whole number"))
+        })
     };
     match (inner("COUNT("), inner("PERCENT(")) {
         (Some(Ok(0)), _) => Err(format!("`{text}`: COUNT(n) needs n >= 1")),
@@ -169,8 +159,7 @@ impl Checker {
     }
 
     fn at(&mut self, pointer: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags
-            .push(Diagnostic::at(Origin::Template, pointer, message));
+        self.diags.push(Diagnostic::at(Origin::Template, pointer, message));
         self.diags.last_mut().expect("just pushed")
     }
 
@@ -203,9 +192,7 @@ impl Checker {
                                     join(&join(&base, "filters"), i) + "/path",
                                     format!("`{path}` is not a dotted path"),
                                 )
-                                .hint = Some(
-                                    "write e.g. Placement.AvailabilityZone or Tags.tier".into(),
-                                );
+                                .hint = Some("write e.g. Placement.AvailabilityZone or Tags.tier".into());
                             }
                             Some(Filter {
                                 path,
@@ -231,8 +218,12 @@ impl Checker {
                     match arn_resource_id(a) {
                         Some(id) => parsed.push(id.to_string()),
                         None => {
-                            self.at(join(&join(&base, "resourceArns"), i), format!("`{a}` is not an ARN with a resource id"))
-                                .hint = Some("write arn:aws:ec2:REGION:ACCOUNT:instance/HOST-ID, or use resourceIds".into());
+                            self.at(
+                                join(&join(&base, "resourceArns"), i),
+                                format!("`{a}` is not an ARN with a resource id"),
+                            )
+                            .hint =
+                                Some("write arn:aws:ec2:REGION:ACCOUNT:instance/HOST-ID, or use resourceIds".into());
                         }
                     }
                 }
@@ -243,34 +234,25 @@ impl Checker {
                     join(&base, "resourceTags"),
                     "resourceIds (or resourceArns) and resourceTags cannot both be given",
                 )
-                .hint =
-                    Some("choose resources by ids or by tags, and narrow them with filters".into());
+                .hint = Some("choose resources by ids or by tags, and narrow them with filters".into());
             }
             match resource_type {
-                ResourceType::Host
-                    if resource_ids.is_none() && tags.is_empty() && filters.is_empty() =>
-                {
+                ResourceType::Host if resource_ids.is_none() && tags.is_empty() && filters.is_empty() => {
                     self.at(base.clone(), "a host target needs resourceIds, resourceTags or filters").hint = Some(
                         "to target every running host: \"filters\": [{\"path\": \"State.Name\", \"values\": [\"running\"]}]".into(),
                     );
                 }
                 ResourceType::Az if !tags.is_empty() => {
-                    self.at(
-                        join(&base, "resourceTags"),
-                        "availability zones have no tags",
-                    )
-                    .hint = Some(
-                        "name AZs with resourceIds, e.g. [\"az-a\"], or filter on Name".into(),
-                    );
+                    self.at(join(&base, "resourceTags"), "availability zones have no tags")
+                        .hint = Some("name AZs with resourceIds, e.g. [\"az-a\"], or filter on Name".into());
                 }
                 _ => {}
             }
             let selection = match str_at(t, "selectionMode").map(parse_selection) {
                 Some(Ok(s)) => s,
                 Some(Err(msg)) => {
-                    self.at(join(&base, "selectionMode"), msg).hint = Some(
-                        "use ALL, COUNT(n) with n >= 1, or PERCENT(n) with 0 < n <= 100".into(),
-                    );
+                    self.at(join(&base, "selectionMode"), msg).hint =
+                        Some("use ALL, COUNT(n) with n >= 1, or PERCENT(n) with 0 < n <= 100".into());
                     Selection::All
                 }
                 None => Selection::All,
@@ -289,11 +271,7 @@ impl Checker {
         out
     }
 
-    fn actions(
-        &mut self,
-        v: Option<&Value>,
-        targets: &BTreeMap<String, Target>,
-    ) -> BTreeMap<String, Action> {
+    fn actions(&mut self, v: Option<&Value>, targets: &BTreeMap<String, Target>) -> BTreeMap<String, Action> {
         let mut out = BTreeMap::new();
         let Some(map) = v.and_then(Value::as_object) else {
             return out;
@@ -308,11 +286,8 @@ impl Checker {
                 let hint = suggest(action_id, ACTION_IDS)
                     .map(|s| format!("{s} known actions: {}", ACTION_IDS.join(", ")))
                     .unwrap_or_else(|| format!("known actions: {}", ACTION_IDS.join(", ")));
-                self.at(
-                    join(&base, "actionId"),
-                    format!("unknown actionId `{action_id}`"),
-                )
-                .hint = Some(hint);
+                self.at(join(&base, "actionId"), format!("unknown actionId `{action_id}`"))
+                    .hint = Some(hint);
                 continue;
             }
             let params = a
@@ -379,10 +354,7 @@ impl Checker {
                     if targets.is_empty() {
                         "define it under \"targets\"".into()
                     } else {
-                        format!(
-                            "targets: {}",
-                            targets.keys().cloned().collect::<Vec<_>>().join(", ")
-                        )
+                        format!("targets: {}", targets.keys().cloned().collect::<Vec<_>>().join(", "))
                     }
                 });
                 self.at(pointer, format!("`{name}` is not a target")).hint = Some(hint);
@@ -464,12 +436,7 @@ impl Checker {
         }
     }
 
-    fn stop_conditions(
-        &mut self,
-        v: Option<&Value>,
-        alarms: &BTreeMap<String, Alarm>,
-        has_file: bool,
-    ) -> Vec<String> {
+    fn stop_conditions(&mut self, v: Option<&Value>, alarms: &BTreeMap<String, Alarm>, has_file: bool) -> Vec<String> {
         let mut names = Vec::new();
         let Some(list) = v.and_then(Value::as_array) else {
             return names;
@@ -514,11 +481,8 @@ impl Checker {
                         "define it in the template's alarms object, or pass --alarms FILE".into()
                     }
                 });
-                self.at(
-                    join(&base, "value"),
-                    format!("no alarm named `{name}` is defined"),
-                )
-                .hint = Some(hint);
+                self.at(join(&base, "value"), format!("no alarm named `{name}` is defined"))
+                    .hint = Some(hint);
             } else if !names.iter().any(|n| n == name) {
                 names.push(name.to_string());
             }
@@ -526,12 +490,7 @@ impl Checker {
         names
     }
 
-    fn alarms(
-        &mut self,
-        origin: Origin,
-        v: Option<&Value>,
-        prefix: &str,
-    ) -> BTreeMap<String, Alarm> {
+    fn alarms(&mut self, origin: Origin, v: Option<&Value>, prefix: &str) -> BTreeMap<String, Alarm> {
         let mut out = BTreeMap::new();
         let Some(map) = v.and_then(Value::as_object) else {
             return out;
@@ -546,10 +505,9 @@ impl Checker {
             let mut err = |pointer: String, msg: String, hint: Option<&str>| {
                 diags.push(Diagnostic::at(origin, pointer, msg).maybe_hint(hint.map(String::from)));
             };
-            let mut dur =
-                |key: &str, obj: &Map<String, Value>, at: &str, default: Duration| -> Duration {
-                    alarm_duration(&mut err, key, obj, at, default)
-                };
+            let mut dur = |key: &str, obj: &Map<String, Value>, at: &str, default: Duration| -> Duration {
+                alarm_duration(&mut err, key, obj, at, default)
+            };
             let period = dur("period", a, &base, Duration::from_secs(60));
 
             let metric_at = join(&base, "metric");
@@ -568,10 +526,7 @@ impl Checker {
                             url: str_at(s, "url").unwrap_or_default().into(),
                             method: str_at(s, "method").unwrap_or("GET").into(),
                             timeout: dur("timeout", s, &at, Duration::from_secs(1)),
-                            probes_per_period: s
-                                .get("probesPerPeriod")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(5) as u32,
+                            probes_per_period: s.get("probesPerPeriod").and_then(Value::as_u64).unwrap_or(5) as u32,
                         },
                         "prometheus" => MetricSource::Prometheus {
                             url: str_at(s, "url").unwrap_or_default().into(),
@@ -582,11 +537,7 @@ impl Checker {
                             let timeout = dur("timeout", s, &at, Duration::from_secs(5));
                             let run = strings(s.get("run")).unwrap_or_default();
                             if run.first().is_some_and(String::is_empty) {
-                                err(
-                                    join(&join(&at, "run"), 0),
-                                    "the program name is empty".into(),
-                                    None,
-                                );
+                                err(join(&join(&at, "run"), 0), "the program name is empty".into(), None);
                             }
                             MetricSource::Command { run, timeout }
                         }
@@ -603,11 +554,7 @@ impl Checker {
                 _ => {
                     err(
                         metric_at.clone(),
-                        format!(
-                            "the metric has {} sources ({})",
-                            sources.len(),
-                            sources.join(", ")
-                        ),
+                        format!("the metric has {} sources ({})", sources.len(), sources.join(", ")),
                         Some("give exactly one of http, prometheus or command"),
                     );
                     None
@@ -625,10 +572,7 @@ impl Checker {
                 (&source, statistic),
                 (
                     Some(MetricSource::Http { .. }),
-                    Statistic::ErrorRate
-                        | Statistic::SuccessRate
-                        | Statistic::LatencyP50Ms
-                        | Statistic::LatencyP99Ms
+                    Statistic::ErrorRate | Statistic::SuccessRate | Statistic::LatencyP50Ms | Statistic::LatencyP99Ms
                 ) | (Some(MetricSource::Prometheus { .. }), Statistic::Value)
                     | (
                         Some(MetricSource::Command { .. }),
@@ -638,9 +582,7 @@ impl Checker {
             );
             if !fits && metric.contains_key("statistic") {
                 let (kind, allowed) = match source {
-                    Some(MetricSource::Http { .. }) => {
-                        ("http", "errorRate, successRate, latencyP50Ms, latencyP99Ms")
-                    }
+                    Some(MetricSource::Http { .. }) => ("http", "errorRate, successRate, latencyP50Ms, latencyP99Ms"),
                     Some(MetricSource::Prometheus { .. }) => ("prometheus", "value"),
                     _ => ("command", "exitStatus, value"),
                 };
@@ -654,10 +596,7 @@ impl Checker {
                 );
             }
 
-            let evaluation_periods = a
-                .get("evaluationPeriods")
-                .and_then(Value::as_u64)
-                .unwrap_or(1) as u32;
+            let evaluation_periods = a.get("evaluationPeriods").and_then(Value::as_u64).unwrap_or(1) as u32;
             let datapoints_to_alarm = a
                 .get("datapointsToAlarm")
                 .and_then(Value::as_u64)
@@ -666,7 +605,9 @@ impl Checker {
             if datapoints_to_alarm > evaluation_periods {
                 err(
                     join(&base, "datapointsToAlarm"),
-                    format!("datapointsToAlarm ({datapoints_to_alarm}) exceeds evaluationPeriods ({evaluation_periods})"),
+                    format!(
+                        "datapointsToAlarm ({datapoints_to_alarm}) exceeds evaluationPeriods ({evaluation_periods})"
+                    ),
                     Some("an alarm fires when N of the last M periods breach: N <= M"),
                 );
             }
@@ -720,11 +661,7 @@ fn alarm_duration(
                 duration::format(MIN_ALARM_PERIOD),
                 duration::format(MAX_ALARM_PERIOD)
             );
-            err(
-                join(at, key),
-                format!("{key} must be between {range}"),
-                None,
-            );
+            err(join(at, key), format!("{key} must be between {range}"), None);
             default
         }
         Ok(d) => d,
@@ -816,13 +753,9 @@ impl Params<'_> {
                 };
                 let signal_ok = SIGNALS.contains(&normalized.as_str());
                 if !signal_ok {
-                    let hint = suggest(signal, SIGNALS)
-                        .unwrap_or_else(|| format!("known signals: {}", SIGNALS.join(", ")));
-                    self.fail(
-                        "signal",
-                        format!("`{signal}` is not a known signal"),
-                        Some(hint),
-                    );
+                    let hint =
+                        suggest(signal, SIGNALS).unwrap_or_else(|| format!("known signals: {}", SIGNALS.join(", ")));
+                    self.fail("signal", format!("`{signal}` is not a known signal"), Some(hint));
                 }
                 let process_name = self.text("processName")?.to_string();
                 if process_name.contains('/') {
@@ -851,16 +784,9 @@ impl Params<'_> {
             "faultline:host:memory-stress" => {
                 let duration = self.duration();
                 let workers = self.int("workers", 0, 256, 0);
-                let amount = match (
-                    self.params.contains_key("percent"),
-                    self.params.contains_key("sizeMiB"),
-                ) {
-                    (true, false) => self
-                        .int("percent", 1, 100, 0)
-                        .map(|p| MemoryAmount::Percent(p as u8)),
-                    (false, true) => self
-                        .int("sizeMiB", 1, u64::MAX, 0)
-                        .map(MemoryAmount::SizeMib),
+                let amount = match (self.params.contains_key("percent"), self.params.contains_key("sizeMiB")) {
+                    (true, false) => self.int("percent", 1, 100, 0).map(|p| MemoryAmount::Percent(p as u8)),
+                    (false, true) => self.int("sizeMiB", 1, u64::MAX, 0).map(MemoryAmount::SizeMib),
                     (both, _) => {
                         let msg = if both {
                             "give percent or sizeMiB, not both"
@@ -896,7 +822,11 @@ impl Params<'_> {
                 };
                 if let (Some(d), Some(j)) = (delay, jitter) {
                     if j > d {
-                        self.fail("jitterMilliseconds", format!("jitter ({j} ms) is larger than the delay ({d} ms)"), Some("jitter varies the delay by ± that much; keep it <= delayMilliseconds".into()));
+                        self.fail(
+                            "jitterMilliseconds",
+                            format!("jitter ({j} ms) is larger than the delay ({d} ms)"),
+                            Some("jitter varies the delay by ± that much; keep it <= delayMilliseconds".into()),
+                        );
                     }
                 }
                 Some(ActionSpec::Latency {
@@ -953,9 +883,6 @@ mod tests {
             arn_alarm_name("arn:aws:cloudwatch:us-east-1:123456789012:alarm:HighErrorRate"),
             Some("HighErrorRate")
         );
-        assert_eq!(
-            arn_alarm_name("arn:aws:sns:us-east-1:123456789012:alarm:X"),
-            None
-        );
+        assert_eq!(arn_alarm_name("arn:aws:sns:us-east-1:123456789012:alarm:X"), None);
     }
 }

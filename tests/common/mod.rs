@@ -31,10 +31,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     if release {
         cmd.arg("--release");
     }
-    let status = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
+    let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
     assert!(status.success(), "cannot build {bin}");
     built.insert(bin.into(), path.clone());
     path
@@ -89,12 +86,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stderr = child.stderr.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
@@ -124,12 +117,7 @@ impl Proc {
     }
 
     /// Waits for a stderr line matching `pred`; panics with everything seen on timeout.
-    pub fn wait_line(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
+    pub fn wait_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -206,30 +194,17 @@ impl Drop for Proc {
 }
 
 /// Starts `faultline run` on a free loopback port; returns it and the port agents dial.
-pub fn controller(
-    scratch: &Scratch,
-    template: &Path,
-    wait_agents: usize,
-    extra: &[&str],
-) -> (Proc, u16) {
+pub fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra: &[&str]) -> (Proc, u16) {
     let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--format",
-        "json",
-        "--seed",
-        "1",
-    ])
-    .arg("--token-file")
-    .arg(scratch.path("token"))
-    .arg("--journal")
-    .arg(scratch.path("journal.jsonl"))
-    .args(["--wait-agents", &wait_agents.to_string()])
-    .args(extra)
-    .arg(template)
-    .current_dir(&scratch.0);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--format", "json", "--seed", "1"])
+        .arg("--token-file")
+        .arg(scratch.path("token"))
+        .arg("--journal")
+        .arg(scratch.path("journal.jsonl"))
+        .args(["--wait-agents", &wait_agents.to_string()])
+        .args(extra)
+        .arg(template)
+        .current_dir(&scratch.0);
     let mut p = Proc::spawn("controller", cmd);
     let line = p.expect("controller listening on ws://", Duration::from_secs(20));
     let port = line
@@ -248,16 +223,7 @@ pub fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str])
     cmd.args(["--controller", &format!("ws://127.0.0.1:{port}")])
         .arg("--token-file")
         .arg(scratch.path("token"))
-        .args([
-            "--host-id",
-            host,
-            "--az",
-            az,
-            "--tag",
-            "tier=web",
-            "--lease",
-            "PT3S",
-        ])
+        .args(["--host-id", host, "--az", az, "--tag", "tier=web", "--lease", "PT3S"])
         .arg("--state-dir")
         .arg(scratch.path(&format!("state-{host}")))
         .args(extra);

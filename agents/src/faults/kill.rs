@@ -34,10 +34,7 @@ pub fn find(name: &str) -> Vec<u32> {
             // A zombie is already dead; signalling it would report a kill that did nothing.
             let live = fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-                })
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
                 .unwrap_or(false);
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let argv0 = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -100,9 +97,7 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        assert!(kill(&name, "SIGKILL")
-            .unwrap_err()
-            .contains("no process named"));
+        assert!(kill(&name, "SIGKILL").unwrap_err().contains("no process named"));
     }
 
     #[test]

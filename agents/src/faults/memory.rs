@@ -43,10 +43,7 @@ impl Budget {
                 total: limit,
                 free: available.min(limit.saturating_sub(usage)),
             },
-            _ => Budget {
-                total,
-                free: available,
-            },
+            _ => Budget { total, free: available },
         })
     }
 
@@ -96,10 +93,7 @@ fn cgroup_limit() -> Option<(u64, u64)> {
         .lines()
         .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
     if let Some(path) = v1 {
-        for base in [
-            format!("/sys/fs/cgroup/memory{path}"),
-            "/sys/fs/cgroup/memory".into(),
-        ] {
+        for base in [format!("/sys/fs/cgroup/memory{path}"), "/sys/fs/cgroup/memory".into()] {
             let limit = read_u64(format!("{base}/memory.limit_in_bytes"));
             let usage = read_u64(format!("{base}/memory.usage_in_bytes"));
             if let (Some(limit), Some(usage)) = (limit, usage) {
@@ -123,14 +117,8 @@ pub struct Held {
 impl Held {
     /// Maps `bytes` and starts `workers` threads (0 = one) writing every page; `done` is
     /// called from the last of them once the memory is resident.
-    pub fn hold(
-        bytes: u64,
-        workers: u32,
-        done: impl FnOnce() + Send + 'static,
-    ) -> std::io::Result<Held> {
-        let len = usize::try_from(bytes)
-            .map_err(std::io::Error::other)?
-            .max(1);
+    pub fn hold(bytes: u64, workers: u32, done: impl FnOnce() + Send + 'static) -> std::io::Result<Held> {
+        let len = usize::try_from(bytes).map_err(std::io::Error::other)?.max(1);
         // SAFETY: anonymous private mapping; the region is owned by the returned value.
         let ptr = unsafe {
             libc::mmap(
@@ -170,9 +158,7 @@ impl Held {
                         unsafe { std::ptr::write_volatile((base + at) as *mut u8, 0xA5) };
                         at += page;
                     }
-                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1
-                        && !cancel.load(Ordering::Relaxed)
-                    {
+                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !cancel.load(Ordering::Relaxed) {
                         if let Some(f) = done.lock().ok().and_then(|mut d| d.take()) {
                             f();
                         }

@@ -54,9 +54,7 @@ impl Capabilities {
             }
         }
         if kinds.contains("blackout") && !nft {
-            notes.push(
-                "blackout: no CAP_NET_ADMIN or nf_tables here; only the proxy enforces it".into(),
-            );
+            notes.push("blackout: no CAP_NET_ADMIN or nf_tables here; only the proxy enforces it".into());
         }
         (Capabilities { kinds, nft }, notes)
     }
@@ -68,7 +66,11 @@ enum Effect {
     Cpu(cpu::CpuStress),
     Memory(memory::Held),
     Latency,
-    Blackout { nft_table: Option<String> },
+    /// `cut` holds the allow-list without the controller until [`Faults::cut`] applies it.
+    Blackout {
+        nft_table: Option<String>,
+        cut: Option<Vec<IpAddr>>,
+    },
 }
 
 #[derive(Debug)]
@@ -86,6 +88,9 @@ pub enum Applied {
     Now(Outcome),
     /// Answer when this resolves.
     Later(oneshot::Receiver<Outcome>),
+    /// Answer now, and once the answer is on the wire, cut the control plane with
+    /// [`Faults::cut`]: cutting first would swallow the answer.
+    ThenCut(Outcome),
 }
 
 /// A refused command: code and reason.
@@ -133,10 +138,7 @@ impl Faults {
         for r in &records {
             if let Some(table) = &r.nft_table {
                 nft::remove(table).map_err(|e| {
-                    std::io::Error::other(format!(
-                        "cannot remove blackout table {table} of {}: {e}",
-                        r.fault_id
-                    ))
+                    std::io::Error::other(format!("cannot remove blackout table {table} of {}: {e}", r.fault_id))
                 })?;
             }
             self.state.remove(&r.fault_id)?;
@@ -147,24 +149,14 @@ impl Faults {
 
     /// Applies a fault for `owner`. `controller` is the controller's address, kept reachable
     /// by a blackout that keeps the control plane.
-    pub fn apply(
-        &mut self,
-        owner: &str,
-        spec: FaultSpec,
-        controller: Option<IpAddr>,
-    ) -> Result<Applied, Refusal> {
+    pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, Refusal> {
         let capability = spec.kind.capability();
         if !self.caps.kinds.contains(capability) {
             return Err((
                 ErrorCode::NotAllowed,
                 format!(
                     "this agent does not inject `{capability}` faults (capabilities: {})",
-                    self.caps
-                        .kinds
-                        .iter()
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", ")
                 ),
             ));
         }
@@ -174,11 +166,7 @@ impl Faults {
                 pids: vec![],
             }));
         }
-        if let FaultKind::Kill {
-            process_name,
-            signal,
-        } = &spec.kind
-        {
+        if let FaultKind::Kill { process_name, signal } = &spec.kind {
             // Nothing to take away afterwards, so nothing to record.
             return Ok(Applied::Now(match kill::kill(process_name, signal) {
                 Ok(pids) => Outcome::Applied {
@@ -198,9 +186,7 @@ impl Faults {
             }));
         };
         let nft_table = match (&spec.kind, self.caps.nft) {
-            (FaultKind::Blackout { .. }, true) => {
-                Some(format!("fl_{:016x}", fnv1a(spec.fault_id.as_bytes())))
-            }
+            (FaultKind::Blackout { .. }, true) => Some(format!("fl_{:016x}", fnv1a(spec.fault_id.as_bytes()))),
             _ => None,
         };
         let record = Record {
@@ -212,18 +198,13 @@ impl Faults {
         };
         if let Err(e) = self.state.write(&record) {
             return Ok(Applied::Now(Outcome::Failed {
-                message: format!(
-                    "cannot record the fault in the state dir, so it is not applied: {e}"
-                ),
+                message: format!("cannot record the fault in the state dir, so it is not applied: {e}"),
             }));
         }
         let deadline = Instant::now() + Duration::from_millis(duration_ms);
         let mut later = None;
         let effect = match spec.kind {
-            FaultKind::Cpu {
-                load_percent,
-                workers,
-            } => cpu::CpuStress::start(load_percent, workers)
+            FaultKind::Cpu { load_percent, workers } => cpu::CpuStress::start(load_percent, workers)
                 .map(Effect::Cpu)
                 .map_err(|e| format!("cannot start CPU workers: {e}")),
             FaultKind::Memory { amount, workers } => memory::Budget::read()
@@ -261,17 +242,22 @@ impl Faults {
                 ref allow,
                 keep_control_plane,
             } => {
+                // Until the answer is out, the controller stays reachable either way.
+                let strict = allow.clone();
                 let mut allow = allow.clone();
-                allow.extend(controller.filter(|_| keep_control_plane));
+                allow.extend(controller);
                 let installed = match &nft_table {
-                    Some(t) => nft::install(t, &allow)
-                        .map_err(|e| format!("cannot install the nf_tables blackout: {e}")),
+                    Some(t) => {
+                        nft::install(t, &allow).map_err(|e| format!("cannot install the nf_tables blackout: {e}"))
+                    }
                     None => Ok(()),
                 };
                 installed.map(|()| {
-                    self.conditions
-                        .set(&spec.fault_id, Condition::Blackout { allow });
-                    Effect::Blackout { nft_table }
+                    self.conditions.set(&spec.fault_id, Condition::Blackout { allow });
+                    Effect::Blackout {
+                        nft_table,
+                        cut: (!keep_control_plane).then_some(strict),
+                    }
                 })
             }
             FaultKind::Kill { .. } => unreachable!("handled above"),
@@ -294,12 +280,14 @@ impl Faults {
                         cuts_control_plane,
                     },
                 );
+                let outcome = Outcome::Applied {
+                    detail: format!("{capability} in effect for {duration_ms} ms"),
+                    pids: vec![],
+                };
                 Ok(match later {
                     Some(rx) => Applied::Later(rx),
-                    None => Applied::Now(Outcome::Applied {
-                        detail: format!("{capability} in effect for {} ms", duration_ms),
-                        pids: vec![],
-                    }),
+                    None if cuts_control_plane => Applied::ThenCut(outcome),
+                    None => Applied::Now(outcome),
                 })
             }
             Err(message) => {
@@ -311,6 +299,23 @@ impl Faults {
         }
     }
 
+    /// Cuts the control plane of a blackout applied with [`Applied::ThenCut`].
+    pub fn cut(&mut self, fault_id: &str) -> Result<(), String> {
+        let Some(Active {
+            effect: Effect::Blackout { nft_table, cut },
+            ..
+        }) = self.active.get_mut(fault_id)
+        else {
+            return Ok(());
+        };
+        let Some(strict) = cut.take() else { return Ok(()) };
+        if let Some(t) = nft_table {
+            nft::replace(t, &strict).map_err(|e| format!("cannot cut the control plane: {e}"))?;
+        }
+        self.conditions.set(fault_id, Condition::Blackout { allow: strict });
+        Ok(())
+    }
+
     /// Removes one fault; `Ok(false)` when it was not in effect.
     pub fn remove(&mut self, fault_id: &str) -> Result<bool, String> {
         let Some(active) = self.active.remove(fault_id) else {
@@ -318,7 +323,7 @@ impl Faults {
         };
         self.conditions.clear(fault_id);
         if let Effect::Blackout {
-            nft_table: Some(table),
+            nft_table: Some(table), ..
         } = &active.effect
         {
             if let Err(e) = nft::remove(table) {
@@ -340,10 +345,7 @@ impl Faults {
     }
 
     /// Removes the faults matching `which`; the ids and owners of those removed.
-    pub fn remove_where(
-        &mut self,
-        which: impl Fn(&str, &str, Instant) -> bool,
-    ) -> Vec<(String, String)> {
+    pub fn remove_where(&mut self, which: impl Fn(&str, &str, Instant) -> bool) -> Vec<(String, String)> {
         let ids: Vec<(String, String)> = self
             .active
             .iter()

@@ -49,6 +49,20 @@ enum Direction {
 /// Installs a blackout table named `table`: only loopback and `allow` stay reachable.
 pub fn install(table: &str, allow: &[IpAddr]) -> io::Result<()> {
     let mut batch = Batch::new();
+    add_table(&mut batch, table, allow);
+    batch.send()
+}
+
+/// Replaces the table's rules with a new allow-list in one transaction: there is no moment
+/// without a blackout, nor one with both lists.
+pub fn replace(table: &str, allow: &[IpAddr]) -> io::Result<()> {
+    let mut batch = Batch::new();
+    batch.message(NFT_MSG_DELTABLE, 0, |m| m.str_attr(1, table));
+    add_table(&mut batch, table, allow);
+    batch.send()
+}
+
+fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr]) {
     batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
         m.str_attr(1, table); // NFTA_TABLE_NAME
         m.u32_attr(2, 0); // NFTA_TABLE_FLAGS
@@ -97,7 +111,6 @@ pub fn install(table: &str, allow: &[IpAddr]) -> io::Result<()> {
         }
         batch.rule(table, chain, |r| r.verdict(NF_DROP));
     }
-    batch.send()
 }
 
 /// Deletes the table; a table that is already gone is not an error.
@@ -144,8 +157,7 @@ impl Msg<'_> {
     fn nested(&mut self, kind: u16, fill: impl FnOnce(&mut Msg<'_>)) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0, 0]);
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         fill(&mut Msg { buf: self.buf });
         let len = (self.buf.len() - start) as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
@@ -229,8 +241,7 @@ impl Batch {
                                                          // nfgenmsg: family, version, resource id (the subsystem, for batch messages).
         self.buf.push(family);
         self.buf.push(0);
-        self.buf
-            .extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        self.buf.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
         fill(&mut Msg { buf: &mut self.buf });
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
@@ -265,14 +276,10 @@ impl Batch {
                 let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
                 let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
                 if len < 16 || at + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink reply",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink reply"));
                 }
                 if kind == NLMSG_ERROR && len >= 20 {
-                    let code =
-                        i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
@@ -291,21 +298,12 @@ struct Socket(i32);
 impl Socket {
     fn open() -> io::Result<Socket> {
         // SAFETY: plain socket(2) call; the descriptor is owned by the returned value.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         let socket = Socket(fd);
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
+        let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
         // SAFETY: fd is valid; the option value is a timeval of the size given.
         unsafe {
             libc::setsockopt(

@@ -1,0 +1,360 @@
+//! AZ blackout with real packets: network namespaces the test builds (a hub with a bridge,
+//! one namespace per host), real agents inside them, connections probed from each side.
+//!
+//! Needs root (CAP_NET_ADMIN) and `ip` from iproute2 to build the namespaces; without them
+//! the tests say so and skip, except under CI=true, where they must run.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+const PROBE_PORT: u16 = 9000;
+
+/// Namespaces and links of one test; deleted when dropped.
+struct Topology {
+    prefix: String,
+    subnet: u8,
+    hosts: Vec<(String, String, u8)>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip from iproute2");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn privileged() -> bool {
+    let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!required(), "CI=true: blackout tests need root and iproute2");
+        eprintln!("SKIPPED: blackout tests need root (CAP_NET_ADMIN) and iproute2's `ip`");
+    }
+    ok
+}
+
+impl Topology {
+    /// A hub namespace with a bridge at .254 and one namespace per host, all on one subnet.
+    fn new(hosts: &[(&str, &str)]) -> Topology {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("fl{}x{n}", std::process::id() % 100_000);
+        let subnet = 20 + ((std::process::id() * 7 + n * 31) % 200) as u8;
+        let topo = Topology {
+            prefix: prefix.clone(),
+            subnet,
+            hosts: hosts
+                .iter()
+                .enumerate()
+                .map(|(i, (h, az))| (h.to_string(), az.to_string(), i as u8 + 1))
+                .collect(),
+        };
+        let hub = topo.ns("hub");
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &hub,
+            "addr",
+            "add",
+            &format!("{}/24", topo.hub_ip()),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        for (h, _, last) in &topo.hosts {
+            let ns = topo.ns(h);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let port = format!("v{last}");
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", topo.host_ip(*last)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        topo
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn hub_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.subnet, 254)
+    }
+
+    fn host_ip(&self, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.subnet, last)
+    }
+
+    fn ip_of(&self, host: &str) -> Ipv4Addr {
+        let last = self.hosts.iter().find(|(h, _, _)| h == host).unwrap().2;
+        self.host_ip(last)
+    }
+
+    /// Runs `f` on a thread inside namespace `name`; sockets it creates live there.
+    fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/var/run/netns/{}", self.ns(name));
+        std::thread::spawn(move || {
+            let fd = File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace descriptor we own.
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns {path}"
+            );
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A listener in each host that answers every connection with one byte.
+    fn serve_probes(&self) {
+        for (h, _, _) in &self.hosts {
+            let l: TcpListener = self.inside(h, || TcpListener::bind(("0.0.0.0", PROBE_PORT)).unwrap());
+            std::thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    let mut c = c;
+                    let _ = c.write_all(b"k");
+                }
+            });
+        }
+    }
+
+    /// Whether a TCP connection from namespace `from` to `to` gets its byte.
+    fn reaches(&self, from: &str, to: Ipv4Addr) -> bool {
+        self.inside(from, move || {
+            let addr = SocketAddr::from((to, PROBE_PORT));
+            let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
+                return false;
+            };
+            c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).is_ok()
+        })
+    }
+
+    /// nf_tables tables in a namespace, listed by the nft tool from outside the agent.
+    fn tables(&self, name: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns(name), "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns("hub"),
+            FAULTLINE,
+            "run",
+            "--format",
+            "json",
+            "--seed",
+            "1",
+        ])
+        .args(["--listen", &format!("{}:0", self.hub_ip())])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--journal")
+        .arg(s.path("journal.jsonl"))
+        .args(["--wait-agents", &self.hosts.len().to_string()])
+        .arg(template);
+        let mut p = Proc::spawn("controller", cmd);
+        let line = p.expect("controller listening on ws://", T);
+        let port = line
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (p, port)
+    }
+
+    fn agent(&self, s: &Scratch, port: u16, host: &str) -> Proc {
+        let (_, az, last) = self.hosts.iter().find(|(h, _, _)| h == host).unwrap().clone();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(host)])
+            .arg(agent_bin())
+            .args(["--controller", &format!("ws://{}:{port}", self.hub_ip())])
+            .arg("--token-file")
+            .arg(s.path("token"))
+            .args([
+                "--host-id",
+                host,
+                "--az",
+                &az,
+                "--address",
+                &self.host_ip(last).to_string(),
+                "--lease",
+                "PT3S",
+            ])
+            .arg("--state-dir")
+            .arg(s.path(&format!("state-{host}")));
+        Proc::spawn(host, cmd)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for (h, _, _) in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(h)]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns("hub")]).status();
+    }
+}
+
+fn blackout_template(s: &Scratch, seconds: u32, keep_control_plane: bool) -> std::path::PathBuf {
+    s.write_json(
+        "t.json",
+        &json!({
+            "description": "black out az-a",
+            "targets": { "Z": { "resourceType": "faultline:az", "resourceIds": ["az-a"], "selectionMode": "ALL" } },
+            "actions": { "A": {
+                "actionId": "faultline:az:blackout",
+                "parameters": { "duration": format!("PT{seconds}S"), "keepControlPlane": keep_control_plane.to_string() },
+                "targets": { "AvailabilityZones": "Z" }
+            } },
+            "stopConditions": [{ "source": "none" }]
+        }),
+    )
+}
+
+const HOSTS: [(&str, &str); 3] = [("a1", "az-a"), ("a2", "az-a"), ("b1", "az-b")];
+
+#[test]
+fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout");
+    let topo = Topology::new(&HOSTS);
+    topo.serve_probes();
+    let (a1, b1) = (topo.ip_of("a1"), topo.ip_of("b1"));
+    assert!(
+        topo.reaches("b1", a1) && topo.reaches("a1", b1),
+        "the topology must connect before the fault"
+    );
+
+    let template = blackout_template(&s, 6, true);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let _agents: Vec<Proc> = HOSTS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+    assert!(!topo.reaches("b1", a1), "az-b reached az-a during the blackout");
+    assert!(!topo.reaches("a1", b1), "az-a reached az-b during the blackout");
+    assert!(
+        topo.reaches("a2", a1),
+        "hosts inside the AZ must still reach each other"
+    );
+    assert!(topo.reaches("hub", a1), "the control plane must stay reachable");
+    assert!(
+        topo.tables("a1").contains("inet fl_"),
+        "no blackout table: {}",
+        topo.tables("a1")
+    );
+    assert!(!topo.tables("b1").contains("fl_"));
+
+    let (status, out, _) = ctl.finish(T);
+    let r = report(&out);
+    assert_eq!(status.code(), Some(0), "{r}");
+    assert_eq!(r["actions"]["A"]["hosts"], json!(["a1", "a2"]));
+    assert!(
+        topo.reaches("b1", a1),
+        "az-a must be reachable again after the blackout"
+    );
+    assert!(!topo.tables("a1").contains("fl_"));
+    assert!(
+        !journal(&s).iter().any(|e| e["event"] == "agent_disconnected"),
+        "agents must stay connected"
+    );
+}
+
+#[test]
+fn blackout_without_the_control_plane_ends_on_the_agents_own_clock() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-cut");
+    let topo = Topology::new(&HOSTS);
+    topo.serve_probes();
+    let a1 = topo.ip_of("a1");
+    let template = blackout_template(&s, 5, false);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let _agents: Vec<Proc> = HOSTS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+    assert!(!topo.reaches("hub", a1), "the control plane is cut too");
+    let (status, out, _) = ctl.finish(T);
+    let r = report(&out);
+    assert_eq!(status.code(), Some(0), "{r}");
+    assert!(topo.reaches("hub", a1) && topo.reaches("b1", a1));
+    let removals: Vec<_> = journal(&s).into_iter().filter(|e| e["event"] == "removal").collect();
+    assert_eq!(removals.len(), 2);
+    assert!(removals.iter().all(|e| e["confirmed"] == true), "{removals:?}");
+}
+
+#[test]
+fn a_blackout_survives_no_agent_crash() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-crash");
+    let topo = Topology::new(&HOSTS);
+    topo.serve_probes();
+    let (a1, b1) = (topo.ip_of("a1"), topo.ip_of("b1"));
+    let template = blackout_template(&s, 60, true);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let mut agents: Vec<Proc> = HOSTS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+
+    // kill -9: the table outlives the process; the next start removes it before registering.
+    agents[0].signal(libc::SIGKILL);
+    assert!(
+        topo.tables("a1").contains("fl_"),
+        "the kernel keeps the table of a killed agent"
+    );
+    assert!(!topo.reaches("b1", a1));
+    let mut again = topo.agent(&s, port, "a1");
+    again.expect("removed a fault left by the previous run", T);
+    assert!(!topo.tables("a1").contains("fl_"));
+    assert!(topo.reaches("b1", a1));
+    assert!(state_files(&s, "a1").is_empty());
+
+    // SIGTERM: the agent removes its table before it exits.
+    agents[1].signal(libc::SIGTERM);
+    let a2 = agents.remove(1);
+    assert_eq!(a2.finish(T).0.code(), Some(0));
+    assert!(!topo.tables("a2").contains("fl_"));
+    assert!(topo.reaches("b1", topo.ip_of("a2")) && topo.reaches("a1", b1));
+    ctl.signal(libc::SIGINT);
+    assert_eq!(ctl.finish(T).0.code(), Some(130));
+}

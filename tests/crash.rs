@@ -1,0 +1,139 @@
+//! The first invariant: no fault is left behind when the controller dies, when the agent is
+//! killed and restarted, on Ctrl-C and on SIGTERM.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+/// The agents in these tests run with `--lease PT3S`.
+const LEASE: Duration = Duration::from_secs(3);
+
+fn cpu_template(s: &Scratch, seconds: u32) -> std::path::PathBuf {
+    s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:cpu-stress",
+            json!({ "duration": format!("PT{seconds}S"), "loadPercent": "80", "workers": "1" }),
+        ),
+    )
+}
+
+/// Samples the agent's CPU in half-second windows until it is idle or `limit` passes;
+/// returns how long that took.
+fn time_to_idle(pid: u32, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cpu_load(pid, Duration::from_millis(500)) < 0.1 {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
+#[test]
+fn killing_the_controller_ends_the_fault_within_the_lease() {
+    let s = Scratch::new("kill-controller");
+    let template = cpu_template(&s, 60);
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    assert!(
+        cpu_load(a.pid(), Duration::from_secs(1)) > 0.4,
+        "the fault should be in effect"
+    );
+    ctl.signal(libc::SIGKILL);
+    let idle = time_to_idle(a.pid(), LEASE + Duration::from_secs(2));
+    assert!(
+        idle.is_some(),
+        "the agent still burns CPU {:?} after the controller died",
+        LEASE + Duration::from_secs(2)
+    );
+    a.expect("silent for the lease", T);
+    assert!(state_files(&s, "web-a1").is_empty(), "the state dir must be clean");
+}
+
+#[test]
+fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
+    let s = Scratch::new("kill-agent");
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:memory-stress",
+            json!({ "duration": "PT6S", "sizeMiB": "128" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    assert!(rss(a.pid()) > 120 << 20);
+    assert_eq!(
+        state_files(&s, "web-a1").len(),
+        1,
+        "the fault is recorded while in effect"
+    );
+    a.signal(libc::SIGKILL);
+    drop(a);
+    let mut again = agent(&s, port, "web-a1", "az-a", &[]);
+    again.expect("removed a fault left by the previous run", T);
+    again.expect("registered", T);
+    assert!(
+        state_files(&s, "web-a1").is_empty(),
+        "the restart must clean the state dir"
+    );
+    assert!(
+        rss(again.pid()) < 32 << 20,
+        "the restarted agent holds {} MiB",
+        rss(again.pid()) >> 20
+    );
+    let (status, out, _) = ctl.finish(T);
+    let r = report(&out);
+    assert_eq!(status.code(), Some(0), "{r}");
+    let notes = r["actions"]["A"]["notes"].to_string();
+    assert!(notes.contains("ended early (agent: restarted)"), "{r}");
+}
+
+#[test]
+fn ctrl_c_stops_the_experiment_and_removes_every_fault() {
+    let s = Scratch::new("ctrl-c");
+    let template = cpu_template(&s, 60);
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    ctl.signal(libc::SIGINT);
+    let (status, out, _) = ctl.finish(T);
+    assert_eq!(status.code(), Some(130));
+    let r = report(&out);
+    assert_eq!(r["state"], "stopped");
+    assert_eq!(r["actions"]["A"]["state"], "stopped");
+    assert!(r["rollback"].as_f64().unwrap() < 1000.0, "{r}");
+    assert!(cpu_load(a.pid(), Duration::from_secs(1)) < 0.1);
+    assert!(state_files(&s, "web-a1").is_empty());
+    let removal = journal(&s).into_iter().find(|e| e["event"] == "removal").unwrap();
+    assert_eq!(removal["by"], "controller");
+    assert_eq!(removal["confirmed"], true);
+}
+
+#[test]
+fn sigterm_makes_the_agent_remove_its_faults_before_it_exits() {
+    let s = Scratch::new("sigterm");
+    let template = cpu_template(&s, 60);
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    a.signal(libc::SIGTERM);
+    let (status, _, lines) = a.finish(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("every fault removed") && l.contains("count=1")),
+        "{lines:?}"
+    );
+    assert!(state_files(&s, "web-a1").is_empty());
+    ctl.expect("ended EXP", T);
+}
