@@ -117,6 +117,9 @@ pub enum Command {
         /// Report format on stdout.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+        /// Also write the result as JUnit XML (one test case per action and per alarm).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
         /// Resolve targets against the connected agents and print the plan; inject nothing.
         #[arg(long)]
         dry_run: bool,

@@ -1,16 +1,17 @@
 //! The embedded controller: serves agents, waits for them, and runs an experiment end to
 //! end (resolve, preflight, engine, report). `faultline run` and `faultline demo` use it.
 
+use crate::alarms::{self, AlarmReport, Monitor, Phase};
 use crate::engine::{Run, RunOutcome, Settings, StopRequest};
 use crate::exit;
 use crate::journal::{Event, Journal, State};
 use crate::plan;
 use crate::report::Report;
 use crate::server::{Fleet, FleetEvent};
-use crate::template::Experiment;
+use crate::template::{Alarm, Experiment};
 use crate::token;
 use faultline_agent::protocol::HostDescription;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,12 +133,12 @@ impl Controller {
     }
 
     /// Runs an experiment against the connected agents; ends with a report, or an error when
-    /// it could not start.
+    /// it could not start. `interrupts` carries the operator's Ctrl-C.
     pub async fn run(
         &self,
         experiment: Experiment,
         opts: RunOptions,
-        stops: mpsc::Receiver<StopRequest>,
+        interrupts: mpsc::Receiver<StopRequest>,
     ) -> Result<Report, RunError> {
         let experiment = Arc::new(experiment);
         let id = token::random_id("EXP");
@@ -151,9 +152,13 @@ impl Controller {
                 .map_err(|e| failed(format!("cannot create the journal {}: {e}", journal_path.display())))?,
         );
         let live_cancel = CancellationToken::new();
-        let live = opts
-            .progress
-            .then(|| tokio::spawn(crate::live::plain(journal.subscribe(), live_cancel.clone())));
+        let live = opts.progress.then(|| {
+            tokio::spawn(crate::live::show(
+                journal.subscribe(),
+                experiment.clone(),
+                live_cancel.clone(),
+            ))
+        });
         let forward = tokio::spawn(forward_fleet_events(
             self.fleet.events(),
             journal.clone(),
@@ -166,28 +171,21 @@ impl Controller {
         });
 
         let result = self
-            .run_journaled(&id, experiment.clone(), &opts, journal.clone(), stops)
+            .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)
             .await;
-        let (outcome, seed, targets) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                journal.record(Event::ExperimentState {
-                    state: State::Failed,
-                    reason: Some(e.message.clone()),
-                });
-                live_cancel.cancel();
-                if let Some(l) = live {
-                    let _ = l.await;
-                }
-                return Err(e);
-            }
-        };
+        if let Err(e) = &result {
+            journal.record(Event::ExperimentState {
+                state: State::Failed,
+                reason: Some(e.message.clone()),
+            });
+        }
         live_cancel.cancel();
         let _ = forward.await;
         if let Some(l) = live {
             let _ = l.await;
         }
-        let exit_code = match (&outcome.state, &outcome.stop) {
+        let ran = result?;
+        let exit_code = match (&ran.outcome.state, &ran.outcome.stop) {
             (State::Completed, _) => exit::COMPLETED,
             (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
             (State::Stopped, _) => exit::STOPPED,
@@ -198,26 +196,29 @@ impl Controller {
             description: experiment.description.clone(),
             template: opts.template.clone(),
             tags: experiment.tags.clone(),
-            state: outcome.state,
-            reason: outcome.reason.clone(),
+            state: ran.outcome.state,
+            reason: ran.outcome.reason.clone(),
             exit_code,
-            seed,
+            seed: ran.seed,
             started_at,
             ended_at: SystemTime::now(),
-            targets,
-            outcome,
+            targets: ran.targets,
+            outcome: ran.outcome,
+            alarms: ran.alarms,
+            steady_state: ran.steady_state,
             journal: journal_path,
         })
     }
 
-    async fn run_journaled(
+    /// Resolve and preflight, then the baseline, the actions and the recovery.
+    async fn run_phases(
         &self,
         id: &str,
         experiment: Arc<Experiment>,
         opts: &RunOptions,
         journal: Arc<Journal>,
-        stops: mpsc::Receiver<StopRequest>,
-    ) -> Result<(RunOutcome, u64, std::collections::BTreeMap<String, Vec<String>>), RunError> {
+        mut interrupts: mpsc::Receiver<StopRequest>,
+    ) -> Result<Ran, RunError> {
         let hosts = self.fleet.hosts();
         let seed = opts.seed.unwrap_or_else(rand::random);
         let resolution = plan::resolve(&experiment, &hosts, seed).map_err(|e| failed(e.to_string()))?;
@@ -226,17 +227,138 @@ impl Controller {
             .iter()
             .map(|(n, r)| (n.clone(), r.selected.clone()))
             .collect();
+        let alarms: Vec<(String, Alarm)> = experiment.alarms.iter().map(|(n, a)| (n.clone(), a.clone())).collect();
         let run = Run {
             id: id.to_string(),
             experiment,
             resolution,
             hosts,
             fleet: self.fleet.clone(),
-            journal,
+            journal: journal.clone(),
             settings: opts.settings,
         };
         run.preflight().map_err(failed)?;
-        Ok((run.run(stops).await, seed, targets))
+        if alarms.is_empty() {
+            let (stop_tx, stop_rx) = mpsc::channel(4);
+            let engine = run.run(stop_rx);
+            tokio::pin!(engine);
+            let outcome = loop {
+                tokio::select! {
+                    o = &mut engine => break o,
+                    Some(i) = interrupts.recv() => { let _ = stop_tx.send(i).await; }
+                }
+            };
+            return Ok(Ran {
+                outcome,
+                seed,
+                targets,
+                alarms: Vec::new(),
+                steady_state: None,
+            });
+        }
+
+        let watch_cancel = CancellationToken::new();
+        let _stop_watching = watch_cancel.clone().drop_guard();
+        let mut evaluations = alarms::watch(alarms.clone(), watch_cancel.clone());
+        let mut monitor = Monitor::new(&alarms);
+        let record = |monitor: &mut Monitor, e: alarms::Evaluation| {
+            journal.record(Event::AlarmEvaluation {
+                alarm: e.alarm.clone(),
+                state: e.state.as_str().into(),
+                value: e.value,
+                datapoints: e.window.clone(),
+                phase: monitor.phase().as_str().into(),
+            });
+            monitor.record(e)
+        };
+
+        // Steady state first: a full window of every alarm before anything is injected.
+        tracing::info!(
+            window = %crate::duration::human(alarms::longest_window(&alarms)),
+            "checking steady state before the first action"
+        );
+        let blocked = loop {
+            tokio::select! {
+                Some(e) = evaluations.recv() => {
+                    if let Some(fired) = record(&mut monitor, e) {
+                        break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                    }
+                    if monitor.window_complete() {
+                        break None;
+                    }
+                }
+                Some(i) = interrupts.recv() => break Some(i),
+            }
+        };
+        if let Some(stop) = blocked {
+            let outcome = run.never_started(stop);
+            let report = monitor.report(None);
+            return Ok(Ran {
+                outcome,
+                seed,
+                targets,
+                alarms: report,
+                steady_state: Some(SteadyState {
+                    baseline: "breaching".into(),
+                    recovered: None,
+                    recovery_ms: None,
+                }),
+            });
+        }
+
+        monitor.enter(Phase::Experiment);
+        let (stop_tx, stop_rx) = mpsc::channel(4);
+        let engine = run.run(stop_rx);
+        tokio::pin!(engine);
+        let mut interrupted = false;
+        let outcome = loop {
+            tokio::select! {
+                o = &mut engine => break o,
+                Some(e) = evaluations.recv() => {
+                    if let Some(fired) = record(&mut monitor, e) {
+                        let _ = stop_tx.send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) }).await;
+                    }
+                }
+                Some(i) = interrupts.recv() => {
+                    interrupted = true;
+                    let _ = stop_tx.send(i).await;
+                }
+            }
+        };
+
+        // Did the system come back? One more full window, unless the operator wants out.
+        let mut recovery = None;
+        if !interrupted {
+            let started = SystemTime::now();
+            monitor.enter(Phase::Recovery);
+            tracing::info!("checking that the system recovers");
+            loop {
+                tokio::select! {
+                    Some(e) = evaluations.recv() => {
+                        record(&mut monitor, e);
+                        if monitor.window_complete() {
+                            break;
+                        }
+                    }
+                    Some(_) = interrupts.recv() => break,
+                }
+            }
+            recovery = Some(started);
+        }
+        let steady_state = Some(SteadyState {
+            baseline: "ok".into(),
+            recovered: recovery.map(|_| monitor.all_ok()),
+            recovery_ms: recovery
+                .and_then(|s| monitor.recovery_time(s))
+                .map(|d| d.as_secs_f64() * 1000.0),
+        });
+        Ok(Ran {
+            outcome,
+            seed,
+            targets,
+            alarms: monitor.report(recovery),
+            steady_state,
+        })
     }
 
     /// Stops serving agents (their connections close; their leases hold nothing).
@@ -248,6 +370,51 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// What the phases of a run produced.
+struct Ran {
+    outcome: RunOutcome,
+    seed: u64,
+    targets: BTreeMap<String, Vec<String>>,
+    alarms: Vec<AlarmReport>,
+    steady_state: Option<SteadyState>,
+}
+
+/// The steady-state hypothesis, checked before and after the actions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SteadyState {
+    /// `ok` when every alarm held for a full window before the first action, else `breaching`.
+    pub baseline: String,
+    /// Whether every alarm was OK at the end of a full window after the last action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// From the end of the last action until every alarm had been OK, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<f64>,
+}
+
+/// What an alarm saw when it fired, for people.
+fn alarm_detail(e: &alarms::Evaluation, alarms: &[(String, Alarm)]) -> String {
+    let a = alarms.iter().find(|(n, _)| *n == e.alarm).map(|(_, a)| a);
+    let points: Vec<String> = e
+        .window
+        .iter()
+        .map(|d| d.map_or("missing".into(), |v| format!("{v:.4}")))
+        .collect();
+    match a {
+        Some(a) => format!(
+            "{} of the last {} datapoints [{}] {} {} {}",
+            a.datapoints_to_alarm,
+            a.evaluation_periods,
+            points.join(", "),
+            a.statistic.as_str(),
+            a.comparison.symbol(),
+            a.threshold
+        ),
+        None => points.join(", "),
     }
 }
 

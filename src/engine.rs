@@ -240,6 +240,50 @@ impl Run {
         }
     }
 
+    /// Ends a run that never started because `stop` came first (an alarm already firing,
+    /// Ctrl-C during the baseline): every action is cancelled, nothing was injected.
+    pub fn never_started(self, stop: StopRequest) -> RunOutcome {
+        let reason = format!("{stop}; no action was started");
+        let actions = self
+            .experiment
+            .actions
+            .iter()
+            .map(|(name, a)| {
+                self.journal.record(Event::ActionState {
+                    action: name.clone(),
+                    state: State::Cancelled,
+                    reason: Some("the experiment did not start".into()),
+                    duration_ms: None,
+                });
+                (
+                    name.clone(),
+                    ActionRecord {
+                        action_id: a.spec.action_id().into(),
+                        state: State::Cancelled,
+                        resources: Vec::new(),
+                        hosts: Vec::new(),
+                        started_at: None,
+                        ended_at: None,
+                        error: None,
+                        notes: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        self.journal.record(Event::ExperimentState {
+            state: State::Stopped,
+            reason: Some(reason.clone()),
+        });
+        RunOutcome {
+            state: State::Stopped,
+            reason: Some(reason),
+            stop: Some(stop),
+            actions,
+            rollback: None,
+            unconfirmed_removals: 0,
+        }
+    }
+
     /// Runs the experiment until it completes, fails or is stopped through `stops`.
     pub async fn run(self, mut stops: mpsc::Receiver<StopRequest>) -> RunOutcome {
         let run = Arc::new(self);

@@ -4,6 +4,7 @@
 //! then run by the [`engine`] against agents connected to the controller ([`server`]),
 //! journaled ([`journal`]), shown as they go ([`live`]) and reported ([`report`]).
 
+pub mod alarms;
 pub mod controller;
 pub mod engine;
 pub mod exit;

@@ -1,7 +1,11 @@
 //! Progress of a run while it happens, from the journal's broadcast.
 
-use crate::journal::{Entry, Event};
+use crate::journal::{Entry, Event, State};
+use crate::template::Experiment;
 use faultline_agent::protocol::EndReason;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -75,7 +79,7 @@ pub fn line(e: &Entry) -> Option<String> {
 }
 
 /// Prints a timestamped line per notable event on stderr until `cancel`.
-pub async fn plain(mut rx: broadcast::Receiver<Entry>, cancel: CancellationToken) {
+async fn plain(mut rx: broadcast::Receiver<Entry>, cancel: CancellationToken) {
     loop {
         let entry = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -98,5 +102,146 @@ pub async fn plain(mut rx: broadcast::Receiver<Entry>, cancel: CancellationToken
         if let Some(l) = line(&e) {
             eprintln!("{l}");
         }
+    }
+}
+
+/// Shows the run: a live display on a terminal, timestamped lines otherwise.
+pub async fn show(rx: broadcast::Receiver<Entry>, experiment: std::sync::Arc<Experiment>, cancel: CancellationToken) {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tty(rx, &experiment, cancel).await;
+    } else {
+        plain(rx, cancel).await;
+    }
+}
+
+/// An action's line: its bar, its state, and when it started running for how long.
+type ActionLine = (ProgressBar, State, Option<(Instant, Duration)>);
+
+/// The live display: the experiment, each action with its remaining time, each alarm with
+/// its state and last value; notable events scroll above it.
+async fn tty(mut rx: broadcast::Receiver<Entry>, experiment: &Experiment, cancel: CancellationToken) {
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner:.cyan} {msg}").expect("static template");
+    let line = |msg: String| {
+        let b = multi.add(ProgressBar::new_spinner().with_style(style.clone()).with_message(msg));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    };
+    let started = Instant::now();
+    let head = line(format!("experiment pending: {}", experiment.description));
+    let mut actions: BTreeMap<String, ActionLine> = experiment
+        .actions
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                (
+                    line(format!("{name:<24} pending  {}", a.spec.action_id())),
+                    State::Pending,
+                    None,
+                ),
+            )
+        })
+        .collect();
+    let mut alarms: BTreeMap<String, ProgressBar> = experiment
+        .alarms
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                line(format!("alarm {n:<18} waiting for the first datapoint")),
+            )
+        })
+        .collect();
+    let mut experiment_state = State::Pending;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let entry = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => None,
+            e = rx.recv() => match e {
+                Ok(e) => Some(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if let Some(e) = entry {
+            match &e.event {
+                Event::ExperimentState { state, .. } => experiment_state = *state,
+                Event::ActionState {
+                    action,
+                    state,
+                    duration_ms,
+                    ..
+                } => {
+                    if let Some((_, s, timer)) = actions.get_mut(action) {
+                        *s = *state;
+                        if let Some(ms) = duration_ms {
+                            *timer = Some((Instant::now(), Duration::from_millis(*ms)));
+                        }
+                    }
+                }
+                Event::AlarmEvaluation {
+                    alarm,
+                    state,
+                    value,
+                    phase,
+                    ..
+                } => {
+                    if let Some(b) = alarms.get_mut(alarm) {
+                        let a = &experiment.alarms[alarm];
+                        let v = value.map_or("missing".into(), |v| format!("{v:.4}"));
+                        b.set_message(format!(
+                            "alarm {alarm:<18} {state:<17} last {v} ({} {} {}) [{phase}]",
+                            a.statistic.as_str(),
+                            a.comparison.symbol(),
+                            a.threshold
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if let Some(l) = line_for_log(&e) {
+                let _ = multi.println(l);
+            }
+        }
+        head.set_message(format!(
+            "experiment {} {} — {}",
+            experiment_state.as_str(),
+            crate::duration::human(started.elapsed()),
+            experiment.description
+        ));
+        for (name, (bar, state, timer)) in &actions {
+            let left = match (state, timer) {
+                (State::Running, Some((at, d))) => {
+                    format!("{} left", crate::duration::human(d.saturating_sub(at.elapsed())))
+                }
+                _ => String::new(),
+            };
+            bar.set_message(format!("{name:<24} {:<10} {left}", state.as_str()));
+            if state.is_final() && !bar.is_finished() {
+                bar.finish();
+            }
+        }
+    }
+    head.finish();
+    for (_, (b, _, _)) in actions.iter_mut() {
+        b.finish();
+    }
+    for b in alarms.values_mut() {
+        b.finish();
+    }
+}
+
+/// Events worth a line above the live display: failures and surprises, not the progress the
+/// display already shows.
+fn line_for_log(e: &Entry) -> Option<String> {
+    match &e.event {
+        Event::DispatchFailed { .. } | Event::Removal { confirmed: false, .. } | Event::FaultEnded { .. } => line(e),
+        Event::ExperimentState { reason: Some(_), .. } => line(e),
+        Event::ActionState {
+            state: State::Failed, ..
+        } => line(e),
+        _ => None,
     }
 }

@@ -3,6 +3,7 @@
 use crate::cli::{ControllerArgs, ReportFormat};
 use faultline::controller::{named_hosts, AgentWait, RunOptions};
 use faultline::engine::StopRequest;
+use faultline::report::junit;
 use faultline::{exit, plan, template, token};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub struct Args {
     pub seed: Option<u64>,
     pub journal: Option<PathBuf>,
     pub format: ReportFormat,
+    pub junit: Option<PathBuf>,
     pub dry_run: bool,
     pub ack_timeout: Duration,
     pub template: PathBuf,
@@ -22,8 +24,25 @@ pub struct Args {
 
 /// Runs the experiment; the exit status follows the experiment's final state.
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let experiment = template::load(&args.template, args.alarms.as_deref())
-        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))?;
+    let junit = args.junit.clone();
+    let template = args.template.clone();
+    let result = template::load(&args.template, args.alarms.as_deref())
+        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))
+        .and_then(|experiment| execute(args, experiment));
+    if let Some(path) = &junit {
+        let xml = match &result {
+            Ok((_, Some(report))) => junit::render(report),
+            Ok((_, None)) => return result.map(|(code, _)| code),
+            Err(e) => junit::render_error(&template, &format!("{e:#}")),
+        };
+        std::fs::write(path, xml)
+            .map_err(|e| super::fail(exit::FAILED, anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    }
+    result.map(|(code, _)| code)
+}
+
+/// Serves agents and runs; the exit status and the report (none for a dry run).
+fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, Option<faultline::report::Report>)> {
     super::runtime()?.block_on(async move {
         let controller = super::agents::start(&args.controller).await?;
         let wait = match args.controller.wait_agents {
@@ -35,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             .await
             .map_err(|e| super::fail(e.code, e))?;
         if args.dry_run {
-            return dry_run(&experiment, &hosts, args.seed, args.format);
+            return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);
         tokio::spawn(interrupts(stop_tx));
@@ -52,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             ReportFormat::Table => println!("{}", report.render()),
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         }
-        Ok(report.exit_code)
+        Ok((report.exit_code, Some(report)))
     })
 }
 

@@ -1,5 +1,9 @@
-//! The report of a run: a summary table for people, JSON for machines.
+//! The report of a run: a summary table for people, JSON for machines, JUnit XML for CI.
 
+pub mod junit;
+
+use crate::alarms::AlarmReport;
+use crate::controller::SteadyState;
 use crate::duration;
 use crate::engine::{ts, ActionRecord, RunOutcome};
 use crate::journal::State;
@@ -41,6 +45,11 @@ pub struct Report {
     /// How the run went.
     #[serde(flatten)]
     pub outcome: RunOutcome,
+    /// What each stop condition's alarm did.
+    pub alarms: Vec<AlarmReport>,
+    /// Steady state before and after the actions, when there are stop conditions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady_state: Option<SteadyState>,
     /// The journal file.
     pub journal: PathBuf,
 }
@@ -127,7 +136,76 @@ impl Report {
                 self.outcome.unconfirmed_removals
             );
         }
-        out += &format!("{actions}\nSeed {} · journal {}", self.seed, self.journal.display());
+        out += &format!("{actions}\n");
+        if !self.alarms.is_empty() {
+            let mut alarms = Table::new();
+            alarms.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "alarm",
+                "rule",
+                "state",
+                "last datapoints",
+                "fired",
+                "recovered",
+            ]);
+            for a in &self.alarms {
+                let points: Vec<String> = a
+                    .datapoints
+                    .iter()
+                    .map(|d| d.map_or("missing".into(), |v| format!("{v:.4}")))
+                    .collect();
+                let fired = a
+                    .fired
+                    .as_ref()
+                    .map_or("-".into(), |f| format!("{} at {}", f.phase.as_str(), clock(&f.at)));
+                let recovered = match (a.recovered, a.recovered_after_ms) {
+                    (Some(true), Some(ms)) => {
+                        format!("yes, after {}", duration::human(Duration::from_millis(ms as u64)))
+                    }
+                    (Some(true), None) => "yes".into(),
+                    (Some(false), _) => "no".into(),
+                    (None, _) => "-".into(),
+                };
+                let color = match a.state {
+                    crate::alarms::AlarmState::Ok => Color::Green,
+                    crate::alarms::AlarmState::Alarm => Color::Red,
+                    crate::alarms::AlarmState::InsufficientData => Color::Yellow,
+                };
+                let mut last = points.join(", ");
+                if let Some(note) = &a.last_note {
+                    last += &format!("\n{note}");
+                }
+                alarms.add_row(vec![
+                    Cell::new(&a.name),
+                    Cell::new(format!(
+                        "{} {} {}",
+                        a.statistic.as_str(),
+                        a.comparison_operator.symbol(),
+                        a.threshold
+                    )),
+                    Cell::new(a.state.as_str()).fg(color),
+                    Cell::new(last),
+                    Cell::new(fired),
+                    Cell::new(recovered),
+                ]);
+            }
+            out += &format!("{alarms}\n");
+        }
+        if let Some(ss) = &self.steady_state {
+            out += &match (ss.baseline.as_str(), ss.recovered, ss.recovery_ms) {
+                ("breaching", _, _) => {
+                    "Steady state: did not hold before the first action, so nothing was injected\n".into()
+                }
+                (_, Some(true), Some(ms)) => format!(
+                    "Steady state: held before the run; recovered {} after the last action\n",
+                    duration::human(Duration::from_millis(ms as u64))
+                ),
+                (_, Some(false), _) => {
+                    "Steady state: held before the run; NOT recovered after the last action\n".into()
+                }
+                _ => "Steady state: held before the run\n".into(),
+            };
+        }
+        out += &format!("Seed {} · journal {}", self.seed, self.journal.display());
         out
     }
 }

@@ -337,7 +337,31 @@ pub enum Comparison {
     LessThanOrEqualToThreshold,
 }
 
+impl Statistic {
+    /// The name used in templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Statistic::ErrorRate => "errorRate",
+            Statistic::SuccessRate => "successRate",
+            Statistic::LatencyP50Ms => "latencyP50Ms",
+            Statistic::LatencyP99Ms => "latencyP99Ms",
+            Statistic::Value => "value",
+            Statistic::ExitStatus => "exitStatus",
+        }
+    }
+}
+
 impl Comparison {
+    /// The operator as a symbol: `>`, `>=`, `<`, `<=`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparison::GreaterThanThreshold => ">",
+            Comparison::GreaterThanOrEqualToThreshold => ">=",
+            Comparison::LessThanThreshold => "<",
+            Comparison::LessThanOrEqualToThreshold => "<=",
+        }
+    }
+
     /// Whether `value` breaches `threshold` under this operator.
     pub fn breaches(self, value: f64, threshold: f64) -> bool {
         match self {

@@ -306,3 +306,25 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// A demo web service under a name of its own (argv[0]), on a free loopback port.
+pub fn web_service(name: &str) -> (Proc, u16) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(workspace_bin("faultline-demo", "demo-web"));
+    cmd.arg0(name).args(["--listen", "127.0.0.1:0", "--name", name]);
+    let mut p = Proc::spawn(name, cmd);
+    let line = p.expect("serving", Duration::from_secs(20));
+    let port = line
+        .split("listen=127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    (p, port)
+}
+
+/// A name no other test process uses, for processes a test kills by name.
+pub fn unique_name(what: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("fl-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,446 @@
+//! Alarms with CloudWatch semantics: a datapoint per period from a metric source, the last
+//! `evaluationPeriods` of them compared with the threshold, `datapointsToAlarm` of them
+//! breaching for ALARM, and missing datapoints treated as `treatMissingData` says.
+
+pub mod sources;
+
+use crate::template::{Alarm, TreatMissingData};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// An alarm's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlarmState {
+    /// Within the threshold.
+    Ok,
+    /// Breaching.
+    Alarm,
+    /// Not enough data to say.
+    InsufficientData,
+}
+
+impl AlarmState {
+    /// The CloudWatch name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "OK",
+            AlarmState::Alarm => "ALARM",
+            AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
+}
+
+/// The state after a new datapoint, given the window (oldest first, at most
+/// `evaluationPeriods` long, `None` = missing) and the state before.
+///
+/// `breaching` and `notBreaching` count a missing datapoint as breaching or not. `missing`
+/// and `ignore` evaluate only the datapoints present, needing no more breaching ones than are
+/// present; when all are missing, `missing` gives INSUFFICIENT_DATA and `ignore` keeps the
+/// current state. An empty window (no period observed yet) is INSUFFICIENT_DATA.
+pub fn evaluate(alarm: &Alarm, window: &[Option<f64>], current: AlarmState) -> AlarmState {
+    if window.is_empty() {
+        return AlarmState::InsufficientData;
+    }
+    let needed = alarm.datapoints_to_alarm as usize;
+    let breaches = |v: f64| alarm.comparison.breaches(v, alarm.threshold);
+    let (breaching, needed) = match alarm.treat_missing_data {
+        TreatMissingData::Breaching => (window.iter().filter(|d| d.is_none_or(breaches)).count(), needed),
+        TreatMissingData::NotBreaching => (window.iter().filter(|d| d.is_some_and(breaches)).count(), needed),
+        TreatMissingData::Missing | TreatMissingData::Ignore => {
+            let present: Vec<f64> = window.iter().flatten().copied().collect();
+            if present.is_empty() {
+                return match alarm.treat_missing_data {
+                    TreatMissingData::Ignore => current,
+                    _ => AlarmState::InsufficientData,
+                };
+            }
+            (
+                present.iter().filter(|v| breaches(**v)).count(),
+                needed.min(present.len()),
+            )
+        }
+    };
+    if breaching >= needed {
+        AlarmState::Alarm
+    } else {
+        AlarmState::Ok
+    }
+}
+
+/// One evaluation of one alarm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// The alarm.
+    pub alarm: String,
+    /// Its state now.
+    pub state: AlarmState,
+    /// The newest datapoint.
+    pub value: Option<f64>,
+    /// The window, oldest first.
+    pub window: Vec<Option<f64>>,
+    /// What the probe said when it produced no datapoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// When.
+    #[serde(skip)]
+    pub at: SystemTime,
+    /// Which evaluation of this alarm this is (1 = first period).
+    pub period: u32,
+}
+
+/// Starts one watcher per alarm; each sends an [`Evaluation`] at the end of every period
+/// until `cancel`.
+pub fn watch(alarms: Vec<(String, Alarm)>, cancel: CancellationToken) -> mpsc::Receiver<Evaluation> {
+    let (tx, rx) = mpsc::channel(64);
+    for (name, alarm) in alarms {
+        let (tx, cancel) = (tx.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let source = Arc::new(sources::Probe::new(&alarm));
+            let mut window: VecDeque<Option<f64>> = VecDeque::new();
+            let mut state = AlarmState::InsufficientData;
+            let mut next = tokio::time::Instant::now();
+            for period in 1u32.. {
+                next += alarm.period;
+                let sample = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    s = source.sample(alarm.period, alarm.statistic) => s,
+                };
+                let sources::Sample { value, note } = sample;
+                window.push_back(value);
+                while window.len() > alarm.evaluation_periods as usize {
+                    window.pop_front();
+                }
+                let slice: Vec<Option<f64>> = window.iter().copied().collect();
+                state = evaluate(&alarm, &slice, state);
+                let eval = Evaluation {
+                    alarm: name.clone(),
+                    state,
+                    value,
+                    window: slice,
+                    note,
+                    at: SystemTime::now(),
+                    period,
+                };
+                if tx.send(eval).await.is_err() {
+                    return;
+                }
+                // A probe that finished early waits for the period's end; a slow one
+                // does not make the next period shorter than its probes need.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                next = next.max(tokio::time::Instant::now());
+            }
+        });
+    }
+    rx
+}
+
+/// The longest window among alarms: how long the baseline and recovery phases last.
+pub fn longest_window(alarms: &[(String, Alarm)]) -> Duration {
+    alarms
+        .iter()
+        .map(|(_, a)| a.period * a.evaluation_periods)
+        .max()
+        .unwrap_or_default()
+}
+
+/// Where a run is, for the alarms: each phase is judged differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Before the first action: steady state must hold for a full window.
+    Baseline,
+    /// While actions run: ALARM stops the experiment.
+    Experiment,
+    /// After the last action: did the system come back?
+    Recovery,
+}
+
+impl Phase {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Baseline => "baseline",
+            Phase::Experiment => "experiment",
+            Phase::Recovery => "recovery",
+        }
+    }
+}
+
+/// What an alarm did during a run, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmReport {
+    /// The alarm.
+    pub name: String,
+    /// Its statistic.
+    pub statistic: crate::template::Statistic,
+    /// Its comparison.
+    pub comparison_operator: crate::template::Comparison,
+    /// Its threshold.
+    pub threshold: f64,
+    /// State at the end of the run.
+    pub state: AlarmState,
+    /// State at the end of the baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_state: Option<AlarmState>,
+    /// The newest datapoint.
+    pub last_value: Option<f64>,
+    /// The last window, oldest first.
+    pub datapoints: Vec<Option<f64>>,
+    /// When it first went into ALARM during the baseline or the experiment, and the window then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fired: Option<Fired>,
+    /// Whether it was OK at the end of the recovery window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// From the start of recovery to its first OK evaluation, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered_after_ms: Option<f64>,
+    /// The probe's last complaint, when a datapoint was missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_note: Option<String>,
+}
+
+/// An alarm going into ALARM.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fired {
+    /// When.
+    #[serde(serialize_with = "ser_ts")]
+    pub at: SystemTime,
+    /// In which phase.
+    pub phase: Phase,
+    /// The window that breached, oldest first.
+    pub datapoints: Vec<Option<f64>>,
+}
+
+fn ser_ts<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+/// Every alarm of a run, phase by phase.
+#[derive(Debug)]
+pub struct Monitor {
+    tracked: Vec<Tracked>,
+    phase: Phase,
+    phase_started: SystemTime,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    name: String,
+    alarm: Alarm,
+    latest: Option<Evaluation>,
+    in_phase: u32,
+    baseline_state: Option<AlarmState>,
+    fired: Option<Fired>,
+    recovered_at: Option<SystemTime>,
+    last_note: Option<String>,
+}
+
+impl Monitor {
+    /// A monitor for these alarms, in the baseline phase.
+    pub fn new(alarms: &[(String, Alarm)]) -> Monitor {
+        Monitor {
+            tracked: alarms
+                .iter()
+                .map(|(name, alarm)| Tracked {
+                    name: name.clone(),
+                    alarm: alarm.clone(),
+                    latest: None,
+                    in_phase: 0,
+                    baseline_state: None,
+                    fired: None,
+                    recovered_at: None,
+                    last_note: None,
+                })
+                .collect(),
+            phase: Phase::Baseline,
+            phase_started: SystemTime::now(),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Moves to the next phase; each alarm's window starts counting again.
+    pub fn enter(&mut self, phase: Phase) {
+        if self.phase == Phase::Baseline {
+            for t in &mut self.tracked {
+                t.baseline_state = t.latest.as_ref().map(|e| e.state);
+            }
+        }
+        self.phase = phase;
+        self.phase_started = SystemTime::now();
+        self.tracked.iter_mut().for_each(|t| t.in_phase = 0);
+    }
+
+    /// Records an evaluation; returns it when it is the alarm's first ALARM of the run
+    /// outside recovery, i.e. when it must stop (or block) the experiment.
+    pub fn record(&mut self, e: Evaluation) -> Option<Evaluation> {
+        let phase = self.phase;
+        let started = self.phase_started;
+        let t = self.tracked.iter_mut().find(|t| t.name == e.alarm)?;
+        t.in_phase += 1;
+        if e.note.is_some() {
+            t.last_note = e.note.clone();
+        }
+        let fires = e.state == AlarmState::Alarm && phase != Phase::Recovery && t.fired.is_none();
+        if fires {
+            t.fired = Some(Fired {
+                at: e.at,
+                phase,
+                datapoints: e.window.clone(),
+            });
+        }
+        if phase == Phase::Recovery && e.state == AlarmState::Ok && t.recovered_at.is_none() {
+            t.recovered_at = Some(e.at.max(started));
+        }
+        t.latest = Some(e.clone());
+        fires.then_some(e)
+    }
+
+    /// Whether every alarm has been evaluated over a full window in this phase.
+    pub fn window_complete(&self) -> bool {
+        self.tracked.iter().all(|t| t.in_phase >= t.alarm.evaluation_periods)
+    }
+
+    /// The first alarm in ALARM now, if any.
+    pub fn alarming(&self) -> Option<&Evaluation> {
+        self.tracked
+            .iter()
+            .filter_map(|t| t.latest.as_ref())
+            .find(|e| e.state == AlarmState::Alarm)
+    }
+
+    /// Whether every alarm is OK now (recovery).
+    pub fn all_ok(&self) -> bool {
+        self.tracked
+            .iter()
+            .all(|t| t.latest.as_ref().is_some_and(|e| e.state == AlarmState::Ok))
+    }
+
+    /// From the start of recovery until every alarm had been OK once, if they all were.
+    pub fn recovery_time(&self, recovery_started: SystemTime) -> Option<Duration> {
+        self.tracked
+            .iter()
+            .map(|t| t.recovered_at.and_then(|at| at.duration_since(recovery_started).ok()))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.into_iter().max().unwrap_or_default())
+    }
+
+    /// Per-alarm report; `recovery_started` when a recovery phase ran.
+    pub fn report(&self, recovery_started: Option<SystemTime>) -> Vec<AlarmReport> {
+        self.tracked
+            .iter()
+            .map(|t| {
+                let latest = t.latest.as_ref();
+                AlarmReport {
+                    name: t.name.clone(),
+                    statistic: t.alarm.statistic,
+                    comparison_operator: t.alarm.comparison,
+                    threshold: t.alarm.threshold,
+                    state: latest.map_or(AlarmState::InsufficientData, |e| e.state),
+                    baseline_state: t.baseline_state,
+                    last_value: latest.and_then(|e| e.value),
+                    datapoints: latest.map(|e| e.window.clone()).unwrap_or_default(),
+                    fired: t.fired.clone(),
+                    recovered: recovery_started.map(|_| latest.is_some_and(|e| e.state == AlarmState::Ok)),
+                    recovered_after_ms: recovery_started
+                        .zip(t.recovered_at)
+                        .and_then(|(s, at)| at.duration_since(s).ok())
+                        .map(|d| d.as_secs_f64() * 1000.0),
+                    last_note: t.last_note.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::{Comparison, MetricSource, Statistic};
+
+    fn alarm(n: u32, m: u32, treat: TreatMissingData) -> Alarm {
+        Alarm {
+            source: MetricSource::Command {
+                run: vec!["true".into()],
+                timeout: Duration::from_secs(1),
+            },
+            statistic: Statistic::Value,
+            threshold: 10.0,
+            comparison: Comparison::GreaterThanThreshold,
+            period: Duration::from_secs(1),
+            evaluation_periods: m,
+            datapoints_to_alarm: n,
+            treat_missing_data: treat,
+        }
+    }
+
+    const X: Option<f64> = Some(20.0); // breaching
+    const O: Option<f64> = Some(1.0); // not breaching
+    const M: Option<f64> = None; // missing
+
+    use AlarmState::{Alarm as A, InsufficientData as I, Ok as K};
+
+    #[test]
+    fn n_out_of_m_with_every_treatment_of_missing_data() {
+        // (window oldest first, state before) -> [missing, ignore, breaching, notBreaching]
+        type Case<'a> = (&'a [Option<f64>], AlarmState, [AlarmState; 4]);
+        let cases: [Case; 9] = [
+            (&[O, X, X], K, [K, K, K, K]),
+            (&[X, X, X], K, [A, A, A, A]),
+            (&[O, X, M], K, [K, K, K, K]),
+            (&[O, O, M], A, [K, K, K, K]),
+            (&[X, X, M], K, [A, A, A, K]),
+            (&[O, M, M], K, [K, K, K, K]),
+            (&[X, M, M], K, [A, A, A, K]),
+            (&[M, M, M], A, [I, A, A, K]),
+            (&[M, M, M], K, [I, K, A, K]),
+        ];
+        let treatments = [
+            TreatMissingData::Missing,
+            TreatMissingData::Ignore,
+            TreatMissingData::Breaching,
+            TreatMissingData::NotBreaching,
+        ];
+        for (window, before, expected) in cases {
+            for (treat, want) in treatments.iter().zip(expected) {
+                let got = evaluate(&alarm(3, 3, *treat), window, before);
+                assert_eq!(got, want, "3 of 3, {treat:?}, window {window:?}, before {before:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn m_out_of_n_needs_only_n_breaching() {
+        let a = alarm(2, 3, TreatMissingData::NotBreaching);
+        assert_eq!(evaluate(&a, &[X, O, X], K), A);
+        assert_eq!(evaluate(&a, &[X, O, O], A), K);
+    }
+
+    #[test]
+    fn a_young_window_is_not_missing_data() {
+        let a = alarm(2, 3, TreatMissingData::Breaching);
+        assert_eq!(evaluate(&a, &[], K), I);
+        assert_eq!(evaluate(&a, &[O], I), K);
+        assert_eq!(
+            evaluate(&a, &[X], I),
+            K,
+            "one breaching period of a 2-of-3 alarm is not enough"
+        );
+        assert_eq!(evaluate(&a, &[X, M], K), A, "missing counts as breaching by default");
+    }
+}

@@ -1,0 +1,284 @@
+//! Metric sources: HTTP probes, a Prometheus instant query, a command. Each turns one
+//! period into one datapoint, or into a reason why there is none (a missing datapoint).
+
+use crate::template::{Alarm, MetricSource, Statistic};
+use std::time::{Duration, Instant};
+
+/// A ready-to-use source.
+pub struct Probe {
+    source: MetricSource,
+    client: reqwest::Client,
+}
+
+impl Probe {
+    /// A probe for an alarm's source.
+    pub fn new(alarm: &Alarm) -> Probe {
+        Probe {
+            source: alarm.source.clone(),
+            // A 3xx is an answer, not a hop: a redirecting health check is still healthy.
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a client without custom TLS always builds"),
+        }
+    }
+
+    /// One datapoint for a period of `period`, with what went wrong on the way; a missing
+    /// datapoint always says why.
+    pub async fn sample(&self, period: Duration, statistic: Statistic) -> Sample {
+        let missing = |note: String| Sample {
+            value: None,
+            note: Some(note),
+        };
+        match &self.source {
+            MetricSource::Http {
+                url,
+                method,
+                timeout,
+                probes_per_period,
+            } => {
+                self.http(url, method, *timeout, *probes_per_period, period, statistic)
+                    .await
+            }
+            MetricSource::Prometheus { url, query, timeout } => {
+                // One query per period, at its end, like a scrape-aligned evaluation.
+                tokio::time::sleep(period.saturating_sub(*timeout).min(period)).await;
+                match self.prometheus(url, query, *timeout).await {
+                    Ok(v) => Sample {
+                        value: Some(v),
+                        note: None,
+                    },
+                    Err(e) => missing(e),
+                }
+            }
+            MetricSource::Command { run, timeout } => {
+                tokio::time::sleep(period.saturating_sub(*timeout).min(period)).await;
+                match command(run, *timeout, statistic).await {
+                    Ok(v) => Sample {
+                        value: Some(v),
+                        note: None,
+                    },
+                    Err(e) => missing(e),
+                }
+            }
+        }
+    }
+
+    async fn http(
+        &self,
+        url: &str,
+        method: &str,
+        timeout: Duration,
+        probes: u32,
+        period: Duration,
+        statistic: Statistic,
+    ) -> Sample {
+        let method = match reqwest::Method::from_bytes(method.as_bytes()) {
+            Ok(m) => m,
+            Err(e) => {
+                return Sample {
+                    value: None,
+                    note: Some(e.to_string()),
+                }
+            }
+        };
+        let spacing = period / probes.max(1);
+        let mut results: Vec<(bool, Option<f64>)> = Vec::with_capacity(probes as usize);
+        let mut errors: Vec<String> = Vec::new();
+        let start = tokio::time::Instant::now();
+        for i in 0..probes {
+            tokio::time::sleep_until(start + spacing * i).await;
+            let t = Instant::now();
+            let answer = self.client.request(method.clone(), url).timeout(timeout).send().await;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            match answer {
+                Ok(r) if r.status().is_success() || r.status().is_redirection() => results.push((true, Some(ms))),
+                Ok(r) => {
+                    errors.push(format!("HTTP {}", r.status().as_u16()));
+                    results.push((false, Some(ms)));
+                }
+                Err(e) => {
+                    errors.push(if e.is_timeout() {
+                        "timeout".into()
+                    } else {
+                        root_cause(&e)
+                    });
+                    results.push((false, None));
+                }
+            }
+        }
+        let total = results.len() as f64;
+        let ok = results.iter().filter(|(ok, _)| *ok).count() as f64;
+        let mut latencies: Vec<f64> = results.iter().filter_map(|(_, l)| *l).collect();
+        latencies.sort_by(f64::total_cmp);
+        let note = (!errors.is_empty()).then(|| {
+            errors.dedup();
+            format!("{} of {} probes failed: {}", total - ok, total, errors.join(", "))
+        });
+        let pct = |p: f64| {
+            let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1));
+            latencies.get(rank - 1).copied()
+        };
+        let value = match statistic {
+            Statistic::ErrorRate => Some((total - ok) / total),
+            Statistic::SuccessRate => Some(ok / total),
+            // No answer, no latency: the datapoint is missing.
+            Statistic::LatencyP50Ms => pct(0.50),
+            Statistic::LatencyP99Ms => pct(0.99),
+            Statistic::Value | Statistic::ExitStatus => None,
+        };
+        Sample { value, note }
+    }
+
+    async fn prometheus(&self, url: &str, query: &str, timeout: Duration) -> Result<f64, String> {
+        let endpoint = format!("{}/api/v1/query", url.trim_end_matches('/'));
+        let response = self
+            .client
+            .get(&endpoint)
+            .query(&[("query", query)])
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("{endpoint}: {}", root_cause(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| format!("{endpoint}: {}", root_cause(&e)))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{endpoint}: HTTP {status}, not a Prometheus answer: {e}"))?;
+        prometheus_value(&body)
+    }
+}
+
+/// One period's datapoint and what the probes had to say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The datapoint; `None` is missing data.
+    pub value: Option<f64>,
+    /// Errors seen while sampling, e.g. "2 of 5 probes failed: Connection refused".
+    pub note: Option<String>,
+}
+
+/// The single value of a Prometheus instant-query answer (vector of one series, or scalar).
+pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, String> {
+    if body["status"] != "success" {
+        return Err(format!(
+            "the query failed: {} {}",
+            body["errorType"].as_str().unwrap_or("error"),
+            body["error"].as_str().unwrap_or("")
+        ));
+    }
+    let data = &body["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("scalar") => &data["result"],
+        Some("vector") => {
+            let series = data["result"].as_array().map(Vec::as_slice).unwrap_or_default();
+            match series {
+                [one] => &one["value"],
+                [] => return Err("the query returned no series".into()),
+                many => {
+                    return Err(format!(
+                        "the query returned {} series; aggregate it to one, e.g. sum(...)",
+                        many.len()
+                    ))
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "the query returned a {} result; an instant vector or scalar is needed",
+                other.unwrap_or("malformed")
+            ))
+        }
+    };
+    let text = sample[1].as_str().ok_or("the sample has no value")?;
+    match text {
+        "NaN" => Err("the query returned NaN".into()),
+        _ => text.parse::<f64>().map_err(|_| format!("`{text}` is not a number")),
+    }
+}
+
+/// Runs a program (no shell) and takes its exit status or the number it prints.
+async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Result<f64, String> {
+    let (program, args) = run.split_first().ok_or("no program to run")?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, child)
+        .await
+        .map_err(|_| format!("{program} did not finish within {}", crate::duration::human(timeout)))?
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    match statistic {
+        Statistic::ExitStatus => output
+            .status
+            .code()
+            .map(f64::from)
+            .ok_or_else(|| format!("{program} was killed by a signal")),
+        _ => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            last.parse::<f64>()
+                .map_err(|_| format!("{program} printed `{last}`, not a number"))
+        }
+    }
+}
+
+/// The innermost error, which is the one a person can act on (e.g. "Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_shapes_of_the_prometheus_api() {
+        let vector = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"job": "lb"}, "value": [1_700_000_000.0, "0.25"]}]}});
+        assert_eq!(prometheus_value(&vector), Ok(0.25));
+        let scalar = json!({"status": "success", "data": {"resultType": "scalar", "result": [1_700_000_000.0, "3"]}});
+        assert_eq!(prometheus_value(&scalar), Ok(3.0));
+        let two = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [1.0, "1"]}, {"metric": {}, "value": [1.0, "2"]}]}});
+        assert!(prometheus_value(&two).unwrap_err().contains("sum(...)"));
+        let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
+        assert!(prometheus_value(&empty).is_err());
+        let bad = json!({"status": "error", "errorType": "bad_data", "error": "parse error"});
+        assert!(prometheus_value(&bad).unwrap_err().contains("bad_data"));
+    }
+
+    #[tokio::test]
+    async fn commands_give_their_status_or_their_number() {
+        let status = command(
+            &["sh".into(), "-c".into(), "exit 3".into()],
+            Duration::from_secs(5),
+            Statistic::ExitStatus,
+        )
+        .await;
+        assert_eq!(status, Ok(3.0));
+        let value = command(
+            &["echo".into(), "42.5".into()],
+            Duration::from_secs(5),
+            Statistic::Value,
+        )
+        .await;
+        assert_eq!(value, Ok(42.5));
+        let slow = command(
+            &["sleep".into(), "5".into()],
+            Duration::from_millis(100),
+            Statistic::ExitStatus,
+        )
+        .await;
+        assert!(slow.unwrap_err().contains("did not finish"));
+    }
+}
