@@ -50,7 +50,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists; nothing to list here
     }
-    let agents: usize = std::env::var("FAULTLINE_BENCH_AGENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let agents: usize = std::env::var("FAULTLINE_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let rounds = 5;
     let agent_bin = bin("faultline-agent", "faultline-agent");
     let web_bin = bin("faultline-demo", "demo-web");
@@ -59,7 +62,11 @@ fn main() {
     let token = "bench-token";
     std::fs::write(dir.join("token"), token).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let controller = Controller::start("127.0.0.1:0".parse().unwrap(), token.into()).await.unwrap();
         let port = controller.addr().port();

@@ -130,6 +130,34 @@ pub enum Command {
         #[arg(value_name = "TEMPLATE")]
         template: PathBuf,
     },
+    /// Run a game day against the default topology as local processes: no Docker, no root.
+    ///
+    /// Starts six hosts in three AZs (each: demo-web behind its agent's proxy, on its own
+    /// 127.0.x.y address), a load balancer, and an embedded controller; runs the showcase
+    /// game day (experiments/gameday-az-outage.json) and prints its report.
+    Demo {
+        /// Template to run instead of the showcase; its HTTP alarms are pointed at the demo's
+        /// load balancer.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
+        /// Port of the demo's load balancer on 127.0.0.1 [default: a free one].
+        #[arg(long, value_name = "PORT")]
+        lb_port: Option<u16>,
+        /// Seed for random selection.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Report format on stdout.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Also write the result as JUnit XML.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
     /// List the agents that connect: host id, AZ, tags, address, capabilities, version.
     Agents {
         #[command(flatten)]
@@ -137,5 +165,46 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+    },
+}
+
+/// Where the topology's files are.
+#[derive(Debug, clap::Args)]
+pub struct TopologyArgs {
+    /// The faultline checkout holding agents/compose.yaml and the sources of the image.
+    #[arg(long, value_name = "DIR", default_value = env!("CARGO_MANIFEST_DIR"))]
+    pub source: PathBuf,
+    /// Token file the agents mount (the one `faultline run` uses); created if missing.
+    #[arg(long, value_name = "PATH", default_value = faultline::token::DEFAULT_PATH, env = "FAULTLINE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Port of the load balancer on 127.0.0.1.
+    #[arg(long, value_name = "PORT", default_value_t = 8080, env = "FAULTLINE_LB_PORT")]
+    pub lb_port: u16,
+}
+
+/// What to do with the topology.
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Build the image from this checkout and start everything; returns when every agent has
+    /// connected and the load balancer finds every host healthy.
+    Up {
+        #[command(flatten)]
+        topology: TopologyArgs,
+        /// Use the image built last time.
+        #[arg(long)]
+        no_build: bool,
+        /// Give up waiting for readiness after this long (ISO 8601).
+        #[arg(long, value_name = "DURATION", default_value = "PT2M", value_parser = iso_duration)]
+        timeout: Duration,
+    },
+    /// Stop and remove the containers and networks (agents remove their faults first).
+    Down {
+        #[command(flatten)]
+        topology: TopologyArgs,
+    },
+    /// Show the containers, the load balancer's health and the agents that connect.
+    Status {
+        #[command(flatten)]
+        topology: TopologyArgs,
     },
 }

@@ -6,6 +6,7 @@
 
 pub mod alarms;
 pub mod controller;
+pub mod demo;
 pub mod engine;
 pub mod exit;
 pub mod journal;
@@ -15,5 +16,6 @@ pub mod report;
 pub mod server;
 pub mod template;
 pub mod token;
+pub mod topology;
 
 pub use faultline_agent::{duration, logging};

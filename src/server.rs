@@ -341,7 +341,11 @@ impl Fleet {
         // Dropping the senders tells every waiting command that the connection ended.
         pending.lock().expect("never poisoned").clear();
         writer.abort();
-        tracing::info!(%host, "agent disconnected");
+        if cancel.is_cancelled() {
+            tracing::debug!(%host, "agent disconnected: the controller is shutting down");
+        } else {
+            tracing::info!(%host, "agent disconnected");
+        }
         self.inner.version.send_modify(|v| *v += 1);
         let _ = self.inner.events.send(FleetEvent::Disconnected { host });
         Ok(())
@@ -370,7 +374,11 @@ impl Fleet {
                 msg: AgentMessage::FaultEnded { fault_id, reason },
                 ..
             }) => {
-                tracing::info!(%host, fault = %fault_id, ?reason, "agent ended a fault");
+                if reason == EndReason::DurationElapsed {
+                    tracing::debug!(%host, fault = %fault_id, "agent ended a fault at the end of its duration");
+                } else {
+                    tracing::info!(%host, fault = %fault_id, ?reason, "agent ended a fault");
+                }
                 self.inner
                     .ended
                     .lock()

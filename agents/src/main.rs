@@ -49,6 +49,11 @@ struct Cli {
     /// Fault kinds this agent may inject.
     #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
     allow: Vec<String>,
+    /// How blackouts are enforced: nf_tables and the proxy (`nftables`), the proxy alone
+    /// (`proxy`: use it when the agent shares its network with other things, as in
+    /// `faultline demo`), or `auto`: nf_tables when this process may use it.
+    #[arg(long, env = "FAULTLINE_BLACKOUT_BACKEND", value_enum, default_value_t = faults::BlackoutBackend::Auto)]
+    blackout_backend: faults::BlackoutBackend,
     /// Proxy LISTEN=UPSTREAM in front of the host's service, e.g. 0.0.0.0:8080=127.0.0.1:8081 (repeat).
     #[arg(long = "proxy", env = "FAULTLINE_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
     proxies: Vec<(String, String)>,
@@ -117,7 +122,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let state = state::StateDir::open(&cli.state_dir).map_err(|e| e.to_string())?;
     let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
-    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty());
+    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty(), cli.blackout_backend)?;
     for note in notes {
         tracing::info!("capability left out: {note}");
     }

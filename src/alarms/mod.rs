@@ -205,7 +205,7 @@ pub struct AlarmReport {
     /// From the start of recovery to its first OK evaluation, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered_after_ms: Option<f64>,
-    /// The probe's last complaint, when a datapoint was missing.
+    /// What the probes said about the newest datapoint, e.g. failures behind an error rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_note: Option<String>,
 }
@@ -293,9 +293,7 @@ impl Monitor {
         let started = self.phase_started;
         let t = self.tracked.iter_mut().find(|t| t.name == e.alarm)?;
         t.in_phase += 1;
-        if e.note.is_some() {
-            t.last_note = e.note.clone();
-        }
+        t.last_note = e.note.clone();
         let fires = e.state == AlarmState::Alarm && phase != Phase::Recovery && t.fired.is_none();
         if fires {
             t.fired = Some(Fired {

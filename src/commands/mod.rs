@@ -1,8 +1,10 @@
 //! One function per command; each returns the exit status.
 
 mod agents;
+mod demo;
 mod plan;
 mod run;
+mod topology;
 mod validate;
 
 use crate::cli::Command;
@@ -75,5 +77,13 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             template,
         }),
         Command::Agents { controller, format } => agents::run(controller, format),
+        Command::Demo {
+            template,
+            lb_port,
+            seed,
+            format,
+            junit,
+        } => demo::run(template.as_deref(), lb_port, seed, format, junit.as_deref()),
+        Command::Topology { action } => topology::run(action),
     }
 }

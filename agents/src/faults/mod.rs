@@ -28,11 +28,32 @@ pub struct Capabilities {
     pub nft: bool,
 }
 
+/// How blackouts are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlackoutBackend {
+    /// nf_tables when this process may use it, else the proxy alone.
+    Auto,
+    /// nf_tables (and the proxy); refuse to start without it.
+    Nftables,
+    /// The proxy alone: the rest of the host's network is never touched.
+    Proxy,
+}
+
 impl Capabilities {
     /// Detects what works on this machine and keeps what `allow` permits; the notes say
-    /// what was left out and why.
-    pub fn detect(allow: &BTreeSet<String>, has_proxy: bool) -> (Capabilities, Vec<String>) {
-        let nft = allow.contains("blackout") && nft::available();
+    /// what was left out and why. Fails when nf_tables is required and unavailable.
+    pub fn detect(
+        allow: &BTreeSet<String>,
+        has_proxy: bool,
+        backend: BlackoutBackend,
+    ) -> Result<(Capabilities, Vec<String>), String> {
+        let wanted = allow.contains("blackout") && backend != BlackoutBackend::Proxy;
+        let nft = wanted && nft::available();
+        if wanted && !nft && backend == BlackoutBackend::Nftables {
+            return Err(
+                "--blackout-backend nftables, but nf_tables cannot be used here (is CAP_NET_ADMIN granted?)".into(),
+            );
+        }
         let mut notes = Vec::new();
         let mut kinds = BTreeSet::new();
         for kind in faultline_agent::protocol::CAPABILITIES {
@@ -54,9 +75,9 @@ impl Capabilities {
             }
         }
         if kinds.contains("blackout") && !nft {
-            notes.push("blackout: no CAP_NET_ADMIN or nf_tables here; only the proxy enforces it".into());
+            notes.push("blackout: only the proxy enforces it (no nf_tables)".into());
         }
-        (Capabilities { kinds, nft }, notes)
+        Ok((Capabilities { kinds, nft }, notes))
     }
 }
 

@@ -24,6 +24,10 @@ struct Cli {
     /// How long programs get to exit after SIGTERM before SIGKILL (ISO 8601).
     #[arg(long, default_value = "PT10S", value_parser = iso_duration)]
     stop_timeout: Duration,
+    /// Stop (as on SIGTERM) when the process that started this one dies; for inits that a
+    /// supervisor runs outside a container, such as `faultline demo`.
+    #[arg(long, env = "DEMO_INIT_WITH_PARENT")]
+    with_parent: bool,
     /// Log line format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -77,6 +81,10 @@ fn describe(status: i32) -> String {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, 0, &["demo_init"]);
+    if cli.with_parent {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a signal for this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    }
     let mut programs: Vec<Program> = cli
         .run
         .iter()

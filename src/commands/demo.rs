@@ -1,0 +1,100 @@
+//! `faultline demo`: the default topology as local processes, and a game day against it.
+
+use crate::cli::ReportFormat;
+use faultline::controller::{Controller, RunOptions};
+use faultline::demo::{self, World};
+use faultline::engine::StopRequest;
+use faultline::report::junit;
+use faultline::{exit, template, token};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Brings the world up, runs the game day, reports, brings the world down.
+pub fn run(
+    template_file: Option<&Path>,
+    lb_port: Option<u16>,
+    seed: Option<u64>,
+    format: ReportFormat,
+    junit_file: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let lb_port = match lb_port {
+        Some(p) => p,
+        None => demo::free_port().map_err(|e| super::fail(exit::FAILED, e))?,
+    };
+    let lb_url = format!("http://127.0.0.1:{lb_port}/");
+    let (text, label) = match template_file {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("cannot read {}: {e}", p.display())))?,
+            p.to_path_buf(),
+        ),
+        None => (demo::GAME_DAY.to_string(), "experiments/gameday-az-outage.json".into()),
+    };
+    let mut doc = template::parse_json(&text, template::Origin::Template)
+        .map_err(|d| super::fail(exit::INVALID, anyhow::anyhow!(d.render(&label.display().to_string()))))?;
+    demo::retarget_alarms(&mut doc, &lb_url);
+    let experiment = template::validate(&doc, None).map_err(|diags| {
+        super::fail(
+            exit::INVALID,
+            anyhow::anyhow!(template::render_all(&diags, &label, None)),
+        )
+    })?;
+
+    let work = demo::work_dir();
+    std::fs::create_dir_all(&work).map_err(|e| super::fail(exit::FAILED, e))?;
+    let token_file = std::fs::canonicalize(&work)
+        .map_err(|e| super::fail(exit::FAILED, e))?
+        .join("token");
+    let (token, _) = token::load_or_create(&token_file).map_err(|e| super::fail(exit::FAILED, e))?;
+    let bin_dir = std::env::current_exe()
+        .map_err(|e| super::fail(exit::FAILED, e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let result = super::runtime()?.block_on(async {
+        let controller = Controller::start(([127, 0, 0, 1], 0).into(), token)
+            .await
+            .map_err(|e| super::fail(e.code, e))?;
+        let world = World::start(&bin_dir, &work, controller.addr(), &token_file, lb_port)
+            .map_err(|e| super::fail(exit::FAILED, e))?;
+        eprintln!("starting the demo world: 6 hosts in az-a, az-b, az-c and a load balancer at {lb_url}");
+        world
+            .wait_ready(&controller, Duration::from_secs(60))
+            .await
+            .map_err(|e| super::fail(exit::FAILED, anyhow::anyhow!("{e}; logs are in {}", work.display())))?;
+        eprintln!("demo world ready; running {}", label.display());
+        let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>(4);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(StopRequest::Interrupted).await;
+            }
+        });
+        let mut opts = RunOptions::new(&label);
+        opts.seed = seed;
+        let report = controller
+            .run(experiment, opts, stop_rx)
+            .await
+            .map_err(|e| super::fail(e.code, e))?;
+        controller.shutdown();
+        drop(world);
+        Ok::<_, anyhow::Error>(report)
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("(the demo's logs are in {})", work.display());
+            return Err(e);
+        }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    match format {
+        ReportFormat::Table => println!("{}", report.render()),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if let Some(path) = junit_file {
+        std::fs::write(path, junit::render(&report)).map_err(|e| super::fail(exit::FAILED, e))?;
+    }
+    Ok(report.exit_code)
+}

@@ -1,0 +1,192 @@
+//! `faultline demo`: the default topology as local processes on loopback (no Docker, no
+//! root) and a showcase game day against it.
+//!
+//! Each host gets its own loopback address (127.0.1.11 for web-a1, 127.0.2.11 for web-b1,
+//! ...), runs demo-web behind its agent's proxy, and is kept running by demo-init. The load
+//! balancer connects from 127.0.0.2, so a blackout of an AZ, enforced by the agents' proxies
+//! (never nf_tables: these agents share the machine's network), shuts it out.
+
+use crate::controller::{AgentWait, Controller};
+use faultline_agent::protocol::HostDescription;
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The showcase game day, as shipped in `experiments/`.
+pub const GAME_DAY: &str = include_str!("../experiments/gameday-az-outage.json");
+/// The default topology, as shipped in `experiments/`.
+pub const INVENTORY: &str = include_str!("../experiments/inventory.json");
+/// Binaries the demo starts, found next to `faultline`.
+pub const BINARIES: [&str; 4] = ["faultline-agent", "demo-web", "demo-lb", "demo-init"];
+/// Source address of the load balancer's connections.
+pub const LB_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// The loopback address standing in for a host: 127.0.AZ.N, where AZ counts az-a as 1.
+pub fn loopback(host: &HostDescription, hosts: &[HostDescription]) -> Ipv4Addr {
+    let zones: std::collections::BTreeSet<&str> =
+        hosts.iter().map(|h| h.placement.availability_zone.as_str()).collect();
+    let az = zones
+        .iter()
+        .position(|z| *z == host.placement.availability_zone)
+        .unwrap_or(0) as u8
+        + 1;
+    let n = hosts
+        .iter()
+        .filter(|h| h.placement.availability_zone == host.placement.availability_zone)
+        .position(|h| h.host_id == host.host_id)
+        .unwrap_or(0) as u8
+        + 11;
+    Ipv4Addr::new(127, 0, az, n)
+}
+
+/// Points every HTTP alarm of a template at `url`.
+pub fn retarget_alarms(template: &mut Value, url: &str) {
+    if let Some(alarms) = template.get_mut("alarms").and_then(Value::as_object_mut) {
+        for alarm in alarms.values_mut() {
+            if let Some(http) = alarm.pointer_mut("/metric/http").and_then(Value::as_object_mut) {
+                http.insert("url".into(), Value::from(url));
+            }
+        }
+    }
+}
+
+/// The demo world: its processes, stopped (SIGTERM, then waited for) when dropped.
+pub struct World {
+    children: Vec<Child>,
+    /// The load balancer's URL.
+    pub lb_url: String,
+    /// The hosts, with their loopback addresses as addresses.
+    pub hosts: Vec<HostDescription>,
+}
+
+/// Why the demo world could not come up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DemoError(pub String);
+
+impl World {
+    /// Starts the hosts and the load balancer; agents dial `controller`.
+    pub fn start(
+        bin_dir: &Path,
+        work: &Path,
+        controller: SocketAddr,
+        token_file: &Path,
+        lb_port: u16,
+    ) -> Result<World, DemoError> {
+        for b in BINARIES {
+            if !bin_dir.join(b).exists() {
+                return Err(DemoError(format!(
+                    "{} is missing next to faultline; build every binary with `cargo build --release` (or without --release for debug builds)",
+                    bin_dir.join(b).display()
+                )));
+            }
+        }
+        let mut hosts: Vec<HostDescription> = serde_json::from_str(INVENTORY).expect("the shipped inventory is valid");
+        let addresses: Vec<Ipv4Addr> = hosts.iter().map(|h| loopback(h, &hosts)).collect();
+        let path = std::env::join_paths(
+            std::iter::once(bin_dir.to_path_buf())
+                .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        )
+        .map_err(|e| DemoError(e.to_string()))?;
+        let mut world = World {
+            children: Vec::new(),
+            lb_url: format!("http://127.0.0.1:{lb_port}/"),
+            hosts: Vec::new(),
+        };
+        let init = |name: &str| {
+            let mut c = Command::new(bin_dir.join("demo-init"));
+            c.env("PATH", &path)
+                .env("DEMO_INIT_WITH_PARENT", "true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.join(format!("{name}.log"))).map_or(Stdio::null(), Stdio::from));
+            c
+        };
+        for (host, ip) in hosts.iter_mut().zip(&addresses) {
+            let az = host.placement.availability_zone.clone();
+            let state = work.join(format!("state-{}", host.host_id));
+            let mut c = init(&host.host_id);
+            c.env("FAULTLINE_CONTROLLER", format!("ws://{controller}"))
+                .env("FAULTLINE_TOKEN_FILE", token_file)
+                .env("FAULTLINE_HOST_ID", &host.host_id)
+                .env("FAULTLINE_AZ", &az)
+                .env("FAULTLINE_TAGS", format!("tier=web,az={az}"))
+                .env("FAULTLINE_ADDRESS", ip.to_string())
+                .env("FAULTLINE_STATE_DIR", &state)
+                .env("FAULTLINE_PROXY", format!("{ip}:8080={ip}:8081"))
+                .env("FAULTLINE_BLACKOUT_BACKEND", "proxy")
+                .env("FAULTLINE_LEASE", "PT5S")
+                .args(["--run", &format!("demo-web --listen {ip}:8081 --name {}", host.host_id)])
+                .args(["--run", "faultline-agent"]);
+            world.children.push(
+                c.spawn()
+                    .map_err(|e| DemoError(format!("cannot start {}: {e}", host.host_id)))?,
+            );
+            host.address = ip.to_string();
+        }
+        let backends: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{}={}:8080", h.host_id, h.address))
+            .collect();
+        let mut lb = init("lb");
+        lb.env("DEMO_LB_BACKENDS", backends.join(",")).args([
+            "--run",
+            &format!("demo-lb --listen 127.0.0.1:{lb_port} --source-ip {LB_SOURCE}"),
+        ]);
+        world.children.push(
+            lb.spawn()
+                .map_err(|e| DemoError(format!("cannot start the load balancer: {e}")))?,
+        );
+        world.hosts = hosts;
+        Ok(world)
+    }
+
+    /// Waits until every agent is connected to `controller` and the load balancer finds every
+    /// backend healthy.
+    pub async fn wait_ready(&self, controller: &Controller, timeout: Duration) -> Result<(), DemoError> {
+        controller
+            .wait_for_agents(&AgentWait::Count(self.hosts.len()), timeout)
+            .await
+            .map_err(|e| DemoError(e.message))?;
+        let health = format!("{}lb/healthz", self.lb_url);
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ticks = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            ticks.tick().await;
+            if matches!(client.get(&health).timeout(Duration::from_secs(1)).send().await, Ok(r) if r.status().is_success())
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DemoError(format!(
+                    "the load balancer ({health}) did not see every host healthy in time"
+                )));
+            }
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &self.children {
+            // SAFETY: kill(2) on our own child; demo-init passes SIGTERM on and waits.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free loopback port for the load balancer, when none is asked for.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the demo keeps its token, state dirs and logs.
+pub fn work_dir() -> PathBuf {
+    PathBuf::from(format!(".faultline/demo-{}", std::process::id()))
+}
