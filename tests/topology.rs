@@ -1,0 +1,427 @@
+//! End to end on the container topology: `faultline topology up` builds the image from this
+//! checkout and starts it; every example template then runs against it, and each effect is
+//! asserted from outside the hosts: processes through `docker top`, CPU and memory through
+//! the containers' cgroups, latency and availability through the load balancer, reachability
+//! from inside other containers' network namespaces. The topology always comes down.
+//!
+//! Needs Docker and root; without them the test says so and skips, except under CI=true.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(90);
+const HOSTS: [&str; 6] = ["web-a1", "web-a2", "web-b1", "web-b2", "web-c1", "web-c2"];
+
+fn docker_ok() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Brings the topology down when dropped, whatever happened.
+struct Topology {
+    token: PathBuf,
+    lb_port: u16,
+}
+
+impl Topology {
+    fn cmd(&self, action: &str) -> Command {
+        let mut c = Command::new(FAULTLINE);
+        c.args(["topology", action, "--source", env!("CARGO_MANIFEST_DIR")])
+            .arg("--token-file")
+            .arg(&self.token)
+            .args(["--lb-port", &self.lb_port.to_string()]);
+        c
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = self.cmd("down").status();
+    }
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn pid(container: &str) -> u32 {
+    inspect(&format!("faultline-{container}"), "{{.State.Pid}}")
+        .parse()
+        .unwrap()
+}
+
+/// A cgroup file of a container's init process, v1 or v2.
+fn cgroup_file(container: &str, v1_controller: &str, v1_file: &str, v2_file: &str) -> PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid(container))).unwrap();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        if controllers.is_empty() {
+            return PathBuf::from(format!("/sys/fs/cgroup{path}/{v2_file}"));
+        }
+        if controllers.split(',').any(|c| c == v1_controller) {
+            for mount in [v1_controller.to_string(), controllers.to_string()] {
+                let p = PathBuf::from(format!("/sys/fs/cgroup/{mount}{path}/{v1_file}"));
+                if p.exists() {
+                    return p;
+                }
+            }
+        }
+    }
+    panic!("no {v1_controller} cgroup for {container}:\n{cgroups}")
+}
+
+fn cgroup_cpu_seconds(container: &str) -> f64 {
+    let f = cgroup_file(container, "cpuacct", "cpuacct.usage", "cpu.stat");
+    let text = std::fs::read_to_string(&f).unwrap();
+    match text.lines().find_map(|l| l.strip_prefix("usage_usec ")) {
+        Some(us) => us.trim().parse::<f64>().unwrap() / 1e6,
+        None => text.trim().parse::<f64>().unwrap() / 1e9,
+    }
+}
+
+/// CPUs each container used over `window`, sampled together.
+fn cgroup_cpu(containers: &[&str], window: Duration) -> BTreeMap<String, f64> {
+    let before: Vec<f64> = containers.iter().map(|c| cgroup_cpu_seconds(c)).collect();
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let secs = t.elapsed().as_secs_f64();
+    containers
+        .iter()
+        .zip(before)
+        .map(|(c, b)| (c.to_string(), (cgroup_cpu_seconds(c) - b) / secs))
+        .collect()
+}
+
+fn cgroup_memory(container: &str) -> u64 {
+    let f = cgroup_file(container, "memory", "memory.usage_in_bytes", "memory.current");
+    std::fs::read_to_string(f).unwrap().trim().parse().unwrap()
+}
+
+/// Pids of `demo-web` in a container, from `docker top`.
+fn web_pids(container: &str) -> Vec<u32> {
+    let out = Command::new("docker")
+        .args(["top", &format!("faultline-{container}"), "-eo", "pid,comm"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_end().ends_with("demo-web"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Whether a TCP connection from inside `container`'s network namespace reaches `to`.
+fn reaches(container: &str, to: &str) -> bool {
+    let ns = format!("/proc/{}/ns/net", pid(container));
+    let to: SocketAddr = to.parse().unwrap();
+    std::thread::spawn(move || {
+        let f = File::open(ns).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we own.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        TcpStream::connect_timeout(&to, Duration::from_millis(800)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
+/// One GET through the load balancer: status, the backend that answered, the time it took.
+fn through_lb(port: u16) -> (u16, String, Duration) {
+    let t = Instant::now();
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), t.elapsed());
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.0\r\nHost: lb\r\n\r\n");
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let backend = resp
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-backend: ").map(str::to_string))
+        .unwrap_or_default();
+    (status, backend, t.elapsed())
+}
+
+fn lb_metric(port: u16, backend: &str) -> Option<f64> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).ok()?;
+    let key = format!("lb_backend_healthy{{backend=\"{backend}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&key)?.parse().ok())
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn example(name: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Sets every action's duration (and a game day's alarm URL) for a shorter CI run.
+fn shorten(mut t: Value, duration: &str, lb_port: u16) -> Value {
+    if let Some(actions) = t["actions"].as_object_mut() {
+        for a in actions.values_mut() {
+            if a["parameters"].get("duration").is_some() {
+                a["parameters"]["duration"] = json!(duration);
+            }
+        }
+    }
+    faultline::demo::retarget_alarms(&mut t, &format!("http://127.0.0.1:{lb_port}/"));
+    t
+}
+
+struct Env<'a> {
+    s: &'a Scratch,
+    topo: &'a Topology,
+}
+
+impl Env<'_> {
+    fn run(&self, name: &str, template: &Value) -> Proc {
+        let path = self.s.write_json(&format!("{name}.json"), template);
+        let _ = std::fs::remove_file(self.s.path("journal.jsonl"));
+        let mut cmd = Command::new(FAULTLINE);
+        cmd.args([
+            "run",
+            "--listen",
+            "0.0.0.0:7700",
+            "--wait-agents",
+            "6",
+            "--agents-timeout",
+            "PT30S",
+            "--format",
+            "json",
+            "--seed",
+            "1",
+        ])
+        .arg("--token-file")
+        .arg(&self.topo.token)
+        .arg("--journal")
+        .arg(self.s.path("journal.jsonl"))
+        .arg(path);
+        Proc::spawn(name, cmd)
+    }
+
+    /// The hosts a target resolved to, from the journal as it is written.
+    fn selected(&self, target: &str) -> Vec<String> {
+        journal(self.s)
+            .into_iter()
+            .find(|e| e["event"] == "target_resolved" && e["target"] == target)
+            .map(|e| {
+                e["selected"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn every_example_against_the_topology() {
+    if !docker_ok() || !is_root() {
+        assert!(!required(), "CI=true: the topology test needs Docker and root");
+        eprintln!("SKIPPED: the topology test needs Docker and root");
+        return;
+    }
+    let s = Scratch::new("topology");
+    let topo = Topology {
+        token: s.path("token"),
+        lb_port: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    };
+    let _ = topo.cmd("down").status();
+    let status = topo.cmd("up").status().unwrap();
+    assert!(status.success(), "faultline topology up failed");
+    let env = Env { s: &s, topo: &topo };
+    let port = topo.lb_port;
+
+    // process kill: the service is gone, then its host brings it back.
+    let before: BTreeMap<&str, Vec<u32>> = HOSTS.iter().map(|h| (*h, web_pids(h))).collect();
+    let (status, out, _) = env.run("kill", &example("process-kill.json")).finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    let victim = env.selected("OneWebHost")[0].clone();
+    let old = before[victim.as_str()][0];
+    assert!(!web_pids(&victim).contains(&old), "{victim}'s demo-web {old} survived");
+    eventually("the killed service coming back", Duration::from_secs(10), || {
+        !web_pids(&victim).is_empty()
+    });
+
+    // latency: requests served by az-c are slow through the load balancer, then not.
+    let mut run = env.run("latency", &shorten(example("network-latency.json"), "PT8S", port));
+    run.expect("action SlowDown running", T);
+    let during: Vec<_> = (0..12).map(|_| through_lb(port)).collect();
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    for (code, backend, took) in &during {
+        assert_eq!(*code, 200);
+        if backend.starts_with("web-c") {
+            assert!(
+                *took >= Duration::from_millis(280),
+                "{backend} answered in {took:?} during the fault"
+            );
+        } else {
+            assert!(*took < Duration::from_millis(250), "{backend} answered in {took:?}");
+        }
+    }
+    assert!(during.iter().any(|(_, b, _)| b.starts_with("web-c")));
+    for (code, backend, took) in (0..12).map(|_| through_lb(port)) {
+        assert!(
+            code == 200 && took < Duration::from_millis(250),
+            "{backend} after the fault: {code} in {took:?}"
+        );
+    }
+
+    // CPU: the selected hosts' cgroups burn, the others do not, then nobody does.
+    let mut run = env.run("cpu", &shorten(example("cpu-stress.json"), "PT8S", port));
+    run.expect("action BurnCpu running", T);
+    let hot = env.selected("HalfTheWebHosts");
+    assert_eq!(hot.len(), 3);
+    let load = cgroup_cpu(&HOSTS, Duration::from_secs(2));
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    for (host, cpus) in &load {
+        if hot.contains(host) {
+            assert!(*cpus > 0.3, "{host} used {cpus:.2} CPU under stress: {load:?}");
+        } else {
+            assert!(*cpus < 0.2, "{host} used {cpus:.2} CPU unstressed: {load:?}");
+        }
+    }
+    let after = cgroup_cpu(&HOSTS, Duration::from_secs(1));
+    assert!(after.values().all(|c| *c < 0.2), "CPU after the fault: {after:?}");
+
+    // memory: the selected host's cgroup holds 256 MiB more, then lets go.
+    let base: BTreeMap<&str, u64> = ["web-b1", "web-b2"].iter().map(|h| (*h, cgroup_memory(h))).collect();
+    let mut run = env.run("memory", &shorten(example("memory-stress.json"), "PT8S", port));
+    run.expect("action HoldMemory running", T);
+    let host = env.selected("OneHostInB")[0].clone();
+    let during = cgroup_memory(&host);
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        during >= base[host.as_str()] + (240 << 20),
+        "{host}: {} -> {} bytes",
+        base[host.as_str()],
+        during
+    );
+    assert!(
+        cgroup_memory(&host) < base[host.as_str()] + (48 << 20),
+        "{host} still holds memory"
+    );
+
+    // AZ blackout: az-a unreachable from the LB and the other AZs; the LB serves from b and c.
+    let mut run = env.run("blackout", &shorten(example("az-blackout.json"), "PT10S", port));
+    run.expect("action BlackoutZoneA running", T);
+    eventually("the LB taking az-a out", Duration::from_secs(6), || {
+        lb_metric(port, "web-a1") == Some(0.0) && lb_metric(port, "web-a2") == Some(0.0)
+    });
+    for (code, backend, _) in (0..12).map(|_| through_lb(port)) {
+        assert!(
+            code == 200 && !backend.starts_with("web-a"),
+            "{backend} answered {code} during the blackout"
+        );
+    }
+    assert!(!reaches("web-b1", "10.42.0.11:8080"), "az-b reached web-a1");
+    assert!(!reaches("web-c2", "10.42.0.12:8080"), "az-c reached web-a2");
+    assert!(!reaches("lb", "10.42.1.11:8080"), "the LB reached web-a1");
+    assert!(
+        reaches("web-a2", "10.42.1.11:8080"),
+        "inside az-a, hosts must still reach each other"
+    );
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        reaches("web-b1", "10.42.0.11:8080") && reaches("lb", "10.42.1.11:8080"),
+        "az-a must be back"
+    );
+    eventually("the LB putting az-a back", Duration::from_secs(6), || {
+        lb_metric(port, "web-a1") == Some(1.0)
+    });
+
+    // The steady-state baseline, the CI gate and the FIS-shaped template.
+    let (status, out, _) = env
+        .run("wait", &shorten(example("steady-state-wait.json"), "PT4S", port))
+        .finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert_eq!(report(&out)["steadyState"]["recovered"], true);
+    let (status, out, _) = env
+        .run("ci-gate", &shorten(example("ci-gate.json"), "PT5S", port))
+        .finish(T);
+    assert!(matches!(status.code(), Some(0 | 1)), "{out}");
+    let mut run = env.run("fis", &shorten(example("fis-ec2-cpu.json"), "PT8S", port));
+    run.expect("action StressInstances running", T);
+    let load = cgroup_cpu(&["web-a1", "web-b1", "web-c1"], Duration::from_secs(2));
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        load["web-a1"] > 0.3 && load["web-b1"] > 0.3 && load["web-c1"] < 0.2,
+        "{load:?}"
+    );
+
+    // A game day whose error-rate alarm trips: it stops early and leaves nothing behind.
+    let mut strict = shorten(example("gameday-az-outage.json"), "PT30S", port);
+    strict["alarms"]["UserFacingErrors"]["threshold"] = json!(0.0);
+    strict["alarms"]["UserFacingErrors"]["period"] = json!("PT1S");
+    strict["alarms"]["UserFacingErrors"]["evaluationPeriods"] = json!(1);
+    strict["alarms"]["UserFacingErrors"]["datapointsToAlarm"] = json!(1);
+    strict["alarms"]["UserFacingErrors"]["metric"]["http"]["probesPerPeriod"] = json!(20);
+    strict["alarms"]["UserFacingErrors"]["metric"]["http"]["timeout"] = json!("PT0.5S");
+    let (status, out, _) = env.run("gameday", &strict).finish(T);
+    let r = report(&out);
+    assert_eq!(status.code(), Some(1), "{r}");
+    assert_eq!(r["stop"]["alarm"], "UserFacingErrors");
+    assert_eq!(r["actions"]["ZoneOutage"]["state"], "stopped");
+    assert_eq!(r["actions"]["SurvivorCpuSurge"]["state"], "cancelled");
+    assert!(r["rollback"].as_f64().unwrap() < 2000.0, "{r}");
+    assert!(reaches("web-b1", "10.42.0.11:8080"), "the blackout must be gone");
+
+    // Break the controller mid-fault: the agents' leases (10 s) take the fault away.
+    let mut run = env.run("orphan", &shorten(example("cpu-stress.json"), "PT60S", port));
+    run.expect("action BurnCpu running", T);
+    let hot: Vec<String> = env.selected("HalfTheWebHosts");
+    run.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let hot_refs: Vec<&str> = hot.iter().map(String::as_str).collect();
+    eventually(
+        "the stress ending after the controller died",
+        Duration::from_secs(12),
+        || {
+            cgroup_cpu(&hot_refs, Duration::from_millis(500))
+                .values()
+                .all(|c| *c < 0.2)
+        },
+    );
+    eprintln!(
+        "fault removed {:?} after the controller was killed (lease 10 s)",
+        killed.elapsed()
+    );
+}
