@@ -1,0 +1,54 @@
+//! `faultline demo`, as the README runs it: the default topology as local processes and the
+//! showcase game day, with nothing left behind.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn the_demo_runs_the_showcase_game_day_and_cleans_up() {
+    for (package, bin) in [
+        ("faultline-agent", "faultline-agent"),
+        ("faultline-demo", "demo-web"),
+        ("faultline-demo", "demo-lb"),
+        ("faultline-demo", "demo-init"),
+    ] {
+        workspace_bin(package, bin);
+    }
+    let s = Scratch::new("demo");
+    let junit = s.path("junit.xml");
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args(["demo", "--format", "json", "--seed", "3", "--junit"])
+        .arg(&junit)
+        .current_dir(&s.0);
+    let mut demo = Proc::spawn("demo", cmd);
+    demo.expect("demo world ready", Duration::from_secs(90));
+    let (status, out, lines) = demo.finish(Duration::from_secs(240));
+    let r = report(&out);
+    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    assert_eq!(r["state"], "completed");
+    assert_eq!(
+        r["actions"]["ZoneOutage"]["hosts"],
+        serde_json::json!(["web-a1", "web-a2"])
+    );
+    assert_eq!(r["steadyState"]["recovered"], true);
+    assert!(junit.exists());
+    // Every process of the demo world is gone, and so is its work directory.
+    let here = std::fs::canonicalize(&s.0).unwrap();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == here))
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "processes of the demo are still running: {left:?}");
+    let dirs: Vec<_> = std::fs::read_dir(s.path(".faultline"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("demo-"))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}
