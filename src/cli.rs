@@ -101,35 +101,7 @@ pub enum Command {
     ///
     /// Exit status: 0 completed, 1 stopped by a stop condition, 2 invalid template or usage,
     /// 3 failed (no agents, empty target, an action failed), 130 interrupted.
-    Run {
-        #[command(flatten)]
-        controller: ControllerArgs,
-        /// Alarms file that stop conditions may name.
-        #[arg(long, value_name = "FILE")]
-        alarms: Option<PathBuf>,
-        /// Seed for random selection (COUNT, PERCENT); the report prints the one used.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Journal file (JSON Lines) [default: logConfiguration.journal.path, else
-        /// .faultline/journals/EXPERIMENT-ID.jsonl].
-        #[arg(long, value_name = "PATH")]
-        journal: Option<PathBuf>,
-        /// Report format on stdout.
-        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
-        format: ReportFormat,
-        /// Also write the result as JUnit XML (one test case per action and per alarm).
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Resolve targets against the connected agents and print the plan; inject nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// How long an agent has to acknowledge a command (ISO 8601).
-        #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
-        ack_timeout: Duration,
-        /// Template file.
-        #[arg(value_name = "TEMPLATE")]
-        template: PathBuf,
-    },
+    Run(RunArgs),
     /// Run a game day against the default topology as local processes: no Docker, no root.
     ///
     /// Starts six hosts in three AZs (each: demo-web behind its agent's proxy, on its own
@@ -207,4 +179,36 @@ pub enum TopologyAction {
         #[command(flatten)]
         topology: TopologyArgs,
     },
+}
+
+/// The flags of `faultline run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// Alarms file that stop conditions may name.
+    #[arg(long, value_name = "FILE")]
+    pub alarms: Option<PathBuf>,
+    /// Seed for random selection (COUNT, PERCENT); the report prints the one used.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Journal file (JSON Lines) [default: logConfiguration.journal.path, else
+    /// .faultline/journals/EXPERIMENT-ID.jsonl].
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Also write the result as JUnit XML (one test case per action and per alarm).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Resolve targets against the connected agents and print the plan; inject nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long an agent has to acknowledge a command (ISO 8601).
+    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
+    pub ack_timeout: Duration,
+    /// Template file.
+    #[arg(value_name = "TEMPLATE")]
+    pub template: PathBuf,
 }

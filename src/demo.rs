@@ -151,20 +151,12 @@ impl World {
             .await
             .map_err(|e| DemoError(e.message))?;
         let health = format!("{}lb/healthz", self.lb_url);
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticks = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            ticks.tick().await;
-            if matches!(client.get(&health).timeout(Duration::from_secs(1)).send().await, Ok(r) if r.status().is_success())
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(DemoError(format!(
-                    "the load balancer ({health}) did not see every host healthy in time"
-                )));
-            }
+        if crate::topology::wait_lb_healthy(&health, timeout).await {
+            Ok(())
+        } else {
+            Err(DemoError(format!(
+                "the load balancer ({health}) did not see every host healthy in time"
+            )))
         }
     }
 }

@@ -230,20 +230,29 @@ impl Topology {
             .map_err(|e| e.message)?;
         controller.shutdown();
         let url = format!("http://127.0.0.1:{}/lb/healthz", self.lb_port);
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticks = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            ticks.tick().await;
-            let ok = matches!(client.get(&url).timeout(Duration::from_secs(1)).send().await, Ok(r) if r.status().is_success());
-            if ok {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "the load balancer at {url} did not find every backend healthy in time"
-                ));
-            }
+        if wait_lb_healthy(&url, timeout).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "the load balancer at {url} did not find every backend healthy in time"
+            ))
+        }
+    }
+}
+
+/// Polls a load balancer's `/lb/healthz` until it answers 200 (every backend healthy), up
+/// to `timeout`; whether it did.
+pub async fn wait_lb_healthy(url: &str, timeout: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut ticks = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        ticks.tick().await;
+        if matches!(client.get(url).timeout(Duration::from_secs(1)).send().await, Ok(r) if r.status().is_success()) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
         }
     }
 }

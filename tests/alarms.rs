@@ -68,7 +68,7 @@ fn breaking_the_watched_service_stops_the_run_and_removes_every_fault() {
     let (mut ctl, port_ctl) = controller(&s, &template, 1, &["--junit", junit_path.to_str().unwrap()]);
     let a = agent(&s, port_ctl, "web-a1", "az-a", &[]);
     ctl.expect("action Burn running", T);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     let (svc_status, _, _) = svc.finish(T);
     assert_eq!(
         svc_status.signal(),
@@ -76,7 +76,7 @@ fn breaking_the_watched_service_stops_the_run_and_removes_every_fault() {
         "the experiment killed the service"
     );
 
-    let r = report(&out);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(1), "{r}");
     assert_eq!(r["state"], "stopped");
     assert_eq!(r["stop"]["alarm"], "ServiceDown");
@@ -128,8 +128,8 @@ fn a_healthy_run_completes_and_recovers() {
     let junit_path = s.path("junit.xml");
     let (ctl, port_ctl) = controller(&s, &template, 1, &["--junit", junit_path.to_str().unwrap()]);
     let _a = agent(&s, port_ctl, "web-a1", "az-a", &[]);
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}");
     assert_eq!(r["steadyState"]["baseline"], "ok");
     assert_eq!(r["steadyState"]["recovered"], true);
@@ -164,8 +164,8 @@ fn an_alarm_already_firing_blocks_the_start() {
     );
     let (ctl, port_ctl) = controller(&s, &template, 1, &[]);
     let _a = agent(&s, port_ctl, "web-a1", "az-a", &[]);
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(1), "{r}");
     assert_eq!(r["state"], "stopped");
     assert_eq!(r["actions"]["Burn"]["state"], "cancelled");
@@ -230,8 +230,8 @@ fn a_prometheus_alarm_stops_the_run() {
     let (mut ctl, _) = controller(&s, &template, 0, &[]);
     ctl.expect("action W running", T);
     value.store(5f64.to_bits(), Ordering::SeqCst);
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(1), "{r}");
     assert_eq!(r["stop"]["alarm"], "Errors");
     assert_eq!(r["alarms"][0]["lastValue"], 5.0);

@@ -168,6 +168,7 @@ impl Topology {
     }
 
     fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+        agent_bin();
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
@@ -188,16 +189,7 @@ impl Topology {
         .args(["--wait-agents", &self.hosts.len().to_string()])
         .arg(template);
         let mut p = Proc::spawn("controller", cmd);
-        let line = p.expect("controller listening on ws://", T);
-        let port = line
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let port = p.controller_port();
         (p, port)
     }
 
@@ -284,8 +276,8 @@ fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
     );
     assert!(!topo.tables("b1").contains("fl_"));
 
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}");
     assert_eq!(r["actions"]["A"]["hosts"], json!(["a1", "a2"]));
     assert!(
@@ -313,8 +305,8 @@ fn blackout_without_the_control_plane_ends_on_the_agents_own_clock() {
     let _agents: Vec<Proc> = HOSTS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
     ctl.expect("action A running", T);
     assert!(!topo.reaches("hub", a1), "the control plane is cut too");
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}");
     assert!(topo.reaches("hub", a1) && topo.reaches("b1", a1));
     let removals: Vec<_> = journal(&s).into_iter().filter(|e| e["event"] == "removal").collect();

@@ -90,8 +90,8 @@ fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
         "the restarted agent holds {} MiB",
         rss(again.pid()) >> 20
     );
-    let (status, out, _) = ctl.finish(T);
-    let r = report(&out);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}");
     let notes = r["actions"]["A"]["notes"].to_string();
     assert!(notes.contains("ended early (agent: restarted)"), "{r}");
@@ -105,9 +105,9 @@ fn ctrl_c_stops_the_experiment_and_removes_every_fault() {
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
     ctl.signal(libc::SIGINT);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(130));
-    let r = report(&out);
+    let r = report(&out, &lines);
     assert_eq!(r["state"], "stopped");
     assert_eq!(r["actions"]["A"]["state"], "stopped");
     assert!(r["rollback"].as_f64().unwrap() < 1000.0, "{r}");

@@ -30,12 +30,12 @@ fn kill_signals_every_process_with_the_name() {
     );
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let _agent = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     for v in &mut victims {
         assert_eq!(v.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
     assert_eq!(status.code(), Some(0));
-    let r = report(&out);
+    let r = report(&out, &lines);
     assert_eq!(r["state"], "completed");
     let acks: Vec<_> = journal(&s).into_iter().filter(|e| e["event"] == "ack").collect();
     assert_eq!(acks[0]["outcome"]["pids"].as_array().unwrap().len(), 2, "{acks:?}");
@@ -54,9 +54,9 @@ fn kill_of_a_missing_process_fails_the_experiment() {
     );
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let _agent = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(3));
-    let r = report(&out);
+    let r = report(&out, &lines);
     assert_eq!(r["state"], "failed");
     assert!(
         r["actions"]["A"]["error"]
@@ -164,9 +164,9 @@ fn memory_stress_refuses_to_eat_the_safety_margin() {
     );
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let _a = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(3));
-    let r = report(&out);
+    let r = report(&out, &lines);
     assert!(
         r["actions"]["A"]["error"].as_str().unwrap().contains("safety margin"),
         "{r}"
@@ -233,16 +233,7 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
         "az-a",
         &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
     );
-    let line = a.expect("proxy ready", T);
-    let proxy: u16 = line
-        .split("listen=127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let proxy = a.listen_port("proxy ready");
     let before = round_trip(proxy);
     ctl.expect("action A running", T);
     let during = round_trip(proxy);
@@ -279,16 +270,7 @@ fn latency_loss_refuses_new_connections() {
         "az-a",
         &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
     );
-    let line = a.expect("proxy ready", T);
-    let proxy: u16 = line
-        .split("listen=127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let proxy = a.listen_port("proxy ready");
     ctl.expect("action A running", T);
     let mut c = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -368,11 +368,11 @@ fn every_example_against_the_topology() {
     });
 
     // The steady-state baseline, the CI gate and the FIS-shaped template.
-    let (status, out, _) = env
+    let (status, out, lines) = env
         .run("wait", &shorten(example("steady-state-wait.json"), "PT4S", port))
         .finish(T);
     assert_eq!(status.code(), Some(0), "{out}");
-    assert_eq!(report(&out)["steadyState"]["recovered"], true);
+    assert_eq!(report(&out, &lines)["steadyState"]["recovered"], true);
     let (status, out, _) = env
         .run("ci-gate", &shorten(example("ci-gate.json"), "PT5S", port))
         .finish(T);
@@ -395,8 +395,8 @@ fn every_example_against_the_topology() {
     strict["alarms"]["UserFacingErrors"]["datapointsToAlarm"] = json!(1);
     strict["alarms"]["UserFacingErrors"]["metric"]["http"]["probesPerPeriod"] = json!(20);
     strict["alarms"]["UserFacingErrors"]["metric"]["http"]["timeout"] = json!("PT0.5S");
-    let (status, out, _) = env.run("gameday", &strict).finish(T);
-    let r = report(&out);
+    let (status, out, lines) = env.run("gameday", &strict).finish(T);
+    let r = report(&out, &lines);
     assert_eq!(status.code(), Some(1), "{r}");
     assert_eq!(r["stop"]["alarm"], "UserFacingErrors");
     assert_eq!(r["actions"]["ZoneOutage"]["state"], "stopped");

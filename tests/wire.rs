@@ -20,6 +20,7 @@ const T: Duration = Duration::from_secs(20);
 
 /// `faultline agents` on a free port; returns it and the port.
 fn agents_command(s: &Scratch, extra: &[&str]) -> (Proc, u16) {
+    agent_bin();
     let mut cmd = Command::new(FAULTLINE);
     cmd.args([
         "agents",
@@ -34,16 +35,7 @@ fn agents_command(s: &Scratch, extra: &[&str]) -> (Proc, u16) {
     .arg(s.path("token"))
     .args(extra);
     let mut p = Proc::spawn("agents", cmd);
-    let line = p.expect("controller listening on ws://", T);
-    let port = line
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = p.controller_port();
     (p, port)
 }
 
@@ -172,9 +164,9 @@ async fn the_controller_answers_garbage_with_errors_and_stays_up() {
         assert!(matches!(reply, ControllerMessage::Error { .. }), "{reply:?}");
     }
     ctl.signal(libc::SIGINT);
-    let (status, out, _) = ctl.finish(T);
+    let (status, out, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(130));
-    assert_eq!(report(&out)["state"], "stopped");
+    assert_eq!(report(&out, &lines)["state"], "stopped");
 }
 
 async fn next_frame<M: for<'de> serde::Deserialize<'de>>(

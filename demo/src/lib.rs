@@ -63,6 +63,20 @@ where
     }
 }
 
+/// Binds `addr`, logging why not when it cannot; the listener and the address it got.
+pub async fn bind(addr: std::net::SocketAddr) -> Option<(TcpListener, std::net::SocketAddr)> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => {
+            let bound = l.local_addr().unwrap_or(addr);
+            Some((l, bound))
+        }
+        Err(e) => {
+            tracing::error!(listen = %addr, error = %e, "cannot listen");
+            None
+        }
+    }
+}
+
 /// Cancels the returned token on SIGTERM or SIGINT.
 pub fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();

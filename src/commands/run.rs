@@ -1,26 +1,11 @@
 //! `faultline run`: an experiment against live agents.
 
-use crate::cli::{ControllerArgs, ReportFormat};
+use crate::cli::{ReportFormat, RunArgs as Args};
 use faultline::controller::{named_hosts, AgentWait, RunOptions};
 use faultline::engine::StopRequest;
 use faultline::report::junit;
 use faultline::{exit, plan, template, token};
-use std::path::PathBuf;
-use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// The flags of `faultline run`.
-pub struct Args {
-    pub controller: ControllerArgs,
-    pub alarms: Option<PathBuf>,
-    pub seed: Option<u64>,
-    pub journal: Option<PathBuf>,
-    pub format: ReportFormat,
-    pub junit: Option<PathBuf>,
-    pub dry_run: bool,
-    pub ack_timeout: Duration,
-    pub template: PathBuf,
-}
 
 /// Runs the experiment; the exit status follows the experiment's final state.
 pub fn run(args: Args) -> anyhow::Result<u8> {

@@ -13,33 +13,29 @@ use std::time::{Duration, Instant};
 
 pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
 
-/// A binary of another workspace package, built (once per test process) with the same
-/// profile as this test: cargo builds only this package's binaries for its tests.
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.get(bin) {
-        return p.clone();
-    }
-    let path = Path::new(FAULTLINE).with_file_name(bin);
-    let release = FAULTLINE.contains("/release/");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-    assert!(status.success(), "cannot build {bin}");
-    built.insert(bin.into(), path.clone());
-    path
+/// A binary of another workspace package. Cargo builds only this package's binaries for its
+/// tests, and building one package alone would resolve its features differently (and
+/// rebuild it), so the whole workspace's test build is asked for, once per test process: a
+/// no-op after `cargo test --workspace`.
+pub fn workspace_bin(bin: &str) -> PathBuf {
+    use std::sync::Once;
+    static BUILT: Once = Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["test", "--workspace", "--no-run", "--quiet"]);
+        if FAULTLINE.contains("/release/") {
+            cmd.arg("--release");
+        }
+        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+        assert!(status.success(), "cannot build the workspace's binaries");
+    });
+    Path::new(FAULTLINE).with_file_name(bin)
 }
 
 /// The agent binary.
 pub fn agent_bin() -> PathBuf {
-    workspace_bin("faultline-agent", "faultline-agent")
+    workspace_bin("faultline-agent")
 }
 
 /// A scratch directory, removed when dropped.
@@ -147,6 +143,29 @@ impl Proc {
         self.wait_line(text, timeout, |l| l.contains(text))
     }
 
+    /// Waits for the controller's "listening" line; the port agents dial.
+    pub fn controller_port(&mut self) -> u16 {
+        let line = self.expect("controller listening on ws://", Duration::from_secs(30));
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|s| s.split('/').next())
+            .and_then(|p| p.parse().ok());
+        port.unwrap_or_else(|| panic!("no port in {line}"))
+    }
+
+    /// Waits for a line with `what` and returns the port of its `listen=HOST:PORT` field.
+    pub fn listen_port(&mut self, what: &str) -> u16 {
+        let line = self.expect(what, Duration::from_secs(30));
+        let port = line
+            .split("listen=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        port.unwrap_or_else(|| panic!("no listen=HOST:PORT in {line}"))
+    }
+
     /// Sends a signal.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
@@ -195,6 +214,8 @@ impl Drop for Proc {
 
 /// Starts `faultline run` on a free loopback port; returns it and the port agents dial.
 pub fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra: &[&str]) -> (Proc, u16) {
+    // Build the agent before the controller's wait for agents starts counting.
+    agent_bin();
     let mut cmd = Command::new(FAULTLINE);
     cmd.args(["run", "--listen", "127.0.0.1:0", "--format", "json", "--seed", "1"])
         .arg("--token-file")
@@ -206,14 +227,7 @@ pub fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra:
         .arg(template)
         .current_dir(&scratch.0);
     let mut p = Proc::spawn("controller", cmd);
-    let line = p.expect("controller listening on ws://", Duration::from_secs(20));
-    let port = line
-        .rsplit("ws://")
-        .next()
-        .and_then(|s| s.split('/').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line}"));
+    let port = p.controller_port();
     (p, port)
 }
 
@@ -240,9 +254,14 @@ pub fn single_action(host: &str, action_id: &str, params: Value) -> Value {
     })
 }
 
-/// Parses the JSON report a controller printed.
-pub fn report(stdout: &str) -> Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("report is not JSON ({e}):\n{stdout}"))
+/// Parses the JSON report a controller printed; without one, shows what it said instead.
+pub fn report(stdout: &str, stderr: &[String]) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            stderr.join("\n")
+        )
+    })
 }
 
 /// CPU seconds a process has used (user + system), from /proc.
@@ -310,16 +329,10 @@ pub fn is_root() -> bool {
 /// A demo web service under a name of its own (argv[0]), on a free loopback port.
 pub fn web_service(name: &str) -> (Proc, u16) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(workspace_bin("faultline-demo", "demo-web"));
+    let mut cmd = Command::new(workspace_bin("demo-web"));
     cmd.arg0(name).args(["--listen", "127.0.0.1:0", "--name", name]);
     let mut p = Proc::spawn(name, cmd);
-    let line = p.expect("serving", Duration::from_secs(20));
-    let port = line
-        .split("listen=127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line}"));
+    let port = p.listen_port("serving");
     (p, port)
 }
 

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use clap::Parser;
 use faultline_agent::logging::{self, LogFormat};
-use faultline_demo::{iso_duration, on_signals, runtime, serve, text, Body};
+use faultline_demo::{bind, iso_duration, on_signals, runtime, serve, text, Body};
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -289,14 +289,9 @@ fn main() -> std::process::ExitCode {
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
         });
-        let listener = match tokio::net::TcpListener::bind(cli.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %cli.listen, error = %e, "cannot listen");
-                return std::process::ExitCode::FAILURE;
-            }
+        let Some((listener, bound)) = bind(cli.listen).await else {
+            return std::process::ExitCode::FAILURE;
         };
-        let bound = listener.local_addr().map_or(cli.listen, |a| a);
         tracing::info!(listen = %bound, backends = lb.backends.len(), "load balancing");
         let cancel = on_signals();
         tokio::spawn(health_checks(

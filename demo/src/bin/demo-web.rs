@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use faultline_agent::logging::{self, LogFormat};
-use faultline_demo::{on_signals, runtime, serve, text};
+use faultline_demo::{bind, on_signals, runtime, serve, text};
 use hyper::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,14 +26,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, 0, &["demo_web"]);
     runtime().block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cli.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %cli.listen, error = %e, "cannot listen");
-                return std::process::ExitCode::FAILURE;
-            }
+        let Some((listener, bound)) = bind(cli.listen).await else {
+            return std::process::ExitCode::FAILURE;
         };
-        let bound = listener.local_addr().map_or(cli.listen, |a| a);
         tracing::info!(listen = %bound, name = %cli.name, "serving");
         let greeting: Arc<str> = format!("hello from {}\n", cli.name).into();
         let handler = Arc::new(move |req: hyper::Request<hyper::body::Incoming>| {
