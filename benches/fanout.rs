@@ -16,14 +16,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-fn bin(package: &str, name: &str) -> PathBuf {
+/// Builds the agent and demo binaries (release), as the tests do, and returns their folder.
+fn bins() -> PathBuf {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--release", "-p", package, "--bin", name])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--bins",
+            "-p",
+            "faultline-agent",
+            "-p",
+            "faultline-demo",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
     assert!(status.success());
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release")
 }
 
 struct Kill(Vec<Child>);
@@ -55,8 +65,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let rounds = 5;
-    let agent_bin = bin("faultline-agent", "faultline-agent");
-    let web_bin = bin("faultline-demo", "demo-web");
+    let dir_bins = bins();
+    let (agent_bin, web_bin) = (dir_bins.join("faultline-agent"), dir_bins.join("demo-web"));
     let dir = std::env::temp_dir().join(format!("faultline-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let token = "bench-token";

@@ -13,22 +13,30 @@ use std::time::{Duration, Instant};
 
 pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
 
-/// A binary of another workspace package. Cargo builds only this package's binaries for its
-/// tests, and building one package alone would resolve its features differently (and
-/// rebuild it), so the whole workspace's test build is asked for, once per test process: a
-/// no-op after `cargo test --workspace`.
+/// A binary of the agent or demo package. `cargo test` builds only this package's
+/// binaries, so these are built here, once per test process, always by the same command (a
+/// different package selection would resolve features differently and rebuild them), and
+/// before anything whose timer is running is started.
 pub fn workspace_bin(bin: &str) -> PathBuf {
     use std::sync::Once;
     static BUILT: Once = Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["test", "--workspace", "--no-run", "--quiet"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "faultline-agent",
+            "-p",
+            "faultline-demo",
+        ]);
         if FAULTLINE.contains("/release/") {
             cmd.arg("--release");
         }
         let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-        assert!(status.success(), "cannot build the workspace's binaries");
+        assert!(status.success(), "cannot build the agent and demo binaries");
     });
     Path::new(FAULTLINE).with_file_name(bin)
 }
