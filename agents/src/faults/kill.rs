@@ -92,6 +92,11 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until its exec completes the child still carries this test's name; wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while find(&name).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         assert_eq!(find(&name), vec![child.id()]);
         assert_eq!(kill(&name, "SIGKILL"), Ok(vec![child.id()]));
         let status = child.wait().unwrap();
