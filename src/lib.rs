@@ -4,6 +4,8 @@
 //! then run by the [`engine`] against agents connected to the controller ([`server`]),
 //! journaled ([`journal`]), shown as they go ([`live`]) and reported ([`report`]).
 
+#![warn(missing_docs)]
+
 pub mod alarms;
 pub mod controller;
 pub mod demo;

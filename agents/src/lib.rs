@@ -3,6 +3,8 @@
 //!
 //! The agent binary (`src/main.rs`) adds the faults, the lease and the state directory.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod logging;
 pub mod protocol;
