@@ -28,9 +28,7 @@ fn kill_signals_every_process_with_the_name() {
         "t.json",
         &single_action("web-a1", "faultline:process:kill", json!({ "processName": name })),
     );
-    let (ctl, port) = controller(&s, &template, 1, &[]);
-    let _agent = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, lines) = ctl.finish(T);
+    let (status, out, lines) = run_with_one_agent(&s, &template, &[]);
     for v in &mut victims {
         assert_eq!(v.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
@@ -52,9 +50,7 @@ fn kill_of_a_missing_process_fails_the_experiment() {
             json!({ "processName": "no-such-process-here" }),
         ),
     );
-    let (ctl, port) = controller(&s, &template, 1, &[]);
-    let _agent = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, lines) = ctl.finish(T);
+    let (status, out, lines) = run_with_one_agent(&s, &template, &[]);
     assert_eq!(status.code(), Some(3));
     let r = report(&out, &lines);
     assert_eq!(r["state"], "failed");
@@ -162,9 +158,7 @@ fn memory_stress_refuses_to_eat_the_safety_margin() {
             json!({ "duration": "PT4S", "percent": "100" }),
         ),
     );
-    let (ctl, port) = controller(&s, &template, 1, &[]);
-    let _a = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, out, lines) = ctl.finish(T);
+    let (status, out, lines) = run_with_one_agent(&s, &template, &[]);
     assert_eq!(status.code(), Some(3));
     let r = report(&out, &lines);
     assert!(
@@ -294,9 +288,7 @@ fn an_agent_without_the_capability_fails_the_run_before_anything_starts() {
             json!({ "duration": "PT3S", "delayMilliseconds": "10" }),
         ),
     );
-    let (ctl, port) = controller(&s, &template, 1, &[]);
-    let _a = agent(&s, port, "web-a1", "az-a", &[]);
-    let (status, _, stderr) = ctl.finish(T);
+    let (status, _, stderr) = run_with_one_agent(&s, &template, &[]);
     assert_eq!(status.code(), Some(3));
     assert!(
         stderr.iter().any(|l| l.contains("web-a1 cannot inject `latency`")),
@@ -315,9 +307,7 @@ fn the_allow_list_is_enforced_on_the_agent() {
         "t.json",
         &single_action("web-a1", "faultline:host:cpu-stress", json!({ "duration": "PT3S" })),
     );
-    let (ctl, port) = controller(&s, &template, 1, &[]);
-    let _a = agent(&s, port, "web-a1", "az-a", &["--allow", "kill,memory"]);
-    let (status, _, stderr) = ctl.finish(T);
+    let (status, _, stderr) = run_with_one_agent(&s, &template, &["--allow", "kill,memory"]);
     assert_eq!(status.code(), Some(3));
     assert!(stderr.iter().any(|l| l.contains("cannot inject `cpu`")), "{stderr:?}");
 }

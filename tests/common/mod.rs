@@ -252,6 +252,17 @@ pub fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str])
     Proc::spawn(host, cmd)
 }
 
+/// Runs `template` with one agent, web-a1 in az-a, to its end: exit status, stdout, stderr.
+pub fn run_with_one_agent(
+    scratch: &Scratch,
+    template: &Path,
+    agent_args: &[&str],
+) -> (ExitStatus, String, Vec<String>) {
+    let (ctl, port) = controller(scratch, template, 1, &[]);
+    let _agent = agent(scratch, port, "web-a1", "az-a", agent_args);
+    ctl.finish(Duration::from_secs(30))
+}
+
 /// A one-action template against one host by id.
 pub fn single_action(host: &str, action_id: &str, params: Value) -> Value {
     serde_json::json!({
