@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// The faultline agent: dials the controller, registers this host, injects the faults it is
 /// sent and removes every one of them, whatever happens.
 #[derive(Debug, Parser)]
-#[command(name = "faultline-agent", version, about)]
+#[command(name = "faultline-agent", version)]
 struct Cli {
     /// Controller to dial, e.g. ws://10.42.0.1:7700.
     #[arg(long, env = "FAULTLINE_CONTROLLER")]

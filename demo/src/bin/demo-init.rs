@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// Runs programs and keeps them running.
 #[derive(Debug, Parser)]
-#[command(name = "demo-init", version, about)]
+#[command(name = "demo-init", version)]
 struct Cli {
     /// A program and its arguments, separated by spaces (no shell, no quoting); repeat.
     #[arg(long = "run", env = "DEMO_INIT_RUN", value_delimiter = ';', required = true)]

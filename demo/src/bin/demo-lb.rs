@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Round-robin load balancer with active health checks and /metrics.
 #[derive(Debug, Parser)]
-#[command(name = "demo-lb", version, about)]
+#[command(name = "demo-lb", version)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, env = "DEMO_LB_LISTEN", default_value = "0.0.0.0:8080")]

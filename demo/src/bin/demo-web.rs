@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// A tiny HTTP service: `/` answers with the host's name, `/healthz` with ok.
 #[derive(Debug, Parser)]
-#[command(name = "demo-web", version, about)]
+#[command(name = "demo-web", version)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, env = "DEMO_WEB_LISTEN", default_value = "127.0.0.1:8081")]
