@@ -237,7 +237,7 @@ impl Controller {
             journal: journal.clone(),
             settings: opts.settings,
         };
-        run.preflight().map_err(failed)?;
+        run.preflight().map_err(|e| failed(e.to_string()))?;
         if alarms.is_empty() {
             let (stop_tx, stop_rx) = mpsc::channel(4);
             let engine = run.run(stop_rx);

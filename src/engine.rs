@@ -165,9 +165,35 @@ struct Finished {
     unconfirmed: usize,
 }
 
+/// Why a host of an action cannot take its fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// The target selected a host whose agent has gone.
+    #[error("{0} is not connected")]
+    NotConnected(String),
+    /// The host's agent does not offer the fault's capability.
+    #[error(
+        "{host} cannot inject `{capability}` (its agent offers: {offers}); start it with that capability or target \
+         other hosts"
+    )]
+    Incapable {
+        /// The host id.
+        host: String,
+        /// What the fault needs.
+        capability: &'static str,
+        /// What the agent offers, comma-separated.
+        offers: String,
+    },
+}
+
+/// Every action whose hosts cannot take its fault, found before anything starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|(action, e)| format!("action {action}: {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct PreflightError(pub Vec<(String, PlacementError)>);
+
 impl Run {
     /// The faults of an action, host by host; an error when a host cannot take it.
-    fn placements(&self, action: &Action) -> Result<(Vec<String>, Vec<Placement>), String> {
+    fn placements(&self, action: &Action) -> Result<(Vec<String>, Vec<Placement>), PlacementError> {
         let Some(target) = &action.target else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -212,31 +238,31 @@ impl Run {
             let capability = p.fault.capability();
             let host = by_id
                 .get(p.host.as_str())
-                .ok_or_else(|| format!("{} is not connected", p.host))?;
+                .ok_or_else(|| PlacementError::NotConnected(p.host.clone()))?;
             if !host.agent.capabilities.iter().any(|c| c == capability) {
-                return Err(format!(
-                    "{} cannot inject `{capability}` (its agent offers: {}); start it with that capability or target other hosts",
-                    p.host,
-                    host.agent.capabilities.join(", ")
-                ));
+                return Err(PlacementError::Incapable {
+                    host: p.host.clone(),
+                    capability,
+                    offers: host.agent.capabilities.join(", "),
+                });
             }
         }
         Ok((resources, placements))
     }
 
     /// Checks that every host of every action can take its fault, before anything starts.
-    pub fn preflight(&self) -> Result<(), String> {
-        let errors: Vec<String> = self
+    pub fn preflight(&self) -> Result<(), PreflightError> {
+        let errors: Vec<(String, PlacementError)> = self
             .experiment
             .actions
             .iter()
             .filter(|(_, a)| !a.target.as_ref().is_some_and(|t| self.resolution.empty.contains(t)))
-            .filter_map(|(name, a)| self.placements(a).err().map(|e| format!("action {name}: {e}")))
+            .filter_map(|(name, a)| self.placements(a).err().map(|e| (name.clone(), e)))
             .collect();
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("\n"))
+            Err(PreflightError(errors))
         }
     }
 
@@ -447,6 +473,7 @@ async fn run_action(run: Arc<Run>, name: String, cancel: CancellationToken) -> F
     let placements = match run.placements(action) {
         Ok((_, p)) => p,
         Err(e) => {
+            let e = e.to_string();
             state(State::Failed, Some(e.clone()), None);
             finished.state = State::Failed;
             finished.error = Some(e);
@@ -576,15 +603,66 @@ async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], 
             }
             Err(e) => {
                 finished.unconfirmed += 1;
-                finished.notes.push(e);
+                finished.notes.push(e.to_string());
             }
         }
     }
 }
 
+/// Why the removal of a fault was not confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemovalError {
+    /// The agent tried and failed; the fault stays recorded there for its lease or restart.
+    #[error("{host}: could not remove {fault_id}: {message}")]
+    Failed {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// The agent's reason.
+        message: String,
+    },
+    /// The agent refused the command.
+    #[error("{host}: refused the removal of {fault_id}: {message}")]
+    Refused {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// The agent's reason.
+        message: String,
+    },
+    /// The agent answered with something other than a removal.
+    #[error("{host}: unexpected answer to a removal: {answer}")]
+    Unexpected {
+        /// The host.
+        host: String,
+        /// The answer, debug-printed.
+        answer: String,
+    },
+    /// No confirmation within the grace period; the agent's lease is the backstop.
+    #[error(
+        "{host} did not confirm the removal of {fault_id} within {}; its lease removes the fault",
+        faultline_agent::duration::human(*.grace)
+    )]
+    Unconfirmed {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// How long the controller waited.
+        grace: Duration,
+    },
+}
+
 /// Removes one fault, waiting out a disconnected agent for the grace period; returns when
 /// the removal was confirmed and a note when the agent had ended it early.
-async fn remove_one(run: &Run, action: &str, host: &str, fault_id: &str) -> Result<(Instant, Option<String>), String> {
+async fn remove_one(
+    run: &Run,
+    action: &str,
+    host: &str,
+    fault_id: &str,
+) -> Result<(Instant, Option<String>), RemovalError> {
     let started = Instant::now();
     let deadline = started + run.settings.removal_grace;
     let mut changes = run.fleet.changes();
@@ -629,22 +707,36 @@ async fn remove_one(run: &Run, action: &str, host: &str, fault_id: &str) -> Resu
                 }
                 Ok(Outcome::Failed { message }) => {
                     record("controller".into(), false, Some(message.clone()));
-                    return Err(format!("{host}: could not remove {fault_id}: {message}"));
+                    return Err(RemovalError::Failed {
+                        host: host.into(),
+                        fault_id: fault_id.into(),
+                        message,
+                    });
                 }
-                Ok(other) => return Err(format!("{host}: unexpected answer to a removal: {other:?}")),
+                Ok(other) => {
+                    return Err(RemovalError::Unexpected {
+                        host: host.into(),
+                        answer: format!("{other:?}"),
+                    })
+                }
                 Err(DispatchError::Refused { message, .. }) => {
                     record("controller".into(), false, Some(message.clone()));
-                    return Err(format!("{host}: refused the removal of {fault_id}: {message}"));
+                    return Err(RemovalError::Refused {
+                        host: host.into(),
+                        fault_id: fault_id.into(),
+                        message,
+                    });
                 }
                 Err(_) => {}
             }
         }
         if Instant::now() >= deadline {
-            let error = format!(
-                "{host} did not confirm the removal of {fault_id} within {}; its lease removes the fault",
-                faultline_agent::duration::human(run.settings.removal_grace)
-            );
-            record("controller".into(), false, Some(error.clone()));
+            let error = RemovalError::Unconfirmed {
+                host: host.into(),
+                fault_id: fault_id.into(),
+                grace: run.settings.removal_grace,
+            };
+            record("controller".into(), false, Some(error.to_string()));
             return Err(error);
         }
         tokio::select! {

@@ -49,7 +49,7 @@ pub enum FleetEvent {
         /// The peer.
         peer: SocketAddr,
         /// Why.
-        reason: String,
+        reason: ConnectionRefused,
     },
 }
 
@@ -78,6 +78,35 @@ pub enum DispatchError {
         /// Its reason.
         message: String,
     },
+}
+
+/// Why an agent connection was turned away before or while it registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    /// The websocket handshake did not complete in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The upgrade request did not carry this controller's token.
+    #[error("bad or missing token")]
+    BadToken,
+    /// The upgrade request asked for another path.
+    #[error("wrong path; agents connect to {AGENT_PATH}")]
+    WrongPath,
+    /// Any other handshake failure.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// The first frame was something other than a registration.
+    #[error("the first frame was not a registration")]
+    NotRegistration,
+    /// The peer closed before it registered.
+    #[error("closed before registering")]
+    ClosedEarly,
+    /// The peer did not register in time.
+    #[error("did not register in time")]
+    RegisterTimeout,
+    /// The welcome could not be sent.
+    #[error("cannot welcome the agent: {0}")]
+    Welcome(String),
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, String>>>>>;
@@ -231,7 +260,12 @@ impl Fleet {
     }
 
     /// One agent connection: handshake, registration, then frames until it ends.
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) -> Result<(), String> {
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+    ) -> Result<(), ConnectionRefused> {
         let check = UpgradeCheck {
             token: self.inner.token.clone(),
         };
@@ -243,15 +277,15 @@ impl Fleet {
             tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
         )
         .await
-        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|_| ConnectionRefused::HandshakeTimeout)?
         .map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::UNAUTHORIZED => {
-                "bad or missing token".to_string()
+                ConnectionRefused::BadToken
             }
             tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
-                format!("wrong path; agents connect to {AGENT_PATH}")
+                ConnectionRefused::WrongPath
             }
-            other => format!("handshake: {other}"),
+            other => ConnectionRefused::Handshake(other.to_string()),
         })?;
         let (mut sink, mut stream) = ws.split();
 
@@ -263,14 +297,14 @@ impl Fleet {
                             msg: AgentMessage::Register { host, lease_ms },
                             ..
                         }) => return Ok((host, Duration::from_millis(lease_ms.max(1000)))),
-                        _ => return Err("the first frame was not a registration".to_string()),
+                        _ => return Err(ConnectionRefused::NotRegistration),
                     }
                 }
             }
-            Err("closed before registering".to_string())
+            Err(ConnectionRefused::ClosedEarly)
         })
         .await
-        .map_err(|_| "did not register in time".to_string())??;
+        .map_err(|_| ConnectionRefused::RegisterTimeout)??;
 
         let welcome = Frame::new(
             self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -280,7 +314,7 @@ impl Fleet {
         );
         sink.send(Message::text(welcome.encode()))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConnectionRefused::Welcome(e.to_string()))?;
 
         let host = description.host_id.clone();
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);

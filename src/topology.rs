@@ -40,6 +40,15 @@ pub enum TopologyError {
     /// The checkout is not where it should be.
     #[error("{0} is not a faultline checkout (no agents/compose.yaml); pass --source")]
     NoSource(PathBuf),
+    /// The temporary controller that waits for the agents could not listen.
+    #[error("{0} (is a controller already running?)")]
+    NoController(String),
+    /// Not every agent connected in time.
+    #[error("{0}")]
+    AgentsMissing(String),
+    /// The load balancer did not report every backend healthy in time.
+    #[error("the load balancer at {0} did not find every backend healthy in time")]
+    LbUnhealthy(String),
 }
 
 /// Where the topology's files are.
@@ -220,22 +229,25 @@ impl Topology {
 
     /// Waits until every host's agent has connected to a temporary controller and the load
     /// balancer finds every backend healthy.
-    pub async fn wait_ready(&self, hosts: &BTreeSet<String>, token: String, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_ready(
+        &self,
+        hosts: &BTreeSet<String>,
+        token: String,
+        timeout: Duration,
+    ) -> Result<(), TopologyError> {
         let controller = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token)
             .await
-            .map_err(|e| format!("{e} (is a controller already running?)"))?;
+            .map_err(|e| TopologyError::NoController(e.message))?;
         controller
             .wait_for_agents(&AgentWait::Count(hosts.len()), timeout)
             .await
-            .map_err(|e| e.message)?;
+            .map_err(|e| TopologyError::AgentsMissing(e.message))?;
         controller.shutdown();
         let url = format!("http://127.0.0.1:{}/lb/healthz", self.lb_port);
         if wait_lb_healthy(&url, timeout).await {
             Ok(())
         } else {
-            Err(format!(
-                "the load balancer at {url} did not find every backend healthy in time"
-            ))
+            Err(TopologyError::LbUnhealthy(url))
         }
     }
 }

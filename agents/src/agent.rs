@@ -318,12 +318,12 @@ impl Agent {
                         });
                         None
                     }
-                    Err((code, message)) => {
-                        tracing::warn!(fault = %fault_id, %message, "refused a fault");
+                    Err(refusal) => {
+                        tracing::warn!(fault = %fault_id, %refusal, "refused a fault");
                         Some(AgentMessage::Error {
                             re: Some(id),
-                            code,
-                            message,
+                            code: ErrorCode::NotAllowed,
+                            message: refusal.to_string(),
                         })
                     }
                 }
@@ -338,7 +338,7 @@ impl Agent {
                             count: u32::from(removed),
                         }
                     }
-                    Err(message) => Outcome::Failed { message },
+                    Err(e) => Outcome::Failed { message: e.to_string() },
                 };
                 self.after_removal();
                 ack(outcome)

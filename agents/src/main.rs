@@ -122,7 +122,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let state = state::StateDir::open(&cli.state_dir).map_err(|e| e.to_string())?;
     let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
-    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty(), cli.blackout_backend)?;
+    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty(), cli.blackout_backend)
+        .map_err(|e| e.to_string())?;
     for note in notes {
         tracing::info!("capability left out: {note}");
     }

@@ -48,7 +48,7 @@ impl Probe {
                         value: Some(v),
                         note: None,
                     },
-                    Err(e) => missing(e),
+                    Err(e) => missing(e.to_string()),
                 }
             }
             MetricSource::Command { run, timeout } => {
@@ -58,7 +58,7 @@ impl Probe {
                         value: Some(v),
                         note: None,
                     },
-                    Err(e) => missing(e),
+                    Err(e) => missing(e.to_string()),
                 }
             }
         }
@@ -130,8 +130,12 @@ impl Probe {
         Sample { value, note }
     }
 
-    async fn prometheus(&self, url: &str, query: &str, timeout: Duration) -> Result<f64, String> {
+    async fn prometheus(&self, url: &str, query: &str, timeout: Duration) -> Result<f64, SourceError> {
         let endpoint = format!("{}/api/v1/query", url.trim_end_matches('/'));
+        let unreachable = |e: reqwest::Error| SourceError::Unreachable {
+            endpoint: endpoint.clone(),
+            cause: root_cause(&e),
+        };
         let response = self
             .client
             .get(&endpoint)
@@ -139,14 +143,14 @@ impl Probe {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| format!("{endpoint}: {}", root_cause(&e)))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("{endpoint}: {}", root_cause(&e)))?;
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{endpoint}: HTTP {status}, not a Prometheus answer: {e}"))?;
+            .map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SourceError::NotPrometheus {
+            endpoint: endpoint.clone(),
+            status,
+            cause: e.to_string(),
+        })?;
         prometheus_value(&body)
     }
 }
@@ -160,14 +164,92 @@ pub struct Sample {
     pub note: Option<String>,
 }
 
+/// Why a source gave no datapoint for a period; the message is the datapoint's note.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The Prometheus endpoint did not answer.
+    #[error("{endpoint}: {cause}")]
+    Unreachable {
+        /// The query URL.
+        endpoint: String,
+        /// The innermost error, e.g. "Connection refused".
+        cause: String,
+    },
+    /// The endpoint answered with something other than Prometheus API JSON.
+    #[error("{endpoint}: HTTP {status}, not a Prometheus answer: {cause}")]
+    NotPrometheus {
+        /// The query URL.
+        endpoint: String,
+        /// The HTTP status of the answer.
+        status: u16,
+        /// Why the body is not an API answer.
+        cause: String,
+    },
+    /// Prometheus rejected the query.
+    #[error("the query failed: {error_type} {error}")]
+    QueryFailed {
+        /// Prometheus' `errorType`, e.g. `bad_data`.
+        error_type: String,
+        /// Prometheus' `error`.
+        error: String,
+    },
+    /// The query matched no series.
+    #[error("the query returned no series")]
+    NoSeries,
+    /// The query matched several series where one datapoint is needed.
+    #[error("the query returned {0} series; aggregate it to one, e.g. sum(...)")]
+    ManySeries(usize),
+    /// The query returned a matrix or string.
+    #[error("the query returned a {0} result; an instant vector or scalar is needed")]
+    WrongResultType(String),
+    /// The sample is not `[time, "value"]`.
+    #[error("the sample has no value")]
+    NoValue,
+    /// The sample is NaN, which no threshold can compare.
+    #[error("the query returned NaN")]
+    NaN,
+    /// The sample is not a number.
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    /// A command source with an empty `run`.
+    #[error("no program to run")]
+    NoProgram,
+    /// The command outlived its timeout and was killed.
+    #[error("{program} did not finish within {within}")]
+    Timeout {
+        /// The program.
+        program: String,
+        /// The timeout, readable.
+        within: String,
+    },
+    /// The command could not be started.
+    #[error("cannot run {program}: {cause}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What the system said.
+        cause: String,
+    },
+    /// The command died of a signal, so it has no exit status.
+    #[error("{0} was killed by a signal")]
+    Signalled(String),
+    /// The command's last line is not a number.
+    #[error("{program} printed `{printed}`, not a number")]
+    NotNumeric {
+        /// The program.
+        program: String,
+        /// Its last non-empty line.
+        printed: String,
+    },
+}
+
 /// The single value of a Prometheus instant-query answer (vector of one series, or scalar).
-pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, String> {
+pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, SourceError> {
     if body["status"] != "success" {
-        return Err(format!(
-            "the query failed: {} {}",
-            body["errorType"].as_str().unwrap_or("error"),
-            body["error"].as_str().unwrap_or("")
-        ));
+        return Err(SourceError::QueryFailed {
+            error_type: body["errorType"].as_str().unwrap_or("error").to_string(),
+            error: body["error"].as_str().unwrap_or("").to_string(),
+        });
     }
     let data = &body["data"];
     let sample = match data["resultType"].as_str() {
@@ -176,32 +258,24 @@ pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, String> {
             let series = data["result"].as_array().map(Vec::as_slice).unwrap_or_default();
             match series {
                 [one] => &one["value"],
-                [] => return Err("the query returned no series".into()),
-                many => {
-                    return Err(format!(
-                        "the query returned {} series; aggregate it to one, e.g. sum(...)",
-                        many.len()
-                    ))
-                }
+                [] => return Err(SourceError::NoSeries),
+                many => return Err(SourceError::ManySeries(many.len())),
             }
         }
-        other => {
-            return Err(format!(
-                "the query returned a {} result; an instant vector or scalar is needed",
-                other.unwrap_or("malformed")
-            ))
-        }
+        other => return Err(SourceError::WrongResultType(other.unwrap_or("malformed").to_string())),
     };
-    let text = sample[1].as_str().ok_or("the sample has no value")?;
+    let text = sample[1].as_str().ok_or(SourceError::NoValue)?;
     match text {
-        "NaN" => Err("the query returned NaN".into()),
-        _ => text.parse::<f64>().map_err(|_| format!("`{text}` is not a number")),
+        "NaN" => Err(SourceError::NaN),
+        _ => text
+            .parse::<f64>()
+            .map_err(|_| SourceError::NotANumber(text.to_string())),
     }
 }
 
 /// Runs a program (no shell) and takes its exit status or the number it prints.
-async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Result<f64, String> {
-    let (program, args) = run.split_first().ok_or("no program to run")?;
+async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Result<f64, SourceError> {
+    let (program, args) = run.split_first().ok_or(SourceError::NoProgram)?;
     let child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -210,19 +284,27 @@ async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Res
         .output();
     let output = tokio::time::timeout(timeout, child)
         .await
-        .map_err(|_| format!("{program} did not finish within {}", crate::duration::human(timeout)))?
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|_| SourceError::Timeout {
+            program: program.clone(),
+            within: crate::duration::human(timeout),
+        })?
+        .map_err(|e| SourceError::Spawn {
+            program: program.clone(),
+            cause: e.to_string(),
+        })?;
     match statistic {
         Statistic::ExitStatus => output
             .status
             .code()
             .map(f64::from)
-            .ok_or_else(|| format!("{program} was killed by a signal")),
+            .ok_or_else(|| SourceError::Signalled(program.clone())),
         _ => {
             let text = String::from_utf8_lossy(&output.stdout);
             let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            last.parse::<f64>()
-                .map_err(|_| format!("{program} printed `{last}`, not a number"))
+            last.parse::<f64>().map_err(|_| SourceError::NotNumeric {
+                program: program.clone(),
+                printed: last.to_string(),
+            })
         }
     }
 }
@@ -250,11 +332,15 @@ mod tests {
         assert_eq!(prometheus_value(&scalar), Ok(3.0));
         let two = json!({"status": "success", "data": {"resultType": "vector", "result": [
             {"metric": {}, "value": [1.0, "1"]}, {"metric": {}, "value": [1.0, "2"]}]}});
-        assert!(prometheus_value(&two).unwrap_err().contains("sum(...)"));
+        assert_eq!(prometheus_value(&two), Err(SourceError::ManySeries(2)));
+        assert!(prometheus_value(&two).unwrap_err().to_string().contains("sum(...)"));
         let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
-        assert!(prometheus_value(&empty).is_err());
+        assert_eq!(prometheus_value(&empty), Err(SourceError::NoSeries));
         let bad = json!({"status": "error", "errorType": "bad_data", "error": "parse error"});
-        assert!(prometheus_value(&bad).unwrap_err().contains("bad_data"));
+        assert_eq!(
+            prometheus_value(&bad).unwrap_err().to_string(),
+            "the query failed: bad_data parse error"
+        );
     }
 
     #[tokio::test]
@@ -279,6 +365,6 @@ mod tests {
             Statistic::ExitStatus,
         )
         .await;
-        assert!(slow.unwrap_err().contains("did not finish"));
+        assert!(matches!(slow, Err(SourceError::Timeout { .. })), "{slow:?}");
     }
 }

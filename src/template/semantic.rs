@@ -117,24 +117,40 @@ fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
     did_you_mean(word, candidates).map(|m| format!("did you mean `{m}`?"))
 }
 
+/// Why a `selectionMode` is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectionError {
+    /// `COUNT(x)`, `PERCENT(1.5)`, or a number too large.
+    #[error("`{0}`: n must be a whole number")]
+    NotWhole(String),
+    /// `COUNT(0)`.
+    #[error("`{0}`: COUNT(n) needs n >= 1")]
+    CountZero(String),
+    /// `PERCENT(0)` or over 100.
+    #[error("`{0}`: PERCENT(n) needs 0 < n <= 100")]
+    PercentRange(String),
+    /// Neither ALL, COUNT nor PERCENT.
+    #[error("`{0}` is not a selection mode")]
+    Unknown(String),
+}
+
 /// Parses `ALL`, `COUNT(n)` or `PERCENT(n)`, checking n's range.
-pub fn parse_selection(text: &str) -> Result<Selection, String> {
+pub fn parse_selection(text: &str) -> Result<Selection, SelectionError> {
     if text == "ALL" {
         return Ok(Selection::All);
     }
     let inner = |prefix: &str| {
-        text.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')).map(|n| {
-            n.parse::<u32>()
-                .map_err(|_| format!("`{text}`: n must be a whole number"))
-        })
+        text.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(')'))
+            .map(|n| n.parse::<u32>().map_err(|_| SelectionError::NotWhole(text.to_string())))
     };
     match (inner("COUNT("), inner("PERCENT(")) {
-        (Some(Ok(0)), _) => Err(format!("`{text}`: COUNT(n) needs n >= 1")),
+        (Some(Ok(0)), _) => Err(SelectionError::CountZero(text.to_string())),
         (Some(Ok(n)), _) => Ok(Selection::Count(n)),
         (_, Some(Ok(n))) if (1..=100).contains(&n) => Ok(Selection::Percent(n)),
-        (_, Some(Ok(_))) => Err(format!("`{text}`: PERCENT(n) needs 0 < n <= 100")),
+        (_, Some(Ok(_))) => Err(SelectionError::PercentRange(text.to_string())),
         (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
-        (None, None) => Err(format!("`{text}` is not a selection mode")),
+        (None, None) => Err(SelectionError::Unknown(text.to_string())),
     }
 }
 
@@ -250,8 +266,8 @@ impl Checker {
             }
             let selection = match str_at(t, "selectionMode").map(parse_selection) {
                 Some(Ok(s)) => s,
-                Some(Err(msg)) => {
-                    self.at(join(&base, "selectionMode"), msg).hint =
+                Some(Err(e)) => {
+                    self.at(join(&base, "selectionMode"), e.to_string()).hint =
                         Some("use ALL, COUNT(n) with n >= 1, or PERCENT(n) with 0 < n <= 100".into());
                     Selection::All
                 }
@@ -860,15 +876,18 @@ mod tests {
         assert_eq!(parse_selection("ALL"), Ok(Selection::All));
         assert_eq!(parse_selection("COUNT(3)"), Ok(Selection::Count(3)));
         assert_eq!(parse_selection("PERCENT(100)"), Ok(Selection::Percent(100)));
-        for bad in [
-            "COUNT(0)",
-            "PERCENT(0)",
-            "PERCENT(101)",
-            "COUNT(x)",
-            "all",
-            "COUNT(99999999999)",
+        for (bad, why) in [
+            ("COUNT(0)", SelectionError::CountZero("COUNT(0)".into())),
+            ("PERCENT(0)", SelectionError::PercentRange("PERCENT(0)".into())),
+            ("PERCENT(101)", SelectionError::PercentRange("PERCENT(101)".into())),
+            ("COUNT(x)", SelectionError::NotWhole("COUNT(x)".into())),
+            ("all", SelectionError::Unknown("all".into())),
+            (
+                "COUNT(99999999999)",
+                SelectionError::NotWhole("COUNT(99999999999)".into()),
+            ),
         ] {
-            assert!(parse_selection(bad).is_err(), "{bad}");
+            assert_eq!(parse_selection(bad), Err(why), "{bad}");
         }
     }
 

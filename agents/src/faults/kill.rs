@@ -47,12 +47,34 @@ pub fn find(name: &str) -> Vec<u32> {
     pids
 }
 
+/// Why no process was signalled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KillError {
+    /// The signal name is not one of [`faultline_agent::protocol::SIGNALS`].
+    #[error("unknown signal {0}")]
+    UnknownSignal(String),
+    /// Nothing by that name runs here.
+    #[error("no process named `{0}` is running on this host")]
+    NoProcess(String),
+    /// Every match exited between the scan and the signal.
+    #[error("every process named `{0}` exited before it could be signalled")]
+    AllExited(String),
+    /// kill(2) failed for every match; one `pid N: error` per process.
+    #[error("could not signal `{name}`: {}", errors.join("; "))]
+    Refused {
+        /// The process name.
+        name: String,
+        /// What kill(2) said, per pid.
+        errors: Vec<String>,
+    },
+}
+
 /// Signals every process named `name`; the pids signalled, or why none was.
-pub fn kill(name: &str, signal: &str) -> Result<Vec<u32>, String> {
-    let sig = signal_number(signal).ok_or_else(|| format!("unknown signal {signal}"))?;
+pub fn kill(name: &str, signal: &str) -> Result<Vec<u32>, KillError> {
+    let sig = signal_number(signal).ok_or_else(|| KillError::UnknownSignal(signal.to_string()))?;
     let pids = find(name);
     if pids.is_empty() {
-        return Err(format!("no process named `{name}` is running on this host"));
+        return Err(KillError::NoProcess(name.to_string()));
     }
     let mut signalled = Vec::new();
     let mut errors = Vec::new();
@@ -68,14 +90,13 @@ pub fn kill(name: &str, signal: &str) -> Result<Vec<u32>, String> {
             }
         }
     }
-    if signalled.is_empty() {
-        Err(if errors.is_empty() {
-            format!("every process named `{name}` exited before it could be signalled")
-        } else {
-            format!("could not signal `{name}`: {}", errors.join("; "))
-        })
-    } else {
-        Ok(signalled)
+    match (signalled.is_empty(), errors.is_empty()) {
+        (false, _) => Ok(signalled),
+        (true, true) => Err(KillError::AllExited(name.to_string())),
+        (true, false) => Err(KillError::Refused {
+            name: name.to_string(),
+            errors,
+        }),
     }
 }
 
@@ -102,7 +123,7 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        assert!(kill(&name, "SIGKILL").unwrap_err().contains("no process named"));
+        assert_eq!(kill(&name, "SIGKILL"), Err(KillError::NoProcess(name.clone())));
     }
 
     #[test]

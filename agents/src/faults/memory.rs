@@ -53,24 +53,42 @@ impl Budget {
     }
 
     /// Bytes to hold for `amount`, or why that would be unsafe.
-    pub fn bytes_for(&self, amount: MemoryAmount) -> Result<u64, String> {
+    pub fn bytes_for(&self, amount: MemoryAmount) -> Result<u64, UnsafeAmount> {
         let bytes = match amount {
             MemoryAmount::SizeMib(m) => m.saturating_mul(MIB),
             MemoryAmount::Percent(p) => self.total / 100 * u64::from(p),
         };
         let margin = self.margin();
         if bytes.saturating_add(margin) > self.free {
-            return Err(format!(
-                "holding {} MiB would leave {} MiB free of {} MiB, under the safety margin of {} MiB; ask for at most {} MiB",
-                bytes / MIB,
-                self.free.saturating_sub(bytes) / MIB,
-                self.total / MIB,
-                margin / MIB,
-                self.free.saturating_sub(margin) / MIB
-            ));
+            return Err(UnsafeAmount {
+                asked_mib: bytes / MIB,
+                left_mib: self.free.saturating_sub(bytes) / MIB,
+                total_mib: self.total / MIB,
+                margin_mib: margin / MIB,
+                at_most_mib: self.free.saturating_sub(margin) / MIB,
+            });
         }
         Ok(bytes)
     }
+}
+
+/// An amount of memory that would leave less than the safety margin free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "holding {asked_mib} MiB would leave {left_mib} MiB free of {total_mib} MiB, under the safety margin of \
+     {margin_mib} MiB; ask for at most {at_most_mib} MiB"
+)]
+pub struct UnsafeAmount {
+    /// What was asked for.
+    pub asked_mib: u64,
+    /// What would be left free.
+    pub left_mib: u64,
+    /// The host's (or cgroup's) memory.
+    pub total_mib: u64,
+    /// The margin that must stay free.
+    pub margin_mib: u64,
+    /// The most that may be asked for now.
+    pub at_most_mib: u64,
 }
 
 /// The memory cgroup limit and usage of this process, when it has a limit.
@@ -201,7 +219,7 @@ mod tests {
         };
         assert_eq!(b.margin(), 64 * MIB);
         assert_eq!(b.bytes_for(MemoryAmount::SizeMib(400)), Ok(400 * MIB));
-        let err = b.bytes_for(MemoryAmount::SizeMib(450)).unwrap_err();
+        let err = b.bytes_for(MemoryAmount::SizeMib(450)).unwrap_err().to_string();
         assert!(err.contains("ask for at most 436 MiB"), "{err}");
         assert_eq!(b.bytes_for(MemoryAmount::Percent(10)), Ok(100 * MIB));
         assert!(b.bytes_for(MemoryAmount::Percent(50)).is_err());

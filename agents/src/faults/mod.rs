@@ -11,7 +11,7 @@ pub mod nft;
 
 use crate::proxy::{Condition, Conditions};
 use crate::state::{fnv1a, Record, StateDir};
-use faultline_agent::protocol::{ErrorCode, FaultKind, FaultSpec, Outcome};
+use faultline_agent::protocol::{FaultKind, FaultSpec, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +39,11 @@ pub enum BlackoutBackend {
     Proxy,
 }
 
+/// `--blackout-backend nftables` on a machine where nf_tables cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("--blackout-backend nftables, but nf_tables cannot be used here (is CAP_NET_ADMIN granted?)")]
+pub struct NftablesUnavailable;
+
 impl Capabilities {
     /// Detects what works on this machine and keeps what `allow` permits; the notes say
     /// what was left out and why. Fails when nf_tables is required and unavailable.
@@ -46,13 +51,11 @@ impl Capabilities {
         allow: &BTreeSet<String>,
         has_proxy: bool,
         backend: BlackoutBackend,
-    ) -> Result<(Capabilities, Vec<String>), String> {
+    ) -> Result<(Capabilities, Vec<String>), NftablesUnavailable> {
         let wanted = allow.contains("blackout") && backend != BlackoutBackend::Proxy;
         let nft = wanted && nft::available();
         if wanted && !nft && backend == BlackoutBackend::Nftables {
-            return Err(
-                "--blackout-backend nftables, but nf_tables cannot be used here (is CAP_NET_ADMIN granted?)".into(),
-            );
+            return Err(NftablesUnavailable);
         }
         let mut notes = Vec::new();
         let mut kinds = BTreeSet::new();
@@ -114,8 +117,45 @@ pub enum Applied {
     ThenCut(Outcome),
 }
 
-/// A refused command: code and reason.
-pub type Refusal = (ErrorCode, String);
+/// A fault this agent refuses: its kind is not among the capabilities it registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this agent does not inject `{capability}` faults (capabilities: {available})")]
+pub struct NotAllowed {
+    /// The capability the fault needs.
+    pub capability: &'static str,
+    /// The capabilities this agent has, comma-separated.
+    pub available: String,
+}
+
+/// Why a fault could not be applied, cut or removed; its message goes to the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// A fault that lasts arrived without a duration.
+    #[error("a `{0}` fault needs a duration")]
+    NoDuration(&'static str),
+    /// No process was signalled.
+    #[error(transparent)]
+    Kill(#[from] kill::KillError),
+    /// The memory asked for would eat the safety margin.
+    #[error(transparent)]
+    Memory(#[from] memory::UnsafeAmount),
+    /// A system call failed while doing `what`.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, e.g. "cannot cut the control plane".
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl FaultError {
+    /// Wraps an io::Error with what was being done, for `map_err`.
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FaultError {
+        let what = what.into();
+        move |source| FaultError::Io { what, source }
+    }
+}
 
 /// The faults in effect on this host.
 #[derive(Debug)]
@@ -170,16 +210,13 @@ impl Faults {
 
     /// Applies a fault for `owner`. `controller` is the controller's address, kept reachable
     /// by a blackout that keeps the control plane.
-    pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, Refusal> {
+    pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, NotAllowed> {
         let capability = spec.kind.capability();
         if !self.caps.kinds.contains(capability) {
-            return Err((
-                ErrorCode::NotAllowed,
-                format!(
-                    "this agent does not inject `{capability}` faults (capabilities: {})",
-                    self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", ")
-                ),
-            ));
+            return Err(NotAllowed {
+                capability,
+                available: self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", "),
+            });
         }
         if self.active.contains_key(&spec.fault_id) {
             return Ok(Applied::Now(Outcome::Applied {
@@ -198,12 +235,12 @@ impl Faults {
                     ),
                     pids,
                 },
-                Err(message) => Outcome::Failed { message },
+                Err(e) => Outcome::Failed { message: e.to_string() },
             }));
         }
         let Some(duration_ms) = spec.duration_ms else {
             return Ok(Applied::Now(Outcome::Failed {
-                message: format!("a `{capability}` fault needs a duration"),
+                message: FaultError::NoDuration(capability).to_string(),
             }));
         };
         let nft_table = match (&spec.kind, self.caps.nft) {
@@ -227,10 +264,10 @@ impl Faults {
         let effect = match spec.kind {
             FaultKind::Cpu { load_percent, workers } => cpu::CpuStress::start(load_percent, workers)
                 .map(Effect::Cpu)
-                .map_err(|e| format!("cannot start CPU workers: {e}")),
+                .map_err(FaultError::io("cannot start CPU workers")),
             FaultKind::Memory { amount, workers } => memory::Budget::read()
-                .map_err(|e| format!("cannot read the memory budget: {e}"))
-                .and_then(|b| b.bytes_for(amount))
+                .map_err(FaultError::io("cannot read the memory budget"))
+                .and_then(|b| b.bytes_for(amount).map_err(FaultError::from))
                 .and_then(|bytes| {
                     let (tx, rx) = oneshot::channel();
                     later = Some(rx);
@@ -242,7 +279,7 @@ impl Faults {
                     };
                     memory::Held::hold(bytes, workers, done)
                         .map(Effect::Memory)
-                        .map_err(|e| format!("cannot map {} MiB: {e}", bytes >> 20))
+                        .map_err(FaultError::io(format!("cannot map {} MiB", bytes >> 20)))
                 }),
             FaultKind::Latency {
                 delay_ms,
@@ -268,9 +305,7 @@ impl Faults {
                 let mut allow = allow.clone();
                 allow.extend(controller);
                 let installed = match &nft_table {
-                    Some(t) => {
-                        nft::install(t, &allow).map_err(|e| format!("cannot install the nf_tables blackout: {e}"))
-                    }
+                    Some(t) => nft::install(t, &allow).map_err(FaultError::io("cannot install the nf_tables blackout")),
                     None => Ok(()),
                 };
                 installed.map(|()| {
@@ -311,17 +346,17 @@ impl Faults {
                     None => Applied::Now(outcome),
                 })
             }
-            Err(message) => {
+            Err(e) => {
                 if let Err(e) = self.state.remove(&spec.fault_id) {
                     tracing::error!(fault = %spec.fault_id, error = %e, "cannot forget a fault that was never applied");
                 }
-                Ok(Applied::Now(Outcome::Failed { message }))
+                Ok(Applied::Now(Outcome::Failed { message: e.to_string() }))
             }
         }
     }
 
     /// Cuts the control plane of a blackout applied with [`Applied::ThenCut`].
-    pub fn cut(&mut self, fault_id: &str) -> Result<(), String> {
+    pub fn cut(&mut self, fault_id: &str) -> Result<(), FaultError> {
         let Some(Active {
             effect: Effect::Blackout { nft_table, cut },
             ..
@@ -331,14 +366,14 @@ impl Faults {
         };
         let Some(strict) = cut.take() else { return Ok(()) };
         if let Some(t) = nft_table {
-            nft::replace(t, &strict).map_err(|e| format!("cannot cut the control plane: {e}"))?;
+            nft::replace(t, &strict).map_err(FaultError::io("cannot cut the control plane"))?;
         }
         self.conditions.set(fault_id, Condition::Blackout { allow: strict });
         Ok(())
     }
 
     /// Removes one fault; `Ok(false)` when it was not in effect.
-    pub fn remove(&mut self, fault_id: &str) -> Result<bool, String> {
+    pub fn remove(&mut self, fault_id: &str) -> Result<bool, FaultError> {
         let Some(active) = self.active.remove(fault_id) else {
             return Ok(false);
         };
@@ -348,10 +383,13 @@ impl Faults {
         } = &active.effect
         {
             if let Err(e) = nft::remove(table) {
-                let message = format!("cannot remove blackout table {table}: {e}");
+                let e = FaultError::Io {
+                    what: format!("cannot remove blackout table {table}"),
+                    source: e,
+                };
                 // Keep it, and its record, so a retry or a restart takes it away.
                 self.active.insert(fault_id.to_string(), active);
-                return Err(message);
+                return Err(e);
             }
         }
         match active.effect {
@@ -361,7 +399,7 @@ impl Faults {
         }
         self.state
             .remove(fault_id)
-            .map_err(|e| format!("fault removed, but its state record remains: {e}"))?;
+            .map_err(FaultError::io("fault removed, but its state record remains"))?;
         Ok(true)
     }
 
