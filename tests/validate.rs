@@ -414,6 +414,33 @@ fn reports_every_error_not_only_the_first() {
 }
 
 #[test]
+fn a_wrong_target_type_is_reported_even_when_a_parameter_is_wrong_too() {
+    let mut doc = with("/actions/cpu/targets", Some(json!({"Hosts": "zone"})));
+    doc["actions"]["cpu"]["parameters"]["loadPercent"] = json!("150");
+    let diags = template::validate(&doc, None).unwrap_err();
+    let pointers: Vec<String> = diags.iter().map(|d| format!("{:?}", d.at)).collect();
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+    assert!(
+        pointers.iter().any(|p| p.contains("/actions/cpu/targets/Hosts")),
+        "{pointers:?}"
+    );
+    assert!(
+        pointers
+            .iter()
+            .any(|p| p.contains("/actions/cpu/parameters/loadPercent")),
+        "{pointers:?}"
+    );
+}
+
+#[test]
+fn a_wait_with_targets_gets_one_readable_error() {
+    let doc = with("/actions/wait/targets", Some(json!({"Hosts": "web"})));
+    let diags = template::validate(&doc, None).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(diags[0].message.contains("aws:fis:wait takes no targets"), "{diags:#?}");
+}
+
+#[test]
 fn cli_exits_2_and_names_the_pointer() {
     let dir = tempdir();
     let bad = dir.join("bad.json");

@@ -1,5 +1,7 @@
 //! The actions faultline knows: ids and parameter names (value rules live in `semantic`).
 
+use super::model::ResourceType;
+
 /// Every action id of design §2, in the order the docs list them.
 pub const ACTION_IDS: [&str; 6] = [
     "faultline:process:kill",
@@ -9,6 +11,15 @@ pub const ACTION_IDS: [&str; 6] = [
     "faultline:az:blackout",
     "aws:fis:wait",
 ];
+
+/// The resource type an action's `targets` must name; `None` for an action without targets.
+pub fn target_type(action_id: &str) -> Option<ResourceType> {
+    match action_id {
+        "aws:fis:wait" => None,
+        "faultline:az:blackout" => Some(ResourceType::Az),
+        _ => Some(ResourceType::Host),
+    }
+}
 
 /// Signal names `faultline:process:kill` accepts.
 pub use faultline_agent::protocol::SIGNALS;

@@ -244,11 +244,7 @@ impl ActionSpec {
 
     /// The resource type its target must have; `None` for a wait.
     pub fn target_type(&self) -> Option<ResourceType> {
-        match self {
-            ActionSpec::Wait { .. } => None,
-            ActionSpec::Blackout { .. } => Some(ResourceType::Az),
-            _ => Some(ResourceType::Host),
-        }
+        super::catalog::target_type(self.action_id())
     }
 }
 

@@ -181,6 +181,9 @@ fn describe(e: &ValidationError<'_>, origin: Origin, known: &BTreeSet<String>) -
             vec![d(path, "at least one stop condition is required".into())
                 .hint("write [{\"source\": \"none\"}] to run without one")]
         }
+        // The wait action's `targets` is `additionalProperties: false` plus `maxProperties: 0`;
+        // the latter's message says it better, so the false schema's is dropped.
+        ValidationErrorKind::FalseSchema if path.starts_with("/actions/") && path.contains("/targets") => Vec::new(),
         ValidationErrorKind::MaxProperties { .. } if path.ends_with("/targets") => {
             vec![d(path, "aws:fis:wait takes no targets".into()).hint("remove the targets object")]
         }

@@ -3,7 +3,7 @@
 //! It reads the raw JSON tolerantly, so it can report what it finds even in a document the
 //! schema pass already refused; the caller drops its findings where the schema spoke first.
 
-use super::catalog::{did_you_mean, ACTION_IDS, SIGNALS};
+use super::catalog::{self, did_you_mean, ACTION_IDS, SIGNALS};
 use super::diagnostic::{join, Diagnostic, Origin};
 use super::model::*;
 use crate::duration;
@@ -335,7 +335,8 @@ impl Checker {
                 }
             }
 
-            let target = self.action_target(&base, a, spec.as_ref(), targets);
+            // Checked even when a parameter is wrong: the target type follows from the id alone.
+            let target = self.action_target(&base, a, action_id, targets);
             if let Some(spec) = spec {
                 out.insert(
                     name.clone(),
@@ -356,10 +357,10 @@ impl Checker {
         &mut self,
         base: &str,
         a: &Map<String, Value>,
-        spec: Option<&ActionSpec>,
+        action_id: &str,
         targets: &BTreeMap<String, Target>,
     ) -> Option<String> {
-        let wanted = spec?.target_type()?;
+        let wanted = catalog::target_type(action_id)?;
         let key = wanted.target_key();
         let obj = a.get("targets").and_then(Value::as_object)?;
         let name = obj.get(key).and_then(Value::as_str)?;
