@@ -6,11 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Parses an ISO 8601 duration flag (`PT10S`).
-fn iso_duration(s: &str) -> Result<Duration, String> {
-    faultline::duration::parse(s).map_err(|e| e.to_string())
-}
-
 /// Where the controller listens and how agents prove themselves.
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -25,7 +20,7 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "N")]
     pub wait_agents: Option<usize>,
     /// Give up waiting for agents after this long (ISO 8601).
-    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = faultline::duration::parse)]
     pub agents_timeout: Duration,
 }
 
@@ -166,7 +161,7 @@ pub enum TopologyAction {
         #[arg(long)]
         no_build: bool,
         /// Give up waiting for readiness after this long (ISO 8601).
-        #[arg(long, value_name = "DURATION", default_value = "PT2M", value_parser = iso_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "PT2M", value_parser = faultline::duration::parse)]
         timeout: Duration,
     },
     /// Stop and remove the containers and networks (agents remove their faults first).
@@ -206,7 +201,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// How long an agent has to acknowledge a command (ISO 8601).
-    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = iso_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = faultline::duration::parse)]
     pub ack_timeout: Duration,
     /// Template file.
     #[arg(value_name = "TEMPLATE")]

@@ -239,15 +239,8 @@ impl Fleet {
 
     async fn accept_loop(self, listener: TcpListener, cancel: CancellationToken) {
         loop {
-            let (stream, peer) = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
+            let Some((stream, peer)) = faultline_agent::net::accept(&listener, &cancel).await else {
+                return;
             };
             let (fleet, cancel) = (self.clone(), cancel.clone());
             tokio::spawn(async move {

@@ -296,7 +296,7 @@ impl Agent {
                 let fault_id = fault.fault_id.clone();
                 let kind = fault.kind.capability();
                 let result = self.faults.apply(owner, fault, Some(controller_ip));
-                self.leases.set_paused(self.faults.cuts_control_plane(), Instant::now());
+                self.sync_lease_pause(Instant::now());
                 match result {
                     Ok(Applied::Now(outcome)) => {
                         log_outcome(&fault_id, kind, &outcome);
@@ -340,13 +340,13 @@ impl Agent {
                     }
                     Err(e) => Outcome::Failed { message: e.to_string() },
                 };
-                self.after_removal();
+                self.sync_lease_pause(Instant::now());
                 ack(outcome)
             }
             ControllerMessage::RemoveAll {} => {
                 let removed = self.faults.remove_where(|_, o, _| o == owner);
                 tracing::info!(count = removed.len(), "removed every fault on request");
-                self.after_removal();
+                self.sync_lease_pause(Instant::now());
                 ack(Outcome::Removed {
                     count: removed.len() as u32,
                 })
@@ -364,8 +364,9 @@ impl Agent {
         }
     }
 
-    fn after_removal(&mut self) {
-        self.leases.set_paused(self.faults.cuts_control_plane(), Instant::now());
+    /// Leases pause while a fault cuts this host off from its controllers, and only then.
+    fn sync_lease_pause(&mut self, now: Instant) {
+        self.leases.set_paused(self.faults.cuts_control_plane(), now);
     }
 
     async fn on_timers(&mut self, mut link: Link) -> Link {
@@ -383,7 +384,7 @@ impl Agent {
             .into_iter()
             .map(|(id, owner)| (owner, id, EndReason::DurationElapsed))
             .collect();
-        self.leases.set_paused(self.faults.cuts_control_plane(), now);
+        self.sync_lease_pause(now);
         for owner in self.leases.expired(now) {
             tracing::warn!(controller = %owner, lease = ?self.leases.interval(), "the controller has been silent for the lease; removing its faults");
             ended.extend(

@@ -51,14 +51,13 @@ impl Leases {
             return Vec::new();
         }
         let interval = self.interval;
-        let gone: Vec<String> = self
-            .last_heard
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) >= interval)
-            .map(|(o, _)| o.clone())
-            .collect();
-        gone.iter().for_each(|o| {
-            self.last_heard.remove(o);
+        let mut gone = Vec::new();
+        self.last_heard.retain(|owner, t| {
+            let alive = now.duration_since(*t) < interval;
+            if !alive {
+                gone.push(owner.clone());
+            }
+            alive
         });
         gone
     }

@@ -151,7 +151,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             shutdown.clone(),
         ));
     }
-    tasks.spawn(signals(shutdown.clone()));
+    let on_signal = shutdown.clone();
+    tasks.spawn(async move {
+        if let Some(name) = faultline_agent::signals::cancel_on_signal(on_signal).await {
+            tracing::info!("{name}: removing every fault, then exiting");
+        }
+    });
 
     let identity = agent::Identity {
         host_id: cli.host_id,
@@ -171,19 +176,4 @@ async fn run(cli: Cli) -> Result<(), String> {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: removing every fault, then exiting"),
-        _ = int.recv() => tracing::info!("SIGINT: removing every fault, then exiting"),
-        _ = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
 }

@@ -10,6 +10,7 @@
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,8 +77,9 @@ impl Snapshot {
 /// Conditions shared by every proxy of the agent, set and cleared by faults.
 #[derive(Debug)]
 pub struct Conditions {
+    /// Each fault's condition, with the order it was set in: the newest latency wins.
     by_fault: Mutex<BTreeMap<String, (u64, Condition)>>,
-    seq: Mutex<u64>,
+    seq: AtomicU64,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -85,7 +87,7 @@ impl Default for Conditions {
     fn default() -> Self {
         Conditions {
             by_fault: Mutex::new(BTreeMap::new()),
-            seq: Mutex::new(0),
+            seq: AtomicU64::new(0),
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
         }
     }
@@ -94,29 +96,23 @@ impl Default for Conditions {
 impl Conditions {
     /// Sets the condition of a fault, replacing any it had.
     pub fn set(&self, fault_id: &str, condition: Condition) {
-        let seq = {
-            let mut s = self.seq.lock().expect("not poisoned");
-            *s += 1;
-            *s
-        };
-        self.by_fault
-            .lock()
-            .expect("not poisoned")
-            .insert(fault_id.to_string(), (seq, condition));
-        self.publish();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.by_fault.lock().expect("not poisoned");
+        map.insert(fault_id.to_string(), (seq, condition));
+        self.publish(&map);
     }
 
     /// Clears the condition of a fault; whether it had one.
     pub fn clear(&self, fault_id: &str) -> bool {
-        let had = self.by_fault.lock().expect("not poisoned").remove(fault_id).is_some();
+        let mut map = self.by_fault.lock().expect("not poisoned");
+        let had = map.remove(fault_id).is_some();
         if had {
-            self.publish();
+            self.publish(&map);
         }
         had
     }
 
-    fn publish(&self) {
-        let map = self.by_fault.lock().expect("not poisoned");
+    fn publish(&self, map: &BTreeMap<String, (u64, Condition)>) {
         let latency = map
             .values()
             .filter_map(|(seq, c)| match c {
@@ -153,15 +149,8 @@ pub async fn serve(listener: TcpListener, upstream: String, conditions: Arc<Cond
             _ = cancel.cancelled() => return,
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let (client, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    continue;
-                }
-            },
+        let Some((client, peer)) = faultline_agent::net::accept(&listener, &cancel).await else {
+            return;
         };
         let (upstream, conditions, cancel) = (upstream.clone(), conditions.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -196,28 +185,23 @@ async fn connection(
     conditions: &Conditions,
 ) -> Result<(), ProxyError> {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let snapshot = conditions.subscribe().borrow().clone();
-    if !snapshot.allows(peer.ip()) || snapshot.refuses_new(&mut rng) {
-        // A reset, not a polite close: the client sees the connection fail at once.
-        let _ = client.set_zero_linger();
-        return Err(if snapshot.allows(peer.ip()) {
-            ProxyError::Lost
-        } else {
-            ProxyError::Blocked(peer.ip())
-        });
-    }
-    let server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let snapshot = conditions.tx.borrow().clone();
+    let connected = if !snapshot.allows(peer.ip()) {
+        Err(ProxyError::Blocked(peer.ip()))
+    } else if snapshot.refuses_new(&mut rng) {
+        Err(ProxyError::Lost)
+    } else {
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .map_err(|e| ProxyError::Upstream(upstream.into(), e))
+    };
+    let server = match connected {
+        Ok(s) => s,
+        Err(e) => {
+            // A reset, not a polite close: the client sees the connection fail at once.
             let _ = client.set_zero_linger();
-            return Err(ProxyError::Upstream(upstream.into(), e));
-        }
-        Err(_) => {
-            let _ = client.set_zero_linger();
-            return Err(ProxyError::Upstream(
-                upstream.into(),
-                std::io::ErrorKind::TimedOut.into(),
-            ));
+            return Err(e);
         }
     };
     let _ = client.set_nodelay(true);

@@ -35,15 +35,8 @@ where
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
-        let (stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+        let Some((stream, _)) = faultline_agent::net::accept(&listener, &cancel).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let (handler, cancel) = (handler.clone(), cancel.clone());
@@ -82,25 +75,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> Option<(TcpListener, std::net::
 /// Cancels the returned token on SIGTERM or SIGINT.
 pub fn on_signals() -> CancellationToken {
     let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        t.cancel();
-    });
+    tokio::spawn(faultline_agent::signals::cancel_on_signal(token.clone()));
     token
-}
-
-/// Parses an ISO 8601 duration flag.
-pub fn iso_duration(s: &str) -> Result<Duration, String> {
-    faultline_agent::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// A one-threaded runtime: the demo services are small.

@@ -15,16 +15,12 @@ pub struct CpuStress {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Threads used for `workers = 0`: one per CPU this process may use.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 impl CpuStress {
-    /// Starts `workers` threads (0 = one per CPU), each busy `load_percent` of the time.
+    /// Starts `workers` threads (0 = one per CPU this process may use), each busy
+    /// `load_percent` of the time.
     pub fn start(load_percent: u8, workers: u32) -> std::io::Result<CpuStress> {
         let workers = if workers == 0 {
-            default_workers()
+            std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             workers as usize
         };
@@ -43,9 +39,7 @@ impl CpuStress {
         }
         Ok(stress)
     }
-}
 
-impl CpuStress {
     /// Stops every worker and waits for them (within one period at most).
     pub fn stop(self) {
         drop(self);

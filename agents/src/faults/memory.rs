@@ -23,21 +23,8 @@ impl Budget {
     /// Reads `/proc/meminfo` and the cgroup limit (v2 or v1) of this process.
     pub fn read() -> std::io::Result<Budget> {
         let meminfo = fs::read_to_string("/proc/meminfo")?;
-        let field = |name: &str| {
-            meminfo
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)?
-                        .trim()
-                        .strip_suffix("kB")?
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .map(|kb| kb * 1024)
-        };
-        let total = field("MemTotal:").unwrap_or(0);
-        let available = field("MemAvailable:").unwrap_or(total);
+        let total = kb_field(&meminfo, "MemTotal:").unwrap_or(0);
+        let available = kb_field(&meminfo, "MemAvailable:").unwrap_or(total);
         Ok(match cgroup_limit() {
             Some((limit, usage)) if limit < total => Budget {
                 total: limit,
@@ -89,6 +76,14 @@ pub struct UnsafeAmount {
     pub margin_mib: u64,
     /// The most that may be asked for now.
     pub at_most_mib: u64,
+}
+
+/// A `Name:   123 kB` line of a /proc file (meminfo, status), in bytes.
+fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let kb = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+        kb.parse::<u64>().ok().map(|kb| kb * 1024)
+    })
 }
 
 /// The memory cgroup limit and usage of this process, when it has a limit.
@@ -227,21 +222,7 @@ mod tests {
 
     #[test]
     fn holds_resident_and_releases() {
-        let rss = || {
-            fs::read_to_string("/proc/self/status")
-                .unwrap()
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("VmRSS:")?
-                        .trim()
-                        .strip_suffix("kB")?
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .unwrap()
-                * 1024
-        };
+        let rss = || kb_field(&fs::read_to_string("/proc/self/status").unwrap(), "VmRSS:").unwrap();
         let before = rss();
         let (tx, rx) = std::sync::mpsc::channel();
         let held = Held::hold(64 * MIB, 2, move || tx.send(()).unwrap()).unwrap();

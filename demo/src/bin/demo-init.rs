@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use faultline_agent::logging::{self, LogFormat};
-use faultline_demo::{iso_duration, runtime};
+use faultline_demo::runtime;
 use std::process::{Child, Command};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -19,10 +19,10 @@ struct Cli {
     #[arg(long = "run", env = "DEMO_INIT_RUN", value_delimiter = ';', required = true)]
     run: Vec<String>,
     /// Wait before restarting a program that exited (ISO 8601).
-    #[arg(long, default_value = "PT1S", value_parser = iso_duration)]
+    #[arg(long, default_value = "PT1S", value_parser = faultline_agent::duration::parse)]
     restart_delay: Duration,
     /// How long programs get to exit after SIGTERM before SIGKILL (ISO 8601).
-    #[arg(long, default_value = "PT10S", value_parser = iso_duration)]
+    #[arg(long, default_value = "PT10S", value_parser = faultline_agent::duration::parse)]
     stop_timeout: Duration,
     /// Stop (as on SIGTERM) when the process that started this one dies; for inits that a
     /// supervisor runs outside a container, such as `faultline demo`.

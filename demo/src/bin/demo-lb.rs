@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use clap::Parser;
 use faultline_agent::logging::{self, LogFormat};
-use faultline_demo::{bind, iso_duration, on_signals, runtime, serve, text, Body};
+use faultline_demo::{bind, on_signals, runtime, serve, text, Body};
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, default_value = "/healthz")]
     health_path: String,
     /// Time between health checks (ISO 8601).
-    #[arg(long, default_value = "PT0.5S", value_parser = iso_duration)]
+    #[arg(long, default_value = "PT0.5S", value_parser = faultline_agent::duration::parse)]
     health_interval: Duration,
     /// Failed checks before a backend is taken out.
     #[arg(long, default_value_t = 2)]
@@ -49,10 +49,10 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     healthy_threshold: u32,
     /// Time to connect to a backend (ISO 8601).
-    #[arg(long, default_value = "PT0.5S", value_parser = iso_duration)]
+    #[arg(long, default_value = "PT0.5S", value_parser = faultline_agent::duration::parse)]
     connect_timeout: Duration,
     /// Time a proxied request may take (ISO 8601).
-    #[arg(long, default_value = "PT2S", value_parser = iso_duration)]
+    #[arg(long, default_value = "PT2S", value_parser = faultline_agent::duration::parse)]
     request_timeout: Duration,
     /// Log line format.
     #[arg(long, env = "DEMO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
