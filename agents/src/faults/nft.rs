@@ -39,12 +39,32 @@ const NFT_CMP_EQ: u32 = 0;
 /// Runs before the usual filter priority (0) so the blackout sees packets first.
 const PRIORITY: i32 = -200;
 
-/// Which way a chain filters.
-#[derive(Clone, Copy)]
-enum Direction {
-    In,
-    Out,
+/// A base chain of the table: its hook, the interface key loopback is matched on, and where
+/// the peer's address sits in the IPv4 and IPv6 headers (source in, destination out).
+struct Chain {
+    name: &'static str,
+    hook: u32,
+    iface_key: u32,
+    v4_offset: u32,
+    v6_offset: u32,
 }
+
+const CHAINS: [Chain; 2] = [
+    Chain {
+        name: "input",
+        hook: NF_INET_LOCAL_IN,
+        iface_key: NFT_META_IIFNAME,
+        v4_offset: 12,
+        v6_offset: 8,
+    },
+    Chain {
+        name: "output",
+        hook: NF_INET_LOCAL_OUT,
+        iface_key: NFT_META_OIFNAME,
+        v4_offset: 16,
+        v6_offset: 24,
+    },
+];
 
 /// Installs a blackout table named `table`: only loopback and `allow` stay reachable.
 pub fn install(table: &str, allow: &[IpAddr]) -> io::Result<()> {
@@ -67,39 +87,30 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr]) {
         m.str_attr(1, table); // NFTA_TABLE_NAME
         m.u32_attr(2, 0); // NFTA_TABLE_FLAGS
     });
-    for (chain, direction) in [("input", Direction::In), ("output", Direction::Out)] {
-        let hook = match direction {
-            Direction::In => NF_INET_LOCAL_IN,
-            Direction::Out => NF_INET_LOCAL_OUT,
-        };
+    for c in &CHAINS {
+        let chain = c.name;
         batch.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |m| {
             m.str_attr(1, table); // NFTA_CHAIN_TABLE
             m.str_attr(3, chain); // NFTA_CHAIN_NAME
             m.nested(4, |h| {
                 // NFTA_CHAIN_HOOK
-                h.u32_attr(1, hook); // NFTA_HOOK_HOOKNUM
+                h.u32_attr(1, c.hook); // NFTA_HOOK_HOOKNUM
                 h.u32_attr(2, PRIORITY as u32); // NFTA_HOOK_PRIORITY
             });
             m.u32_attr(5, NF_ACCEPT); // NFTA_CHAIN_POLICY
             m.str_attr(7, "filter"); // NFTA_CHAIN_TYPE
         });
-        let iface_key = match direction {
-            Direction::In => NFT_META_IIFNAME,
-            Direction::Out => NFT_META_OIFNAME,
-        };
         let mut lo = [0u8; 16];
         lo[..2].copy_from_slice(b"lo");
         batch.rule(table, chain, |r| {
-            r.meta(iface_key);
+            r.meta(c.iface_key);
             r.cmp(&lo);
             r.verdict(NF_ACCEPT);
         });
         for addr in allow {
-            let (proto, offset, bytes) = match (addr, direction) {
-                (IpAddr::V4(a), Direction::In) => (NFPROTO_IPV4, 12, a.octets().to_vec()),
-                (IpAddr::V4(a), Direction::Out) => (NFPROTO_IPV4, 16, a.octets().to_vec()),
-                (IpAddr::V6(a), Direction::In) => (NFPROTO_IPV6, 8, a.octets().to_vec()),
-                (IpAddr::V6(a), Direction::Out) => (NFPROTO_IPV6, 24, a.octets().to_vec()),
+            let (proto, offset, bytes) = match addr {
+                IpAddr::V4(a) => (NFPROTO_IPV4, c.v4_offset, a.octets().to_vec()),
+                IpAddr::V6(a) => (NFPROTO_IPV6, c.v6_offset, a.octets().to_vec()),
             };
             batch.rule(table, chain, |r| {
                 r.meta(NFT_META_NFPROTO);
@@ -237,8 +248,9 @@ impl Batch {
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(&flags.to_ne_bytes());
         self.buf.extend_from_slice(&self.seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
-                                                         // nfgenmsg: family, version, resource id (the subsystem, for batch messages).
+        // Port id 0: the kernel.
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, version, resource id (the subsystem, for batch messages).
         self.buf.push(family);
         self.buf.push(0);
         self.buf.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
