@@ -237,10 +237,10 @@ impl Controller {
             journal: journal.clone(),
             settings: opts.settings,
         };
-        run.preflight().map_err(|e| failed(e.to_string()))?;
+        let placements = run.preflight().map_err(|e| failed(e.to_string()))?;
         if alarms.is_empty() {
             let (stop_tx, stop_rx) = mpsc::channel(4);
-            let engine = run.run(stop_rx);
+            let engine = run.run(placements, stop_rx);
             tokio::pin!(engine);
             let outcome = loop {
                 tokio::select! {
@@ -308,7 +308,7 @@ impl Controller {
 
         monitor.enter(Phase::Experiment);
         let (stop_tx, stop_rx) = mpsc::channel(4);
-        let engine = run.run(stop_rx);
+        let engine = run.run(placements, stop_rx);
         tokio::pin!(engine);
         let mut interrupted = false;
         let outcome = loop {

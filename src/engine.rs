@@ -89,6 +89,22 @@ pub struct ActionRecord {
     pub notes: Vec<String>,
 }
 
+impl ActionRecord {
+    /// An action that has not started: no resources, hosts, times, error or notes yet.
+    fn unstarted(action_id: &str, state: State) -> Self {
+        ActionRecord {
+            action_id: action_id.into(),
+            state,
+            resources: Vec::new(),
+            hosts: Vec::new(),
+            started_at: None,
+            ended_at: None,
+            error: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// RFC 3339 with milliseconds, as the journal writes times.
 pub fn ts(t: &SystemTime) -> String {
     humantime::format_rfc3339_millis(*t).to_string()
@@ -153,6 +169,11 @@ struct Placement {
     host: String,
     fault: FaultKind,
 }
+
+/// Where each action acts, worked out once by [`Run::preflight`]: its resources (hosts, or
+/// AZs for a blackout) and the fault each host receives.
+#[derive(Debug)]
+pub struct Placements(BTreeMap<String, (Vec<String>, Vec<Placement>)>);
 
 /// What an action runner reports back.
 struct Finished {
@@ -250,17 +271,24 @@ impl Run {
         Ok((resources, placements))
     }
 
-    /// Checks that every host of every action can take its fault, before anything starts.
-    pub fn preflight(&self) -> Result<(), PreflightError> {
-        let errors: Vec<(String, PlacementError)> = self
-            .experiment
-            .actions
-            .iter()
-            .filter(|(_, a)| !a.target.as_ref().is_some_and(|t| self.resolution.empty.contains(t)))
-            .filter_map(|(name, a)| self.placements(a).err().map(|e| (name.clone(), e)))
-            .collect();
+    /// Places every action's faults, checking that each host can take its fault, before
+    /// anything starts. Actions whose target resolved to nothing are left out.
+    pub fn preflight(&self) -> Result<Placements, PreflightError> {
+        let mut placed = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, a) in &self.experiment.actions {
+            if a.target.as_ref().is_some_and(|t| self.resolution.empty.contains(t)) {
+                continue;
+            }
+            match self.placements(a) {
+                Ok(p) => {
+                    placed.insert(name.clone(), p);
+                }
+                Err(e) => errors.push((name.clone(), e)),
+            }
+        }
         if errors.is_empty() {
-            Ok(())
+            Ok(Placements(placed))
         } else {
             Err(PreflightError(errors))
         }
@@ -283,16 +311,7 @@ impl Run {
                 });
                 (
                     name.clone(),
-                    ActionRecord {
-                        action_id: a.spec.action_id().into(),
-                        state: State::Cancelled,
-                        resources: Vec::new(),
-                        hosts: Vec::new(),
-                        started_at: None,
-                        ended_at: None,
-                        error: None,
-                        notes: Vec::new(),
-                    },
+                    ActionRecord::unstarted(a.spec.action_id(), State::Cancelled),
                 )
             })
             .collect();
@@ -311,8 +330,9 @@ impl Run {
     }
 
     /// Runs the experiment until it completes, fails or is stopped through `stops`.
-    pub async fn run(self, mut stops: mpsc::Receiver<StopRequest>) -> RunOutcome {
+    pub async fn run(self, placements: Placements, mut stops: mpsc::Receiver<StopRequest>) -> RunOutcome {
         let run = Arc::new(self);
+        let mut placements = placements.0;
         let journal = run.journal.clone();
         journal.record(Event::ExperimentState {
             state: State::Initiating,
@@ -328,18 +348,16 @@ impl Run {
         let mut records: BTreeMap<String, ActionRecord> = BTreeMap::new();
         for (name, a) in &run.experiment.actions {
             let skipped = a.target.as_ref().is_some_and(|t| run.resolution.empty.contains(t));
-            let (resources, placements) = run.placements(a).unwrap_or_default();
+            let (resources, placed) = placements.get(name).cloned().unwrap_or_default();
             records.insert(
                 name.clone(),
                 ActionRecord {
-                    action_id: a.spec.action_id().into(),
-                    state: if skipped { State::Skipped } else { State::Pending },
                     resources,
-                    hosts: placements.into_iter().map(|p| p.host).collect(),
-                    started_at: None,
-                    ended_at: None,
-                    error: None,
-                    notes: Vec::new(),
+                    hosts: placed.into_iter().map(|p| p.host).collect(),
+                    ..ActionRecord::unstarted(
+                        a.spec.action_id(),
+                        if skipped { State::Skipped } else { State::Pending },
+                    )
                 },
             );
             if skipped {
@@ -363,7 +381,7 @@ impl Run {
         let mut stopping_since: Option<Instant> = None;
         let mut last_removal: Option<Instant> = None;
         let mut unconfirmed = 0;
-        start_ready(&run, &mut records, &mut tasks, &cancel);
+        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
         while !tasks.is_empty() {
             tokio::select! {
                 Some(joined) = tasks.join_next() => {
@@ -384,7 +402,7 @@ impl Run {
                         cancel.cancel();
                     }
                     if failure.is_none() && stop.is_none() {
-                        start_ready(&run, &mut records, &mut tasks, &cancel);
+                        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
                     }
                 }
                 Some(req) = stops.recv(), if stop.is_none() && failure.is_none() => {
@@ -427,6 +445,7 @@ impl Run {
 /// Starts every pending action whose startAfter actions are all done.
 fn start_ready(
     run: &Arc<Run>,
+    placements: &mut BTreeMap<String, (Vec<String>, Vec<Placement>)>,
     records: &mut BTreeMap<String, ActionRecord>,
     tasks: &mut JoinSet<Finished>,
     cancel: &CancellationToken,
@@ -443,12 +462,13 @@ fn start_ready(
         let rec = records.get_mut(&name).expect("known action");
         rec.state = State::Initiating;
         rec.started_at = Some(SystemTime::now());
-        tasks.spawn(run_action(run.clone(), name, cancel.child_token()));
+        let (_, placed) = placements.remove(&name).unwrap_or_default();
+        tasks.spawn(run_action(run.clone(), name, placed, cancel.child_token()));
     }
 }
 
 /// Runs one action to its end, removing what it put in place before returning.
-async fn run_action(run: Arc<Run>, name: String, cancel: CancellationToken) -> Finished {
+async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, cancel: CancellationToken) -> Finished {
     let journal = &run.journal;
     let action = &run.experiment.actions[&name];
     let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
@@ -470,16 +490,6 @@ async fn run_action(run: Arc<Run>, name: String, cancel: CancellationToken) -> F
         unconfirmed: 0,
     };
     let duration = action.spec.duration();
-    let placements = match run.placements(action) {
-        Ok((_, p)) => p,
-        Err(e) => {
-            let e = e.to_string();
-            state(State::Failed, Some(e.clone()), None);
-            finished.state = State::Failed;
-            finished.error = Some(e);
-            return finished;
-        }
-    };
     finished.hosts = placements.iter().map(|p| p.host.clone()).collect();
 
     // Dispatch to every host at once; each answer is journaled as it comes.

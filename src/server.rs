@@ -3,7 +3,7 @@
 //! connected agents and the way to command them.
 
 use faultline_agent::protocol::{
-    constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
+    bearer, constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
     HostDescription, Outcome, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -352,7 +352,11 @@ impl Fleet {
             match msg {
                 Some(Ok(Message::Text(t))) => self.on_frame(&host, t.as_str(), &pending, &outbox).await,
                 Some(Ok(Message::Binary(_))) => {
-                    let _ = outbox.try_send(error_frame(None, "binary frames are not part of the protocol"));
+                    let _ = outbox.try_send(error_frame(
+                        None,
+                        ErrorCode::Malformed,
+                        "binary frames are not part of the protocol",
+                    ));
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 Some(Ok(_)) => {}
@@ -423,11 +427,11 @@ impl Fleet {
                 msg: AgentMessage::Register { .. },
                 ..
             }) => {
-                let _ = outbox.try_send(error_frame(Some(id), "already registered"));
+                let _ = outbox.try_send(error_frame(Some(id), ErrorCode::Malformed, "already registered"));
             }
             Err(DecodeError { id, code, message }) => {
                 tracing::warn!(%host, %message, "refused a frame from an agent");
-                let _ = outbox.try_send(Frame::new(0, ControllerMessage::Error { re: id, code, message }).encode());
+                let _ = outbox.try_send(error_frame(id, code, &message));
             }
         }
     }
@@ -479,15 +483,13 @@ impl Callback for UpgradeCheck {
             r
         };
         if req.uri().path() != AGENT_PATH {
-            return Err(refuse(StatusCode::NOT_FOUND, "agents connect to /v1/agents"));
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                &format!("agents connect to {AGENT_PATH}"),
+            ));
         }
-        let presented = req
-            .headers()
-            .get(TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), self.token.as_bytes()) {
+        let presented = req.headers().get(TOKEN_HEADER).map_or(&[][..], |v| v.as_bytes());
+        if !constant_time_eq(presented, bearer(&self.token).as_bytes()) {
             return Err(refuse(StatusCode::UNAUTHORIZED, "bad token"));
         }
         Ok(resp)
@@ -495,12 +497,12 @@ impl Callback for UpgradeCheck {
 }
 
 /// The error frame the controller sends for something it cannot accept.
-fn error_frame(re: Option<u64>, message: &str) -> String {
+fn error_frame(re: Option<u64>, code: ErrorCode, message: &str) -> String {
     Frame::new(
         0,
         ControllerMessage::Error {
             re,
-            code: ErrorCode::Malformed,
+            code,
             message: message.into(),
         },
     )
