@@ -1,7 +1,6 @@
 //! `faultline agents`: who is connected.
 
 use crate::cli::{ControllerArgs, ReportFormat};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use faultline::controller::{AgentWait, Controller};
 use faultline::exit;
 
@@ -28,15 +27,7 @@ pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
         match format {
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
             ReportFormat::Table => {
-                let mut t = Table::new();
-                t.load_preset(UTF8_FULL_CONDENSED).set_header([
-                    "host",
-                    "az",
-                    "tags",
-                    "address",
-                    "capabilities",
-                    "version",
-                ]);
+                let mut t = faultline::report::table(["host", "az", "tags", "address", "capabilities", "version"]);
                 for h in &hosts {
                     let tags: Vec<String> = h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     t.add_row(vec![

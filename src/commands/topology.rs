@@ -1,7 +1,6 @@
 //! `faultline topology up|down|status`.
 
 use crate::cli::{TopologyAction, TopologyArgs};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use faultline::controller::{AgentWait, Controller};
 use faultline::plan::inventory;
 use faultline::topology::{Topology, CONTROLLER_PORT};
@@ -101,10 +100,7 @@ fn print_status(t: &Topology) -> anyhow::Result<()> {
         println!("the topology is down (no container of project faultline)");
         return Ok(());
     }
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["container", "state", "networks"]);
+    let mut table = faultline::report::table(["container", "state", "networks"]);
     for (name, state, nets) in rows {
         table.add_row(vec![name, state, nets]);
     }

@@ -7,7 +7,7 @@ pub use resolve::{resolve, EmptyTarget, Resolution, Resolved};
 
 use crate::duration;
 use crate::template::{Experiment, ResourceType};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
+use comfy_table::Cell;
 use faultline_agent::protocol::HostDescription;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -138,10 +138,7 @@ pub fn render_tables(
     plan: &Plan,
     hosts: &[HostDescription],
 ) -> String {
-    let mut targets = Table::new();
-    targets
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["target", "type", "selection", "matched", "selected"]);
+    let mut targets = crate::report::table(["target", "type", "selection", "matched", "selected"]);
     for (name, r) in &resolution.targets {
         let t = &experiment.targets[name];
         let selected = if r.selected.is_empty() {
@@ -170,10 +167,7 @@ pub fn render_tables(
             Cell::new(selected_cell),
         ]);
     }
-    let mut timeline = Table::new();
-    timeline
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["action", "actionId", "target", "start", "duration", "after"]);
+    let mut timeline = crate::report::table(["action", "actionId", "target", "start", "duration", "after"]);
     for s in &plan.actions {
         let target = match (&s.target, s.skipped) {
             (Some(t), true) => format!("{t} (skipped)"),

@@ -80,6 +80,13 @@ fn clock(t: &SystemTime) -> String {
     full.get(11..23).unwrap_or(&full).to_string()
 }
 
+/// A table in faultline's one style, with its header.
+pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    t
+}
+
 impl Report {
     /// The experiment's duration.
     pub fn duration(&self) -> Duration {
@@ -88,16 +95,7 @@ impl Report {
 
     /// The summary as tables.
     pub fn render(&self) -> String {
-        let mut actions = Table::new();
-        actions.load_preset(UTF8_FULL_CONDENSED).set_header([
-            "action",
-            "actionId",
-            "state",
-            "hosts",
-            "start",
-            "end",
-            "error / notes",
-        ]);
+        let mut actions = table(["action", "actionId", "state", "hosts", "start", "end", "error / notes"]);
         for (name, a) in &self.outcome.actions {
             let (start, end) = span(a);
             let hosts = if a.hosts.is_empty() && !a.resources.is_empty() {
@@ -138,15 +136,7 @@ impl Report {
         }
         out += &format!("{actions}\n");
         if !self.alarms.is_empty() {
-            let mut alarms = Table::new();
-            alarms.load_preset(UTF8_FULL_CONDENSED).set_header([
-                "alarm",
-                "rule",
-                "state",
-                "last datapoints",
-                "fired",
-                "recovered",
-            ]);
+            let mut alarms = table(["alarm", "rule", "state", "last datapoints", "fired", "recovered"]);
             for a in &self.alarms {
                 let points: Vec<String> = a
                     .datapoints
