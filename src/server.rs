@@ -287,7 +287,7 @@ impl Fleet {
                 if let Ok(Message::Text(t)) = msg {
                     match decode::<AgentMessage>(t.as_str()) {
                         Ok(Frame {
-                            msg: AgentMessage::Register { host, lease_ms },
+                            msg: AgentMessage::Register { host, lease_ms, .. },
                             ..
                         }) => return Ok((host, Duration::from_millis(lease_ms.max(1000)))),
                         _ => return Err(ConnectionRefused::NotRegistration),

@@ -133,6 +133,8 @@ async fn the_controller_answers_garbage_with_errors_and_stays_up() {
             AgentMessage::Register {
                 host: host("fake-1"),
                 lease_ms: 10_000,
+                instance: "fake".into(),
+                held: vec![],
             },
         )
         .encode()

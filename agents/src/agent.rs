@@ -64,6 +64,9 @@ pub struct Agent {
     /// A blackout whose control plane is cut once the reply to its apply is sent.
     cut_after_reply: Option<String>,
     next_id: u64,
+    /// Random id of this process, registered so that the controller tells a reconnect of
+    /// this agent from another agent claiming the same host id.
+    instance: String,
 }
 
 impl Agent {
@@ -89,6 +92,7 @@ impl Agent {
                 .collect(),
             cut_after_reply: None,
             next_id: 0,
+            instance: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -214,6 +218,8 @@ impl Agent {
         let text = self.frame(AgentMessage::Register {
             host,
             lease_ms: self.leases.interval().as_millis() as u64,
+            instance: self.instance.clone(),
+            held: self.faults.held(),
         });
         send(
             Link::Registering {
@@ -343,8 +349,11 @@ impl Agent {
                 self.sync_lease_pause(Instant::now());
                 ack(outcome)
             }
-            ControllerMessage::RemoveAll {} => {
-                let removed = self.faults.remove_where(|_, o, _| o == owner);
+            ControllerMessage::RemoveAll { experiment } => {
+                let prefix = experiment.map(|e| format!("{e}/"));
+                let removed = self
+                    .faults
+                    .remove_where(|id, o, _| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str())));
                 tracing::info!(count = removed.len(), "removed every fault on request");
                 self.sync_lease_pause(Instant::now());
                 ack(Outcome::Removed {

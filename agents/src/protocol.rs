@@ -164,8 +164,13 @@ pub enum ControllerMessage {
         /// Id of the fault given in [`ControllerMessage::Apply`].
         fault_id: String,
     },
-    /// Remove every fault this controller owns on the agent.
-    RemoveAll {},
+    /// Remove every fault this controller owns on the agent; with `experiment`, only the
+    /// faults of that experiment (fault ids start with the experiment id and a `/`).
+    RemoveAll {
+        /// Experiment whose faults go; every one of this controller's when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        experiment: Option<String>,
+    },
     /// Heartbeat; renews every lease held by this controller.
     Ping {},
     /// A frame from the agent that was refused; never answered, so errors cannot loop.
@@ -190,6 +195,15 @@ pub enum AgentMessage {
         /// How long the agent keeps a fault without hearing from the controller, in ms;
         /// the controller pings well within it.
         lease_ms: u64,
+        /// Random id of this agent process, new at every start: a reconnect of the same
+        /// instance replaces its old connection, another instance with a live host's id is
+        /// refused.
+        #[serde(default)]
+        instance: String,
+        /// Faults this agent holds right now, whoever owns them, so a controller can remove
+        /// those no running action owns (an apply whose answer was lost).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        held: Vec<HeldFault>,
     },
     /// Answer to a command.
     Ack {
@@ -214,6 +228,16 @@ pub enum AgentMessage {
         /// Why it ended.
         reason: EndReason,
     },
+}
+
+/// A fault an agent holds, as reported at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldFault {
+    /// The controller's fault id.
+    pub fault_id: String,
+    /// Id of the controller that owns it.
+    pub owner: String,
 }
 
 /// Result of a command, as acknowledged by the agent.

@@ -11,7 +11,7 @@ pub mod nft;
 
 use crate::proxy::{Condition, Conditions};
 use crate::state::{fnv1a, Record, StateDir};
-use faultline_agent::protocol::{FaultKind, FaultSpec, Outcome};
+use faultline_agent::protocol::{FaultKind, FaultSpec, HeldFault, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -418,6 +418,17 @@ impl Faults {
                     tracing::error!(fault = %id, error = %e, "fault could not be removed");
                     false
                 }
+            })
+            .collect()
+    }
+
+    /// The faults in effect, with their owners.
+    pub fn held(&self) -> Vec<HeldFault> {
+        self.active
+            .iter()
+            .map(|(id, a)| HeldFault {
+                fault_id: id.clone(),
+                owner: a.owner.clone(),
             })
             .collect()
     }
