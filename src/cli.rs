@@ -22,6 +22,40 @@ pub struct ControllerArgs {
     /// Give up waiting for agents after this long (ISO 8601).
     #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = faultline::duration::parse)]
     pub agents_timeout: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// The controller's certificate for `wss://` agents.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) agents see on wss:// [default: tls/controller.pem beside the
+    /// token file, when `faultline topology up` made it].
+    #[arg(long, value_name = "FILE", env = "FAULTLINE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "FAULTLINE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration: the files given, else those beside `token_file`, else none
+    /// (agents then dial ws://, and the challenge-response still keeps the token off the wire).
+    pub fn load(&self, token_file: &std::path::Path) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        use faultline::tls;
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let beside = tls::Generated::in_dir(&tls::dir_beside(token_file));
+                if !beside.exist() {
+                    return Ok(None);
+                }
+                tracing::debug!(cert = %beside.cert.display(), "using the certificate beside the token file");
+                (beside.cert, beside.key)
+            }
+        };
+        Ok(Some(tls::server_config(&cert, &key)?))
+    }
 }
 
 /// Chaos experiments from FIS-style templates, run by agents that always clean up.

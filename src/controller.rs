@@ -56,16 +56,30 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Binds `listen` and starts serving agents that present `token`.
-    pub async fn start(listen: SocketAddr, token: String) -> Result<Controller, RunError> {
+    /// Binds `listen` and starts serving agents that prove `token`; with `tls`, over `wss://`
+    /// too (and `ws://` on the same port).
+    pub async fn start(
+        listen: SocketAddr,
+        token: String,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Controller, RunError> {
         let cancel = CancellationToken::new();
-        let (fleet, addr) = Fleet::start(listen, token, token::random_id("ctl-"), cancel.clone())
+        let secure = tls.is_some();
+        let (fleet, addr) = Fleet::start(listen, token, token::random_id("ctl-"), tls, cancel.clone())
             .await
             .map_err(|e| failed(format!("cannot listen on {listen}: {e}")))?;
-        tracing::info!(
-            "controller listening on ws://{addr}{}",
-            faultline_agent::protocol::AGENT_PATH
-        );
+        let path = faultline_agent::protocol::AGENT_PATH;
+        if secure {
+            tracing::info!("controller listening on ws://{addr}{path} and wss://{addr}{path}");
+        } else {
+            tracing::info!("controller listening on ws://{addr}{path}");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "agents connect over plain ws:// to {addr}: the token never travels, but commands are not \
+                     encrypted; give --tls-cert and --tls-key for wss://"
+                );
+            }
+        }
         Ok(Controller { fleet, addr, cancel })
     }
 

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod report;
 pub mod server;
 pub mod template;
+pub mod tls;
 pub mod token;
 pub mod topology;
 

@@ -1,10 +1,14 @@
-//! The controller's agent server: agents dial in over a websocket, prove the shared token in
-//! the upgrade request, register, and then take commands. The [`Fleet`] is the registry of
-//! connected agents and the way to command them.
+//! The controller's agent server: agents dial in over a websocket (`ws://`, or `wss://` when
+//! the controller has a certificate), both sides prove the shared token by challenge-response
+//! (docs/wire.md), the agent registers, and then takes commands. The [`Fleet`] is the
+//! registry of connected agents and the way to command them. One host id has one connection:
+//! another agent instance claiming a connected host's id is refused.
 
+use faultline_agent::auth::{self, Role};
+use faultline_agent::net::Throttle;
 use faultline_agent::protocol::{
-    bearer, constant_time_eq, decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
-    HostDescription, Outcome, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER,
+    decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HeldFault, HostDescription,
+    Outcome, AGENT_PATH, MAX_FRAME_BYTES,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -13,15 +17,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-/// How long an agent has to register after the upgrade.
+/// How long a peer has for TLS, the upgrade, its hello and its registration together.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in their handshake at once; more are closed at once, so a flood of peers
+/// that never authenticate cannot starve agents of descriptors.
+const MAX_HANDSHAKES: usize = 1024;
+/// Registered agent connections at once.
+const MAX_AGENTS: usize = 20_000;
+/// The first byte of a TLS handshake record: how a `wss://` agent is told from a `ws://` one
+/// on the same port.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Frames queued to one agent before the controller waits for it.
 const OUTBOX: usize = 256;
 
@@ -86,9 +100,26 @@ pub enum ConnectionRefused {
     /// The websocket handshake did not complete in time.
     #[error("handshake timed out")]
     HandshakeTimeout,
-    /// The upgrade request did not carry this controller's token.
-    #[error("bad or missing token")]
-    BadToken,
+    /// The peer did not prove that it knows the token.
+    #[error("the peer did not prove the token")]
+    BadProof,
+    /// The first frame was not a well-formed hello.
+    #[error("the first frame was not a hello with a nonce")]
+    NotHello,
+    /// Another agent instance is connected with this host id.
+    #[error("host id {host} is already connected from {peer} by another agent instance")]
+    HostConflict {
+        /// The host id.
+        host: String,
+        /// Where the connected instance is.
+        peer: SocketAddr,
+    },
+    /// Too many connections at once.
+    #[error("too many connections at once")]
+    TooMany,
+    /// The TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The upgrade request asked for another path.
     #[error("wrong path; agents connect to {AGENT_PATH}")]
     WrongPath,
@@ -114,6 +145,9 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, String>>>>
 #[derive(Clone)]
 struct Link {
     description: HostDescription,
+    /// The agent process, as it registered: a reconnect of the same one replaces this link.
+    instance: String,
+    peer: SocketAddr,
     conn: u64,
     lease: Duration,
     outbox: mpsc::Sender<String>,
@@ -131,7 +165,14 @@ struct Inner {
     next_conn: AtomicU64,
     version: watch::Sender<u64>,
     events: broadcast::Sender<FleetEvent>,
+    tls: Option<TlsAcceptor>,
+    handshakes: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    refusals: Mutex<Throttle>,
 }
+
+/// The stream under an agent's websocket.
+type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// The agents connected to this controller.
 #[derive(Clone)]
@@ -141,10 +182,12 @@ pub struct Fleet {
 
 impl Fleet {
     /// Binds `listen` and serves agents until `cancel`; returns the fleet and the bound address.
+    /// With `tls`, agents may dial `wss://` as well as `ws://` on the same port.
     pub async fn start(
         listen: SocketAddr,
         token: String,
         controller_id: String,
+        tls: Option<Arc<rustls::ServerConfig>>,
         cancel: CancellationToken,
     ) -> std::io::Result<(Fleet, SocketAddr)> {
         let listener = TcpListener::bind(listen).await?;
@@ -159,6 +202,10 @@ impl Fleet {
                 next_conn: AtomicU64::new(1),
                 version: watch::Sender::new(0),
                 events: broadcast::channel(1024).0,
+                tls: tls.map(TlsAcceptor::from),
+                handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+                connections: Arc::new(Semaphore::new(MAX_AGENTS)),
+                refusals: Mutex::new(Throttle::new(Duration::from_secs(2))),
             }),
         };
         tokio::spawn(fleet.clone().accept_loop(listener, cancel.clone()));
@@ -242,99 +289,139 @@ impl Fleet {
             let Some((stream, peer)) = faultline_agent::net::accept(&listener, &cancel).await else {
                 return;
             };
+            let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+                self.refused(peer, ConnectionRefused::TooMany);
+                continue;
+            };
             let (fleet, cancel) = (self.clone(), cancel.clone());
             tokio::spawn(async move {
-                if let Err(reason) = fleet.serve(stream, peer, cancel).await {
-                    tracing::warn!(%peer, %reason, "agent connection refused");
-                    let _ = fleet.inner.events.send(FleetEvent::Refused { peer, reason });
+                if let Err(reason) = fleet.serve(stream, peer, cancel, permit).await {
+                    fleet.refused(peer, reason);
                 }
             });
         }
     }
 
-    /// One agent connection: handshake, registration, then frames until it ends.
+    /// Logs a refused connection at a bounded rate, and tells the journal.
+    fn refused(&self, peer: SocketAddr, reason: ConnectionRefused) {
+        let allowed = self
+            .inner
+            .refusals
+            .lock()
+            .expect("never poisoned")
+            .allow(std::time::Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(%peer, %reason, suppressed, "agent connection refused");
+        }
+        let _ = self.inner.events.send(FleetEvent::Refused { peer, reason });
+    }
+
+    /// TLS when the peer starts one and this controller has a certificate, else plain TCP.
+    async fn secure(&self, stream: TcpStream) -> Result<Stream, ConnectionRefused> {
+        let Some(acceptor) = &self.inner.tls else {
+            return Ok(Stream::Left(stream));
+        };
+        let mut first = [0u8; 1];
+        let n = stream
+            .peek(&mut first)
+            .await
+            .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
+        if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+            return Ok(Stream::Left(stream));
+        }
+        let tls = acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| ConnectionRefused::Tls(e.to_string()))?;
+        Ok(Stream::Right(tls))
+    }
+
+    /// One agent connection: TLS, upgrade, the mutual proof of the token, registration, then
+    /// frames until it ends or the agent has been silent for its lease.
     async fn serve(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         cancel: CancellationToken,
+        handshake: OwnedSemaphorePermit,
     ) -> Result<(), ConnectionRefused> {
-        let check = UpgradeCheck {
-            token: self.inner.token.clone(),
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        let ws = tokio::time::timeout(
-            REGISTER_TIMEOUT,
-            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)),
-        )
-        .await
-        .map_err(|_| ConnectionRefused::HandshakeTimeout)?
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::UNAUTHORIZED => {
-                ConnectionRefused::BadToken
-            }
-            tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
-                ConnectionRefused::WrongPath
-            }
-            other => ConnectionRefused::Handshake(other.to_string()),
-        })?;
-        let (mut sink, mut stream) = ws.split();
-
-        let (description, lease) = tokio::time::timeout(REGISTER_TIMEOUT, async {
-            while let Some(msg) = stream.next().await {
-                if let Ok(Message::Text(t)) = msg {
-                    match decode::<AgentMessage>(t.as_str()) {
-                        Ok(Frame {
-                            msg: AgentMessage::Register { host, lease_ms, .. },
-                            ..
-                        }) => return Ok((host, Duration::from_millis(lease_ms.max(1000)))),
-                        _ => return Err(ConnectionRefused::NotRegistration),
-                    }
-                }
-            }
-            Err(ConnectionRefused::ClosedEarly)
-        })
-        .await
-        .map_err(|_| ConnectionRefused::RegisterTimeout)??;
-
-        let welcome = Frame::new(
-            self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            ControllerMessage::Welcome {
-                controller_id: self.inner.controller_id.clone(),
-            },
-        );
-        sink.send(Message::text(welcome.encode()))
+        let _ = stream.set_nodelay(true);
+        let (mut sink, mut stream, registration) = tokio::time::timeout(REGISTER_TIMEOUT, self.handshake(stream))
             .await
-            .map_err(|e| ConnectionRefused::Welcome(e.to_string()))?;
+            .map_err(|_| ConnectionRefused::HandshakeTimeout)??;
+        let Registration {
+            description,
+            lease,
+            instance,
+            held,
+        } = registration;
+        let refuse = |code: ErrorCode, message: String| Message::text(error_frame(None, code, &message));
+        let Ok(_connection) = self.inner.connections.clone().try_acquire_owned() else {
+            let _ = sink
+                .send(refuse(ErrorCode::HostConflict, "too many agents are connected".into()))
+                .await;
+            return Err(ConnectionRefused::TooMany);
+        };
+        drop(handshake);
 
         let host = description.host_id.clone();
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
         let (outbox, mut outgoing) = mpsc::channel::<String>(OUTBOX);
         let pending: Pending = Arc::default();
         let closed = cancel.child_token();
-        let replaced = self.agents().insert(
-            host.clone(),
-            Link {
-                description: description.clone(),
-                conn,
-                lease,
-                outbox: outbox.clone(),
-                pending: pending.clone(),
-                closed: closed.clone(),
-            },
-        );
+        let link = Link {
+            description: description.clone(),
+            instance: instance.clone(),
+            peer,
+            conn,
+            lease,
+            outbox: outbox.clone(),
+            pending: pending.clone(),
+            closed: closed.clone(),
+        };
+        // One host id, one connection: only the same agent instance (a reconnect) may replace
+        // a live link; anyone else claiming the id is refused, whatever token it holds.
+        let claimed = {
+            let mut agents = self.agents();
+            match agents.get(&host) {
+                Some(old) if old.instance != instance && !old.closed.is_cancelled() => Err(old.peer),
+                _ => Ok(agents.insert(host.clone(), link)),
+            }
+        };
+        let replaced = match claimed {
+            Ok(replaced) => replaced,
+            Err(holder) => {
+                let conflict = ConnectionRefused::HostConflict {
+                    host: host.clone(),
+                    peer: holder,
+                };
+                let message = format!("{conflict}; give each agent its own --host-id");
+                let _ = sink.send(refuse(ErrorCode::HostConflict, message)).await;
+                let _ = sink.close().await;
+                return Err(conflict);
+            }
+        };
         if let Some(old) = replaced {
-            // The agent came back (restart, or a cut that ended): what waits on the old
-            // connection will not be answered there.
-            tracing::info!(%host, %peer, "a new connection for this host replaces the old one");
+            // The same agent came back (a cut that ended, a connection that died unnoticed):
+            // what waits on the old connection will not be answered there.
+            tracing::info!(%host, %peer, "the agent reconnected; its new connection replaces the old one");
             old.pending.lock().expect("never poisoned").clear();
             old.closed.cancel();
+        }
+        let welcome = Frame::new(
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            ControllerMessage::Welcome {
+                controller_id: self.inner.controller_id.clone(),
+            },
+        );
+        if let Err(e) = sink.send(Message::text(welcome.encode())).await {
+            self.forget(&host, conn);
+            return Err(ConnectionRefused::Welcome(e.to_string()));
         }
         tracing::info!(%host, az = %description.placement.availability_zone, %peer, "agent connected");
         self.inner.version.send_modify(|v| *v += 1);
         let _ = self.inner.events.send(FleetEvent::Connected(description));
+        let _ = held;
 
         let writer = tokio::spawn(async move {
             while let Some(text) = outgoing.recv().await {
@@ -347,7 +434,13 @@ impl Fleet {
         loop {
             let msg = tokio::select! {
                 _ = closed.cancelled() => break,
-                m = stream.next() => m,
+                m = tokio::time::timeout(lease, stream.next()) => match m {
+                    Ok(m) => m,
+                    Err(_) => {
+                        tracing::warn!(%host, lease = ?lease, "the agent has been silent for its lease; closing its connection");
+                        break;
+                    }
+                },
             };
             match msg {
                 Some(Ok(Message::Text(t))) => self.on_frame(&host, t.as_str(), &pending, &outbox).await,
@@ -363,12 +456,7 @@ impl Fleet {
             }
         }
         drop(outbox);
-        {
-            let mut agents = self.agents();
-            if agents.get(&host).is_some_and(|l| l.conn == conn) {
-                agents.remove(&host);
-            }
-        }
+        self.forget(&host, conn);
         // Dropping the senders tells every waiting command that the connection ended.
         pending.lock().expect("never poisoned").clear();
         writer.abort();
@@ -380,6 +468,83 @@ impl Fleet {
         self.inner.version.send_modify(|v| *v += 1);
         let _ = self.inner.events.send(FleetEvent::Disconnected { host });
         Ok(())
+    }
+
+    /// Removes a host's link if it is still connection `conn` (not a newer one).
+    fn forget(&self, host: &str, conn: u64) {
+        let mut agents = self.agents();
+        if agents.get(host).is_some_and(|l| l.conn == conn) {
+            agents.remove(host);
+        }
+    }
+
+    /// TLS, the upgrade on the agent path, the agent's hello, this controller's proof, and the
+    /// agent's registration with its proof (docs/wire.md).
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Result<
+        (
+            futures_util::stream::SplitSink<WebSocketStream<Stream>, Message>,
+            futures_util::stream::SplitStream<WebSocketStream<Stream>>,
+            Registration,
+        ),
+        ConnectionRefused,
+    > {
+        let stream = self.secure(stream).await?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, PathCheck, Some(config))
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
+                    ConnectionRefused::WrongPath
+                }
+                other => ConnectionRefused::Handshake(other.to_string()),
+            })?;
+        let (mut sink, mut stream) = ws.split();
+        let agent_nonce = match next_agent_frame(&mut stream).await? {
+            AgentMessage::Hello { nonce } if auth::well_formed(&nonce) => nonce,
+            _ => return Err(ConnectionRefused::NotHello),
+        };
+        let controller_nonce = auth::nonce();
+        let challenge = Frame::new(
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            ControllerMessage::Challenge {
+                proof: auth::prove(&self.inner.token, Role::Controller, &agent_nonce, &controller_nonce),
+                nonce: controller_nonce.clone(),
+            },
+        );
+        sink.send(Message::text(challenge.encode()))
+            .await
+            .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
+        let AgentMessage::Register {
+            proof,
+            host,
+            lease_ms,
+            instance,
+            held,
+        } = next_agent_frame(&mut stream).await?
+        else {
+            return Err(ConnectionRefused::NotRegistration);
+        };
+        if !auth::verify(&self.inner.token, Role::Agent, &agent_nonce, &controller_nonce, &proof) {
+            let refusal = error_frame(None, ErrorCode::Unauthorized, "the agent did not prove the token");
+            let _ = sink.send(Message::text(refusal)).await;
+            let _ = sink.close().await;
+            return Err(ConnectionRefused::BadProof);
+        }
+        Ok((
+            sink,
+            stream,
+            Registration {
+                description: host,
+                lease: Duration::from_millis(lease_ms.clamp(1000, 3_600_000)),
+                instance,
+                held,
+            },
+        ))
     }
 
     async fn on_frame(&self, host: &str, text: &str, pending: &Pending, outbox: &mpsc::Sender<String>) {
@@ -424,10 +589,14 @@ impl Fleet {
             }
             Ok(Frame {
                 id,
-                msg: AgentMessage::Register { .. },
+                msg: AgentMessage::Register { .. } | AgentMessage::Hello { .. },
                 ..
             }) => {
-                let _ = outbox.try_send(error_frame(Some(id), ErrorCode::Malformed, "already registered"));
+                let _ = outbox.try_send(error_frame(
+                    Some(id),
+                    ErrorCode::Malformed,
+                    "the handshake is over on this connection",
+                ));
             }
             Err(DecodeError { id, code, message }) => {
                 tracing::warn!(%host, %message, "refused a frame from an agent");
@@ -470,12 +639,38 @@ impl Fleet {
     }
 }
 
-/// Accepts the upgrade only on the agent path and with the token, compared in constant time.
-struct UpgradeCheck {
-    token: String,
+/// What an agent said when it registered.
+struct Registration {
+    description: HostDescription,
+    /// Its lease, clamped to 1 s - 1 h.
+    lease: Duration,
+    instance: String,
+    held: Vec<HeldFault>,
 }
 
-impl Callback for UpgradeCheck {
+/// The next text frame of a connection in its handshake, decoded.
+async fn next_agent_frame(
+    stream: &mut futures_util::stream::SplitStream<WebSocketStream<Stream>>,
+) -> Result<AgentMessage, ConnectionRefused> {
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                return decode::<AgentMessage>(t.as_str())
+                    .map(|f| f.msg)
+                    .map_err(|_| ConnectionRefused::NotRegistration)
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(_) => return Err(ConnectionRefused::NotRegistration),
+            Err(e) => return Err(ConnectionRefused::Handshake(e.to_string())),
+        }
+    }
+    Err(ConnectionRefused::ClosedEarly)
+}
+
+/// Accepts the upgrade only on the agent path; authentication follows inside the websocket.
+struct PathCheck;
+
+impl Callback for PathCheck {
     fn on_request(self, req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
         let refuse = |status: StatusCode, why: &str| {
             let mut r = ErrorResponse::new(Some(why.to_string()));
@@ -487,10 +682,6 @@ impl Callback for UpgradeCheck {
                 StatusCode::NOT_FOUND,
                 &format!("agents connect to {AGENT_PATH}"),
             ));
-        }
-        let presented = req.headers().get(TOKEN_HEADER).map_or(&[][..], |v| v.as_bytes());
-        if !constant_time_eq(presented, bearer(&self.token).as_bytes()) {
-            return Err(refuse(StatusCode::UNAUTHORIZED, "bad token"));
         }
         Ok(resp)
     }

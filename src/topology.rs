@@ -5,8 +5,10 @@
 
 use crate::controller::{AgentWait, Controller};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Compose project name; containers are named `faultline-HOST`.
@@ -15,6 +17,8 @@ pub const PROJECT: &str = "faultline";
 pub const IMAGE: &str = "faultline-demo:latest";
 /// Port the controller listens on for the topology's agents (their `FAULTLINE_CONTROLLER`).
 pub const CONTROLLER_PORT: u16 = 7700;
+/// The controller's address as the hosts see it: the control network's gateway.
+pub const CONTROL_GATEWAY: [u8; 4] = [10, 42, 0, 1];
 /// Binaries the image holds.
 pub const BINARIES: [&str; 4] = ["faultline-agent", "demo-web", "demo-lb", "demo-init"];
 
@@ -49,6 +53,9 @@ pub enum TopologyError {
     /// The load balancer did not report every backend healthy in time.
     #[error("the load balancer at {0} did not find every backend healthy in time")]
     LbUnhealthy(String),
+    /// The topology's certificates cannot be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where the topology's files are.
@@ -134,10 +141,26 @@ impl Topology {
         })
     }
 
+    /// The CA and controller certificate of the topology, made beside the token file on first
+    /// use (agents dial wss://10.42.0.1:7700 and trust that CA), and the server configuration.
+    pub fn tls(&self) -> Result<(crate::tls::Generated, Arc<rustls::ServerConfig>), TopologyError> {
+        let files = crate::tls::generate(
+            &crate::tls::dir_beside(&self.token_file),
+            &[IpAddr::from(CONTROL_GATEWAY), IpAddr::from([127, 0, 0, 1])],
+            &["localhost"],
+        )?;
+        let config = crate::tls::server_config(&files.cert, &files.key)?;
+        Ok((files, config))
+    }
+
     fn compose(&self) -> Command {
         let mut c = compose_command();
         c.current_dir(self.source.join("agents"))
             .env("FAULTLINE_TOKEN_FILE", &self.token_file)
+            .env(
+                "FAULTLINE_CA_FILE",
+                crate::tls::Generated::in_dir(&crate::tls::dir_beside(&self.token_file)).ca,
+            )
             .env("FAULTLINE_LB_PORT", self.lb_port.to_string())
             .args(["-p", PROJECT, "-f", "compose.yaml"]);
         c
@@ -235,7 +258,8 @@ impl Topology {
         token: String,
         timeout: Duration,
     ) -> Result<(), TopologyError> {
-        let controller = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token)
+        let (_, tls) = self.tls()?;
+        let controller = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token, Some(tls))
             .await
             .map_err(|e| TopologyError::NoController(e.message))?;
         controller

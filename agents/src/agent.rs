@@ -40,6 +40,8 @@ pub struct Identity {
 /// The state of the link to the controller.
 enum Link {
     Down,
+    /// The controller refused the registration: down, and dial again only after a pause.
+    Refused,
     /// Registered, waiting for the welcome.
     Registering {
         c: Connected,
@@ -54,8 +56,7 @@ enum Link {
 
 /// The agent.
 pub struct Agent {
-    url: String,
-    token: String,
+    dialer: session::Dialer,
     identity: Identity,
     faults: Faults,
     leases: Leases,
@@ -70,19 +71,17 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent that will dial `url`; `restarted` are faults a previous life left behind
+    /// An agent that will dial with `dialer`; `restarted` are faults a previous life left behind
     /// and this start-up removed, to be reported to their owners.
     pub fn new(
-        url: String,
-        token: String,
+        dialer: session::Dialer,
         identity: Identity,
         faults: Faults,
         lease: Duration,
         restarted: Vec<(String, String)>,
     ) -> Self {
         Agent {
-            url,
-            token,
+            dialer,
             identity,
             faults,
             leases: Leases::new(lease),
@@ -121,7 +120,8 @@ impl Agent {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut link = Link::Down;
         let (connected_tx, mut connected_rx) = mpsc::channel::<Connected>(1);
-        let mut dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown));
+        let mut dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown, Duration::ZERO));
+        let mut refused = false;
         let mut pending: JoinSet<(u64, String, Outcome)> = JoinSet::new();
         loop {
             let now = Instant::now();
@@ -173,8 +173,17 @@ impl Agent {
                     link = self.on_timers(link).await;
                 }
             }
+            if let Link::Refused = link {
+                refused = true;
+                link = Link::Down;
+            }
             if matches!(link, Link::Down) && dialer.is_none() {
-                dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown));
+                let wait = if std::mem::take(&mut refused) {
+                    session::MAX_BACKOFF
+                } else {
+                    Duration::ZERO
+                };
+                dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown, wait));
             }
         }
         if let Some(d) = dialer {
@@ -204,10 +213,16 @@ impl Agent {
         }
     }
 
-    fn spawn_dialer(&self, tx: mpsc::Sender<Connected>, shutdown: &CancellationToken) -> tokio::task::JoinHandle<()> {
-        let (url, token, cancel) = (self.url.clone(), self.token.clone(), shutdown.clone());
+    /// Dials in the background, after `first_wait` (a refused registration must not loop fast).
+    fn spawn_dialer(
+        &self,
+        tx: mpsc::Sender<Connected>,
+        shutdown: &CancellationToken,
+        first_wait: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (dialer, cancel) = (self.dialer.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Some(c) = session::connect(&url, &token, &cancel).await {
+            if let Some(c) = dialer.connect(&cancel, first_wait).await {
                 let _ = tx.send(c).await;
             }
         })
@@ -216,6 +231,7 @@ impl Agent {
     async fn register(&mut self, c: Connected) -> Link {
         let host = self.describe(c.local_ip);
         let text = self.frame(AgentMessage::Register {
+            proof: c.proof.clone(),
             host,
             lease_ms: self.leases.interval().as_millis() as u64,
             instance: self.instance.clone(),
@@ -275,6 +291,10 @@ impl Agent {
                     }
                 }
                 link
+            }
+            (Link::Registering { .. }, ControllerMessage::Error { message, .. }) => {
+                tracing::error!(%message, "the controller refused this agent's registration");
+                Link::Refused
             }
             (link, _) => {
                 let reply = self.frame(AgentMessage::Error {
@@ -365,10 +385,10 @@ impl Agent {
                 tracing::warn!(?re, ?code, %message, "the controller refused a frame of this agent");
                 None
             }
-            ControllerMessage::Welcome { .. } => Some(AgentMessage::Error {
+            ControllerMessage::Welcome { .. } | ControllerMessage::Challenge { .. } => Some(AgentMessage::Error {
                 re: Some(id),
                 code: ErrorCode::Malformed,
-                message: "already welcomed".into(),
+                message: "the handshake is over on this connection".into(),
             }),
         }
     }
@@ -453,7 +473,7 @@ enum Incoming {
 /// The next data frame of a live link. Pends forever when the link is down.
 async fn next_frame(link: &mut Link) -> Incoming {
     let ws: &mut Ws = match link {
-        Link::Down => return std::future::pending().await,
+        Link::Down | Link::Refused => return std::future::pending().await,
         Link::Registering { c, .. } | Link::Up { c, .. } => &mut c.ws,
     };
     loop {
@@ -469,7 +489,7 @@ async fn next_frame(link: &mut Link) -> Incoming {
 /// Sends a frame; a link that cannot send is down.
 async fn send(link: Link, text: String) -> Link {
     match link {
-        Link::Down => Link::Down,
+        Link::Down | Link::Refused => Link::Down,
         Link::Registering { mut c, since } => match c.ws.send(Message::text(text)).await {
             Ok(()) => Link::Registering { c, since },
             Err(_) => Link::Down,

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod duration;
 pub mod logging;
 pub mod net;

@@ -28,7 +28,14 @@ struct Cli {
     /// Controller to dial, e.g. ws://10.42.0.1:7700.
     #[arg(long, env = "FAULTLINE_CONTROLLER")]
     controller: String,
-    /// File holding the shared token.
+    /// CA certificate (PEM) that signed the controller's certificate, for a wss:// controller.
+    #[arg(long, env = "FAULTLINE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// SHA-256 fingerprint of the controller's certificate (hex, colons allowed), for a
+    /// wss:// controller: only that certificate is accepted.
+    #[arg(long, env = "FAULTLINE_PIN_SHA256", value_name = "FINGERPRINT", value_parser = session::parse_pin)]
+    pin_sha256: Option<[u8; 32]>,
+    /// File holding the shared token (never sent: both sides prove it by challenge-response).
     #[arg(long, env = "FAULTLINE_TOKEN_FILE", value_name = "PATH")]
     token_file: PathBuf,
     /// This host's id, e.g. web-a1.
@@ -164,9 +171,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         tags: cli.tags.into_iter().collect::<BTreeMap<_, _>>(),
         address: cli.address,
     };
+    let url = session::endpoint(&cli.controller);
+    let tls = session::tls_for(&url, cli.ca.as_deref(), cli.pin_sha256).map_err(|e| e.to_string())?;
     let agent = agent::Agent::new(
-        session::endpoint(&cli.controller),
-        token,
+        session::Dialer { url, token, tls },
         identity,
         faults,
         cli.lease,

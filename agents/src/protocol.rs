@@ -1,5 +1,9 @@
 //! The wire between controller and agents: JSON, one message per websocket text frame.
 //!
+//! A connection opens with the handshake of [`crate::auth`] (docs/wire.md): the agent's
+//! [`AgentMessage::Hello`], the controller's [`ControllerMessage::Challenge`], the agent's
+//! [`AgentMessage::Register`] and the controller's [`ControllerMessage::Welcome`].
+//!
 //! Every frame carries the protocol version `v` and a message id `id`. Commands from the
 //! controller are answered by an [`AgentMessage::Ack`] (or [`AgentMessage::Error`]) whose
 //! `re` is the command's id. A frame that cannot be decoded is answered with an error and
@@ -10,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// Version of this protocol; a frame with another `v` is refused with an error reply.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Path of the controller's websocket endpoint.
 pub const AGENT_PATH: &str = "/v1/agents";
@@ -26,19 +30,6 @@ pub const SIGNALS: [&str; 12] = [
     "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT", "SIGUSR1", "SIGUSR2",
     "SIGSEGV", "SIGTSTP",
 ];
-
-/// Header carrying the shared token in the websocket upgrade request.
-pub const TOKEN_HEADER: &str = "authorization";
-
-/// The value of [`TOKEN_HEADER`] for a token.
-pub fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// One frame: version, message id and the message.
 ///
@@ -149,6 +140,13 @@ pub fn decode<M: for<'de> Deserialize<'de>>(text: &str) -> Result<Frame<M>, Deco
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControllerMessage {
+    /// Answer to the agent's hello: the controller's nonce and its proof of the token.
+    Challenge {
+        /// Fresh random nonce, hex.
+        nonce: String,
+        /// HMAC proof of the token over both nonces for the controller's role, hex.
+        proof: String,
+    },
     /// Answer to a registration: the agent is accepted.
     Welcome {
         /// Identity of this controller process; faults are leased to it.
@@ -188,8 +186,15 @@ pub enum ControllerMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
-    /// First message on a connection: who this host is.
+    /// First message on a connection: the agent's nonce.
+    Hello {
+        /// Fresh random nonce, hex.
+        nonce: String,
+    },
+    /// Second message, once the controller proved the token: who this host is.
     Register {
+        /// HMAC proof of the token over both nonces for the agent's role, hex.
+        proof: String,
         /// The host's description, as target filters see it.
         host: HostDescription,
         /// How long the agent keeps a fault without hearing from the controller, in ms;
@@ -280,6 +285,10 @@ pub enum ErrorCode {
     NotAllowed,
     /// A command arrived before the peer was accepted.
     NotRegistered,
+    /// The peer did not prove that it knows the token.
+    Unauthorized,
+    /// Another agent instance is connected with this host id.
+    HostConflict,
 }
 
 /// Why a fault ended without a remove command.

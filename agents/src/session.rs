@@ -1,26 +1,41 @@
-//! Dialing the controller: the websocket upgrade carries the token; failures back off
-//! exponentially with jitter, capped so a controller that starts finds every agent within
-//! seconds.
+//! Dialing the controller: TCP (and TLS for `wss://`), the websocket upgrade, then the first
+//! half of the handshake (docs/wire.md): the agent's hello and the controller's proof of the
+//! token. A peer that cannot prove the token learns nothing about this host and is never
+//! obeyed. Failures back off exponentially with jitter, capped so a controller that starts
+//! finds every agent within seconds.
 
-use faultline_agent::protocol::{bearer, AGENT_PATH, MAX_FRAME_BYTES, TOKEN_HEADER};
+use faultline_agent::auth::{self, Role};
+use faultline_agent::protocol::{decode, AgentMessage, ControllerMessage, Frame, AGENT_PATH, MAX_FRAME_BYTES};
+use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+/// The byte stream under the websocket: plain TCP for `ws://`, TLS for `wss://`.
+pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// The websocket to the controller.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<Stream>;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Cap of the backoff: a restarted controller sees every agent within about this long.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the connection, the upgrade and the controller's proof may take together.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An open connection and the addresses at both ends.
+/// A connection to a controller that proved the token; the agent registers next.
 pub struct Connected {
     /// The websocket.
     pub ws: Ws,
@@ -28,6 +43,8 @@ pub struct Connected {
     pub controller_ip: IpAddr,
     /// This end's address, registered when `--address` is not given.
     pub local_ip: IpAddr,
+    /// This agent's proof of the token for this connection, sent with the registration.
+    pub proof: String,
 }
 
 /// The endpoint URL: the controller address with the agent path when none is given.
@@ -48,33 +65,265 @@ pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
     base / 2 + base.mul_f64(rng.random_range(0.0..0.5))
 }
 
-/// Dials until connected or cancelled.
-pub async fn connect(url: &str, token: &str, cancel: &CancellationToken) -> Option<Connected> {
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let mut attempt = 0u32;
-    loop {
-        match dial(url, token).await {
-            Ok(c) => {
-                tracing::info!(controller = %url, "connected");
-                return Some(c);
+/// How the agent trusts a `wss://` controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Certificates signed by the CA in this PEM file.
+    Ca(std::path::PathBuf),
+    /// Exactly the certificate with this SHA-256 fingerprint of its DER encoding.
+    Pin([u8; 32]),
+}
+
+/// Why the TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The CA file cannot be read or holds no certificate.
+    #[error("--ca {path}: {why}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `wss://` without a way to check the controller.
+    #[error("--controller is wss://, so give --ca FILE or --pin-sha256 FINGERPRINT to check its certificate")]
+    NoTrust,
+}
+
+/// The client configuration for `wss://`, checked at start-up so a bad file fails at once.
+pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let config = match trust {
+        Trust::Ca(path) => {
+            let ca_err = |why: String| TlsSetupError::Ca {
+                path: path.display().to_string(),
+                why,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
+                let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
             }
-            Err(e) => {
-                let unauthorized = matches!(&e, DialError::Refused(401));
-                if unauthorized {
-                    tracing::error!(controller = %url, "the controller refused this agent's token; check --token-file");
-                } else if attempt == 0 {
-                    tracing::warn!(controller = %url, error = %e, "cannot reach the controller; retrying");
-                } else {
-                    tracing::debug!(controller = %url, error = %e, attempt, "retrying");
-                }
+            if roots.is_empty() {
+                return Err(ca_err("no certificate in the file".into()));
             }
+            builder.with_root_certificates(roots).with_no_client_auth()
         }
-        let wait = backoff(attempt, &mut rng);
-        attempt = attempt.saturating_add(1);
+        Trust::Pin(fingerprint) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: *fingerprint,
+                provider,
+            }))
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed (as `openssl x509 -fingerprint`
+/// prints it).
+pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&hex).map_err(|_| format!("`{s}` is not a hex SHA-256 fingerprint"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("`{s}` is not 32 bytes; give the SHA-256 fingerprint of the controller's certificate"))
+}
+
+/// Accepts exactly one certificate, by fingerprint; signatures are still checked, so the peer
+/// must hold its private key.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let seen: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if seen == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the controller's certificate has fingerprint {}, not the pinned one",
+                hex::encode(seen)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Where and how to dial.
+#[derive(Clone)]
+pub struct Dialer {
+    /// The endpoint URL, `ws://` or `wss://`.
+    pub url: String,
+    /// The shared token; never sent.
+    pub token: String,
+    /// For `wss://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Dialer {
+    /// Dials, after `first_wait`, until a controller proves the token or until cancelled.
+    pub async fn connect(&self, cancel: &CancellationToken, first_wait: Duration) -> Option<Connected> {
+        let mut rng = rand::rngs::SmallRng::from_os_rng();
+        let mut attempt = 0u32;
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(first_wait) => {}
         }
+        loop {
+            match tokio::time::timeout(DIAL_TIMEOUT, self.dial()).await {
+                Ok(Ok(c)) => {
+                    tracing::info!(controller = %self.url, "connected; the controller proved the token");
+                    return Some(c);
+                }
+                Ok(Err(DialError::Impostor)) => tracing::error!(
+                    controller = %self.url,
+                    "the peer could not prove that it knows the token: not registering. Check that both \
+                     sides use the same token file, or find what else answers on this address"
+                ),
+                Ok(Err(DialError::Refused(why))) => {
+                    tracing::error!(controller = %self.url, reason = %why, "the controller refused this agent")
+                }
+                Ok(Err(e)) if attempt == 0 => {
+                    tracing::warn!(controller = %self.url, error = %e, "cannot reach the controller; retrying")
+                }
+                Ok(Err(e)) => tracing::debug!(controller = %self.url, error = %e, attempt, "retrying"),
+                Err(_) => tracing::debug!(controller = %self.url, attempt, "dial timed out; retrying"),
+            }
+            let wait = backoff(attempt, &mut rng);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Connected, DialError> {
+        let request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| DialError::Url(e.to_string()))?;
+        let uri = request.uri().clone();
+        let host = uri.host().ok_or_else(|| DialError::Url("no host".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let secure = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(DialError::Url("the controller URL starts with ws:// or wss://".into())),
+        };
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| DialError::Other(e.to_string()))?;
+        // Acks go out at once: small frames must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let controller_ip = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
+        let local_ip = tcp.local_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
+        let stream: Stream = if secure {
+            let config = self
+                .tls
+                .clone()
+                .ok_or(DialError::Url("wss:// needs --ca or --pin-sha256".into()))?;
+            let name = ServerName::try_from(host.clone()).map_err(|e| DialError::Url(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| DialError::Tls(e.to_string()))?;
+            Either::Right(tls)
+        } else {
+            Either::Left(tcp)
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    DialError::Other(format!("the controller answered HTTP {}", r.status()))
+                }
+                other => DialError::Other(other.to_string()),
+            })?;
+
+        let agent_nonce = auth::nonce();
+        let hello = Frame::new(
+            1,
+            AgentMessage::Hello {
+                nonce: agent_nonce.clone(),
+            },
+        );
+        ws.send(Message::text(hello.encode()))
+            .await
+            .map_err(|e| DialError::Other(e.to_string()))?;
+        let (controller_nonce, proof) = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match decode::<ControllerMessage>(t.as_str()) {
+                    Ok(Frame {
+                        msg: ControllerMessage::Challenge { nonce, proof },
+                        ..
+                    }) => break (nonce, proof),
+                    Ok(Frame {
+                        msg: ControllerMessage::Error { message, .. },
+                        ..
+                    }) => return Err(DialError::Refused(message)),
+                    _ => return Err(DialError::Impostor),
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(_)) => return Err(DialError::Impostor),
+                Some(Err(e)) => return Err(DialError::Other(e.to_string())),
+                None => return Err(DialError::Other("closed during the handshake".into())),
+            }
+        };
+        if !auth::well_formed(&controller_nonce)
+            || controller_nonce == agent_nonce
+            || !auth::verify(&self.token, Role::Controller, &agent_nonce, &controller_nonce, &proof)
+        {
+            let _ = ws.close(None).await;
+            return Err(DialError::Impostor);
+        }
+        Ok(Connected {
+            ws,
+            controller_ip,
+            local_ip,
+            proof: auth::prove(&self.token, Role::Agent, &agent_nonce, &controller_nonce),
+        })
     }
 }
 
@@ -82,41 +331,22 @@ pub async fn connect(url: &str, token: &str, cancel: &CancellationToken) -> Opti
 enum DialError {
     #[error("bad controller URL: {0}")]
     Url(String),
-    #[error("the controller answered HTTP {0}")]
-    Refused(u16),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the peer did not prove the token")]
+    Impostor,
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }
 
-async fn dial(url: &str, token: &str) -> Result<Connected, DialError> {
-    let mut request = url.into_client_request().map_err(|e| DialError::Url(e.to_string()))?;
-    let value = HeaderValue::from_str(&bearer(token))
-        .map_err(|_| DialError::Url("the token must be printable ASCII".into()))?;
-    request.headers_mut().insert(TOKEN_HEADER, value);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(5), connecting)
-        .await
-        .map_err(|_| DialError::Other("timed out".into()))?
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) => DialError::Refused(r.status().as_u16()),
-            other => DialError::Other(other.to_string()),
-        })?;
-    let tcp = match ws.get_ref() {
-        MaybeTlsStream::Plain(s) => s,
-        _ => return Err(DialError::Other("unexpected stream type".into())),
-    };
-    // Acks go out at once: small frames must not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-    let controller_ip = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
-    let local_ip = tcp.local_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
-    Ok(Connected {
-        ws,
-        controller_ip,
-        local_ip,
-    })
+/// The TCP socket under the websocket.
+fn tcp(ws: &Ws) -> &TcpStream {
+    match ws.get_ref() {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
 }
 
 /// Waits (up to 200 ms) until the kernel has sent everything written to the connection,
@@ -124,10 +354,7 @@ async fn dial(url: &str, token: &str) -> Result<Connected, DialError> {
 pub async fn wait_sent(ws: &Ws) {
     use std::os::fd::AsRawFd;
     const SIOCOUTQNSD: libc::c_ulong = 0x894B;
-    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
-        return;
-    };
-    let fd = tcp.as_raw_fd();
+    let fd = tcp(ws).as_raw_fd();
     for _ in 0..200 {
         let mut unsent: libc::c_int = 0;
         // SAFETY: SIOCOUTQNSD writes one int for a TCP socket we own.
@@ -135,6 +362,24 @@ pub async fn wait_sent(ws: &Ws) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads the trust settings of the command line into a TLS configuration, when `url` needs one.
+pub fn tls_for(
+    url: &str,
+    ca: Option<&Path>,
+    pin: Option<[u8; 32]>,
+) -> Result<Option<Arc<rustls::ClientConfig>>, TlsSetupError> {
+    let trust = match (ca, pin) {
+        (_, Some(pin)) => Some(Trust::Pin(pin)),
+        (Some(ca), None) => Some(Trust::Ca(ca.to_path_buf())),
+        (None, None) => None,
+    };
+    match (url.starts_with("wss://"), trust) {
+        (true, None) => Err(TlsSetupError::NoTrust),
+        (_, Some(t)) => tls_config(&t).map(Some),
+        (false, None) => Ok(None),
     }
 }
 
@@ -160,5 +405,15 @@ mod tests {
         assert_eq!(endpoint("ws://10.0.0.1:7700"), "ws://10.0.0.1:7700/v1/agents");
         assert_eq!(endpoint("ws://10.0.0.1:7700/"), "ws://10.0.0.1:7700/v1/agents");
         assert_eq!(endpoint("ws://h:1/custom"), "ws://h:1/custom");
+    }
+
+    #[test]
+    fn pins_parse_with_or_without_colons() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_pin(&hex), Ok([0xab; 32]));
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_pin(&colons), Ok([0xab; 32]));
+        assert!(parse_pin("abcd").is_err());
+        assert!(parse_pin("zz").is_err());
     }
 }

@@ -7,7 +7,11 @@ use faultline::exit;
 /// Starts a controller from the flags.
 pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
     let token = super::run::token(&args.token_file)?;
-    Controller::start(args.listen, token)
+    let tls = args
+        .tls
+        .load(&args.token_file)
+        .map_err(|e| super::fail(faultline::exit::INVALID, e))?;
+    Controller::start(args.listen, token, tls)
         .await
         .map_err(|e| super::fail(e.code, e))
 }

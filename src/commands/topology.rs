@@ -69,7 +69,8 @@ pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
                     Ok(r) => println!("load balancer: {}", r.text().await.unwrap_or_default().trim()),
                     Err(e) => println!("load balancer: {lb} does not answer ({e})"),
                 }
-                let c = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token)
+                let tls = t.tls().ok().map(|(_, config)| config);
+                let c = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token, tls)
                     .await
                     .ok()?;
                 let hosts = c

@@ -1,0 +1,271 @@
+//! Nobody gets in: an impostor controller never learns the token nor commands an agent, an
+//! agent that cannot prove the token is refused, one host id has one connection, and TLS
+//! agents check the controller's certificate. Real binaries throughout.
+
+mod common;
+
+use common::handshake::{self, Registration};
+use common::*;
+use faultline_agent::protocol::{ControllerMessage, ErrorCode, FaultKind, FaultSpec, Frame};
+use futures_util::{SinkExt, StreamExt};
+use std::process::Command;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+const TOKEN: &str = "0123456789abcdef-the-shared-token";
+
+/// `faultline agents` on a free port; returns it and the port.
+fn agents_command(s: &Scratch, extra: &[&str]) -> (Proc, u16) {
+    agent_bin();
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args(["agents", "--listen", "127.0.0.1:0", "--format", "json"])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .args(extra);
+    let mut p = Proc::spawn("agents", cmd);
+    let port = p.controller_port();
+    (p, port)
+}
+
+/// A real agent dialing `url` with the token file `token`.
+fn real_agent(s: &Scratch, url: &str, token: &str, host: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "--controller",
+        url,
+        "--host-id",
+        host,
+        "--az",
+        "az-a",
+        "--lease",
+        "PT3S",
+    ])
+    .arg("--token-file")
+    .arg(s.path(token))
+    .arg("--state-dir")
+    .arg(s.path(&format!("state-{host}")))
+    .args(extra);
+    Proc::spawn(host, cmd)
+}
+
+/// A fake controller that does not know the token: it records every byte the agent sends,
+/// answers the hello with a made-up proof, and then tries to command the agent anyway.
+#[tokio::test]
+async fn an_impostor_controller_never_learns_the_token_nor_commands_the_agent() {
+    let s = Scratch::new("impostor");
+    std::fs::write(s.path("token"), format!("{TOKEN}\n")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut agent = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "token", "web-a1", &[]);
+
+    // First connection: read the raw upgrade request, to see what travels before any frame.
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut request = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, tcp.read(&mut request)).await.unwrap().unwrap();
+    let request = String::from_utf8_lossy(&request[..n]).to_string();
+    assert!(request.contains("/v1/agents"), "{request}");
+    assert!(
+        !request.contains(TOKEN),
+        "the token travelled in the upgrade request:\n{request}"
+    );
+    drop(tcp);
+
+    // Second connection: a websocket, a challenge whose proof is made with another token.
+    let (tcp, _) = tokio::time::timeout(T, listener.accept()).await.unwrap().unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let hello = handshake::next_frame::<faultline_agent::protocol::AgentMessage>(&mut ws).await;
+    let hello_text = serde_json::to_string(&format!("{:?}", hello.msg)).unwrap();
+    assert!(!hello_text.contains(TOKEN));
+    let faultline_agent::protocol::AgentMessage::Hello { nonce: agent_nonce } = hello.msg else {
+        panic!("the agent must open with a hello, got {hello:?}");
+    };
+    let nonce = faultline_agent::auth::nonce();
+    let forged = faultline_agent::auth::prove("a guess", faultline_agent::auth::Role::Controller, &agent_nonce, &nonce);
+    let challenge = ControllerMessage::Challenge { nonce, proof: forged };
+    ws.send(Message::text(Frame::new(1, challenge).encode())).await.unwrap();
+    // Whatever follows, the impostor tries: a welcome and a fault.
+    let welcome = ControllerMessage::Welcome {
+        controller_id: "impostor".into(),
+    };
+    let _ = ws.send(Message::text(Frame::new(2, welcome).encode())).await;
+    let apply = ControllerMessage::Apply {
+        fault: FaultSpec {
+            fault_id: "x/burn/web-a1".into(),
+            duration_ms: Some(30_000),
+            kind: FaultKind::Cpu {
+                load_percent: 100,
+                workers: 1,
+            },
+        },
+    };
+    let _ = ws.send(Message::text(Frame::new(3, apply).encode())).await;
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        seen.push(format!("{m:?}"));
+    }
+    assert!(
+        seen.iter().all(|m| !m.contains("register") && !m.contains(TOKEN)),
+        "the agent told the impostor: {seen:?}"
+    );
+    agent.expect("could not prove that it knows the token", T);
+    assert!(
+        cpu_load(agent.pid(), Duration::from_millis(500)) < 0.2,
+        "the agent obeyed the impostor"
+    );
+    assert!(
+        state_files(&s, "web-a1").is_empty(),
+        "the agent recorded a fault from the impostor"
+    );
+}
+
+#[test]
+fn an_agent_with_a_wrong_token_is_refused_and_never_counted() {
+    let s = Scratch::new("bad-token");
+    let (ctl, port) = agents_command(&s, &["--wait-agents", "1", "--agents-timeout", "PT4S"]);
+    std::fs::write(s.path("wrong"), "not-the-token\n").unwrap();
+    let mut intruder = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "wrong", "intruder", &[]);
+    intruder.expect("could not prove that it knows the token", T);
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert!(lines.iter().any(|l| l.contains("no agent connected")), "{lines:?}");
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_prove_the_token_is_refused() {
+    let s = Scratch::new("bad-proof");
+    let (mut ctl, port) = agents_command(&s, &["--wait-agents", "1", "--agents-timeout", "PT4S"]);
+    let url = format!("ws://127.0.0.1:{port}/v1/agents");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    // The fake agent skips the controller's proof and answers with a proof of another token.
+    let err = handshake::agent_side(&mut ws, "a guess", Registration::new("web-a1", "fake")).await;
+    assert!(
+        err.is_err(),
+        "a real controller's proof must not verify with another token"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let hello = Frame::new(
+        1,
+        faultline_agent::protocol::AgentMessage::Hello {
+            nonce: faultline_agent::auth::nonce(),
+        },
+    );
+    ws.send(Message::text(hello.encode())).await.unwrap();
+    let _challenge = handshake::next_frame::<ControllerMessage>(&mut ws).await;
+    let register = Frame::new(
+        2,
+        faultline_agent::protocol::AgentMessage::Register {
+            proof: "00".repeat(32),
+            host: handshake::host("web-a1"),
+            lease_ms: 10_000,
+            instance: "fake".into(),
+            held: vec![],
+        },
+    );
+    ws.send(Message::text(register.encode())).await.unwrap();
+    let answer = handshake::next_frame::<ControllerMessage>(&mut ws).await;
+    assert!(
+        matches!(
+            answer.msg,
+            ControllerMessage::Error {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+    ctl.expect("did not prove the token", T);
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(3), "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_second_registration_with_a_live_hosts_id_is_refused() {
+    let s = Scratch::new("duplicate-host");
+    // Settles once nobody new has connected for 2 s: every step below comes sooner.
+    let (mut ctl, port) = agents_command(&s, &["--agents-timeout", "PT20S"]);
+    let token = std::fs::read_to_string(s.path("token")).unwrap().trim().to_string();
+    let mut real = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "token", "web-a1", &[]);
+    real.expect("registered", T);
+
+    let (mut ws, answer) = handshake::connect_agent(port, &token, Registration::new("web-a1", "other")).await;
+    let ControllerMessage::Error { code, message, .. } = answer else {
+        panic!("a second instance claiming web-a1 must be refused, got {answer:?}");
+    };
+    assert_eq!(code, ErrorCode::HostConflict);
+    assert!(message.contains("web-a1") && message.contains("--host-id"), "{message}");
+    assert!(
+        handshake::try_next_frame::<ControllerMessage>(&mut ws, T)
+            .await
+            .is_err(),
+        "the refused connection is closed"
+    );
+    ctl.expect("already connected", T);
+
+    // The same instance reconnecting is not a conflict: it replaces its own link.
+    let (_first, a1) = handshake::connect_agent(port, &token, Registration::new("web-b1", "b1")).await;
+    assert!(matches!(a1, ControllerMessage::Welcome { .. }), "{a1:?}");
+    let (_second, a2) = handshake::connect_agent(port, &token, Registration::new("web-b1", "b1")).await;
+    assert!(matches!(a2, ControllerMessage::Welcome { .. }), "{a2:?}");
+
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["HostId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["web-a1", "web-b1"], "{out}");
+    assert!(
+        !real.seen.iter().any(|l| l.contains("lost the controller")),
+        "the real agent kept its connection: {:?}",
+        real.seen
+    );
+}
+
+/// TLS: an agent that trusts the CA connects over wss://; one pinned to another certificate
+/// refuses the controller.
+#[test]
+fn agents_check_the_controllers_certificate_over_wss() {
+    let s = Scratch::new("tls");
+    let files = faultline::tls::generate(&s.path("tls"), &["127.0.0.1".parse().unwrap()], &["localhost"]).unwrap();
+    let cert = files.cert.to_str().unwrap();
+    let key = files.key.to_str().unwrap();
+    let (ctl, port) = agents_command(
+        &s,
+        &[
+            "--wait-agents",
+            "1",
+            "--agents-timeout",
+            "PT8S",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
+    );
+    let url = format!("wss://127.0.0.1:{port}");
+    let wrong_pin = "ab".repeat(32);
+    let mut pinned = real_agent(&s, &url, "token", "web-b1", &["--pin-sha256", &wrong_pin]);
+    pinned.expect("not the pinned one", T);
+    let mut trusting = real_agent(&s, &url, "token", "web-a1", &["--ca", files.ca.to_str().unwrap()]);
+    trusting.expect("registered", T);
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    assert!(out.contains("web-a1") && !out.contains("web-b1"), "{out}");
+
+    // A wss:// agent without a way to check the certificate does not start.
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--controller", &url, "--host-id", "x", "--az", "az-a"])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--state-dir")
+        .arg(s.path("state-x"));
+    let (status, _, lines) = Proc::spawn("no-trust", cmd).finish(T);
+    assert!(!status.success());
+    assert!(lines.iter().any(|l| l.contains("--ca")), "{lines:?}");
+}
