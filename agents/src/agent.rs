@@ -2,7 +2,7 @@
 //! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
 //! touches the faults, so there are no locks and no races between a remove and an expiry.
 
-use crate::faults::{Applied, Faults};
+use crate::faults::{Applied, Faults, Refusal};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
 use faultline_agent::protocol::{
@@ -273,6 +273,8 @@ impl Agent {
                     if let Err(e) = self.faults.cut(&fault_id) {
                         tracing::error!(fault = %fault_id, error = %e, "the blackout keeps the control plane");
                     }
+                    // Leases pause only now that the cut is really in place.
+                    self.sync_lease_pause(Instant::now());
                 }
                 link
             }
@@ -328,7 +330,10 @@ impl Agent {
                         tracing::warn!(fault = %fault_id, %refusal, "refused a fault");
                         Some(AgentMessage::Error {
                             re: Some(id),
-                            code: ErrorCode::NotAllowed,
+                            code: match refusal {
+                                Refusal::NotAllowed(_) => ErrorCode::NotAllowed,
+                                Refusal::OutOfRange(_) => ErrorCode::OutOfRange,
+                            },
                             message: refusal.to_string(),
                         })
                     }

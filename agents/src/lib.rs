@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod protocol;
