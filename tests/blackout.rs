@@ -163,7 +163,12 @@ impl Topology {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(name), "nft", "list", "tables"])
             .output()
-            .unwrap();
+            .expect("ip netns exec ... nft");
+        assert!(
+            out.status.success(),
+            "nft list tables in {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
