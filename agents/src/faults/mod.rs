@@ -274,8 +274,9 @@ impl Faults {
         };
         for path in unreadable {
             match state::table_of_file(&path) {
-                // The kernel may hold its table: remove it like any other fault's.
-                Some(table) if self.caps.nft => {
+                // The kernel may hold its table: remove it like any other fault's. Also when
+                // this life does not use nf_tables, as long as it may: the last one may have.
+                Some(table) if self.caps.nft || nft::has_net_admin() => {
                     tracing::warn!(path = %path.display(), %table, "an unreadable state file; removing the table it names");
                     let id = format!("unreadable:{}", path.display());
                     let effect = Effect::Orphan {

@@ -154,7 +154,7 @@ pub fn available() -> bool {
 }
 
 /// Whether CAP_NET_ADMIN is in this process's effective capabilities.
-fn has_net_admin() -> bool {
+pub fn has_net_admin() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
