@@ -740,12 +740,7 @@ impl Params<'_> {
         match text.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Some(n),
             Ok(n) => {
-                let range = if max == u64::MAX {
-                    format!(">= {min}")
-                } else {
-                    format!("{min}-{max}")
-                };
-                self.fail(key, format!("{key} is {n}; it must be {range}"), None);
+                self.fail(key, format!("{key} is {n}; it must be {min}-{max}"), None);
                 None
             }
             Err(_) => {

@@ -628,3 +628,78 @@ impl Faults {
 fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(name: &str) -> (Faults, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fl-faults-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let caps = Capabilities {
+            kinds: faultline_agent::protocol::CAPABILITIES.into_iter().collect(),
+            nft: false,
+        };
+        let config = Config {
+            max_duration: Duration::from_secs(60),
+            max_cut: Duration::from_secs(300),
+            kill: kill::Policy::default(),
+        };
+        let f = Faults::new(
+            caps,
+            StateDir::open(&dir).unwrap(),
+            Arc::new(Conditions::default()),
+            config,
+        );
+        (f, dir)
+    }
+
+    #[test]
+    fn a_failing_removal_is_retried_with_backoff_not_in_a_hot_loop() {
+        let (mut f, dir) = faults("retry");
+        let now = Instant::now();
+        f.active.insert(
+            "leftover".into(),
+            Active {
+                owner: "c1".into(),
+                // No kernel accepts a table name this long: every removal fails.
+                effect: Effect::Orphan {
+                    table: "x".repeat(300),
+                    file: None,
+                },
+                deadline: now,
+                retry: FIRST_RETRY,
+                cut: false,
+            },
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let before = Instant::now();
+            assert!(f.remove_where(|_, _, _| true).is_empty());
+            waits.push((f.next_deadline().unwrap() - before).as_secs_f64().round() as u64);
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(f.held().len(), 1, "kept, and reported at registration");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn absurd_commands_are_refused_before_anything_happens() {
+        let (mut f, dir) = faults("absurd");
+        let spec = FaultSpec {
+            fault_id: "e/a/h".into(),
+            duration_ms: Some(u64::MAX),
+            kind: FaultKind::Cpu {
+                load_percent: 50,
+                workers: 1,
+            },
+        };
+        match f.apply("c1", spec, None) {
+            Err(Refusal::OutOfRange(e)) => assert!(e.to_string().contains("duration_ms"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.held().is_empty());
+        assert!(f.state.leftovers().unwrap().0.is_empty(), "nothing recorded");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
