@@ -475,3 +475,70 @@ fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
     assert!(error.contains("--blackout-backend proxy"), "{r}");
     assert!(!topo.tables("a1").contains("fl_"));
 }
+
+#[test]
+fn starting_an_agent_installs_no_rule_to_probe_nf_tables() {
+    if !privileged() {
+        return;
+    }
+    use std::io::BufRead;
+    let s = Scratch::new("blackout-probe");
+    let topo = Topology::new(&HOSTS[..1]);
+    let ns = topo.ns("a1");
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let nft = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "nft {args:?}");
+    };
+    let mut seen = Vec::new();
+    // The monitor listens once it reports a table made after it started.
+    let deadline = std::time::Instant::now() + T;
+    while !seen.iter().any(|l: &String| l.contains("monitor_ready")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nft monitor never reported: {seen:?}"
+        );
+        nft(&["add", "table", "inet", "monitor_ready"]);
+        nft(&["delete", "table", "inet", "monitor_ready"]);
+        seen.extend(rx.recv_timeout(Duration::from_millis(500)));
+        seen.extend(rx.try_iter());
+    }
+
+    let template = blackout_template(&s, 5, true);
+    let (ctl, port) = topo.controller(&s, &template);
+    let mut agent = topo.agent(&s, port, "a1");
+    agent.expect("registered", T);
+    while !seen.iter().any(|l| l.contains("delete table inet faultline_probe")) {
+        match rx.recv_timeout(T) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the agent's probe never showed: {seen:?}"),
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let probe: Vec<&String> = seen.iter().filter(|l| !l.contains("monitor_ready")).collect();
+    assert!(
+        probe
+            .iter()
+            .all(|l| !l.contains("chain") && !l.contains("rule") && !l.contains("drop")),
+        "the probe touched more than an empty table: {probe:?}"
+    );
+    drop(ctl);
+}
