@@ -356,13 +356,32 @@ impl Agent {
             }
             ControllerMessage::RemoveAll { experiment } => {
                 let prefix = experiment.map(|e| format!("{e}/"));
-                let removed = self
-                    .faults
-                    .remove_where(|id, o, _| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str())));
+                let matches =
+                    |id: &str, o: &str| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
+                let removed = self.faults.remove_where(|id, o, _| matches(id, o));
                 tracing::info!(count = removed.len(), "removed every fault on request");
                 self.sync_lease_pause(Instant::now());
-                ack(Outcome::Removed {
-                    count: removed.len() as u32,
+                // What could not be removed stays held and is retried with backoff; the
+                // controller learns of it here rather than from a count that looks complete.
+                let left: Vec<String> = self
+                    .faults
+                    .held()
+                    .into_iter()
+                    .filter(|h| matches(&h.fault_id, &h.owner))
+                    .map(|h| h.fault_id)
+                    .collect();
+                ack(if left.is_empty() {
+                    Outcome::Removed {
+                        count: removed.len() as u32,
+                    }
+                } else {
+                    Outcome::Failed {
+                        message: format!(
+                            "removed {}, but could not remove {} (retrying with backoff; the agent's log says why)",
+                            removed.len(),
+                            left.join(", ")
+                        ),
+                    }
                 })
             }
             ControllerMessage::Ping {} => ack(Outcome::Pong {}),
