@@ -684,6 +684,37 @@ mod tests {
     }
 
     #[test]
+    fn the_control_plane_counts_as_cut_only_once_the_cut_is_in_place_and_for_max_cut_at_most() {
+        let (mut f, dir) = faults("cut");
+        f.config.max_cut = Duration::from_secs(10);
+        let spec = FaultSpec {
+            fault_id: "e/a/h".into(),
+            duration_ms: Some(60_000),
+            kind: FaultKind::Blackout {
+                allow: vec!["10.0.0.2".parse().unwrap()],
+                keep_control_plane: false,
+            },
+        };
+        let applied = f.apply("c1", spec, Some("10.255.0.1".parse().unwrap())).unwrap();
+        assert!(matches!(applied, Applied::ThenCut(_)), "{applied:?}");
+        assert!(
+            !f.cuts_control_plane(),
+            "leases keep running until the cut is installed"
+        );
+        let before = Instant::now();
+        f.cut("e/a/h").unwrap();
+        assert!(f.cuts_control_plane());
+        let ends = f.next_deadline().unwrap();
+        assert!(
+            ends <= Instant::now() + Duration::from_secs(10) && ends >= before + Duration::from_secs(10),
+            "a 60 s blackout that cuts the control plane ends at --max-cut (10 s)"
+        );
+        assert_eq!(f.remove_where(|_, _, _| true).len(), 1);
+        assert!(!f.cuts_control_plane());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn absurd_commands_are_refused_before_anything_happens() {
         let (mut f, dir) = faults("absurd");
         let spec = FaultSpec {
