@@ -163,7 +163,12 @@ impl Topology {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns(name), "nft", "list", "tables"])
             .output()
-            .unwrap();
+            .expect("ip netns exec ... nft");
+        assert!(
+            out.status.success(),
+            "nft list tables in {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -194,11 +199,16 @@ impl Topology {
     }
 
     fn agent(&self, s: &Scratch, port: u16, host: &str) -> Proc {
+        self.agent_with(s, &format!("ws://{}:{port}", self.hub_ip()), host, &[])
+    }
+
+    /// An agent in `host`'s namespace dialing `controller`, with more flags.
+    fn agent_with(&self, s: &Scratch, controller: &str, host: &str, extra: &[&str]) -> Proc {
         let (_, az, last) = self.hosts.iter().find(|(h, _, _)| h == host).unwrap().clone();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(host)])
             .arg(agent_bin())
-            .args(["--controller", &format!("ws://{}:{port}", self.hub_ip())])
+            .args(["--controller", controller])
             .arg("--token-file")
             .arg(s.path("token"))
             .args([
@@ -212,7 +222,8 @@ impl Topology {
                 "PT3S",
             ])
             .arg("--state-dir")
-            .arg(s.path(&format!("state-{host}")));
+            .arg(s.path(&format!("state-{host}")))
+            .args(extra);
         Proc::spawn(host, cmd)
     }
 }
@@ -349,4 +360,185 @@ fn a_blackout_survives_no_agent_crash() {
     assert!(topo.reaches("b1", topo.ip_of("a2")) && topo.reaches("a1", b1));
     ctl.signal(libc::SIGINT);
     assert_eq!(ctl.finish(T).0.code(), Some(130));
+}
+
+#[test]
+fn a_restart_removes_the_table_of_a_corrupt_record_and_any_stray_faultline_table() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-corrupt");
+    let topo = Topology::new(&HOSTS);
+    topo.serve_probes();
+    let a1 = topo.ip_of("a1");
+    let template = blackout_template(&s, 60, true);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let mut agents: Vec<Proc> = HOSTS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+
+    let killed = agents.remove(0);
+    killed.signal(libc::SIGKILL);
+    assert_eq!(killed.finish(T).0.code(), None, "killed by SIGKILL");
+    // A record cut short (a torn write, a full disk): only its file name is left to go by.
+    let records = state_files(&s, "a1");
+    assert_eq!(records.len(), 1, "{records:?}");
+    std::fs::write(&records[0], b"{\"fault_id\": \"bla").unwrap();
+    // And a table of faultline's that no record names at all (an empty one: harmless).
+    let stray = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ns("a1"),
+            "nft",
+            "add",
+            "table",
+            "inet",
+            "fl_00000000000000ab",
+        ])
+        .status()
+        .unwrap();
+    assert!(stray.success());
+    let before = topo.tables("a1");
+    assert_eq!(before.matches("inet fl_").count(), 2, "{before}");
+    assert!(!topo.reaches("b1", a1), "the killed agent's blackout holds");
+
+    let mut again = topo.agent(&s, port, "a1");
+    again.expect("registered", T);
+    let after = topo.tables("a1");
+    assert!(!after.contains("fl_"), "the restart left {after}");
+    assert!(topo.reaches("b1", a1), "a1 must be reachable after the restart");
+    assert!(state_files(&s, "a1").is_empty());
+    ctl.signal(libc::SIGINT);
+    assert_eq!(ctl.finish(T).0.code(), Some(130));
+}
+
+#[test]
+fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-max-cut");
+    let topo = Topology::new(&HOSTS[..1]);
+    topo.serve_probes();
+    let a1 = topo.ip_of("a1");
+    let template = blackout_template(&s, 3600, false);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let url = format!("ws://{}:{port}", topo.hub_ip());
+    let mut agent = topo.agent_with(&s, &url, "a1", &["--max-cut", "PT3S"]);
+    ctl.expect("action A running", T);
+    agent.expect("the blackout ends at --max-cut", T);
+    assert!(!topo.reaches("hub", a1), "the control plane is cut");
+    agent.expect("fault ended", Duration::from_secs(6));
+    assert!(topo.reaches("hub", a1), "--max-cut must end the blackout");
+    assert!(!topo.tables("a1").contains("fl_"));
+    ctl.signal(libc::SIGINT);
+    ctl.finish(T);
+}
+
+#[test]
+fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-local");
+    let topo = Topology::new(&HOSTS[..1]);
+    let template = blackout_template(&s, 5, true);
+    // The controller runs in a1's own namespace, on a1's address.
+    agent_bin();
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &topo.ns("a1"),
+        FAULTLINE,
+        "run",
+        "--format",
+        "json",
+        "--seed",
+        "1",
+    ])
+    .args(["--listen", &format!("{}:0", topo.ip_of("a1"))])
+    .arg("--token-file")
+    .arg(s.path("token"))
+    .arg("--journal")
+    .arg(s.path("journal.jsonl"))
+    .args(["--wait-agents", "1"])
+    .arg(&template);
+    let mut ctl = Proc::spawn("controller", cmd);
+    let port = ctl.controller_port();
+    let url = format!("ws://{}:{port}", topo.ip_of("a1"));
+    let _agent = topo.agent_with(&s, &url, "a1", &[]);
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(3), "{r}");
+    let error = r["actions"]["A"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("--blackout-backend proxy"), "{r}");
+    assert!(!topo.tables("a1").contains("fl_"));
+}
+
+#[test]
+fn starting_an_agent_installs_no_rule_to_probe_nf_tables() {
+    if !privileged() {
+        return;
+    }
+    use std::io::BufRead;
+    let s = Scratch::new("blackout-probe");
+    let topo = Topology::new(&HOSTS[..1]);
+    let ns = topo.ns("a1");
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let nft = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "nft {args:?}");
+    };
+    let mut seen = Vec::new();
+    // The monitor listens once it reports a table made after it started.
+    let deadline = std::time::Instant::now() + T;
+    while !seen.iter().any(|l: &String| l.contains("monitor_ready")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nft monitor never reported: {seen:?}"
+        );
+        nft(&["add", "table", "inet", "monitor_ready"]);
+        nft(&["delete", "table", "inet", "monitor_ready"]);
+        seen.extend(rx.recv_timeout(Duration::from_millis(500)));
+        seen.extend(rx.try_iter());
+    }
+
+    let template = blackout_template(&s, 5, true);
+    let (ctl, port) = topo.controller(&s, &template);
+    let mut agent = topo.agent(&s, port, "a1");
+    agent.expect("registered", T);
+    while !seen.iter().any(|l| l.contains("delete table inet faultline_probe")) {
+        match rx.recv_timeout(T) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the agent's probe never showed: {seen:?}"),
+        }
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let probe: Vec<&String> = seen.iter().filter(|l| !l.contains("monitor_ready")).collect();
+    assert!(
+        probe
+            .iter()
+            .all(|l| !l.contains("chain") && !l.contains("rule") && !l.contains("drop")),
+        "the probe touched more than an empty table: {probe:?}"
+    );
+    drop(ctl);
 }

@@ -56,45 +56,86 @@ fn killing_the_controller_ends_the_fault_within_the_lease() {
     assert!(state_files(&s, "web-a1").is_empty(), "the state dir must be clean");
 }
 
+/// Whether process `pid` is stopped (state T), polled for up to two seconds until it is
+/// as `stopped` says: a signal is delivered asynchronously.
+fn becomes_stopped(pid: u32, stopped: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state_t = stat.rsplit_once(')').unwrap().1.trim_start().starts_with('T');
+        if state_t == stopped {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
+    // A paused process outlives the agent that paused it: only the restart's recovery can
+    // resume it.
+    use std::os::unix::process::CommandExt;
     let s = Scratch::new("kill-agent");
+    let name = unique_name("frozen");
+    let victim = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg0(&name)
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
     let template = s.write_json(
         "t.json",
         &single_action(
             "web-a1",
-            "faultline:host:memory-stress",
-            json!({ "duration": "PT6S", "sizeMiB": "128" }),
+            "faultline:process:pause",
+            json!({ "duration": "PT8S", "processName": name }),
         ),
     );
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
-    assert!(rss(a.pid()) > 120 << 20);
+    assert!(becomes_stopped(victim.0.id(), true), "the fault should be in effect");
     assert_eq!(
         state_files(&s, "web-a1").len(),
         1,
         "the fault is recorded while in effect"
     );
     a.signal(libc::SIGKILL);
-    drop(a);
+    assert_eq!(a.finish(T).0.code(), None, "killed by SIGKILL");
+    assert!(
+        becomes_stopped(victim.0.id(), true),
+        "the process stays stopped after the agent died"
+    );
     let mut again = agent(&s, port, "web-a1", "az-a", &[]);
     again.expect("removed a fault left by the previous run", T);
     again.expect("registered", T);
     assert!(
-        state_files(&s, "web-a1").is_empty(),
-        "the restart must clean the state dir"
+        becomes_stopped(victim.0.id(), false),
+        "the restart must resume the paused process"
     );
     assert!(
-        rss(again.pid()) < 32 << 20,
-        "the restarted agent holds {} MiB",
-        rss(again.pid()) >> 20
+        state_files(&s, "web-a1").is_empty(),
+        "the restart must clean the state dir"
     );
     let (status, out, lines) = ctl.finish(T);
     let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}");
     let notes = r["actions"]["A"]["notes"].to_string();
     assert!(notes.contains("ended early (agent: restarted)"), "{r}");
+}
+
+/// A child killed (even when stopped) and reaped when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

@@ -186,10 +186,10 @@ fn each_rule_names_the_pointer_and_the_problem() {
             "1-100",
         ),
         (
-            "sizeMiB >= 1",
+            "sizeMiB 1-16777216",
             with("/actions/mem/parameters/sizeMiB", Some(json!("0"))),
             "/actions/mem/parameters/sizeMiB",
-            ">= 1",
+            "it must be 1-16777216",
         ),
         (
             "memory needs an amount",
@@ -214,6 +214,12 @@ fn each_rule_names_the_pointer_and_the_problem() {
             with("/actions/kill/parameters/signal", Some(json!("SIGKIL"))),
             "/actions/kill/parameters/signal",
             "not a known signal",
+        ),
+        (
+            "a kill never stops a process",
+            with("/actions/kill/parameters/signal", Some(json!("SIGSTOP"))),
+            "/actions/kill/parameters/signal",
+            "nothing would ever resume the process",
         ),
         (
             "parameters are strings",

@@ -170,6 +170,27 @@ async fn the_agent_answers_garbage_with_errors_and_refuses_what_it_may_not_do() 
         ),
         "{r:?}"
     );
+    // A forged kill the validator would never send: refused by the agent's own check.
+    let stop = ControllerMessage::Apply {
+        fault: FaultSpec {
+            fault_id: "x/kill/web-a1".into(),
+            duration_ms: None,
+            kind: FaultKind::Kill {
+                process_name: "x".repeat(4096),
+                signal: "SIGKILL".into(),
+            },
+        },
+    };
+    ws.send(Message::text(Frame::new(5, stop).encode())).await.unwrap();
+    let r = next_frame::<AgentMessage>(&mut ws).await;
+    match &r.msg {
+        AgentMessage::Error {
+            re: Some(5),
+            code: ErrorCode::OutOfRange,
+            message,
+        } => assert!(message.contains("it must be 1-255 bytes long"), "{message}"),
+        _ => panic!("{r:?}"),
+    }
     ws.send(Message::text(Frame::new(4, ControllerMessage::Ping {}).encode()))
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 //! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
 //! touches the faults, so there are no locks and no races between a remove and an expiry.
 
-use crate::faults::{Applied, Faults};
+use crate::faults::{Applied, Faults, Refusal};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
 use faultline_agent::protocol::{
@@ -289,6 +289,8 @@ impl Agent {
                     if let Err(e) = self.faults.cut(&fault_id) {
                         tracing::error!(fault = %fault_id, error = %e, "the blackout keeps the control plane");
                     }
+                    // Leases pause only now that the cut is really in place.
+                    self.sync_lease_pause(Instant::now());
                 }
                 link
             }
@@ -348,7 +350,10 @@ impl Agent {
                         tracing::warn!(fault = %fault_id, %refusal, "refused a fault");
                         Some(AgentMessage::Error {
                             re: Some(id),
-                            code: ErrorCode::NotAllowed,
+                            code: match refusal {
+                                Refusal::NotAllowed(_) => ErrorCode::NotAllowed,
+                                Refusal::OutOfRange(_) => ErrorCode::OutOfRange,
+                            },
                             message: refusal.to_string(),
                         })
                     }
@@ -371,13 +376,32 @@ impl Agent {
             }
             ControllerMessage::RemoveAll { experiment } => {
                 let prefix = experiment.map(|e| format!("{e}/"));
-                let removed = self
-                    .faults
-                    .remove_where(|id, o, _| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str())));
+                let matches =
+                    |id: &str, o: &str| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
+                let removed = self.faults.remove_where(|id, o, _| matches(id, o));
                 tracing::info!(count = removed.len(), "removed every fault on request");
                 self.sync_lease_pause(Instant::now());
-                ack(Outcome::Removed {
-                    count: removed.len() as u32,
+                // What could not be removed stays held and is retried with backoff; the
+                // controller learns of it here rather than from a count that looks complete.
+                let left: Vec<String> = self
+                    .faults
+                    .held()
+                    .into_iter()
+                    .filter(|h| matches(&h.fault_id, &h.owner))
+                    .map(|h| h.fault_id)
+                    .collect();
+                ack(if left.is_empty() {
+                    Outcome::Removed {
+                        count: removed.len() as u32,
+                    }
+                } else {
+                    Outcome::Failed {
+                        message: format!(
+                            "removed {}, but could not remove {} (retrying with backoff; the agent's log says why)",
+                            removed.len(),
+                            left.join(", ")
+                        ),
+                    }
                 })
             }
             ControllerMessage::Ping {} => ack(Outcome::Pong {}),

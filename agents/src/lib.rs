@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod duration;
+pub mod limits;
 pub mod logging;
 pub mod net;
 pub mod protocol;

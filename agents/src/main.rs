@@ -54,7 +54,7 @@ struct Cli {
     #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = "/var/lib/faultline-agent")]
     state_dir: PathBuf,
     /// Fault kinds this agent may inject.
-    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
+    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,pause,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
     allow: Vec<String>,
     /// How blackouts are enforced: nf_tables and the proxy (`nftables`), the proxy alone
     /// (`proxy`: use it when the agent shares its network with other things, as in
@@ -67,6 +67,20 @@ struct Cli {
     /// Remove this controller's faults after it has been silent this long (ISO 8601).
     #[arg(long, env = "FAULTLINE_LEASE", default_value = "PT10S", value_parser = parse_lease)]
     lease: Duration,
+    /// Refuse any fault longer than this (ISO 8601, at most PT12H).
+    #[arg(long, env = "FAULTLINE_MAX_DURATION", default_value = "PT12H", value_parser = parse_max_duration)]
+    max_duration: Duration,
+    /// End a blackout that cuts this host off from its controller after this long, whatever
+    /// its duration (ISO 8601).
+    #[arg(long, env = "FAULTLINE_MAX_CUT", default_value = "PT5M", value_parser = parse_positive)]
+    max_cut: Duration,
+    /// The only process names a kill or pause may signal (comma-separated) [default: any].
+    #[arg(long, env = "FAULTLINE_KILL_ALLOW", value_delimiter = ',', value_name = "NAME,...")]
+    kill_allow: Option<Vec<String>>,
+    /// Let a kill or pause signal processes of other users too [default: only processes
+    /// whose real uid is this agent's]. PID 1, this agent and its ancestors never.
+    #[arg(long, env = "FAULTLINE_KILL_OTHER_USERS")]
+    kill_other_users: bool,
     /// Log line format on stderr.
     #[arg(long, env = "FAULTLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -96,6 +110,21 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
         Ok(d) if d >= Duration::from_secs(1) => Ok(d),
         Ok(_) => Err("the lease must be at least PT1S".into()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    match duration::parse(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("it must be longer than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_max_duration(s: &str) -> Result<Duration, String> {
+    match parse_positive(s)? {
+        d if d > faultline_agent::limits::MAX_DURATION => Err("it must be at most PT12H".into()),
+        d => Ok(d),
     }
 }
 
@@ -135,14 +164,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         tracing::info!("capability left out: {note}");
     }
     let conditions = Arc::new(proxy::Conditions::default());
-    let faults = faults::Faults::new(caps, state, conditions.clone());
-    // Undo what a previous life left before this one registers.
-    let restarted = faults
-        .recover()
-        .map_err(|e| format!("cannot clean up after the previous run: {e}"))?
-        .into_iter()
-        .map(|r| (r.owner, r.fault_id))
-        .collect();
+    let config = faults::Config {
+        max_duration: cli.max_duration,
+        max_cut: cli.max_cut,
+        kill: faults::kill::Policy {
+            names: cli.kill_allow.map(|n| n.into_iter().collect()),
+            other_users: cli.kill_other_users,
+        },
+    };
+    let mut faults = faults::Faults::new(caps, state, conditions.clone(), config);
+    // Undo what a previous life left before this one registers; what cannot be undone yet
+    // is retried while the agent runs.
+    let restarted = faults.recover().into_iter().map(|r| (r.owner, r.fault_id)).collect();
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -23,12 +23,13 @@ pub const AGENT_PATH: &str = "/v1/agents";
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Capabilities an agent can have, also the names accepted by `--allow`.
-pub const CAPABILITIES: [&str; 5] = ["kill", "cpu", "memory", "latency", "blackout"];
+pub const CAPABILITIES: [&str; 6] = ["kill", "pause", "cpu", "memory", "latency", "blackout"];
 
-/// Signal names a kill may send, as the agent maps them to numbers.
-pub const SIGNALS: [&str; 12] = [
-    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGSTOP", "SIGCONT", "SIGUSR1", "SIGUSR2",
-    "SIGSEGV", "SIGTSTP",
+/// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
+/// are not among them: nothing would ever resume the process; `faultline:process:pause`
+/// ([`FaultKind::Pause`]) stops processes and resumes them.
+pub const SIGNALS: [&str; 10] = [
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGCONT", "SIGUSR1", "SIGUSR2", "SIGSEGV",
 ];
 
 /// One frame: version, message id and the message.
@@ -289,6 +290,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// Another agent instance is connected with this host id.
     HostConflict,
+    /// A fault parameter is outside the limits of `faultline_agent::limits` or of the
+    /// agent's own flags (e.g. `--max-duration`).
+    OutOfRange,
 }
 
 /// Why a fault ended without a remove command.
@@ -328,6 +332,12 @@ pub enum FaultKind {
         /// Signal name, e.g. `SIGKILL`.
         signal: String,
     },
+    /// Stop every process with this name (SIGSTOP) for the fault's duration, then resume
+    /// it (SIGCONT).
+    Pause {
+        /// Matched as for [`FaultKind::Kill`].
+        process_name: String,
+    },
     /// Hold a CPU load.
     Cpu {
         /// Duty cycle of each worker, 1-100.
@@ -365,6 +375,7 @@ impl FaultKind {
     pub fn capability(&self) -> &'static str {
         match self {
             FaultKind::Kill { .. } => "kill",
+            FaultKind::Pause { .. } => "pause",
             FaultKind::Cpu { .. } => "cpu",
             FaultKind::Memory { .. } => "memory",
             FaultKind::Latency { .. } => "latency",

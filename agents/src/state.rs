@@ -38,10 +38,17 @@ pub enum StateError {
     Locked(PathBuf),
 }
 
+/// A stopped process on record: its pid and start time.
+pub type PausedPid = (u32, u64);
+
 /// A locked state directory.
 #[derive(Debug)]
 pub struct StateDir {
     faults: PathBuf,
+    /// One empty marker file per process a pause stopped, named
+    /// `<fault file stem>.<pid>-<start time>`: written and synced before the SIGSTOP, so
+    /// that no corruption of a record can hide a stopped process from the next start.
+    paused: PathBuf,
     /// Held for the life of the agent: two agents sharing a directory would undo each other.
     _lock: File,
 }
@@ -55,6 +62,8 @@ impl StateDir {
         };
         let faults = dir.join("faults");
         fs::create_dir_all(&faults).map_err(io_err)?;
+        let paused = dir.join("paused");
+        fs::create_dir_all(&paused).map_err(io_err)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -65,7 +74,11 @@ impl StateDir {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(StateError::Locked(dir.to_path_buf()));
         }
-        Ok(StateDir { faults, _lock: lock })
+        Ok(StateDir {
+            faults,
+            paused,
+            _lock: lock,
+        })
     }
 
     fn path(&self, fault_id: &str) -> PathBuf {
@@ -111,8 +124,66 @@ impl StateDir {
 
     /// Deletes a file [`StateDir::leftovers`] could not read (e.g. an interrupted write).
     pub fn discard(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        match fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
+
+    fn marker(&self, fault_id: &str, pid: u32, start_time: u64) -> PathBuf {
+        self.paused.join(format!("{}.{pid}-{start_time}", file_stem(fault_id)))
+    }
+
+    /// Durably records that `fault_id` is about to stop process `pid` started at `start_time`.
+    pub fn mark_paused(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<()> {
+        File::create(self.marker(fault_id, pid, start_time))?.sync_all()?;
+        File::open(&self.paused)?.sync_all()
+    }
+
+    /// Forgets a stopped process once it is resumed.
+    pub fn unmark_paused(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<()> {
+        self.discard(&self.marker(fault_id, pid, start_time))
+    }
+
+    /// Every stopped process on record: the marker file, the pid and its start time.
+    /// Files whose name does not parse are returned with `None`.
+    pub fn paused(&self) -> io::Result<Vec<(PathBuf, Option<PausedPid>)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.paused)? {
+            let path = entry?.path();
+            let parsed = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.split_once('-'))
+                .and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?)));
+            out.push((path, parsed));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether a fault other than `fault_id` also keeps process `pid` (started at
+    /// `start_time`) stopped.
+    pub fn paused_by_another(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<bool> {
+        let mine = self.marker(fault_id, pid, start_time);
+        Ok(self
+            .paused()?
+            .iter()
+            .any(|(path, p)| *p == Some((pid, start_time)) && *path != mine))
+    }
+}
+
+/// The nf_tables table a fault's blackout uses, derived from the fault id.
+pub fn table_name(fault_id: &str) -> String {
+    format!("fl_{:016x}", fnv1a(fault_id.as_bytes()))
+}
+
+/// The table named after the fault whose record is (or was being written to) `path`,
+/// whatever the file holds: its stem ends with the same hash that names the table.
+pub fn table_of_file(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    let (_, hash) = stem.rsplit_once('-')?;
+    (hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("fl_{hash}"))
 }
 
 /// A file name for a fault id: readable where it can be, unique always.
@@ -164,7 +235,26 @@ mod tests {
         assert_eq!(s.leftovers().unwrap().0, vec![rec.clone()]);
         s.remove(&rec.fault_id).unwrap();
         s.remove(&rec.fault_id).unwrap();
+        assert_eq!(
+            table_of_file(&s.path(&rec.fault_id)),
+            Some(table_name(&rec.fault_id)),
+            "a corrupt record still names its table"
+        );
         assert!(s.leftovers().unwrap().0.is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn paused_markers_name_pid_and_start_time() {
+        let dir = temp();
+        let s = StateDir::open(&dir).unwrap();
+        s.mark_paused("e/a/h1", 42, 777).unwrap();
+        s.mark_paused("e/b/h1", 42, 777).unwrap();
+        let found: Vec<_> = s.paused().unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(found, vec![Some((42, 777)), Some((42, 777))]);
+        assert!(s.paused_by_another("e/a/h1", 42, 777).unwrap());
+        s.unmark_paused("e/b/h1", 42, 777).unwrap();
+        assert!(!s.paused_by_another("e/a/h1", 42, 777).unwrap());
         fs::remove_dir_all(&dir).unwrap();
     }
 

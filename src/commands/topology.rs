@@ -37,6 +37,9 @@ pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
             if !no_build {
                 t.build().map_err(|e| super::fail(exit::FAILED, e))?;
             }
+            // Before the containers start: compose mounts the CA file, and Docker would make a
+            // directory of a path that does not exist yet.
+            t.tls().map_err(|e| super::fail(exit::FAILED, e))?;
             t.start().map_err(|e| super::fail(exit::FAILED, e))?;
             let names = hosts(&t)?;
             eprintln!("waiting for {} agents and a healthy load balancer...", names.len());

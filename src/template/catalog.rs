@@ -3,8 +3,9 @@
 use super::model::ResourceType;
 
 /// Every action id of design §2, in the order the docs list them.
-pub const ACTION_IDS: [&str; 6] = [
+pub const ACTION_IDS: [&str; 7] = [
     "faultline:process:kill",
+    "faultline:process:pause",
     "faultline:host:cpu-stress",
     "faultline:host:memory-stress",
     "faultline:network:latency",

@@ -137,6 +137,14 @@ pub enum ActionSpec {
         /// Signal name, e.g. `SIGKILL`.
         signal: String,
     },
+    /// `faultline:process:pause`
+    #[serde(rename = "faultline:process:pause")]
+    Pause {
+        /// How long the processes stay stopped.
+        duration: Duration,
+        /// Name matched against comm and argv[0].
+        process_name: String,
+    },
     /// `faultline:host:cpu-stress`
     #[serde(rename = "faultline:host:cpu-stress")]
     CpuStress {
@@ -190,6 +198,7 @@ impl ActionSpec {
     pub fn action_id(&self) -> &'static str {
         match self {
             ActionSpec::Kill { .. } => "faultline:process:kill",
+            ActionSpec::Pause { .. } => "faultline:process:pause",
             ActionSpec::CpuStress { .. } => "faultline:host:cpu-stress",
             ActionSpec::MemoryStress { .. } => "faultline:host:memory-stress",
             ActionSpec::Latency { .. } => "faultline:network:latency",
@@ -202,7 +211,8 @@ impl ActionSpec {
     pub fn duration(&self) -> Duration {
         match self {
             ActionSpec::Kill { .. } => Duration::ZERO,
-            ActionSpec::CpuStress { duration, .. }
+            ActionSpec::Pause { duration, .. }
+            | ActionSpec::CpuStress { duration, .. }
             | ActionSpec::MemoryStress { duration, .. }
             | ActionSpec::Latency { duration, .. }
             | ActionSpec::Blackout { duration, .. }
@@ -217,6 +227,9 @@ impl ActionSpec {
             ActionSpec::Kill { process_name, signal } => FaultKind::Kill {
                 process_name: process_name.clone(),
                 signal: signal.clone(),
+            },
+            ActionSpec::Pause { process_name, .. } => FaultKind::Pause {
+                process_name: process_name.clone(),
             },
             ActionSpec::CpuStress {
                 load_percent, workers, ..

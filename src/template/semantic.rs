@@ -7,13 +7,14 @@ use super::catalog::{self, did_you_mean, ACTION_IDS, SIGNALS};
 use super::diagnostic::{join, Diagnostic, Origin};
 use super::model::*;
 use crate::duration;
+use faultline_agent::limits;
 use faultline_agent::protocol::MemoryAmount;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Longest an action may last (design §2).
-pub const MAX_ACTION_DURATION: Duration = Duration::from_secs(12 * 3600);
+pub const MAX_ACTION_DURATION: Duration = limits::MAX_DURATION;
 /// Shortest alarm period: probes need time to answer.
 pub const MIN_ALARM_PERIOD: Duration = Duration::from_millis(100);
 /// Longest alarm period.
@@ -705,20 +706,41 @@ impl Params<'_> {
         self.params.get(key).and_then(Value::as_str)
     }
 
+    /// `processName` of a kill or pause: a name, not a path.
+    fn process_name(&mut self) -> Option<String> {
+        let process_name = self.text("processName")?.to_string();
+        if process_name.contains('/') {
+            self.fail(
+                "processName",
+                format!("`{process_name}` contains '/'"),
+                Some("give the process name (e.g. nginx), not a path".into()),
+            );
+            return None;
+        }
+        let (min, max) = limits::PROCESS_NAME_BYTES;
+        if !(min..=max).contains(&(process_name.len() as u64)) {
+            self.fail(
+                "processName",
+                format!(
+                    "processName is {} bytes long; it must be {min}-{max}",
+                    process_name.len()
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(process_name)
+    }
+
     /// A whole number in `min..=max`; `default` when absent.
-    fn int(&mut self, key: &str, min: u64, max: u64, default: u64) -> Option<u64> {
+    fn int(&mut self, key: &str, (min, max): (u64, u64), default: u64) -> Option<u64> {
         let Some(text) = self.text(key) else {
             return Some(default);
         };
         match text.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Some(n),
             Ok(n) => {
-                let range = if max == u64::MAX {
-                    format!(">= {min}")
-                } else {
-                    format!("{min}-{max}")
-                };
-                self.fail(key, format!("{key} is {n}; it must be {range}"), None);
+                self.fail(key, format!("{key} is {n}; it must be {min}-{max}"), None);
                 None
             }
             Err(_) => {
@@ -769,29 +791,35 @@ impl Params<'_> {
                     format!("SIG{signal}")
                 };
                 let signal_ok = SIGNALS.contains(&normalized.as_str());
-                if !signal_ok {
+                if limits::STOP_SIGNALS.contains(&normalized.as_str()) {
+                    self.fail(
+                        "signal",
+                        format!("a kill does not send {normalized}: nothing would ever resume the process"),
+                        Some("use faultline:process:pause with a duration; it resumes what it stops".into()),
+                    );
+                } else if !signal_ok {
                     let hint =
                         suggest(signal, SIGNALS).unwrap_or_else(|| format!("known signals: {}", SIGNALS.join(", ")));
                     self.fail("signal", format!("`{signal}` is not a known signal"), Some(hint));
                 }
-                let process_name = self.text("processName")?.to_string();
-                if process_name.contains('/') {
-                    self.fail(
-                        "processName",
-                        format!("`{process_name}` contains '/'"),
-                        Some("give the process name (e.g. nginx), not a path".into()),
-                    );
-                    return None;
-                }
+                let process_name = self.process_name()?;
                 signal_ok.then_some(ActionSpec::Kill {
                     process_name,
                     signal: normalized,
                 })
             }
+            "faultline:process:pause" => {
+                let duration = self.duration();
+                let process_name = self.process_name();
+                Some(ActionSpec::Pause {
+                    duration: duration?,
+                    process_name: process_name?,
+                })
+            }
             "faultline:host:cpu-stress" => {
                 let duration = self.duration();
-                let load = self.int("loadPercent", 1, 100, 100);
-                let workers = self.int("workers", 0, 1024, 0);
+                let load = self.int("loadPercent", limits::LOAD_PERCENT, 100);
+                let workers = self.int("workers", limits::CPU_WORKERS, 0);
                 Some(ActionSpec::CpuStress {
                     duration: duration?,
                     load_percent: load? as u8,
@@ -800,10 +828,12 @@ impl Params<'_> {
             }
             "faultline:host:memory-stress" => {
                 let duration = self.duration();
-                let workers = self.int("workers", 0, 256, 0);
+                let workers = self.int("workers", limits::MEMORY_WORKERS, 0);
                 let amount = match (self.params.contains_key("percent"), self.params.contains_key("sizeMiB")) {
-                    (true, false) => self.int("percent", 1, 100, 0).map(|p| MemoryAmount::Percent(p as u8)),
-                    (false, true) => self.int("sizeMiB", 1, u64::MAX, 0).map(MemoryAmount::SizeMib),
+                    (true, false) => self
+                        .int("percent", limits::MEMORY_PERCENT, 0)
+                        .map(|p| MemoryAmount::Percent(p as u8)),
+                    (false, true) => self.int("sizeMiB", limits::MEMORY_MIB, 0).map(MemoryAmount::SizeMib),
                     (both, _) => {
                         let msg = if both {
                             "give percent or sizeMiB, not both"
@@ -823,11 +853,12 @@ impl Params<'_> {
             }
             "faultline:network:latency" => {
                 let duration = self.duration();
-                let delay = self.int("delayMilliseconds", 0, 600_000, 0);
-                let jitter = self.int("jitterMilliseconds", 0, 600_000, 0);
+                let delay = self.int("delayMilliseconds", limits::DELAY_MS, 0);
+                let jitter = self.int("jitterMilliseconds", limits::DELAY_MS, 0);
+                let (min_loss, max_loss) = limits::LOSS_PERCENT;
                 let loss = match self.text("lossPercent").map(|t| (t, t.parse::<f64>())) {
                     None => Some(0.0),
-                    Some((_, Ok(l))) if (0.0..=100.0).contains(&l) => Some(l),
+                    Some((_, Ok(l))) if (min_loss..=max_loss).contains(&l) => Some(l),
                     Some((t, _)) => {
                         self.fail(
                             "lossPercent",

@@ -322,15 +322,23 @@ pub fn rss(pid: u32) -> u64 {
 
 /// Files left in an agent's state dir.
 pub fn state_files(scratch: &Scratch, host: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(scratch.path(&format!("state-{host}/faults")))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default()
+    let dir = scratch.path(&format!("state-{host}/faults"));
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("state dir {} cannot be read (did the agent start?): {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 /// The journal's events.
 pub fn journal(scratch: &Scratch) -> Vec<Value> {
-    std::fs::read_to_string(scratch.path("journal.jsonl"))
-        .unwrap_or_default()
+    let path = scratch.path("journal.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| {
+            panic!(
+                "journal {} cannot be read (did the controller run?): {e}",
+                path.display()
+            )
+        })
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

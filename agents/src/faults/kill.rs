@@ -1,6 +1,9 @@
-//! `faultline:process:kill`: signal every process with a given name.
+//! `faultline:process:kill`: signal every process with a given name, and the guard shared
+//! with `faultline:process:pause` that decides which processes may be signalled at all.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::io;
 
 /// Maps a signal name of [`faultline_agent::protocol::SIGNALS`] to its number.
 pub fn signal_number(name: &str) -> Option<i32> {
@@ -11,31 +14,101 @@ pub fn signal_number(name: &str) -> Option<i32> {
         "SIGHUP" => libc::SIGHUP,
         "SIGQUIT" => libc::SIGQUIT,
         "SIGABRT" => libc::SIGABRT,
-        "SIGSTOP" => libc::SIGSTOP,
         "SIGCONT" => libc::SIGCONT,
         "SIGUSR1" => libc::SIGUSR1,
         "SIGUSR2" => libc::SIGUSR2,
         "SIGSEGV" => libc::SIGSEGV,
-        "SIGTSTP" => libc::SIGTSTP,
         _ => return None,
     })
 }
 
-/// Pids of live processes whose `comm` or argv[0] basename is `name`, this agent excluded.
+/// Which processes a kill or a pause may signal, beyond the fixed rule that PID 1, the
+/// agent and its ancestors are never signalled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The only process names that may be signalled (`--kill-allow`); any name when `None`.
+    pub names: Option<BTreeSet<String>>,
+    /// Whether processes of other users may be signalled (`--kill-other-users`); by
+    /// default only those whose real uid is the agent's.
+    pub other_users: bool,
+}
+
+/// A process, named by its pid and its start time (field 22 of /proc/PID/stat, in clock
+/// ticks since boot), so that a pid reused by another process is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time.
+    pub start_time: u64,
+}
+
+/// The fields of /proc/PID/stat a guard needs.
+struct Stat {
+    state: char,
+    ppid: u32,
+    start_time: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the
+    // last ')'. Field 3 is the state, 4 the ppid, 22 the start time.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The start time of `pid`, or `None` when no such process exists.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.start_time)
+}
+
+/// Whether `pid` is stopped (state `T`).
+#[cfg(test)]
+pub fn is_stopped(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| s.state == 'T')
+}
+
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// This process's ancestors, from its parent up to PID 1.
+fn ancestors() -> BTreeSet<u32> {
+    let mut seen = BTreeSet::new();
+    let mut pid = std::process::id();
+    while let Some(s) = stat(pid) {
+        // The ppid of PID 1 is 0; `insert` failing means a loop, which /proc cannot have.
+        if s.ppid == 0 || !seen.insert(s.ppid) {
+            break;
+        }
+        pid = s.ppid;
+    }
+    seen
+}
+
+/// Pids of live processes whose `comm` or argv[0] basename is `name`.
 pub fn find(name: &str) -> Vec<u32> {
-    let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut pids: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
         .filter(|pid| {
             // A zombie is already dead; signalling it would report a kill that did nothing.
-            let live = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
-                .unwrap_or(false);
+            let live = stat(*pid).is_some_and(|s| s.state != 'Z');
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let argv0 = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default();
@@ -53,12 +126,31 @@ pub enum KillError {
     /// The signal name is not one of [`faultline_agent::protocol::SIGNALS`].
     #[error("unknown signal {0}")]
     UnknownSignal(String),
+    /// SIGSTOP or SIGTSTP: nothing would resume the process.
+    #[error("a kill does not send {0}: nothing would resume the process; use faultline:process:pause")]
+    StopSignal(String),
+    /// `--kill-allow` does not list the name.
+    #[error("`{name}` is not among the process names this agent may signal (--kill-allow {allowed})")]
+    NameNotAllowed {
+        /// The process name.
+        name: String,
+        /// The allowed names, comma-separated.
+        allowed: String,
+    },
     /// Nothing by that name runs here.
     #[error("no process named `{0}` is running on this host")]
     NoProcess(String),
     /// Every match exited between the scan and the signal.
     #[error("every process named `{0}` exited before it could be signalled")]
     AllExited(String),
+    /// Some matches may not be signalled, so none was: one `pid N (comm): why` per refusal.
+    #[error("refused: no process named `{name}` was signalled, because {}", refused.join("; "))]
+    Guarded {
+        /// The process name.
+        name: String,
+        /// Each refused process and why.
+        refused: Vec<String>,
+    },
     /// kill(2) failed for every match; one `pid N: error` per process.
     #[error("could not signal `{name}`: {}", errors.join("; "))]
     Refused {
@@ -69,25 +161,113 @@ pub enum KillError {
     },
 }
 
-/// Signals every process named `name`; the pids signalled, or why none was.
-pub fn kill(name: &str, signal: &str) -> Result<Vec<u32>, KillError> {
-    let sig = signal_number(signal).ok_or_else(|| KillError::UnknownSignal(signal.to_string()))?;
+/// The processes named `name` that `policy` lets this agent signal. All or nothing: when
+/// any match is refused, the answer is an error naming each refused pid and why, so that
+/// a fault never takes effect on part of what it named.
+pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
+    if let Some(names) = &policy.names {
+        if !names.contains(name) {
+            return Err(KillError::NameNotAllowed {
+                name: name.to_string(),
+                allowed: names.iter().cloned().collect::<Vec<_>>().join(","),
+            });
+        }
+    }
     let pids = find(name);
     if pids.is_empty() {
         return Err(KillError::NoProcess(name.to_string()));
     }
+    let me = std::process::id();
+    let ancestors = ancestors();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let mut refused = Vec::new();
+    let mut targets = Vec::new();
+    for pid in pids {
+        let why = if pid == 1 {
+            Some("it is PID 1 (init)".to_string())
+        } else if pid == me {
+            Some("it is this agent".to_string())
+        } else if ancestors.contains(&pid) {
+            Some("it is an ancestor of this agent (its supervisor)".to_string())
+        } else if !policy.other_users && real_uid(pid).is_some_and(|u| u != uid) {
+            Some(format!(
+                "it runs as uid {}, not as this agent's uid {uid} (see --kill-other-users)",
+                real_uid(pid).unwrap_or_default()
+            ))
+        } else {
+            None
+        };
+        match (why, start_time(pid)) {
+            (Some(why), _) => {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                refused.push(format!("pid {pid} ({}): {why}", comm.trim_end()));
+            }
+            (None, Some(start_time)) => targets.push(Target { pid, start_time }),
+            // Exited since the scan.
+            (None, None) => {}
+        }
+    }
+    if !refused.is_empty() {
+        return Err(KillError::Guarded {
+            name: name.to_string(),
+            refused,
+        });
+    }
+    Ok(targets)
+}
+
+/// Sends `sig` to `target` unless its pid now names another process. `Ok(false)` when it is
+/// gone.
+pub fn signal(target: Target, sig: i32) -> io::Result<bool> {
+    // A pidfd pins the process: once the start time matches, the signal cannot reach a
+    // process that took over the pid in between.
+    // SAFETY: pidfd_open with a pid and no flags; the descriptor is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, target.pid as libc::c_int, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    let fd = fd as libc::c_int;
+    let result = if start_time(target.pid) != Some(target.start_time) {
+        Ok(false)
+    } else {
+        // SAFETY: pidfd_send_signal on the descriptor opened above, no siginfo, no flags.
+        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, sig, std::ptr::null::<u8>(), 0) };
+        if r == 0 {
+            Ok(true)
+        } else {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    };
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Signals every process named `name` that `policy` allows; the pids signalled, or why
+/// none was.
+pub fn kill(name: &str, signal_name: &str, policy: &Policy) -> Result<Vec<u32>, KillError> {
+    if faultline_agent::limits::STOP_SIGNALS.contains(&signal_name) {
+        return Err(KillError::StopSignal(signal_name.to_string()));
+    }
+    let sig = signal_number(signal_name).ok_or_else(|| KillError::UnknownSignal(signal_name.to_string()))?;
     let mut signalled = Vec::new();
     let mut errors = Vec::new();
-    for pid in pids {
-        // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
-        if unsafe { libc::kill(pid as i32, sig) } == 0 {
-            signalled.push(pid);
-        } else {
-            let e = std::io::Error::last_os_error();
-            // The process may have exited between the scan and the signal.
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                errors.push(format!("pid {pid}: {e}"));
-            }
+    for t in targets(name, policy)? {
+        match signal(t, sig) {
+            Ok(true) => signalled.push(t.pid),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("pid {}: {e}", t.pid)),
         }
     }
     match (signalled.is_empty(), errors.is_empty()) {
@@ -101,29 +281,79 @@ pub fn kill(name: &str, signal: &str) -> Result<Vec<u32>, KillError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
-    #[test]
-    fn kills_by_argv0_and_reports_absence() {
-        let name = format!("fl-kill-test-{}", std::process::id());
-        let mut child = std::process::Command::new("sleep")
-            .arg0(&name)
+    /// A `sleep` whose argv[0] is `name`, once its exec has completed.
+    pub fn named_sleep(name: &str) -> std::process::Child {
+        let child = std::process::Command::new("sleep")
+            .arg0(name)
             .arg("30")
             .spawn()
             .unwrap();
         // Until its exec completes the child still carries this test's name; wait for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while find(&name).is_empty() && std::time::Instant::now() < deadline {
+        while find(name).is_empty() && std::time::Instant::now() < deadline {
             std::thread::yield_now();
         }
+        child
+    }
+
+    #[test]
+    fn kills_by_argv0_and_reports_absence() {
+        let name = format!("fl-kill-test-{}", std::process::id());
+        let mut child = named_sleep(&name);
+        let policy = Policy::default();
         assert_eq!(find(&name), vec![child.id()]);
-        assert_eq!(kill(&name, "SIGKILL"), Ok(vec![child.id()]));
+        assert_eq!(kill(&name, "SIGKILL", &policy), Ok(vec![child.id()]));
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        assert_eq!(kill(&name, "SIGKILL"), Err(KillError::NoProcess(name.clone())));
+        assert_eq!(kill(&name, "SIGKILL", &policy), Err(KillError::NoProcess(name.clone())));
+    }
+
+    #[test]
+    fn the_agent_its_ancestors_and_stop_signals_are_refused() {
+        let policy = Policy::default();
+        let me = fs::read_to_string("/proc/self/comm").unwrap();
+        match kill(me.trim_end(), "SIGKILL", &policy) {
+            Err(KillError::Guarded { refused, .. }) => {
+                assert!(refused.iter().any(|r| r.contains("it is this agent")), "{refused:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let parent = stat(std::process::id()).unwrap().ppid;
+        assert!(ancestors().contains(&parent));
+        assert!(matches!(
+            kill("whatever", "SIGSTOP", &policy),
+            Err(KillError::StopSignal(_))
+        ));
+        let only = Policy {
+            names: Some(["web".to_string()].into()),
+            other_users: false,
+        };
+        assert!(kill("db", "SIGKILL", &only)
+            .unwrap_err()
+            .to_string()
+            .contains("--kill-allow web"));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_signalled() {
+        let name = format!("fl-reuse-test-{}", std::process::id());
+        let mut child = named_sleep(&name);
+        let real = Target {
+            pid: child.id(),
+            start_time: start_time(child.id()).unwrap(),
+        };
+        let other = Target {
+            start_time: real.start_time + 1,
+            ..real
+        };
+        assert!(!signal(other, libc::SIGKILL).unwrap());
+        assert!(signal(real, libc::SIGKILL).unwrap());
+        child.wait().unwrap();
     }
 
     #[test]

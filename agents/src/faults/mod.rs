@@ -8,12 +8,15 @@ pub mod cpu;
 pub mod kill;
 pub mod memory;
 pub mod nft;
+pub mod pause;
 
 use crate::proxy::{Condition, Conditions};
-use crate::state::{fnv1a, Record, StateDir};
+use crate::state::{self, Record, StateDir};
+use faultline_agent::limits::{self, OutOfRange};
 use faultline_agent::protocol::{FaultKind, FaultSpec, HeldFault, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
@@ -84,6 +87,17 @@ impl Capabilities {
     }
 }
 
+/// The agent's own limits on what it is asked to do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The longest fault accepted (`--max-duration`).
+    pub max_duration: Duration,
+    /// The longest the control plane stays cut (`--max-cut`); then the blackout ends.
+    pub max_cut: Duration,
+    /// Which processes a kill or pause may signal.
+    pub kill: kill::Policy,
+}
+
 /// What is in effect, and what taking it away needs.
 #[derive(Debug)]
 enum Effect {
@@ -95,14 +109,31 @@ enum Effect {
         nft_table: Option<String>,
         cut: Option<Vec<IpAddr>>,
     },
+    Pause(Vec<kill::Target>),
+    /// An effect that died with a previous life of this agent; only its record remains.
+    Gone,
+    /// A table a previous life of this agent left, which this start could not remove yet,
+    /// with the state file that named it when it was unreadable.
+    Orphan {
+        table: String,
+        file: Option<PathBuf>,
+    },
 }
+
+/// The first wait before a failed removal is tried again; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Active {
     owner: String,
     effect: Effect,
+    /// When it ends; after a failed removal, when the removal is tried again.
     deadline: Instant,
-    cuts_control_plane: bool,
+    /// The wait before the next retry once a removal has failed.
+    retry: Duration,
+    /// Whether the control plane is cut right now (set once the cut is installed).
+    cut: bool,
 }
 
 /// The result of an apply: an answer now, or later (memory becomes resident).
@@ -127,6 +158,17 @@ pub struct NotAllowed {
     pub available: String,
 }
 
+/// A command refused before anything is done.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The kind is not among this agent's capabilities.
+    #[error(transparent)]
+    NotAllowed(#[from] NotAllowed),
+    /// A parameter is out of range.
+    #[error("refused: {0}")]
+    OutOfRange(#[from] OutOfRange),
+}
+
 /// Why a fault could not be applied, cut or removed; its message goes to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
@@ -136,6 +178,15 @@ pub enum FaultError {
     /// No process was signalled.
     #[error(transparent)]
     Kill(#[from] kill::KillError),
+    /// No process was paused.
+    #[error(transparent)]
+    Pause(#[from] pause::PauseError),
+    /// An nf_tables blackout would cut the controller's own host.
+    #[error(
+        "refused: the controller ({0}) runs on this host, and an nf_tables blackout would cut off everything \
+         else on it; run this agent with --blackout-backend proxy, or the controller on another host"
+    )]
+    ControllerIsLocal(IpAddr),
     /// The memory asked for would eat the safety margin.
     #[error(transparent)]
     Memory(#[from] memory::UnsafeAmount),
@@ -162,6 +213,7 @@ impl FaultError {
 pub struct Faults {
     active: BTreeMap<String, Active>,
     caps: Capabilities,
+    config: Config,
     state: StateDir,
     conditions: Arc<Conditions>,
 }
@@ -174,10 +226,11 @@ fn now_ms() -> u64 {
 
 impl Faults {
     /// An empty table.
-    pub fn new(caps: Capabilities, state: StateDir, conditions: Arc<Conditions>) -> Self {
+    pub fn new(caps: Capabilities, state: StateDir, conditions: Arc<Conditions>, config: Config) -> Self {
         Faults {
             active: BTreeMap::new(),
             caps,
+            config,
             state,
             conditions,
         }
@@ -188,36 +241,119 @@ impl Faults {
         &self.caps
     }
 
-    /// Takes away what a previous life of this agent left in the state dir. Returns the
+    /// Takes away what a previous life of this agent left: the processes it paused, the
+    /// tables its records name (readable or not) and every `fl_*` table of this network
+    /// namespace. Never fails: what cannot be removed now is held as a fault of its
+    /// record's owner, reported at registration and retried with backoff. Returns the
     /// records undone, so their owners can be told.
-    pub fn recover(&self) -> std::io::Result<Vec<Record>> {
-        let (records, unreadable) = self.state.leftovers()?;
+    pub fn recover(&mut self) -> Vec<Record> {
+        match pause::recover(&self.state) {
+            Ok(n) if n > 0 => tracing::warn!(count = n, "resumed processes left paused"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot resume the processes a previous run paused"),
+        }
+        let (records, unreadable) = match self.state.leftovers() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the state dir; only the table sweep cleans up");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let now = Instant::now();
+        let orphan = |active: &mut BTreeMap<String, Active>, id: String, owner: String, effect| {
+            active.insert(
+                id,
+                Active {
+                    owner,
+                    effect,
+                    deadline: now,
+                    retry: FIRST_RETRY,
+                    cut: false,
+                },
+            );
+        };
         for path in unreadable {
-            tracing::warn!(path = %path.display(), "discarding an unreadable state file");
-            self.state.discard(&path)?;
+            match state::table_of_file(&path) {
+                // The kernel may hold its table: remove it like any other fault's. Also when
+                // this life does not use nf_tables, as long as it may: the last one may have.
+                Some(table) if self.caps.nft || nft::has_net_admin() => {
+                    tracing::warn!(path = %path.display(), %table, "an unreadable state file; removing the table it names");
+                    let id = format!("unreadable:{}", path.display());
+                    let effect = Effect::Orphan {
+                        table,
+                        file: Some(path),
+                    };
+                    orphan(&mut self.active, id, String::new(), effect);
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "discarding an unreadable state file");
+                    if let Err(e) = self.state.discard(&path) {
+                        tracing::error!(path = %path.display(), error = %e, "cannot discard it");
+                    }
+                }
+            }
         }
         for r in &records {
-            if let Some(table) = &r.nft_table {
-                nft::remove(table).map_err(|e| {
-                    std::io::Error::other(format!("cannot remove blackout table {table} of {}: {e}", r.fault_id))
-                })?;
-            }
-            self.state.remove(&r.fault_id)?;
-            tracing::warn!(fault = %r.fault_id, kind = %r.kind, "removed a fault left by the previous run of this agent");
+            let effect = match &r.nft_table {
+                Some(table) => Effect::Orphan {
+                    table: table.clone(),
+                    file: None,
+                },
+                None => Effect::Gone,
+            };
+            orphan(&mut self.active, r.fault_id.clone(), r.owner.clone(), effect);
         }
-        Ok(records)
+        if self.caps.nft {
+            match nft::tables() {
+                Ok(tables) => {
+                    let known: BTreeSet<String> = self
+                        .active
+                        .values()
+                        .filter_map(|a| match &a.effect {
+                            Effect::Orphan { table, .. } => Some(table.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    for table in tables
+                        .into_iter()
+                        .filter(|t| t.starts_with("fl_") && !known.contains(t))
+                    {
+                        tracing::warn!(%table, "an nf_tables table of faultline that no record names; removing it");
+                        let effect = Effect::Orphan {
+                            table: table.clone(),
+                            file: None,
+                        };
+                        orphan(&mut self.active, format!("table:{table}"), String::new(), effect);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list the nf_tables tables to sweep them"),
+            }
+        }
+        let undone: BTreeSet<String> = self
+            .remove_where(|_, _, _| true)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        for r in &records {
+            if undone.contains(&r.fault_id) {
+                tracing::warn!(fault = %r.fault_id, kind = %r.kind, "removed a fault left by the previous run of this agent");
+            }
+        }
+        records.into_iter().filter(|r| undone.contains(&r.fault_id)).collect()
     }
 
     /// Applies a fault for `owner`. `controller` is the controller's address, kept reachable
     /// by a blackout that keeps the control plane.
-    pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, NotAllowed> {
+    pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, Refusal> {
         let capability = spec.kind.capability();
         if !self.caps.kinds.contains(capability) {
             return Err(NotAllowed {
                 capability,
                 available: self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", "),
-            });
+            }
+            .into());
         }
+        limits::check(&spec, self.config.max_duration)?;
         if self.active.contains_key(&spec.fault_id) {
             return Ok(Applied::Now(Outcome::Applied {
                 detail: "already in effect".into(),
@@ -226,17 +362,19 @@ impl Faults {
         }
         if let FaultKind::Kill { process_name, signal } = &spec.kind {
             // Nothing to take away afterwards, so nothing to record.
-            return Ok(Applied::Now(match kill::kill(process_name, signal) {
-                Ok(pids) => Outcome::Applied {
-                    detail: format!(
-                        "sent {signal} to {} process{} named {process_name}",
-                        pids.len(),
-                        if pids.len() == 1 { "" } else { "es" }
-                    ),
-                    pids,
+            return Ok(Applied::Now(
+                match kill::kill(process_name, signal, &self.config.kill) {
+                    Ok(pids) => Outcome::Applied {
+                        detail: format!(
+                            "sent {signal} to {} process{} named {process_name}",
+                            pids.len(),
+                            if pids.len() == 1 { "" } else { "es" }
+                        ),
+                        pids,
+                    },
+                    Err(e) => Outcome::Failed { message: e.to_string() },
                 },
-                Err(e) => Outcome::Failed { message: e.to_string() },
-            }));
+            ));
         }
         let Some(duration_ms) = spec.duration_ms else {
             return Ok(Applied::Now(Outcome::Failed {
@@ -244,8 +382,20 @@ impl Faults {
             }));
         };
         let nft_table = match (&spec.kind, self.caps.nft) {
-            (FaultKind::Blackout { .. }, true) => Some(format!("fl_{:016x}", fnv1a(spec.fault_id.as_bytes()))),
+            (FaultKind::Blackout { .. }, true) => Some(state::table_name(&spec.fault_id)),
             _ => None,
+        };
+        if let (Some(_), Some(ip)) = (&nft_table, controller.filter(|ip| is_local(*ip))) {
+            return Ok(Applied::Now(Outcome::Failed {
+                message: FaultError::ControllerIsLocal(ip).to_string(),
+            }));
+        }
+        // The limits keep the duration within 12 hours, so the sum cannot overflow; a clock
+        // that could not hold it still gets an answer rather than a panic.
+        let Some(deadline) = Instant::now().checked_add(Duration::from_millis(duration_ms)) else {
+            return Ok(Applied::Now(Outcome::Failed {
+                message: format!("a duration of {duration_ms} ms does not fit this host's clock"),
+            }));
         };
         let record = Record {
             fault_id: spec.fault_id.clone(),
@@ -259,7 +409,6 @@ impl Faults {
                 message: format!("cannot record the fault in the state dir, so it is not applied: {e}"),
             }));
         }
-        let deadline = Instant::now() + Duration::from_millis(duration_ms);
         let mut later = None;
         let effect = match spec.kind {
             FaultKind::Cpu { load_percent, workers } => cpu::CpuStress::start(load_percent, workers)
@@ -316,33 +465,43 @@ impl Faults {
                     }
                 })
             }
+            FaultKind::Pause { ref process_name } => {
+                pause::pause(&spec.fault_id, process_name, &self.config.kill, &self.state)
+                    .map(Effect::Pause)
+                    .map_err(FaultError::from)
+            }
             FaultKind::Kill { .. } => unreachable!("handled above"),
         };
         match effect {
             Ok(effect) => {
-                let cuts_control_plane = matches!(
+                let will_cut = matches!(
                     spec.kind,
                     FaultKind::Blackout {
                         keep_control_plane: false,
                         ..
                     }
                 );
+                let pids = match &effect {
+                    Effect::Pause(targets) => targets.iter().map(|t| t.pid).collect(),
+                    _ => vec![],
+                };
                 self.active.insert(
                     spec.fault_id.clone(),
                     Active {
                         owner: owner.to_string(),
                         effect,
                         deadline,
-                        cuts_control_plane,
+                        retry: FIRST_RETRY,
+                        cut: false,
                     },
                 );
                 let outcome = Outcome::Applied {
                     detail: format!("{capability} in effect for {duration_ms} ms"),
-                    pids: vec![],
+                    pids,
                 };
                 Ok(match later {
                     Some(rx) => Applied::Later(rx),
-                    None if cuts_control_plane => Applied::ThenCut(outcome),
+                    None if will_cut => Applied::ThenCut(outcome),
                     None => Applied::Now(outcome),
                 })
             }
@@ -355,10 +514,14 @@ impl Faults {
         }
     }
 
-    /// Cuts the control plane of a blackout applied with [`Applied::ThenCut`].
+    /// Cuts the control plane of a blackout applied with [`Applied::ThenCut`]. The
+    /// blackout then ends by `--max-cut` at the latest, whatever its duration.
     pub fn cut(&mut self, fault_id: &str) -> Result<(), FaultError> {
+        let max_cut = self.config.max_cut;
         let Some(Active {
             effect: Effect::Blackout { nft_table, cut },
+            deadline,
+            cut: is_cut,
             ..
         }) = self.active.get_mut(fault_id)
         else {
@@ -369,33 +532,50 @@ impl Faults {
             nft::replace(t, &strict).map_err(FaultError::io("cannot cut the control plane"))?;
         }
         self.conditions.set(fault_id, Condition::Blackout { allow: strict });
+        *is_cut = true;
+        if let Some(limit) = Instant::now().checked_add(max_cut) {
+            if limit < *deadline {
+                tracing::warn!(fault = %fault_id, max_cut = ?max_cut, "the control plane is cut; the blackout ends at --max-cut");
+                *deadline = limit;
+            }
+        }
         Ok(())
     }
 
     /// Removes one fault; `Ok(false)` when it was not in effect.
     pub fn remove(&mut self, fault_id: &str) -> Result<bool, FaultError> {
-        let Some(active) = self.active.remove(fault_id) else {
+        let Some(mut active) = self.active.remove(fault_id) else {
             return Ok(false);
         };
         self.conditions.clear(fault_id);
-        if let Effect::Blackout {
-            nft_table: Some(table), ..
-        } = &active.effect
-        {
-            if let Err(e) = nft::remove(table) {
-                let e = FaultError::Io {
-                    what: format!("cannot remove blackout table {table}"),
-                    source: e,
-                };
-                // Keep it, and its record, so a retry or a restart takes it away.
-                self.active.insert(fault_id.to_string(), active);
-                return Err(e);
+        let undone = match &active.effect {
+            Effect::Blackout {
+                nft_table: Some(table), ..
             }
+            | Effect::Orphan { table, .. } => {
+                nft::remove(table).map_err(FaultError::io(format!("cannot remove blackout table {table}")))
+            }
+            Effect::Pause(targets) => pause::resume(fault_id, targets, &self.state)
+                .map_err(FaultError::io("cannot resume the paused processes")),
+            _ => Ok(()),
+        };
+        if let Err(e) = undone {
+            // Keep it, and its record, so a retry or a restart takes it away; retries back
+            // off so that a lasting failure is no hot loop.
+            let now = Instant::now();
+            active.deadline = now.checked_add(active.retry).unwrap_or(now);
+            active.retry = (active.retry * 2).min(MAX_RETRY);
+            self.active.insert(fault_id.to_string(), active);
+            return Err(e);
         }
         match active.effect {
             Effect::Cpu(stress) => stress.stop(),
             Effect::Memory(held) => held.release(),
-            Effect::Latency | Effect::Blackout { .. } => {}
+            Effect::Orphan { file: Some(path), .. } => self
+                .state
+                .discard(&path)
+                .map_err(FaultError::io("table removed, but its unreadable state file remains"))?,
+            Effect::Latency | Effect::Blackout { .. } | Effect::Pause(_) | Effect::Orphan { .. } | Effect::Gone => {}
         }
         self.state
             .remove(fault_id)
@@ -438,8 +618,119 @@ impl Faults {
         self.active.values().map(|a| a.deadline).min()
     }
 
-    /// Whether a fault in effect cuts this host off from its controller.
+    /// Whether a fault in effect cuts this host off from its controller right now.
     pub fn cuts_control_plane(&self) -> bool {
-        self.active.values().any(|a| a.cuts_control_plane)
+        self.active.values().any(|a| a.cut)
+    }
+}
+
+/// Whether `ip` is an address of this host (loopback, or one it can bind).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(name: &str) -> (Faults, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fl-faults-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let caps = Capabilities {
+            kinds: faultline_agent::protocol::CAPABILITIES.into_iter().collect(),
+            nft: false,
+        };
+        let config = Config {
+            max_duration: Duration::from_secs(60),
+            max_cut: Duration::from_secs(300),
+            kill: kill::Policy::default(),
+        };
+        let f = Faults::new(
+            caps,
+            StateDir::open(&dir).unwrap(),
+            Arc::new(Conditions::default()),
+            config,
+        );
+        (f, dir)
+    }
+
+    #[test]
+    fn a_failing_removal_is_retried_with_backoff_not_in_a_hot_loop() {
+        let (mut f, dir) = faults("retry");
+        let now = Instant::now();
+        f.active.insert(
+            "leftover".into(),
+            Active {
+                owner: "c1".into(),
+                // No kernel accepts a table name this long: every removal fails.
+                effect: Effect::Orphan {
+                    table: "x".repeat(300),
+                    file: None,
+                },
+                deadline: now,
+                retry: FIRST_RETRY,
+                cut: false,
+            },
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let before = Instant::now();
+            assert!(f.remove_where(|_, _, _| true).is_empty());
+            waits.push((f.next_deadline().unwrap() - before).as_secs_f64().round() as u64);
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(f.held().len(), 1, "kept, and reported at registration");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_control_plane_counts_as_cut_only_once_the_cut_is_in_place_and_for_max_cut_at_most() {
+        let (mut f, dir) = faults("cut");
+        f.config.max_cut = Duration::from_secs(10);
+        let spec = FaultSpec {
+            fault_id: "e/a/h".into(),
+            duration_ms: Some(60_000),
+            kind: FaultKind::Blackout {
+                allow: vec!["10.0.0.2".parse().unwrap()],
+                keep_control_plane: false,
+            },
+        };
+        let applied = f.apply("c1", spec, Some("10.255.0.1".parse().unwrap())).unwrap();
+        assert!(matches!(applied, Applied::ThenCut(_)), "{applied:?}");
+        assert!(
+            !f.cuts_control_plane(),
+            "leases keep running until the cut is installed"
+        );
+        let before = Instant::now();
+        f.cut("e/a/h").unwrap();
+        assert!(f.cuts_control_plane());
+        let ends = f.next_deadline().unwrap();
+        assert!(
+            ends <= Instant::now() + Duration::from_secs(10) && ends >= before + Duration::from_secs(10),
+            "a 60 s blackout that cuts the control plane ends at --max-cut (10 s)"
+        );
+        assert_eq!(f.remove_where(|_, _, _| true).len(), 1);
+        assert!(!f.cuts_control_plane());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn absurd_commands_are_refused_before_anything_happens() {
+        let (mut f, dir) = faults("absurd");
+        let spec = FaultSpec {
+            fault_id: "e/a/h".into(),
+            duration_ms: Some(u64::MAX),
+            kind: FaultKind::Cpu {
+                load_percent: 50,
+                workers: 1,
+            },
+        };
+        match f.apply("c1", spec, None) {
+            Err(Refusal::OutOfRange(e)) => assert!(e.to_string().contains("duration_ms"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(f.held().is_empty());
+        assert!(f.state.leftovers().unwrap().0.is_empty(), "nothing recorded");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -13,6 +13,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -20,7 +21,10 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const CAP_NET_ADMIN: u32 = 12;
 const NLA_F_NESTED: u16 = 1 << 15;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
@@ -134,10 +138,89 @@ pub fn remove(table: &str) -> io::Result<()> {
     }
 }
 
-/// Whether this process may change nf_tables here: creates and deletes a probe table.
+/// Whether this process may change nf_tables here. Never installs a rule: it needs
+/// CAP_NET_ADMIN in its effective set, and then sends one transaction that creates an empty
+/// table (no chain, so no hook sees a packet) and deletes it again, which the kernel
+/// applies all or nothing.
 pub fn available() -> bool {
+    if !has_net_admin() {
+        return false;
+    }
     let probe = format!("faultline_probe_{}", std::process::id());
-    install(&probe, &[]).is_ok() && remove(&probe).is_ok()
+    let mut batch = Batch::new();
+    batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| m.str_attr(1, &probe));
+    batch.message(NFT_MSG_DELTABLE, 0, |m| m.str_attr(1, &probe));
+    batch.send().is_ok()
+}
+
+/// Whether CAP_NET_ADMIN is in this process's effective capabilities.
+pub fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// The names of every `inet` table in this network namespace (a GETTABLE dump).
+pub fn tables() -> io::Result<Vec<String>> {
+    let mut req = Vec::new();
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
+    let socket = Socket::open()?;
+    socket.send(&req)?;
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket.recv(&mut buf)?;
+        let mut at = 0;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+            if len < 16 || at + len > n {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink reply"));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(names),
+                NLMSG_ERROR if len >= 20 => {
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => {
+                    // Attributes follow the header (16) and the nfgenmsg (4).
+                    names.extend(string_attr(&buf[at + 20..at + len], 1)); // NFTA_TABLE_NAME
+                }
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// The string value of the first attribute of type `kind` in `attrs`.
+fn string_attr(mut attrs: &[u8], kind: u16) -> Option<String> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let k = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if k == kind {
+            let value = &attrs[4..len];
+            let value = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    None
 }
 
 /// One netlink message under construction; attributes are appended to `buf`.
@@ -383,6 +466,52 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([buf[0], buf[1]]), 12);
         assert_eq!(u16::from_ne_bytes([buf[2], buf[3]]), 4 | NLA_F_NESTED);
         assert_eq!(&buf[8..12], b"abc\0");
+    }
+
+    /// Runs `f` on a thread in a network namespace of its own (as root), so nothing it
+    /// installs can touch the host; `None` when not root.
+    fn in_private_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: nf_tables tests need root");
+            return None;
+        }
+        std::thread::spawn(move || {
+            // SAFETY: unshare of the network namespace affects this thread only.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET)");
+            f()
+        })
+        .join()
+        .ok()
+    }
+
+    #[test]
+    fn the_probe_leaves_nothing_and_the_sweep_lists_tables() {
+        let Some((available, before, during, after)) = in_private_netns(|| {
+            let available = available();
+            let before = tables().unwrap();
+            install("fl_00000000000000aa", &[]).unwrap();
+            let during = tables().unwrap();
+            remove("fl_00000000000000aa").unwrap();
+            (available, before, during, tables().unwrap())
+        }) else {
+            return;
+        };
+        assert!(available);
+        assert!(before.is_empty(), "the probe left {before:?}");
+        assert_eq!(during, vec!["fl_00000000000000aa".to_string()]);
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_table_name_is_read_from_its_attributes() {
+        let mut buf = Vec::new();
+        let mut m = Msg { buf: &mut buf };
+        m.u32_attr(2, 0);
+        m.str_attr(1, "fl_0123456789abcdef");
+        assert_eq!(string_attr(&buf, 1).as_deref(), Some("fl_0123456789abcdef"));
+        assert_eq!(string_attr(&buf, 3), None);
+        assert_eq!(string_attr(&[200, 0, 1, 0], 1), None, "a length past the end");
     }
 
     #[test]
