@@ -188,6 +188,9 @@ impl Controller {
         let exit_code = match (&ran.outcome.state, &ran.outcome.stop) {
             (State::Completed, _) => exit::COMPLETED,
             (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
+            (State::Stopped, Some(StopRequest::Terminated)) => exit::TERMINATED,
+            // Not a stop condition: the run could not be watched, so it did not do its job.
+            (State::Stopped, Some(StopRequest::Unwatched { .. })) => exit::FAILED,
             (State::Stopped, _) => exit::STOPPED,
             _ => exit::FAILED,
         };
@@ -242,10 +245,15 @@ impl Controller {
             let (stop_tx, stop_rx) = mpsc::channel(4);
             let engine = run.run(placements, stop_rx);
             tokio::pin!(engine);
+            let mut interrupts_open = true;
             let outcome = loop {
                 tokio::select! {
                     o = &mut engine => break o,
-                    Some(i) = interrupts.recv() => { let _ = stop_tx.send(i).await; }
+                    i = interrupts.recv(), if interrupts_open => match i {
+                        // Never waits on the engine: a full channel means a stop is under way.
+                        Some(i) => { let _ = stop_tx.try_send(i); }
+                        None => interrupts_open = false,
+                    },
                 }
             };
             return Ok(Ran {
@@ -277,17 +285,24 @@ impl Controller {
             window = %crate::duration::human(alarms::longest_window(&alarms)),
             "checking steady state before the first action"
         );
+        let mut interrupts_open = true;
         let blocked = loop {
             tokio::select! {
-                Some(e) = evaluations.recv() => {
-                    if let Some(fired) = record(&mut monitor, e) {
-                        break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                w = evaluations.recv() => match evaluation(w) {
+                    Ok(e) => {
+                        if let Some(fired) = record(&mut monitor, e) {
+                            break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                        }
+                        if monitor.window_complete() {
+                            break None;
+                        }
                     }
-                    if monitor.window_complete() {
-                        break None;
-                    }
-                }
-                Some(i) = interrupts.recv() => break Some(i),
+                    Err(lost) => break Some(lost),
+                },
+                i = interrupts.recv(), if interrupts_open => match i {
+                    Some(i) => break Some(i),
+                    None => interrupts_open = false,
+                },
             }
         };
         if let Some(stop) = blocked {
@@ -311,39 +326,60 @@ impl Controller {
         let engine = run.run(placements, stop_rx);
         tokio::pin!(engine);
         let mut interrupted = false;
+        let mut watching = true;
+        // Stops never wait on the engine: a full channel means a stop is already under way.
         let outcome = loop {
             tokio::select! {
                 o = &mut engine => break o,
-                Some(e) = evaluations.recv() => {
-                    if let Some(fired) = record(&mut monitor, e) {
-                        let _ = stop_tx.send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) }).await;
+                w = evaluations.recv(), if watching => match evaluation(w) {
+                    Ok(e) => {
+                        if let Some(fired) = record(&mut monitor, e) {
+                            let _ = stop_tx.try_send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                        }
                     }
-                }
-                Some(i) = interrupts.recv() => {
-                    interrupted = true;
-                    let _ = stop_tx.send(i).await;
-                }
+                    Err(lost) => {
+                        watching = false;
+                        let _ = stop_tx.try_send(lost);
+                    }
+                },
+                i = interrupts.recv(), if interrupts_open => match i {
+                    Some(i) => {
+                        interrupted = true;
+                        let _ = stop_tx.try_send(i);
+                    }
+                    None => interrupts_open = false,
+                },
             }
         };
 
-        // Did the system come back? One more full window, unless the operator wants out.
+        // Did the system come back? One more full window, unless the operator wants out or
+        // the alarms cannot be watched.
         let mut recovery = None;
-        if !interrupted {
+        if !interrupted && watching {
             let started = SystemTime::now();
             monitor.enter(Phase::Recovery);
             tracing::info!("checking that the system recovers");
-            loop {
+            let watched = loop {
                 tokio::select! {
-                    Some(e) = evaluations.recv() => {
-                        record(&mut monitor, e);
-                        if monitor.window_complete() {
-                            break;
+                    w = evaluations.recv() => match evaluation(w) {
+                        Ok(e) => {
+                            record(&mut monitor, e);
+                            if monitor.window_complete() {
+                                break true;
+                            }
                         }
-                    }
-                    Some(_) = interrupts.recv() => break,
+                        Err(lost) => {
+                            tracing::warn!(reason = %lost, "the recovery could not be watched to its end");
+                            break false;
+                        }
+                    },
+                    i = interrupts.recv(), if interrupts_open => match i {
+                        Some(_) => break true,
+                        None => interrupts_open = false,
+                    },
                 }
-            }
-            recovery = Some(started);
+            };
+            recovery = watched.then_some(started);
         }
         let steady_state = Some(SteadyState {
             baseline: "ok".into(),
@@ -394,6 +430,22 @@ pub struct SteadyState {
     /// From the end of the last action until every alarm had been OK, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
+}
+
+/// The evaluation a watcher sent, or the stop its loss calls for (a closed channel means
+/// every watcher is gone).
+fn evaluation(watched: Option<alarms::Watched>) -> Result<alarms::Evaluation, StopRequest> {
+    match watched {
+        Some(alarms::Watched::Evaluation(e)) => Ok(e),
+        Some(alarms::Watched::Lost { alarm, why }) => Err(StopRequest::Unwatched {
+            alarm: Some(alarm),
+            why,
+        }),
+        None => Err(StopRequest::Unwatched {
+            alarm: None,
+            why: "every watcher stopped".into(),
+        }),
+    }
 }
 
 /// What an alarm saw when it fired, for people.
@@ -479,6 +531,18 @@ async fn forward_fleet_events(
             },
             FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
             FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
+            FleetEvent::OrphanRemoved {
+                host,
+                fault_id,
+                owner,
+                error,
+            } => Event::OrphanRemoval {
+                host,
+                fault_id,
+                owner,
+                confirmed: error.is_none(),
+                error,
+            },
             FleetEvent::Refused { .. } => continue,
         });
     }
