@@ -400,12 +400,20 @@ impl Run {
         let mut unconfirmed = 0;
         let mut dispatched: BTreeSet<String> = BTreeSet::new();
         let mut stops_open = true;
-        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
+        // Which action each runner task runs, to account for one that panics.
+        let mut runners: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+        start_ready(&run, &mut placements, &mut records, &mut tasks, &mut runners, &cancel);
         loop {
             tokio::select! {
-                joined = tasks.join_next() => {
-                    let Some(joined) = joined else { break };
-                    let f = joined.expect("action runners do not panic");
+                joined = tasks.join_next_with_id() => {
+                    let f = match joined {
+                        None => break,
+                        Some(Ok((_, f))) => f,
+                        Some(Err(e)) => {
+                            let name = runners.get(&e.id()).cloned().unwrap_or_default();
+                            lost_runner(&run, name, &records, e)
+                        }
+                    };
                     dispatched.extend(f.hosts.iter().cloned());
                     let rec = records.get_mut(&f.name).expect("runner of a known action");
                     rec.state = f.state;
@@ -423,7 +431,7 @@ impl Run {
                         cancel.cancel();
                     }
                     if failure.is_none() && stop.is_none() {
-                        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
+                        start_ready(&run, &mut placements, &mut records, &mut tasks, &mut runners, &cancel);
                     }
                 }
                 req = stops.recv(), if stops_open && stop.is_none() && failure.is_none() => {
@@ -475,6 +483,7 @@ fn start_ready(
     placements: &mut BTreeMap<String, (Vec<String>, Vec<Placement>)>,
     records: &mut BTreeMap<String, ActionRecord>,
     tasks: &mut JoinSet<Finished>,
+    runners: &mut BTreeMap<tokio::task::Id, String>,
     cancel: &CancellationToken,
 ) {
     let done = |r: &ActionRecord| matches!(r.state, State::Completed | State::Skipped);
@@ -490,7 +499,39 @@ fn start_ready(
         rec.state = State::Initiating;
         rec.started_at = Some(SystemTime::now());
         let (_, placed) = placements.remove(&name).unwrap_or_default();
-        tasks.spawn(run_action(run.clone(), name, placed, cancel.child_token()));
+        let runner = tasks.spawn(run_action(run.clone(), name.clone(), placed, cancel.child_token()));
+        runners.insert(runner.id(), name);
+    }
+}
+
+/// Accounts for an action whose runner panicked: the action failed (which stops the run),
+/// and no running action owns its faults any more, so the run's end removes them.
+fn lost_runner(
+    run: &Run,
+    name: String,
+    records: &BTreeMap<String, ActionRecord>,
+    error: tokio::task::JoinError,
+) -> Finished {
+    let hosts = records.get(&name).map(|r| r.hosts.clone()).unwrap_or_default();
+    for host in &hosts {
+        run.fleet.release(&fault_id(&run.id, &name, host));
+    }
+    let error = format!("its runner ended unexpectedly ({error}); the end of the run removes its faults");
+    tracing::error!(action = %name, %error, "an action's runner panicked");
+    run.journal.record(Event::ActionState {
+        action: name.clone(),
+        state: State::Failed,
+        reason: Some(error.clone()),
+        duration_ms: None,
+    });
+    Finished {
+        name,
+        state: State::Failed,
+        error: Some(error),
+        notes: Vec::new(),
+        hosts,
+        last_removal: None,
+        unconfirmed: 0,
     }
 }
 

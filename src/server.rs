@@ -431,8 +431,8 @@ impl Fleet {
         }
         tracing::info!(%host, az = %description.placement.availability_zone, %peer, "agent connected");
         self.inner.version.send_modify(|v| *v += 1);
-        let _ = self.inner.events.send(FleetEvent::Connected(description.clone()));
         self.registered(&description, held);
+        let _ = self.inner.events.send(FleetEvent::Connected(description));
 
         let writer = tokio::spawn(async move {
             while let Some(text) = outgoing.recv().await {
