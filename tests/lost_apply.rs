@@ -149,7 +149,7 @@ fn a_reconnect_keeps_the_faults_of_running_actions_and_removes_the_others() {
 }
 
 #[test]
-fn only_the_host_of_a_fault_can_end_it() {
+fn only_the_host_of_a_fault_can_end_or_answer_for_it() {
     let s = Scratch::new("foreign-end");
     let (mut ctl, port) = controller(&s, &cpu_template(&s, "PT3S"), 2, &[]);
     let mut a1 = FakeAgent::connect(port, &s.path("token"), "web-a1", "az-a", &["cpu"]);
@@ -158,11 +158,18 @@ fn only_the_host_of_a_fault_can_end_it() {
     let ControllerMessage::Apply { fault } = msg else {
         panic!("expected an apply, got {msg:?}");
     };
-    // Another host claims the fault is over before its host even answered.
+    // Another host answers the apply in its host's stead, and claims the fault is over.
+    b1.ack(
+        id,
+        Outcome::Failed {
+            message: "forged by web-b1".into(),
+        },
+    );
     b1.send(AgentMessage::FaultEnded {
         fault_id: fault.fault_id.clone(),
         reason: EndReason::LeaseExpired,
     });
+    b1.sync();
     a1.ack(
         id,
         Outcome::Applied {

@@ -119,6 +119,22 @@ impl FakeAgent {
             .expect("fake agent: send");
     }
 
+    /// Returns once the controller has read every frame sent before: a second registration
+    /// is always refused with an error, which comes back after them.
+    pub fn sync(&mut self) {
+        self.send(AgentMessage::Register {
+            host: self.description.clone(),
+            lease_ms: LEASE_MS,
+            instance: self.instance.clone(),
+            held: Vec::new(),
+        });
+        let (_, msg) = self.next_command(Duration::from_secs(10));
+        assert!(
+            matches!(msg, ControllerMessage::Error { .. }),
+            "fake agent: expected the refusal of a second registration, got {msg:?}"
+        );
+    }
+
     /// Answers the command `re`.
     pub fn ack(&mut self, re: u64, outcome: Outcome) {
         self.send(AgentMessage::Ack { re, outcome });
