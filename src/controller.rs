@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Agents are taken to be all there once none has connected for this long.
@@ -53,6 +53,9 @@ pub struct Controller {
     fleet: Fleet,
     addr: SocketAddr,
     cancel: CancellationToken,
+    /// Fleet events since the start, until a run journals them: faults removed from agents
+    /// that registered before the run (left by a controller that died) are journaled too.
+    early: std::sync::Mutex<Option<broadcast::Receiver<FleetEvent>>>,
 }
 
 impl Controller {
@@ -66,7 +69,13 @@ impl Controller {
             "controller listening on ws://{addr}{}",
             faultline_agent::protocol::AGENT_PATH
         );
-        Ok(Controller { fleet, addr, cancel })
+        let early = std::sync::Mutex::new(Some(fleet.events()));
+        Ok(Controller {
+            fleet,
+            addr,
+            cancel,
+            early,
+        })
     }
 
     /// The address agents dial.
@@ -140,6 +149,21 @@ impl Controller {
         opts: RunOptions,
         interrupts: mpsc::Receiver<StopRequest>,
     ) -> Result<Report, RunError> {
+        let mut fleet_events = self
+            .early
+            .lock()
+            .expect("never poisoned")
+            .take()
+            .unwrap_or_else(|| self.fleet.events());
+        // Of what happened before the run, only the removal of orphaned faults is journaled.
+        let mut orphans = Vec::new();
+        loop {
+            match fleet_events.try_recv() {
+                Ok(e @ FleetEvent::OrphanRemoved { .. }) => orphans.extend(journal_event(e)),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
         let experiment = Arc::new(experiment);
         let id = token::random_id("EXP");
         let journal_path = opts
@@ -159,16 +183,15 @@ impl Controller {
                 live_cancel.clone(),
             ))
         });
-        let forward = tokio::spawn(forward_fleet_events(
-            self.fleet.events(),
-            journal.clone(),
-            live_cancel.clone(),
-        ));
         let started_at = SystemTime::now();
         journal.record(Event::ExperimentState {
             state: State::Pending,
             reason: None,
         });
+        for e in orphans {
+            journal.record(e);
+        }
+        let forward = tokio::spawn(forward_fleet_events(fleet_events, journal.clone(), live_cancel.clone()));
 
         let result = self
             .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)
@@ -185,15 +208,7 @@ impl Controller {
             let _ = l.await;
         }
         let ran = result?;
-        let exit_code = match (&ran.outcome.state, &ran.outcome.stop) {
-            (State::Completed, _) => exit::COMPLETED,
-            (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
-            (State::Stopped, Some(StopRequest::Terminated)) => exit::TERMINATED,
-            // Not a stop condition: the run could not be watched, so it did not do its job.
-            (State::Stopped, Some(StopRequest::Unwatched { .. })) => exit::FAILED,
-            (State::Stopped, _) => exit::STOPPED,
-            _ => exit::FAILED,
-        };
+        let exit_code = exit_code(ran.outcome.state, ran.outcome.stop.as_ref());
         Ok(Report {
             experiment_id: id,
             description: experiment.description.clone(),
@@ -432,6 +447,19 @@ pub struct SteadyState {
     pub recovery_ms: Option<f64>,
 }
 
+/// The exit status of a run that ended in `state`, stopped by `stop`.
+fn exit_code(state: State, stop: Option<&StopRequest>) -> u8 {
+    match (state, stop) {
+        (State::Completed, _) => exit::COMPLETED,
+        (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
+        (State::Stopped, Some(StopRequest::Terminated)) => exit::TERMINATED,
+        // Not a stop condition: the run could not be watched, so it did not do its job.
+        (State::Stopped, Some(StopRequest::Unwatched { .. })) => exit::FAILED,
+        (State::Stopped, _) => exit::STOPPED,
+        _ => exit::FAILED,
+    }
+}
+
 /// The evaluation a watcher sent, or the stop its loss calls for (a closed channel means
 /// every watcher is gone).
 fn evaluation(watched: Option<alarms::Watched>) -> Result<alarms::Evaluation, StopRequest> {
@@ -510,7 +538,7 @@ pub fn named_hosts(experiment: &Experiment) -> BTreeSet<String> {
 }
 
 async fn forward_fleet_events(
-    mut rx: tokio::sync::broadcast::Receiver<FleetEvent>,
+    mut rx: broadcast::Receiver<FleetEvent>,
     journal: Arc<Journal>,
     cancel: CancellationToken,
 ) {
@@ -519,31 +547,74 @@ async fn forward_fleet_events(
             _ = cancel.cancelled() => return,
             e = rx.recv() => match e {
                 Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             },
         };
-        journal.record(match event {
-            FleetEvent::Connected(h) => Event::AgentConnected {
-                host: h.host_id,
-                az: h.placement.availability_zone,
-                address: h.address,
-            },
-            FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
-            FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
-            FleetEvent::OrphanRemoved {
-                host,
-                fault_id,
-                owner,
-                error,
-            } => Event::OrphanRemoval {
-                host,
-                fault_id,
-                owner,
-                confirmed: error.is_none(),
-                error,
-            },
-            FleetEvent::Refused { .. } => continue,
-        });
+        if let Some(e) = journal_event(event) {
+            journal.record(e);
+        }
+    }
+}
+
+/// The journal's record of a fleet event; refusals are only logged.
+fn journal_event(event: FleetEvent) -> Option<Event> {
+    Some(match event {
+        FleetEvent::Connected(h) => Event::AgentConnected {
+            host: h.host_id,
+            az: h.placement.availability_zone,
+            address: h.address,
+        },
+        FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
+        FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
+        FleetEvent::OrphanRemoved {
+            host,
+            fault_id,
+            owner,
+            error,
+        } => Event::OrphanRemoval {
+            host,
+            fault_id,
+            owner,
+            confirmed: error.is_none(),
+            error,
+        },
+        FleetEvent::Refused { .. } => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_or_silent_watcher_is_a_stop_that_fails_the_run() {
+        let lost = evaluation(Some(alarms::Watched::Lost {
+            alarm: "errors".into(),
+            why: "its watcher panicked: boom".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(
+            lost.to_string(),
+            "alarm errors can no longer be watched (its watcher panicked: boom); stopping rather than running unwatched"
+        );
+        let closed = evaluation(None).unwrap_err();
+        assert!(
+            matches!(closed, StopRequest::Unwatched { alarm: None, .. }),
+            "{closed:?}"
+        );
+        assert_eq!(exit_code(State::Stopped, Some(&lost)), exit::FAILED);
+        assert_eq!(exit_code(State::Stopped, Some(&closed)), exit::FAILED);
+    }
+
+    #[test]
+    fn each_signal_has_its_exit_status() {
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
+        let alarm = StopRequest::Alarm {
+            alarm: "a".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
     }
 }

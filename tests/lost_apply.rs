@@ -187,3 +187,45 @@ fn only_the_host_of_a_fault_can_end_or_answer_for_it() {
     let journal = journal(&s);
     assert!(events(&journal, "fault_ended").is_empty(), "{journal:?}");
 }
+
+#[test]
+fn faults_a_dead_controller_left_are_removed_when_their_agent_registers() {
+    let s = Scratch::new("dead-controller");
+    let (mut ctl, port) = controller(&s, &cpu_template(&s, "PT1S"), 2, &[]);
+    let orphan = "EXPgone00000000/A/web-a1".to_string();
+    let held = vec![HeldFault {
+        fault_id: orphan.clone(),
+        owner: "ctl-gone".into(),
+    }];
+    let mut a1 = FakeAgent::connect_holding(port, &s.path("token"), "web-a1", "az-a", &["cpu"], held);
+    // Removed at once, before any run (the second agent the run waits for is not there yet).
+    let (id, msg) = a1.next_command(T);
+    assert_eq!(
+        msg,
+        ControllerMessage::Remove {
+            fault_id: orphan.clone()
+        }
+    );
+    a1.ack(id, Outcome::Removed { count: 1 });
+    a1.sync();
+    let _b1 = FakeAgent::connect(port, &s.path("token"), "web-b1", "az-b", &["cpu"]);
+    let (id, msg) = a1.next_command(T);
+    assert!(matches!(msg, ControllerMessage::Apply { .. }), "{msg:?}");
+    a1.ack(
+        id,
+        Outcome::Applied {
+            detail: "fake".into(),
+            pids: Vec::new(),
+        },
+    );
+    let (removed, _) = removals_until_remove_all(&mut a1);
+    assert!(!removed.contains(&orphan), "{removed:?}");
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    // The run's journal says what was removed before it began.
+    let journal = journal(&s);
+    let orphans = events(&journal, "orphan_removal");
+    assert_eq!(orphans.len(), 1, "{journal:?}");
+    assert_eq!(orphans[0]["fault_id"], orphan.as_str());
+    assert_eq!(orphans[0]["confirmed"], true);
+}

@@ -40,6 +40,18 @@ impl FakeAgent {
     /// Connects to the controller on `port` with the token in `token_file`, registers `host`
     /// in `az` offering `capabilities`, and waits for the welcome.
     pub fn connect(port: u16, token_file: &Path, host: &str, az: &str, capabilities: &[&str]) -> FakeAgent {
+        Self::connect_holding(port, token_file, host, az, capabilities, Vec::new())
+    }
+
+    /// [`FakeAgent::connect`], reporting the faults in `held` at registration.
+    pub fn connect_holding(
+        port: u16,
+        token_file: &Path,
+        host: &str,
+        az: &str,
+        capabilities: &[&str],
+        held: Vec<HeldFault>,
+    ) -> FakeAgent {
         let token = std::fs::read_to_string(token_file)
             .unwrap_or_else(|e| panic!("token file {}: {e}", token_file.display()))
             .trim()
@@ -70,7 +82,7 @@ impl FakeAgent {
             next_id: 1,
             controller_id: String::new(),
         };
-        agent.reconnect(Vec::new());
+        agent.reconnect(held);
         agent
     }
 
