@@ -191,7 +191,7 @@ fn only_the_host_of_a_fault_can_end_or_answer_for_it() {
 #[test]
 fn faults_a_dead_controller_left_are_removed_when_their_agent_registers() {
     let s = Scratch::new("dead-controller");
-    let (mut ctl, port) = controller(&s, &cpu_template(&s, "PT1S"), 2, &[]);
+    let (ctl, port) = controller(&s, &cpu_template(&s, "PT1S"), 2, &[]);
     let orphan = "EXPgone00000000/A/web-a1".to_string();
     let held = vec![HeldFault {
         fault_id: orphan.clone(),
