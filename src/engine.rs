@@ -580,6 +580,8 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
     finished
 }
 
+/// The action itself: dispatch to every host, hold for the duration (or until `cancel`),
+/// remove.
 async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: CancellationToken) -> Finished {
     let journal = &run.journal;
     let action = &run.experiment.actions[name];
