@@ -29,7 +29,8 @@ fn sigterm_removes_every_fault_reports_and_exits_143() {
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
     let busy = cpu_load(a.pid(), Duration::from_secs(1));
-    assert!(busy > 0.5, "the fault is in effect: the agent used {busy:.2} CPU");
+    // A low bar: the machine may be busy with other work; idle is below 0.1.
+    assert!(busy > 0.2, "the fault is in effect: the agent used {busy:.2} CPU");
 
     ctl.signal(libc::SIGTERM);
     let (status, out, lines) = ctl.finish(T);
