@@ -251,16 +251,17 @@ impl Fleet {
     /// background so the connection's frames (the answers) keep being read.
     fn registered(&self, description: &HostDescription, held: Vec<HeldFault>) {
         let host = description.host_id.clone();
-        let orphans: Vec<HeldFault> = {
+        // By fault id: a fault reported twice is removed once.
+        let orphans: BTreeMap<String, String> = {
             let book = self.book();
             held.into_iter()
                 .filter(|h| book.owned.get(&h.fault_id) != Some(&host))
+                .map(|HeldFault { fault_id, owner }| (fault_id, owner))
                 .collect()
         };
-        for orphan in orphans {
+        for (fault_id, owner) in orphans {
             let (fleet, host) = (self.clone(), host.clone());
             tokio::spawn(async move {
-                let HeldFault { fault_id, owner } = orphan;
                 tracing::info!(%host, fault = %fault_id, %owner, "removing a fault that no running action owns");
                 let remove = ControllerMessage::Remove {
                     fault_id: fault_id.clone(),
