@@ -85,3 +85,40 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(143), "{}", lines.join("\n"));
     assert!(out.is_empty(), "no report after a second signal: {out}");
 }
+
+#[test]
+fn sigterm_during_the_steady_state_check_stops_before_anything_is_injected() {
+    let s = Scratch::new("sigterm-baseline");
+    let (_svc, svc_port) = web_service(&unique_name("svc"));
+    // A baseline of a minute: the signal comes long before it ends.
+    let template = s.write_json(
+        "t.json",
+        &json!({
+            "description": "a long steady-state check",
+            "targets": { "T": { "resourceType": "faultline:host", "resourceIds": ["web-a1"], "selectionMode": "ALL" } },
+            "actions": {
+                "A": { "actionId": "faultline:host:cpu-stress", "parameters": { "duration": "PT30S", "loadPercent": "60", "workers": "1" }, "targets": { "Hosts": "T" } }
+            },
+            "stopConditions": [{ "source": "faultline:alarm", "value": "ServiceDown" }],
+            "alarms": { "ServiceDown": {
+                "metric": { "http": { "url": format!("http://127.0.0.1:{svc_port}/"), "timeout": "PT0.3S", "probesPerPeriod": 1 }, "statistic": "errorRate" },
+                "threshold": 0.5,
+                "comparisonOperator": "GreaterThanThreshold",
+                "period": "PT1S",
+                "evaluationPeriods": 60,
+                "datapointsToAlarm": 60
+            } }
+        }),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let _fake = FakeAgent::connect(port, &s.path("token"), "web-a1", "az-a", &["cpu"]);
+    ctl.expect("checking steady state", T);
+
+    ctl.signal(libc::SIGTERM);
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(143), "{}", lines.join("\n"));
+    let r = report(&out, &lines);
+    assert_eq!(r["state"], "stopped");
+    assert_eq!(r["actions"]["A"]["state"], "cancelled");
+    assert!(!journal(&s).iter().any(|e| e["event"] == "dispatch"));
+}
