@@ -67,7 +67,7 @@ pub fn run(
         eprintln!("demo world ready; running {}", label.display());
         let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>(4);
         // The demo's own processes stop with the world: a second signal must not skip that.
-        tokio::spawn(super::run::interrupts(stop_tx, super::run::Second::Ignore));
+        super::run::interrupts(stop_tx, super::run::Second::Ignore);
         let mut opts = RunOptions::new(&label);
         opts.seed = seed;
         let report = controller

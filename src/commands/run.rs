@@ -43,7 +43,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
             return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);
-        tokio::spawn(interrupts(stop_tx, Second::ExitAtOnce));
+        interrupts(stop_tx, Second::ExitAtOnce);
         let mut opts = RunOptions::new(&args.template);
         opts.seed = args.seed;
         opts.journal = args.journal.clone();
@@ -86,13 +86,19 @@ pub enum Second {
     Ignore,
 }
 
-/// First SIGINT (Ctrl-C) or SIGTERM (CI cancellation, `timeout`, systemd): stop the
-/// experiment, every fault removed, the report printed.
-pub async fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C)
+/// or SIGTERM (CI cancellation, `timeout`, systemd) stops the experiment: every fault
+/// removed, the report printed.
+pub fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
+    let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         tracing::error!("cannot install the SIGINT and SIGTERM handlers; a signal ends the run without clean-up");
         return;
     };
+    tokio::spawn(forward(int, term, stop, second));
+}
+
+/// The first signal becomes a stop request; a later one does what `second` says.
+async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopRequest>, second: Second) {
     let Some(first) = next(&mut int, &mut term).await else {
         return;
     };
