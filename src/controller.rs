@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Agents are taken to be all there once none has connected for this long.
@@ -53,6 +53,9 @@ pub struct Controller {
     fleet: Fleet,
     addr: SocketAddr,
     cancel: CancellationToken,
+    /// Fleet events since the start, until a run journals them: faults removed from agents
+    /// that registered before the run (left by a controller that died) are journaled too.
+    early: std::sync::Mutex<Option<broadcast::Receiver<FleetEvent>>>,
 }
 
 impl Controller {
@@ -80,7 +83,13 @@ impl Controller {
                 );
             }
         }
-        Ok(Controller { fleet, addr, cancel })
+        let early = std::sync::Mutex::new(Some(fleet.events()));
+        Ok(Controller {
+            fleet,
+            addr,
+            cancel,
+            early,
+        })
     }
 
     /// The address agents dial.
@@ -154,6 +163,21 @@ impl Controller {
         opts: RunOptions,
         interrupts: mpsc::Receiver<StopRequest>,
     ) -> Result<Report, RunError> {
+        let mut fleet_events = self
+            .early
+            .lock()
+            .expect("never poisoned")
+            .take()
+            .unwrap_or_else(|| self.fleet.events());
+        // Of what happened before the run, only the removal of orphaned faults is journaled.
+        let mut orphans = Vec::new();
+        loop {
+            match fleet_events.try_recv() {
+                Ok(e @ FleetEvent::OrphanRemoved { .. }) => orphans.extend(journal_event(e)),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
         let experiment = Arc::new(experiment);
         let id = token::random_id("EXP");
         let journal_path = opts
@@ -173,16 +197,15 @@ impl Controller {
                 live_cancel.clone(),
             ))
         });
-        let forward = tokio::spawn(forward_fleet_events(
-            self.fleet.events(),
-            journal.clone(),
-            live_cancel.clone(),
-        ));
         let started_at = SystemTime::now();
         journal.record(Event::ExperimentState {
             state: State::Pending,
             reason: None,
         });
+        for e in orphans {
+            journal.record(e);
+        }
+        let forward = tokio::spawn(forward_fleet_events(fleet_events, journal.clone(), live_cancel.clone()));
 
         let result = self
             .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)
@@ -199,12 +222,7 @@ impl Controller {
             let _ = l.await;
         }
         let ran = result?;
-        let exit_code = match (&ran.outcome.state, &ran.outcome.stop) {
-            (State::Completed, _) => exit::COMPLETED,
-            (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
-            (State::Stopped, _) => exit::STOPPED,
-            _ => exit::FAILED,
-        };
+        let exit_code = exit_code(ran.outcome.state, ran.outcome.stop.as_ref());
         Ok(Report {
             experiment_id: id,
             description: experiment.description.clone(),
@@ -256,10 +274,15 @@ impl Controller {
             let (stop_tx, stop_rx) = mpsc::channel(4);
             let engine = run.run(placements, stop_rx);
             tokio::pin!(engine);
+            let mut interrupts_open = true;
             let outcome = loop {
                 tokio::select! {
                     o = &mut engine => break o,
-                    Some(i) = interrupts.recv() => { let _ = stop_tx.send(i).await; }
+                    i = interrupts.recv(), if interrupts_open => match i {
+                        // Never waits on the engine: a full channel means a stop is under way.
+                        Some(i) => { let _ = stop_tx.try_send(i); }
+                        None => interrupts_open = false,
+                    },
                 }
             };
             return Ok(Ran {
@@ -291,17 +314,24 @@ impl Controller {
             window = %crate::duration::human(alarms::longest_window(&alarms)),
             "checking steady state before the first action"
         );
+        let mut interrupts_open = true;
         let blocked = loop {
             tokio::select! {
-                Some(e) = evaluations.recv() => {
-                    if let Some(fired) = record(&mut monitor, e) {
-                        break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                w = evaluations.recv() => match evaluation(w) {
+                    Ok(e) => {
+                        if let Some(fired) = record(&mut monitor, e) {
+                            break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                        }
+                        if monitor.window_complete() {
+                            break None;
+                        }
                     }
-                    if monitor.window_complete() {
-                        break None;
-                    }
-                }
-                Some(i) = interrupts.recv() => break Some(i),
+                    Err(lost) => break Some(lost),
+                },
+                i = interrupts.recv(), if interrupts_open => match i {
+                    Some(i) => break Some(i),
+                    None => interrupts_open = false,
+                },
             }
         };
         if let Some(stop) = blocked {
@@ -325,39 +355,60 @@ impl Controller {
         let engine = run.run(placements, stop_rx);
         tokio::pin!(engine);
         let mut interrupted = false;
+        let mut watching = true;
+        // Stops never wait on the engine: a full channel means a stop is already under way.
         let outcome = loop {
             tokio::select! {
                 o = &mut engine => break o,
-                Some(e) = evaluations.recv() => {
-                    if let Some(fired) = record(&mut monitor, e) {
-                        let _ = stop_tx.send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) }).await;
+                w = evaluations.recv(), if watching => match evaluation(w) {
+                    Ok(e) => {
+                        if let Some(fired) = record(&mut monitor, e) {
+                            let _ = stop_tx.try_send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
+                        }
                     }
-                }
-                Some(i) = interrupts.recv() => {
-                    interrupted = true;
-                    let _ = stop_tx.send(i).await;
-                }
+                    Err(lost) => {
+                        watching = false;
+                        let _ = stop_tx.try_send(lost);
+                    }
+                },
+                i = interrupts.recv(), if interrupts_open => match i {
+                    Some(i) => {
+                        interrupted = true;
+                        let _ = stop_tx.try_send(i);
+                    }
+                    None => interrupts_open = false,
+                },
             }
         };
 
-        // Did the system come back? One more full window, unless the operator wants out.
+        // Did the system come back? One more full window, unless the operator wants out or
+        // the alarms cannot be watched.
         let mut recovery = None;
-        if !interrupted {
+        if !interrupted && watching {
             let started = SystemTime::now();
             monitor.enter(Phase::Recovery);
             tracing::info!("checking that the system recovers");
-            loop {
+            let watched = loop {
                 tokio::select! {
-                    Some(e) = evaluations.recv() => {
-                        record(&mut monitor, e);
-                        if monitor.window_complete() {
-                            break;
+                    w = evaluations.recv() => match evaluation(w) {
+                        Ok(e) => {
+                            record(&mut monitor, e);
+                            if monitor.window_complete() {
+                                break true;
+                            }
                         }
-                    }
-                    Some(_) = interrupts.recv() => break,
+                        Err(lost) => {
+                            tracing::warn!(reason = %lost, "the recovery could not be watched to its end");
+                            break false;
+                        }
+                    },
+                    i = interrupts.recv(), if interrupts_open => match i {
+                        Some(_) => break true,
+                        None => interrupts_open = false,
+                    },
                 }
-            }
-            recovery = Some(started);
+            };
+            recovery = watched.then_some(started);
         }
         let steady_state = Some(SteadyState {
             baseline: "ok".into(),
@@ -408,6 +459,35 @@ pub struct SteadyState {
     /// From the end of the last action until every alarm had been OK, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery_ms: Option<f64>,
+}
+
+/// The exit status of a run that ended in `state`, stopped by `stop`.
+fn exit_code(state: State, stop: Option<&StopRequest>) -> u8 {
+    match (state, stop) {
+        (State::Completed, _) => exit::COMPLETED,
+        (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
+        (State::Stopped, Some(StopRequest::Terminated)) => exit::TERMINATED,
+        // Not a stop condition: the run could not be watched, so it did not do its job.
+        (State::Stopped, Some(StopRequest::Unwatched { .. })) => exit::FAILED,
+        (State::Stopped, _) => exit::STOPPED,
+        _ => exit::FAILED,
+    }
+}
+
+/// The evaluation a watcher sent, or the stop its loss calls for (a closed channel means
+/// every watcher is gone).
+fn evaluation(watched: Option<alarms::Watched>) -> Result<alarms::Evaluation, StopRequest> {
+    match watched {
+        Some(alarms::Watched::Evaluation(e)) => Ok(e),
+        Some(alarms::Watched::Lost { alarm, why }) => Err(StopRequest::Unwatched {
+            alarm: Some(alarm),
+            why,
+        }),
+        None => Err(StopRequest::Unwatched {
+            alarm: None,
+            why: "every watcher stopped".into(),
+        }),
+    }
 }
 
 /// What an alarm saw when it fired, for people.
@@ -472,7 +552,7 @@ pub fn named_hosts(experiment: &Experiment) -> BTreeSet<String> {
 }
 
 async fn forward_fleet_events(
-    mut rx: tokio::sync::broadcast::Receiver<FleetEvent>,
+    mut rx: broadcast::Receiver<FleetEvent>,
     journal: Arc<Journal>,
     cancel: CancellationToken,
 ) {
@@ -481,19 +561,74 @@ async fn forward_fleet_events(
             _ = cancel.cancelled() => return,
             e = rx.recv() => match e {
                 Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(_) => return,
             },
         };
-        journal.record(match event {
-            FleetEvent::Connected(h) => Event::AgentConnected {
-                host: h.host_id,
-                az: h.placement.availability_zone,
-                address: h.address,
-            },
-            FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
-            FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
-            FleetEvent::Refused { .. } => continue,
-        });
+        if let Some(e) = journal_event(event) {
+            journal.record(e);
+        }
+    }
+}
+
+/// The journal's record of a fleet event; refusals are only logged.
+fn journal_event(event: FleetEvent) -> Option<Event> {
+    Some(match event {
+        FleetEvent::Connected(h) => Event::AgentConnected {
+            host: h.host_id,
+            az: h.placement.availability_zone,
+            address: h.address,
+        },
+        FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
+        FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
+        FleetEvent::OrphanRemoved {
+            host,
+            fault_id,
+            owner,
+            error,
+        } => Event::OrphanRemoval {
+            host,
+            fault_id,
+            owner,
+            confirmed: error.is_none(),
+            error,
+        },
+        FleetEvent::Refused { .. } => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_or_silent_watcher_is_a_stop_that_fails_the_run() {
+        let lost = evaluation(Some(alarms::Watched::Lost {
+            alarm: "errors".into(),
+            why: "its watcher panicked: boom".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(
+            lost.to_string(),
+            "alarm errors can no longer be watched (its watcher panicked: boom); stopping rather than running unwatched"
+        );
+        let closed = evaluation(None).unwrap_err();
+        assert!(
+            matches!(closed, StopRequest::Unwatched { alarm: None, .. }),
+            "{closed:?}"
+        );
+        assert_eq!(exit_code(State::Stopped, Some(&lost)), exit::FAILED);
+        assert_eq!(exit_code(State::Stopped, Some(&closed)), exit::FAILED);
+    }
+
+    #[test]
+    fn each_signal_has_its_exit_status() {
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
+        let alarm = StopRequest::Alarm {
+            alarm: "a".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
     }
 }

@@ -9,7 +9,7 @@ use crate::template::{Action, ActionSpec, Experiment, ResourceType};
 use faultline_agent::protocol::{ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome};
 use futures_util::future::join_all;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -48,8 +48,17 @@ pub enum StopRequest {
         /// What it saw.
         detail: String,
     },
-    /// The operator pressed Ctrl-C.
+    /// The operator pressed Ctrl-C (SIGINT).
     Interrupted,
+    /// The controller was asked to terminate (SIGTERM: CI cancellation, `timeout`, systemd).
+    Terminated,
+    /// An alarm could no longer be watched; the run stops rather than go on unwatched.
+    Unwatched {
+        /// The alarm, or `None` when every watcher is gone.
+        alarm: Option<String>,
+        /// What happened to its watcher.
+        why: String,
+    },
 }
 
 impl std::fmt::Display for StopRequest {
@@ -59,6 +68,14 @@ impl std::fmt::Display for StopRequest {
                 write!(f, "stop condition {alarm} went into ALARM ({detail})")
             }
             StopRequest::Interrupted => write!(f, "interrupted by the operator"),
+            StopRequest::Terminated => write!(f, "terminated (SIGTERM)"),
+            StopRequest::Unwatched { alarm, why } => {
+                match alarm {
+                    Some(a) => write!(f, "alarm {a} can no longer be watched")?,
+                    None => write!(f, "the alarms can no longer be watched")?,
+                }
+                write!(f, " ({why}); stopping rather than running unwatched")
+            }
         }
     }
 }
@@ -381,11 +398,23 @@ impl Run {
         let mut stopping_since: Option<Instant> = None;
         let mut last_removal: Option<Instant> = None;
         let mut unconfirmed = 0;
-        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
-        while !tasks.is_empty() {
+        let mut dispatched: BTreeSet<String> = BTreeSet::new();
+        let mut stops_open = true;
+        // Which action each runner task runs, to account for one that panics.
+        let mut runners: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
+        start_ready(&run, &mut placements, &mut records, &mut tasks, &mut runners, &cancel);
+        loop {
             tokio::select! {
-                Some(joined) = tasks.join_next() => {
-                    let f = joined.expect("action runners do not panic");
+                joined = tasks.join_next_with_id() => {
+                    let f = match joined {
+                        None => break,
+                        Some(Ok((_, f))) => f,
+                        Some(Err(e)) => {
+                            let name = runners.get(&e.id()).cloned().unwrap_or_default();
+                            lost_runner(&run, name, &records, e)
+                        }
+                    };
+                    dispatched.extend(f.hosts.iter().cloned());
                     let rec = records.get_mut(&f.name).expect("runner of a known action");
                     rec.state = f.state;
                     rec.error = f.error.clone();
@@ -402,10 +431,15 @@ impl Run {
                         cancel.cancel();
                     }
                     if failure.is_none() && stop.is_none() {
-                        start_ready(&run, &mut placements, &mut records, &mut tasks, &cancel);
+                        start_ready(&run, &mut placements, &mut records, &mut tasks, &mut runners, &cancel);
                     }
                 }
-                Some(req) = stops.recv(), if stop.is_none() && failure.is_none() => {
+                req = stops.recv(), if stops_open && stop.is_none() && failure.is_none() => {
+                    // Nobody can ask for a stop any more; the actions run to their end.
+                    let Some(req) = req else {
+                        stops_open = false;
+                        continue;
+                    };
                     journal.record(Event::ExperimentState { state: State::Stopping, reason: Some(req.to_string()) });
                     stopping_since = Some(Instant::now());
                     stop = Some(req);
@@ -422,6 +456,7 @@ impl Run {
                 duration_ms: None,
             });
         }
+        sweep(&run, &dispatched).await;
         let (state, reason) = match (&failure, &stop) {
             (Some(f), _) => (State::Failed, Some(f.clone())),
             (None, Some(s)) => (State::Stopped, Some(s.to_string())),
@@ -448,6 +483,7 @@ fn start_ready(
     placements: &mut BTreeMap<String, (Vec<String>, Vec<Placement>)>,
     records: &mut BTreeMap<String, ActionRecord>,
     tasks: &mut JoinSet<Finished>,
+    runners: &mut BTreeMap<tokio::task::Id, String>,
     cancel: &CancellationToken,
 ) {
     let done = |r: &ActionRecord| matches!(r.state, State::Completed | State::Skipped);
@@ -463,17 +499,95 @@ fn start_ready(
         rec.state = State::Initiating;
         rec.started_at = Some(SystemTime::now());
         let (_, placed) = placements.remove(&name).unwrap_or_default();
-        tasks.spawn(run_action(run.clone(), name, placed, cancel.child_token()));
+        let runner = tasks.spawn(run_action(run.clone(), name.clone(), placed, cancel.child_token()));
+        runners.insert(runner.id(), name);
     }
 }
 
-/// Runs one action to its end, removing what it put in place before returning.
+/// Accounts for an action whose runner panicked: the action failed (which stops the run),
+/// and no running action owns its faults any more, so the run's end removes them.
+fn lost_runner(
+    run: &Run,
+    name: String,
+    records: &BTreeMap<String, ActionRecord>,
+    error: tokio::task::JoinError,
+) -> Finished {
+    let hosts = records.get(&name).map(|r| r.hosts.clone()).unwrap_or_default();
+    for host in &hosts {
+        run.fleet.release(&fault_id(&run.id, &name, host));
+    }
+    let error = format!("its runner ended unexpectedly ({error}); the end of the run removes its faults");
+    tracing::error!(action = %name, %error, "an action's runner panicked");
+    run.journal.record(Event::ActionState {
+        action: name.clone(),
+        state: State::Failed,
+        reason: Some(error.clone()),
+        duration_ms: None,
+    });
+    Finished {
+        name,
+        state: State::Failed,
+        error: Some(error),
+        notes: Vec::new(),
+        hosts,
+        last_removal: None,
+        unconfirmed: 0,
+    }
+}
+
+/// Asks every host the run dispatched to for the removal of whatever of the run it still
+/// holds: the backstop for a fault whose apply or removal was lost. Waits at most the ack
+/// timeout, all hosts at once.
+async fn sweep(run: &Run, hosts: &BTreeSet<String>) {
+    let sweeps = hosts.iter().map(|host| async move {
+        let remove = ControllerMessage::RemoveAll {
+            experiment: Some(run.id.clone()),
+        };
+        let (removed, error) = match run.fleet.command(host, remove, run.settings.ack_timeout).await {
+            Ok(Outcome::Removed { count }) => (Some(count), None),
+            Ok(other) => (None, Some(format!("unexpected answer {other:?}"))),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        match (removed, &error) {
+            (Some(n), _) if n > 0 => {
+                tracing::warn!(%host, count = n, "the end of the run removed faults its actions had lost track of")
+            }
+            (_, Some(e)) => tracing::warn!(%host, error = %e, "could not ask for the removal of the run's faults"),
+            _ => {}
+        }
+        run.journal.record(Event::RemoveAll {
+            host: host.clone(),
+            removed,
+            error,
+        });
+    });
+    join_all(sweeps).await;
+}
+
+/// The id of the fault an action puts on a host; the agent removes a run's faults by its
+/// `run id/` prefix.
+fn fault_id(run: &str, action: &str, host: &str) -> String {
+    format!("{run}/{action}/{host}")
+}
+
+/// Runs one action to its end, removing what it put in place before returning; from then
+/// on, no running action owns its faults.
 async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, cancel: CancellationToken) -> Finished {
+    let finished = act(&run, &name, &placements, cancel).await;
+    for p in &placements {
+        run.fleet.release(&fault_id(&run.id, &name, &p.host));
+    }
+    finished
+}
+
+/// The action itself: dispatch to every host, hold for the duration (or until `cancel`),
+/// remove.
+async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: CancellationToken) -> Finished {
     let journal = &run.journal;
-    let action = &run.experiment.actions[&name];
+    let action = &run.experiment.actions[name];
     let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
         journal.record(Event::ActionState {
-            action: name.clone(),
+            action: name.to_string(),
             state,
             reason,
             duration_ms,
@@ -481,7 +595,7 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
     };
     state(State::Initiating, None, None);
     let mut finished = Finished {
-        name: name.clone(),
+        name: name.to_string(),
         state: State::Completed,
         error: None,
         notes: Vec::new(),
@@ -495,15 +609,16 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
     // Dispatch to every host at once; each answer is journaled as it comes.
     let duration_ms = (!duration.is_zero()).then_some(duration.as_millis() as u64);
     let dispatches = placements.iter().map(|p| {
-        let fault_id = format!("{}/{}/{}", run.id, name, p.host);
+        let fault_id = fault_id(&run.id, name, &p.host);
         let spec = FaultSpec {
             fault_id: fault_id.clone(),
             duration_ms,
             kind: p.fault.clone(),
         };
         let run = run.clone();
-        let (name, host) = (name.clone(), p.host.clone());
+        let (name, host) = (name.to_string(), p.host.clone());
         async move {
+            run.fleet.claim(&host, &fault_id);
             run.journal.record(Event::Dispatch {
                 action: name.clone(),
                 host: host.clone(),
@@ -545,8 +660,9 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
             Ok(Outcome::Failed { message }) => errors.push(format!("{host}: {message}")),
             Ok(other) => errors.push(format!("{host}: unexpected answer {other:?}")),
             Err(e) => {
-                // A fault that may have landed without an answer must still be taken away.
-                if matches!(e, DispatchError::Timeout { .. }) {
+                // A fault that may have landed without an answer must still be taken away:
+                // the apply was sent, and the answer did not come back.
+                if matches!(e, DispatchError::Timeout { .. } | DispatchError::Disconnected(_)) {
                     applied.push((host, fault_id));
                 }
                 errors.push(e.to_string());
@@ -556,7 +672,7 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
     let instant = matches!(action.spec, ActionSpec::Kill { .. });
     if !errors.is_empty() {
         if !instant {
-            remove_all(&run, &name, &applied, &mut finished).await;
+            remove_all(run, name, &applied, &mut finished).await;
         }
         let error = errors.join("; ");
         state(State::Failed, Some(error.clone()), None);
@@ -577,7 +693,7 @@ async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, can
     if stopped {
         state(State::Stopping, None, None);
     }
-    remove_all(&run, &name, &applied, &mut finished).await;
+    remove_all(run, name, &applied, &mut finished).await;
     finished.state = match (stopped, finished.unconfirmed) {
         (true, _) => State::Stopped,
         (false, 0) => State::Completed,
@@ -689,7 +805,7 @@ async fn remove_one(
     };
     loop {
         changes.borrow_and_update();
-        if let Some(reason) = run.fleet.ended(fault_id) {
+        if let Some(reason) = run.fleet.ended(host, fault_id) {
             record(end_reason(reason).into(), true, None);
             let note = matches!(reason, EndReason::AgentRestarted | EndReason::LeaseExpired)
                 .then(|| format!("{host}: the fault ended early ({})", end_reason(reason)));
@@ -713,6 +829,7 @@ async fn remove_one(
             {
                 Ok(Outcome::Removed { .. }) => {
                     record("controller".into(), true, None);
+                    run.fleet.release(fault_id);
                     return Ok((Instant::now(), None));
                 }
                 Ok(Outcome::Failed { message }) => {

@@ -10,3 +10,5 @@ pub const INVALID: u8 = 2;
 pub const FAILED: u8 = 3;
 /// Interrupted by Ctrl-C (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;
+/// Terminated by SIGTERM (128 + SIGTERM), after every fault was removed.
+pub const TERMINATED: u8 = 143;

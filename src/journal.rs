@@ -145,6 +145,32 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// At the end of the run, a host it dispatched to was asked to remove whatever of the run
+    /// it still held.
+    RemoveAll {
+        /// The host.
+        host: String,
+        /// How many faults it removed then (more than 0: a fault had been lost track of).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        removed: Option<u32>,
+        /// Why it did not confirm.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A registering agent held a fault no running action owned, and the controller removed it.
+    OrphanRemoval {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// The controller that had applied it.
+        owner: String,
+        /// Whether the agent confirmed the removal.
+        confirmed: bool,
+        /// Why it did not, when it did not.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// An agent ended a fault on its own.
     FaultEnded {
         /// The host.

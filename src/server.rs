@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+/// How long an agent has to confirm the removal of a fault it reported holding.
+const ORPHAN_REMOVAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer has for TLS, the upgrade, its hello and its registration together.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in their handshake at once; more are closed at once, so a flood of peers
@@ -57,6 +59,18 @@ pub enum FleetEvent {
         fault_id: String,
         /// Why.
         reason: EndReason,
+    },
+    /// A fault an agent reported holding when it registered, which no running action owns,
+    /// was removed (or could not be).
+    OrphanRemoved {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// The controller that had applied it.
+        owner: String,
+        /// Why the removal was not confirmed, if it was not.
+        error: Option<String>,
     },
     /// A connection was refused (bad token, bad path, no registration).
     Refused {
@@ -140,6 +154,15 @@ pub enum ConnectionRefused {
     Welcome(String),
 }
 
+/// The faults running actions own, and those of them their hosts ended on their own.
+#[derive(Default)]
+struct Book {
+    /// Fault id → the host it was dispatched to, from dispatch until its action lets go.
+    owned: HashMap<String, String>,
+    /// Faults their host ended, by host and fault id.
+    ended: HashMap<(String, String), EndReason>,
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, String>>>>>;
 
 #[derive(Clone)]
@@ -160,7 +183,7 @@ struct Inner {
     controller_id: String,
     token: String,
     agents: Mutex<BTreeMap<String, Link>>,
-    ended: Mutex<HashMap<String, EndReason>>,
+    book: Mutex<Book>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
     version: watch::Sender<u64>,
@@ -197,7 +220,7 @@ impl Fleet {
                 controller_id,
                 token,
                 agents: Mutex::new(BTreeMap::new()),
-                ended: Mutex::new(HashMap::new()),
+                book: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 next_conn: AtomicU64::new(1),
                 version: watch::Sender::new(0),
@@ -242,9 +265,71 @@ impl Fleet {
         self.inner.events.subscribe()
     }
 
-    /// Why an agent ended a fault on its own, if it did.
-    pub fn ended(&self, fault_id: &str) -> Option<EndReason> {
-        self.inner.ended.lock().expect("never poisoned").get(fault_id).copied()
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.inner.book.lock().expect("fault book lock is never poisoned")
+    }
+
+    /// Why `host` ended the fault on its own, if it did; ends count only from the host the
+    /// fault was dispatched to, while a running action owns it.
+    pub fn ended(&self, host: &str, fault_id: &str) -> Option<EndReason> {
+        self.book()
+            .ended
+            .get(&(host.to_string(), fault_id.to_string()))
+            .copied()
+    }
+
+    /// A running action owns this fault on `host` from now on (call before the apply is
+    /// sent): only `host` can end it, and a reconnect of `host` that reports it keeps it.
+    pub fn claim(&self, host: &str, fault_id: &str) {
+        self.book().owned.insert(fault_id.to_string(), host.to_string());
+    }
+
+    /// No running action owns this fault any more (its removal was confirmed, or its action
+    /// ended): a host that reports it at registration has it removed at once.
+    pub fn release(&self, fault_id: &str) {
+        let mut book = self.book();
+        if let Some(host) = book.owned.remove(fault_id) {
+            book.ended.remove(&(host, fault_id.to_string()));
+        }
+    }
+
+    /// Removes every fault a (re)registering agent holds that no running action owns: an
+    /// apply whose answer was lost, or a fault of a run that has ended. Runs in the
+    /// background so the connection's frames (the answers) keep being read.
+    fn registered(&self, description: &HostDescription, held: Vec<HeldFault>) {
+        let host = description.host_id.clone();
+        // By fault id: a fault reported twice is removed once.
+        let orphans: BTreeMap<String, String> = {
+            let book = self.book();
+            held.into_iter()
+                .filter(|h| book.owned.get(&h.fault_id) != Some(&host))
+                .map(|HeldFault { fault_id, owner }| (fault_id, owner))
+                .collect()
+        };
+        for (fault_id, owner) in orphans {
+            let (fleet, host) = (self.clone(), host.clone());
+            tokio::spawn(async move {
+                tracing::info!(%host, fault = %fault_id, %owner, "removing a fault that no running action owns");
+                let remove = ControllerMessage::Remove {
+                    fault_id: fault_id.clone(),
+                };
+                let error = match fleet.command(&host, remove, ORPHAN_REMOVAL_TIMEOUT).await {
+                    Ok(Outcome::Removed { .. }) => None,
+                    Ok(Outcome::Failed { message }) => Some(message),
+                    Ok(other) => Some(format!("unexpected answer {other:?}")),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = &error {
+                    tracing::warn!(%host, fault = %fault_id, error = %e, "could not remove a fault that no running action owns");
+                }
+                let _ = fleet.inner.events.send(FleetEvent::OrphanRemoved {
+                    host,
+                    fault_id,
+                    owner,
+                    error,
+                });
+            });
+        }
     }
 
     /// Sends a command to a host and waits up to `timeout` for its answer.
@@ -263,9 +348,19 @@ impl Fleet {
         let (tx, rx) = oneshot::channel();
         link.pending.lock().expect("never poisoned").insert(id, tx);
         let sent = tokio::time::timeout(timeout, link.outbox.send(Frame::new(id, msg).encode())).await;
-        if !matches!(sent, Ok(Ok(()))) {
+        // Disconnected means the command was queued and may have reached the agent; a
+        // command that was never queued cannot have.
+        let unsent = match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(DispatchError::NotConnected(host.to_string())),
+            Err(_) => Some(DispatchError::Timeout {
+                host: host.to_string(),
+                after: timeout,
+            }),
+        };
+        if let Some(e) = unsent {
             link.pending.lock().expect("never poisoned").remove(&id);
-            return Err(DispatchError::Disconnected(host.to_string()));
+            return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(outcome))) => Ok(outcome),
@@ -420,8 +515,8 @@ impl Fleet {
         }
         tracing::info!(%host, az = %description.placement.availability_zone, %peer, "agent connected");
         self.inner.version.send_modify(|v| *v += 1);
+        self.registered(&description, held);
         let _ = self.inner.events.send(FleetEvent::Connected(description));
-        let _ = held;
 
         let writer = tokio::spawn(async move {
             while let Some(text) = outgoing.recv().await {
@@ -570,16 +665,28 @@ impl Fleet {
                 msg: AgentMessage::FaultEnded { fault_id, reason },
                 ..
             }) => {
+                {
+                    let mut book = self.book();
+                    match book.owned.get(&fault_id) {
+                        Some(h) if h == host => {
+                            book.ended.insert((host.to_string(), fault_id.clone()), reason);
+                        }
+                        // Only the host a fault was dispatched to can say it ended.
+                        Some(h) => {
+                            tracing::warn!(%host, fault = %fault_id, holder = %h, "ignored the end of a fault dispatched to another host");
+                            return;
+                        }
+                        None => {
+                            tracing::debug!(%host, fault = %fault_id, ?reason, "ignored the end of a fault no running action owns");
+                            return;
+                        }
+                    }
+                }
                 if reason == EndReason::DurationElapsed {
                     tracing::debug!(%host, fault = %fault_id, "agent ended a fault at the end of its duration");
                 } else {
                     tracing::info!(%host, fault = %fault_id, ?reason, "agent ended a fault");
                 }
-                self.inner
-                    .ended
-                    .lock()
-                    .expect("never poisoned")
-                    .insert(fault_id.clone(), reason);
                 self.inner.version.send_modify(|v| *v += 1);
                 let _ = self.inner.events.send(FleetEvent::FaultEnded {
                     host: host.to_string(),

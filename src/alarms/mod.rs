@@ -94,53 +94,97 @@ pub struct Evaluation {
     pub period: u32,
 }
 
-/// Starts one watcher per alarm; each sends an [`Evaluation`] at the end of every period
-/// until `cancel`.
-pub fn watch(alarms: Vec<(String, Alarm)>, cancel: CancellationToken) -> mpsc::Receiver<Evaluation> {
+/// What the watchers send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Watched {
+    /// An alarm was evaluated at the end of a period.
+    Evaluation(Evaluation),
+    /// An alarm's watcher stopped before it was cancelled (it panicked): that alarm is no
+    /// longer watched.
+    Lost {
+        /// The alarm.
+        alarm: String,
+        /// What happened to its watcher.
+        why: String,
+    },
+}
+
+/// Starts one watcher per alarm; each sends a [`Watched::Evaluation`] at the end of every
+/// period until `cancel`, or a [`Watched::Lost`] if it stops before.
+pub fn watch(alarms: Vec<(String, Alarm)>, cancel: CancellationToken) -> mpsc::Receiver<Watched> {
     let (tx, rx) = mpsc::channel(64);
     for (name, alarm) in alarms {
-        let (tx, cancel) = (tx.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let source = Arc::new(sources::Probe::new(&alarm));
-            let mut window: VecDeque<Option<f64>> = VecDeque::new();
-            let mut state = AlarmState::InsufficientData;
-            let mut next = tokio::time::Instant::now();
-            for period in 1u32.. {
-                next += alarm.period;
-                let sample = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    s = source.sample(alarm.period, alarm.statistic) => s,
-                };
-                let sources::Sample { value, note } = sample;
-                window.push_back(value);
-                while window.len() > alarm.evaluation_periods as usize {
-                    window.pop_front();
-                }
-                let slice: Vec<Option<f64>> = window.iter().copied().collect();
-                state = evaluate(&alarm, &slice, state);
-                let eval = Evaluation {
-                    alarm: name.clone(),
-                    state,
-                    value,
-                    window: slice,
-                    note,
-                    at: SystemTime::now(),
-                    period,
-                };
-                if tx.send(eval).await.is_err() {
-                    return;
-                }
-                // A probe that finished early waits for the period's end; a slow one
-                // does not make the next period shorter than its probes need.
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
-                }
-                next = next.max(tokio::time::Instant::now());
-            }
-        });
+        let watcher = tokio::spawn(watch_one(name.clone(), alarm, tx.clone(), cancel.clone()));
+        tokio::spawn(supervise(name, watcher, tx.clone(), cancel.clone()));
     }
     rx
+}
+
+/// Waits for a watcher's end and reports it as [`Watched::Lost`] unless `cancel` ended it.
+async fn supervise(
+    alarm: String,
+    watcher: tokio::task::JoinHandle<()>,
+    tx: mpsc::Sender<Watched>,
+    cancel: CancellationToken,
+) {
+    let why = match watcher.await {
+        Ok(()) => "its watcher stopped".to_string(),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            format!("its watcher panicked: {message}")
+        }
+        Err(e) => format!("its watcher ended: {e}"),
+    };
+    if !cancel.is_cancelled() {
+        let _ = tx.send(Watched::Lost { alarm, why }).await;
+    }
+}
+
+/// Samples one alarm every period and sends its evaluation, until `cancel` or until
+/// nobody listens.
+async fn watch_one(name: String, alarm: Alarm, tx: mpsc::Sender<Watched>, cancel: CancellationToken) {
+    let source = Arc::new(sources::Probe::new(&alarm));
+    let mut window: VecDeque<Option<f64>> = VecDeque::new();
+    let mut state = AlarmState::InsufficientData;
+    let mut next = tokio::time::Instant::now();
+    for period in 1u32.. {
+        next += alarm.period;
+        let sample = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = source.sample(alarm.period, alarm.statistic) => s,
+        };
+        let sources::Sample { value, note } = sample;
+        window.push_back(value);
+        while window.len() > alarm.evaluation_periods as usize {
+            window.pop_front();
+        }
+        let slice: Vec<Option<f64>> = window.iter().copied().collect();
+        state = evaluate(&alarm, &slice, state);
+        let eval = Evaluation {
+            alarm: name.clone(),
+            state,
+            value,
+            window: slice,
+            note,
+            at: SystemTime::now(),
+            period,
+        };
+        if tx.send(Watched::Evaluation(eval)).await.is_err() {
+            return;
+        }
+        // A probe that finished early waits for the period's end; a slow one
+        // does not make the next period shorter than its probes need.
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = next.max(tokio::time::Instant::now());
+    }
 }
 
 /// The longest window among alarms: how long the baseline and recovery phases last.
@@ -370,6 +414,30 @@ impl Monitor {
 mod tests {
     use super::*;
     use crate::template::{Comparison, MetricSource, Statistic};
+
+    #[tokio::test]
+    async fn a_watcher_that_panics_is_reported_lost() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let watcher = tokio::spawn(async { panic!("probe exploded") });
+        supervise("errors".into(), watcher, tx, CancellationToken::new()).await;
+        match rx.recv().await {
+            Some(Watched::Lost { alarm, why }) => {
+                assert_eq!(alarm, "errors");
+                assert!(why.contains("probe exploded"), "{why}");
+            }
+            other => panic!("expected a lost watcher, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_watcher_is_not_lost() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let watcher = tokio::spawn(async {});
+        supervise("errors".into(), watcher, tx, cancel).await;
+        assert_eq!(rx.recv().await, None);
+    }
 
     fn alarm(n: u32, m: u32, treat: TreatMissingData) -> Alarm {
         Alarm {

@@ -66,11 +66,8 @@ pub fn run(
             .map_err(|e| super::fail(exit::FAILED, anyhow::anyhow!("{e}; logs are in {}", work.display())))?;
         eprintln!("demo world ready; running {}", label.display());
         let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>(4);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(StopRequest::Interrupted).await;
-            }
-        });
+        // The demo's own processes stop with the world: a second signal must not skip that.
+        super::run::interrupts(stop_tx, super::run::Second::Ignore);
         let mut opts = RunOptions::new(&label);
         opts.seed = seed;
         let report = controller

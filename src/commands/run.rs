@@ -5,6 +5,7 @@ use faultline::controller::{named_hosts, AgentWait, RunOptions};
 use faultline::engine::StopRequest;
 use faultline::report::junit;
 use faultline::{exit, plan, template, token};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
@@ -42,7 +43,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
             return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);
-        tokio::spawn(interrupts(stop_tx));
+        interrupts(stop_tx, Second::ExitAtOnce);
         let mut opts = RunOptions::new(&args.template);
         opts.seed = args.seed;
         opts.journal = args.journal.clone();
@@ -76,17 +77,58 @@ fn dry_run(
     Ok(exit::COMPLETED)
 }
 
-/// First Ctrl-C: stop the experiment (every fault removed). Second: exit at once; the
-/// agents' leases remove what is left.
-async fn interrupts(stop: mpsc::Sender<StopRequest>) {
-    if tokio::signal::ctrl_c().await.is_err() {
+/// What a second SIGINT or SIGTERM does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Second {
+    /// Exit at once with that signal's status; the agents' leases remove what is left.
+    ExitAtOnce,
+    /// Nothing: the first one's clean-up (which also stops child processes) goes on.
+    Ignore,
+}
+
+/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C)
+/// or SIGTERM (CI cancellation, `timeout`, systemd) stops the experiment: every fault
+/// removed, the report printed.
+pub fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
+    let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::error!("cannot install the SIGINT and SIGTERM handlers; a signal ends the run without clean-up");
         return;
+    };
+    tokio::spawn(forward(int, term, stop, second));
+}
+
+/// The first signal becomes a stop request; a later one does what `second` says.
+async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopRequest>, second: Second) {
+    let Some(first) = next(&mut int, &mut term).await else {
+        return;
+    };
+    match second {
+        Second::ExitAtOnce => eprintln!(
+            "stopping ({first}): removing every fault (send the signal again to exit at once; agents' leases clean up)"
+        ),
+        Second::Ignore => eprintln!("stopping ({first}): removing every fault"),
     }
-    eprintln!("stopping: removing every fault (press Ctrl-C again to exit at once; agents' leases clean up)");
-    let _ = stop.send(StopRequest::Interrupted).await;
-    if tokio::signal::ctrl_c().await.is_ok() {
-        eprintln!("exiting now");
-        std::process::exit(i32::from(exit::INTERRUPTED));
+    let _ = stop.send(first).await;
+    loop {
+        let Some(again) = next(&mut int, &mut term).await else {
+            return;
+        };
+        if second == Second::ExitAtOnce {
+            eprintln!("exiting now");
+            std::process::exit(i32::from(match again {
+                StopRequest::Terminated => exit::TERMINATED,
+                _ => exit::INTERRUPTED,
+            }));
+        }
+    }
+}
+
+/// The next SIGINT or SIGTERM, as the stop it asks for; `None` once signals can no longer
+/// be received.
+async fn next(int: &mut Signal, term: &mut Signal) -> Option<StopRequest> {
+    tokio::select! {
+        s = int.recv() => s.map(|()| StopRequest::Interrupted),
+        s = term.recv() => s.map(|()| StopRequest::Terminated),
     }
 }
 

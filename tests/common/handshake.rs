@@ -10,6 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The lease fake agents register with; the controller pings within it.
+pub const LEASE_MS: u64 = 3000;
+
 /// A websocket either side of the handshake can use.
 pub trait Socket:
     StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
@@ -108,7 +111,7 @@ pub async fn agent_side(ws: &mut impl Socket, token: &str, reg: Registration) ->
         AgentMessage::Register {
             proof: auth::prove(token, Role::Agent, &agent_nonce, &nonce),
             host: reg.host,
-            lease_ms: 10_000,
+            lease_ms: LEASE_MS,
             instance: reg.instance,
             held: reg.held,
         },

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod fake_agent;
 pub mod handshake;
 
 use serde_json::Value;
