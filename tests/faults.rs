@@ -77,9 +77,9 @@ fn cpu_stress_holds_the_load_then_lets_go() {
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
-    let busy = cpu_load(a.pid(), Duration::from_secs(2));
+    let busy = tree_cpu_load(a.pid(), Duration::from_secs(2));
     ctl.expect("action A completed", T);
-    let after = cpu_load(a.pid(), Duration::from_secs(1));
+    let after = tree_cpu_load(a.pid(), Duration::from_secs(1));
     let (status, _, _) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
     assert!(
@@ -104,11 +104,11 @@ fn memory_stress_holds_resident_memory_then_frees_it() {
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("experiment initiating", T);
-    let before = rss(a.pid());
+    let before = tree_rss(a.pid());
     ctl.expect("action A running", T);
-    let during = rss(a.pid());
+    let during = tree_rss(a.pid());
     ctl.expect("action A completed", T);
-    let after = rss(a.pid());
+    let after = tree_rss(a.pid());
     let (status, _, _) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -140,8 +140,8 @@ fn an_idle_agent_is_small_and_quiet() {
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
     a.expect("registered", T);
-    let load = cpu_load(a.pid(), Duration::from_secs(1));
-    let resident = rss(a.pid());
+    let load = tree_cpu_load(a.pid(), Duration::from_secs(1));
+    let resident = tree_rss(a.pid());
     assert_eq!(ctl.finish(T).0.code(), Some(0));
     assert!(load < 0.05, "an idle agent used {load:.3} CPU");
     assert!(resident < 16 << 20, "an idle agent holds {} KiB", resident >> 10);

@@ -4,6 +4,7 @@
 
 mod agent;
 mod faults;
+mod holder;
 mod lease;
 mod proxy;
 mod session;
@@ -68,6 +69,78 @@ struct Cli {
     verbose: u8,
 }
 
+/// `faultline-agent hold ...`: a holder process the agent starts for a CPU or memory fault
+/// (see `holder.rs`); not for people.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-agent hold")]
+struct Hold {
+    #[command(subcommand)]
+    work: HoldWork,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum HoldWork {
+    /// Burn CPU.
+    Cpu {
+        #[arg(long)]
+        load_percent: u8,
+        #[arg(long)]
+        workers: u32,
+        #[command(flatten)]
+        common: HoldCommon,
+    },
+    /// Keep memory resident; prints `ready` once it is.
+    Memory {
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        workers: u32,
+        #[command(flatten)]
+        common: HoldCommon,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct HoldCommon {
+    /// The fault's name hash, so a leftover holder can be told by its command line.
+    #[arg(long)]
+    fault: String,
+    /// The agent's pid: the holder exits at once if it is no longer its parent.
+    #[arg(long)]
+    parent: u32,
+    /// When the holder ends on its own, in ms on CLOCK_MONOTONIC.
+    #[arg(long)]
+    until_ms: u64,
+}
+
+fn hold(args: Hold) -> ExitCode {
+    let (HoldWork::Cpu { common, .. } | HoldWork::Memory { common, .. }) = &args.work;
+    let fail = |e: std::io::Error| {
+        eprintln!("faultline-agent hold (fault {}): {e}", common.fault);
+        ExitCode::FAILURE
+    };
+    if let Err(e) = holder::bind_to_parent(common.parent) {
+        return fail(e);
+    }
+    let until = holder::Deadline {
+        monotonic_ms: common.until_ms,
+    };
+    let done = match &args.work {
+        HoldWork::Cpu {
+            load_percent, workers, ..
+        } => faults::cpu::burn_until(*load_percent, *workers, until),
+        HoldWork::Memory { bytes, workers, .. } => faults::memory::hold_until(*bytes, *workers, until, || {
+            use std::io::Write;
+            // Nobody reading means the agent is gone; the death signal ends this process.
+            let _ = writeln!(std::io::stdout(), "{}", holder::READY);
+        }),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 fn parse_tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -93,6 +166,10 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // No flag of the agent is a bare word, so `hold` first is always a holder.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "hold") {
+        return hold(Hold::parse_from(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
     // One thread runs the agent; stress workers are their own threads.
