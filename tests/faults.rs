@@ -245,6 +245,45 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
 }
 
 #[test]
+fn removing_latency_releases_data_held_on_an_open_connection() {
+    let s = Scratch::new("latency-release");
+    let upstream = echo_server();
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:network:latency",
+            json!({ "duration": "PT1S", "delayMilliseconds": "4000" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(
+        &s,
+        port,
+        "web-a1",
+        "az-a",
+        &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
+    );
+    let proxy = a.listen_port("proxy ready");
+    let mut c = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ctl.expect("action A running", T);
+    // Sent during the fault, so held for 4 s; the fault is removed after 1 s.
+    let t = Instant::now();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let took = t.elapsed();
+    assert_eq!(&buf, b"ping");
+    assert!(
+        took < Duration::from_millis(1600),
+        "data held for the 4 s delay came back after {took:?}, not when the 1 s fault was removed"
+    );
+    assert_eq!(ctl.finish(T).0.code(), Some(0));
+}
+
+#[test]
 fn latency_loss_refuses_new_connections() {
     let s = Scratch::new("loss");
     let upstream = echo_server();

@@ -172,7 +172,8 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
-    // One thread runs the agent; stress workers are their own threads.
+    // This thread runs the agent and is the one that spawns holders, which die with it;
+    // the proxies have a thread of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -215,19 +216,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         .collect();
 
     let shutdown = CancellationToken::new();
+    let proxies = start_proxies(cli.proxies, conditions, shutdown.clone())?;
     let mut tasks = tokio::task::JoinSet::new();
-    for (listen, upstream) in &cli.proxies {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen} for the proxy: {e}"))?;
-        tracing::info!(listen = %listener.local_addr().map_or(listen.clone(), |a| a.to_string()), %upstream, "proxy ready");
-        tasks.spawn(proxy::serve(
-            listener,
-            upstream.clone(),
-            conditions.clone(),
-            shutdown.clone(),
-        ));
-    }
     let on_signal = shutdown.clone();
     tasks.spawn(async move {
         if let Some(name) = faultline_agent::signals::cancel_on_signal(on_signal).await {
@@ -252,5 +242,56 @@ async fn run(cli: Cli) -> Result<(), String> {
     agent.run(shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some(proxies) = proxies {
+        // Every fault is removed by now; only the proxies' own exit is waited for.
+        let _ = proxies.join();
+    }
     Ok(())
+}
+
+/// Starts the proxies on a thread of their own, with its own runtime, so that /proc scans,
+/// fsyncs, netlink calls and process spawns on the agent's thread never stall proxied
+/// traffic. Returns once every proxy listens, or why one cannot.
+fn start_proxies(
+    proxies: Vec<(String, String)>,
+    conditions: Arc<proxy::Conditions>,
+    shutdown: CancellationToken,
+) -> Result<Option<std::thread::JoinHandle<()>>, String> {
+    if proxies.is_empty() {
+        return Ok(None);
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let thread = std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the proxy runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (listen, upstream) in proxies {
+                    let listener = match tokio::net::TcpListener::bind(&listen).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("cannot listen on {listen} for the proxy: {e}")));
+                            return;
+                        }
+                    };
+                    tracing::info!(listen = %listener.local_addr().map_or(listen.clone(), |a| a.to_string()), %upstream, "proxy ready");
+                    tasks.spawn(proxy::serve(listener, upstream, conditions.clone(), shutdown.clone()));
+                }
+                let _ = ready_tx.send(Ok(()));
+                while tasks.join_next().await.is_some() {}
+            });
+        })
+        .map_err(|e| format!("cannot start the proxy thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(Some(thread)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the proxy thread ended before its proxies listened".into()),
+    }
 }
