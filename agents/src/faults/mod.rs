@@ -493,7 +493,7 @@ fn watch_filling(
                 }
             } else {
                 Outcome::Failed {
-                    message: "the memory stress process ended before the memory was resident (out of memory?)".into(),
+                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
                 }
             });
         })?;

@@ -487,6 +487,9 @@ mod tests {
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
+            // The longest fault the validator allows.
+            install("fl_long", &[], Duration::from_secs(12 * 3600)).unwrap();
+            assert!(listed(tid, "fl_long").contains("timeout 12h"));
             install("fl_test", &["10.1.2.3".parse().unwrap()], Duration::from_secs(60)).unwrap();
             let t = listed(tid, "fl_test");
             assert!(t.contains("flags timeout") && t.contains("timeout 1m"), "{t}");
