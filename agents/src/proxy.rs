@@ -62,7 +62,7 @@ impl Snapshot {
     }
 
     /// The delay without jitter: what held data is pulled in to when the latency shrinks.
-    fn base_delay(&self) -> Duration {
+    fn delay_without_jitter(&self) -> Duration {
         self.latency.map_or(Duration::ZERO, |(delay, _, _)| delay)
     }
 
@@ -89,8 +89,7 @@ pub struct Conditions {
     by_fault: Mutex<BTreeMap<String, (u64, Condition)>>,
     seq: AtomicU64,
     tx: watch::Sender<Arc<Snapshot>>,
-    /// [`QUEUE_BUDGET`] in chunks: a connection takes one before each read and holds it
-    /// while the chunk waits for its release.
+    /// [`QUEUE_BUDGET`] in chunks: each chunk held for a delay takes one until it is written.
     queue_budget: Arc<Semaphore>,
 }
 
@@ -263,7 +262,8 @@ async fn pump(
     let mut last_release = Instant::now();
     let mut snapshot = conditions.borrow_and_update().clone();
     let mut eof = false;
-    let mut permit: Option<OwnedSemaphorePermit> = None;
+    // A chunk read while the budget was spent: no more reading until it has its share.
+    let mut stalled: Option<(Instant, Instant, Vec<u8>)> = None;
     loop {
         if !snapshot.allows(peer) {
             return Err(ProxyError::Blocked(peer));
@@ -273,18 +273,14 @@ async fn pump(
             return Ok(());
         }
         let head = queue.front().map(|h| h.release);
-        let may_read = !eof && queue.len() < MAX_QUEUED_CHUNKS;
+        let may_read = !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
         tokio::select! {
-            p = budget.clone().acquire_owned(), if may_read && permit.is_none() => {
-                permit = Some(p.expect("the budget is never closed"));
-            }
-            r = reader.read(&mut buf), if may_read && permit.is_some() => {
+            r = reader.read(&mut buf), if may_read => {
                 let n = r?;
                 if n == 0 {
                     eof = true;
                     continue;
                 }
-                let Some(budget) = permit.take() else { continue };
                 let delay = snapshot.delay(&mut rng);
                 if delay.is_zero() && queue.is_empty() {
                     writer.write_all(&buf[..n]).await?;
@@ -292,7 +288,17 @@ async fn pump(
                     let arrived = Instant::now();
                     // Never release before an earlier chunk: jitter must not reorder a stream.
                     last_release = last_release.max(arrived + delay);
-                    queue.push_back(Held { arrived, release: last_release, data: buf[..n].to_vec(), _budget: budget });
+                    let data = buf[..n].to_vec();
+                    match budget.clone().try_acquire_owned() {
+                        Ok(share) => queue.push_back(Held { arrived, release: last_release, data, _budget: share }),
+                        Err(_) => stalled = Some((arrived, last_release, data)),
+                    }
+                }
+            }
+            share = budget.clone().acquire_owned(), if stalled.is_some() => {
+                if let Some((arrived, release, data)) = stalled.take() {
+                    let share = share.expect("the budget is never closed");
+                    queue.push_back(Held { arrived, release, data, _budget: share });
                 }
             }
             _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
@@ -305,7 +311,12 @@ async fn pump(
                     return Ok(());
                 }
                 snapshot = conditions.borrow_and_update().clone();
-                last_release = pull_in(&mut queue, snapshot.base_delay()).unwrap_or_else(Instant::now);
+                let delay = snapshot.delay_without_jitter();
+                last_release = pull_in(&mut queue, delay).unwrap_or_else(Instant::now);
+                if let Some((arrived, release, _)) = &mut stalled {
+                    *release = (*release).min(*arrived + delay);
+                    last_release = *release;
+                }
             }
         }
     }
@@ -373,6 +384,37 @@ mod tests {
         assert_eq!(budget.available_permits(), 1);
         queue.clear();
         assert_eq!(budget.available_permits(), 4, "released chunks give their budget back");
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_holds_data_back_and_loses_none() {
+        let c = Conditions::default();
+        c.set(
+            "l",
+            Condition::Latency {
+                delay: Duration::from_millis(20),
+                jitter: Duration::ZERO,
+                loss_percent: 0.0,
+            },
+        );
+        let budget = Arc::new(Semaphore::new(1));
+        // Another connection holds the whole budget.
+        let other = budget.clone().try_acquire_owned().unwrap();
+        let (mut client, proxy_in) = tokio::io::duplex(1024);
+        let (proxy_out, mut server) = tokio::io::duplex(1024);
+        let peer = "10.0.0.1".parse().unwrap();
+        let rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        client.write_all(b"one").await.unwrap();
+        let mut got = [0u8; 3];
+        let early = tokio::time::timeout(Duration::from_millis(300), server.read_exact(&mut got)).await;
+        assert!(early.is_err(), "data went out while the budget was spent");
+        drop(other);
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one");
+        drop(client);
+        pumping.await.unwrap().unwrap();
+        assert_eq!(budget.available_permits(), 1, "the budget is whole again");
     }
 
     #[test]
