@@ -88,7 +88,7 @@ fn breaking_the_watched_service_stops_the_run_and_removes_every_fault() {
     assert_eq!(r["alarms"][0]["fired"]["datapoints"], json!([1.0, 1.0]));
 
     assert!(
-        cpu_load(a.pid(), Duration::from_secs(1)) < 0.1,
+        tree_cpu_load(a.pid(), Duration::from_secs(1)) < 0.1,
         "the CPU stress must be gone"
     );
     assert!(state_files(&s, "web-a1").is_empty());

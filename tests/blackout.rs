@@ -542,3 +542,39 @@ fn starting_an_agent_installs_no_rule_to_probe_nf_tables() {
     );
     drop(ctl);
 }
+
+#[test]
+fn a_blackout_ends_at_its_deadline_with_no_agent_left() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-orphan");
+    let hosts = [("a1", "az-a"), ("b1", "az-b")];
+    let topo = Topology::new(&hosts);
+    topo.serve_probes();
+    let a1 = topo.ip_of("a1");
+    let template = blackout_template(&s, 5, true);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let agents: Vec<Proc> = hosts.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+    // The apply landed before the controller said "running": the deadline is at most 5 s away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+
+    // kill -9, and no restart: nobody is left to delete the table.
+    agents[0].signal(libc::SIGKILL);
+    assert!(!topo.reaches("b1", a1), "the blackout holds while its time runs");
+    // The property under test is the clock: a probe right after the deadline must pass.
+    std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()) + Duration::from_millis(300));
+    assert!(
+        topo.reaches("b1", a1),
+        "az-a is still cut off 0.3 s after the blackout's deadline, with no agent left:\n{}",
+        topo.tables("a1")
+    );
+    assert!(
+        topo.tables("a1").contains("fl_"),
+        "the table is still there (no agent removed it), yet it lets everything through"
+    );
+    drop(agents);
+    ctl.signal(libc::SIGINT);
+    let _ = ctl.finish(T);
+}

@@ -27,7 +27,7 @@ fn cpu_template(s: &Scratch, seconds: u32) -> std::path::PathBuf {
 fn time_to_idle(pid: u32, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if cpu_load(pid, Duration::from_millis(500)) < 0.1 {
+        if tree_cpu_load(pid, Duration::from_millis(500)) < 0.1 {
             return Some(start.elapsed());
         }
     }
@@ -42,7 +42,7 @@ fn killing_the_controller_ends_the_fault_within_the_lease() {
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
     assert!(
-        cpu_load(a.pid(), Duration::from_secs(1)) > 0.4,
+        tree_cpu_load(a.pid(), Duration::from_secs(1)) > 0.4,
         "the fault should be in effect"
     );
     ctl.signal(libc::SIGKILL);
@@ -152,7 +152,7 @@ fn ctrl_c_stops_the_experiment_and_removes_every_fault() {
     assert_eq!(r["state"], "stopped");
     assert_eq!(r["actions"]["A"]["state"], "stopped");
     assert!(r["rollback"].as_f64().unwrap() < 1000.0, "{r}");
-    assert!(cpu_load(a.pid(), Duration::from_secs(1)) < 0.1);
+    assert!(tree_cpu_load(a.pid(), Duration::from_secs(1)) < 0.1);
     assert!(state_files(&s, "web-a1").is_empty());
     let removal = journal(&s).into_iter().find(|e| e["event"] == "removal").unwrap();
     assert_eq!(removal["by"], "controller");

@@ -77,9 +77,9 @@ fn cpu_stress_holds_the_load_then_lets_go() {
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
-    let busy = cpu_load(a.pid(), Duration::from_secs(2));
+    let busy = tree_cpu_load(a.pid(), Duration::from_secs(2));
     ctl.expect("action A completed", T);
-    let after = cpu_load(a.pid(), Duration::from_secs(1));
+    let after = tree_cpu_load(a.pid(), Duration::from_secs(1));
     let (status, _, _) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
     assert!(
@@ -104,11 +104,11 @@ fn memory_stress_holds_resident_memory_then_frees_it() {
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("experiment initiating", T);
-    let before = rss(a.pid());
+    let before = tree_rss(a.pid());
     ctl.expect("action A running", T);
-    let during = rss(a.pid());
+    let during = tree_rss(a.pid());
     ctl.expect("action A completed", T);
-    let after = rss(a.pid());
+    let after = tree_rss(a.pid());
     let (status, _, _) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
@@ -140,8 +140,8 @@ fn an_idle_agent_is_small_and_quiet() {
     let (ctl, port) = controller(&s, &template, 1, &[]);
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
     a.expect("registered", T);
-    let load = cpu_load(a.pid(), Duration::from_secs(1));
-    let resident = rss(a.pid());
+    let load = tree_cpu_load(a.pid(), Duration::from_secs(1));
+    let resident = tree_rss(a.pid());
     assert_eq!(ctl.finish(T).0.code(), Some(0));
     assert!(load < 0.05, "an idle agent used {load:.3} CPU");
     assert!(resident < 16 << 20, "an idle agent holds {} KiB", resident >> 10);
@@ -242,6 +242,45 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
         "during: {during:?}"
     );
     assert!(after < Duration::from_millis(50), "after: {after:?}");
+}
+
+#[test]
+fn removing_latency_releases_data_held_on_an_open_connection() {
+    let s = Scratch::new("latency-release");
+    let upstream = echo_server();
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:network:latency",
+            json!({ "duration": "PT1S", "delayMilliseconds": "4000" }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut a = agent(
+        &s,
+        port,
+        "web-a1",
+        "az-a",
+        &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
+    );
+    let proxy = a.listen_port("proxy ready");
+    let mut c = TcpStream::connect(("127.0.0.1", proxy)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ctl.expect("action A running", T);
+    // Sent during the fault, so held for 4 s; the fault is removed after 1 s.
+    let t = Instant::now();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let took = t.elapsed();
+    assert_eq!(&buf, b"ping");
+    assert!(
+        took < Duration::from_millis(1600),
+        "data held for the 4 s delay came back after {took:?}, not when the 1 s fault was removed"
+    );
+    assert_eq!(ctl.finish(T).0.code(), Some(0));
 }
 
 #[test]

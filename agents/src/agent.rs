@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a controller has to welcome a registration.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a frame may take to go out before the link counts as down: a controller that
+/// stops reading must not stall the agent's timers and removals.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many "fault ended" notices wait for an owner that is not connected.
 const MAX_PENDING_NOTICES: usize = 256;
 
@@ -510,17 +513,22 @@ async fn next_frame(link: &mut Link) -> Incoming {
     }
 }
 
-/// Sends a frame; a link that cannot send is down.
+/// Sends a frame; a link that cannot send, or not within [`SEND_TIMEOUT`], is down.
 async fn send(link: Link, text: String) -> Link {
-    match link {
-        Link::Down | Link::Refused => Link::Down,
-        Link::Registering { mut c, since } => match c.ws.send(Message::text(text)).await {
-            Ok(()) => Link::Registering { c, since },
-            Err(_) => Link::Down,
+    let (mut c, up) = match link {
+        Link::Down | Link::Refused => return Link::Down,
+        Link::Registering { c, since } => (c, Err(since)),
+        Link::Up { c, controller_id } => (c, Ok(controller_id)),
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, c.ws.send(Message::text(text))).await {
+        Ok(Ok(())) => match up {
+            Ok(controller_id) => Link::Up { c, controller_id },
+            Err(since) => Link::Registering { c, since },
         },
-        Link::Up { mut c, controller_id } => match c.ws.send(Message::text(text)).await {
-            Ok(()) => Link::Up { c, controller_id },
-            Err(_) => Link::Down,
-        },
+        Ok(Err(_)) => Link::Down,
+        Err(_) => {
+            tracing::warn!(timeout = ?SEND_TIMEOUT, "the controller does not take frames; reconnecting");
+            Link::Down
+        }
     }
 }

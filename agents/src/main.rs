@@ -4,6 +4,7 @@
 
 mod agent;
 mod faults;
+mod holder;
 mod lease;
 mod proxy;
 mod session;
@@ -89,6 +90,78 @@ struct Cli {
     verbose: u8,
 }
 
+/// `faultline-agent hold ...`: a holder process the agent starts for a CPU or memory fault
+/// (see `holder.rs`); not for people.
+#[derive(Debug, Parser)]
+#[command(name = "faultline-agent hold")]
+struct Hold {
+    #[command(subcommand)]
+    work: HoldWork,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum HoldWork {
+    /// Burn CPU.
+    Cpu {
+        #[arg(long)]
+        load_percent: u8,
+        #[arg(long)]
+        workers: u32,
+        #[command(flatten)]
+        common: HoldCommon,
+    },
+    /// Keep memory resident; prints `ready` once it is.
+    Memory {
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        workers: u32,
+        #[command(flatten)]
+        common: HoldCommon,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct HoldCommon {
+    /// The fault's name hash, so a leftover holder can be told by its command line.
+    #[arg(long)]
+    fault: String,
+    /// The agent's pid: the holder exits at once if it is no longer its parent.
+    #[arg(long)]
+    parent: u32,
+    /// When the holder ends on its own, in ms on CLOCK_MONOTONIC.
+    #[arg(long)]
+    until_ms: u64,
+}
+
+fn hold(args: Hold) -> ExitCode {
+    let (HoldWork::Cpu { common, .. } | HoldWork::Memory { common, .. }) = &args.work;
+    let fail = |e: std::io::Error| {
+        eprintln!("faultline-agent hold (fault {}): {e}", common.fault);
+        ExitCode::FAILURE
+    };
+    if let Err(e) = holder::bind_to_parent(common.parent) {
+        return fail(e);
+    }
+    let until = holder::Deadline {
+        monotonic_ms: common.until_ms,
+    };
+    let done = match &args.work {
+        HoldWork::Cpu {
+            load_percent, workers, ..
+        } => faults::cpu::burn_until(*load_percent, *workers, until),
+        HoldWork::Memory { bytes, workers, .. } => faults::memory::hold_until(*bytes, *workers, until, || {
+            use std::io::Write;
+            // Nobody reading means the agent is gone; the death signal ends this process.
+            let _ = writeln!(std::io::stdout(), "{}", holder::READY);
+        }),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
 fn parse_tag(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -129,9 +202,14 @@ fn parse_max_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // No flag of the agent is a bare word, so `hold` first is always a holder.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "hold") {
+        return hold(Hold::parse_from(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
-    // One thread runs the agent; stress workers are their own threads.
+    // This thread runs the agent and is the one that spawns holders, which die with it;
+    // the proxies have a thread of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -178,19 +256,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     let restarted = faults.recover().into_iter().map(|r| (r.owner, r.fault_id)).collect();
 
     let shutdown = CancellationToken::new();
+    let proxies = start_proxies(cli.proxies, conditions, shutdown.clone())?;
     let mut tasks = tokio::task::JoinSet::new();
-    for (listen, upstream) in &cli.proxies {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen} for the proxy: {e}"))?;
-        tracing::info!(listen = %listener.local_addr().map_or(listen.clone(), |a| a.to_string()), %upstream, "proxy ready");
-        tasks.spawn(proxy::serve(
-            listener,
-            upstream.clone(),
-            conditions.clone(),
-            shutdown.clone(),
-        ));
-    }
     let on_signal = shutdown.clone();
     tasks.spawn(async move {
         if let Some(name) = faultline_agent::signals::cancel_on_signal(on_signal).await {
@@ -216,5 +283,56 @@ async fn run(cli: Cli) -> Result<(), String> {
     agent.run(shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some(proxies) = proxies {
+        // Every fault is removed by now; only the proxies' own exit is waited for.
+        let _ = proxies.join();
+    }
     Ok(())
+}
+
+/// Starts the proxies on a thread of their own, with its own runtime, so that /proc scans,
+/// fsyncs, netlink calls and process spawns on the agent's thread never stall proxied
+/// traffic. Returns once every proxy listens, or why one cannot.
+fn start_proxies(
+    proxies: Vec<(String, String)>,
+    conditions: Arc<proxy::Conditions>,
+    shutdown: CancellationToken,
+) -> Result<Option<std::thread::JoinHandle<()>>, String> {
+    if proxies.is_empty() {
+        return Ok(None);
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let thread = std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start the proxy runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (listen, upstream) in proxies {
+                    let listener = match tokio::net::TcpListener::bind(&listen).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("cannot listen on {listen} for the proxy: {e}")));
+                            return;
+                        }
+                    };
+                    tracing::info!(listen = %listener.local_addr().map_or(listen.clone(), |a| a.to_string()), %upstream, "proxy ready");
+                    tasks.spawn(proxy::serve(listener, upstream, conditions.clone(), shutdown.clone()));
+                }
+                let _ = ready_tx.send(Ok(()));
+                while tasks.join_next().await.is_some() {}
+            });
+        })
+        .map_err(|e| format!("cannot start the proxy thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(Some(thread)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the proxy thread ended before its proxies listened".into()),
+    }
 }

@@ -4,8 +4,9 @@
 //! the delay (± jitter) before writing it on, and refuses a share of new connections;
 //! during a blackout it refuses, and cuts, connections from peers outside the AZ. This is
 //! how latency works on kernels without `netem`, and how a blackout holds without
-//! CAP_NET_ADMIN. Buffers are bounded: a full queue stops reading, which pushes back on
-//! the sender through TCP.
+//! CAP_NET_ADMIN. When the latency ends (or shrinks), what is already held is released at
+//! once (or sooner). Buffers are bounded per connection and across all of them: a full
+//! queue or a spent budget stops reading, which pushes back on the sender through TCP.
 
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -15,13 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Chunks held per direction of a connection while delayed (16 KiB each).
 const MAX_QUEUED_CHUNKS: usize = 64;
 const CHUNK: usize = 16 * 1024;
+/// Bytes held for delay across every connection of every proxy of the agent.
+const QUEUE_BUDGET: usize = 64 << 20;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +61,11 @@ impl Snapshot {
         self.allow.iter().all(|list| list.contains(&peer))
     }
 
+    /// The delay without jitter: what held data is pulled in to when the latency shrinks.
+    fn delay_without_jitter(&self) -> Duration {
+        self.latency.map_or(Duration::ZERO, |(delay, _, _)| delay)
+    }
+
     fn delay(&self, rng: &mut impl Rng) -> Duration {
         match self.latency {
             Some((delay, jitter, _)) if !jitter.is_zero() => {
@@ -81,6 +89,8 @@ pub struct Conditions {
     by_fault: Mutex<BTreeMap<String, (u64, Condition)>>,
     seq: AtomicU64,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// [`QUEUE_BUDGET`] in chunks: each chunk held for a delay takes one until it is written.
+    queue_budget: Arc<Semaphore>,
 }
 
 impl Default for Conditions {
@@ -89,6 +99,7 @@ impl Default for Conditions {
             by_fault: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
+            queue_budget: Arc::new(Semaphore::new(QUEUE_BUDGET / CHUNK)),
         }
     }
 }
@@ -212,11 +223,28 @@ async fn connection(
         cr,
         sw,
         conditions.subscribe(),
+        conditions.queue_budget.clone(),
         peer.ip(),
         rand::rngs::SmallRng::from_rng(&mut rng),
     );
-    let down = pump(sr, cw, conditions.subscribe(), peer.ip(), rng);
+    let down = pump(
+        sr,
+        cw,
+        conditions.subscribe(),
+        conditions.queue_budget.clone(),
+        peer.ip(),
+        rng,
+    );
     tokio::try_join!(up, down).map(|_| ())
+}
+
+/// A chunk held for its delay: when it arrived, when it goes out, and its share of the
+/// queue budget.
+struct Held {
+    arrived: Instant,
+    release: Instant,
+    data: Vec<u8>,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Copies one direction, holding chunks for the current delay; ends when the reader is done
@@ -225,14 +253,17 @@ async fn pump(
     mut reader: impl AsyncReadExt + Unpin,
     mut writer: impl AsyncWriteExt + Unpin,
     mut conditions: watch::Receiver<Arc<Snapshot>>,
+    budget: Arc<Semaphore>,
     peer: IpAddr,
     mut rng: impl Rng,
 ) -> Result<(), ProxyError> {
     let mut buf = vec![0u8; CHUNK];
-    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut queue: VecDeque<Held> = VecDeque::new();
     let mut last_release = Instant::now();
     let mut snapshot = conditions.borrow_and_update().clone();
     let mut eof = false;
+    // A chunk read while the budget was spent: no more reading until it has its share.
+    let mut stalled: Option<(Instant, Instant, Vec<u8>)> = None;
     loop {
         if !snapshot.allows(peer) {
             return Err(ProxyError::Blocked(peer));
@@ -241,9 +272,10 @@ async fn pump(
             writer.shutdown().await?;
             return Ok(());
         }
-        let head = queue.front().map(|(t, _)| *t);
+        let head = queue.front().map(|h| h.release);
+        let may_read = !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
         tokio::select! {
-            r = reader.read(&mut buf), if !eof && queue.len() < MAX_QUEUED_CHUNKS => {
+            r = reader.read(&mut buf), if may_read => {
                 let n = r?;
                 if n == 0 {
                     eof = true;
@@ -253,14 +285,25 @@ async fn pump(
                 if delay.is_zero() && queue.is_empty() {
                     writer.write_all(&buf[..n]).await?;
                 } else {
+                    let arrived = Instant::now();
                     // Never release before an earlier chunk: jitter must not reorder a stream.
-                    last_release = last_release.max(Instant::now() + delay);
-                    queue.push_back((last_release, buf[..n].to_vec()));
+                    last_release = last_release.max(arrived + delay);
+                    let data = buf[..n].to_vec();
+                    match budget.clone().try_acquire_owned() {
+                        Ok(share) => queue.push_back(Held { arrived, release: last_release, data, _budget: share }),
+                        Err(_) => stalled = Some((arrived, last_release, data)),
+                    }
+                }
+            }
+            share = budget.clone().acquire_owned(), if stalled.is_some() => {
+                if let Some((arrived, release, data)) = stalled.take() {
+                    let share = share.expect("the budget is never closed");
+                    queue.push_back(Held { arrived, release, data, _budget: share });
                 }
             }
             _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
-                if let Some((_, data)) = queue.pop_front() {
-                    writer.write_all(&data).await?;
+                if let Some(held) = queue.pop_front() {
+                    writer.write_all(&held.data).await?;
                 }
             }
             r = conditions.changed() => {
@@ -268,9 +311,25 @@ async fn pump(
                     return Ok(());
                 }
                 snapshot = conditions.borrow_and_update().clone();
+                let delay = snapshot.delay_without_jitter();
+                last_release = pull_in(&mut queue, delay).unwrap_or_else(Instant::now);
+                if let Some((arrived, release, _)) = &mut stalled {
+                    *release = (*release).min(*arrived + delay);
+                    last_release = *release;
+                }
             }
         }
     }
+}
+
+/// Brings each held chunk's release forward to its arrival plus `delay` when that is sooner
+/// (a removed latency releases everything at once); returns the last release. Arrivals are
+/// in order, so the releases stay in order.
+fn pull_in(queue: &mut VecDeque<Held>, delay: Duration) -> Option<Instant> {
+    for held in queue.iter_mut() {
+        held.release = held.release.min(held.arrived + delay);
+    }
+    queue.back().map(|h| h.release)
 }
 
 #[cfg(test)]
@@ -298,6 +357,64 @@ mod tests {
         assert!(s.allows(a) && !s.allows(b));
         assert!(c.clear("x") && c.clear("y") && !c.clear("y"));
         assert!(c.subscribe().borrow().allows(b));
+    }
+
+    #[test]
+    fn a_smaller_delay_pulls_held_chunks_in_and_keeps_their_order() {
+        let budget = Arc::new(Semaphore::new(4));
+        let t0 = Instant::now();
+        let mut queue: VecDeque<Held> = (0..3u64)
+            .map(|i| Held {
+                arrived: t0 + Duration::from_millis(10 * i),
+                release: t0 + Duration::from_secs(2) + Duration::from_millis(10 * i),
+                data: vec![],
+                _budget: budget.clone().try_acquire_owned().unwrap(),
+            })
+            .collect();
+        assert_eq!(
+            pull_in(&mut queue, Duration::from_secs(5)),
+            Some(t0 + Duration::from_millis(2020))
+        );
+        assert_eq!(
+            pull_in(&mut queue, Duration::ZERO),
+            Some(t0 + Duration::from_millis(20))
+        );
+        let releases: Vec<Instant> = queue.iter().map(|h| h.release).collect();
+        assert!(releases.is_sorted() && releases[0] == t0, "{releases:?}");
+        assert_eq!(budget.available_permits(), 1);
+        queue.clear();
+        assert_eq!(budget.available_permits(), 4, "released chunks give their budget back");
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_holds_data_back_and_loses_none() {
+        let c = Conditions::default();
+        c.set(
+            "l",
+            Condition::Latency {
+                delay: Duration::from_millis(20),
+                jitter: Duration::ZERO,
+                loss_percent: 0.0,
+            },
+        );
+        let budget = Arc::new(Semaphore::new(1));
+        // Another connection holds the whole budget.
+        let other = budget.clone().try_acquire_owned().unwrap();
+        let (mut client, proxy_in) = tokio::io::duplex(1024);
+        let (proxy_out, mut server) = tokio::io::duplex(1024);
+        let peer = "10.0.0.1".parse().unwrap();
+        let rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        client.write_all(b"one").await.unwrap();
+        let mut got = [0u8; 3];
+        let early = tokio::time::timeout(Duration::from_millis(300), server.read_exact(&mut got)).await;
+        assert!(early.is_err(), "data went out while the budget was spent");
+        drop(other);
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one");
+        drop(client);
+        pumping.await.unwrap().unwrap();
+        assert_eq!(budget.available_permits(), 1, "the budget is whole again");
     }
 
     #[test]

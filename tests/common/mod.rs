@@ -371,3 +371,87 @@ pub fn unique_name(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("fl-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Fields of /proc/PID/stat after the command name (proc(5) field 3 is index 0); `None` once
+/// the process is gone.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f[0] != "Z")
+}
+
+/// A process and all its live descendants (the agent and its holder processes).
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat_fields(pid)?.get(1)?.parse().ok()?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU seconds used by a process and its descendants, live or reaped: a reaped child's time
+/// moves into its parent's cutime/cstime, so the sum never drops when a holder ends.
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    process_tree(root)
+        .into_iter()
+        .filter_map(stat_fields)
+        // utime, stime, cutime, cstime: proc(5) fields 14 to 17.
+        .map(|f| f[11..15].iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum::<f64>() / tck)
+        .sum()
+}
+
+/// CPUs a process and its descendants used on average over `window` (1.0 = one full CPU).
+pub fn tree_cpu_load(root: u32, window: Duration) -> f64 {
+    let (c0, t0) = (tree_cpu_seconds(root), Instant::now());
+    std::thread::sleep(window);
+    (tree_cpu_seconds(root) - c0) / t0.elapsed().as_secs_f64()
+}
+
+/// Resident set size of a process and its descendants, bytes.
+pub fn tree_rss(root: u32) -> u64 {
+    process_tree(root)
+        .into_iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            kb.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+/// Live holder processes of the agent `agent_pid` (`faultline-agent hold ... --parent PID`),
+/// found by their command line, so also after the agent is gone.
+pub fn holders(agent_pid: u32) -> Vec<u32> {
+    let parent = agent_pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.get(1) == Some(&&b"hold"[..])
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--parent" && w[1] == parent.as_bytes())
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}

@@ -1,85 +1,42 @@
-//! `faultline:host:cpu-stress`: worker threads holding a load by duty cycle.
+//! `faultline:host:cpu-stress`: worker threads holding a load by duty cycle, in a holder
+//! process (see [`crate::holder`]) that ends at the fault's deadline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use crate::holder::Deadline;
 use std::time::{Duration, Instant};
 
-/// Short periods keep the load smooth as a sampler sees it and let a stop land at once.
+/// Short periods keep the load smooth as a sampler sees it.
 const PERIOD: Duration = Duration::from_millis(100);
 
-/// A running CPU stress; stopped and joined on drop.
-#[derive(Debug)]
-pub struct CpuStress {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// In the holder: starts `workers` threads (0 = one per CPU this process may use), each busy
+/// `load_percent` of the time, and returns at `until`; the process exit ends the workers.
+pub fn burn_until(load_percent: u8, workers: u32, until: Deadline) -> std::io::Result<()> {
+    let workers = if workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        workers as usize
+    };
+    let busy = PERIOD * u32::from(load_percent.min(100)) / 100;
+    for i in 0..workers {
+        std::thread::Builder::new()
+            .name(format!("cpu-stress-{i}"))
+            .spawn(move || loop {
+                burn_one_period(busy)
+            })?;
+    }
+    until.sleep();
+    Ok(())
 }
 
-impl CpuStress {
-    /// Starts `workers` threads (0 = one per CPU this process may use), each busy
-    /// `load_percent` of the time.
-    pub fn start(load_percent: u8, workers: u32) -> std::io::Result<CpuStress> {
-        let workers = if workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            workers as usize
-        };
-        let busy = PERIOD * u32::from(load_percent.min(100)) / 100;
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut stress = CpuStress {
-            stop: stop.clone(),
-            threads: Vec::with_capacity(workers),
-        };
-        for i in 0..workers {
-            let stop = stop.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("cpu-stress-{i}"))
-                .spawn(move || burn(busy, &stop))?;
-            stress.threads.push(t);
-        }
-        Ok(stress)
-    }
-
-    /// Stops every worker and waits for them (within one period at most).
-    pub fn stop(self) {
-        drop(self);
-    }
-}
-
-fn burn(busy: Duration, stop: &AtomicBool) {
+/// Busy for `busy`, then idle for the rest of the period.
+fn burn_one_period(busy: Duration) {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    while !stop.load(Ordering::Relaxed) {
-        let start = Instant::now();
-        while start.elapsed() < busy {
-            for _ in 0..1000 {
-                x = std::hint::black_box(x.rotate_left(7) ^ x.wrapping_mul(0x2545_f491_4f6c_dd1d));
-            }
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-        }
-        let end = start + PERIOD;
-        // park_timeout may wake early; unpark from drop ends the sleep at once.
-        while !stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            if now >= end {
-                break;
-            }
-            std::thread::park_timeout(end - now);
+    let start = Instant::now();
+    while start.elapsed() < busy {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.rotate_left(7) ^ x.wrapping_mul(0x2545_f491_4f6c_dd1d));
         }
     }
-}
-
-impl Drop for CpuStress {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in &self.threads {
-            t.thread().unpark();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
+    std::thread::sleep(PERIOD.saturating_sub(start.elapsed()));
 }
 
 #[cfg(test)]
@@ -87,10 +44,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stops_promptly() {
-        let s = CpuStress::start(50, 2).unwrap();
+    fn a_period_is_busy_for_its_share_then_idle() {
         let t = Instant::now();
-        drop(s);
-        assert!(t.elapsed() < PERIOD * 2);
+        burn_one_period(PERIOD / 2);
+        let took = t.elapsed();
+        assert!(took >= PERIOD && took < PERIOD * 2, "{took:?}");
     }
 }

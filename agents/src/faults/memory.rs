@@ -1,10 +1,8 @@
 //! `faultline:host:memory-stress`: allocate, touch and keep resident an amount of memory.
 
+use crate::holder::Deadline;
 use faultline_agent::protocol::MemoryAmount;
 use std::fs;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
 const MIB: u64 = 1 << 20;
 /// Never leave less than this free, whatever the percentage of the host.
@@ -32,6 +30,15 @@ impl Budget {
             },
             _ => Budget { total, free: available },
         })
+    }
+
+    /// The budget once `filling` more bytes are resident: memory faults in effect that are
+    /// still filling up are not free.
+    pub fn less(self, filling: u64) -> Budget {
+        Budget {
+            total: self.total,
+            free: self.free.saturating_sub(filling),
+        }
     }
 
     /// The safety margin: 5 % of the total, at least 64 MiB.
@@ -118,19 +125,17 @@ fn cgroup_limit() -> Option<(u64, u64)> {
     None
 }
 
-/// Anonymous memory held resident; unmapped on drop.
+/// Anonymous memory made resident; unmapped on drop.
 #[derive(Debug)]
-pub struct Held {
+pub struct Resident {
     base: usize,
     len: usize,
-    cancel: Arc<AtomicBool>,
-    touchers: Vec<JoinHandle<()>>,
 }
 
-impl Held {
-    /// Maps `bytes` and starts `workers` threads (0 = one) writing every page; `done` is
-    /// called from the last of them once the memory is resident.
-    pub fn hold(bytes: u64, workers: u32, done: impl FnOnce() + Send + 'static) -> std::io::Result<Held> {
+impl Resident {
+    /// Maps `bytes` and has `workers` threads (0 = one) write every page; returns once all
+    /// are resident, or once `until` has passed (a fault never outlives its deadline).
+    pub fn fill(bytes: u64, workers: u32, until: Deadline) -> std::io::Result<Resident> {
         let len = usize::try_from(bytes).map_err(std::io::Error::other)?.max(1);
         // SAFETY: anonymous private mapping; the region is owned by the returned value.
         let ptr = unsafe {
@@ -146,60 +151,53 @@ impl Held {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        let base = ptr as usize;
+        let resident = Resident {
+            base: ptr as usize,
+            len,
+        };
         let page = 4096usize;
         let workers = (workers.max(1) as usize).min(len.div_ceil(page));
         let chunk = len.div_ceil(workers).next_multiple_of(page);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
-        let done = Arc::new(std::sync::Mutex::new(Some(done)));
-        let mut held = Held {
-            base,
-            len,
-            cancel: cancel.clone(),
-            touchers: Vec::new(),
-        };
-        for w in 0..workers {
-            let (start, end) = (w * chunk, ((w + 1) * chunk).min(len));
-            let (cancel, remaining, done) = (cancel.clone(), remaining.clone(), done.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("mem-stress-{w}"))
-                .spawn(move || {
+        let base = resident.base;
+        std::thread::scope(|s| {
+            for w in 0..workers {
+                let (start, end) = (w * chunk, ((w + 1) * chunk).min(len));
+                s.spawn(move || {
                     let mut at = start;
-                    while at < end && !cancel.load(Ordering::Relaxed) {
-                        // SAFETY: `at` is inside the mapping, which outlives this thread (joined on drop).
+                    while at < end {
+                        // SAFETY: `at` is inside the mapping, which outlives this scope.
                         unsafe { std::ptr::write_volatile((base + at) as *mut u8, 0xA5) };
                         at += page;
-                    }
-                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !cancel.load(Ordering::Relaxed) {
-                        if let Some(f) = done.lock().ok().and_then(|mut d| d.take()) {
-                            f();
+                        // Checking the clock every 256 pages costs nothing next to the faults.
+                        if at % (256 * page) == 0 && until.passed() {
+                            return;
                         }
                     }
-                })?;
-            held.touchers.push(t);
-        }
-        Ok(held)
+                });
+            }
+        });
+        Ok(resident)
     }
 }
 
-impl Held {
-    /// Stops touching and gives the memory back to the system.
-    pub fn release(self) {
-        drop(self);
-    }
-}
-
-impl Drop for Held {
+impl Drop for Resident {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-        for t in self.touchers.drain(..) {
-            let _ = t.join();
-        }
-        // SAFETY: the mapping was created by `hold` with this base and length, and no
+        // SAFETY: the mapping was created by `fill` with this base and length, and no
         // thread touches it any more.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
     }
+}
+
+/// In the holder: offers this process to the OOM killer first, fills `bytes`, says so with
+/// `ready`, and holds the memory until `until`.
+pub fn hold_until(bytes: u64, workers: u32, until: Deadline, ready: impl FnOnce()) -> std::io::Result<()> {
+    // The OOM killer then takes this holder, never the agent and its proxy.
+    fs::write("/proc/self/oom_score_adj", "1000")?;
+    let resident = Resident::fill(bytes, workers, until)?;
+    ready();
+    until.sleep();
+    drop(resident);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -221,12 +219,20 @@ mod tests {
     }
 
     #[test]
-    fn holds_resident_and_releases() {
+    fn memory_still_filling_is_not_free() {
+        let b = Budget {
+            total: 1000 * MIB,
+            free: 500 * MIB,
+        };
+        assert!(b.less(100 * MIB).bytes_for(MemoryAmount::SizeMib(400)).is_err());
+        assert_eq!(b.less(100 * MIB).bytes_for(MemoryAmount::SizeMib(300)), Ok(300 * MIB));
+    }
+
+    #[test]
+    fn fills_resident_and_releases() {
         let rss = || kb_field(&fs::read_to_string("/proc/self/status").unwrap(), "VmRSS:").unwrap();
         let before = rss();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let held = Held::hold(64 * MIB, 2, move || tx.send(()).unwrap()).unwrap();
-        rx.recv().unwrap();
+        let held = Resident::fill(64 * MIB, 2, Deadline::after(std::time::Duration::from_secs(60))).unwrap();
         assert!(rss() >= before + 60 * MIB);
         drop(held);
         assert!(rss() < before + 16 * MIB);

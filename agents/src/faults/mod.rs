@@ -10,13 +10,17 @@ pub mod memory;
 pub mod nft;
 pub mod pause;
 
+use crate::holder::{self, Deadline, Holder, Work};
 use crate::proxy::{Condition, Conditions};
 use crate::state::{self, Record, StateDir};
 use faultline_agent::limits::{self, OutOfRange};
 use faultline_agent::protocol::{FaultKind, FaultSpec, HeldFault, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::ChildStdout;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
@@ -101,8 +105,13 @@ pub struct Config {
 /// What is in effect, and what taking it away needs.
 #[derive(Debug)]
 enum Effect {
-    Cpu(cpu::CpuStress),
-    Memory(memory::Held),
+    Cpu(Holder),
+    /// `filled` once the holder stops filling up: its memory is resident, or it is gone.
+    Memory {
+        holder: Holder,
+        bytes: u64,
+        filled: Arc<AtomicBool>,
+    },
     Latency,
     /// `cut` holds the allow-list without the controller until [`Faults::cut`] applies it.
     Blackout {
@@ -381,6 +390,7 @@ impl Faults {
                 message: FaultError::NoDuration(capability).to_string(),
             }));
         };
+        let hash = format!("{:016x}", state::fnv1a(spec.fault_id.as_bytes()));
         let nft_table = match (&spec.kind, self.caps.nft) {
             (FaultKind::Blackout { .. }, true) => Some(state::table_name(&spec.fault_id)),
             _ => None,
@@ -409,27 +419,31 @@ impl Faults {
                 message: format!("cannot record the fault in the state dir, so it is not applied: {e}"),
             }));
         }
+        // Holders end on their own at the deadline, even if this agent is gone by then.
+        let until = Deadline::after(Duration::from_millis(duration_ms));
         let mut later = None;
         let effect = match spec.kind {
-            FaultKind::Cpu { load_percent, workers } => cpu::CpuStress::start(load_percent, workers)
-                .map(Effect::Cpu)
-                .map_err(FaultError::io("cannot start CPU workers")),
-            FaultKind::Memory { amount, workers } => memory::Budget::read()
-                .map_err(FaultError::io("cannot read the memory budget"))
-                .and_then(|b| b.bytes_for(amount).map_err(FaultError::from))
-                .and_then(|bytes| {
-                    let (tx, rx) = oneshot::channel();
-                    later = Some(rx);
-                    let done = move || {
-                        let _ = tx.send(Outcome::Applied {
-                            detail: format!("holding {} MiB resident", bytes >> 20),
-                            pids: vec![],
-                        });
-                    };
-                    memory::Held::hold(bytes, workers, done)
-                        .map(Effect::Memory)
-                        .map_err(FaultError::io(format!("cannot map {} MiB", bytes >> 20)))
-                }),
+            FaultKind::Cpu { load_percent, workers } => {
+                Holder::spawn(&hash, &Work::Cpu { load_percent, workers }, until)
+                    .map(|(holder, _)| Effect::Cpu(holder))
+                    .map_err(FaultError::io("cannot start the CPU stress process"))
+            }
+            FaultKind::Memory { amount, workers } => {
+                let filling = self.filling();
+                memory::Budget::read()
+                    .map_err(FaultError::io("cannot read the memory budget"))
+                    .and_then(|b| b.less(filling).bytes_for(amount).map_err(FaultError::from))
+                    .and_then(|bytes| {
+                        let what = format!("cannot start the memory stress process for {} MiB", bytes >> 20);
+                        let (holder, stdout) = Holder::spawn(&hash, &Work::Memory { bytes, workers }, until)
+                            .map_err(FaultError::io(&what))?;
+                        let filled = Arc::new(AtomicBool::new(false));
+                        let (tx, rx) = oneshot::channel();
+                        watch_filling(stdout, bytes, filled.clone(), tx).map_err(FaultError::io(what))?;
+                        later = Some(rx);
+                        Ok(Effect::Memory { holder, bytes, filled })
+                    })
+            }
             FaultKind::Latency {
                 delay_ms,
                 jitter_ms,
@@ -454,7 +468,8 @@ impl Faults {
                 let mut allow = allow.clone();
                 allow.extend(controller);
                 let installed = match &nft_table {
-                    Some(t) => nft::install(t, &allow).map_err(FaultError::io("cannot install the nf_tables blackout")),
+                    Some(t) => nft::install(t, &allow, Duration::from_millis(duration_ms))
+                        .map_err(FaultError::io("cannot install the nf_tables blackout")),
                     None => Ok(()),
                 };
                 installed.map(|()| {
@@ -529,7 +544,8 @@ impl Faults {
         };
         let Some(strict) = cut.take() else { return Ok(()) };
         if let Some(t) = nft_table {
-            nft::replace(t, &strict).map_err(FaultError::io("cannot cut the control plane"))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            nft::replace(t, &strict, left).map_err(FaultError::io("cannot cut the control plane"))?;
         }
         self.conditions.set(fault_id, Condition::Blackout { allow: strict });
         *is_cut = true;
@@ -569,8 +585,7 @@ impl Faults {
             return Err(e);
         }
         match active.effect {
-            Effect::Cpu(stress) => stress.stop(),
-            Effect::Memory(held) => held.release(),
+            Effect::Cpu(holder) | Effect::Memory { holder, .. } => holder.stop(),
             Effect::Orphan { file: Some(path), .. } => self
                 .state
                 .discard(&path)
@@ -611,6 +626,17 @@ impl Faults {
                 owner: a.owner.clone(),
             })
             .collect()
+    }
+
+    /// Bytes that memory faults in effect have asked for and are still filling up.
+    fn filling(&self) -> u64 {
+        self.active
+            .values()
+            .map(|a| match &a.effect {
+                Effect::Memory { bytes, filled, .. } if !filled.load(Ordering::Acquire) => *bytes,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The earliest deadline of a fault in effect.
@@ -733,4 +759,32 @@ mod tests {
         assert!(f.state.leftovers().unwrap().0.is_empty(), "nothing recorded");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// Answers a memory fault's apply once its holder says the memory is resident, or that it
+/// failed; either way the fault stops counting as filling up.
+fn watch_filling(
+    stdout: ChildStdout,
+    bytes: u64,
+    filled: Arc<AtomicBool>,
+    answer: oneshot::Sender<Outcome>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("memory-filling".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let ready = std::io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
+            filled.store(true, Ordering::Release);
+            let _ = answer.send(if ready {
+                Outcome::Applied {
+                    detail: format!("holding {} MiB resident", bytes >> 20),
+                    pids: vec![],
+                }
+            } else {
+                Outcome::Failed {
+                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
+                }
+            });
+        })?;
+    Ok(())
 }

@@ -1,12 +1,16 @@
 //! nf_tables over netlink, from Rust: just enough to install and delete a blackout table.
 //!
 //! The table (family `inet`) has an input and an output chain. Each accepts loopback and the
-//! allowed addresses and drops everything else. Dropping is final across all base chains of
+//! allowed addresses and drops everything else. The table carries its own end: a set with
+//! one element that the kernel expires at the fault's deadline, and a first rule in each
+//! chain that accepts everything once that element is gone. So the blackout ends on time
+//! even if no agent is left to delete the table. Dropping is final across all base chains of
 //! a hook, so other firewalls on the host cannot re-open what the blackout closes. No `nft`
 //! binary and no libnftnl: the messages are encoded here.
 
 use std::io;
 use std::net::IpAddr;
+use std::time::Duration;
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -17,6 +21,16 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_SET_TIMEOUT: u32 = 0x10;
+const NFT_LOOKUP_F_INV: u32 = 1;
+/// nft's `mark` type: a 4-byte integer that `nft list` can print.
+const NFT_TYPE_MARK: u32 = 19;
+/// The set whose one element is the blackout's life, and that element.
+const LIVE_SET: &str = "live";
+const LIVE_SET_ID: u32 = 1;
+const LIVE_KEY: [u8; 4] = 1u32.to_be_bytes();
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
@@ -70,26 +84,50 @@ const CHAINS: [Chain; 2] = [
     },
 ];
 
-/// Installs a blackout table named `table`: only loopback and `allow` stay reachable.
-pub fn install(table: &str, allow: &[IpAddr]) -> io::Result<()> {
+/// Installs a blackout table named `table` for `left`: only loopback and `allow` stay
+/// reachable until then.
+pub fn install(table: &str, allow: &[IpAddr], left: Duration) -> io::Result<()> {
     let mut batch = Batch::new();
-    add_table(&mut batch, table, allow);
+    add_table(&mut batch, table, allow, left);
     batch.send()
 }
 
-/// Replaces the table's rules with a new allow-list in one transaction: there is no moment
-/// without a blackout, nor one with both lists.
-pub fn replace(table: &str, allow: &[IpAddr]) -> io::Result<()> {
+/// Replaces the table's rules with a new allow-list, for `left`, in one transaction: there is
+/// no moment without a blackout, nor one with both lists.
+pub fn replace(table: &str, allow: &[IpAddr], left: Duration) -> io::Result<()> {
     let mut batch = Batch::new();
     batch.message(NFT_MSG_DELTABLE, 0, |m| m.str_attr(1, table));
-    add_table(&mut batch, table, allow);
+    add_table(&mut batch, table, allow, left);
     batch.send()
 }
 
-fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr]) {
+fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], left: Duration) {
     batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
         m.str_attr(1, table); // NFTA_TABLE_NAME
         m.u32_attr(2, 0); // NFTA_TABLE_FLAGS
+    });
+    batch.message(NFT_MSG_NEWSET, NLM_F_CREATE, |m| {
+        m.str_attr(1, table); // NFTA_SET_TABLE
+        m.str_attr(2, LIVE_SET); // NFTA_SET_NAME
+        m.u32_attr(3, NFT_SET_TIMEOUT); // NFTA_SET_FLAGS
+        m.u32_attr(4, NFT_TYPE_MARK); // NFTA_SET_KEY_TYPE
+        m.u32_attr(5, LIVE_KEY.len() as u32); // NFTA_SET_KEY_LEN
+        m.u32_attr(10, LIVE_SET_ID); // NFTA_SET_ID
+    });
+    // A zero timeout would mean "never expires": the shortest life is 1 ms.
+    let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+    batch.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |m| {
+        m.str_attr(1, table); // NFTA_SET_ELEM_LIST_TABLE
+        m.str_attr(2, LIVE_SET); // NFTA_SET_ELEM_LIST_SET
+        m.nested(3, |elems| {
+            // NFTA_SET_ELEM_LIST_ELEMENTS
+            elems.nested(1, |e| {
+                // NFTA_LIST_ELEM
+                e.nested(1, |k| k.attr(1, &LIVE_KEY)); // NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
+                e.u64_attr(4, timeout_ms); // NFTA_SET_ELEM_TIMEOUT
+            });
+        });
+        m.u32_attr(4, LIVE_SET_ID); // NFTA_SET_ELEM_LIST_SET_ID
     });
     for c in &CHAINS {
         let chain = c.name;
@@ -103,6 +141,12 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr]) {
             });
             m.u32_attr(5, NF_ACCEPT); // NFTA_CHAIN_POLICY
             m.str_attr(7, "filter"); // NFTA_CHAIN_TYPE
+        });
+        // Once the element has expired, everything passes: the blackout is over.
+        batch.rule(table, chain, |r| {
+            r.load(&LIVE_KEY);
+            r.lookup_missing(LIVE_SET, LIVE_SET_ID);
+            r.verdict(NF_ACCEPT);
         });
         let mut lo = [0u8; 16];
         lo[..2].copy_from_slice(b"lo");
@@ -248,6 +292,10 @@ impl Msg<'_> {
         self.attr(kind, &v.to_be_bytes());
     }
 
+    fn u64_attr(&mut self, kind: u16, v: u64) {
+        self.attr(kind, &v.to_be_bytes());
+    }
+
     fn nested(&mut self, kind: u16, fill: impl FnOnce(&mut Msg<'_>)) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0, 0]);
@@ -278,6 +326,24 @@ impl Msg<'_> {
             d.u32_attr(2, NFT_PAYLOAD_NETWORK_HEADER); // NFTA_PAYLOAD_BASE
             d.u32_attr(3, offset); // NFTA_PAYLOAD_OFFSET
             d.u32_attr(4, len); // NFTA_PAYLOAD_LEN
+        });
+    }
+
+    /// Loads a constant into register 1.
+    fn load(&mut self, data: &[u8]) {
+        self.expr("immediate", |d| {
+            d.u32_attr(1, NFT_REG_1); // NFTA_IMMEDIATE_DREG
+            d.nested(2, |v| v.attr(1, data)); // NFTA_IMMEDIATE_DATA { NFTA_DATA_VALUE }
+        });
+    }
+
+    /// Matches when register 1 is not in the set.
+    fn lookup_missing(&mut self, set: &str, set_id: u32) {
+        self.expr("lookup", |d| {
+            d.str_attr(1, set); // NFTA_LOOKUP_SET
+            d.u32_attr(2, NFT_REG_1); // NFTA_LOOKUP_SREG
+            d.u32_attr(4, set_id); // NFTA_LOOKUP_SET_ID
+            d.u32_attr(5, NFT_LOOKUP_F_INV); // NFTA_LOOKUP_FLAGS
         });
     }
 
@@ -490,7 +556,7 @@ mod tests {
         let Some((available, before, during, after)) = in_private_netns(|| {
             let available = available();
             let before = tables().unwrap();
-            install("fl_00000000000000aa", &[]).unwrap();
+            install("fl_00000000000000aa", &[], Duration::from_secs(60)).unwrap();
             let during = tables().unwrap();
             remove("fl_00000000000000aa").unwrap();
             (available, before, during, tables().unwrap())
@@ -524,5 +590,47 @@ mod tests {
         assert_eq!(kind, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE);
         assert_eq!(b.acked, vec![2]);
         assert_eq!(b.buf.len() % 4, 0);
+    }
+
+    /// The table as `nft` lists it, in the network namespace of thread `tid` of this process.
+    fn listed(tid: i32, table: &str) -> String {
+        let ns = format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id());
+        let out = std::process::Command::new("nsenter")
+            .args([ns.as_str(), "nft", "list", "table", "inet", table])
+            .output()
+            .expect("nsenter and nft are installed");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn the_kernel_expires_the_blackout() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: nf_tables needs root");
+            return;
+        }
+        // A network namespace of this thread alone, so the host is never cut off.
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which owns nothing shared.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            // The longest fault the validator allows.
+            install("fl_long", &[], Duration::from_secs(12 * 3600)).unwrap();
+            assert!(listed(tid, "fl_long").contains("timeout 12h"));
+            install("fl_test", &["10.1.2.3".parse().unwrap()], Duration::from_secs(60)).unwrap();
+            let t = listed(tid, "fl_test");
+            assert!(t.contains("flags timeout") && t.contains("timeout 1m"), "{t}");
+            assert_eq!(t.matches("!= @live accept").count(), 2, "{t}");
+            replace("fl_test", &[], Duration::from_millis(300)).unwrap();
+            let t = listed(tid, "fl_test");
+            assert!(t.contains("timeout 300ms") && !t.contains("10.1.2.3"), "{t}");
+            std::thread::sleep(Duration::from_millis(400));
+            let t = listed(tid, "fl_test");
+            assert!(!t.contains("elements"), "the element should have expired:\n{t}");
+        })
+        .join()
+        .unwrap();
     }
 }
