@@ -655,6 +655,34 @@ fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
+/// Answers a memory fault's apply once its holder says the memory is resident, or that it
+/// failed; either way the fault stops counting as filling up.
+fn watch_filling(
+    stdout: ChildStdout,
+    bytes: u64,
+    filled: Arc<AtomicBool>,
+    answer: oneshot::Sender<Outcome>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("memory-filling".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let ready = std::io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
+            filled.store(true, Ordering::Release);
+            let _ = answer.send(if ready {
+                Outcome::Applied {
+                    detail: format!("holding {} MiB resident", bytes >> 20),
+                    pids: vec![],
+                }
+            } else {
+                Outcome::Failed {
+                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
+                }
+            });
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,32 +787,4 @@ mod tests {
         assert!(f.state.leftovers().unwrap().0.is_empty(), "nothing recorded");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Answers a memory fault's apply once its holder says the memory is resident, or that it
-/// failed; either way the fault stops counting as filling up.
-fn watch_filling(
-    stdout: ChildStdout,
-    bytes: u64,
-    filled: Arc<AtomicBool>,
-    answer: oneshot::Sender<Outcome>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("memory-filling".into())
-        .spawn(move || {
-            let mut line = String::new();
-            let ready = std::io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
-            filled.store(true, Ordering::Release);
-            let _ = answer.send(if ready {
-                Outcome::Applied {
-                    detail: format!("holding {} MiB resident", bytes >> 20),
-                    pids: vec![],
-                }
-            } else {
-                Outcome::Failed {
-                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
-                }
-            });
-        })?;
-    Ok(())
 }
