@@ -168,15 +168,6 @@ fn lb_metric(port: u16, backend: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(&key)?.parse().ok())
 }
 
-/// Polls `check` every 200 ms until it holds or `limit` passes.
-fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn example(name: &str) -> Value {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments").join(name);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()

@@ -455,3 +455,12 @@ pub fn holders(agent_pid: u32) -> Vec<u32> {
         .filter(|pid| alive(*pid))
         .collect()
 }
+
+/// Polls `check` every 200 ms until it holds; fails the test when `limit` passes first.
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
