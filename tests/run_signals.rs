@@ -28,7 +28,7 @@ fn sigterm_removes_every_fault_reports_and_exits_143() {
     let (mut ctl, port) = controller(&s, &long_cpu_fault(&s), 1, &[]);
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
     ctl.expect("action A running", T);
-    let busy = cpu_load(a.pid(), Duration::from_secs(1));
+    let busy = tree_cpu_load(a.pid(), Duration::from_secs(1));
     // A low bar: the machine may be busy with other work; idle is below 0.1.
     assert!(busy > 0.2, "the fault is in effect: the agent used {busy:.2} CPU");
 
@@ -43,7 +43,7 @@ fn sigterm_removes_every_fault_reports_and_exits_143() {
     // Removed by the controller, seen from outside: the agent says so, its CPU is idle
     // and its state dir holds nothing.
     a.expect("removed on request", T);
-    let after = cpu_load(a.pid(), Duration::from_secs(1));
+    let after = tree_cpu_load(a.pid(), Duration::from_secs(1));
     assert!(after < 0.1, "after SIGTERM the agent used {after:.2} CPU");
     assert!(s.path("state-web-a1/faults").is_dir());
     assert!(state_files(&s, "web-a1").is_empty());

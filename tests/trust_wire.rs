@@ -112,7 +112,7 @@ async fn an_impostor_controller_never_learns_the_token_nor_commands_the_agent() 
     );
     agent.expect("could not prove that it knows the token", T);
     assert!(
-        cpu_load(agent.pid(), Duration::from_millis(500)) < 0.2,
+        tree_cpu_load(agent.pid(), Duration::from_millis(500)) < 0.2,
         "the agent obeyed the impostor"
     );
     assert!(
