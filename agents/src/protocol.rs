@@ -483,14 +483,14 @@ mod tests {
 
     #[test]
     fn classifies_unknown_message_types() {
-        let err = decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"format_disk"}"#).unwrap_err();
+        let err = decode::<ControllerMessage>(r#"{"v":2,"id":5,"type":"format_disk"}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::UnknownMessage);
         assert_eq!(err.id, Some(5));
     }
 
     #[test]
     fn refuses_extra_fields() {
-        let err = decode::<ControllerMessage>(r#"{"v":1,"id":5,"type":"ping","x":1}"#).unwrap_err();
+        let err = decode::<ControllerMessage>(r#"{"v":2,"id":5,"type":"ping","x":1}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::Malformed);
     }
 
