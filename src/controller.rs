@@ -593,6 +593,15 @@ fn journal_event(event: FleetEvent) -> Option<Event> {
             confirmed: error.is_none(),
             error,
         },
+        FleetEvent::RemovalFailed {
+            host,
+            fault_id,
+            message,
+        } => Event::AgentRemovalFailed {
+            host,
+            fault_id,
+            error: message,
+        },
         FleetEvent::Refused { .. } => return None,
     })
 }

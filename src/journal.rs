@@ -157,6 +157,15 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An agent could not remove a fault on its own (at its deadline or lease) and retries.
+    AgentRemovalFailed {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// What went wrong.
+        error: String,
+    },
     /// A registering agent held a fault no running action owned, and the controller removed it.
     OrphanRemoval {
         /// The host.

@@ -72,6 +72,15 @@ pub enum FleetEvent {
         /// Why the removal was not confirmed, if it was not.
         error: Option<String>,
     },
+    /// An agent could not remove a fault on its own (at its deadline or lease); it retries.
+    RemovalFailed {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// What went wrong, and when the agent retries.
+        message: String,
+    },
     /// A connection was refused (bad token, bad path, no registration).
     Refused {
         /// The peer.
@@ -692,6 +701,22 @@ impl Fleet {
                     host: host.to_string(),
                     fault_id,
                     reason,
+                });
+            }
+            Ok(Frame {
+                msg:
+                    AgentMessage::RemovalFailed {
+                        fault_id,
+                        message,
+                        retry_in_ms,
+                    },
+                ..
+            }) => {
+                tracing::warn!(%host, fault = %fault_id, %message, retry_in_ms, "the agent could not remove a fault; it retries");
+                let _ = self.inner.events.send(FleetEvent::RemovalFailed {
+                    host: host.to_string(),
+                    fault_id,
+                    message: format!("{message} (the agent retries in {retry_in_ms} ms)"),
                 });
             }
             Ok(Frame {

@@ -469,6 +469,19 @@ impl Agent {
                 }
             }
         }
+        for failure in self.faults.take_failed() {
+            // The owner hears of it now if it is connected; the retry itself is the agent's.
+            if let Link::Up { controller_id, .. } = &link {
+                if *controller_id == failure.owner {
+                    let text = self.frame(AgentMessage::RemovalFailed {
+                        fault_id: failure.fault_id,
+                        message: failure.message,
+                        retry_in_ms: failure.retry_at.saturating_duration_since(now).as_millis() as u64,
+                    });
+                    link = send(link, text).await;
+                }
+            }
+        }
         if was_cut && !self.faults.cuts_control_plane() {
             // The link may have died during the cut; a fresh one is quicker than finding out.
             tracing::info!("the control plane is back; reconnecting");

@@ -227,6 +227,16 @@ pub enum AgentMessage {
         /// Human-readable reason.
         message: String,
     },
+    /// A removal on the agent's own initiative (duration over, lease lost) failed; the agent
+    /// keeps the fault on record and retries with backoff.
+    RemovalFailed {
+        /// Id of the fault.
+        fault_id: String,
+        /// What went wrong.
+        message: String,
+        /// When the agent tries again, in ms from now.
+        retry_in_ms: u64,
+    },
     /// A fault ended on the agent's own initiative (duration over, lease lost, shutdown).
     FaultEnded {
         /// Id of the fault.

@@ -225,6 +225,20 @@ pub struct Faults {
     config: Config,
     state: StateDir,
     conditions: Arc<Conditions>,
+    failed: Vec<FailedRemoval>,
+}
+
+/// A removal the agent started on its own that failed; the fault stays on record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRemoval {
+    /// The fault.
+    pub fault_id: String,
+    /// The controller that owns it.
+    pub owner: String,
+    /// What went wrong.
+    pub message: String,
+    /// When the removal is tried again.
+    pub retry_at: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -242,6 +256,7 @@ impl Faults {
             config,
             state,
             conditions,
+            failed: Vec::new(),
         }
     }
 
@@ -607,14 +622,26 @@ impl Faults {
             .map(|(id, a)| (id.clone(), a.owner.clone()))
             .collect();
         ids.into_iter()
-            .filter(|(id, _)| match self.remove(id) {
+            .filter(|(id, owner)| match self.remove(id) {
                 Ok(removed) => removed,
                 Err(e) => {
                     tracing::error!(fault = %id, error = %e, "fault could not be removed");
+                    let retry_at = self.active.get(id).map_or_else(Instant::now, |a| a.deadline);
+                    self.failed.push(FailedRemoval {
+                        fault_id: id.clone(),
+                        owner: owner.clone(),
+                        message: e.to_string(),
+                        retry_at,
+                    });
                     false
                 }
             })
             .collect()
+    }
+
+    /// Removals that failed since the last call, for their owners to be told.
+    pub fn take_failed(&mut self) -> Vec<FailedRemoval> {
+        std::mem::take(&mut self.failed)
     }
 
     /// The faults in effect, with their owners.
@@ -734,6 +761,15 @@ mod tests {
         }
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(f.held().len(), 1, "kept, and reported at registration");
+        let failed = f.take_failed();
+        assert_eq!(failed.len(), 8, "every failure is reported to the owner");
+        assert!(failed.iter().all(|r| r.fault_id == "leftover" && r.owner == "c1"));
+        assert!(
+            failed[0].message.contains("cannot remove blackout table"),
+            "{}",
+            failed[0].message
+        );
+        assert!(f.take_failed().is_empty(), "each failure is reported once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
