@@ -213,7 +213,7 @@ fn show(v: &Value) {
     t.add_row(["created".to_string(), ms(&v["createdAt"])]);
     t.add_row(["ended".to_string(), ms(&v["endedAt"])]);
     println!("{t}");
-    if let Some(actions) = v["report"]["outcome"]["actions"].as_object() {
+    if let Some(actions) = v["report"]["actions"].as_object() {
         let mut a = table(["ACTION", "STATE", "HOSTS", "ERROR"]);
         for (name, r) in actions {
             a.add_row([

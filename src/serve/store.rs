@@ -81,7 +81,7 @@ pub struct ExperimentRow {
     /// Why it ended as it did.
     pub reason: Option<String>,
     /// Seed of its target selection.
-    pub seed: Option<i64>,
+    pub seed: Option<u64>,
     /// The hosts its targets resolved to when it started.
     pub hosts: Vec<String>,
     /// Who started it.
@@ -385,7 +385,8 @@ impl Store {
             schedule: opt_str(row, "schedule")?,
             state: row.try_get("state")?,
             reason: opt_str(row, "reason")?,
-            seed: row.try_get("seed")?,
+            // Stored as the same 64 bits in a signed column.
+            seed: row.try_get::<Option<i64>, _>("seed")?.map(|s| s as u64),
             hosts: serde_json::from_str(&row.try_get::<String, _>("hosts")?)?,
             created_by: row.try_get("created_by")?,
             created_at: row.try_get("created_at")?,

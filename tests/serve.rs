@@ -1,0 +1,423 @@
+//! `faultline serve` as a user meets it: real server processes on a fresh SQLite file, real
+//! agents on loopback, the HTTP API spoken over plain TCP.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+/// The agents in these tests run with `--lease PT3S`.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// A running `faultline serve`.
+struct Server {
+    proc: Proc,
+    api: u16,
+    agents: u16,
+    token: String,
+}
+
+fn serve(s: &Scratch) -> Server {
+    serve_on(s, 0)
+}
+
+/// A server whose agents' endpoint is on `agents_port` (0: a free one), so that agents
+/// reconnect to a restarted server by themselves.
+fn serve_on(s: &Scratch, agents_port: u16) -> Server {
+    agent_bin();
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--agents-listen",
+        &format!("127.0.0.1:{agents_port}"),
+    ])
+    .arg("--database")
+    .arg(format!("sqlite:{}", s.path("db/faultline.db").display()))
+    .arg("--token-file")
+    .arg(s.path("token"))
+    .arg("--api-token-file")
+    .arg(s.path("api-token"))
+    .arg("--journals")
+    .arg(s.path("journals"))
+    .current_dir(&s.0);
+    let mut proc = Proc::spawn("serve", cmd);
+    let agents = proc.controller_port();
+    let api = proc.listen_port("serving the API");
+    let token = std::fs::read_to_string(s.path("api-token")).unwrap().trim().to_string();
+    Server {
+        proc,
+        api,
+        agents,
+        token,
+    }
+}
+
+/// One HTTP/1.1 exchange; the status and the body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (status, body.to_string())
+}
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = http(self.api, method, path, Some(&self.token), body.as_ref());
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, v) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Polls the API until `done` holds for the answer to GET `path` (or panics at the deadline).
+    fn until(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let v = self.get(path);
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: GET {path} still {v}");
+            // The server's state is what is waited on; this only paces the polling.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_agents(&self, n: usize) {
+        self.until("/api/v1/agents", "agents", |v| {
+            v["agents"].as_array().unwrap().len() >= n
+        });
+    }
+
+    fn put_template(&self, name: &str, t: Value) -> i64 {
+        let (status, v) = self.call("PUT", &format!("/api/v1/templates/{name}"), Some(t));
+        assert_eq!(status, 201, "{v}");
+        v["version"].as_i64().unwrap()
+    }
+
+    fn start(&self, template: &str) -> (String, String) {
+        let (status, v) = self.call("POST", "/api/v1/experiments", Some(json!({ "template": template })));
+        assert_eq!(status, 201, "{v}");
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["state"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn ended(&self, id: &str) -> Value {
+        self.until(&format!("/api/v1/experiments/{id}"), "the experiment's end", |v| {
+            !matches!(v["state"].as_str(), Some("pending" | "running"))
+        })
+    }
+}
+
+fn cpu(host: &str, seconds: u32) -> Value {
+    single_action(
+        host,
+        "faultline:host:cpu-stress",
+        json!({ "duration": format!("PT{seconds}S"), "loadPercent": "30", "workers": "1" }),
+    )
+}
+
+fn wait_only(seconds: u32) -> Value {
+    json!({
+        "description": "only wait",
+        "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": format!("PT{seconds}S") } } },
+        "stopConditions": [{ "source": "none" }]
+    })
+}
+
+/// Waits until `host` holds a fault (its state dir has one), or panics.
+fn until_fault_held(s: &Scratch, host: &str) {
+    let deadline = Instant::now() + T;
+    while state_files(s, host).is_empty() {
+        assert!(Instant::now() < deadline, "{host} never held the fault");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_api_needs_a_token_and_keeps_every_run() {
+    let s = Scratch::new("serve-api");
+    let srv = serve(&s);
+    assert_eq!(http(srv.api, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(http(srv.api, "GET", "/api/v1/agents", None, None).0, 401);
+    assert_eq!(
+        http(srv.api, "GET", "/api/v1/agents", Some("not-the-token"), None).0,
+        401
+    );
+    assert_eq!(http(srv.api, "GET", "/metrics", None, None).0, 401);
+    let (status, _) = http(srv.api, "PUT", "/api/v1/templates/x", None, Some(&cpu("web-a1", 1)));
+    assert_eq!(status, 401, "no unauthenticated write");
+
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+
+    let mut bad = cpu("web-a1", 1);
+    bad["actions"]["A"]["actionId"] = json!("faultline:host:cpu-stres");
+    let (status, v) = srv.call("PUT", "/api/v1/templates/cpu", Some(bad));
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["diagnostics"][0]["pointer"], "/actions/A/actionId", "{v}");
+
+    assert_eq!(srv.put_template("cpu", cpu("web-a1", 1)), 1);
+    assert_eq!(srv.put_template("cpu", cpu("web-a1", 2)), 2);
+    let (id, state) = srv.start("cpu");
+    assert_eq!(state, "running");
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "completed", "{e}");
+    assert_eq!(e["templateVersion"], 2);
+    assert_eq!(e["report"]["actions"]["A"]["state"], "completed", "{e}");
+    assert!(state_files(&s, "web-a1").is_empty());
+
+    let (status, journal) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let events: Vec<Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "ack"), "{journal}");
+    let (status, xml) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/junit"),
+        Some(&srv.token),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(xml.contains("<testsuite"), "{xml}");
+
+    let list = srv.get("/api/v1/experiments?state=completed");
+    assert_eq!(list["experiments"][0]["id"], json!(id));
+    assert!(srv.get("/api/v1/experiments?state=failed")["experiments"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let (status, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert_eq!(status, 200);
+    assert!(text.contains("faultline_experiments{state=\"completed\"} 1"), "{text}");
+    assert!(text.contains("faultline_agents{az=\"az-a\"} 1"), "{text}");
+}
+
+#[test]
+fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
+    let s = Scratch::new("serve-lever");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("long", cpu("web-a1", 60));
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+
+    let (status, v) = srv.call(
+        "PUT",
+        "/api/v1/lever",
+        Some(json!({ "engaged": true, "reason": "incident 42" })),
+    );
+    assert_eq!(status, 200, "{v}");
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "stopped", "{e}");
+    assert!(
+        e["reason"].as_str().unwrap().contains("safety lever (incident 42"),
+        "{e}"
+    );
+    assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+
+    let (next, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+    assert_eq!(srv.get(&format!("/api/v1/experiments/{next}"))["state"], "cancelled");
+
+    // Across a restart the lever stays engaged.
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, _) = srv.proc.finish(T);
+    assert!(status.success());
+    let srv = serve(&s);
+    let lever = srv.get("/api/v1/lever");
+    assert_eq!(lever["engaged"], true, "{lever}");
+    assert_eq!(lever["changedBy"], "token-1");
+    let (_, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+
+    let (status, _) = srv.call(
+        "PUT",
+        "/api/v1/lever",
+        Some(json!({ "engaged": false, "reason": "resolved" })),
+    );
+    assert_eq!(status, 200);
+    let history = srv.get("/api/v1/lever/history");
+    let reasons: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["resolved", "incident 42"]);
+}
+
+#[test]
+fn killed_mid_run_the_server_comes_back_with_its_history_and_no_fault() {
+    let s = Scratch::new("serve-crash");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("long", cpu("web-a1", 60));
+    srv.put_template("wait", wait_only(1));
+    let (status, v) = srv.call(
+        "POST",
+        "/api/v1/schedules",
+        Some(json!({ "name": "tick", "template": "wait", "cron": "* * * * * *", "timezone": "UTC" })),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+
+    let agents = srv.agents;
+    srv.proc.signal(libc::SIGKILL);
+    let _ = srv.proc.finish(T);
+    let deadline = Instant::now() + LEASE + Duration::from_secs(5);
+    while !state_files(&s, "web-a1").is_empty() {
+        assert!(Instant::now() < deadline, "the agent's lease did not remove the fault");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let srv = serve_on(&s, agents);
+    let e = srv.get(&format!("/api/v1/experiments/{id}"));
+    assert_eq!(e["state"], "failed", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("controller lost"), "{e}");
+    let (_, journal) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert!(
+        journal.contains("\"ack\""),
+        "the journal written before the crash is kept: {journal}"
+    );
+    // Fire times while the server was down are recorded missed, and the schedule goes on.
+    let runs = srv.until("/api/v1/schedules/tick/runs", "a started run after the restart", |v| {
+        v["runs"].as_array().unwrap().iter().any(|r| r["outcome"] == "started")
+            && v["runs"].as_array().unwrap().iter().any(|r| r["outcome"] == "missed")
+    });
+    let missed = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "missed")
+        .count();
+    assert!(missed >= 2, "{runs}");
+
+    // SIGTERM: the running experiment stops cleanly before the server exits.
+    srv.call("DELETE", "/api/v1/schedules/tick", None);
+    srv.wait_agents(1);
+    let (id2, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, _) = srv.proc.finish(T);
+    assert!(status.success(), "{status}");
+    assert!(
+        state_files(&s, "web-a1").is_empty(),
+        "SIGTERM removed the fault before exiting"
+    );
+    let srv = serve(&s);
+    let e = srv.get(&format!("/api/v1/experiments/{id2}"));
+    assert_eq!(e["state"], "stopped", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("SIGTERM"), "{e}");
+}
+
+#[test]
+fn a_schedule_runs_inside_its_window_and_never_outside() {
+    let s = Scratch::new("serve-schedule");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("short", cpu("web-a1", 1));
+    let all_week =
+        json!([{ "days": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], "start": "00:00", "end": "24:00" }]);
+    // Yesterday's weekday (UTC): never now.
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+        + 3)
+        % 7;
+    let yesterday = days[((today + 6) % 7) as usize];
+    for (name, windows) in [
+        ("inside", all_week),
+        (
+            "outside",
+            json!([{ "days": [yesterday], "start": "00:00", "end": "24:00" }]),
+        ),
+    ] {
+        let (status, v) = srv.call(
+            "POST",
+            "/api/v1/schedules",
+            Some(json!({ "name": name, "template": "short", "cron": "*/3 * * * * *", "timezone": "UTC", "windows": windows })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let listed = srv.get("/api/v1/schedules");
+    assert_eq!(listed["schedules"][0]["name"], "inside");
+    assert!(!listed["schedules"][0]["nextRuns"].as_array().unwrap().is_empty());
+
+    let runs = srv.until("/api/v1/schedules/inside/runs", "two started runs", |v| {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "started")
+            .count()
+            >= 2
+    });
+    let first = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["outcome"] == "started")
+        .unwrap();
+    let e = srv.ended(first["experimentId"].as_str().unwrap());
+    assert_eq!(e["state"], "completed", "{e}");
+    assert_eq!(e["schedule"], "inside");
+    assert!(srv.get("/api/v1/schedules/outside/runs")["runs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let (status, _) = srv.call("POST", "/api/v1/schedules/inside/pause", None);
+    assert_eq!(status, 200);
+    assert_eq!(srv.get("/api/v1/schedules/inside")["paused"], true);
+}
