@@ -240,6 +240,7 @@ pub struct ClientArgs {
     /// The server's API.
     #[arg(
         long,
+        global = true,
         value_name = "URL",
         default_value = "http://127.0.0.1:7800",
         env = "FAULTLINE_SERVER"
@@ -248,13 +249,14 @@ pub struct ClientArgs {
     /// File holding an API token (its first token).
     #[arg(
         long,
+        global = true,
         value_name = "PATH",
         default_value = ".faultline/api-token",
         env = "FAULTLINE_API_TOKEN_FILE"
     )]
     pub api_token_file: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    #[arg(long, global = true, value_enum, default_value_t = ReportFormat::Table)]
     pub format: ReportFormat,
 }
 

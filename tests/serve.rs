@@ -421,3 +421,96 @@ fn a_schedule_runs_inside_its_window_and_never_outside() {
     assert_eq!(status, 200);
     assert_eq!(srv.get("/api/v1/schedules/inside")["paused"], true);
 }
+
+/// Runs a client command against the server; exit code and stdout.
+fn cli(srv: &Server, s: &Scratch, args: &[&str]) -> (i32, String) {
+    let out = Command::new(FAULTLINE)
+        .args(args)
+        .args(["--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .current_dir(&s.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code != 2,
+        "{args:?}: usage error\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, stdout)
+}
+
+fn cli_json(srv: &Server, s: &Scratch, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let (code, out) = cli(srv, s, &all);
+    assert_eq!(code, 0, "{args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+#[test]
+fn the_cli_is_a_client_of_the_server() {
+    let s = Scratch::new("serve-cli");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    let file = s.write_json("short.json", &cpu("web-a1", 1));
+
+    let report = cli_json(&srv, &s, &["run", file.to_str().unwrap()]);
+    assert_eq!(report["state"], "completed", "{report}");
+
+    srv.put_template("short", cpu("web-a1", 1));
+    let added = cli_json(
+        &srv,
+        &s,
+        &[
+            "schedules",
+            "add",
+            "nightly",
+            "--template",
+            "short",
+            "--cron",
+            "0 0 3 * * *",
+            "--timezone",
+            "Europe/Paris",
+            "--window",
+            "Mon,Tue/01:00-05:00",
+        ],
+    );
+    assert_eq!(added["windows"][0]["days"], json!(["Mon", "Tue"]), "{added}");
+    assert_eq!(cli_json(&srv, &s, &["schedules", "list"])[0]["name"], "nightly");
+    assert_eq!(cli_json(&srv, &s, &["schedules", "pause", "nightly"])["paused"], true);
+    assert_eq!(cli(&srv, &s, &["schedules", "remove", "nightly"]).0, 0);
+    assert!(cli_json(&srv, &s, &["schedules", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let lever = cli_json(&srv, &s, &["lever", "engage", "--reason", "drill"]);
+    assert_eq!(lever["engaged"], true);
+    let (code, _) = cli(&srv, &s, &["run", "short"]);
+    assert_eq!(code, 3, "a run refused by the lever fails");
+    let status = cli_json(&srv, &s, &["lever", "status"]);
+    assert_eq!(status["lever"]["engaged"], true);
+    cli_json(&srv, &s, &["lever", "disengage", "--reason", "drill over"]);
+
+    srv.put_template("long", cpu("web-a1", 60));
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    assert_eq!(cli(&srv, &s, &["experiments", "stop", &id, "--reason", "enough"]).0, 0);
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "stopped");
+    assert_eq!(e["reason"], "stopped by token-1: enough");
+    assert!(state_files(&s, "web-a1").is_empty());
+
+    let list = cli_json(&srv, &s, &["experiments", "list", "--state", "cancelled"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let shown = cli_json(&srv, &s, &["experiments", "show", &id]);
+    assert_eq!(shown["id"], json!(id));
+    let (code, table) = cli(&srv, &s, &["experiments", "list"]);
+    assert_eq!(code, 0);
+    assert!(table.contains(&id) && table.contains("stopped"), "{table}");
+}

@@ -240,6 +240,15 @@ impl Service {
                 tracing::error!(experiment = %run_id, error = %e, "cannot store the end of the run");
             }
         });
+        // The lever may have been engaged since it was read above, before this run could be
+        // found among the running ones.
+        if let Some(l) = self.store.lever().await?.filter(|l| l.engaged) {
+            self.stop(
+                &id,
+                format!("stopped by the safety lever ({}, by {})", l.reason, l.changed_by),
+            )
+            .await;
+        }
         Ok(Started::Running { id })
     }
 
