@@ -514,3 +514,52 @@ fn the_cli_is_a_client_of_the_server() {
     assert_eq!(code, 0);
     assert!(table.contains(&id) && table.contains("stopped"), "{table}");
 }
+
+#[test]
+fn a_scheduled_run_never_overlaps_another_on_its_hosts() {
+    let s = Scratch::new("serve-overlap");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("four", cpu("web-a1", 4));
+    let (status, v) = srv.call(
+        "POST",
+        "/api/v1/schedules",
+        Some(json!({ "name": "busy", "template": "four", "cron": "* * * * * *", "timezone": "UTC" })),
+    );
+    assert_eq!(status, 201, "{v}");
+    let runs = srv.until("/api/v1/schedules/busy/runs", "a run, then one skipped", |v| {
+        let runs = v["runs"].as_array().unwrap();
+        runs.iter().any(|r| r["outcome"] == "started") && runs.iter().any(|r| r["outcome"] == "skipped")
+    });
+    srv.call("POST", "/api/v1/schedules/busy/pause", None);
+    let skipped = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["outcome"] == "skipped")
+        .unwrap();
+    assert!(
+        skipped["reason"].as_str().unwrap().ends_with("is running on web-a1"),
+        "{skipped}"
+    );
+    let started: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "started")
+        .map(|r| r["experimentId"].as_str().unwrap())
+        .collect();
+    // Each started run ran alone: the previous one had ended before it was created.
+    let mut spans: Vec<(i64, i64)> = started
+        .iter()
+        .map(|id| {
+            let e = srv.ended(id);
+            (e["createdAt"].as_i64().unwrap(), e["endedAt"].as_i64().unwrap())
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
+    }
+}

@@ -464,6 +464,14 @@ mod tests {
     }
 
     #[test]
+    fn day_names_and_ranges_are_understood() {
+        let c = Compiled::new(&spec("0 0 10 * * Mon-Fri")).unwrap();
+        let fires = c.fire_times(paris(2026, 12, 4, 11, 0, 0), paris(2026, 12, 8, 11, 0, 0));
+        // Friday 4 December at 10:00 is before the start; then Monday and Tuesday.
+        assert_eq!(fires, vec![paris(2026, 12, 7, 10, 0, 0), paris(2026, 12, 8, 10, 0, 0)]);
+    }
+
+    #[test]
     fn bad_specs_point_at_the_field() {
         let mut s = spec("not cron");
         assert_eq!(Compiled::new(&s).unwrap_err().pointer, "/cron");
