@@ -222,6 +222,7 @@ fn the_api_needs_a_token_and_keeps_every_run() {
         .as_array()
         .unwrap()
         .is_empty());
+    assert_eq!(srv.call("GET", "/api/v1/experiments?state=done", None).0, 400);
 
     let (status, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
     assert_eq!(status, 200);

@@ -329,7 +329,25 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
+/// The states an experiment can be in (FIS's names).
+const STATES: [&str; 8] = [
+    "pending",
+    "initiating",
+    "running",
+    "completed",
+    "stopping",
+    "stopped",
+    "failed",
+    "cancelled",
+];
+
 async fn experiments(State(s): State<Arc<Service>>, Query(q): Query<ListQuery>) -> ApiResult {
+    if let Some(st) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown state {st:?}; one of {}", STATES.join(", ")),
+        ));
+    }
     let rows = s
         .store
         .experiments(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
