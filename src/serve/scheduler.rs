@@ -471,6 +471,63 @@ mod tests {
         assert_eq!(fires, vec![paris(2026, 12, 7, 10, 0, 0), paris(2026, 12, 8, 10, 0, 0)]);
     }
 
+    /// A service on an in-memory database whose agents' endpoint nobody dials.
+    async fn service() -> Arc<Service> {
+        let store = crate::serve::store::Store::open("sqlite::memory:").await.unwrap();
+        let controller = crate::controller::Controller::start("127.0.0.1:0".parse().unwrap(), "t".into(), None)
+            .await
+            .unwrap();
+        Service::new(
+            store,
+            Arc::new(controller),
+            std::env::temp_dir().join("faultline-unit-journals"),
+        )
+    }
+
+    #[tokio::test]
+    async fn ticks_decide_each_fire_time_once_and_the_lever_cancels_them() {
+        let svc = service().await;
+        let template = serde_json::json!({
+            "description": "only wait",
+            "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": "PT1S" } } },
+            "stopConditions": [{ "source": "none" }]
+        });
+        svc.store.put_template("wait", &template, "test").await.unwrap();
+        let every_second = serde_json::to_value(Spec {
+            template: "wait".into(),
+            timezone: "UTC".into(),
+            ..spec("* * * * * *")
+        })
+        .unwrap();
+        svc.store.insert_schedule("s", &every_second, "test").await.unwrap();
+        svc.set_lever(true, "drill", "test").await.unwrap();
+
+        let now = svc.store.schedules().await.unwrap()[0].checked_until;
+        tick(&svc, now + 3_000).await.unwrap();
+        // Deciding the same instant again adds nothing.
+        tick(&svc, now + 3_000).await.unwrap();
+        let runs = svc.store.schedule_runs(Some("s"), 100).await.unwrap();
+        assert_eq!(runs.len(), 3, "{runs:?}");
+        for r in &runs {
+            assert_eq!(r.outcome, "cancelled", "{r:?}");
+            let e = svc
+                .store
+                .experiment(r.experiment_id.as_deref().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.state, "cancelled");
+            assert!(e.reason.unwrap().contains("drill"));
+        }
+
+        // Paused, fire times pass without a trace, and are not caught up once resumed.
+        svc.store.set_paused("s", true).await.unwrap();
+        tick(&svc, now + 6_000).await.unwrap();
+        svc.store.set_paused("s", false).await.unwrap();
+        tick(&svc, now + 6_000).await.unwrap();
+        assert_eq!(svc.store.schedule_runs(Some("s"), 100).await.unwrap().len(), 3);
+    }
+
     #[test]
     fn bad_specs_point_at_the_field() {
         let mut s = spec("not cron");
