@@ -198,38 +198,38 @@ pub enum Command {
 /// The flags of `faultline serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address of the HTTP API, /metrics and /healthz (port 0 picks a free one).
-    #[arg(long, default_value = "0.0.0.0:7800", env = "FAULTLINE_SERVE_LISTEN")]
-    pub listen: SocketAddr,
-    /// Address agents dial (/v1/agents; port 0 picks a free one).
-    #[arg(long, default_value = "0.0.0.0:7700", env = "FAULTLINE_AGENTS_LISTEN")]
-    pub agents_listen: SocketAddr,
-    /// Database: sqlite:FILE (created when missing) or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "sqlite:.faultline/faultline.db",
-        env = "FAULTLINE_DATABASE"
-    )]
-    pub database: String,
-    /// File holding the token agents must present; created with a random token if missing.
-    #[arg(long, value_name = "PATH", default_value = faultline::token::DEFAULT_PATH, env = "FAULTLINE_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
+    /// token-file, api-token-file, journals, drain, tls-cert, tls-key); flags and
+    /// environment win over it.
+    #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API, /metrics and /healthz (port 0 picks a free one)
+    /// [default: 0.0.0.0:7800].
+    #[arg(long, env = "FAULTLINE_SERVE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address agents dial (/v1/agents; port 0 picks a free one) [default: 0.0.0.0:7700].
+    #[arg(long, env = "FAULTLINE_AGENTS_LISTEN")]
+    pub agents_listen: Option<SocketAddr>,
+    /// Database: sqlite:FILE (created when missing) or postgres://USER@HOST/DB
+    /// [default: sqlite:.faultline/faultline.db].
+    #[arg(long, value_name = "URL", env = "FAULTLINE_DATABASE")]
+    pub database: Option<String>,
+    /// File holding the token agents must present; created with a random token if missing
+    /// [default: .faultline/token].
+    #[arg(long, value_name = "PATH", env = "FAULTLINE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// File of API tokens, one a line (`TOKEN` or `NAME TOKEN`); created with one random
-    /// token if missing.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = ".faultline/api-token",
-        env = "FAULTLINE_API_TOKEN_FILE"
-    )]
-    pub api_token_file: PathBuf,
-    /// Directory of running experiments' journals (the database keeps them once ended).
-    #[arg(long, value_name = "DIR", default_value = ".faultline/journals")]
-    pub journals: PathBuf,
-    /// On shutdown, how long to wait for running experiments to remove their faults (ISO 8601).
-    #[arg(long, value_name = "DURATION", default_value = "PT60S", value_parser = faultline::duration::parse)]
-    pub drain: Duration,
+    /// token if missing [default: .faultline/api-token].
+    #[arg(long, value_name = "PATH", env = "FAULTLINE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Directory of running experiments' journals (the database keeps them once ended)
+    /// [default: .faultline/journals].
+    #[arg(long, value_name = "DIR")]
+    pub journals: Option<PathBuf>,
+    /// On shutdown, how long to wait for running experiments to remove their faults
+    /// (ISO 8601) [default: PT60S].
+    #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+    pub drain: Option<Duration>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }

@@ -30,6 +30,10 @@ fn serve(s: &Scratch) -> Server {
 /// reconnect to a restarted server by themselves.
 fn serve_on(s: &Scratch, agents_port: u16) -> Server {
     agent_bin();
+    // The database comes from the configuration file, the rest from flags.
+    let config = s.path("serve.toml");
+    let db = s.path("db/faultline.db");
+    std::fs::write(&config, format!("database = \"sqlite:{}\"\n", db.display())).unwrap();
     let mut cmd = Command::new(FAULTLINE);
     cmd.args([
         "serve",
@@ -38,8 +42,8 @@ fn serve_on(s: &Scratch, agents_port: u16) -> Server {
         "--agents-listen",
         &format!("127.0.0.1:{agents_port}"),
     ])
-    .arg("--database")
-    .arg(format!("sqlite:{}", s.path("db/faultline.db").display()))
+    .arg("--config")
+    .arg(&config)
     .arg("--token-file")
     .arg(s.path("token"))
     .arg("--api-token-file")
@@ -50,6 +54,7 @@ fn serve_on(s: &Scratch, agents_port: u16) -> Server {
     let mut proc = Proc::spawn("serve", cmd);
     let agents = proc.controller_port();
     let api = proc.listen_port("serving the API");
+    assert!(db.exists(), "the database is the one the configuration file names");
     let token = std::fs::read_to_string(s.path("api-token")).unwrap().trim().to_string();
     Server {
         proc,

@@ -4,6 +4,7 @@
 //! stops what runs and cancels what would start.
 
 pub mod api;
+pub mod config;
 pub mod metrics;
 pub mod scheduler;
 pub mod store;
