@@ -186,6 +186,15 @@ pub enum Command {
         #[command(subcommand)]
         action: SchedulesAction,
     },
+    /// What happened on a server, newest first: experiments, missed and skipped fire times,
+    /// lever changes.
+    History {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// The safety lever of a server: engage stops every running experiment and cancels new ones.
     Lever {
         #[command(flatten)]

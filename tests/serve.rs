@@ -516,6 +516,15 @@ fn the_cli_is_a_client_of_the_server() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let shown = cli_json(&srv, &s, &["experiments", "show", &id]);
     assert_eq!(shown["id"], json!(id));
+    let history = cli_json(&srv, &s, &["history"]);
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"lever") && kinds.contains(&"experiment"), "{history}");
+    assert_eq!(history[0]["id"], json!(id), "newest first: {history}");
     let (code, table) = cli(&srv, &s, &["experiments", "list"]);
     assert_eq!(code, 0);
     assert!(table.contains(&id) && table.contains("stopped"), "{table}");

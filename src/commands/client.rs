@@ -386,6 +386,34 @@ pub fn lever(c: &ClientArgs, action: LeverAction) -> anyhow::Result<u8> {
     Ok(exit::COMPLETED)
 }
 
+/// `faultline history`.
+pub fn history(c: &ClientArgs, limit: u32) -> anyhow::Result<u8> {
+    let client = Client::new(&c.server, &c.api_token_file)?;
+    block_on(async {
+        let v = client
+            .json(Method::GET, &format!("/api/v1/history?limit={limit}"), None)
+            .await?;
+        if c.format == ReportFormat::Json {
+            return print_json(&v["history"]);
+        }
+        let mut t = table(["WHEN", "KIND", "WHAT", "STATE", "ID", "BY", "REASON"]);
+        for h in v["history"].as_array().into_iter().flatten() {
+            t.add_row([
+                ms(&h["at"]),
+                s(&h["kind"]),
+                s(&h["what"]),
+                s(&h["state"]),
+                s(&h["id"]),
+                s(&h["by"]),
+                s(&h["reason"]),
+            ]);
+        }
+        println!("{t}");
+        Ok(())
+    })?;
+    Ok(exit::COMPLETED)
+}
+
 /// One journal line for people: time, event, then its plain fields.
 fn event_line(line: &str) -> String {
     let Ok(Value::Object(m)) = serde_json::from_str::<Value>(line) else {

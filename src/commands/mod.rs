@@ -71,5 +71,6 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Experiments { client, action } => client::experiments(&client, action),
         Command::Schedules { client, action } => client::schedules(&client, action),
         Command::Lever { client, action } => client::lever(&client, action),
+        Command::History { client, limit } => client::history(&client, limit),
     }
 }

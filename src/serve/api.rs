@@ -158,6 +158,7 @@ pub fn router(service: Arc<Service>, tokens: Tokens) -> Router {
         .route("/api/v1/schedules/{name}/runs", get(schedule_runs))
         .route("/api/v1/lever", put(set_lever).get(lever))
         .route("/api/v1/lever/history", get(lever_history))
+        .route("/api/v1/history", get(history))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(Arc::new(tokens), auth));
     Router::new()
@@ -583,6 +584,46 @@ async fn lever(State(s): State<Arc<Service>>) -> ApiResult {
 
 async fn lever_history(State(s): State<Arc<Service>>) -> ApiResult {
     Ok(Json(json!({ "history": s.store.lever_history(1000).await? })).into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+/// Experiments, schedule fire times that did not start one, and lever changes, newest first.
+async fn history(State(s): State<Arc<Service>>, Query(q): Query<HistoryQuery>) -> ApiResult {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut items: Vec<(i64, Value)> = Vec::new();
+    for e in s.store.experiments(None, limit).await? {
+        let what = match (&e.template_name, &e.schedule) {
+            (Some(n), Some(sc)) => format!("{n}@v{} (schedule {sc})", e.template_version.unwrap_or_default()),
+            (Some(n), None) => format!("{n}@v{}", e.template_version.unwrap_or_default()),
+            (None, _) => "inline template".into(),
+        };
+        items.push((
+            e.created_at,
+            json!({ "at": e.created_at, "kind": "experiment", "id": e.id, "what": what, "state": e.state, "by": e.created_by, "reason": e.reason }),
+        ));
+    }
+    for r in s.store.schedule_runs(None, limit).await? {
+        if r.outcome == "started" {
+            continue; // its experiment is listed
+        }
+        items.push((
+            r.fire_at,
+            json!({ "at": r.fire_at, "kind": "schedule", "what": r.schedule, "state": r.outcome, "id": r.experiment_id, "reason": r.reason }),
+        ));
+    }
+    for l in s.store.lever_history(limit).await? {
+        items.push((
+            l.changed_at,
+            json!({ "at": l.changed_at, "kind": "lever", "what": "safety lever", "state": if l.engaged { "engaged" } else { "disengaged" }, "by": l.changed_by, "reason": l.reason }),
+        ));
+    }
+    items.sort_by(|a, b| b.0.cmp(&a.0));
+    items.truncate(limit as usize);
+    Ok(Json(json!({ "history": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })).into_response())
 }
 
 #[cfg(test)]
