@@ -621,7 +621,7 @@ async fn history(State(s): State<Arc<Service>>, Query(q): Query<HistoryQuery>) -
             json!({ "at": l.changed_at, "kind": "lever", "what": "safety lever", "state": if l.engaged { "engaged" } else { "disengaged" }, "by": l.changed_by, "reason": l.reason }),
         ));
     }
-    items.sort_by(|a, b| b.0.cmp(&a.0));
+    items.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     items.truncate(limit as usize);
     Ok(Json(json!({ "history": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })).into_response())
 }
