@@ -395,6 +395,18 @@ fn a_schedule_runs_inside_its_window_and_never_outside() {
         );
         assert_eq!(status, 201, "{v}");
     }
+    // A schedule changed in place keeps its name; a second POST of the name is refused.
+    let mut changed = json!({ "name": "outside", "template": "short", "cron": "*/2 * * * * *", "timezone": "UTC", "windows": [{ "days": [yesterday], "start": "00:00", "end": "24:00" }] });
+    assert_eq!(srv.call("POST", "/api/v1/schedules", Some(changed.clone())).0, 409);
+    let (status, v) = srv.call("PUT", "/api/v1/schedules/outside", Some(changed.clone()));
+    assert_eq!((status, &v["cron"]), (200, &json!("*/2 * * * * *")), "{v}");
+    changed["timezone"] = json!("Mars/Olympus");
+    let (status, v) = srv.call("PUT", "/api/v1/schedules/outside", Some(changed));
+    assert_eq!(
+        (status, &v["diagnostics"][0]["pointer"]),
+        (422, &json!("/timezone")),
+        "{v}"
+    );
     let listed = srv.get("/api/v1/schedules");
     assert_eq!(listed["schedules"][0]["name"], "inside");
     assert!(!listed["schedules"][0]["nextRuns"].as_array().unwrap().is_empty());

@@ -152,7 +152,10 @@ pub fn router(service: Arc<Service>, tokens: Tokens) -> Router {
         .route("/api/v1/experiments/{id}/journal", get(journal))
         .route("/api/v1/experiments/{id}/junit", get(junit))
         .route("/api/v1/schedules", post(add_schedule).get(schedules))
-        .route("/api/v1/schedules/{name}", get(schedule).delete(delete_schedule))
+        .route(
+            "/api/v1/schedules/{name}",
+            get(schedule).put(update_schedule).delete(delete_schedule),
+        )
         .route("/api/v1/schedules/{name}/pause", post(pause))
         .route("/api/v1/schedules/{name}/resume", post(resume))
         .route("/api/v1/schedules/{name}/runs", get(schedule_runs))
@@ -469,34 +472,68 @@ fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {
     v
 }
 
+/// A posted schedule, checked: valid, and its template stored.
+async fn checked_schedule(s: &Service, body: &Bytes) -> Result<(Spec, Value), ApiError> {
+    let spec: Spec = parse(body)?;
+    let invalid = |pointer: &str, message: String| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: json!({ "error": "the schedule is not valid", "diagnostics": [{ "pointer": pointer, "message": message }] }),
+    };
+    if let Err(e) = Compiled::new(&spec) {
+        return Err(invalid(&e.pointer, e.message));
+    }
+    if s.store.template(&spec.template, None).await?.is_none() {
+        return Err(invalid(
+            "/template",
+            format!(
+                "no stored template named {:?}; PUT /api/v1/templates/{{name}} first",
+                spec.template
+            ),
+        ));
+    }
+    let stored = serde_json::to_value(&spec).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok((spec, stored))
+}
+
 async fn add_schedule(
     State(s): State<Arc<Service>>,
     Extension(Caller(who)): Extension<Caller>,
     body: Bytes,
 ) -> ApiResult {
-    let spec: Spec = parse(&body)?;
-    if let Err(e) = Compiled::new(&spec) {
-        return Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: json!({ "error": "the schedule is not valid", "diagnostics": [{ "pointer": e.pointer, "message": e.message }] }),
-        });
-    }
-    if s.store.template(&spec.template, None).await?.is_none() {
-        return Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: json!({ "error": "the schedule is not valid", "diagnostics": [{ "pointer": "/template", "message": format!("no stored template named {:?}; PUT /api/v1/templates/{{name}} first", spec.template) }] }),
-        });
-    }
-    let stored = serde_json::to_value(&spec).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let (spec, stored) = checked_schedule(&s, &body).await?;
     if !s.store.insert_schedule(&spec.name, &stored, &who).await? {
         return Err(error(
             StatusCode::CONFLICT,
-            format!("a schedule named {:?} exists; DELETE it first", spec.name),
+            format!(
+                "a schedule named {:?} exists; PUT /api/v1/schedules/{{name}} to change it",
+                spec.name
+            ),
         ));
     }
     tracing::info!(schedule = %spec.name, by = %who, "schedule added");
     let row = find_schedule(&s, &spec.name).await?;
     Ok((StatusCode::CREATED, Json(schedule_json(&s, &row))).into_response())
+}
+
+async fn update_schedule(
+    State(s): State<Arc<Service>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let (spec, stored) = checked_schedule(&s, &body).await?;
+    if spec.name != name {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("the body names {:?}, the path {name:?}", spec.name),
+        ));
+    }
+    if !s.store.update_schedule(&name, &stored).await? {
+        return Err(error(StatusCode::NOT_FOUND, format!("no schedule named {name:?}")));
+    }
+    tracing::info!(schedule = %name, by = %who, "schedule changed");
+    let row = find_schedule(&s, &name).await?;
+    Ok(Json(schedule_json(&s, &row)).into_response())
 }
 
 async fn find_schedule(s: &Service, name: &str) -> Result<super::store::ScheduleRow, ApiError> {

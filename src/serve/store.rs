@@ -566,6 +566,16 @@ impl Store {
             .collect()
     }
 
+    /// Replaces a schedule's definition (paused or not, it stays so); false when there is none.
+    pub async fn update_schedule(&self, name: &str, spec: &Value) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE schedules SET spec = $1 WHERE name = $2")
+            .bind(spec.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Pauses or resumes a schedule; false when there is none by that name.
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<bool, StoreError> {
         let r = sqlx::query("UPDATE schedules SET paused = $1 WHERE name = $2")
