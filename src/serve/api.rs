@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// API tokens: who holds each.
-#[derive(Debug, Clone)]
+/// API tokens: who holds each. (No `Debug`: the tokens stay out of logs.)
+#[derive(Clone)]
 pub struct Tokens(Vec<(String, String)>);
 
 /// Why the API token file cannot be used.

@@ -240,6 +240,7 @@ impl Service {
             if let Err(e) = this.finished(&run_id, result).await {
                 tracing::error!(experiment = %run_id, error = %e, "cannot store the end of the run");
             }
+            this.forget(&run_id);
         });
         // The lever may have been engaged since it was read above, before this run could be
         // found among the running ones.
@@ -253,11 +254,10 @@ impl Service {
         Ok(Started::Running { id })
     }
 
-    fn forget(&self, id: &str) -> Option<Running> {
+    fn forget(&self, id: &str) {
         let mut running = self.running();
-        let r = running.remove(id);
+        running.remove(id);
         self.count.send_replace(running.len());
-        r
     }
 
     /// Stores a run's end: state, report, JUnit, journal.
@@ -301,7 +301,6 @@ impl Service {
             // The database holds it now.
             let _ = std::fs::remove_file(&row.journal_path);
         }
-        self.forget(id);
         Ok(())
     }
 
@@ -348,12 +347,8 @@ impl Service {
         Ok(change)
     }
 
-    /// Starts a schedule's run at its fire time.
-    pub async fn start_scheduled(
-        self: &Arc<Self>,
-        spec: &scheduler::Spec,
-        _fire_at: i64,
-    ) -> Result<Started, ServiceError> {
+    /// Starts a schedule's run (its template's latest version).
+    pub async fn start_scheduled(self: &Arc<Self>, spec: &scheduler::Spec) -> Result<Started, ServiceError> {
         let template = TemplateRef::Stored {
             name: spec.template.clone(),
             version: None,

@@ -330,7 +330,7 @@ pub async fn tick(service: &Arc<Service>, now: i64) -> Result<(), StoreError> {
                     {
                         continue; // another replica has it
                     }
-                    let (outcome, id, reason) = match service.start_scheduled(&spec, t).await {
+                    let (outcome, id, reason) = match service.start_scheduled(&spec).await {
                         Ok(Started::Running { id }) => ("started", Some(id), None),
                         Ok(Started::Refused { id, state, reason }) => (
                             if state == "cancelled" { "cancelled" } else { "failed" },
