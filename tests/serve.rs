@@ -244,6 +244,21 @@ fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
     srv.put_template("long", cpu("web-a1", 60));
     let (id, _) = srv.start("long");
     until_fault_held(&s, "web-a1");
+    // While it runs, its journal is served as it is written.
+    let (_, live) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert!(live.contains("\"dispatch\""), "{live}");
+    let (_, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert!(text.contains("faultline_experiments{state=\"running\"} 1"), "{text}");
+    let agents = srv.until("/api/v1/agents", "the fault counted on its host", |v| {
+        v["agents"][0]["activeFaults"] == 1
+    });
+    assert_eq!(agents["agents"][0]["availabilityZone"], "az-a");
 
     let (status, v) = srv.call(
         "PUT",
