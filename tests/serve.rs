@@ -138,7 +138,7 @@ impl Server {
 
     fn ended(&self, id: &str) -> Value {
         self.until(&format!("/api/v1/experiments/{id}"), "the experiment's end", |v| {
-            !matches!(v["state"].as_str(), Some("pending" | "running"))
+            !matches!(v["state"].as_str(), Some("pending" | "running" | "stopping"))
         })
     }
 }
@@ -273,6 +273,8 @@ fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
         "{e}"
     );
     assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+    let (_, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert!(text.contains("faultline_stop_reaction_seconds_count 1"), "{text}");
 
     let (next, state) = srv.start("long");
     assert_eq!(state, "cancelled");

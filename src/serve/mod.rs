@@ -313,6 +313,9 @@ impl Service {
             r.stop.clone()
         };
         tracing::info!(experiment = %id, "stopping");
+        if let Err(e) = self.store.stopping(id).await {
+            tracing::warn!(experiment = %id, error = %e, "cannot record the stopping state");
+        }
         let _ = tx.send(StopRequest::Interrupted).await;
         true
     }

@@ -377,6 +377,15 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a running experiment `stopping` (not one that has ended meanwhile).
+    pub async fn stopping(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE experiments SET state = 'stopping' WHERE id = $1 AND state = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     fn experiment_row(row: &AnyRow) -> Result<ExperimentRow, StoreError> {
         Ok(ExperimentRow {
             id: row.try_get("id")?,
