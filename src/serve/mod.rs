@@ -180,8 +180,9 @@ impl Service {
 
         // The run resolves its targets with this seed again, on the same hosts, to the same ones.
         let seed = seed.unwrap_or_else(rand::random);
-        let hosts: BTreeSet<String> = match plan::resolve(&experiment, &self.controller.fleet().hosts(), seed) {
-            Ok(r) => r.targets.values().flat_map(|t| t.selected.iter().cloned()).collect(),
+        let fleet = self.controller.fleet().hosts();
+        let hosts: BTreeSet<String> = match plan::resolve(&experiment, &fleet, seed) {
+            Ok(r) => held_hosts(r.targets.values().flat_map(|t| t.selected.iter()), &fleet),
             Err(e) => {
                 let reason = e.to_string();
                 self.store
@@ -429,6 +430,28 @@ impl Service {
     }
 }
 
+/// The hosts a run holds: the hosts its targets selected, and every host of the AZs they
+/// selected.
+fn held_hosts<'a>(
+    selected: impl Iterator<Item = &'a String>,
+    fleet: &[faultline_agent::protocol::HostDescription],
+) -> BTreeSet<String> {
+    let mut held = BTreeSet::new();
+    for sel in selected {
+        let in_az: Vec<&String> = fleet
+            .iter()
+            .filter(|h| h.placement.availability_zone == *sel)
+            .map(|h| &h.host_id)
+            .collect();
+        if in_az.is_empty() {
+            held.insert(sel.clone());
+        } else {
+            held.extend(in_az.into_iter().cloned());
+        }
+    }
+    held
+}
+
 /// The lines of a journal file (none when it is gone).
 fn read_journal(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -556,5 +579,24 @@ async fn housekeeping(service: Arc<Service>, cancel: tokio_util::sync::Cancellat
                 tracing::warn!(error = %e, "cannot check for runs of dead replicas");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_az_target_holds_every_host_in_it() {
+        let host = |id: &str, az: &str| {
+            serde_json::from_value::<faultline_agent::protocol::HostDescription>(serde_json::json!({
+                "HostId": id, "Placement": { "AvailabilityZone": az }
+            }))
+            .unwrap()
+        };
+        let fleet = [host("web-a1", "az-a"), host("web-a2", "az-a"), host("web-b1", "az-b")];
+        let selected = ["az-a".to_string(), "web-b1".to_string()];
+        let held: Vec<String> = held_hosts(selected.iter(), &fleet).into_iter().collect();
+        assert_eq!(held, ["web-a1", "web-a2", "web-b1"]);
     }
 }
