@@ -228,6 +228,13 @@ fn the_api_needs_a_token_and_keeps_every_run() {
         .unwrap()
         .is_empty());
     assert_eq!(srv.call("GET", "/api/v1/experiments?state=done", None).0, 400);
+    // The framework's own refusals are JSON too.
+    let (status, v) = srv.call("GET", "/api/v1/experiments?limit=many", None);
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+    let (status, v) = srv.call("DELETE", "/api/v1/lever", None);
+    assert_eq!(status, 405);
+    assert!(v["error"].is_string(), "{v}");
 
     let (status, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
     assert_eq!(status, 200);

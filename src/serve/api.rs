@@ -167,7 +167,37 @@ pub fn router(service: Arc<Service>, tokens: Tokens) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(api)
+        .layer(middleware::map_response(json_errors))
         .with_state(service)
+}
+
+/// The framework's own refusals (a malformed path or query, a method not allowed) come as
+/// plain text or nothing; every error of this API is JSON.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut json = error(status, message).into_response();
+    if let Some(v) = parts.headers.get(header::WWW_AUTHENTICATE) {
+        json.headers_mut().insert(header::WWW_AUTHENTICATE, v.clone());
+    }
+    if let Some(v) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, v.clone());
+    }
+    json
 }
 
 async fn auth(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Next) -> Response {
