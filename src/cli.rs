@@ -239,6 +239,11 @@ pub struct ServeArgs {
     /// (ISO 8601) [default: PT60S].
     #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
     pub drain: Option<Duration>,
+    /// Also keep the demo world up (six hosts in three AZs as local processes and a load
+    /// balancer, as `faultline demo` starts them) with its agents connected, and store the
+    /// showcase game day as the template `gameday-az-outage`.
+    #[arg(long)]
+    pub demo: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }

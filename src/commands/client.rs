@@ -432,6 +432,29 @@ fn event_line(line: &str) -> String {
     out
 }
 
+/// Waits until the server has `n` agents connected, up to `timeout`.
+async fn wait_agents(client: &Client, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let v = client.json(Method::GET, "/api/v1/agents", None).await?;
+        let connected = v["agents"].as_array().map_or(0, Vec::len);
+        if connected >= n {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(super::fail(
+                exit::FAILED,
+                anyhow!(
+                    "only {connected} of the {n} agents asked for are connected to {} after {}",
+                    client.base,
+                    faultline::duration::human(timeout)
+                ),
+            ));
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
 /// `faultline run --server URL TEMPLATE`: submits, follows the journal, prints the report,
 /// and exits as a local run would.
 pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
@@ -445,6 +468,9 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
         json!(args.template.to_string_lossy())
     };
     block_on(async {
+        if let Some(n) = args.controller.wait_agents {
+            wait_agents(&client, n, args.controller.agents_timeout).await?;
+        }
         let mut body = json!({ "template": template });
         if let Some(seed) = args.seed {
             body["seed"] = json!(seed);
