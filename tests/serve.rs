@@ -330,6 +330,17 @@ fn killed_mid_run_the_server_comes_back_with_its_history_and_no_fault() {
     assert_eq!(status, 201, "{v}");
     let (id, _) = srv.start("long");
     until_fault_held(&s, "web-a1");
+    // The controller has journaled the agent's acknowledgement before it dies.
+    let deadline = Instant::now() + T;
+    loop {
+        let path = format!("/api/v1/experiments/{id}/journal");
+        let (_, journal) = http(srv.api, "GET", &path, Some(&srv.token), None);
+        if journal.contains("\"ack\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ack journaled: {journal}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let agents = srv.agents;
     srv.proc.signal(libc::SIGKILL);
