@@ -167,6 +167,202 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
     },
+    /// Serve a long-running controller: agents, an HTTP API, schedules, history, the safety lever.
+    ///
+    /// Stops on SIGTERM or Ctrl-C after stopping every running experiment (each removes its
+    /// faults). See docs/api.md.
+    Serve(ServeArgs),
+    /// Experiments on a server: list, show, stop.
+    Experiments {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: ExperimentsAction,
+    },
+    /// Schedules on a server: list, add, pause, resume, remove.
+    Schedules {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: SchedulesAction,
+    },
+    /// What happened on a server, newest first: experiments, missed and skipped fire times,
+    /// lever changes.
+    History {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The safety lever of a server: engage stops every running experiment and cancels new ones.
+    Lever {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: LeverAction,
+    },
+}
+
+/// The flags of `faultline serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
+    /// token-file, api-token-file, journals, drain, tls-cert, tls-key); flags and
+    /// environment win over it.
+    #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API, /metrics and /healthz (port 0 picks a free one)
+    /// [default: 0.0.0.0:7800].
+    #[arg(long, env = "FAULTLINE_SERVE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address agents dial (/v1/agents; port 0 picks a free one) [default: 0.0.0.0:7700].
+    #[arg(long, env = "FAULTLINE_AGENTS_LISTEN")]
+    pub agents_listen: Option<SocketAddr>,
+    /// Database: sqlite:FILE (created when missing) or postgres://USER@HOST/DB
+    /// [default: sqlite:.faultline/faultline.db].
+    #[arg(long, value_name = "URL", env = "FAULTLINE_DATABASE")]
+    pub database: Option<String>,
+    /// File holding the token agents must present; created with a random token if missing
+    /// [default: .faultline/token].
+    #[arg(long, value_name = "PATH", env = "FAULTLINE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// File of API tokens, one a line (`TOKEN` or `NAME TOKEN`); created with one random
+    /// token if missing [default: .faultline/api-token].
+    #[arg(long, value_name = "PATH", env = "FAULTLINE_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Directory of running experiments' journals (the database keeps them once ended)
+    /// [default: .faultline/journals].
+    #[arg(long, value_name = "DIR")]
+    pub journals: Option<PathBuf>,
+    /// On shutdown, how long to wait for running experiments to remove their faults
+    /// (ISO 8601) [default: PT60S].
+    #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+    pub drain: Option<Duration>,
+    /// Also keep the demo world up (six hosts in three AZs as local processes and a load
+    /// balancer, as `faultline demo` starts them) with its agents connected, and store the
+    /// showcase game day as the template `gameday-az-outage`.
+    #[arg(long)]
+    pub demo: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How a client reaches a server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's API.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7800",
+        env = "FAULTLINE_SERVER"
+    )]
+    pub server: String,
+    /// File holding an API token (its first token).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = ".faultline/api-token",
+        env = "FAULTLINE_API_TOKEN_FILE"
+    )]
+    pub api_token_file: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+/// What to do with experiments on a server.
+#[derive(Debug, Subcommand)]
+pub enum ExperimentsAction {
+    /// The latest experiments.
+    List {
+        /// Only those in this state (pending, running, completed, stopped, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One experiment with its report.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Stop a running experiment (every fault removed).
+    Stop {
+        /// Its id.
+        id: String,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// What to do with schedules on a server.
+#[derive(Debug, Subcommand)]
+pub enum SchedulesAction {
+    /// Every schedule with its next runs.
+    List,
+    /// Add a schedule.
+    Add {
+        /// Its name.
+        name: String,
+        /// The stored template it runs.
+        #[arg(long)]
+        template: String,
+        /// Cron expression (5 fields, or 6 with seconds first).
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Allowed window, DAYS/HH:MM-HH:MM, e.g. Mon,Tue,Wed,Thu,Fri/09:00-17:00 (repeatable).
+        #[arg(long = "window", value_name = "DAYS/START-END")]
+        windows: Vec<String>,
+        /// Minimum time between two runs (ISO 8601).
+        #[arg(long, value_name = "DURATION")]
+        min_interval: Option<String>,
+        /// A local date on which nothing runs, YYYY-MM-DD (repeatable).
+        #[arg(long = "blackout", value_name = "DATE")]
+        blackouts: Vec<String>,
+    },
+    /// Pause a schedule: its fire times pass without runs.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Remove a schedule (its runs stay in the history).
+    Remove {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// What to do with the lever.
+#[derive(Debug, Subcommand)]
+pub enum LeverAction {
+    /// Stop every running experiment and cancel new ones until disengaged.
+    Engage {
+        /// Why, for the history.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let experiments start again.
+    Disengage {
+        /// Why, for the history.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Whether it is engaged, and its history.
+    Status,
 }
 
 /// Where the topology's files are.
@@ -237,6 +433,18 @@ pub struct RunArgs {
     /// How long an agent has to acknowledge a command (ISO 8601).
     #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = faultline::duration::parse)]
     pub ack_timeout: Duration,
+    /// Submit to this server instead of serving agents here; follows the run and exits
+    /// with the same codes. TEMPLATE is then a file or a stored template's name.
+    #[arg(long, value_name = "URL", env = "FAULTLINE_SERVER")]
+    pub server: Option<String>,
+    /// With --server: file holding an API token.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = ".faultline/api-token",
+        env = "FAULTLINE_API_TOKEN_FILE"
+    )]
+    pub api_token_file: PathBuf,
     /// Template file.
     #[arg(value_name = "TEMPLATE")]
     pub template: PathBuf,

@@ -179,7 +179,7 @@ impl Controller {
             }
         }
         let experiment = Arc::new(experiment);
-        let id = token::random_id("EXP");
+        let id = opts.id.clone().unwrap_or_else(|| token::random_id("EXP"));
         let journal_path = opts
             .journal
             .clone()
@@ -525,6 +525,8 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Print a line per notable event on stderr.
     pub progress: bool,
+    /// The experiment's id; a new random one when `None` (a server picks it to store the run).
+    pub id: Option<String>,
 }
 
 impl RunOptions {
@@ -536,6 +538,7 @@ impl RunOptions {
             journal: None,
             settings: Settings::default(),
             progress: true,
+            id: None,
         }
     }
 }

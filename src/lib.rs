@@ -15,6 +15,7 @@ pub mod journal;
 pub mod live;
 pub mod plan;
 pub mod report;
+pub mod serve;
 pub mod server;
 pub mod template;
 pub mod tls;

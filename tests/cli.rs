@@ -23,6 +23,11 @@ fn every_command_has_help() {
         vec!["topology", "up", "--help"],
         vec!["topology", "down", "--help"],
         vec!["topology", "status", "--help"],
+        vec!["serve", "--help"],
+        vec!["experiments", "list", "--help"],
+        vec!["schedules", "add", "--help"],
+        vec!["lever", "engage", "--help"],
+        vec!["history", "--help"],
     ] {
         let out = Command::new(FAULTLINE).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}");

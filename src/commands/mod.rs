@@ -1,9 +1,11 @@
 //! One function per command; each returns the exit status.
 
 mod agents;
+mod client;
 mod demo;
 mod plan;
 mod run;
+mod serve;
 mod topology;
 mod validate;
 
@@ -65,5 +67,10 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             junit,
         } => demo::run(template.as_deref(), lb_port, seed, format, junit.as_deref()),
         Command::Topology { action } => topology::run(action),
+        Command::Serve(args) => serve::run(args),
+        Command::Experiments { client, action } => client::experiments(&client, action),
+        Command::Schedules { client, action } => client::schedules(&client, action),
+        Command::Lever { client, action } => client::lever(&client, action),
+        Command::History { client, limit } => client::history(&client, limit),
     }
 }

@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    if let Some(server) = args.server.clone() {
+        return super::client::run_remote(&server, &args);
+    }
     let junit = args.junit.clone();
     let template = args.template.clone();
     let result = template::load(&args.template, args.alarms.as_deref())

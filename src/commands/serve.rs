@@ -1,0 +1,130 @@
+//! `faultline serve`: the long-running controller.
+
+use crate::cli::{ServeArgs, TlsArgs};
+use faultline::demo::{self, World};
+use faultline::exit;
+use faultline::serve::config::Layer;
+use faultline::serve::store::Store;
+use faultline::serve::{self, api::Tokens, Config};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Serves until SIGTERM or Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let flags = Layer {
+        listen: args.listen,
+        agents_listen: args.agents_listen,
+        database: args.database,
+        token_file: args.token_file,
+        api_token_file: args.api_token_file,
+        journals: args.journals,
+        drain: args.drain,
+        tls_cert: args.tls.tls_cert,
+        tls_key: args.tls.tls_key,
+    };
+    let file = match &args.config {
+        Some(path) => Layer::load(path).map_err(|e| super::fail(exit::INVALID, e))?,
+        None => Layer::default(),
+    };
+    let s = flags.over(file).resolve();
+    if s.tls_cert.is_some() != s.tls_key.is_some() {
+        return Err(super::fail(
+            exit::INVALID,
+            anyhow::anyhow!("tls-cert and tls-key go together: give both or neither"),
+        ));
+    }
+    let token = super::run::token(&s.token_file)?;
+    let tls = TlsArgs {
+        tls_cert: s.tls_cert,
+        tls_key: s.tls_key,
+    }
+    .load(&s.token_file)
+    .map_err(|e| super::fail(exit::INVALID, e))?;
+    let (api_tokens, created) = Tokens::load(&s.api_token_file).map_err(|e| super::fail(exit::INVALID, e))?;
+    if created {
+        tracing::info!(path = %s.api_token_file.display(), "created a new API token; clients send it as Authorization: Bearer");
+    }
+    let mut config = Config {
+        listen: s.listen,
+        agents_listen: s.agents_listen,
+        database: s.database,
+        token,
+        tls,
+        api_tokens,
+        journals: s.journals,
+        drain: s.drain,
+    };
+    let runtime = super::runtime()?;
+    let world = if args.demo {
+        Some(runtime.block_on(demo_world(&mut config, &s.token_file))?)
+    } else {
+        None
+    };
+    let served = runtime.block_on(serve::serve(config));
+    if let Some((world, work)) = world {
+        // The demo world goes down with the server.
+        drop(world);
+        let _ = std::fs::remove_dir_all(work);
+    }
+    served.map_err(|e| super::fail(exit::FAILED, e))?;
+    Ok(exit::COMPLETED)
+}
+
+/// The name the showcase game day is stored under with `--demo`.
+const DEMO_TEMPLATE: &str = "gameday-az-outage";
+/// How long the demo world has to come up.
+const DEMO_READY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts the demo world, its agents dialing this server (they retry until it is up), and
+/// stores the showcase game day with its alarms pointed at the world's load balancer.
+async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(World, PathBuf)> {
+    let failed = |e: &dyn std::fmt::Display| super::fail(exit::FAILED, anyhow::anyhow!("demo world: {e}"));
+    if config.agents_listen.port() == 0 {
+        // The agents are told where to dial before the server binds.
+        config
+            .agents_listen
+            .set_port(demo::free_port().map_err(|e| failed(&e))?);
+    }
+    let lb_port = demo::free_port().map_err(|e| failed(&e))?;
+    let lb_url = format!("http://127.0.0.1:{lb_port}/");
+    let mut doc: serde_json::Value = serde_json::from_str(demo::GAME_DAY).map_err(|e| failed(&e))?;
+    demo::retarget_alarms(&mut doc, &lb_url);
+    let store = Store::open(&config.database).await.map_err(|e| failed(&e))?;
+    if store
+        .template(DEMO_TEMPLATE, None)
+        .await
+        .map_err(|e| failed(&e))?
+        .map(|t| t.body)
+        != Some(doc.clone())
+    {
+        store
+            .put_template(DEMO_TEMPLATE, &doc, "demo")
+            .await
+            .map_err(|e| failed(&e))?;
+    }
+    let work = demo::work_dir();
+    std::fs::create_dir_all(&work).map_err(|e| failed(&e))?;
+    let token_file = std::fs::canonicalize(token_file).map_err(|e| failed(&e))?;
+    let bin_dir = std::env::current_exe()
+        .map_err(|e| failed(&e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let dial = SocketAddr::from(([127, 0, 0, 1], config.agents_listen.port()));
+    let world = World::start(&bin_dir, &work, dial, &token_file, lb_port).map_err(|e| failed(&e))?;
+    let health = format!("{lb_url}lb/healthz");
+    tokio::spawn(async move {
+        if faultline::topology::wait_lb_healthy(&health, DEMO_READY).await {
+            tracing::info!("demo world ready: the load balancer sees every host healthy");
+        } else {
+            tracing::warn!(%health, "the load balancer did not see every host healthy in time");
+        }
+    });
+    tracing::info!(
+        lb = %lb_url,
+        template = DEMO_TEMPLATE,
+        logs = %work.display(),
+        "demo world starting: 6 hosts in az-a, az-b, az-c behind a load balancer"
+    );
+    Ok((world, work))
+}

@@ -1,0 +1,602 @@
+//! `faultline serve`: a long-running controller. Agents connect to its fleet, experiments
+//! are started through the HTTP API ([`api`]) or by schedules ([`scheduler`]), and every run
+//! is kept in the database ([`store`]) with its journal, report and JUnit. The safety lever
+//! stops what runs and cancels what would start.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod scheduler;
+pub mod store;
+
+use crate::controller::{Controller, RunOptions};
+use crate::engine::StopRequest;
+use crate::plan;
+use crate::report::junit;
+use crate::template::{self, diagnostic::Diagnostic};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{NewExperiment, Store, StoreError};
+use tokio::sync::{mpsc, watch};
+
+/// How often a replica says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica silent this long is dead: another marks its runs failed.
+pub const REPLICA_LEASE: Duration = Duration::from_secs(10);
+/// The reason given to runs whose controller went away.
+pub const CONTROLLER_LOST: &str = "controller lost: the server running it stopped before the run ended";
+
+/// Why the service refused or could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The template is not valid.
+    #[error("the template is not valid")]
+    Invalid(Vec<Diagnostic>),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Which template to run.
+#[derive(Debug, Clone)]
+pub enum TemplateRef {
+    /// A stored template, its latest version or a given one.
+    Stored {
+        /// Its name.
+        name: String,
+        /// Its version; the latest when `None`.
+        version: Option<i64>,
+    },
+    /// A template given with the request.
+    Inline(Value),
+}
+
+/// What a start request became.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    /// It runs.
+    Running {
+        /// The experiment.
+        id: String,
+    },
+    /// It was recorded but did not run (`cancelled` by the lever, `failed` to resolve).
+    Refused {
+        /// The experiment.
+        id: String,
+        /// Its final state.
+        state: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A scheduled run that would overlap a running one on the same hosts.
+    Overlaps {
+        /// Which run and hosts.
+        reason: String,
+    },
+}
+
+struct Running {
+    hosts: BTreeSet<String>,
+    stop: mpsc::Sender<StopRequest>,
+    /// When a stop was asked, and why, for the history and the reaction time.
+    stopping: Option<(Instant, String)>,
+}
+
+/// The state shared by the API, the scheduler and the runs.
+pub struct Service {
+    /// The database.
+    pub store: Store,
+    /// The agents' controller.
+    pub controller: Arc<Controller>,
+    /// This process's replica id.
+    pub replica: String,
+    /// When this process started, ms: fire times before it were missed.
+    pub up_since: i64,
+    journals: PathBuf,
+    running: Mutex<HashMap<String, Running>>,
+    /// How many runs are in progress.
+    count: watch::Sender<usize>,
+    /// Prometheus metrics kept in memory.
+    pub metrics: metrics::Metrics,
+}
+
+impl Service {
+    /// A service over `store`, its runs on `controller`, journals under `journals`.
+    pub fn new(store: Store, controller: Arc<Controller>, journals: PathBuf) -> Arc<Service> {
+        Arc::new(Service {
+            store,
+            controller,
+            replica: crate::token::random_id("replica-"),
+            up_since: store::now_ms(),
+            journals,
+            running: Mutex::new(HashMap::new()),
+            count: watch::Sender::new(0),
+            metrics: metrics::Metrics::default(),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().expect("never poisoned")
+    }
+
+    /// Starts an experiment, or records why it did not start.
+    pub async fn start(
+        self: &Arc<Self>,
+        template: TemplateRef,
+        by: &str,
+        schedule: Option<&str>,
+        seed: Option<u64>,
+    ) -> Result<Started, ServiceError> {
+        let (body, stored) = match template {
+            TemplateRef::Inline(v) => (v, None),
+            TemplateRef::Stored { name, version } => {
+                let t = self
+                    .store
+                    .template(&name, version)
+                    .await?
+                    .ok_or_else(|| ServiceError::NotFound(format!("no template named {name:?}")))?;
+                (t.body, Some((name, t.version)))
+            }
+        };
+        let experiment = template::validate(&body, None).map_err(ServiceError::Invalid)?;
+        let id = crate::token::random_id("EXP");
+        let journal = self.journals.join(format!("{id}.jsonl"));
+        let journal_path = journal.to_string_lossy().into_owned();
+        let template_ref = stored.as_ref().map(|(n, v)| (n.as_str(), *v));
+        let record = |state, reason: Option<String>, seed, hosts| NewExperiment {
+            id: &id,
+            template_ref,
+            template: &body,
+            schedule,
+            state,
+            reason,
+            seed,
+            hosts,
+            journal_path: &journal_path,
+            replica: &self.replica,
+            created_by: by,
+        };
+
+        if let Some(lever) = self.store.lever().await?.filter(|l| l.engaged) {
+            let reason = format!(
+                "the safety lever is engaged ({}, by {})",
+                lever.reason, lever.changed_by
+            );
+            self.store
+                .insert_experiment(record("cancelled", Some(reason.clone()), None, Vec::new()))
+                .await?;
+            return Ok(Started::Refused {
+                id,
+                state: "cancelled",
+                reason,
+            });
+        }
+
+        // The run resolves its targets with this seed again, on the same hosts, to the same ones.
+        let seed = seed.unwrap_or_else(rand::random);
+        let fleet = self.controller.fleet().hosts();
+        let hosts: BTreeSet<String> = match plan::resolve(&experiment, &fleet, seed) {
+            Ok(r) => held_hosts(r.targets.values().flat_map(|t| t.selected.iter()), &fleet),
+            Err(e) => {
+                let reason = e.to_string();
+                self.store
+                    .insert_experiment(record("failed", Some(reason.clone()), Some(seed), Vec::new()))
+                    .await?;
+                return Ok(Started::Refused {
+                    id,
+                    state: "failed",
+                    reason,
+                });
+            }
+        };
+        let (stop_tx, stop_rx) = mpsc::channel(4);
+        {
+            let mut running = self.running();
+            if schedule.is_some() {
+                if let Some((other, r)) = running.iter().find(|(_, r)| !r.hosts.is_disjoint(&hosts)) {
+                    let shared: Vec<&str> = r.hosts.intersection(&hosts).map(String::as_str).collect();
+                    return Ok(Started::Overlaps {
+                        reason: format!("{other} is running on {}", shared.join(", ")),
+                    });
+                }
+            }
+            running.insert(
+                id.clone(),
+                Running {
+                    hosts: hosts.clone(),
+                    stop: stop_tx,
+                    stopping: None,
+                },
+            );
+            self.count.send_replace(running.len());
+        }
+        let inserted = self
+            .store
+            .insert_experiment(record("running", None, Some(seed), hosts.into_iter().collect()))
+            .await;
+        if let Err(e) = inserted {
+            self.forget(&id);
+            return Err(e.into());
+        }
+        let label = match &stored {
+            Some((n, v)) => PathBuf::from(format!("{n}@v{v}")),
+            None => PathBuf::from("inline"),
+        };
+        let mut opts = RunOptions::new(&label);
+        opts.id = Some(id.clone());
+        opts.seed = Some(seed);
+        opts.journal = Some(journal);
+        opts.progress = false;
+        tracing::info!(experiment = %id, template = %label.display(), by, "experiment started");
+        let this = self.clone();
+        let run_id = id.clone();
+        tokio::spawn(async move {
+            let result = this.controller.run(experiment, opts, stop_rx).await;
+            if let Err(e) = this.finished(&run_id, result).await {
+                tracing::error!(experiment = %run_id, error = %e, "cannot store the end of the run");
+            }
+            this.forget(&run_id);
+        });
+        // The lever may have been engaged since it was read above, before this run could be
+        // found among the running ones.
+        if let Some(l) = self.store.lever().await?.filter(|l| l.engaged) {
+            self.stop(
+                &id,
+                format!("stopped by the safety lever ({}, by {})", l.reason, l.changed_by),
+            )
+            .await;
+        }
+        Ok(Started::Running { id })
+    }
+
+    fn forget(&self, id: &str) {
+        let mut running = self.running();
+        running.remove(id);
+        self.count.send_replace(running.len());
+    }
+
+    /// Stores a run's end: state, report, JUnit, journal.
+    async fn finished(
+        &self,
+        id: &str,
+        result: Result<crate::report::Report, crate::controller::RunError>,
+    ) -> Result<(), StoreError> {
+        let stopping = self.running().get(id).and_then(|r| r.stopping.clone());
+        let row = self.store.experiment(id).await?;
+        let lines = row
+            .as_ref()
+            .map(|r| read_journal(Path::new(&r.journal_path)))
+            .unwrap_or_default();
+        let (state, reason, report, xml) = match &result {
+            Ok(r) => {
+                let state = r.state.as_str();
+                // The engine says "interrupted"; the history says who stopped it and why.
+                let reason = match (&stopping, state) {
+                    (Some((_, why)), "stopped") => Some(why.clone()),
+                    _ => r.reason.clone(),
+                };
+                let report = serde_json::to_value(r).ok();
+                (state, reason, report, junit::render(r))
+            }
+            Err(e) => (
+                "failed",
+                Some(e.message.clone()),
+                None,
+                junit::render_error(Path::new(id), &e.message),
+            ),
+        };
+        self.store
+            .finish_experiment(id, state, reason.as_deref(), report.as_ref(), &xml, &lines)
+            .await?;
+        if let Some((asked, _)) = stopping {
+            self.metrics.stop_reaction(asked.elapsed());
+        }
+        tracing::info!(experiment = %id, state, reason = reason.as_deref().unwrap_or(""), "experiment ended");
+        if let Some(row) = row {
+            // The database holds it now.
+            let _ = std::fs::remove_file(&row.journal_path);
+        }
+        Ok(())
+    }
+
+    /// Asks a running experiment to stop; false when it is not running here.
+    pub async fn stop(&self, id: &str, why: String) -> bool {
+        let tx = {
+            let mut running = self.running();
+            let Some(r) = running.get_mut(id) else { return false };
+            r.stopping.get_or_insert((Instant::now(), why));
+            r.stop.clone()
+        };
+        tracing::info!(experiment = %id, "stopping");
+        if let Err(e) = self.store.stopping(id).await {
+            tracing::warn!(experiment = %id, error = %e, "cannot record the stopping state");
+        }
+        let _ = tx.send(StopRequest::Interrupted).await;
+        true
+    }
+
+    /// Asks every running experiment to stop.
+    pub async fn stop_all(&self, why: &str) {
+        let ids: Vec<String> = self.running().keys().cloned().collect();
+        for id in ids {
+            self.stop(&id, why.to_string()).await;
+        }
+    }
+
+    /// Ids of the experiments running here.
+    pub fn running_ids(&self) -> Vec<String> {
+        self.running().keys().cloned().collect()
+    }
+
+    /// Waits until no run is in progress.
+    pub async fn idle(&self) {
+        let mut rx = self.count.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Engages or disengages the lever; engaging stops every running experiment.
+    pub async fn set_lever(&self, engaged: bool, reason: &str, by: &str) -> Result<store::LeverChange, StoreError> {
+        let change = self.store.set_lever(engaged, reason, by).await?;
+        tracing::warn!(engaged, reason, by, "safety lever changed");
+        if engaged {
+            self.stop_all(&format!("stopped by the safety lever ({reason}, by {by})"))
+                .await;
+        }
+        Ok(change)
+    }
+
+    /// Starts a schedule's run (its template's latest version).
+    pub async fn start_scheduled(self: &Arc<Self>, spec: &scheduler::Spec) -> Result<Started, ServiceError> {
+        let template = TemplateRef::Stored {
+            name: spec.template.clone(),
+            version: None,
+        };
+        self.start(template, &format!("schedule:{}", spec.name), Some(&spec.name), None)
+            .await
+    }
+
+    /// The journal lines of an experiment: from its file while it runs, else from the database.
+    pub async fn journal(&self, row: &store::ExperimentRow) -> Result<Vec<String>, StoreError> {
+        let stored = self.store.journal(&row.id).await?;
+        if stored.is_empty() {
+            return Ok(read_journal(Path::new(&row.journal_path)));
+        }
+        Ok(stored)
+    }
+
+    /// Faults in effect now, by host: applied by a running experiment's journal and not
+    /// yet removed or ended.
+    pub async fn active_faults(&self) -> BTreeMap<String, usize> {
+        let mut by_host = BTreeMap::new();
+        for id in self.running_ids() {
+            let path = self.journals.join(format!("{id}.jsonl"));
+            let mut active: BTreeMap<String, String> = BTreeMap::new();
+            for line in read_journal(&path) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let fault = v["fault_id"].as_str().unwrap_or_default().to_string();
+                match v["event"].as_str() {
+                    Some("ack") if v["outcome"]["status"] == "applied" => {
+                        active.insert(fault, v["host"].as_str().unwrap_or_default().to_string());
+                    }
+                    Some("removal") | Some("fault_ended") => {
+                        active.remove(&fault);
+                    }
+                    _ => {}
+                }
+            }
+            for host in active.into_values() {
+                *by_host.entry(host).or_insert(0) += 1;
+            }
+        }
+        by_host
+    }
+
+    /// Marks failed the runs whose controller is gone: with SQLite every unfinished run of
+    /// another process (only one process serves a SQLite file); with PostgreSQL those of
+    /// replicas whose heartbeat is older than [`REPLICA_LEASE`]. Their journal files are
+    /// kept in the database.
+    pub async fn reap(&self) -> Result<Vec<String>, StoreError> {
+        let live: BTreeSet<String> = if self.store.sqlite {
+            BTreeSet::from([self.replica.clone()])
+        } else {
+            let since = store::now_ms() - REPLICA_LEASE.as_millis() as i64;
+            let mut l: BTreeSet<String> = self.store.live_replicas(since).await?.into_iter().collect();
+            l.insert(self.replica.clone());
+            l
+        };
+        let mut reaped = Vec::new();
+        for row in self.store.unfinished().await? {
+            if live.contains(&row.replica) {
+                continue;
+            }
+            let lines = read_journal(Path::new(&row.journal_path));
+            let xml = junit::render_error(Path::new(&row.id), CONTROLLER_LOST);
+            self.store
+                .finish_experiment(&row.id, "failed", Some(CONTROLLER_LOST), None, &xml, &lines)
+                .await?;
+            let _ = std::fs::remove_file(&row.journal_path);
+            tracing::warn!(experiment = %row.id, replica = %row.replica, "marked failed: its controller is gone");
+            reaped.push(row.id);
+        }
+        Ok(reaped)
+    }
+}
+
+/// The hosts a run holds: the hosts its targets selected, and every host of the AZs they
+/// selected.
+fn held_hosts<'a>(
+    selected: impl Iterator<Item = &'a String>,
+    fleet: &[faultline_agent::protocol::HostDescription],
+) -> BTreeSet<String> {
+    let mut held = BTreeSet::new();
+    for sel in selected {
+        let in_az: Vec<&String> = fleet
+            .iter()
+            .filter(|h| h.placement.availability_zone == *sel)
+            .map(|h| &h.host_id)
+            .collect();
+        if in_az.is_empty() {
+            held.insert(sel.clone());
+        } else {
+            held.extend(in_az.into_iter().cloned());
+        }
+    }
+    held
+}
+
+/// The lines of a journal file (none when it is gone).
+fn read_journal(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// How `faultline serve` is set up.
+pub struct Config {
+    /// The API's address.
+    pub listen: std::net::SocketAddr,
+    /// The agents' address.
+    pub agents_listen: std::net::SocketAddr,
+    /// `sqlite:FILE` or `postgres://…`.
+    pub database: String,
+    /// The agents' token.
+    pub token: String,
+    /// The agents' TLS, if any.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The API's tokens.
+    pub api_tokens: api::Tokens,
+    /// Where running experiments' journals are written until the database holds them.
+    pub journals: PathBuf,
+    /// How long a shutdown waits for running experiments to remove their faults.
+    pub drain: Duration,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agents' endpoint.
+    #[error(transparent)]
+    Agents(#[from] crate::controller::RunError),
+    /// The API's listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signals.
+    #[error("cannot watch for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Serves until SIGTERM or SIGINT; then stops every running experiment (each removes its
+/// faults) and returns.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let store = Store::open(&config.database).await?;
+    let controller = Arc::new(Controller::start(config.agents_listen, config.token, config.tls).await?);
+    let service = Service::new(store, controller.clone(), config.journals);
+    service.store.heartbeat(&service.replica).await?;
+    for id in service.reap().await? {
+        tracing::info!(experiment = %id, "an interrupted run was marked failed");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let http_cancel = tokio_util::sync::CancellationToken::new();
+    let app = api::router(service.clone(), config.api_tokens);
+    let http = tokio::spawn({
+        let c = http_cancel.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(c.cancelled_owned())
+                .await
+        }
+    });
+    tokio::spawn(housekeeping(service.clone(), cancel.clone()));
+    let scheduler = tokio::spawn(scheduler::run(service.clone(), cancel.clone()));
+    tracing::info!(listen = %addr, agents = %controller.addr(), replica = %service.replica, "serving the API");
+
+    let signal = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let running = service.running_ids().len();
+    tracing::info!(signal, running, "shutting down: stopping running experiments");
+    cancel.cancel();
+    let _ = scheduler.await;
+    service
+        .stop_all(&format!("stopped: the server received {signal} and shut down"))
+        .await;
+    if tokio::time::timeout(config.drain, service.idle()).await.is_err() {
+        tracing::warn!(
+            "runs did not end within {}; the agents' leases remove what is left",
+            crate::duration::human(config.drain)
+        );
+    }
+    http_cancel.cancel();
+    let _ = http.await;
+    controller.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Heartbeats, and marks failed the runs of replicas that stopped heartbeating.
+async fn housekeeping(service: Arc<Service>, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = service.store.heartbeat(&service.replica).await {
+            tracing::warn!(error = %e, "cannot record this replica's heartbeat");
+        }
+        if !service.store.sqlite {
+            if let Err(e) = service.reap().await {
+                tracing::warn!(error = %e, "cannot check for runs of dead replicas");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_az_target_holds_every_host_in_it() {
+        let host = |id: &str, az: &str| {
+            serde_json::from_value::<faultline_agent::protocol::HostDescription>(serde_json::json!({
+                "HostId": id, "Placement": { "AvailabilityZone": az }
+            }))
+            .unwrap()
+        };
+        let fleet = [host("web-a1", "az-a"), host("web-a2", "az-a"), host("web-b1", "az-b")];
+        let selected = ["az-a".to_string(), "web-b1".to_string()];
+        let held: Vec<String> = held_hosts(selected.iter(), &fleet).into_iter().collect();
+        assert_eq!(held, ["web-a1", "web-a2", "web-b1"]);
+    }
+}

@@ -1,0 +1,627 @@
+//! `faultline serve` as a user meets it: real server processes on a fresh SQLite file, real
+//! agents on loopback, the HTTP API spoken over plain TCP.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+/// The agents in these tests run with `--lease PT3S`.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// A running `faultline serve`.
+struct Server {
+    proc: Proc,
+    api: u16,
+    agents: u16,
+    token: String,
+}
+
+fn serve(s: &Scratch) -> Server {
+    serve_on(s, 0)
+}
+
+/// A server whose agents' endpoint is on `agents_port` (0: a free one), so that agents
+/// reconnect to a restarted server by themselves.
+fn serve_on(s: &Scratch, agents_port: u16) -> Server {
+    agent_bin();
+    // The database comes from the configuration file, the rest from flags.
+    let config = s.path("serve.toml");
+    let db = s.path("db/faultline.db");
+    std::fs::write(&config, format!("database = \"sqlite:{}\"\n", db.display())).unwrap();
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--agents-listen",
+        &format!("127.0.0.1:{agents_port}"),
+    ])
+    .arg("--config")
+    .arg(&config)
+    .arg("--token-file")
+    .arg(s.path("token"))
+    .arg("--api-token-file")
+    .arg(s.path("api-token"))
+    .arg("--journals")
+    .arg(s.path("journals"))
+    .current_dir(&s.0);
+    let mut proc = Proc::spawn("serve", cmd);
+    let agents = proc.controller_port();
+    let api = proc.listen_port("serving the API");
+    assert!(db.exists(), "the database is the one the configuration file names");
+    let token = std::fs::read_to_string(s.path("api-token")).unwrap().trim().to_string();
+    Server {
+        proc,
+        api,
+        agents,
+        token,
+    }
+}
+
+/// One HTTP/1.1 exchange; the status and the body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (status, body.to_string())
+}
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, text) = http(self.api, method, path, Some(&self.token), body.as_ref());
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, v) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Polls the API until `done` holds for the answer to GET `path` (or panics at the deadline).
+    fn until(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let v = self.get(path);
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: GET {path} still {v}");
+            // The server's state is what is waited on; this only paces the polling.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_agents(&self, n: usize) {
+        self.until("/api/v1/agents", "agents", |v| {
+            v["agents"].as_array().unwrap().len() >= n
+        });
+    }
+
+    fn put_template(&self, name: &str, t: Value) -> i64 {
+        let (status, v) = self.call("PUT", &format!("/api/v1/templates/{name}"), Some(t));
+        assert_eq!(status, 201, "{v}");
+        v["version"].as_i64().unwrap()
+    }
+
+    fn start(&self, template: &str) -> (String, String) {
+        let (status, v) = self.call("POST", "/api/v1/experiments", Some(json!({ "template": template })));
+        assert_eq!(status, 201, "{v}");
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["state"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn ended(&self, id: &str) -> Value {
+        self.until(&format!("/api/v1/experiments/{id}"), "the experiment's end", |v| {
+            !matches!(v["state"].as_str(), Some("pending" | "running" | "stopping"))
+        })
+    }
+}
+
+fn cpu(host: &str, seconds: u32) -> Value {
+    single_action(
+        host,
+        "faultline:host:cpu-stress",
+        json!({ "duration": format!("PT{seconds}S"), "loadPercent": "30", "workers": "1" }),
+    )
+}
+
+fn wait_only(seconds: u32) -> Value {
+    json!({
+        "description": "only wait",
+        "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": format!("PT{seconds}S") } } },
+        "stopConditions": [{ "source": "none" }]
+    })
+}
+
+/// Waits until `host` holds a fault (its state dir has one), or panics.
+fn until_fault_held(s: &Scratch, host: &str) {
+    let deadline = Instant::now() + T;
+    while state_files(s, host).is_empty() {
+        assert!(Instant::now() < deadline, "{host} never held the fault");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_api_needs_a_token_and_keeps_every_run() {
+    let s = Scratch::new("serve-api");
+    let srv = serve(&s);
+    assert_eq!(http(srv.api, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(http(srv.api, "GET", "/api/v1/agents", None, None).0, 401);
+    assert_eq!(
+        http(srv.api, "GET", "/api/v1/agents", Some("not-the-token"), None).0,
+        401
+    );
+    assert_eq!(http(srv.api, "GET", "/metrics", None, None).0, 401);
+    let (status, _) = http(srv.api, "PUT", "/api/v1/templates/x", None, Some(&cpu("web-a1", 1)));
+    assert_eq!(status, 401, "no unauthenticated write");
+
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+
+    let mut bad = cpu("web-a1", 1);
+    bad["actions"]["A"]["actionId"] = json!("faultline:host:cpu-stres");
+    let (status, v) = srv.call("PUT", "/api/v1/templates/cpu", Some(bad));
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["diagnostics"][0]["pointer"], "/actions/A/actionId", "{v}");
+
+    assert_eq!(srv.put_template("cpu", cpu("web-a1", 1)), 1);
+    assert_eq!(srv.put_template("cpu", cpu("web-a1", 2)), 2);
+    let (id, state) = srv.start("cpu");
+    assert_eq!(state, "running");
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "completed", "{e}");
+    assert_eq!(e["templateVersion"], 2);
+    assert_eq!(e["report"]["actions"]["A"]["state"], "completed", "{e}");
+    assert!(state_files(&s, "web-a1").is_empty());
+
+    let (status, journal) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let events: Vec<Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "ack"), "{journal}");
+    let (status, xml) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/junit"),
+        Some(&srv.token),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(xml.contains("<testsuite"), "{xml}");
+
+    let list = srv.get("/api/v1/experiments?state=completed");
+    assert_eq!(list["experiments"][0]["id"], json!(id));
+    assert!(srv.get("/api/v1/experiments?state=failed")["experiments"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(srv.call("GET", "/api/v1/experiments?state=done", None).0, 400);
+    // The framework's own refusals are JSON too.
+    let (status, v) = srv.call("GET", "/api/v1/experiments?limit=many", None);
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+    let (status, v) = srv.call("DELETE", "/api/v1/lever", None);
+    assert_eq!(status, 405);
+    assert!(v["error"].is_string(), "{v}");
+
+    let (status, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert_eq!(status, 200);
+    assert!(text.contains("faultline_experiments{state=\"completed\"} 1"), "{text}");
+    assert!(text.contains("faultline_agents{az=\"az-a\"} 1"), "{text}");
+}
+
+#[test]
+fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
+    let s = Scratch::new("serve-lever");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("long", cpu("web-a1", 60));
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    // While it runs, its journal is served as it is written.
+    let (_, live) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert!(live.contains("\"dispatch\""), "{live}");
+    let (_, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert!(text.contains("faultline_experiments{state=\"running\"} 1"), "{text}");
+    let agents = srv.until("/api/v1/agents", "the fault counted on its host", |v| {
+        v["agents"][0]["activeFaults"] == 1
+    });
+    assert_eq!(agents["agents"][0]["availabilityZone"], "az-a");
+
+    let (status, v) = srv.call(
+        "PUT",
+        "/api/v1/lever",
+        Some(json!({ "engaged": true, "reason": "incident 42" })),
+    );
+    assert_eq!(status, 200, "{v}");
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "stopped", "{e}");
+    assert!(
+        e["reason"].as_str().unwrap().contains("safety lever (incident 42"),
+        "{e}"
+    );
+    assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+    let (_, text) = http(srv.api, "GET", "/metrics", Some(&srv.token), None);
+    assert!(text.contains("faultline_stop_reaction_seconds_count 1"), "{text}");
+
+    let (next, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+    assert_eq!(srv.get(&format!("/api/v1/experiments/{next}"))["state"], "cancelled");
+
+    // Across a restart the lever stays engaged.
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, _) = srv.proc.finish(T);
+    assert!(status.success());
+    let srv = serve(&s);
+    let lever = srv.get("/api/v1/lever");
+    assert_eq!(lever["engaged"], true, "{lever}");
+    assert_eq!(lever["changedBy"], "token-1");
+    let (_, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+
+    let (status, _) = srv.call(
+        "PUT",
+        "/api/v1/lever",
+        Some(json!({ "engaged": false, "reason": "resolved" })),
+    );
+    assert_eq!(status, 200);
+    let history = srv.get("/api/v1/lever/history");
+    let reasons: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["resolved", "incident 42"]);
+}
+
+#[test]
+fn killed_mid_run_the_server_comes_back_with_its_history_and_no_fault() {
+    let s = Scratch::new("serve-crash");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("long", cpu("web-a1", 60));
+    srv.put_template("wait", wait_only(1));
+    let (status, v) = srv.call(
+        "POST",
+        "/api/v1/schedules",
+        Some(json!({ "name": "tick", "template": "wait", "cron": "* * * * * *", "timezone": "UTC" })),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    // The controller has journaled the agent's acknowledgement before it dies.
+    let deadline = Instant::now() + T;
+    loop {
+        let path = format!("/api/v1/experiments/{id}/journal");
+        let (_, journal) = http(srv.api, "GET", &path, Some(&srv.token), None);
+        if journal.contains("\"ack\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ack journaled: {journal}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let agents = srv.agents;
+    srv.proc.signal(libc::SIGKILL);
+    let _ = srv.proc.finish(T);
+    let deadline = Instant::now() + LEASE + Duration::from_secs(5);
+    while !state_files(&s, "web-a1").is_empty() {
+        assert!(Instant::now() < deadline, "the agent's lease did not remove the fault");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let srv = serve_on(&s, agents);
+    let e = srv.get(&format!("/api/v1/experiments/{id}"));
+    assert_eq!(e["state"], "failed", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("controller lost"), "{e}");
+    let (_, journal) = http(
+        srv.api,
+        "GET",
+        &format!("/api/v1/experiments/{id}/journal"),
+        Some(&srv.token),
+        None,
+    );
+    assert!(
+        journal.contains("\"ack\""),
+        "the journal written before the crash is kept: {journal}"
+    );
+    // Fire times while the server was down are recorded missed, and the schedule goes on.
+    let runs = srv.until("/api/v1/schedules/tick/runs", "a started run after the restart", |v| {
+        v["runs"].as_array().unwrap().iter().any(|r| r["outcome"] == "started")
+            && v["runs"].as_array().unwrap().iter().any(|r| r["outcome"] == "missed")
+    });
+    let missed = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "missed")
+        .count();
+    assert!(missed >= 2, "{runs}");
+
+    // SIGTERM: the running experiment stops cleanly before the server exits.
+    srv.call("DELETE", "/api/v1/schedules/tick", None);
+    srv.wait_agents(1);
+    let (id2, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, _) = srv.proc.finish(T);
+    assert!(status.success(), "{status}");
+    assert!(
+        state_files(&s, "web-a1").is_empty(),
+        "SIGTERM removed the fault before exiting"
+    );
+    let srv = serve(&s);
+    let e = srv.get(&format!("/api/v1/experiments/{id2}"));
+    assert_eq!(e["state"], "stopped", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("SIGTERM"), "{e}");
+}
+
+#[test]
+fn a_schedule_runs_inside_its_window_and_never_outside() {
+    let s = Scratch::new("serve-schedule");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("short", cpu("web-a1", 1));
+    let all_week =
+        json!([{ "days": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], "start": "00:00", "end": "24:00" }]);
+    // Yesterday's weekday (UTC): never now.
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let today = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400
+        + 3)
+        % 7;
+    let yesterday = days[((today + 6) % 7) as usize];
+    for (name, windows) in [
+        ("inside", all_week),
+        (
+            "outside",
+            json!([{ "days": [yesterday], "start": "00:00", "end": "24:00" }]),
+        ),
+    ] {
+        let (status, v) = srv.call(
+            "POST",
+            "/api/v1/schedules",
+            Some(json!({ "name": name, "template": "short", "cron": "*/3 * * * * *", "timezone": "UTC", "windows": windows })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    // A schedule changed in place keeps its name; a second POST of the name is refused.
+    let mut changed = json!({ "name": "outside", "template": "short", "cron": "*/2 * * * * *", "timezone": "UTC", "windows": [{ "days": [yesterday], "start": "00:00", "end": "24:00" }] });
+    assert_eq!(srv.call("POST", "/api/v1/schedules", Some(changed.clone())).0, 409);
+    let (status, v) = srv.call("PUT", "/api/v1/schedules/outside", Some(changed.clone()));
+    assert_eq!((status, &v["cron"]), (200, &json!("*/2 * * * * *")), "{v}");
+    changed["timezone"] = json!("Mars/Olympus");
+    let (status, v) = srv.call("PUT", "/api/v1/schedules/outside", Some(changed));
+    assert_eq!(
+        (status, &v["diagnostics"][0]["pointer"]),
+        (422, &json!("/timezone")),
+        "{v}"
+    );
+    let listed = srv.get("/api/v1/schedules");
+    assert_eq!(listed["schedules"][0]["name"], "inside");
+    assert!(!listed["schedules"][0]["nextRuns"].as_array().unwrap().is_empty());
+
+    let runs = srv.until("/api/v1/schedules/inside/runs", "two started runs", |v| {
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "started")
+            .count()
+            >= 2
+    });
+    let first = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["outcome"] == "started")
+        .unwrap();
+    let e = srv.ended(first["experimentId"].as_str().unwrap());
+    assert_eq!(e["state"], "completed", "{e}");
+    assert_eq!(e["schedule"], "inside");
+    assert!(srv.get("/api/v1/schedules/outside/runs")["runs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let (status, _) = srv.call("POST", "/api/v1/schedules/inside/pause", None);
+    assert_eq!(status, 200);
+    assert_eq!(srv.get("/api/v1/schedules/inside")["paused"], true);
+}
+
+/// Runs a client command against the server; exit code and stdout.
+fn cli(srv: &Server, s: &Scratch, args: &[&str]) -> (i32, String) {
+    let out = Command::new(FAULTLINE)
+        .args(args)
+        .args(["--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .current_dir(&s.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code != 2,
+        "{args:?}: usage error\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, stdout)
+}
+
+fn cli_json(srv: &Server, s: &Scratch, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let (code, out) = cli(srv, s, &all);
+    assert_eq!(code, 0, "{args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+#[test]
+fn the_cli_is_a_client_of_the_server() {
+    let s = Scratch::new("serve-cli");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    let file = s.write_json("short.json", &cpu("web-a1", 1));
+
+    let report = cli_json(&srv, &s, &["run", file.to_str().unwrap()]);
+    assert_eq!(report["state"], "completed", "{report}");
+
+    srv.put_template("short", cpu("web-a1", 1));
+    let added = cli_json(
+        &srv,
+        &s,
+        &[
+            "schedules",
+            "add",
+            "nightly",
+            "--template",
+            "short",
+            "--cron",
+            "0 0 3 * * *",
+            "--timezone",
+            "Europe/Paris",
+            "--window",
+            "Mon,Tue/01:00-05:00",
+        ],
+    );
+    assert_eq!(added["windows"][0]["days"], json!(["Mon", "Tue"]), "{added}");
+    assert_eq!(cli_json(&srv, &s, &["schedules", "list"])[0]["name"], "nightly");
+    assert_eq!(cli_json(&srv, &s, &["schedules", "pause", "nightly"])["paused"], true);
+    assert_eq!(cli(&srv, &s, &["schedules", "remove", "nightly"]).0, 0);
+    assert!(cli_json(&srv, &s, &["schedules", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let lever = cli_json(&srv, &s, &["lever", "engage", "--reason", "drill"]);
+    assert_eq!(lever["engaged"], true);
+    let (code, _) = cli(&srv, &s, &["run", "short"]);
+    assert_eq!(code, 3, "a run refused by the lever fails");
+    let status = cli_json(&srv, &s, &["lever", "status"]);
+    assert_eq!(status["lever"]["engaged"], true);
+    cli_json(&srv, &s, &["lever", "disengage", "--reason", "drill over"]);
+
+    srv.put_template("long", cpu("web-a1", 60));
+    let (id, _) = srv.start("long");
+    until_fault_held(&s, "web-a1");
+    assert_eq!(cli(&srv, &s, &["experiments", "stop", &id, "--reason", "enough"]).0, 0);
+    let e = srv.ended(&id);
+    assert_eq!(e["state"], "stopped");
+    assert_eq!(e["reason"], "stopped by token-1: enough");
+    assert!(state_files(&s, "web-a1").is_empty());
+
+    let list = cli_json(&srv, &s, &["experiments", "list", "--state", "cancelled"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let shown = cli_json(&srv, &s, &["experiments", "show", &id]);
+    assert_eq!(shown["id"], json!(id));
+    let history = cli_json(&srv, &s, &["history"]);
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"lever") && kinds.contains(&"experiment"), "{history}");
+    assert_eq!(history[0]["id"], json!(id), "newest first: {history}");
+    let (code, table) = cli(&srv, &s, &["experiments", "list"]);
+    assert_eq!(code, 0);
+    assert!(table.contains(&id) && table.contains("stopped"), "{table}");
+}
+
+#[test]
+fn a_scheduled_run_never_overlaps_another_on_its_hosts() {
+    let s = Scratch::new("serve-overlap");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    srv.put_template("four", cpu("web-a1", 4));
+    let (status, v) = srv.call(
+        "POST",
+        "/api/v1/schedules",
+        Some(json!({ "name": "busy", "template": "four", "cron": "* * * * * *", "timezone": "UTC" })),
+    );
+    assert_eq!(status, 201, "{v}");
+    let runs = srv.until("/api/v1/schedules/busy/runs", "a run, then one skipped", |v| {
+        let runs = v["runs"].as_array().unwrap();
+        runs.iter().any(|r| r["outcome"] == "started") && runs.iter().any(|r| r["outcome"] == "skipped")
+    });
+    srv.call("POST", "/api/v1/schedules/busy/pause", None);
+    let skipped = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["outcome"] == "skipped")
+        .unwrap();
+    assert!(
+        skipped["reason"].as_str().unwrap().ends_with("is running on web-a1"),
+        "{skipped}"
+    );
+    let started: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "started")
+        .map(|r| r["experimentId"].as_str().unwrap())
+        .collect();
+    // Each started run ran alone: the previous one had ended before it was created.
+    let mut spans: Vec<(i64, i64)> = started
+        .iter()
+        .map(|id| {
+            let e = srv.ended(id);
+            (e["createdAt"].as_i64().unwrap(), e["endedAt"].as_i64().unwrap())
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
+    }
+}

@@ -1,0 +1,66 @@
+//! `faultline serve --demo`: the demo world kept up behind a running server, its showcase
+//! game day run through the server by the CLI, and nothing left once the server stops.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn the_demo_world_stays_up_behind_a_server_and_goes_down_with_it() {
+    // The demo starts the binaries it finds next to faultline.
+    workspace_bin("faultline-agent");
+    let s = Scratch::new("serve-demo");
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "serve",
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--agents-listen",
+        "127.0.0.1:0",
+    ])
+    .current_dir(&s.0);
+    let mut srv = Proc::spawn("serve", cmd);
+    let api = srv.listen_port("serving the API");
+    let server = format!("http://127.0.0.1:{api}");
+    srv.expect("demo world ready", Duration::from_secs(90));
+
+    // The stored showcase game day, run by the CLI through the server against the six hosts.
+    let run = Command::new(FAULTLINE)
+        .args(["run", "--server", &server, "--format", "json", "--seed", "3"])
+        .args(["--wait-agents", "6", "--agents-timeout", "PT60S", "gameday-az-outage"])
+        .current_dir(&s.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let r = report(&stdout, &[stderr.to_string()]);
+    assert_eq!(run.status.code(), Some(0), "{r}\n{stderr}");
+    assert_eq!(r["state"], "completed");
+    assert_eq!(
+        r["actions"]["ZoneOutage"]["hosts"],
+        serde_json::json!(["web-a1", "web-a2"])
+    );
+
+    srv.signal(libc::SIGTERM);
+    let (status, _, lines) = srv.finish(Duration::from_secs(60));
+    assert!(status.success(), "{}", lines.join("\n"));
+    // Every process of the demo world is gone, and so is its work directory.
+    let here = std::fs::canonicalize(&s.0).unwrap();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == here))
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "processes of the demo are still running: {left:?}");
+    let dirs: Vec<_> = std::fs::read_dir(s.path(".faultline"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("demo-"))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}
