@@ -211,14 +211,15 @@ fn round_trip(port: u16) -> Duration {
 fn latency_delays_traffic_through_the_proxy_and_then_not() {
     let s = Scratch::new("latency");
     let upstream = echo_server();
-    let template = s.write_json(
-        "t.json",
-        &single_action(
-            "web-a1",
-            "faultline:network:latency",
-            json!({ "duration": "PT4S", "delayMilliseconds": "150", "jitterMilliseconds": "20" }),
-        ),
+    // A wait first: the round trip before the fault is measured while it runs.
+    let mut t = single_action(
+        "web-a1",
+        "faultline:network:latency",
+        json!({ "duration": "PT4S", "delayMilliseconds": "150", "jitterMilliseconds": "20" }),
     );
+    t["actions"]["Before"] = json!({ "actionId": "aws:fis:wait", "parameters": { "duration": "PT2S" } });
+    t["actions"]["A"]["startAfter"] = json!(["Before"]);
+    let template = s.write_json("t.json", &t);
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let mut a = agent(
         &s,
@@ -228,6 +229,7 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
         &["--proxy", &format!("127.0.0.1:0=127.0.0.1:{upstream}")],
     );
     let proxy = a.listen_port("proxy ready");
+    ctl.expect("action Before running", T);
     let before = round_trip(proxy);
     ctl.expect("action A running", T);
     let during = round_trip(proxy);
