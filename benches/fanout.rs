@@ -78,7 +78,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let controller = Controller::start("127.0.0.1:0".parse().unwrap(), token.into(), None).await.unwrap();
+        let controller = Controller::start("127.0.0.1:0".parse().unwrap(), token.into(), Default::default()).await.unwrap();
         let port = controller.addr().port();
         let _agents = Kill(
             (0..agents)

@@ -24,6 +24,11 @@ pub struct ControllerArgs {
     pub agents_timeout: Duration,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// An address agents dial that forwards to this controller (a NAT, a published container
+    /// port), e.g. 203.0.113.7:7700 (repeat). Without it, an agent must reach the controller at
+    /// the address it dialed: the handshake refuses relays.
+    #[arg(long, value_name = "ADDR", env = "FAULTLINE_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<SocketAddr>,
 }
 
 /// The controller's certificate for `wss://` agents.

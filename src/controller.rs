@@ -7,7 +7,7 @@ use crate::exit;
 use crate::journal::{Event, Journal, State};
 use crate::plan;
 use crate::report::Report;
-use crate::server::{Fleet, FleetEvent};
+use crate::server::{Endpoint, Fleet, FleetEvent};
 use crate::template::{Alarm, Experiment};
 use crate::token;
 use faultline_agent::protocol::HostDescription;
@@ -59,16 +59,12 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Binds `listen` and starts serving agents that prove `token`; with `tls`, over `wss://`
-    /// too (and `ws://` on the same port).
-    pub async fn start(
-        listen: SocketAddr,
-        token: String,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Controller, RunError> {
+    /// Binds `listen` and starts serving agents that prove `token`; with a certificate in
+    /// `endpoint`, over `wss://` too (and `ws://` on the same port).
+    pub async fn start(listen: SocketAddr, token: String, endpoint: Endpoint) -> Result<Controller, RunError> {
         let cancel = CancellationToken::new();
-        let secure = tls.is_some();
-        let (fleet, addr) = Fleet::start(listen, token, token::random_id("ctl-"), tls, cancel.clone())
+        let secure = endpoint.tls.is_some();
+        let (fleet, addr) = Fleet::start(listen, token, token::random_id("ctl-"), endpoint, cancel.clone())
             .await
             .map_err(|e| failed(format!("cannot listen on {listen}: {e}")))?;
         let path = faultline_agent::protocol::AGENT_PATH;

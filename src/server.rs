@@ -140,6 +140,14 @@ pub enum ConnectionRefused {
     /// Too many connections at once.
     #[error("too many connections at once")]
     TooMany,
+    /// The agent dialed another address than the one it reached: a relay.
+    #[error("the agent dialed {dialed} but reached this controller at {here}")]
+    Relayed {
+        /// What the agent says it dialed.
+        dialed: String,
+        /// Where the connection arrived.
+        here: String,
+    },
     /// The TLS handshake failed.
     #[error("TLS: {0}")]
     Tls(String),
@@ -198,9 +206,20 @@ struct Inner {
     version: watch::Sender<u64>,
     events: broadcast::Sender<FleetEvent>,
     tls: Option<TlsAcceptor>,
+    advertise: Vec<SocketAddr>,
     handshakes: Arc<Semaphore>,
     connections: Arc<Semaphore>,
     refusals: Mutex<Throttle>,
+}
+
+/// How agents reach the controller, beyond the address it listens on.
+#[derive(Clone, Default)]
+pub struct Endpoint {
+    /// Certificate and key for `wss://`; agents may then dial `wss://` as well as `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Addresses agents dial that forward to this controller (a NAT, a published container
+    /// port), besides the address a connection arrives at.
+    pub advertise: Vec<SocketAddr>,
 }
 
 /// The stream under an agent's websocket.
@@ -214,12 +233,11 @@ pub struct Fleet {
 
 impl Fleet {
     /// Binds `listen` and serves agents until `cancel`; returns the fleet and the bound address.
-    /// With `tls`, agents may dial `wss://` as well as `ws://` on the same port.
     pub async fn start(
         listen: SocketAddr,
         token: String,
         controller_id: String,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        endpoint: Endpoint,
         cancel: CancellationToken,
     ) -> std::io::Result<(Fleet, SocketAddr)> {
         let listener = TcpListener::bind(listen).await?;
@@ -234,7 +252,8 @@ impl Fleet {
                 next_conn: AtomicU64::new(1),
                 version: watch::Sender::new(0),
                 events: broadcast::channel(1024).0,
-                tls: tls.map(TlsAcceptor::from),
+                tls: endpoint.tls.map(TlsAcceptor::from),
+                advertise: endpoint.advertise,
                 handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
                 connections: Arc::new(Semaphore::new(MAX_AGENTS)),
                 refusals: Mutex::new(Throttle::new(Duration::from_secs(2))),
@@ -595,6 +614,9 @@ impl Fleet {
         ),
         ConnectionRefused,
     > {
+        let local = stream
+            .local_addr()
+            .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
         let stream = self.secure(stream).await?;
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
@@ -608,15 +630,33 @@ impl Fleet {
                 other => ConnectionRefused::Handshake(other.to_string()),
             })?;
         let (mut sink, mut stream) = ws.split();
-        let agent_nonce = match next_agent_frame(&mut stream).await? {
-            AgentMessage::Hello { nonce } if auth::well_formed(&nonce) => nonce,
+        let (agent_nonce, dialed) = match next_agent_frame(&mut stream).await? {
+            AgentMessage::Hello { nonce, dialed } if auth::well_formed(&nonce) => (nonce, dialed),
             _ => return Err(ConnectionRefused::NotHello),
         };
+        // The agent dialed this very socket, or an address the operator says forwards to it:
+        // anything else is a peer relaying our proof to an agent that dialed someone else.
+        let here = auth::address(local);
+        if dialed != here && !self.inner.advertise.iter().any(|a| auth::address(*a) == dialed) {
+            let refusal = ConnectionRefused::Relayed { dialed, here };
+            let message =
+                format!("{refusal}; if a NAT or proxy is expected there, start the controller with --advertise");
+            let _ = sink
+                .send(Message::text(error_frame(None, ErrorCode::Unauthorized, &message)))
+                .await;
+            let _ = sink.close().await;
+            return Err(refusal);
+        }
         let controller_nonce = auth::nonce();
+        let transcript = auth::Transcript {
+            agent_nonce: &agent_nonce,
+            controller_nonce: &controller_nonce,
+            dialed: &dialed,
+        };
         let challenge = Frame::new(
             self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             ControllerMessage::Challenge {
-                proof: auth::prove(&self.inner.token, Role::Controller, &agent_nonce, &controller_nonce),
+                proof: auth::prove(&self.inner.token, Role::Controller, &transcript),
                 nonce: controller_nonce.clone(),
             },
         );
@@ -633,7 +673,7 @@ impl Fleet {
         else {
             return Err(ConnectionRefused::NotRegistration);
         };
-        if !auth::verify(&self.inner.token, Role::Agent, &agent_nonce, &controller_nonce, &proof) {
+        if !auth::verify(&self.inner.token, Role::Agent, &transcript, &proof) {
             let refusal = error_frame(None, ErrorCode::Unauthorized, "the agent did not prove the token");
             let _ = sink.send(Message::text(refusal)).await;
             let _ = sink.close().await;

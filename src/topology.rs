@@ -259,9 +259,16 @@ impl Topology {
         timeout: Duration,
     ) -> Result<(), TopologyError> {
         let (_, tls) = self.tls()?;
-        let controller = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token, Some(tls))
-            .await
-            .map_err(|e| TopologyError::NoController(e.message))?;
+        let controller = Controller::start(
+            ([0, 0, 0, 0], CONTROLLER_PORT).into(),
+            token,
+            crate::server::Endpoint {
+                tls: Some(tls),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| TopologyError::NoController(e.message))?;
         controller
             .wait_for_agents(&AgentWait::Count(hosts.len()), timeout)
             .await

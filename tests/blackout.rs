@@ -264,9 +264,11 @@ fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
     let topo = Topology::new(&HOSTS);
     topo.serve_probes();
     let (a1, b1) = (topo.ip_of("a1"), topo.ip_of("b1"));
-    assert!(
-        topo.reaches("b1", a1) && topo.reaches("a1", b1),
-        "the topology must connect before the fault"
+    // New links take a moment to pass traffic; wait for them rather than race them.
+    eventually(
+        "the topology connecting before the fault",
+        Duration::from_secs(10),
+        || topo.reaches("b1", a1) && topo.reaches("a1", b1),
     );
 
     let template = blackout_template(&s, 6, true);

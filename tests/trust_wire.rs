@@ -79,11 +79,25 @@ async fn an_impostor_controller_never_learns_the_token_nor_commands_the_agent() 
     let hello = handshake::next_frame::<faultline_agent::protocol::AgentMessage>(&mut ws).await;
     let hello_text = serde_json::to_string(&format!("{:?}", hello.msg)).unwrap();
     assert!(!hello_text.contains(TOKEN));
-    let faultline_agent::protocol::AgentMessage::Hello { nonce: agent_nonce } = hello.msg else {
+    let faultline_agent::protocol::AgentMessage::Hello {
+        nonce: agent_nonce,
+        dialed,
+    } = hello.msg
+    else {
         panic!("the agent must open with a hello, got {hello:?}");
     };
+    assert_eq!(
+        dialed,
+        format!("127.0.0.1:{port}"),
+        "the agent names the address it dialed"
+    );
     let nonce = faultline_agent::auth::nonce();
-    let forged = faultline_agent::auth::prove("a guess", faultline_agent::auth::Role::Controller, &agent_nonce, &nonce);
+    let transcript = faultline_agent::auth::Transcript {
+        agent_nonce: &agent_nonce,
+        controller_nonce: &nonce,
+        dialed: &dialed,
+    };
+    let forged = faultline_agent::auth::prove("a guess", faultline_agent::auth::Role::Controller, &transcript);
     let challenge = ControllerMessage::Challenge { nonce, proof: forged };
     ws.send(Message::text(Frame::new(1, challenge).encode())).await.unwrap();
     // Whatever follows, the impostor tries: a welcome and a fault.
@@ -140,7 +154,8 @@ async fn an_agent_that_cannot_prove_the_token_is_refused() {
     let url = format!("ws://127.0.0.1:{port}/v1/agents");
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
     // The fake agent skips the controller's proof and answers with a proof of another token.
-    let err = handshake::agent_side(&mut ws, "a guess", Registration::new("web-a1", "fake")).await;
+    let dialed = format!("127.0.0.1:{port}");
+    let err = handshake::agent_side(&mut ws, "a guess", &dialed, Registration::new("web-a1", "fake")).await;
     assert!(
         err.is_err(),
         "a real controller's proof must not verify with another token"
@@ -150,6 +165,7 @@ async fn an_agent_that_cannot_prove_the_token_is_refused() {
         1,
         faultline_agent::protocol::AgentMessage::Hello {
             nonce: faultline_agent::auth::nonce(),
+            dialed,
         },
     );
     ws.send(Message::text(hello.encode())).await.unwrap();
@@ -268,4 +284,78 @@ fn agents_check_the_controllers_certificate_over_wss() {
     let (status, _, lines) = Proc::spawn("no-trust", cmd).finish(T);
     assert!(!status.success());
     assert!(lines.iter().any(|l| l.contains("--ca")), "{lines:?}");
+}
+
+/// A relay: the agent dials a peer that does not know the token, which asks a real controller
+/// (at another address) to answer the agent's hello. Passing the hello on unchanged, the
+/// controller refuses it (the agent dialed someone else); rewriting the address, the
+/// controller's proof no longer verifies at the agent. Either way the agent registers nothing
+/// and obeys nothing.
+#[tokio::test]
+async fn a_relay_cannot_borrow_a_real_controllers_proof() {
+    use faultline_agent::protocol::AgentMessage;
+    let s = Scratch::new("relay");
+    let (_ctl, ctl_port) = agents_command(&s, &["--agents-timeout", "PT60S"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let mut agent = real_agent(&s, &format!("ws://127.0.0.1:{relay_port}"), "token", "web-a1", &[]);
+    let victim_name = unique_name("relay-victim");
+    let (victim, _) = web_service(&victim_name);
+
+    for rewrite in [false, true] {
+        let (tcp, _) = tokio::time::timeout(T, listener.accept()).await.unwrap().unwrap();
+        let mut from_agent = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = handshake::next_frame::<AgentMessage>(&mut from_agent).await;
+        let AgentMessage::Hello { nonce, dialed } = hello.msg else {
+            panic!("{hello:?}");
+        };
+        assert_eq!(dialed, format!("127.0.0.1:{relay_port}"));
+        let url = format!("ws://127.0.0.1:{ctl_port}/v1/agents");
+        let (mut to_controller, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let dialed = if rewrite {
+            format!("127.0.0.1:{ctl_port}")
+        } else {
+            dialed
+        };
+        let relayed = Frame::new(1, AgentMessage::Hello { nonce, dialed });
+        to_controller.send(Message::text(relayed.encode())).await.unwrap();
+        let answer = handshake::next_frame::<ControllerMessage>(&mut to_controller).await;
+        if !rewrite {
+            assert!(
+                matches!(&answer.msg, ControllerMessage::Error { code: ErrorCode::Unauthorized, message, .. } if message.contains("dialed")),
+                "the controller must refuse a hello for another address: {answer:?}"
+            );
+            drop(from_agent);
+            continue;
+        }
+        let ControllerMessage::Challenge { .. } = &answer.msg else {
+            panic!("{answer:?}");
+        };
+        from_agent.send(Message::text(answer.encode())).await.unwrap();
+        let welcome = ControllerMessage::Welcome {
+            controller_id: "relay".into(),
+        };
+        let _ = from_agent.send(Message::text(Frame::new(2, welcome).encode())).await;
+        let kill = ControllerMessage::Apply {
+            fault: FaultSpec {
+                fault_id: "x/kill/web-a1".into(),
+                duration_ms: None,
+                kind: FaultKind::Kill {
+                    process_name: victim_name.clone(),
+                    signal: "SIGKILL".into(),
+                },
+            },
+        };
+        let _ = from_agent.send(Message::text(Frame::new(3, kill).encode())).await;
+        let mut seen = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(2), from_agent.next()).await {
+            seen.push(format!("{m:?}"));
+        }
+        assert!(
+            seen.iter().all(|m| !m.contains("register") && !m.contains("ack")),
+            "the agent answered the relay: {seen:?}"
+        );
+    }
+    agent.expect("could not prove that it knows the token", T);
+    assert!(alive(victim.pid()), "the relay killed the victim through the agent");
 }

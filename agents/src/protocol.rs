@@ -187,10 +187,13 @@ pub enum ControllerMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
-    /// First message on a connection: the agent's nonce.
+    /// First message on a connection: the agent's nonce, and the controller address it dialed.
     Hello {
         /// Fresh random nonce, hex.
         nonce: String,
+        /// The controller's socket address as this agent connected to it (after name
+        /// resolution), e.g. `10.42.0.1:7700`; both proofs cover it.
+        dialed: String,
     },
     /// Second message, once the controller proved the token: who this host is.
     Register {

@@ -254,7 +254,9 @@ impl Dialer {
             .map_err(|e| DialError::Other(e.to_string()))?;
         // Acks go out at once: small frames must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        let controller_ip = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
+        let controller_addr = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?;
+        let controller_ip = controller_addr.ip();
+        let dialed = auth::address(controller_addr);
         let local_ip = tcp.local_addr().map_err(|e| DialError::Other(e.to_string()))?.ip();
         let stream: Stream = if secure {
             let config = self
@@ -287,6 +289,7 @@ impl Dialer {
             1,
             AgentMessage::Hello {
                 nonce: agent_nonce.clone(),
+                dialed: dialed.clone(),
             },
         );
         ws.send(Message::text(hello.encode()))
@@ -311,9 +314,14 @@ impl Dialer {
                 None => return Err(DialError::Other("closed during the handshake".into())),
             }
         };
+        let transcript = auth::Transcript {
+            agent_nonce: &agent_nonce,
+            controller_nonce: &controller_nonce,
+            dialed: &dialed,
+        };
         if !auth::well_formed(&controller_nonce)
             || controller_nonce == agent_nonce
-            || !auth::verify(&self.token, Role::Controller, &agent_nonce, &controller_nonce, &proof)
+            || !auth::verify(&self.token, Role::Controller, &transcript, &proof)
         {
             let _ = ws.close(None).await;
             return Err(DialError::Impostor);
@@ -322,7 +330,7 @@ impl Dialer {
             ws,
             controller_ip,
             local_ip,
-            proof: auth::prove(&self.token, Role::Agent, &agent_nonce, &controller_nonce),
+            proof: auth::prove(&self.token, Role::Agent, &transcript),
         })
     }
 }

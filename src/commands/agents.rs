@@ -11,7 +11,11 @@ pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
         .tls
         .load(&args.token_file)
         .map_err(|e| super::fail(faultline::exit::INVALID, e))?;
-    Controller::start(args.listen, token, tls)
+    let endpoint = faultline::server::Endpoint {
+        tls,
+        advertise: args.advertise.clone(),
+    };
+    Controller::start(args.listen, token, endpoint)
         .await
         .map_err(|e| super::fail(e.code, e))
 }

@@ -54,7 +54,7 @@ pub fn run(
         .unwrap_or_default();
 
     let result = super::runtime()?.block_on(async {
-        let controller = Controller::start(([127, 0, 0, 1], 0).into(), token, None)
+        let controller = Controller::start(([127, 0, 0, 1], 0).into(), token, Default::default())
             .await
             .map_err(|e| super::fail(e.code, e))?;
         let world = World::start(&bin_dir, &work, controller.addr(), &token_file, lb_port)

@@ -72,8 +72,11 @@ pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
                     Ok(r) => println!("load balancer: {}", r.text().await.unwrap_or_default().trim()),
                     Err(e) => println!("load balancer: {lb} does not answer ({e})"),
                 }
-                let tls = t.tls().ok().map(|(_, config)| config);
-                let c = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token, tls)
+                let endpoint = faultline::server::Endpoint {
+                    tls: t.tls().ok().map(|(_, config)| config),
+                    ..Default::default()
+                };
+                let c = Controller::start(([0, 0, 0, 0], CONTROLLER_PORT).into(), token, endpoint)
                     .await
                     .ok()?;
                 let hosts = c

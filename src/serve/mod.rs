@@ -13,6 +13,7 @@ use crate::controller::{Controller, RunOptions};
 use crate::engine::StopRequest;
 use crate::plan;
 use crate::report::junit;
+use crate::server::Endpoint;
 use crate::template::{self, diagnostic::Diagnostic};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -508,7 +509,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let store = Store::open(&config.database).await?;
-    let controller = Arc::new(Controller::start(config.agents_listen, config.token, config.tls).await?);
+    let controller = Arc::new(
+        Controller::start(
+            config.agents_listen,
+            config.token,
+            Endpoint {
+                tls: config.tls,
+                ..Endpoint::default()
+            },
+        )
+        .await?,
+    );
     let service = Service::new(store, controller.clone(), config.journals);
     service.store.heartbeat(&service.replica).await?;
     for id in service.reap().await? {

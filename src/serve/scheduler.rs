@@ -474,9 +474,10 @@ mod tests {
     /// A service on an in-memory database whose agents' endpoint nobody dials.
     async fn service() -> Arc<Service> {
         let store = crate::serve::store::Store::open("sqlite::memory:").await.unwrap();
-        let controller = crate::controller::Controller::start("127.0.0.1:0".parse().unwrap(), "t".into(), None)
-            .await
-            .unwrap();
+        let controller =
+            crate::controller::Controller::start("127.0.0.1:0".parse().unwrap(), "t".into(), Default::default())
+                .await
+                .unwrap();
         Service::new(
             store,
             Arc::new(controller),

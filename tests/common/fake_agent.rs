@@ -25,6 +25,8 @@ pub struct FakeAgent {
     rt: tokio::runtime::Runtime,
     ws: Option<Ws>,
     url: String,
+    /// The controller's address as the handshake names it.
+    dialed: String,
     token: String,
     description: HostDescription,
     /// Same for every connection of this fake agent: one agent process that reconnects.
@@ -62,6 +64,7 @@ impl FakeAgent {
             rt,
             ws: None,
             url: format!("ws://127.0.0.1:{port}{AGENT_PATH}"),
+            dialed: format!("127.0.0.1:{port}"),
             token,
             description: HostDescription {
                 host_id: host.into(),
@@ -105,7 +108,7 @@ impl FakeAgent {
         };
         let answer = self
             .rt
-            .block_on(handshake::agent_side(&mut ws, &self.token, registration))
+            .block_on(handshake::agent_side(&mut ws, &self.token, &self.dialed, registration))
             .unwrap_or_else(|e| panic!("fake agent {host}: handshake: {e}"));
         match answer {
             ControllerMessage::Welcome { controller_id } => self.controller_id = controller_id,

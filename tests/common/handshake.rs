@@ -87,13 +87,21 @@ impl Registration {
 }
 
 /// The agent's half: hello, check the controller's proof, register with this side's proof.
-/// Returns the controller's answer to the registration (a welcome, or an error).
-pub async fn agent_side(ws: &mut impl Socket, token: &str, reg: Registration) -> Result<ControllerMessage, String> {
+/// `dialed` is the controller's address as this side connected to it. Returns the
+/// controller's answer to the registration (a welcome, or an error).
+pub async fn agent_side(
+    ws: &mut impl Socket,
+    token: &str,
+    dialed: &str,
+    reg: Registration,
+) -> Result<ControllerMessage, String> {
     let agent_nonce = auth::nonce();
+    let dialed = dialed.to_string();
     let hello = Frame::new(
         1,
         AgentMessage::Hello {
             nonce: agent_nonce.clone(),
+            dialed: dialed.clone(),
         },
     );
     ws.send(Message::text(hello.encode()))
@@ -103,13 +111,18 @@ pub async fn agent_side(ws: &mut impl Socket, token: &str, reg: Registration) ->
     let ControllerMessage::Challenge { nonce, proof } = challenge.msg else {
         return Err(format!("expected a challenge, got {challenge:?}"));
     };
-    if !auth::verify(token, Role::Controller, &agent_nonce, &nonce, &proof) {
+    let transcript = auth::Transcript {
+        agent_nonce: &agent_nonce,
+        controller_nonce: &nonce,
+        dialed: &dialed,
+    };
+    if !auth::verify(token, Role::Controller, &transcript, &proof) {
         return Err("the controller's proof does not verify".into());
     }
     let register = Frame::new(
         2,
         AgentMessage::Register {
-            proof: auth::prove(token, Role::Agent, &agent_nonce, &nonce),
+            proof: auth::prove(token, Role::Agent, &transcript),
             host: reg.host,
             lease_ms: LEASE_MS,
             instance: reg.instance,
@@ -136,7 +149,8 @@ pub async fn connect_agent(
 ) {
     let url = format!("ws://127.0.0.1:{port}/v1/agents");
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("upgrade");
-    let answer = agent_side(&mut ws, token, reg).await.expect("handshake");
+    let dialed = format!("127.0.0.1:{port}");
+    let answer = agent_side(&mut ws, token, &dialed, reg).await.expect("handshake");
     (ws, answer)
 }
 
@@ -152,14 +166,23 @@ pub struct Registered {
 /// welcome: the test decides.
 pub async fn controller_side(ws: &mut impl Socket, token: &str) -> Result<Registered, String> {
     let hello = try_next_frame::<AgentMessage>(ws, Duration::from_secs(20)).await?;
-    let AgentMessage::Hello { nonce: agent_nonce } = hello.msg else {
+    let AgentMessage::Hello {
+        nonce: agent_nonce,
+        dialed,
+    } = hello.msg
+    else {
         return Err(format!("expected a hello, got {hello:?}"));
     };
     let nonce = auth::nonce();
+    let transcript = auth::Transcript {
+        agent_nonce: &agent_nonce,
+        controller_nonce: &nonce,
+        dialed: &dialed,
+    };
     let challenge = Frame::new(
         1,
         ControllerMessage::Challenge {
-            proof: auth::prove(token, Role::Controller, &agent_nonce, &nonce),
+            proof: auth::prove(token, Role::Controller, &transcript),
             nonce: nonce.clone(),
         },
     );
@@ -171,7 +194,7 @@ pub async fn controller_side(ws: &mut impl Socket, token: &str) -> Result<Regist
         return Err(format!("expected a registration, got {reg:?}"));
     };
     Ok(Registered {
-        proof_ok: auth::verify(token, Role::Agent, &agent_nonce, &nonce, &proof),
+        proof_ok: auth::verify(token, Role::Agent, &transcript, &proof),
         host,
     })
 }
