@@ -441,6 +441,36 @@ fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
 }
 
 #[test]
+fn a_cut_control_plane_ends_at_max_cut_even_with_no_agent_left() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("blackout-max-cut-orphan");
+    let topo = Topology::new(&HOSTS[..1]);
+    topo.serve_probes();
+    let a1 = topo.ip_of("a1");
+    let template = blackout_template(&s, 3600, false);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let url = format!("ws://{}:{port}", topo.hub_ip());
+    let mut agent = topo.agent_with(&s, &url, "a1", &["--max-cut", "PT3S"]);
+    ctl.expect("action A running", T);
+    agent.expect("the blackout ends at --max-cut", T);
+    let cut_at = std::time::Instant::now();
+    assert!(!topo.reaches("hub", a1), "the control plane is cut");
+    // Nobody is left to remove the cut: the kernel must end it at --max-cut, not in an hour.
+    agent.signal(libc::SIGKILL);
+    eventually("the kernel ending the cut at --max-cut", Duration::from_secs(6), || {
+        topo.reaches("hub", a1)
+    });
+    assert!(
+        cut_at.elapsed() >= Duration::from_secs(2),
+        "the cut held until --max-cut"
+    );
+    ctl.signal(libc::SIGINT);
+    ctl.finish(T);
+}
+
+#[test]
 fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
     if !privileged() {
         return;
