@@ -119,6 +119,12 @@ enum Effect {
         cut: Option<Vec<IpAddr>>,
     },
     Pause(Vec<kill::Target>),
+    /// A process a previous life of this agent paused, known by its marker file (whose name
+    /// holds the pid and start time, when it could be read).
+    Resume {
+        marker: PathBuf,
+        target: Option<kill::Target>,
+    },
     /// An effect that died with a previous life of this agent; only its record remains.
     Gone,
     /// A table a previous life of this agent left, which this start could not remove yet,
@@ -271,11 +277,10 @@ impl Faults {
     /// record's owner, reported at registration and retried with backoff. Returns the
     /// records undone, so their owners can be told.
     pub fn recover(&mut self) -> Vec<Record> {
-        match pause::recover(&self.state) {
-            Ok(n) if n > 0 => tracing::warn!(count = n, "resumed processes left paused"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot resume the processes a previous run paused"),
-        }
+        let paused = self.state.paused().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list the processes a previous run paused");
+            Vec::new()
+        });
         let (records, unreadable) = match self.state.leftovers() {
             Ok(found) => found,
             Err(e) => {
@@ -317,6 +322,12 @@ impl Faults {
                 }
             }
         }
+        // Each paused process is its own removal, so one that fails is retried on its own.
+        for (marker, target) in paused {
+            let target = target.map(|(pid, start_time)| kill::Target { pid, start_time });
+            let id = format!("paused:{}", marker.display());
+            orphan(&mut self.active, id, String::new(), Effect::Resume { marker, target });
+        }
         for r in &records {
             let effect = match &r.nft_table {
                 Some(table) => Effect::Orphan {
@@ -327,7 +338,8 @@ impl Faults {
             };
             orphan(&mut self.active, r.fault_id.clone(), r.owner.clone(), effect);
         }
-        if self.caps.nft {
+        // Whatever this life's backend, a previous one may have used nf_tables.
+        if self.caps.nft || nft::has_net_admin() {
             match nft::tables() {
                 Ok(tables) => {
                     let known: BTreeSet<String> = self
@@ -591,6 +603,8 @@ impl Faults {
             }
             Effect::Pause(targets) => pause::resume(fault_id, targets, &self.state)
                 .map_err(FaultError::io("cannot resume the paused processes")),
+            Effect::Resume { marker, target } => pause::resume_leftover(marker, *target, &self.state)
+                .map_err(FaultError::io("cannot resume a process the previous run paused")),
             _ => Ok(()),
         };
         if let Err(e) = undone {
@@ -608,7 +622,12 @@ impl Faults {
                 .state
                 .discard(&path)
                 .map_err(FaultError::io("table removed, but its unreadable state file remains"))?,
-            Effect::Latency | Effect::Blackout { .. } | Effect::Pause(_) | Effect::Orphan { .. } | Effect::Gone => {}
+            Effect::Latency
+            | Effect::Blackout { .. }
+            | Effect::Pause(_)
+            | Effect::Resume { .. }
+            | Effect::Orphan { .. }
+            | Effect::Gone => {}
         }
         self.state
             .remove(fault_id)

@@ -65,19 +65,15 @@ pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Resul
     Ok(())
 }
 
-/// Resumes every process a previous life of this agent left stopped; the count resumed.
-pub fn recover(state: &StateDir) -> io::Result<usize> {
-    let mut resumed = 0;
-    for (path, target) in state.paused()? {
-        if let Some((pid, start_time)) = target {
-            if kill::signal(Target { pid, start_time }, libc::SIGCONT)? {
-                resumed += 1;
-                tracing::warn!(pid, "resumed a process the previous run of this agent paused");
-            }
+/// Resumes a process a previous life of this agent left stopped, by its marker (`target`
+/// is `None` when the marker's name could not be read: it is only discarded), then forgets it.
+pub fn resume_leftover(marker: &std::path::Path, target: Option<Target>, state: &StateDir) -> io::Result<()> {
+    if let Some(t) = target {
+        if kill::signal(t, libc::SIGCONT)? {
+            tracing::warn!(pid = t.pid, "resumed a process the previous run of this agent paused");
         }
-        state.discard(&path)?;
     }
-    Ok(resumed)
+    state.discard(marker)
 }
 
 #[cfg(test)]
@@ -117,7 +113,12 @@ mod tests {
         // A crash between pause and resume: the marker alone brings the process back.
         pause("e/b/h", &name, &policy, &state).unwrap();
         assert!(becomes(child.id(), true));
-        assert_eq!(recover(&state).unwrap(), 1);
+        let left = state.paused().unwrap();
+        assert_eq!(left.len(), 1);
+        for (marker, target) in left {
+            let target = target.map(|(pid, start_time)| Target { pid, start_time });
+            resume_leftover(&marker, target, &state).unwrap();
+        }
         assert!(becomes(child.id(), false));
         assert!(state.paused().unwrap().is_empty());
 
