@@ -75,8 +75,9 @@ fn becomes_stopped(pid: u32, stopped: bool) -> bool {
 
 #[test]
 fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
-    // A paused process outlives the agent that paused it: only the restart's recovery can
-    // resume it.
+    // The agent and the holder that would resume the paused process both die (a kill of the
+    // whole group, the OOM killer): the process stays stopped, and only the restart's
+    // recovery, from the markers on disk, can resume it.
     use std::os::unix::process::CommandExt;
     let s = Scratch::new("kill-agent");
     let name = unique_name("frozen");
@@ -104,11 +105,15 @@ fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
         1,
         "the fault is recorded while in effect"
     );
+    let guards = holders(a.pid());
+    assert_eq!(guards.len(), 1, "a holder stands ready to resume the process");
+    // SAFETY: kill(2) on the holder process of an agent this test started.
+    unsafe { libc::kill(guards[0] as i32, libc::SIGKILL) };
     a.signal(libc::SIGKILL);
     assert_eq!(a.finish(T).0.code(), None, "killed by SIGKILL");
     assert!(
         becomes_stopped(victim.0.id(), true),
-        "the process stays stopped after the agent died"
+        "the process stays stopped after the agent and its holder died"
     );
     let mut again = agent(&s, port, "web-a1", "az-a", &[]);
     again.expect("removed a fault left by the previous run", T);
@@ -126,6 +131,41 @@ fn killing_the_agent_mid_fault_and_restarting_it_leaves_nothing() {
     assert_eq!(status.code(), Some(0), "{r}");
     let notes = r["actions"]["A"]["notes"].to_string();
     assert!(notes.contains("ended early (agent: restarted)"), "{r}");
+}
+
+#[test]
+fn a_paused_process_resumes_when_its_agent_is_killed_and_never_comes_back() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("kill-agent-pause");
+    let name = unique_name("frozen-alone");
+    let victim = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg0(&name)
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:process:pause",
+            json!({ "duration": "PT10M", "processName": name }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &[]);
+    ctl.expect("action A running", T);
+    assert!(becomes_stopped(victim.0.id(), true), "the fault should be in effect");
+    a.signal(libc::SIGKILL);
+    assert_eq!(a.finish(T).0.code(), None, "killed by SIGKILL");
+    // No restart, no lease, ten minutes left: the pause's own holder resumes it at once.
+    assert!(
+        becomes_stopped(victim.0.id(), false),
+        "the process is still stopped after its agent died"
+    );
+    ctl.signal(libc::SIGINT);
+    let _ = ctl.finish(T);
 }
 
 /// A child killed (even when stopped) and reaped when the test ends, however it ends.

@@ -60,12 +60,18 @@ pub enum Work {
     Cpu { load_percent: u8, workers: u32 },
     /// Keep `bytes` resident, touched by `workers` threads.
     Memory { bytes: u64, workers: u32 },
+    /// Resume these stopped processes (pid, start time) at the deadline or as soon as the
+    /// agent is gone: a pause's own end. This holder has no death signal; it learns of the
+    /// agent's death from its stdin, a pipe whose other end only the agent holds.
+    Resume { targets: Vec<(u32, u64)> },
 }
 
 /// A running holder process; killed and reaped by [`Holder::stop`] or on drop.
 #[derive(Debug)]
 pub struct Holder {
     child: Child,
+    /// The write end of a [`Work::Resume`] holder's stdin, kept open while the agent lives.
+    _alive: Option<std::process::ChildStdin>,
 }
 
 impl Holder {
@@ -84,11 +90,17 @@ impl Holder {
                 .arg("memory")
                 .args(["--bytes", &bytes.to_string()])
                 .args(["--workers", &workers.to_string()]),
+            Work::Resume { targets } => cmd.arg("resume").args(
+                targets
+                    .iter()
+                    .flat_map(|(pid, start)| ["--target".to_string(), format!("{pid}:{start}")]),
+            ),
         };
+        let resume = matches!(work, Work::Resume { .. });
         cmd.args(["--fault", fault])
             .args(["--parent", &std::process::id().to_string()])
             .args(["--until-ms", &until.monotonic_ms.to_string()])
-            .stdin(Stdio::null())
+            .stdin(if resume { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn()?;
@@ -96,7 +108,8 @@ impl Holder {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("holder without stdout"))?;
-        Ok((Holder { child }, stdout))
+        let alive = child.stdin.take();
+        Ok((Holder { child, _alive: alive }, stdout))
     }
 
     /// Kills the holder and reaps it; its memory is back once this returns.

@@ -119,6 +119,19 @@ enum HoldWork {
         #[command(flatten)]
         common: HoldCommon,
     },
+    /// Resume paused processes (PID:START_TIME) at the deadline or when the agent is gone.
+    Resume {
+        #[arg(long = "target", value_parser = parse_target)]
+        targets: Vec<(u32, u64)>,
+        #[command(flatten)]
+        common: HoldCommon,
+    },
+}
+
+fn parse_target(s: &str) -> Result<(u32, u64), String> {
+    s.split_once(':')
+        .and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?)))
+        .ok_or_else(|| format!("`{s}` is not PID:START_TIME"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,17 +148,24 @@ struct HoldCommon {
 }
 
 fn hold(args: Hold) -> ExitCode {
-    let (HoldWork::Cpu { common, .. } | HoldWork::Memory { common, .. }) = &args.work;
+    let (HoldWork::Cpu { common, .. } | HoldWork::Memory { common, .. } | HoldWork::Resume { common, .. }) = &args.work;
     let fail = |e: std::io::Error| {
         eprintln!("faultline-agent hold (fault {}): {e}", common.fault);
         ExitCode::FAILURE
     };
-    if let Err(e) = holder::bind_to_parent(common.parent) {
-        return fail(e);
-    }
     let until = holder::Deadline {
         monotonic_ms: common.until_ms,
     };
+    // A resume holder must outlive the agent long enough to resume: it has no death signal.
+    if let HoldWork::Resume { targets, .. } = &args.work {
+        return match faults::pause::resume_when_left(targets, until) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
+    if let Err(e) = holder::bind_to_parent(common.parent) {
+        return fail(e);
+    }
     let done = match &args.work {
         HoldWork::Cpu {
             load_percent, workers, ..
@@ -155,6 +175,7 @@ fn hold(args: Hold) -> ExitCode {
             // Nobody reading means the agent is gone; the death signal ends this process.
             let _ = writeln!(std::io::stdout(), "{}", holder::READY);
         }),
+        HoldWork::Resume { .. } => unreachable!("returned above"),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

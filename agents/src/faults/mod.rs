@@ -118,7 +118,11 @@ enum Effect {
         nft_table: Option<String>,
         cut: Option<Vec<IpAddr>>,
     },
-    Pause(Vec<kill::Target>),
+    /// The processes stopped, and the holder that resumes them should this agent die.
+    Pause {
+        targets: Vec<kill::Target>,
+        guard: Holder,
+    },
     /// A process a previous life of this agent paused, known by its marker file (whose name
     /// holds the pid and start time, when it could be read).
     Resume {
@@ -509,8 +513,25 @@ impl Faults {
             }
             FaultKind::Pause { ref process_name } => {
                 pause::pause(&spec.fault_id, process_name, &self.config.kill, &self.state)
-                    .map(Effect::Pause)
                     .map_err(FaultError::from)
+                    .and_then(|targets| {
+                        // The pause's own end: a holder that resumes them when this agent dies.
+                        let work = Work::Resume {
+                            targets: targets.iter().map(|t| (t.pid, t.start_time)).collect(),
+                        };
+                        match Holder::spawn(&hash, &work, until) {
+                            Ok((guard, _)) => Ok(Effect::Pause { targets, guard }),
+                            Err(e) => {
+                                if let Err(e) = pause::resume(&spec.fault_id, &targets, &self.state) {
+                                    tracing::error!(error = %e, "cannot resume what a failed pause stopped");
+                                }
+                                Err(FaultError::Io {
+                                    what: "cannot start the process that resumes a pause".into(),
+                                    source: e,
+                                })
+                            }
+                        }
+                    })
             }
             FaultKind::Kill { .. } => unreachable!("handled above"),
         };
@@ -524,7 +545,7 @@ impl Faults {
                     }
                 );
                 let pids = match &effect {
-                    Effect::Pause(targets) => targets.iter().map(|t| t.pid).collect(),
+                    Effect::Pause { targets, .. } => targets.iter().map(|t| t.pid).collect(),
                     _ => vec![],
                 };
                 self.active.insert(
@@ -601,7 +622,7 @@ impl Faults {
             | Effect::Orphan { table, .. } => {
                 nft::remove(table).map_err(FaultError::io(format!("cannot remove blackout table {table}")))
             }
-            Effect::Pause(targets) => pause::resume(fault_id, targets, &self.state)
+            Effect::Pause { targets, .. } => pause::resume(fault_id, targets, &self.state)
                 .map_err(FaultError::io("cannot resume the paused processes")),
             Effect::Resume { marker, target } => pause::resume_leftover(marker, *target, &self.state)
                 .map_err(FaultError::io("cannot resume a process the previous run paused")),
@@ -617,14 +638,13 @@ impl Faults {
             return Err(e);
         }
         match active.effect {
-            Effect::Cpu(holder) | Effect::Memory { holder, .. } => holder.stop(),
+            Effect::Cpu(holder) | Effect::Memory { holder, .. } | Effect::Pause { guard: holder, .. } => holder.stop(),
             Effect::Orphan { file: Some(path), .. } => self
                 .state
                 .discard(&path)
                 .map_err(FaultError::io("table removed, but its unreadable state file remains"))?,
             Effect::Latency
             | Effect::Blackout { .. }
-            | Effect::Pause(_)
             | Effect::Resume { .. }
             | Effect::Orphan { .. }
             | Effect::Gone => {}

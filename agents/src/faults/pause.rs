@@ -65,6 +65,44 @@ pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Resul
     Ok(())
 }
 
+/// The end of a pause of its own, run in a holder process: waits until `until` or until the
+/// agent is gone (its stdin, a pipe only the agent writes to, reaches end of file), then
+/// resumes every target that is still the process it was (same start time).
+pub fn resume_when_left(targets: &[(u32, u64)], until: crate::holder::Deadline) -> io::Result<()> {
+    let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 64];
+        // Nothing is ever written: a read returns only at end of file, or on an error.
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+        let _ = gone_tx.send(());
+    });
+    loop {
+        let now = crate::holder::Deadline::after(std::time::Duration::ZERO);
+        if now >= until {
+            break;
+        }
+        let left = std::time::Duration::from_millis(until.monotonic_ms - now.monotonic_ms);
+        match gone_rx.recv_timeout(left) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    let mut first_error = None;
+    for (pid, start_time) in targets {
+        let target = Target {
+            pid: *pid,
+            start_time: *start_time,
+        };
+        // Every target gets its chance, whatever happened to the one before.
+        if let Err(e) = kill::signal(target, libc::SIGCONT) {
+            eprintln!("cannot resume pid {pid}: {e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// Resumes a process a previous life of this agent left stopped, by its marker (`target`
 /// is `None` when the marker's name could not be read: it is only discarded), then forgets it.
 pub fn resume_leftover(marker: &std::path::Path, target: Option<Target>, state: &StateDir) -> io::Result<()> {
