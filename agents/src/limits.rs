@@ -27,6 +27,8 @@ pub const LOSS_PERCENT: (f64, f64) = (0.0, 100.0);
 pub const BLACKOUT_ALLOW: (u64, u64) = (1, 4096);
 /// Length of a process name a kill or pause matches (argv[0] basenames can be long).
 pub const PROCESS_NAME_BYTES: (u64, u64) = (1, 255);
+/// Length of a fault id (`EXPERIMENT/ACTION/HOST` from a controller), in bytes.
+pub const FAULT_ID_BYTES: (u64, u64) = (1, 512);
 /// Signals a kill refuses: a stopped process is never resumed by a kill, so stopping is
 /// the job of `faultline:process:pause`, which resumes what it stops.
 pub const STOP_SIGNALS: [&str; 2] = ["SIGSTOP", "SIGTSTP"];
@@ -59,6 +61,11 @@ fn int(field: &'static str, value: u64, (min, max): (u64, u64)) -> Result<(), Ou
 /// at most [`MAX_DURATION`]).
 pub fn check(spec: &FaultSpec, max_duration: Duration) -> Result<(), OutOfRange> {
     let cap = max_duration.min(MAX_DURATION);
+    int("fault_id", spec.fault_id.len() as u64, FAULT_ID_BYTES).map_err(|e| OutOfRange {
+        value: format!("{} bytes long", spec.fault_id.len()),
+        limit: format!("it must be {}-{} bytes long", FAULT_ID_BYTES.0, FAULT_ID_BYTES.1),
+        ..e
+    })?;
     match (&spec.kind, spec.duration_ms) {
         (FaultKind::Kill { .. }, _) => {}
         (_, None) => {

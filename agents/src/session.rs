@@ -85,6 +85,9 @@ pub enum TlsSetupError {
         /// What is wrong.
         why: String,
     },
+    /// `--ca` or `--pin-sha256` with a `ws://` controller, where nothing would be checked.
+    #[error("--ca and --pin-sha256 check a TLS controller, but --controller is ws://; use wss://")]
+    NotTls,
     /// `wss://` without a way to check the controller.
     #[error("--controller is wss://, so give --ca FILE or --pin-sha256 FINGERPRINT to check its certificate")]
     NoTrust,
@@ -386,7 +389,9 @@ pub fn tls_for(
     };
     match (url.starts_with("wss://"), trust) {
         (true, None) => Err(TlsSetupError::NoTrust),
-        (_, Some(t)) => tls_config(&t).map(Some),
+        (true, Some(t)) => tls_config(&t).map(Some),
+        // A certificate check the operator asked for must not be dropped without a word.
+        (false, Some(_)) => Err(TlsSetupError::NotTls),
         (false, None) => Ok(None),
     }
 }

@@ -190,11 +190,12 @@ pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
             Some("it is this agent".to_string())
         } else if ancestors.contains(&pid) {
             Some("it is an ancestor of this agent (its supervisor)".to_string())
-        } else if !policy.other_users && real_uid(pid).is_some_and(|u| u != uid) {
-            Some(format!(
-                "it runs as uid {}, not as this agent's uid {uid} (see --kill-other-users)",
-                real_uid(pid).unwrap_or_default()
-            ))
+        } else if !policy.other_users && real_uid(pid) != Some(uid) {
+            // A process whose owner cannot be read is refused: the guard fails closed.
+            Some(match real_uid(pid) {
+                Some(u) => format!("it runs as uid {u}, not as this agent's uid {uid} (see --kill-other-users)"),
+                None => "its owner cannot be read from /proc".to_string(),
+            })
         } else {
             None
         };

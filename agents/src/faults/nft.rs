@@ -453,6 +453,9 @@ impl Batch {
     }
 }
 
+/// Socket buffers of a batch, each way: room for the longest blackout the limits accept.
+const BATCH_BUFFER_BYTES: libc::c_int = 8 << 20;
+
 /// A netfilter netlink socket, closed on drop.
 struct Socket(i32);
 
@@ -474,6 +477,22 @@ impl Socket {
                 (&timeout as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
             );
+        }
+        // A batch goes out in one message, and every part of it is acknowledged: a blackout
+        // with thousands of allowed addresses outgrows the default buffers both ways. The
+        // FORCE options need CAP_NET_ADMIN, which changing nf_tables needs anyway.
+        let size: libc::c_int = BATCH_BUFFER_BYTES;
+        for option in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
+            // SAFETY: fd is valid; the option value is a c_int of the size given.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
         }
         Ok(socket)
     }
@@ -549,6 +568,22 @@ mod tests {
         })
         .join()
         .ok()
+    }
+
+    #[test]
+    fn a_blackout_takes_the_longest_allow_list_the_limits_accept() {
+        let (_, most) = faultline_agent::limits::BLACKOUT_ALLOW;
+        let allow: Vec<IpAddr> = (0..most)
+            .map(|i| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
+            .collect();
+        let Some(result) = in_private_netns(move || {
+            let installed = install("fl_00000000000000bb", &allow, Duration::from_secs(60));
+            let _ = remove("fl_00000000000000bb");
+            installed.map_err(|e| e.to_string())
+        }) else {
+            return;
+        };
+        result.unwrap();
     }
 
     #[test]
