@@ -273,6 +273,12 @@ async fn pump(
             return Ok(());
         }
         let head = queue.front().map(|h| h.release);
+        // A chunk waiting for budget with nothing ahead of it goes out at its release without
+        // ever taking budget: a removed latency must not wait on other connections' data.
+        let stalled_due = stalled
+            .as_ref()
+            .filter(|_| queue.is_empty())
+            .map(|(_, release, _)| *release);
         let may_read = !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
         tokio::select! {
             r = reader.read(&mut buf), if may_read => {
@@ -299,6 +305,11 @@ async fn pump(
                 if let Some((arrived, release, data)) = stalled.take() {
                     let share = share.expect("the budget is never closed");
                     queue.push_back(Held { arrived, release, data, _budget: share });
+                }
+            }
+            _ = tokio::time::sleep_until(stalled_due.unwrap_or_else(Instant::now)), if stalled_due.is_some() => {
+                if let Some((_, _, data)) = stalled.take() {
+                    writer.write_all(&data).await?;
                 }
             }
             _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
@@ -387,12 +398,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spent_budget_holds_data_back_and_loses_none() {
+    async fn a_spent_budget_holds_each_chunk_to_its_release_and_loses_none() {
         let c = Conditions::default();
         c.set(
             "l",
             Condition::Latency {
-                delay: Duration::from_millis(20),
+                delay: Duration::from_millis(200),
                 jitter: Duration::ZERO,
                 loss_percent: 0.0,
             },
@@ -405,16 +416,48 @@ mod tests {
         let peer = "10.0.0.1".parse().unwrap();
         let rng = rand::rngs::SmallRng::seed_from_u64(1);
         let pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        let sent = Instant::now();
         client.write_all(b"one").await.unwrap();
         let mut got = [0u8; 3];
-        let early = tokio::time::timeout(Duration::from_millis(300), server.read_exact(&mut got)).await;
-        assert!(early.is_err(), "data went out while the budget was spent");
-        drop(other);
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"one");
+        assert!(
+            sent.elapsed() >= Duration::from_millis(200),
+            "released before its delay"
+        );
+        assert_eq!(budget.available_permits(), 0, "it never took the spent budget");
+        drop(other);
         drop(client);
         pumping.await.unwrap().unwrap();
         assert_eq!(budget.available_permits(), 1, "the budget is whole again");
+    }
+
+    #[tokio::test]
+    async fn a_removed_latency_releases_a_chunk_that_waits_for_budget() {
+        let c = Conditions::default();
+        c.set(
+            "l",
+            Condition::Latency {
+                delay: Duration::from_secs(30),
+                jitter: Duration::ZERO,
+                loss_percent: 0.0,
+            },
+        );
+        let budget = Arc::new(Semaphore::new(1));
+        let _other = budget.clone().try_acquire_owned().unwrap();
+        let (mut client, proxy_in) = tokio::io::duplex(1024);
+        let (proxy_out, mut server) = tokio::io::duplex(1024);
+        let peer = "10.0.0.1".parse().unwrap();
+        let rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let _pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        client.write_all(b"one").await.unwrap();
+        let mut got = [0u8; 3];
+        let early = tokio::time::timeout(Duration::from_millis(300), server.read_exact(&mut got)).await;
+        assert!(early.is_err(), "data went out before its delay");
+        c.clear("l");
+        let at_once = tokio::time::timeout(Duration::from_secs(2), server.read_exact(&mut got)).await;
+        assert!(at_once.is_ok(), "the removed latency still holds the chunk");
+        assert_eq!(&got, b"one");
     }
 
     #[test]
