@@ -33,6 +33,9 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in their handshake at once; more are closed at once, so a flood of peers
 /// that never authenticate cannot starve agents of descriptors.
 const MAX_HANDSHAKES: usize = 1024;
+/// Connections in their handshake at once from one address, so that one peer cannot take
+/// every slot (agents behind one NAT still get many).
+const MAX_HANDSHAKES_PER_PEER: usize = 64;
 /// Registered agent connections at once.
 const MAX_AGENTS: usize = 20_000;
 /// The first byte of a TLS handshake record: how a `wss://` agent is told from a `ws://` one
@@ -208,6 +211,8 @@ struct Inner {
     tls: Option<TlsAcceptor>,
     advertise: Vec<SocketAddr>,
     handshakes: Arc<Semaphore>,
+    /// Handshakes in progress per peer address.
+    handshaking: Mutex<HashMap<std::net::IpAddr, usize>>,
     connections: Arc<Semaphore>,
     refusals: Mutex<Throttle>,
 }
@@ -255,6 +260,7 @@ impl Fleet {
                 tls: endpoint.tls.map(TlsAcceptor::from),
                 advertise: endpoint.advertise,
                 handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+                handshaking: Mutex::default(),
                 connections: Arc::new(Semaphore::new(MAX_AGENTS)),
                 refusals: Mutex::new(Throttle::new(Duration::from_secs(2))),
             }),
@@ -412,7 +418,7 @@ impl Fleet {
             let Some((stream, peer)) = faultline_agent::net::accept(&listener, &cancel).await else {
                 return;
             };
-            let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+            let Some(permit) = HandshakeSlot::take(&self.inner, peer.ip()) else {
                 self.refused(peer, ConnectionRefused::TooMany);
                 continue;
             };
@@ -466,7 +472,7 @@ impl Fleet {
         stream: TcpStream,
         peer: SocketAddr,
         cancel: CancellationToken,
-        handshake: OwnedSemaphorePermit,
+        handshake: HandshakeSlot,
     ) -> Result<(), ConnectionRefused> {
         let _ = stream.set_nodelay(true);
         let (mut sink, mut stream, registration) = tokio::time::timeout(REGISTER_TIMEOUT, self.handshake(stream))
@@ -811,6 +817,43 @@ impl Fleet {
     }
 }
 
+/// A connection's place among the handshakes in progress: one of [`MAX_HANDSHAKES`] and of
+/// its address's [`MAX_HANDSHAKES_PER_PEER`]; given back when dropped.
+struct HandshakeSlot {
+    inner: Arc<Inner>,
+    peer: std::net::IpAddr,
+    _global: OwnedSemaphorePermit,
+}
+
+impl HandshakeSlot {
+    fn take(inner: &Arc<Inner>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let global = inner.handshakes.clone().try_acquire_owned().ok()?;
+        let mut per_peer = inner.handshaking.lock().expect("never poisoned");
+        let count = per_peer.entry(peer).or_default();
+        if *count >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeSlot {
+            inner: inner.clone(),
+            peer,
+            _global: global,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut per_peer = self.inner.handshaking.lock().expect("never poisoned");
+        if let Some(count) = per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// What an agent said when it registered.
 struct Registration {
     description: HostDescription,
@@ -870,4 +913,43 @@ fn error_frame(re: Option<u64>, code: ErrorCode, message: &str) -> String {
         },
     )
     .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_peer_cannot_take_every_handshake_slot() {
+        let cancel = CancellationToken::new();
+        let (fleet, _) = Fleet::start(
+            "127.0.0.1:0".parse().unwrap(),
+            "t".into(),
+            "ctl".into(),
+            Endpoint::default(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let (greedy, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut held: Vec<HandshakeSlot> = (0..MAX_HANDSHAKES_PER_PEER)
+            .map(|_| HandshakeSlot::take(&fleet.inner, greedy).expect("a slot"))
+            .collect();
+        assert!(HandshakeSlot::take(&fleet.inner, greedy).is_none(), "past its share");
+        assert!(
+            HandshakeSlot::take(&fleet.inner, other).is_some(),
+            "others still get in"
+        );
+        held.pop();
+        assert!(
+            HandshakeSlot::take(&fleet.inner, greedy).is_some(),
+            "a slot given back is free"
+        );
+        drop(held);
+        assert!(
+            fleet.inner.handshaking.lock().unwrap().is_empty(),
+            "nothing is left counted"
+        );
+        cancel.cancel();
+    }
 }
