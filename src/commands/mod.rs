@@ -65,5 +65,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             junit,
         } => demo::run(template.as_deref(), lb_port, seed, format, junit.as_deref()),
         Command::Topology { action } => topology::run(action),
+        Command::Schema => {
+            print!("{}", faultline::actions::schema::text());
+            Ok(faultline::exit::COMPLETED)
+        }
     }
 }
