@@ -19,7 +19,7 @@ pub fn generate() -> Value {
         .iter()
         .flat_map(|a| std::iter::once(a.def().id).chain(a.def().aliases.iter().copied()))
         .collect();
-    action["allOf"] = ActionId::ALL.into_iter().map(action_rule).collect();
+    action["allOf"] = ActionId::ALL.iter().copied().map(action_rule).collect();
     schema
 }
 
