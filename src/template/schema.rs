@@ -155,86 +155,77 @@ impl<'s> Walk<'s> {
     }
 
     fn check<'d>(self, schema: &'s Value, doc: &'d Value, path: &str, out: &mut Vec<SchemaError<'s, 'd>>) {
-        let mut err = |found: Found<'s>| {
-            out.push(SchemaError {
-                path: path.to_string(),
-                instance: doc,
-                found,
-            })
+        let at = |found: Found<'s>| SchemaError {
+            path: path.to_string(),
+            instance: doc,
+            found,
         };
         let schema = match schema {
             Value::Bool(true) => return,
             Value::Object(map) => map,
-            _ => return err(Found::FalseSchema),
+            _ => return out.push(at(Found::FalseSchema)),
         };
         if let Some(Value::String(r)) = schema.get("$ref") {
             let (walk, target) = self.resolve(r);
             walk.check(target, doc, path, out);
         }
-        let mut err = |found: Found<'s>| {
-            out.push(SchemaError {
-                path: path.to_string(),
-                instance: doc,
-                found,
-            })
-        };
         if let Some(t) = schema.get("type") {
             let names: Vec<&'s str> = match t {
                 Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
                 other => other.as_str().into_iter().collect(),
             };
             if !names.iter().any(|n| has_type(doc, n)) {
-                return err(Found::Type(names));
+                return out.push(at(Found::Type(names)));
             }
         }
         if let Some(Value::Array(options)) = schema.get("enum") {
             if !options.contains(doc) {
-                err(Found::Enum(options));
+                out.push(at(Found::Enum(options)));
             }
         }
         if let Some(c) = schema.get("const") {
             if c != doc {
-                err(Found::Other(format!("{c} was expected")));
+                out.push(at(Found::Other(format!("{c} was expected"))));
             }
         }
         if let Value::String(text) = doc {
             let chars = text.chars().count() as u64;
             if let Some(Value::String(p)) = schema.get("pattern") {
                 if !self.pattern(p, text) {
-                    err(Found::Pattern);
+                    out.push(at(Found::Pattern));
                 }
             }
             if let Some(min) = schema.get("minLength").and_then(Value::as_u64).filter(|m| chars < *m) {
-                err(Found::Other(format!(
+                out.push(at(Found::Other(format!(
                     "{doc} is shorter than {min} character{}",
                     plural(min)
-                )));
+                ))));
             }
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64).filter(|m| chars > *m) {
-                err(Found::Other(format!(
+                out.push(at(Found::Other(format!(
                     "{doc} is longer than {max} character{}",
                     plural(max)
-                )));
+                ))));
             }
         }
         if let Some(n) = doc.as_f64() {
             if let Some(min) = schema.get("minimum").filter(|m| m.as_f64().is_some_and(|m| n < m)) {
-                err(Found::Other(format!("{doc} is less than the minimum of {min}")));
+                out.push(at(Found::Other(format!("{doc} is less than the minimum of {min}"))));
             }
             if let Some(max) = schema.get("maximum").filter(|m| m.as_f64().is_some_and(|m| n > m)) {
-                err(Found::Other(format!("{doc} is greater than the maximum of {max}")));
+                out.push(at(Found::Other(format!("{doc} is greater than the maximum of {max}"))));
             }
         }
         if let Value::Array(items) = doc {
             if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
                 if (items.len() as u64) < min {
-                    err(Found::MinItems(min));
+                    out.push(at(Found::MinItems(min)));
                 }
             }
             if schema.get("uniqueItems") == Some(&Value::Bool(true))
                 && items.iter().enumerate().any(|(i, a)| items[..i].contains(a))
             {
-                err(Found::Other(format!("{doc} has non-unique elements")));
+                out.push(at(Found::Other(format!("{doc} has non-unique elements"))));
             }
             if let Some(item) = schema.get("items") {
                 for (i, v) in items.iter().enumerate() {
