@@ -159,6 +159,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
     },
+    /// Print the experiment template JSON Schema, generated from the action catalog.
+    Schema,
     /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
     Topology {
         #[command(subcommand)]

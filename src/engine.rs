@@ -5,7 +5,7 @@
 use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
 use crate::server::{DispatchError, Fleet};
-use crate::template::{Action, ActionSpec, Experiment, ResourceType};
+use crate::template::{Action, Effect, Experiment, ResourceType};
 use faultline_agent::protocol::{ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome};
 use futures_util::future::join_all;
 use serde::Serialize;
@@ -242,8 +242,8 @@ impl Run {
             .map(|r| r.selected.clone())
             .unwrap_or_default();
         let by_id: BTreeMap<&str, &HostDescription> = self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
-        let placements: Vec<Placement> = match (&action.spec, self.experiment.targets[target].resource_type) {
-            (ActionSpec::Blackout { keep_control_plane, .. }, ResourceType::Az) => resources
+        let placements: Vec<Placement> = match (&action.spec.effect, self.experiment.targets[target].resource_type) {
+            (Effect::Blackout { keep_control_plane }, ResourceType::Az) => resources
                 .iter()
                 .flat_map(|az| {
                     let members: Vec<&HostDescription> = self
@@ -254,14 +254,11 @@ impl Run {
                     let allow: Vec<IpAddr> = members.iter().filter_map(|h| h.address.parse().ok()).collect();
                     members.into_iter().map(move |h| Placement {
                         host: h.host_id.clone(),
-                        fault: FaultKind::Blackout {
-                            allow: allow.clone(),
-                            keep_control_plane: *keep_control_plane,
-                        },
+                        fault: crate::actions::blackout_fault(*keep_control_plane, allow.clone()),
                     })
                 })
                 .collect(),
-            (spec, _) => match spec.host_fault() {
+            _ => match action.spec.host_fault() {
                 Some(fault) => resources
                     .iter()
                     .map(|h| Placement {
@@ -669,7 +666,7 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
             }
         }
     }
-    let instant = matches!(action.spec, ActionSpec::Kill { .. });
+    let instant = action.spec.is_instant();
     if !errors.is_empty() {
         if !instant {
             remove_all(run, name, &applied, &mut finished).await;

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod alarms;
 pub mod controller;
 pub mod demo;

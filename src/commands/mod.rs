@@ -72,5 +72,9 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Schedules { client, action } => client::schedules(&client, action),
         Command::Lever { client, action } => client::lever(&client, action),
         Command::History { client, limit } => client::history(&client, limit),
+        Command::Schema => {
+            print!("{}", faultline::actions::schema::text());
+            Ok(faultline::exit::COMPLETED)
+        }
     }
 }

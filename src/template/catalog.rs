@@ -1,26 +1,18 @@
-//! The actions faultline knows: ids and parameter names (value rules live in `semantic`).
+//! Names templates may use: action ids (from the catalog, [`crate::actions`]), signals, and
+//! the did-you-mean that suggests one of them.
 
-use super::model::ResourceType;
+use crate::actions::ActionId;
 
-/// Every action id of design §2, in the order the docs list them.
-pub const ACTION_IDS: [&str; 7] = [
-    "faultline:process:kill",
-    "faultline:process:pause",
-    "faultline:host:cpu-stress",
-    "faultline:host:memory-stress",
-    "faultline:network:latency",
-    "faultline:az:blackout",
-    "aws:fis:wait",
-];
-
-/// The resource type an action's `targets` must name; `None` for an action without targets.
-pub fn target_type(action_id: &str) -> Option<ResourceType> {
-    match action_id {
-        "aws:fis:wait" => None,
-        "faultline:az:blackout" => Some(ResourceType::Az),
-        _ => Some(ResourceType::Host),
+/// Every action id, in catalog order (see [`crate::actions`]).
+pub const ACTION_IDS: [&str; ActionId::ALL.len()] = {
+    let mut out = [""; ActionId::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = ActionId::ALL[i].as_str();
+        i += 1;
     }
-}
+    out
+};
 
 /// Signal names `faultline:process:kill` accepts.
 pub use faultline_agent::protocol::SIGNALS;

@@ -3,18 +3,15 @@
 //! It reads the raw JSON tolerantly, so it can report what it finds even in a document the
 //! schema pass already refused; the caller drops its findings where the schema spoke first.
 
-use super::catalog::{self, did_you_mean, ACTION_IDS, SIGNALS};
+use super::catalog::{did_you_mean, ACTION_IDS};
 use super::diagnostic::{join, Diagnostic, Origin};
 use super::model::*;
+use crate::actions::{ActionId, Params};
 use crate::duration;
-use faultline_agent::limits;
-use faultline_agent::protocol::MemoryAmount;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// Longest an action may last (design §2).
-pub const MAX_ACTION_DURATION: Duration = limits::MAX_DURATION;
 /// Shortest alarm period: probes need time to answer.
 pub const MIN_ALARM_PERIOD: Duration = Duration::from_millis(100);
 /// Longest alarm period.
@@ -299,25 +296,20 @@ impl Checker {
             let Some(action_id) = str_at(a, "actionId") else {
                 continue;
             };
-            if !ACTION_IDS.contains(&action_id) {
+            let Some(id) = ActionId::find(action_id) else {
                 let hint = suggest(action_id, ACTION_IDS)
                     .map(|s| format!("{s} known actions: {}", ACTION_IDS.join(", ")))
                     .unwrap_or_else(|| format!("known actions: {}", ACTION_IDS.join(", ")));
                 self.at(join(&base, "actionId"), format!("unknown actionId `{action_id}`"))
                     .hint = Some(hint);
                 continue;
-            }
+            };
             let params = a
                 .get("parameters")
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            let spec = Params {
-                checker: self,
-                base: join(&base, "parameters"),
-                params: &params,
-            }
-            .spec(action_id);
+            let spec = (id.def().build)(&mut Params::new(&mut self.diags, join(&base, "parameters"), &params));
 
             let start_after = strings(a.get("startAfter")).unwrap_or_default();
             for (i, dep) in start_after.iter().enumerate() {
@@ -337,7 +329,7 @@ impl Checker {
             }
 
             // Checked even when a parameter is wrong: the target type follows from the id alone.
-            let target = self.action_target(&base, a, action_id, targets);
+            let target = self.action_target(&base, a, id, targets);
             if let Some(spec) = spec {
                 out.insert(
                     name.clone(),
@@ -358,10 +350,10 @@ impl Checker {
         &mut self,
         base: &str,
         a: &Map<String, Value>,
-        action_id: &str,
+        id: ActionId,
         targets: &BTreeMap<String, Target>,
     ) -> Option<String> {
-        let wanted = catalog::target_type(action_id)?;
+        let wanted = id.def().target?;
         let key = wanted.target_key();
         let obj = a.get("targets").and_then(Value::as_object)?;
         let name = obj.get(key).and_then(Value::as_str)?;
@@ -686,215 +678,6 @@ fn alarm_duration(
         Err(e) => {
             err(join(at, key), e.to_string(), None);
             default
-        }
-    }
-}
-
-/// Reads and checks one action's parameters.
-struct Params<'a> {
-    checker: &'a mut Checker,
-    base: String,
-    params: &'a Map<String, Value>,
-}
-
-impl Params<'_> {
-    fn fail(&mut self, key: &str, message: String, hint: Option<String>) {
-        self.checker.at(join(&self.base, key), message).hint = hint;
-    }
-
-    fn text(&self, key: &str) -> Option<&str> {
-        self.params.get(key).and_then(Value::as_str)
-    }
-
-    /// `processName` of a kill or pause: a name, not a path.
-    fn process_name(&mut self) -> Option<String> {
-        let process_name = self.text("processName")?.to_string();
-        if process_name.contains('/') {
-            self.fail(
-                "processName",
-                format!("`{process_name}` contains '/'"),
-                Some("give the process name (e.g. nginx), not a path".into()),
-            );
-            return None;
-        }
-        let (min, max) = limits::PROCESS_NAME_BYTES;
-        if !(min..=max).contains(&(process_name.len() as u64)) {
-            self.fail(
-                "processName",
-                format!(
-                    "processName is {} bytes long; it must be {min}-{max}",
-                    process_name.len()
-                ),
-                None,
-            );
-            return None;
-        }
-        Some(process_name)
-    }
-
-    /// A whole number in `min..=max`; `default` when absent.
-    fn int(&mut self, key: &str, (min, max): (u64, u64), default: u64) -> Option<u64> {
-        let Some(text) = self.text(key) else {
-            return Some(default);
-        };
-        match text.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Some(n),
-            Ok(n) => {
-                self.fail(key, format!("{key} is {n}; it must be {min}-{max}"), None);
-                None
-            }
-            Err(_) => {
-                self.fail(
-                    key,
-                    format!("{key} `{text}` is not a whole number"),
-                    Some("write a whole number such as \"50\"".into()),
-                );
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self) -> Option<Duration> {
-        let text = self.text("duration")?;
-        match duration::parse(text) {
-            Ok(d) if d.is_zero() => {
-                self.fail(
-                    "duration",
-                    "duration must be longer than zero".into(),
-                    Some("write e.g. PT30S".into()),
-                );
-                None
-            }
-            Ok(d) if d > MAX_ACTION_DURATION => {
-                self.fail(
-                    "duration",
-                    format!("duration {text} is longer than the 12 hour limit"),
-                    Some("split it into several actions chained with startAfter".into()),
-                );
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.fail("duration", e.to_string(), None);
-                None
-            }
-        }
-    }
-
-    fn spec(mut self, action_id: &str) -> Option<ActionSpec> {
-        match action_id {
-            "faultline:process:kill" => {
-                let signal = self.text("signal").unwrap_or("SIGKILL");
-                let normalized = if signal.starts_with("SIG") {
-                    signal.to_string()
-                } else {
-                    format!("SIG{signal}")
-                };
-                let signal_ok = SIGNALS.contains(&normalized.as_str());
-                if limits::STOP_SIGNALS.contains(&normalized.as_str()) {
-                    self.fail(
-                        "signal",
-                        format!("a kill does not send {normalized}: nothing would ever resume the process"),
-                        Some("use faultline:process:pause with a duration; it resumes what it stops".into()),
-                    );
-                } else if !signal_ok {
-                    let hint =
-                        suggest(signal, SIGNALS).unwrap_or_else(|| format!("known signals: {}", SIGNALS.join(", ")));
-                    self.fail("signal", format!("`{signal}` is not a known signal"), Some(hint));
-                }
-                let process_name = self.process_name()?;
-                signal_ok.then_some(ActionSpec::Kill {
-                    process_name,
-                    signal: normalized,
-                })
-            }
-            "faultline:process:pause" => {
-                let duration = self.duration();
-                let process_name = self.process_name();
-                Some(ActionSpec::Pause {
-                    duration: duration?,
-                    process_name: process_name?,
-                })
-            }
-            "faultline:host:cpu-stress" => {
-                let duration = self.duration();
-                let load = self.int("loadPercent", limits::LOAD_PERCENT, 100);
-                let workers = self.int("workers", limits::CPU_WORKERS, 0);
-                Some(ActionSpec::CpuStress {
-                    duration: duration?,
-                    load_percent: load? as u8,
-                    workers: workers? as u32,
-                })
-            }
-            "faultline:host:memory-stress" => {
-                let duration = self.duration();
-                let workers = self.int("workers", limits::MEMORY_WORKERS, 0);
-                let amount = match (self.params.contains_key("percent"), self.params.contains_key("sizeMiB")) {
-                    (true, false) => self
-                        .int("percent", limits::MEMORY_PERCENT, 0)
-                        .map(|p| MemoryAmount::Percent(p as u8)),
-                    (false, true) => self.int("sizeMiB", limits::MEMORY_MIB, 0).map(MemoryAmount::SizeMib),
-                    (both, _) => {
-                        let msg = if both {
-                            "give percent or sizeMiB, not both"
-                        } else {
-                            "memory-stress needs percent or sizeMiB"
-                        };
-                        self.checker.at(self.base.clone(), msg).hint =
-                            Some("e.g. \"sizeMiB\": \"256\" or \"percent\": \"30\"".into());
-                        None
-                    }
-                };
-                Some(ActionSpec::MemoryStress {
-                    duration: duration?,
-                    amount: amount?,
-                    workers: workers? as u32,
-                })
-            }
-            "faultline:network:latency" => {
-                let duration = self.duration();
-                let delay = self.int("delayMilliseconds", limits::DELAY_MS, 0);
-                let jitter = self.int("jitterMilliseconds", limits::DELAY_MS, 0);
-                let (min_loss, max_loss) = limits::LOSS_PERCENT;
-                let loss = match self.text("lossPercent").map(|t| (t, t.parse::<f64>())) {
-                    None => Some(0.0),
-                    Some((_, Ok(l))) if (min_loss..=max_loss).contains(&l) => Some(l),
-                    Some((t, _)) => {
-                        self.fail(
-                            "lossPercent",
-                            format!("lossPercent `{t}` must be a number from 0 to 100"),
-                            None,
-                        );
-                        None
-                    }
-                };
-                if let (Some(d), Some(j)) = (delay, jitter) {
-                    if j > d {
-                        self.fail(
-                            "jitterMilliseconds",
-                            format!("jitter ({j} ms) is larger than the delay ({d} ms)"),
-                            Some("jitter varies the delay by ± that much; keep it <= delayMilliseconds".into()),
-                        );
-                    }
-                }
-                Some(ActionSpec::Latency {
-                    duration: duration?,
-                    delay_ms: delay?,
-                    jitter_ms: jitter?,
-                    loss_percent: loss?,
-                })
-            }
-            "faultline:az:blackout" => {
-                let duration = self.duration();
-                let keep = !matches!(self.text("keepControlPlane"), Some("false"));
-                Some(ActionSpec::Blackout {
-                    duration: duration?,
-                    keep_control_plane: keep,
-                })
-            }
-            _ => Some(ActionSpec::Wait {
-                duration: self.duration()?,
-            }),
         }
     }
 }

@@ -1,0 +1,356 @@
+//! The action catalog: one file per action, each with its id, target type, parameter table,
+//! parameter checks and the wire fault it maps to. `validate`, `plan`, the engine, the JSON
+//! Schema (`faultline schema`) and the README's action table all read from here.
+//!
+//! Adding an action: a file beside this one with a `DEF`, and one line in `catalog!` below
+//! (its module and its [`ActionId`] variant). See `docs/creating-faults.md`.
+
+mod params;
+pub mod schema;
+
+pub use blackout::wire_fault as blackout_fault;
+pub use params::Params;
+
+use crate::template::ResourceType;
+use faultline_agent::limits;
+use faultline_agent::protocol::FaultKind;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Declares each action's module, its [`ActionId`] variant, its place in [`ActionId::ALL`]
+/// and its arm in [`ActionId::def`] from one line, so none of them can be forgotten.
+macro_rules! catalog {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
+        $(mod $module;)*
+
+        /// An action faultline knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum ActionId {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ActionId {
+            /// Every action, in the order the docs list them.
+            pub const ALL: &'static [ActionId] = &[$(ActionId::$variant,)*];
+
+            /// Its catalog entry.
+            pub const fn def(self) -> &'static ActionDef {
+                match self {
+                    $(ActionId::$variant => &$module::DEF,)*
+                }
+            }
+        }
+    };
+}
+
+catalog! {
+    /// `faultline:process:kill`
+    Kill => kill,
+    /// `faultline:process:pause`
+    Pause => pause,
+    /// `faultline:host:cpu-stress`
+    CpuStress => cpu_stress,
+    /// `faultline:host:memory-stress`
+    MemoryStress => memory_stress,
+    /// `faultline:network:latency`
+    Latency => latency,
+    /// `faultline:az:blackout`
+    Blackout => blackout,
+    /// `aws:fis:wait`
+    Wait => wait,
+}
+
+impl ActionId {
+    /// The action a template's `actionId` names, by its id or one of its aliases.
+    pub fn find(name: &str) -> Option<ActionId> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|a| a.def().id == name || a.def().aliases.contains(&name))
+    }
+
+    /// The id templates use.
+    pub const fn as_str(self) -> &'static str {
+        self.def().id
+    }
+}
+
+impl Serialize for ActionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One catalog entry.
+#[derive(Debug)]
+pub struct ActionDef {
+    /// The id templates use, e.g. `faultline:host:cpu-stress`.
+    pub id: &'static str,
+    /// Other ids accepted for it.
+    pub aliases: &'static [&'static str],
+    /// The resource type its `targets` must name; `None` for an action without targets.
+    pub target: Option<ResourceType>,
+    /// What it does, in one line (docs and schema).
+    pub summary: &'static str,
+    /// Its parameters.
+    pub params: &'static [Param],
+    /// Checks the parameters (each error reported through `Params`) and builds the action.
+    pub build: fn(&mut Params<'_>) -> Option<ActionSpec>,
+}
+
+/// One parameter of an action.
+#[derive(Debug)]
+pub struct Param {
+    /// Its key in `parameters`.
+    pub name: &'static str,
+    /// Its type and range.
+    pub kind: Kind,
+    /// Whether a template must give it.
+    pub required: bool,
+    /// The value used when it is absent, as a template writes it.
+    pub default: Option<&'static str>,
+    /// What it does, in one line.
+    pub description: &'static str,
+    /// Its unit, e.g. `ms`.
+    pub unit: Option<&'static str>,
+}
+
+/// The type and range of a parameter (all parameters are strings in a template, as in FIS).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// An ISO 8601 duration, longer than zero and at most [`limits::MAX_DURATION`].
+    Duration,
+    /// A whole number in this range.
+    Integer((u64, u64)),
+    /// A decimal number in this range.
+    Number((f64, f64)),
+    /// `true` or `false`.
+    Bool,
+    /// A process name: no '/', [`limits::PROCESS_NAME_BYTES`] long.
+    ProcessName,
+    /// A signal name from [`faultline_agent::protocol::SIGNALS`], `SIG` optional.
+    Signal,
+}
+
+impl Kind {
+    /// The type as the docs name it.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Duration => "ISO 8601 duration",
+            Kind::Integer(_) => "integer",
+            Kind::Number(_) => "number",
+            Kind::Bool => "boolean",
+            Kind::ProcessName => "process name",
+            Kind::Signal => "signal name",
+        }
+    }
+
+    /// The accepted values, as the docs write them.
+    pub fn range(self) -> String {
+        match self {
+            Kind::Duration => format!("> 0, <= {}", crate::duration::format(limits::MAX_DURATION)),
+            Kind::Integer((min, max)) => format!("{min}-{max}"),
+            Kind::Number((min, max)) => format!("{min}-{max}"),
+            Kind::Bool => "true, false".into(),
+            Kind::ProcessName => {
+                let (min, max) = limits::PROCESS_NAME_BYTES;
+                format!("{min}-{max} bytes, no '/'")
+            }
+            Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
+        }
+    }
+}
+
+/// The `duration` parameter every lasting action has.
+pub const DURATION: Param = Param {
+    name: "duration",
+    kind: Kind::Duration,
+    required: true,
+    default: None,
+    description: "How long the action lasts.",
+    unit: None,
+};
+
+/// An action with its parameters checked: what it is, how long it lasts, what it does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionSpec {
+    /// Which action.
+    pub action_id: ActionId,
+    /// How long it lasts; zero for an instant action (a kill).
+    pub duration: Duration,
+    /// What the agents do.
+    pub effect: Effect,
+}
+
+/// What an action does on its targets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Effect {
+    /// The same fault on every selected host.
+    Fault(FaultKind),
+    /// A blackout of the selected AZs: its wire fault needs the AZ's hosts ([`blackout_fault`]).
+    Blackout {
+        /// Keep the controller reachable.
+        keep_control_plane: bool,
+    },
+    /// Nothing: the action only takes time.
+    Wait,
+}
+
+impl ActionSpec {
+    /// The FIS-style action id.
+    pub fn action_id(&self) -> &'static str {
+        self.action_id.as_str()
+    }
+
+    /// How long the action lasts; zero for a kill.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Whether it is over once applied (nothing to remove).
+    pub fn is_instant(&self) -> bool {
+        self.duration.is_zero()
+    }
+
+    /// The fault an agent injects on each selected host; `None` for a wait and for a
+    /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]).
+    pub fn host_fault(&self) -> Option<FaultKind> {
+        match &self.effect {
+            Effect::Fault(f) => Some(f.clone()),
+            Effect::Blackout { .. } | Effect::Wait => None,
+        }
+    }
+
+    /// The resource type its target must have; `None` for a wait.
+    pub fn target_type(&self) -> Option<ResourceType> {
+        self.action_id.def().target
+    }
+}
+
+/// Every action id, in catalog order.
+pub fn ids() -> impl Iterator<Item = &'static str> {
+    ActionId::ALL.iter().map(|a| a.as_str())
+}
+
+/// The README's action table: one row per action, its target and parameters.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| actionId | target | parameters | what it does |\n|---|---|---|---|\n");
+    for &a in ActionId::ALL {
+        let d = a.def();
+        let target = d.target.map_or("none", ResourceType::target_key);
+        let params: Vec<String> = d
+            .params
+            .iter()
+            .map(|p| match p.default {
+                Some(v) => format!("`{}` ({v})", p.name),
+                None => format!("`{}`", p.name),
+            })
+            .collect();
+        out += &format!("| `{}` | {target} | {} | {} |\n", d.id, params.join(", "), d.summary);
+    }
+    out
+}
+
+/// The parameter reference of `docs/actions.md`: per action, every parameter's type, range,
+/// default, unit and description.
+pub fn markdown_reference() -> String {
+    let mut out = String::new();
+    for &a in ActionId::ALL {
+        let d = a.def();
+        out += &format!("## `{}`\n\n{}\n\n", d.id, d.summary);
+        if !d.aliases.is_empty() {
+            out += &format!("Also accepted as: `{}`.\n\n", d.aliases.join("`, `"));
+        }
+        out += &format!(
+            "Target: {}.\n\n",
+            d.target
+                .map_or("none".to_string(), |t| format!("`{}` ({})", t.target_key(), t.as_str()))
+        );
+        out += "| parameter | type | range | default | unit | description |\n|---|---|---|---|---|---|\n";
+        for p in d.params {
+            let default = match (p.default, p.required) {
+                (Some(v), _) => v.to_string(),
+                (None, true) => "required".into(),
+                (None, false) => "none".into(),
+            };
+            out += &format!(
+                "| `{}` | {} | {} | {default} | {} | {} |\n",
+                p.name,
+                p.kind.type_name(),
+                p.kind.range(),
+                p.unit.unwrap_or(""),
+                p.description
+            );
+        }
+        out += "\n";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn ids_and_aliases_are_unique() {
+        let mut seen = BTreeSet::new();
+        for &a in ActionId::ALL {
+            for name in std::iter::once(a.def().id).chain(a.def().aliases.iter().copied()) {
+                assert!(seen.insert(name), "{name} is named twice");
+                assert_eq!(ActionId::find(name), Some(a));
+            }
+        }
+    }
+
+    #[test]
+    fn every_default_is_accepted_by_its_own_parameter() {
+        for &a in ActionId::ALL {
+            for p in a.def().params {
+                assert!(
+                    !(p.required && p.default.is_some()),
+                    "{}: required with a default",
+                    p.name
+                );
+                if let Some(v) = p.default {
+                    let mut diags = Vec::new();
+                    let map = serde_json::Map::from_iter([(p.name.to_string(), v.into())]);
+                    let mut params = Params::new(&mut diags, "/p".into(), &map);
+                    assert!(params.check(p), "{}: default {v} refused: {diags:?}", p.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_action_builds_from_its_required_parameters() {
+        for &a in ActionId::ALL {
+            let d = a.def();
+            let mut map = serde_json::Map::new();
+            for p in d.params.iter().filter(|p| p.required) {
+                let v = match p.kind {
+                    Kind::Duration => "PT1S",
+                    Kind::ProcessName => "web",
+                    _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
+                };
+                map.insert(p.name.into(), v.into());
+            }
+            if a == ActionId::MemoryStress {
+                map.insert("sizeMiB".into(), "1".into());
+            }
+            let mut diags = Vec::new();
+            let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
+            let spec = spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id));
+            assert_eq!(spec.action_id, a);
+            assert_eq!(spec.is_instant(), a == ActionId::Kill);
+            assert_eq!(
+                matches!(spec.effect, Effect::Fault(_)),
+                d.target == Some(ResourceType::Host),
+                "{}: a host action maps to a wire fault",
+                d.id
+            );
+        }
+    }
+}
