@@ -7,12 +7,17 @@
 //! The agent runs in a network namespace the harness makes, in front of a demo service and
 //! beside a process it may pause; it dials the controller through a TCP relay in the harness,
 //! which can cut the control connection and restore it. Each trial picks a fault (CPU, memory,
-//! latency, blackout through nf_tables, pause) and a failure (controller kill -9, agent kill -9
-//! then restart, agent SIGTERM then restart, control connection cut and restored) at a random
-//! moment of the fault's life, then waits until the host is clean: no `fl_*` table in the
-//! namespace, no stopped process, no holder process and the agent's CPU idle, its memory back,
-//! the proxy answering without delay and reachable, the state dir empty. A trial not clean
-//! within its budget is a leak, printed with what was left.
+//! latency, blackout through nf_tables, pause) and a failure at a random moment of the fault's
+//! life, then waits until the host is clean: no `fl_*` table in the namespace, no stopped
+//! process, no holder process and the agent's CPU idle, its memory back, the proxy answering
+//! without delay and reachable, the state dir empty. A trial not clean within its budget is a
+//! leak, printed with what was left.
+//!
+//! The failures: controller kill -9 (the lease must end the fault), agent kill -9 then restart
+//! (recovery), agent SIGTERM then restart (shutdown), the control connection cut for longer
+//! than the lease (the lease again), each against a fault of two minutes, so that only the
+//! path under test can have removed it within the budget; and agent kill -9 never restarted,
+//! against a short fault, whose effect must end by its own deadline with no agent left.
 
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -24,11 +29,17 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a trial may take to come clean after its failure before it counts as a leak.
-const CLEAN_BUDGET: Duration = Duration::from_secs(20);
-/// The fault's duration in every trial.
-const FAULT: Duration = Duration::from_secs(3);
+/// How long a trial may take to come clean after its failure before it counts as a leak:
+/// well within the two-minute faults, well beyond the one-second lease.
+const CLEAN_BUDGET: Duration = Duration::from_secs(10);
+/// The fault's duration, when something else than its end must remove it.
+const LONG_FAULT: Duration = Duration::from_secs(120);
+/// The fault's duration when the agent dies for good: its effect must end by itself.
+const SHORT_FAULT: Duration = Duration::from_secs(3);
+/// When the failure strikes: within this long after the fault is in effect.
+const STRIKE_WITHIN: Duration = Duration::from_millis(2500);
 const PROXY_PORT: u16 = 8080;
+const SERVICE_PORT: u16 = 8081;
 const DELAY_MS: u64 = 400;
 
 fn bins() -> PathBuf {
@@ -235,18 +246,20 @@ enum Failure {
     AgentKillRestart,
     AgentTerm,
     ConnectionCut,
+    AgentKillForGood,
 }
 
 const KINDS: [Kind; 5] = [Kind::Cpu, Kind::Memory, Kind::Latency, Kind::Blackout, Kind::Pause];
-const FAILURES: [Failure; 4] = [
+const FAILURES: [Failure; 5] = [
     Failure::ControllerKill,
     Failure::AgentKillRestart,
     Failure::AgentTerm,
     Failure::ConnectionCut,
+    Failure::AgentKillForGood,
 ];
 
-fn template(kind: Kind, pause_target: &str) -> serde_json::Value {
-    let duration = format!("PT{}S", FAULT.as_secs());
+fn template(kind: Kind, fault: Duration, pause_target: &str) -> serde_json::Value {
+    let duration = format!("PT{}S", fault.as_secs());
     let host_action = |id: &str, params: serde_json::Value| {
         json!({
             "description": format!("torture {id}"),
@@ -344,6 +357,32 @@ fn proxy_round_trip(host: &Host) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
+/// Whether the demo service answers from outside the namespace, not through the proxy: the
+/// effect of a blackout whose agent is gone.
+fn service_reachable(host: &Host) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from((host.inside, SERVICE_PORT)),
+        Duration::from_millis(700),
+    )
+    .is_ok()
+}
+
+/// The effects left once the agent is gone for good; empty when they all ended on their own.
+fn effects_left(host: &Host, agent_bin: &Path, pause_target: &Proc) -> Vec<String> {
+    let mut left = Vec::new();
+    if process_state(pause_target.pid()) != Some('S') {
+        left.push(format!("pause target in state {:?}", process_state(pause_target.pid())));
+    }
+    let h = holders(agent_bin);
+    if !h.is_empty() {
+        left.push(format!("holder processes {h:?}"));
+    }
+    if !service_reachable(host) {
+        left.push("the service is unreachable (a blackout outlived its deadline)".into());
+    }
+    left
+}
+
 /// What is left on the host; empty when it is clean.
 fn leftovers(host: &Host, agent: &Proc, agent_bin: &Path, state: &Path, pause_target: &Proc) -> Vec<String> {
     let mut left = Vec::new();
@@ -416,7 +455,7 @@ fn main() {
     let host = Host::new();
     let relay = Relay::start(host.outside);
     let mut web = host.exec(&web_bin);
-    web.args(["--listen", "127.0.0.1:8081", "--name", "web-a1"]);
+    web.args(["--listen", &format!("0.0.0.0:{SERVICE_PORT}"), "--name", "web-a1"]);
     let _web = quiet(web);
     let pause_name = format!("fl-torture-{}", std::process::id());
     let mut target = Command::new("sleep");
@@ -431,7 +470,7 @@ fn main() {
             .arg(dir.join("token"))
             .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT1S"])
             .args(["--address", &host.inside.to_string()])
-            .args(["--proxy", &format!("0.0.0.0:{PROXY_PORT}=127.0.0.1:8081")])
+            .args(["--proxy", &format!("0.0.0.0:{PROXY_PORT}=127.0.0.1:{SERVICE_PORT}")])
             .args(["--blackout-backend", "nftables"])
             .arg("--state-dir")
             .arg(&state);
@@ -443,13 +482,21 @@ fn main() {
     let (mut clean, mut leaked) = (0usize, 0usize);
     let mut slowest: Option<(Duration, usize, Kind, Failure)> = None;
     let mut total = Duration::ZERO;
-    println!("torture: {trials} trials, seed {seed}, faults of {FAULT:?}, agent lease 1 s");
+    println!(
+        "torture: {trials} trials, seed {seed}, faults of {LONG_FAULT:?} ({SHORT_FAULT:?} when the agent dies for \
+         good), agent lease 1 s"
+    );
     for trial in 1..=trials {
         let kind = KINDS[rng.random_range(0..KINDS.len())];
         let failure = FAILURES[rng.random_range(0..FAILURES.len())];
-        let at = Duration::from_millis(rng.random_range(100..FAULT.as_millis() as u64));
+        let at = Duration::from_millis(rng.random_range(100..STRIKE_WITHIN.as_millis() as u64));
+        let fault = if failure == Failure::AgentKillForGood {
+            SHORT_FAULT
+        } else {
+            LONG_FAULT
+        };
         let t_path = dir.join("t.json");
-        std::fs::write(&t_path, template(kind, &pause_name).to_string()).unwrap();
+        std::fs::write(&t_path, template(kind, fault, &pause_name).to_string()).unwrap();
 
         let mut c = Command::new(&faultline);
         c.args([
@@ -501,8 +548,10 @@ fn main() {
             leaked += 1;
             continue;
         }
+        let running_at = Instant::now();
         std::thread::sleep(at);
         let failed_at = Instant::now();
+        let mut left_without_agent = Vec::new();
         match failure {
             Failure::ControllerKill => ctl.signal(libc::SIGKILL),
             Failure::AgentKillRestart => {
@@ -519,12 +568,34 @@ fn main() {
                 agent = start_agent();
             }
             Failure::ConnectionCut => {
+                // Longer than the lease: the agent must end the fault on its own.
                 relay.cut();
-                std::thread::sleep(Duration::from_millis(rng.random_range(200..2500)));
+                std::thread::sleep(Duration::from_millis(rng.random_range(1500..3000)));
                 relay.restore();
             }
+            Failure::AgentKillForGood => {
+                agent.signal(libc::SIGKILL);
+                agent.wait_exit(Duration::from_secs(5));
+                // No agent, no controller command, no lease: only the effect's own end.
+                let by = running_at + SHORT_FAULT + Duration::from_secs(2);
+                let left = loop {
+                    let left = effects_left(&host, &agent_bin, &pause_target);
+                    if left.is_empty() || Instant::now() >= by {
+                        break left;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                left_without_agent = left;
+                agent = start_agent();
+            }
         }
-        let deadline = failed_at + CLEAN_BUDGET;
+        let deadline = failed_at
+            + CLEAN_BUDGET
+            + if failure == Failure::AgentKillForGood {
+                SHORT_FAULT
+            } else {
+                Duration::ZERO
+            };
         let took = loop {
             let left = leftovers(&host, &agent, &agent_bin, &state, &pause_target);
             let busy = cpu_seconds(agent.pid()).and_then(|c0| {
@@ -542,6 +613,13 @@ fn main() {
                 }
                 break Err(what);
             }
+        };
+        let took = match took {
+            Ok(_) if !left_without_agent.is_empty() => Err(vec![format!(
+                "without its agent, past the fault's deadline: {}",
+                left_without_agent.join("; ")
+            )]),
+            other => other,
         };
         match took {
             Ok(d) => {
