@@ -417,6 +417,20 @@ fn a_restart_removes_the_table_of_a_corrupt_record_and_any_stray_faultline_table
     assert_eq!(ctl.finish(T).0.code(), Some(130));
 }
 
+/// A blackout of an hour that cuts a1's control plane, on an agent with `--max-cut PT3S`;
+/// returns once the cut is in place (the controller and the agent).
+fn an_hour_long_cut_with_a_max_cut_of_3s(s: &Scratch, topo: &Topology) -> (Proc, Proc) {
+    topo.serve_probes();
+    let template = blackout_template(s, 3600, false);
+    let (mut ctl, port) = topo.controller(s, &template);
+    let url = format!("ws://{}:{port}", topo.hub_ip());
+    let mut agent = topo.agent_with(s, &url, "a1", &["--max-cut", "PT3S"]);
+    ctl.expect("action A running", T);
+    agent.expect("the blackout ends at --max-cut", T);
+    assert!(!topo.reaches("hub", topo.ip_of("a1")), "the control plane is cut");
+    (ctl, agent)
+}
+
 #[test]
 fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
     if !privileged() {
@@ -424,15 +438,8 @@ fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
     }
     let s = Scratch::new("blackout-max-cut");
     let topo = Topology::new(&HOSTS[..1]);
-    topo.serve_probes();
+    let (ctl, mut agent) = an_hour_long_cut_with_a_max_cut_of_3s(&s, &topo);
     let a1 = topo.ip_of("a1");
-    let template = blackout_template(&s, 3600, false);
-    let (mut ctl, port) = topo.controller(&s, &template);
-    let url = format!("ws://{}:{port}", topo.hub_ip());
-    let mut agent = topo.agent_with(&s, &url, "a1", &["--max-cut", "PT3S"]);
-    ctl.expect("action A running", T);
-    agent.expect("the blackout ends at --max-cut", T);
-    assert!(!topo.reaches("hub", a1), "the control plane is cut");
     agent.expect("fault ended", Duration::from_secs(6));
     assert!(topo.reaches("hub", a1), "--max-cut must end the blackout");
     assert!(!topo.tables("a1").contains("fl_"));
@@ -447,16 +454,9 @@ fn a_cut_control_plane_ends_at_max_cut_even_with_no_agent_left() {
     }
     let s = Scratch::new("blackout-max-cut-orphan");
     let topo = Topology::new(&HOSTS[..1]);
-    topo.serve_probes();
-    let a1 = topo.ip_of("a1");
-    let template = blackout_template(&s, 3600, false);
-    let (mut ctl, port) = topo.controller(&s, &template);
-    let url = format!("ws://{}:{port}", topo.hub_ip());
-    let mut agent = topo.agent_with(&s, &url, "a1", &["--max-cut", "PT3S"]);
-    ctl.expect("action A running", T);
-    agent.expect("the blackout ends at --max-cut", T);
+    let (ctl, agent) = an_hour_long_cut_with_a_max_cut_of_3s(&s, &topo);
     let cut_at = std::time::Instant::now();
-    assert!(!topo.reaches("hub", a1), "the control plane is cut");
+    let a1 = topo.ip_of("a1");
     // Nobody is left to remove the cut: the kernel must end it at --max-cut, not in an hour.
     agent.signal(libc::SIGKILL);
     eventually("the kernel ending the cut at --max-cut", Duration::from_secs(6), || {
