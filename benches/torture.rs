@@ -509,6 +509,9 @@ fn main() {
             "PT15S",
         ])
         .args(["--format", "json", "--seed", &trial.to_string()])
+        // The agent dials the relay, which forwards to the controller: the handshake refuses
+        // that unless the controller knows the relay's address for its own.
+        .args(["--advertise", &relay.addr.to_string()])
         .arg("--token-file")
         .arg(dir.join("token"))
         .arg("--journal")
@@ -521,7 +524,9 @@ fn main() {
         let mut lines = std::io::BufReader::new(ctl.0.stderr.take().unwrap());
         let mut running = false;
         let mut line = String::new();
+        let mut said = Vec::new();
         while std::io::BufRead::read_line(&mut lines, &mut line).unwrap_or(0) > 0 {
+            said.push(line.trim_end().to_string());
             if let Some(port) = line
                 .split("listening on ws://")
                 .nth(1)
@@ -544,7 +549,10 @@ fn main() {
             }
         });
         if !running {
-            println!("trial {trial}: {kind:?}: the action never ran; the controller said: {line}");
+            println!(
+                "trial {trial}: {kind:?}: the action never ran; the controller said:\n{}",
+                said.join("\n")
+            );
             leaked += 1;
             continue;
         }
