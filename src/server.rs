@@ -215,6 +215,8 @@ struct Inner {
     handshaking: Mutex<HashMap<std::net::IpAddr, usize>>,
     connections: Arc<Semaphore>,
     refusals: Mutex<Throttle>,
+    /// Warnings about plain connections to a controller that has a certificate.
+    plain: Mutex<Throttle>,
 }
 
 /// How agents reach the controller, beyond the address it listens on.
@@ -263,6 +265,7 @@ impl Fleet {
                 handshaking: Mutex::default(),
                 connections: Arc::new(Semaphore::new(MAX_AGENTS)),
                 refusals: Mutex::new(Throttle::new(Duration::from_secs(2))),
+                plain: Mutex::new(Throttle::new(Duration::from_secs(60))),
             }),
         };
         tokio::spawn(fleet.clone().accept_loop(listener, cancel.clone()));
@@ -456,6 +459,13 @@ impl Fleet {
             .await
             .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
         if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+            let peer = stream.peer_addr().map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
+            if !peer.ip().is_loopback() {
+                let allowed = self.inner.plain.lock().expect("never poisoned").allow(std::time::Instant::now());
+                if let Some(suppressed) = allowed {
+                    tracing::warn!(%peer, suppressed, "an agent connects over plain ws:// although this controller has a certificate; give it wss:// and --ca");
+                }
+            }
             return Ok(Stream::Left(stream));
         }
         let tls = acceptor
