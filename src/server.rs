@@ -459,9 +459,16 @@ impl Fleet {
             .await
             .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
         if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
-            let peer = stream.peer_addr().map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
+            let peer = stream
+                .peer_addr()
+                .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
             if !peer.ip().is_loopback() {
-                let allowed = self.inner.plain.lock().expect("never poisoned").allow(std::time::Instant::now());
+                let allowed = self
+                    .inner
+                    .plain
+                    .lock()
+                    .expect("never poisoned")
+                    .allow(std::time::Instant::now());
                 if let Some(suppressed) = allowed {
                     tracing::warn!(%peer, suppressed, "an agent connects over plain ws:// although this controller has a certificate; give it wss:// and --ca");
                 }
