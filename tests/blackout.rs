@@ -173,12 +173,17 @@ impl Topology {
     }
 
     fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+        self.controller_in(s, template, "hub", self.hub_ip())
+    }
+
+    /// `faultline run` in namespace `name`, listening on `ip`, waiting for every host.
+    fn controller_in(&self, s: &Scratch, template: &std::path::Path, name: &str, ip: Ipv4Addr) -> (Proc, u16) {
         agent_bin();
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
             "exec",
-            &self.ns("hub"),
+            &self.ns(name),
             FAULTLINE,
             "run",
             "--format",
@@ -186,7 +191,7 @@ impl Topology {
             "--seed",
             "1",
         ])
-        .args(["--listen", &format!("{}:0", self.hub_ip())])
+        .args(["--listen", &format!("{ip}:0")])
         .arg("--token-file")
         .arg(s.path("token"))
         .arg("--journal")
@@ -479,28 +484,7 @@ fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
     let topo = Topology::new(&HOSTS[..1]);
     let template = blackout_template(&s, 5, true);
     // The controller runs in a1's own namespace, on a1's address.
-    agent_bin();
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &topo.ns("a1"),
-        FAULTLINE,
-        "run",
-        "--format",
-        "json",
-        "--seed",
-        "1",
-    ])
-    .args(["--listen", &format!("{}:0", topo.ip_of("a1"))])
-    .arg("--token-file")
-    .arg(s.path("token"))
-    .arg("--journal")
-    .arg(s.path("journal.jsonl"))
-    .args(["--wait-agents", "1"])
-    .arg(&template);
-    let mut ctl = Proc::spawn("controller", cmd);
-    let port = ctl.controller_port();
+    let (ctl, port) = topo.controller_in(&s, &template, "a1", topo.ip_of("a1"));
     let url = format!("ws://{}:{port}", topo.ip_of("a1"));
     let _agent = topo.agent_with(&s, &url, "a1", &[]);
     let (status, out, lines) = ctl.finish(T);
