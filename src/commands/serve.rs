@@ -89,6 +89,7 @@ async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(W
     let lb_url = format!("http://127.0.0.1:{lb_port}/");
     let mut doc: serde_json::Value = serde_json::from_str(demo::GAME_DAY).map_err(|e| failed(&e))?;
     demo::retarget_alarms(&mut doc, &lb_url);
+    demo::retarget_user_experience(&mut doc, &lb_url);
     let store = Store::open(&config.database).await.map_err(|e| failed(&e))?;
     if store
         .template(DEMO_TEMPLATE, None)
