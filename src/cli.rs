@@ -161,6 +161,12 @@ pub enum Command {
     },
     /// Print the experiment template JSON Schema, generated from the action catalog.
     Schema,
+    /// The game-day report of a run, from its journal: self-contained HTML or Markdown.
+    ///
+    /// SOURCE is a journal file (`faultline run --journal`, or
+    /// .faultline/journals/EXPERIMENT-ID.jsonl), or with --server an experiment id whose journal
+    /// the server keeps. Exit status 2 when the journal cannot be read.
+    Report(ReportArgs),
     /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
     Topology {
         #[command(subcommand)]
@@ -209,6 +215,40 @@ pub enum Command {
         #[command(subcommand)]
         action: LeverAction,
     },
+}
+
+/// Format of `faultline report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocumentFormat {
+    /// One self-contained HTML file (inline CSS and SVG charts).
+    Html,
+    /// Markdown, for a wiki.
+    Md,
+}
+
+/// The flags of `faultline report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A journal file, or with --server an experiment id.
+    #[arg(value_name = "JOURNAL_FILE|EXPERIMENT_ID")]
+    pub source: String,
+    /// Fetch the journal of experiment SOURCE from this server's API.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: file holding an API token (FAULTLINE_API_TOKEN wins over it).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = ".faultline/api-token",
+        env = "FAULTLINE_API_TOKEN_FILE"
+    )]
+    pub api_token_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocumentFormat::Html)]
+    pub format: DocumentFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// The flags of `faultline serve`.

@@ -1,7 +1,9 @@
 //! The report of a run: a summary table for people, JSON for machines, JUnit XML for CI.
 
 pub mod experience;
+pub mod html;
 pub mod junit;
+pub mod markdown;
 pub mod record;
 
 use crate::alarms::AlarmReport;
