@@ -22,7 +22,7 @@ h3 { margin-bottom: 4px; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; }
 dl.facts dt { font-weight: 600; color: var(--muted); } dl.facts dd { margin: 0; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; font-size: 0.95em; }
-th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f4f6f9; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 12px 0 20px; } figcaption { color: var(--muted); font-size: 0.9em; }
 svg { max-width: 100%; height: auto; font: 11px system-ui, sans-serif; }
@@ -86,7 +86,7 @@ fn chart(
     bands: &[Band],
     threshold: Option<f64>,
 ) -> String {
-    let (w, h, left, right, top, bottom) = (760.0, 220.0, 60.0, 12.0, 24.0, 34.0);
+    let (w, h, left, right, top, bottom) = (760.0, 240.0, 60.0, 12.0, 30.0, 48.0);
     let span = to.duration_since(from).unwrap_or_default().as_secs_f64().max(0.001);
     let x = |t: SystemTime| {
         let s = t.duration_since(from).map_or(0.0, |d| d.as_secs_f64());
@@ -131,8 +131,10 @@ fn chart(
         esc(&desc),
         threshold.map_or(String::new(), |t| format!("; threshold {}", label(t)))
     );
-    for b in bands {
+    for (i, b) in bands.iter().enumerate() {
         let (x0, x1) = (x(b.from), x(b.to));
+        // Alternate label rows so that actions starting together stay readable.
+        let label_y = top - 6.0 - 12.0 * (i % 2) as f64;
         let _ = write!(
             svg,
             "<rect class=\"band\" x=\"{x0:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{:.1}\"><title>{}</title></rect>\
@@ -141,7 +143,7 @@ fn chart(
             h - top - bottom,
             esc(b.name),
             x0 + 3.0,
-            top - 6.0,
+            label_y,
             esc(b.name)
         );
     }
@@ -165,10 +167,10 @@ fn chart(
          <text x=\"{left}\" y=\"{:.1}\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{} (+{})</text>",
         h - bottom,
         w - right,
-        h - 10.0,
+        h - bottom + 14.0,
         clock(from),
         w - right,
-        h - 10.0,
+        h - bottom + 14.0,
         clock(to),
         human(to.duration_since(from).unwrap_or_default()),
         b = h - bottom
@@ -219,10 +221,10 @@ fn chart(
              <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
             left + 8.0 + 150.0 * i as f64,
             left + 30.0 + 150.0 * i as f64,
-            h - 22.0,
-            h - 22.0,
+            h - 10.0,
+            h - 10.0,
             left + 34.0 + 150.0 * i as f64,
-            h - 18.0,
+            h - 6.0,
             esc(s.name)
         );
     }

@@ -781,4 +781,53 @@ mod tests {
         );
         assert_eq!(arn_alarm_name("arn:aws:sns:us-east-1:123456789012:alarm:X"), None);
     }
+
+    #[test]
+    fn user_experience_is_read_and_its_mistakes_located() {
+        use crate::template::At;
+        let template = |ux: Value| {
+            serde_json::json!({
+                "description": "d",
+                "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": "PT1S" } } },
+                "stopConditions": [{ "source": "none" }],
+                "userExperience": ux
+            })
+        };
+        let good = build(
+            &template(serde_json::json!({
+                "scrape": "http://lb/metrics", "requests": ["a_total"], "latency": "d_seconds", "period": "PT2S"
+            })),
+            None,
+        )
+        .unwrap();
+        let ux = good.user_experience.unwrap();
+        assert_eq!(
+            (ux.period, ux.timeout),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert!(ux.errors.is_empty());
+        let bad = build(
+            &template(serde_json::json!({
+                "scrape": "lb:8080", "requests": ["a_total{x=\"1\"}"], "latency": "9d", "period": "PT0S"
+            })),
+            None,
+        )
+        .unwrap_err();
+        let at: Vec<String> = bad
+            .iter()
+            .map(|d| match &d.at {
+                At::Pointer(p) => p.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [
+                "/userExperience/scrape",
+                "/userExperience/requests/0",
+                "/userExperience/latency",
+                "/userExperience/period"
+            ]
+        );
+    }
 }
