@@ -220,6 +220,27 @@ fn the_api_needs_a_token_and_keeps_every_run() {
     );
     assert_eq!(status, 200);
     assert!(xml.contains("<testsuite"), "{xml}");
+    // The game-day report of a run the server kept, from its journal there.
+    let md = Command::new(FAULTLINE)
+        .args([
+            "report",
+            &id,
+            "--format",
+            "md",
+            "--server",
+            &format!("http://127.0.0.1:{}", srv.api),
+        ])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(md.status.success(), "{}", String::from_utf8_lossy(&md.stderr));
+    let md = String::from_utf8(md.stdout).unwrap();
+    assert!(
+        md.contains(&format!("`{id}`")) && md.contains("web-a1") && md.contains("✔ completed"),
+        "{md}"
+    );
 
     let list = srv.get("/api/v1/experiments?state=completed");
     assert_eq!(list["experiments"][0]["id"], json!(id));

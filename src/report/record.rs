@@ -559,6 +559,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn charts_cover_the_alarm_window_or_the_report_configuration() {
+        let mut r = record();
+        let (from, to) = r.chart_window();
+        // The alarm window is 2 s, before the action and after it.
+        assert_eq!((clock(from), clock(to)), ("10:00:00.013".into(), "10:00:06.011".into()));
+        r.template.as_mut().unwrap()["experimentReportConfiguration"] =
+            serde_json::json!({ "preExperimentDuration": "PT1S", "postExperimentDuration": "PT1S" });
+        let (from, to) = r.chart_window();
+        assert_eq!((clock(from), clock(to)), ("10:00:01.013".into(), "10:00:05.011".into()));
+    }
+
+    #[test]
     fn unreadable_journals_say_where() {
         assert!(matches!(parse(""), Err(JournalError::Empty)));
         let e = parse("hello\n").unwrap_err();
