@@ -493,7 +493,10 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
                 )
                 .await?;
             for line in text.lines().filter(|l| !l.is_empty()) {
-                eprintln!("{}", event_line(line));
+                // Scrapes of what the users saw come every period; the report sums them up.
+                if !line.contains("\"event\":\"user_experience\"") {
+                    eprintln!("{}", event_line(line));
+                }
                 seen += 1;
             }
             let row = client

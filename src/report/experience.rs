@@ -3,6 +3,7 @@
 //! scrape journaled, and the request rate, error rate and p50/p99 latency of each phase
 //! (baseline, each action, recovery) taken from the counters' increase over the phase.
 
+use crate::alarms::sources::root_cause;
 use crate::journal::{Event, Journal};
 use crate::template::UserExperience;
 use comfy_table::Cell;
@@ -209,14 +210,6 @@ pub async fn scrape(client: &reqwest::Client, ux: &UserExperience) -> Result<Sam
         buckets,
         count,
     })
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 /// Scrapes every period until `cancel`, journaling each sample; returns them all.
