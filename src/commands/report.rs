@@ -30,8 +30,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<u8> {
             (text, args.source.clone())
         }
     };
-    let lines = record::parse(&text).map_err(|e| super::fail(exit::INVALID, anyhow!("{origin}: {e}")))?;
-    let run = record::RunRecord::from_lines(&lines);
+    let run = record::RunRecord::from_jsonl(&text).map_err(|e| super::fail(exit::INVALID, anyhow!("{origin}: {e}")))?;
     let document = match args.format {
         DocumentFormat::Html => html::render(&run),
         DocumentFormat::Md => markdown::render(&run),

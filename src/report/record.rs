@@ -99,7 +99,7 @@ pub fn read(path: &Path) -> Result<RunRecord, JournalError> {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(RunRecord::from_lines(&parse(&text)?))
+    RunRecord::from_jsonl(&text)
 }
 
 /// What became of one action.
@@ -214,6 +214,11 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// The record of a run from its journal's text (JSON Lines), e.g. as a server keeps it.
+    pub fn from_jsonl(text: &str) -> Result<RunRecord, JournalError> {
+        Ok(RunRecord::from_lines(&parse(text)?))
+    }
+
     /// The record of a run from its journal lines.
     pub fn from_lines(lines: &[Line]) -> RunRecord {
         let first = lines.first().map_or(SystemTime::UNIX_EPOCH, |l| l.at);
