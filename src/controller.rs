@@ -88,6 +88,20 @@ impl Controller {
         })
     }
 
+    /// A controller whose agents arrive on a port another server owns and hands over
+    /// ([`Fleet::upgraded`]); `addr` is that port's address.
+    pub fn attached(addr: SocketAddr, token: String, endpoint: Endpoint) -> Controller {
+        let cancel = CancellationToken::new();
+        let fleet = Fleet::new(token, token::random_id("ctl-"), endpoint, cancel.clone());
+        let early = std::sync::Mutex::new(Some(fleet.events()));
+        Controller {
+            fleet,
+            addr,
+            cancel,
+            early,
+        }
+    }
+
     /// The address agents dial.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -166,6 +166,7 @@ pub fn router(service: Arc<Service>, tokens: Tokens) -> Router {
         .layer(middleware::from_fn_with_state(Arc::new(tokens), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(faultline_agent::protocol::AGENT_PATH, get(super::port::agents))
         .merge(api)
         .layer(middleware::map_response(json_errors))
         .with_state(service)

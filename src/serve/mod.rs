@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod port;
 pub mod scheduler;
 pub mod store;
 
@@ -462,15 +463,16 @@ fn read_journal(path: &Path) -> Vec<String> {
 
 /// How `faultline serve` is set up.
 pub struct Config {
-    /// The API's address.
+    /// The one port: agents' websocket, API, `/metrics`, `/healthz`, dashboard.
     pub listen: std::net::SocketAddr,
-    /// The agents' address.
-    pub agents_listen: std::net::SocketAddr,
+    /// An extra address for agents only, if any.
+    pub agents_listen: Option<std::net::SocketAddr>,
     /// `sqlite:FILE` or `postgres://…`.
     pub database: String,
     /// The agents' token.
     pub token: String,
-    /// The agents' TLS, if any.
+    /// TLS for the port (and the agents' extra address), if any; clients may still speak
+    /// plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The API's tokens.
     pub api_tokens: api::Tokens,
@@ -486,9 +488,6 @@ pub enum ServeError {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The agents' endpoint.
-    #[error(transparent)]
-    Agents(#[from] crate::controller::RunError),
     /// The API's listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -509,46 +508,54 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let store = Store::open(&config.database).await?;
-    let controller = Arc::new(
-        Controller::start(
-            config.agents_listen,
-            config.token,
-            Endpoint {
-                tls: config.tls,
-                ..Endpoint::default()
-            },
-        )
-        .await?,
-    );
+    let listen_error = |source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let endpoint = Endpoint {
+        tls: config.tls.clone(),
+        ..Endpoint::default()
+    };
+    let controller = Arc::new(Controller::attached(addr, config.token, endpoint));
+    if let Some(extra) = config.agents_listen {
+        let bound = controller
+            .fleet()
+            .listen(extra)
+            .await
+            .map_err(|source| ServeError::Listen { addr: extra, source })?;
+        tracing::info!(agents = %bound, "also accepting agents on");
+    }
     let service = Service::new(store, controller.clone(), config.journals);
     service.store.heartbeat(&service.replica).await?;
     for id in service.reap().await? {
         tracing::info!(experiment = %id, "an interrupted run was marked failed");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let secure = config.tls.is_some();
+    let listener = port::PortListener::new(listener, config.tls).map_err(listen_error)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let http_cancel = tokio_util::sync::CancellationToken::new();
     let app = api::router(service.clone(), config.api_tokens);
     let http = tokio::spawn({
         let c = http_cancel.clone();
         async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<port::Peer>())
                 .with_graceful_shutdown(c.cancelled_owned())
                 .await
         }
     });
     tokio::spawn(housekeeping(service.clone(), cancel.clone()));
     let scheduler = tokio::spawn(scheduler::run(service.clone(), cancel.clone()));
-    tracing::info!(listen = %addr, agents = %controller.addr(), replica = %service.replica, "serving the API");
+    let path = faultline_agent::protocol::AGENT_PATH;
+    let (web, ws) = if secure { ("http(s)", "ws(s)") } else { ("http", "ws") };
+    tracing::info!(
+        listen = %addr,
+        replica = %service.replica,
+        "serving the API and the dashboard at {web}://{addr}/, agents dial {ws}://{addr}{path}"
+    );
 
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",
