@@ -549,17 +549,48 @@ fn the_cli_is_a_client_of_the_server() {
     assert_eq!(status["lever"]["engaged"], true);
     cli_json(&srv, &s, &["lever", "disengage", "--reason", "drill over"]);
 
+    // A run followed by the CLI, stopped through the API: it ends `stopped` with who and
+    // why, and the CLI exits as a stopped run does (1), not as an interrupted one.
     srv.put_template("long", cpu("web-a1", 60));
-    let (id, _) = srv.start("long");
+    let mut follow = Command::new(FAULTLINE);
+    follow
+        .args(["run", "long", "--format", "json"])
+        .args(["--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .current_dir(&s.0);
+    let follower = Proc::spawn("follower", follow);
     until_fault_held(&s, "web-a1");
+    let running = srv.get("/api/v1/experiments?state=running");
+    let id = running["experiments"][0]["id"].as_str().unwrap().to_string();
+    // A run started through the API never overlaps one on the same hosts either.
+    let (other, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+    let o = srv.get(&format!("/api/v1/experiments/{other}"));
+    assert!(
+        o["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{id} is running on web-a1")),
+        "{o}"
+    );
     assert_eq!(cli(&srv, &s, &["experiments", "stop", &id, "--reason", "enough"]).0, 0);
     let e = srv.ended(&id);
     assert_eq!(e["state"], "stopped");
     assert_eq!(e["reason"], "stopped by token-1: enough");
     assert!(state_files(&s, "web-a1").is_empty());
+    let (status, out, lines) = follower.finish(T);
+    assert_eq!(status.code(), Some(1), "{out}\n{}", lines.join("\n"));
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["state"], "stopped", "{r}");
+    assert_eq!(r["reason"], "stopped by token-1: enough", "{r}");
 
     let list = cli_json(&srv, &s, &["experiments", "list", "--state", "cancelled"]);
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the lever's and the overlap's: {list}"
+    );
     let shown = cli_json(&srv, &s, &["experiments", "show", &id]);
     assert_eq!(shown["id"], json!(id));
     let history = cli_json(&srv, &s, &["history"]);
@@ -570,7 +601,7 @@ fn the_cli_is_a_client_of_the_server() {
         .map(|h| h["kind"].as_str().unwrap())
         .collect();
     assert!(kinds.contains(&"lever") && kinds.contains(&"experiment"), "{history}");
-    assert_eq!(history[0]["id"], json!(id), "newest first: {history}");
+    assert_eq!(history[0]["id"], json!(other), "newest first: {history}");
     let (code, table) = cli(&srv, &s, &["experiments", "list"]);
     assert_eq!(code, 0);
     assert!(table.contains(&id) && table.contains("stopped"), "{table}");
