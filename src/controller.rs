@@ -647,7 +647,9 @@ mod tests {
     fn each_signal_has_its_exit_status() {
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
-        let asked = StopRequest::Requested("stopped by ops: a customer call".into());
+        let asked = StopRequest::Requested {
+            why: "stopped by ops: a customer call".into(),
+        };
         assert_eq!(
             exit_code(State::Stopped, Some(&asked)),
             1,

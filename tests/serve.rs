@@ -582,6 +582,7 @@ fn the_cli_is_a_client_of_the_server() {
     let (status, out, lines) = follower.finish(T);
     assert_eq!(status.code(), Some(1), "{out}\n{}", lines.join("\n"));
     let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["actions"]["A"].is_object(), "the CLI prints the run's report: {r}");
     assert_eq!(r["state"], "stopped", "{r}");
     assert_eq!(r["reason"], "stopped by token-1: enough", "{r}");
 

@@ -340,7 +340,7 @@ impl Service {
         if let Err(e) = self.store.stopping(id).await {
             tracing::warn!(experiment = %id, error = %e, "cannot record the stopping state");
         }
-        let _ = tx.send(StopRequest::Requested(why)).await;
+        let _ = tx.send(StopRequest::Requested { why }).await;
         true
     }
 

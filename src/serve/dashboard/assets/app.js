@@ -210,7 +210,8 @@ function renderExperiment(e) {
   const end = e.end || e.now;
   const span = Math.max(end - e.start, 1000);
   const W = 900, rowH = 28, left = 170;
-  const x = (t) => left + ((t - e.start) / span) * (W - left - 10);
+  // Room on the right for the last bar's state label.
+  const x = (t) => left + ((t - e.start) / span) * (W - left - 120);
   const svg = el("svg:svg", { viewBox: "0 0 " + W + " " + (e.actions.length * rowH + 24), role: "img", "aria-label": "Action timeline", width: "100%" });
   e.actions.forEach((a, i) => {
     const y = i * rowH + 4;
@@ -254,4 +255,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("stop").addEventListener("click", () => confirmThen("Stop experiment " + shown.id + "? Every fault it applied is removed.",
     (reason) => api("POST", "/api/v1/experiments/" + shown.id + "/stop", reason ? { reason } : {})));
   if (sessionStorage.getItem(KEY)) start(); else logout("");
+  document.body.dataset.ready = "true";
 });
