@@ -568,7 +568,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .listen(extra)
             .await
             .map_err(|source| ServeError::Listen { addr: extra, source })?;
-        tracing::info!(agents = %bound, "also accepting agents on");
+        tracing::info!(agents = %bound, "agents may also dial this extra address");
     }
     let service = Service::new(store, controller.clone(), config.journals);
     service.store.heartbeat(&service.replica).await?;
