@@ -259,11 +259,12 @@ pub struct ServeArgs {
     /// environment win over it.
     #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address of the HTTP API, /metrics and /healthz (port 0 picks a free one)
+    /// The one address of the server: agents' websocket (/v1/agents), HTTP API (/api/v1),
+    /// /metrics, /healthz and the dashboard (/); port 0 picks a free one
     /// [default: 0.0.0.0:7800].
     #[arg(long, env = "FAULTLINE_SERVE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Address agents dial (/v1/agents; port 0 picks a free one) [default: 0.0.0.0:7700].
+    /// An extra address for agents only (/v1/agents), besides --listen; none by default.
     #[arg(long, env = "FAULTLINE_AGENTS_LISTEN")]
     pub agents_listen: Option<SocketAddr>,
     /// Database: sqlite:FILE (created when missing) or postgres://USER@HOST/DB

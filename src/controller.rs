@@ -88,6 +88,20 @@ impl Controller {
         })
     }
 
+    /// A controller whose agents arrive on a port another server owns and hands over
+    /// ([`Fleet::upgraded`]); `addr` is that port's address.
+    pub fn attached(addr: SocketAddr, token: String, endpoint: Endpoint) -> Controller {
+        let cancel = CancellationToken::new();
+        let fleet = Fleet::new(token, token::random_id("ctl-"), endpoint, cancel.clone());
+        let early = std::sync::Mutex::new(Some(fleet.events()));
+        Controller {
+            fleet,
+            addr,
+            cancel,
+            early,
+        }
+    }
+
     /// The address agents dial.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -674,6 +688,14 @@ mod tests {
     fn each_signal_has_its_exit_status() {
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
+        let asked = StopRequest::Requested {
+            why: "stopped by ops: a customer call".into(),
+        };
+        assert_eq!(
+            exit_code(State::Stopped, Some(&asked)),
+            1,
+            "a stop through a server is a stop"
+        );
         let alarm = StopRequest::Alarm {
             alarm: "a".into(),
             detail: "d".into(),
