@@ -17,7 +17,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let template = args.template.clone();
     let result = template::load(&args.template, args.alarms.as_deref())
         .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))
-        .and_then(|experiment| execute(args, experiment));
+        .and_then(|experiment| {
+            for w in &experiment.warnings {
+                eprintln!("{} (warning)", w.render(&args.template.display().to_string()));
+            }
+            execute(args, experiment)
+        });
     if let Some(path) = &junit {
         let xml = match &result {
             Ok((_, Some(report))) => junit::render(report),

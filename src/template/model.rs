@@ -25,6 +25,9 @@ pub struct Experiment {
     pub empty_target_mode: EmptyTargetMode,
     /// Journal path from `logConfiguration.journal.path`.
     pub journal_path: Option<PathBuf>,
+    /// What the template gives that is accepted but has no effect here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<super::Diagnostic>,
 }
 
 /// What to do with a target that resolves to nothing.

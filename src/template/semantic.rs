@@ -73,6 +73,7 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         stop_conditions,
         empty_target_mode,
         journal_path,
+        warnings: c.warnings,
     })
 }
 
@@ -90,6 +91,7 @@ pub fn build_alarms(file: &Value) -> Result<BTreeMap<String, Alarm>, Vec<Diagnos
 #[derive(Default)]
 struct Checker {
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 fn str_at<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -309,7 +311,10 @@ impl Checker {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            let spec = (id.def().build)(&mut Params::new(&mut self.diags, join(&base, "parameters"), &params));
+            let mut reader = Params::new(&mut self.diags, join(&base, "parameters"), &params);
+            let spec = (id.def().build)(&mut reader);
+            let warnings = reader.into_warnings();
+            self.warnings.extend(warnings);
 
             let start_after = strings(a.get("startAfter")).unwrap_or_default();
             for (i, dep) in start_after.iter().enumerate() {
