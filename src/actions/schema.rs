@@ -171,10 +171,41 @@ fn frame() -> Value {
                             ]
                         },
                         "accountTargeting": {
-                            "description": "Accepted for FIS compatibility; faultline targets one set of hosts.",
+                            "description": "single-account (FIS's default); multi-account is refused: faultline targets the hosts of one controller.",
                             "enum": [
-                                "single-account"
+                                "single-account",
+                                "multi-account"
                             ]
+                        },
+                        "actionsMode": {
+                            "description": "run-all (default), or skip-all: resolve the targets and show the plan without injecting anything, as `run --dry-run`.",
+                            "enum": [
+                                "run-all",
+                                "skip-all"
+                            ]
+                        }
+                    }
+                },
+                "experimentReportConfiguration": {
+                    "description": "FIS's experiment report. The pre- and post-experiment durations are kept for the report's alarm charts; outputs and dataSources are accepted and ignored.",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "outputs": {
+                            "description": "Accepted for FIS compatibility and ignored: faultline writes its report locally.",
+                            "type": "object"
+                        },
+                        "dataSources": {
+                            "description": "Accepted for FIS compatibility and ignored: the alarms of the stop conditions are charted.",
+                            "type": "object"
+                        },
+                        "preExperimentDuration": {
+                            "description": "How much alarm history before the experiment the report shows (default PT20M).",
+                            "$ref": "#/$defs/duration"
+                        },
+                        "postExperimentDuration": {
+                            "description": "How much alarm history after the experiment the report shows (default PT20M).",
+                            "$ref": "#/$defs/duration"
                         }
                     }
                 },

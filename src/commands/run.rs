@@ -47,7 +47,8 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
             .wait_for_agents(&wait, args.controller.agents_timeout)
             .await
             .map_err(|e| super::fail(e.code, e))?;
-        if args.dry_run {
+        // actionsMode skip-all is FIS's preview: targets resolved, nothing injected.
+        if args.dry_run || experiment.skip_all_actions {
             return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);
@@ -69,7 +70,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
     })
 }
 
-fn dry_run(
+pub fn dry_run(
     experiment: &template::Experiment,
     hosts: &[faultline_agent::protocol::HostDescription],
     seed: Option<u64>,

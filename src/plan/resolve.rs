@@ -59,12 +59,21 @@ pub fn resolve(experiment: &Experiment, hosts: &[HostDescription], seed: u64) ->
     };
     for (name, target) in &experiment.targets {
         let r = resolve_target(name, target, hosts, seed);
+        if target.by_arn && !r.missing.is_empty() {
+            // As in FIS: resources named by ARN must exist, whatever emptyTargetResolutionMode says.
+            return Err(EmptyTarget {
+                target: name.clone(),
+                kind: target.resource_type.plural(),
+                why: format!(
+                    "its resourceArns name {}, which {} not known; targets given by ARN are never skipped",
+                    r.missing.join(", "),
+                    if r.missing.len() == 1 { "is" } else { "are" }
+                ),
+            });
+        }
         if r.selected.is_empty() {
             if experiment.empty_target_mode == EmptyTargetMode::Fail {
-                let kind = match target.resource_type {
-                    ResourceType::Host => "hosts",
-                    ResourceType::Az => "availability zones",
-                };
+                let kind = target.resource_type.plural();
                 let why = if r.matched == 0 {
                     format!(
                         "nothing matched its ids, tags and filters among {} known host(s)",
@@ -214,6 +223,7 @@ mod tests {
             resource_ids: None,
             resource_tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             filters,
+            by_arn: false,
             selection,
         }
     }

@@ -25,9 +25,34 @@ pub struct Experiment {
     pub empty_target_mode: EmptyTargetMode,
     /// Journal path from `logConfiguration.journal.path`.
     pub journal_path: Option<PathBuf>,
+    /// `experimentOptions.actionsMode: skip-all`: resolve and plan only, inject nothing.
+    pub skip_all_actions: bool,
+    /// `experimentReportConfiguration`: alarm history shown before and after the run.
+    pub report_window: ReportWindow,
     /// What the template gives that is accepted but has no effect here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<super::Diagnostic>,
+}
+
+/// How much alarm history the report's charts show around the run (FIS's
+/// `preExperimentDuration` and `postExperimentDuration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportWindow {
+    /// Before the first action.
+    pub pre: Duration,
+    /// After the last one.
+    pub post: Duration,
+}
+
+impl Default for ReportWindow {
+    fn default() -> Self {
+        // FIS's default for both, per the provider docs.
+        ReportWindow {
+            pre: Duration::from_secs(20 * 60),
+            post: Duration::from_secs(20 * 60),
+        }
+    }
 }
 
 /// What to do with a target that resolves to nothing.
@@ -61,6 +86,14 @@ impl ResourceType {
         }
     }
 
+    /// What resources of this type are called, in messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceType::Host => "hosts",
+            ResourceType::Az => "availability zones",
+        }
+    }
+
     /// The key of `action.targets` that names a target of this type.
     pub fn target_key(self) -> &'static str {
         match self {
@@ -81,6 +114,8 @@ pub struct Target {
     pub resource_tags: BTreeMap<String, String>,
     /// Conditions on the description; all must match.
     pub filters: Vec<Filter>,
+    /// Whether the resources were named by ARN: then, as in FIS, they are never skipped.
+    pub by_arn: bool,
     /// How many of the matching resources are chosen.
     pub selection: Selection,
 }

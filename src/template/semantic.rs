@@ -45,14 +45,21 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
     }
     let stop_conditions = c.stop_conditions(root.get("stopConditions"), &alarms, alarms_file.is_some());
 
-    let empty_target_mode = match root
-        .get("experimentOptions")
-        .and_then(|o| o.get("emptyTargetResolutionMode"))
-        .and_then(Value::as_str)
-    {
+    let options = root.get("experimentOptions");
+    let option = |key: &str| options.and_then(|o| o.get(key)).and_then(Value::as_str);
+    let empty_target_mode = match option("emptyTargetResolutionMode") {
         Some("skip") => EmptyTargetMode::Skip,
         _ => EmptyTargetMode::Fail,
     };
+    if option("accountTargeting") == Some("multi-account") {
+        c.at(
+            "/experimentOptions/accountTargeting",
+            "multi-account targeting has no local meaning: faultline targets the hosts connected to one controller",
+        )
+        .hint = Some("remove accountTargeting or write \"single-account\"".into());
+    }
+    let skip_all_actions = option("actionsMode") == Some("skip-all");
+    let report_window = c.report_window(root.get("experimentReportConfiguration"));
     let journal_path = root
         .get("logConfiguration")
         .and_then(|l| l.get("journal"))
@@ -73,6 +80,8 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         stop_conditions,
         empty_target_mode,
         journal_path,
+        skip_all_actions,
+        report_window,
         warnings: c.warnings,
     })
 }
@@ -179,6 +188,27 @@ impl Checker {
         self.diags.last_mut().expect("just pushed")
     }
 
+    /// `experimentReportConfiguration`'s pre- and post-experiment durations.
+    fn report_window(&mut self, v: Option<&Value>) -> ReportWindow {
+        let mut window = ReportWindow::default();
+        let Some(cfg) = v.and_then(Value::as_object) else {
+            return window;
+        };
+        for (key, slot) in [
+            ("preExperimentDuration", &mut window.pre),
+            ("postExperimentDuration", &mut window.post),
+        ] {
+            let Some(text) = str_at(cfg, key) else { continue };
+            match duration::parse(text) {
+                Ok(d) => *slot = d,
+                Err(e) => {
+                    self.at(join("/experimentReportConfiguration", key), e.to_string());
+                }
+            }
+        }
+        window
+    }
+
     fn targets(&mut self, v: Option<&Value>) -> BTreeMap<String, Target> {
         let mut out = BTreeMap::new();
         let Some(map) = v.and_then(Value::as_object) else {
@@ -280,6 +310,7 @@ impl Checker {
                     resource_ids,
                     resource_tags: tags,
                     filters,
+                    by_arn: arns.is_some() && !t.contains_key("resourceIds"),
                     selection,
                 },
             );
