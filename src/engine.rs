@@ -243,8 +243,10 @@ impl Run {
             .unwrap_or_default();
         let by_id: BTreeMap<&str, &HostDescription> = self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
         let placements: Vec<Placement> = match (&action.spec.effect, self.experiment.targets[target].resource_type) {
-            (Effect::Blackout { keep_control_plane }, ResourceType::Az) => resources
+            // A subnet is its AZ's network: cutting it is that AZ's blackout.
+            (Effect::Blackout { keep_control_plane }, ResourceType::Az | ResourceType::Subnet) => resources
                 .iter()
+                .map(|r| crate::plan::subnet_az(r))
                 .flat_map(|az| {
                     let members: Vec<&HostDescription> = self
                         .hosts

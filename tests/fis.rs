@@ -352,3 +352,57 @@ fn the_demo_runs_a_cloudformation_template_with_alarms_named_by_arn() {
     assert_eq!(hosts.len(), 2, "{r}");
     assert!(hosts.iter().all(|h| !h.as_str().unwrap().starts_with("web-c")), "{r}");
 }
+
+/// The load balancer's `lb_backend_healthy` gauge, by backend.
+fn lb_health(port: u16) -> std::collections::BTreeMap<String, bool> {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return Default::default();
+    };
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n");
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("lb_backend_healthy{backend=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(b, v)| (b.to_string(), v.trim() == "1"))
+        .collect()
+}
+
+#[test]
+fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
+    workspace_bin("faultline-agent");
+    let s = Scratch::new("fis-subnet");
+    let lb_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "demo",
+        "--format",
+        "json",
+        "--seed",
+        "5",
+        "--lb-port",
+        &lb_port.to_string(),
+    ])
+    .arg("--template")
+    .arg(root().join("experiments/fis/subnet-disrupt-all.json"))
+    .arg("--alarms")
+    .arg(fis_alarms())
+    .current_dir(&s.0);
+    let mut demo = Proc::spawn("demo", cmd);
+    demo.expect("demo world ready", Duration::from_secs(90));
+    demo.expect("action DisruptSubnet running", T);
+    // Seen from the load balancer, outside the subnet: az-a's hosts stop answering, the
+    // others do not.
+    eventually("the load balancer to lose az-a", Duration::from_secs(20), || {
+        let h = lb_health(lb_port);
+        h.get("web-a1") == Some(&false) && h.get("web-a2") == Some(&false)
+    });
+    let h = lb_health(lb_port);
+    assert_eq!((h.get("web-b1"), h.get("web-c1")), (Some(&true), Some(&true)), "{h:?}");
+    demo.expect("action DisruptSubnet completed", Duration::from_secs(40));
+    let (status, out, lines) = demo.finish(Duration::from_secs(120));
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    assert_eq!(r["actions"]["DisruptSubnet"]["hosts"], json!(["web-a1", "web-a2"]));
+}

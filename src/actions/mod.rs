@@ -58,6 +58,8 @@ catalog! {
     Blackout => blackout,
     /// `aws:ssm:send-command`
     SsmSendCommand => ssm_send_command,
+    /// `aws:network:disrupt-connectivity`
+    DisruptConnectivity => disrupt_connectivity,
     /// `aws:fis:wait`
     Wait => wait,
 }
@@ -362,6 +364,7 @@ mod tests {
                     Kind::Text if a == ActionId::SsmSendCommand => {
                         "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress"
                     }
+                    Kind::Text if a == ActionId::DisruptConnectivity => "all",
                     _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
                 };
                 map.insert(p.name.into(), v.into());

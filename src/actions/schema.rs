@@ -42,6 +42,7 @@ fn action_rule(id: ActionId) -> Value {
                 "targets": { "$ref": match t {
                     ResourceType::Host => "#/$defs/hostTargets",
                     ResourceType::Az => "#/$defs/azTargets",
+                    ResourceType::Subnet => "#/$defs/subnetTargets",
                 } },
                 "parameters": parameters,
             }
@@ -280,12 +281,20 @@ fn frame() -> Value {
                     ],
                     "properties": {
                         "resourceType": {
-                            "description": "faultline:host (alias aws:ec2:instance) for hosts, faultline:az for availability zones.",
+                            "description": "faultline:host (alias aws:ec2:instance) for hosts, faultline:az for availability zones, aws:ec2:subnet for the AZs' networks (subnet-<AZ>).",
                             "enum": [
                                 "faultline:host",
                                 "aws:ec2:instance",
-                                "faultline:az"
+                                "faultline:az",
+                                "aws:ec2:subnet"
                             ]
+                        },
+                        "parameters": {
+                            "description": "Target parameters: for aws:ec2:subnet, availabilityZoneIdentifier (an AZ) and vpc.",
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "string"
+                            }
                         },
                         "resourceIds": {
                             "description": "Host ids (for hosts) or AZ names (for AZs); not together with resourceTags.",
@@ -361,6 +370,20 @@ fn frame() -> Value {
                     "properties": {
                         "Hosts": {
                             "description": "Name of a faultline:host target.",
+                            "type": "string"
+                        }
+                    }
+                },
+                "subnetTargets": {
+                    "description": "The target an action on subnets acts on.",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": [
+                        "Subnets"
+                    ],
+                    "properties": {
+                        "Subnets": {
+                            "description": "Name of an aws:ec2:subnet target.",
                             "type": "string"
                         }
                     }

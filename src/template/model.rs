@@ -75,6 +75,9 @@ pub enum ResourceType {
     /// Availability zones.
     #[serde(rename = "faultline:az")]
     Az,
+    /// Subnets: each AZ's network is one (`subnet-<AZ>` in `vpc-faultline`).
+    #[serde(rename = "aws:ec2:subnet")]
+    Subnet,
 }
 
 impl ResourceType {
@@ -83,6 +86,7 @@ impl ResourceType {
         match self {
             ResourceType::Host => "faultline:host",
             ResourceType::Az => "faultline:az",
+            ResourceType::Subnet => "aws:ec2:subnet",
         }
     }
 
@@ -91,6 +95,7 @@ impl ResourceType {
         match self {
             ResourceType::Host => "hosts",
             ResourceType::Az => "availability zones",
+            ResourceType::Subnet => "subnets",
         }
     }
 
@@ -99,6 +104,7 @@ impl ResourceType {
         match self {
             ResourceType::Host => "Hosts",
             ResourceType::Az => "AvailabilityZones",
+            ResourceType::Subnet => "Subnets",
         }
     }
 }

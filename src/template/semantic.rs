@@ -209,6 +209,39 @@ impl Checker {
         window
     }
 
+    /// A target's `parameters`, as filters: a subnet's `availabilityZoneIdentifier` and `vpc`.
+    fn target_parameters(&mut self, base: &str, resource_type: ResourceType, v: Option<&Value>) -> Vec<Filter> {
+        let Some(params) = v.and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in params {
+            let path = match (resource_type, key.as_str()) {
+                (ResourceType::Subnet, "availabilityZoneIdentifier") => "AvailabilityZone",
+                (ResourceType::Subnet, "vpc") => "VpcId",
+                _ => {
+                    let known = match resource_type {
+                        ResourceType::Subnet => "aws:ec2:subnet takes availabilityZoneIdentifier and vpc",
+                        _ => "only aws:ec2:subnet targets take parameters",
+                    };
+                    self.at(
+                        join(&join(base, "parameters"), key),
+                        format!("unknown target parameter `{key}`"),
+                    )
+                    .hint = Some(known.into());
+                    continue;
+                }
+            };
+            if let Some(value) = value.as_str() {
+                out.push(Filter {
+                    path: path.into(),
+                    values: vec![value.to_string()],
+                });
+            }
+        }
+        out
+    }
+
     fn targets(&mut self, v: Option<&Value>) -> BTreeMap<String, Target> {
         let mut out = BTreeMap::new();
         let Some(map) = v.and_then(Value::as_object) else {
@@ -219,12 +252,13 @@ impl Checker {
             let Some(t) = t.as_object() else { continue };
             let resource_type = match str_at(t, "resourceType") {
                 Some("faultline:az") => ResourceType::Az,
+                Some("aws:ec2:subnet") => ResourceType::Subnet,
                 _ => ResourceType::Host,
             };
             let ids = strings(t.get("resourceIds"));
             let arns = t.get("resourceArns").and_then(Value::as_array);
             let tags = string_map(t.get("resourceTags"));
-            let filters: Vec<Filter> = t
+            let mut filters: Vec<Filter> = t
                 .get("filters")
                 .and_then(Value::as_array)
                 .map(|fs| {
@@ -288,12 +322,17 @@ impl Checker {
                         "to target every running host: \"filters\": [{\"path\": \"State.Name\", \"values\": [\"running\"]}]".into(),
                     );
                 }
+                ResourceType::Subnet if !tags.is_empty() => {
+                    self.at(join(&base, "resourceTags"), "subnets carry no tags here: each AZ's network is one subnet, subnet-<AZ>")
+                        .hint = Some("choose subnets with parameters.availabilityZoneIdentifier, resourceArns or filters on AvailabilityZone".into());
+                }
                 ResourceType::Az if !tags.is_empty() => {
                     self.at(join(&base, "resourceTags"), "availability zones have no tags")
                         .hint = Some("name AZs with resourceIds, e.g. [\"az-a\"], or filter on Name".into());
                 }
                 _ => {}
             }
+            filters.extend(self.target_parameters(&base, resource_type, t.get("parameters")));
             let selection = match str_at(t, "selectionMode").map(parse_selection) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
