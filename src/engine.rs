@@ -251,7 +251,7 @@ impl Run {
                     let members: Vec<&HostDescription> = self
                         .hosts
                         .iter()
-                        .filter(|h| &h.placement.availability_zone == az)
+                        .filter(|h| h.placement.availability_zone == az)
                         .collect();
                     let allow: Vec<IpAddr> = members.iter().filter_map(|h| h.address.parse().ok()).collect();
                     members.into_iter().map(move |h| Placement {
