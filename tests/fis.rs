@@ -406,3 +406,37 @@ fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
     assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
     assert_eq!(r["actions"]["DisruptSubnet"]["hosts"], json!(["web-a1", "web-a2"]));
 }
+
+#[test]
+fn actions_mode_skip_all_resolves_targets_and_injects_nothing() {
+    let s = Scratch::new("fis-skip-all");
+    let mut t = example("ssm-cpu-stress.json", json!({ "DurationSeconds": "30" }), Some("PT30S"));
+    t["experimentOptions"]["actionsMode"] = json!("skip-all");
+    let template = s.write_json("t.json", &t);
+    let alarms = quiet_alarms(&s);
+    let (ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
+    let a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    assert!(out.contains("\"host\": \"web-a1\"") || out.contains("web-a1"), "{out}");
+    assert!(holders(a.pid()).is_empty(), "skip-all started a holder");
+    assert!(!s.path("journal.jsonl").exists(), "skip-all ran the experiment");
+}
+
+#[test]
+fn parameters_with_no_local_meaning_are_reported_as_ignored() {
+    let file = root().join("experiments/fis/ssm-network-latency.json");
+    let (code, out, _) = faultline(&[
+        "validate",
+        "--alarms",
+        fis_alarms().to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    for ignored in ["Interface is ignored", "InstallDependencies is ignored"] {
+        assert!(
+            out.lines().any(|l| l.contains(ignored) && l.ends_with("(warning)")),
+            "{ignored}: {out}"
+        );
+    }
+}
