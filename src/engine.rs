@@ -242,11 +242,15 @@ impl Run {
             .map(|r| r.selected.clone())
             .unwrap_or_default();
         let by_id: BTreeMap<&str, &HostDescription> = self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
-        let placements: Vec<Placement> = match (&action.spec.effect, self.experiment.targets[target].resource_type) {
+        let resource_type = self.experiment.targets[target].resource_type;
+        let placements: Vec<Placement> = match (&action.spec.effect, resource_type) {
             // A subnet is its AZ's network: cutting it is that AZ's blackout.
             (Effect::Blackout { keep_control_plane }, ResourceType::Az | ResourceType::Subnet) => resources
                 .iter()
-                .map(|r| crate::plan::subnet_az(r))
+                .map(|r| match resource_type {
+                    ResourceType::Subnet => crate::plan::subnet_az(r),
+                    _ => r.as_str(),
+                })
                 .flat_map(|az| {
                     let members: Vec<&HostDescription> = self
                         .hosts

@@ -149,7 +149,10 @@ pub fn render_tables(
                 .map(|az| {
                     let n = hosts
                         .iter()
-                        .filter(|h| h.placement.availability_zone == subnet_az(az))
+                        .filter(|h| match t.resource_type {
+                            ResourceType::Subnet => h.placement.availability_zone == subnet_az(az),
+                            _ => &h.placement.availability_zone == az,
+                        })
                         .count();
                     format!("{az} ({n} hosts)")
                 })
