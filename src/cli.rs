@@ -146,6 +146,10 @@ pub enum Command {
         /// load balancer.
         #[arg(long, value_name = "FILE")]
         template: Option<PathBuf>,
+        /// Alarms the template's stop conditions name (by name or CloudWatch ARN); their HTTP
+        /// alarms are pointed at the demo's load balancer too.
+        #[arg(long, value_name = "FILE")]
+        alarms: Option<PathBuf>,
         /// Port of the demo's load balancer on 127.0.0.1 [default: a free one].
         #[arg(long, value_name = "PORT")]
         lb_port: Option<u16>,

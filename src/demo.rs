@@ -20,6 +20,8 @@ pub const GAME_DAY: &str = include_str!("../experiments/gameday-az-outage.json")
 pub const INVENTORY: &str = include_str!("../experiments/inventory.json");
 /// Binaries the demo starts, found next to `faultline`.
 pub const BINARIES: [&str; 4] = ["faultline-agent", "demo-web", "demo-lb", "demo-init"];
+/// Tags the FIS documentation's examples select instances by, on every demo host.
+pub const FIS_TAGS: &str = "Environment=Production,Tier=Web";
 /// Source address of the load balancer's connections.
 pub const LB_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -43,7 +45,14 @@ pub fn loopback(host: &HostDescription, hosts: &[HostDescription]) -> Ipv4Addr {
 
 /// Points every HTTP alarm of a template at `url`.
 pub fn retarget_alarms(template: &mut Value, url: &str) {
-    if let Some(alarms) = template.get_mut("alarms").and_then(Value::as_object_mut) {
+    if let Some(alarms) = template.get_mut("alarms") {
+        retarget_alarm_map(alarms, url);
+    }
+}
+
+/// Points every HTTP alarm of an alarms object (a template's or an `--alarms` file) at `url`.
+pub fn retarget_alarm_map(alarms: &mut Value, url: &str) {
+    if let Some(alarms) = alarms.as_object_mut() {
         for alarm in alarms.values_mut() {
             if let Some(http) = alarm.pointer_mut("/metric/http").and_then(Value::as_object_mut) {
                 http.insert("url".into(), Value::from(url));
@@ -122,7 +131,7 @@ impl World {
                 .env("FAULTLINE_TOKEN_FILE", token_file)
                 .env("FAULTLINE_HOST_ID", &host.host_id)
                 .env("FAULTLINE_AZ", &az)
-                .env("FAULTLINE_TAGS", format!("tier=web,az={az}"))
+                .env("FAULTLINE_TAGS", format!("tier=web,az={az},{FIS_TAGS}"))
                 .env("FAULTLINE_ADDRESS", ip.to_string())
                 .env("FAULTLINE_STATE_DIR", &state)
                 .env("FAULTLINE_PROXY", format!("{ip}:8080={ip}:8081"))

@@ -249,14 +249,20 @@ impl Run {
             .map(|r| r.selected.clone())
             .unwrap_or_default();
         let by_id: BTreeMap<&str, &HostDescription> = self.hosts.iter().map(|h| (h.host_id.as_str(), h)).collect();
-        let placements: Vec<Placement> = match (&action.spec.effect, self.experiment.targets[target].resource_type) {
-            (Effect::Blackout { keep_control_plane }, ResourceType::Az) => resources
+        let resource_type = self.experiment.targets[target].resource_type;
+        let placements: Vec<Placement> = match (&action.spec.effect, resource_type) {
+            // A subnet is its AZ's network: cutting it is that AZ's blackout.
+            (Effect::Blackout { keep_control_plane }, ResourceType::Az | ResourceType::Subnet) => resources
                 .iter()
+                .map(|r| match resource_type {
+                    ResourceType::Subnet => crate::plan::subnet_az(r),
+                    _ => r.as_str(),
+                })
                 .flat_map(|az| {
                     let members: Vec<&HostDescription> = self
                         .hosts
                         .iter()
-                        .filter(|h| &h.placement.availability_zone == az)
+                        .filter(|h| h.placement.availability_zone == az)
                         .collect();
                     let allow: Vec<IpAddr> = members.iter().filter_map(|h| h.address.parse().ok()).collect();
                     members.into_iter().map(move |h| Placement {
@@ -608,10 +614,12 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
         unconfirmed: 0,
     };
     let duration = action.spec.duration();
+    // The fault may end before the action does (an SSM document's DurationSeconds).
+    let fault_duration = action.spec.fault_duration();
     finished.hosts = placements.iter().map(|p| p.host.clone()).collect();
 
     // Dispatch to every host at once; each answer is journaled as it comes.
-    let duration_ms = (!duration.is_zero()).then_some(duration.as_millis() as u64);
+    let duration_ms = (!fault_duration.is_zero()).then_some(fault_duration.as_millis() as u64);
     let dispatches = placements.iter().map(|p| {
         let fault_id = fault_id(&run.id, name, &p.host);
         let spec = FaultSpec {
@@ -684,20 +692,32 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
         finished.error = Some(error);
         return finished;
     }
-    if instant {
+    if instant && duration.is_zero() {
         state(State::Completed, None, None);
         return finished;
     }
 
     state(State::Running, None, Some(duration.as_millis() as u64));
-    let stopped = tokio::select! {
-        _ = tokio::time::sleep(duration) => false,
+    let mut stopped = tokio::select! {
+        _ = tokio::time::sleep(fault_duration) => false,
         _ = cancel.cancelled() => true,
     };
     if stopped {
         state(State::Stopping, None, None);
     }
-    remove_all(run, name, &applied, &mut finished).await;
+    if !instant {
+        remove_all(run, name, &applied, &mut finished).await;
+    }
+    if !stopped && duration > fault_duration {
+        // As in FIS, the action waits out its span after the fault (still stoppable).
+        stopped = tokio::select! {
+            _ = tokio::time::sleep(duration - fault_duration) => false,
+            _ = cancel.cancelled() => true,
+        };
+        if stopped {
+            state(State::Stopping, None, None);
+        }
+    }
     finished.state = match (stopped, finished.unconfirmed) {
         (true, _) => State::Stopped,
         (false, 0) => State::Completed,

@@ -56,6 +56,10 @@ catalog! {
     Latency => latency,
     /// `faultline:az:blackout`
     Blackout => blackout,
+    /// `aws:ssm:send-command`
+    SsmSendCommand => ssm_send_command,
+    /// `aws:network:disrupt-connectivity`
+    DisruptConnectivity => disrupt_connectivity,
     /// `aws:fis:wait`
     Wait => wait,
 }
@@ -130,6 +134,8 @@ pub enum Kind {
     ProcessName,
     /// A signal name from [`faultline_agent::protocol::SIGNALS`], `SIG` optional.
     Signal,
+    /// Text the action reads itself (an ARN, a JSON document).
+    Text,
 }
 
 impl Kind {
@@ -142,6 +148,7 @@ impl Kind {
             Kind::Bool => "boolean",
             Kind::ProcessName => "process name",
             Kind::Signal => "signal name",
+            Kind::Text => "string",
         }
     }
 
@@ -157,6 +164,7 @@ impl Kind {
                 format!("{min}-{max} bytes, no '/'")
             }
             Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
+            Kind::Text => "see description".into(),
         }
     }
 }
@@ -194,6 +202,14 @@ pub enum Effect {
         /// Keep the controller reachable.
         keep_control_plane: bool,
     },
+    /// The same fault on every selected host for part of the action's span (an SSM
+    /// document's `DurationSeconds` within the action's `duration`).
+    Bounded {
+        /// The fault.
+        fault: FaultKind,
+        /// How long the fault lasts, at most the action's duration; zero for a kill.
+        fault_duration: Duration,
+    },
     /// Nothing: the action only takes time.
     Wait,
 }
@@ -209,16 +225,24 @@ impl ActionSpec {
         self.duration
     }
 
-    /// Whether it is over once applied (nothing to remove).
+    /// How long its fault lasts: the action's duration, or less for an [`Effect::Bounded`].
+    pub fn fault_duration(&self) -> Duration {
+        match &self.effect {
+            Effect::Bounded { fault_duration, .. } => *fault_duration,
+            _ => self.duration,
+        }
+    }
+
+    /// Whether its fault is over once applied (nothing to remove).
     pub fn is_instant(&self) -> bool {
-        self.duration.is_zero()
+        self.fault_duration().is_zero()
     }
 
     /// The fault an agent injects on each selected host; `None` for a wait and for a
     /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]).
     pub fn host_fault(&self) -> Option<FaultKind> {
         match &self.effect {
-            Effect::Fault(f) => Some(f.clone()),
+            Effect::Fault(f) | Effect::Bounded { fault: f, .. } => Some(f.clone()),
             Effect::Blackout { .. } | Effect::Wait => None,
         }
     }
@@ -285,6 +309,10 @@ pub fn markdown_reference() -> String {
             );
         }
         out += "\n";
+        if a == ActionId::SsmSendCommand {
+            out += &ssm_send_command::markdown_documents();
+            out += "\n";
+        }
     }
     out
 }
@@ -333,6 +361,10 @@ mod tests {
                 let v = match p.kind {
                     Kind::Duration => "PT1S",
                     Kind::ProcessName => "web",
+                    Kind::Text if a == ActionId::SsmSendCommand => {
+                        "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress"
+                    }
+                    Kind::Text if a == ActionId::DisruptConnectivity => "all",
                     _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
                 };
                 map.insert(p.name.into(), v.into());
@@ -340,13 +372,16 @@ mod tests {
             if a == ActionId::MemoryStress {
                 map.insert("sizeMiB".into(), "1".into());
             }
+            if a == ActionId::SsmSendCommand {
+                map.insert("documentParameters".into(), "{\"DurationSeconds\": \"1\"}".into());
+            }
             let mut diags = Vec::new();
             let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
             let spec = spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id));
             assert_eq!(spec.action_id, a);
             assert_eq!(spec.is_instant(), a == ActionId::Kill);
             assert_eq!(
-                matches!(spec.effect, Effect::Fault(_)),
+                spec.host_fault().is_some(),
                 d.target == Some(ResourceType::Host),
                 "{}: a host action maps to a wire fault",
                 d.id

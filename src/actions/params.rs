@@ -15,12 +15,19 @@ pub struct Params<'a> {
     /// JSON pointer of the `parameters` object.
     base: String,
     params: &'a Map<String, Value>,
+    /// What is accepted but has no effect here, for `validate` and `plan` to show.
+    warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Params<'a> {
     /// Reads `params`, found at the JSON pointer `base`; errors go to `diags`.
     pub fn new(diags: &'a mut Vec<Diagnostic>, base: String, params: &'a Map<String, Value>) -> Self {
-        Params { diags, base, params }
+        Params {
+            diags,
+            base,
+            params,
+            warnings: Vec::new(),
+        }
     }
 
     /// Reports an error about the key `key` (the whole object when empty).
@@ -34,12 +41,24 @@ impl<'a> Params<'a> {
             .push(Diagnostic::at(Origin::Template, pointer, message).maybe_hint(hint));
     }
 
+    /// Notes something accepted that has no effect here, about the key `key`.
+    pub fn warn(&mut self, key: &str, message: String) {
+        self.warnings
+            .push(Diagnostic::at(Origin::Template, join(&self.base, key), message));
+    }
+
+    /// The warnings gathered so far.
+    pub fn into_warnings(self) -> Vec<Diagnostic> {
+        self.warnings
+    }
+
     /// Whether the template gives this key.
     pub fn has(&self, key: &str) -> bool {
         self.params.contains_key(key)
     }
 
-    fn text(&self, key: &str) -> Option<&'a str> {
+    /// The parameter's text, when given as a string.
+    pub fn text(&self, key: &str) -> Option<&'a str> {
         self.params.get(key).and_then(Value::as_str)
     }
 
@@ -52,6 +71,7 @@ impl<'a> Params<'a> {
             Kind::Bool => self.flag(p).is_some(),
             Kind::ProcessName => self.process_name(p).is_some(),
             Kind::Signal => self.signal(p).is_some(),
+            Kind::Text => self.text(p.name).is_some(),
         }
     }
 

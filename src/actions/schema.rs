@@ -42,6 +42,7 @@ fn action_rule(id: ActionId) -> Value {
                 "targets": { "$ref": match t {
                     ResourceType::Host => "#/$defs/hostTargets",
                     ResourceType::Az => "#/$defs/azTargets",
+                    ResourceType::Subnet => "#/$defs/subnetTargets",
                 } },
                 "parameters": parameters,
             }
@@ -86,6 +87,7 @@ fn param(p: &Param) -> Value {
         Kind::Bool => json!({ "enum": ["true", "false"] }),
         Kind::ProcessName => json!({ "type": "string", "minLength": 1 }),
         Kind::Signal => json!({ "type": "string" }),
+        Kind::Text => json!({ "type": "string", "minLength": 1 }),
     };
     v["description"] = description.into();
     v
@@ -170,10 +172,41 @@ fn frame() -> Value {
                             ]
                         },
                         "accountTargeting": {
-                            "description": "Accepted for FIS compatibility; faultline targets one set of hosts.",
+                            "description": "single-account (FIS's default); multi-account is refused: faultline targets the hosts of one controller.",
                             "enum": [
-                                "single-account"
+                                "single-account",
+                                "multi-account"
                             ]
+                        },
+                        "actionsMode": {
+                            "description": "run-all (default), or skip-all: resolve the targets and show the plan without injecting anything, as `run --dry-run`.",
+                            "enum": [
+                                "run-all",
+                                "skip-all"
+                            ]
+                        }
+                    }
+                },
+                "experimentReportConfiguration": {
+                    "description": "FIS's experiment report. The pre- and post-experiment durations are kept for the report's alarm charts; outputs and dataSources are accepted and ignored.",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "outputs": {
+                            "description": "Accepted for FIS compatibility and ignored: faultline writes its report locally.",
+                            "type": "object"
+                        },
+                        "dataSources": {
+                            "description": "Accepted for FIS compatibility and ignored: the alarms of the stop conditions are charted.",
+                            "type": "object"
+                        },
+                        "preExperimentDuration": {
+                            "description": "How much alarm history before the experiment the report shows (default PT20M).",
+                            "$ref": "#/$defs/duration"
+                        },
+                        "postExperimentDuration": {
+                            "description": "How much alarm history after the experiment the report shows (default PT20M).",
+                            "$ref": "#/$defs/duration"
                         }
                     }
                 },
@@ -293,12 +326,20 @@ fn frame() -> Value {
                     ],
                     "properties": {
                         "resourceType": {
-                            "description": "faultline:host (alias aws:ec2:instance) for hosts, faultline:az for availability zones.",
+                            "description": "faultline:host (alias aws:ec2:instance) for hosts, faultline:az for availability zones, aws:ec2:subnet for the AZs' networks (subnet-<AZ>).",
                             "enum": [
                                 "faultline:host",
                                 "aws:ec2:instance",
-                                "faultline:az"
+                                "faultline:az",
+                                "aws:ec2:subnet"
                             ]
+                        },
+                        "parameters": {
+                            "description": "Target parameters: for aws:ec2:subnet, availabilityZoneIdentifier (an AZ) and vpc.",
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "string"
+                            }
                         },
                         "resourceIds": {
                             "description": "Host ids (for hosts) or AZ names (for AZs); not together with resourceTags.",
@@ -374,6 +415,20 @@ fn frame() -> Value {
                     "properties": {
                         "Hosts": {
                             "description": "Name of a faultline:host target.",
+                            "type": "string"
+                        }
+                    }
+                },
+                "subnetTargets": {
+                    "description": "The target an action on subnets acts on.",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": [
+                        "Subnets"
+                    ],
+                    "properties": {
+                        "Subnets": {
+                            "description": "Name of an aws:ec2:subnet target.",
                             "type": "string"
                         }
                     }

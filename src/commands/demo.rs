@@ -1,7 +1,7 @@
 //! `faultline demo`: the default topology as local processes, and a game day against it.
 
 use crate::cli::ReportFormat;
-use faultline::controller::{Controller, RunOptions};
+use faultline::controller::{AgentWait, Controller, RunOptions};
 use faultline::demo::{self, World};
 use faultline::engine::StopRequest;
 use faultline::report::junit;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 /// Brings the world up, runs the game day, reports, brings the world down.
 pub fn run(
     template_file: Option<&Path>,
+    alarms_file: Option<&Path>,
     lb_port: Option<u16>,
     seed: Option<u64>,
     format: ReportFormat,
@@ -35,12 +36,26 @@ pub fn run(
         .map_err(|d| super::fail(exit::INVALID, anyhow::anyhow!(d.render(&label.display().to_string()))))?;
     demo::retarget_alarms(&mut doc, &lb_url);
     demo::retarget_user_experience(&mut doc, &lb_url);
-    let experiment = template::validate(&doc, None).map_err(|diags| {
+    let alarms = match alarms_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("cannot read {}: {e}", p.display())))?;
+            let mut alarms = template::parse_json(&text, template::Origin::Alarms)
+                .map_err(|d| super::fail(exit::INVALID, anyhow::anyhow!(d.render(&p.display().to_string()))))?;
+            demo::retarget_alarm_map(&mut alarms, &lb_url);
+            Some(alarms)
+        }
+    };
+    let experiment = template::validate(&doc, alarms.as_ref()).map_err(|diags| {
         super::fail(
             exit::INVALID,
-            anyhow::anyhow!(template::render_all(&diags, &label, None)),
+            anyhow::anyhow!(template::render_all(&diags, &label, alarms_file)),
         )
     })?;
+    for w in &experiment.warnings {
+        eprintln!("{} (warning)", w.render(&label.display().to_string()));
+    }
 
     let work = demo::work_dir();
     std::fs::create_dir_all(&work).map_err(|e| super::fail(exit::FAILED, e))?;
@@ -65,6 +80,20 @@ pub fn run(
             .wait_ready(&controller, Duration::from_secs(60))
             .await
             .map_err(|e| super::fail(exit::FAILED, anyhow::anyhow!("{e}; logs are in {}", work.display())))?;
+        if experiment.skip_all_actions {
+            eprintln!(
+                "demo world ready; {} has actionsMode skip-all: the plan only",
+                label.display()
+            );
+            let hosts = controller
+                .wait_for_agents(&AgentWait::Count(world.hosts.len()), Duration::from_secs(10))
+                .await
+                .map_err(|e| super::fail(e.code, e))?;
+            let code = super::run::dry_run(&experiment, &hosts, seed, format);
+            controller.shutdown();
+            drop(world);
+            return code.map(Err);
+        }
         eprintln!("demo world ready; running {}", label.display());
         let (stop_tx, stop_rx) = mpsc::channel::<StopRequest>(4);
         // The demo's own processes stop with the world: a second signal must not skip that.
@@ -77,10 +106,14 @@ pub fn run(
             .map_err(|e| super::fail(e.code, e))?;
         controller.shutdown();
         drop(world);
-        Ok::<_, anyhow::Error>(report)
+        Ok::<_, anyhow::Error>(Ok(report))
     });
     let report = match result {
-        Ok(r) => r,
+        Ok(Ok(r)) => r,
+        Ok(Err(code)) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Ok(code);
+        }
         Err(e) => {
             eprintln!("(the demo's logs are in {})", work.display());
             return Err(e);

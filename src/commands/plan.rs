@@ -16,6 +16,9 @@ pub fn run(
 ) -> anyhow::Result<u8> {
     let experiment =
         template::load(template_path, alarms).map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))?;
+    for w in &experiment.warnings {
+        eprintln!("{} (warning)", w.render(&template_path.display().to_string()));
+    }
     let text = std::fs::read_to_string(inventory).map_err(|e| {
         super::fail(
             exit::INVALID,

@@ -17,7 +17,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let template = args.template.clone();
     let result = template::load(&args.template, args.alarms.as_deref())
         .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!(e.render())))
-        .and_then(|experiment| execute(args, experiment));
+        .and_then(|experiment| {
+            for w in &experiment.warnings {
+                eprintln!("{} (warning)", w.render(&args.template.display().to_string()));
+            }
+            execute(args, experiment)
+        });
     if let Some(path) = &junit {
         let xml = match &result {
             Ok((_, Some(report))) => junit::render(report),
@@ -42,7 +47,8 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
             .wait_for_agents(&wait, args.controller.agents_timeout)
             .await
             .map_err(|e| super::fail(e.code, e))?;
-        if args.dry_run {
+        // actionsMode skip-all is FIS's preview: targets resolved, nothing injected.
+        if args.dry_run || experiment.skip_all_actions {
             return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);
@@ -64,7 +70,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
     })
 }
 
-fn dry_run(
+pub fn dry_run(
     experiment: &template::Experiment,
     hosts: &[faultline_agent::protocol::HostDescription],
     seed: Option<u64>,

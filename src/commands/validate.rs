@@ -34,7 +34,12 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
         all_valid &= result.is_ok();
         match format {
             ValidateFormat::Human => match &result {
-                Ok(summary) => println!("{}: valid {summary}", file.display()),
+                Ok((summary, warnings)) => {
+                    for w in warnings {
+                        println!("{} (warning)", w.render(&file.display().to_string()));
+                    }
+                    println!("{}: valid {summary}", file.display())
+                }
                 Err(diags) => {
                     println!("{}", template::render_all(diags, file, alarms));
                     println!(
@@ -48,6 +53,7 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
             ValidateFormat::Json => reports.push(json!({
                 "file": file,
                 "valid": result.is_ok(),
+                "warnings": result.as_ref().map(|(_, w)| w.clone()).unwrap_or_default(),
                 "errors": result.as_ref().err().map(|diags| diags.iter().map(|d| {
                     let mut v = serde_json::to_value(d).expect("diagnostics serialize");
                     v["file"] = json!(match (d.origin, alarms) { (Origin::Alarms, Some(a)) => a, _ => file.as_path() });
@@ -62,8 +68,9 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
     Ok(if all_valid { exit::COMPLETED } else { exit::INVALID })
 }
 
-/// Checks one file as the kind of document it is; `Ok` carries a one-line summary.
-fn check(file: &Path, alarms: Option<&Value>) -> Result<String, Vec<Diagnostic>> {
+/// Checks one file as the kind of document it is; `Ok` carries a one-line summary and the
+/// warnings (what is accepted but has no effect here).
+fn check(file: &Path, alarms: Option<&Value>) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         vec![Diagnostic::at(
             Origin::Template,
@@ -78,13 +85,19 @@ fn check(file: &Path, alarms: Option<&Value>) -> Result<String, Vec<Diagnostic>>
         .is_some_and(|s| s.ends_with("alarms.schema.json"));
     if doc.is_array() {
         let hosts = inventory::from_value(&doc)?;
-        Ok(format!("inventory ({} host{})", hosts.len(), plural(hosts.len())))
+        Ok((
+            format!("inventory ({} host{})", hosts.len(), plural(hosts.len())),
+            Vec::new(),
+        ))
     } else if names_alarms_schema {
         let found = template::validate_alarms(&doc)?;
-        Ok(format!("alarms file ({} alarm{})", found.len(), plural(found.len())))
+        Ok((
+            format!("alarms file ({} alarm{})", found.len(), plural(found.len())),
+            Vec::new(),
+        ))
     } else {
         let e = template::validate(&doc, alarms)?;
-        Ok(format!(
+        let summary = format!(
             "template ({} target{}, {} action{}, {} stop condition{})",
             e.targets.len(),
             plural(e.targets.len()),
@@ -92,7 +105,8 @@ fn check(file: &Path, alarms: Option<&Value>) -> Result<String, Vec<Diagnostic>>
             plural(e.actions.len()),
             e.stop_conditions.len(),
             plural(e.stop_conditions.len()),
-        ))
+        );
+        Ok((summary, e.warnings))
     }
 }
 

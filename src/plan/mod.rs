@@ -3,7 +3,7 @@
 pub mod inventory;
 pub mod resolve;
 
-pub use resolve::{resolve, EmptyTarget, Resolution, Resolved};
+pub use resolve::{resolve, subnet_az, EmptyTarget, Resolution, Resolved};
 
 use crate::duration;
 use crate::template::{Experiment, ResourceType};
@@ -143,11 +143,17 @@ pub fn render_tables(
         let t = &experiment.targets[name];
         let selected = if r.selected.is_empty() {
             "(none: actions skipped)".to_string()
-        } else if t.resource_type == ResourceType::Az {
+        } else if matches!(t.resource_type, ResourceType::Az | ResourceType::Subnet) {
             r.selected
                 .iter()
                 .map(|az| {
-                    let n = hosts.iter().filter(|h| &h.placement.availability_zone == az).count();
+                    let n = hosts
+                        .iter()
+                        .filter(|h| match t.resource_type {
+                            ResourceType::Subnet => h.placement.availability_zone == subnet_az(az),
+                            _ => &h.placement.availability_zone == az,
+                        })
+                        .count();
                     format!("{az} ({n} hosts)")
                 })
                 .collect::<Vec<_>>()

@@ -59,12 +59,21 @@ pub fn resolve(experiment: &Experiment, hosts: &[HostDescription], seed: u64) ->
     };
     for (name, target) in &experiment.targets {
         let r = resolve_target(name, target, hosts, seed);
+        if target.by_arn && !r.missing.is_empty() {
+            // As in FIS: resources named by ARN must exist, whatever emptyTargetResolutionMode says.
+            return Err(EmptyTarget {
+                target: name.clone(),
+                kind: target.resource_type.plural(),
+                why: format!(
+                    "its resourceArns name {}, which {} not known; targets given by ARN are never skipped",
+                    r.missing.join(", "),
+                    if r.missing.len() == 1 { "is" } else { "are" }
+                ),
+            });
+        }
         if r.selected.is_empty() {
             if experiment.empty_target_mode == EmptyTargetMode::Fail {
-                let kind = match target.resource_type {
-                    ResourceType::Host => "hosts",
-                    ResourceType::Az => "availability zones",
-                };
+                let kind = target.resource_type.plural();
                 let why = if r.matched == 0 {
                     format!(
                         "nothing matched its ids, tags and filters among {} known host(s)",
@@ -89,6 +98,35 @@ pub fn resolve(experiment: &Experiment, hosts: &[HostDescription], seed: u64) ->
     Ok(out)
 }
 
+/// The VPC every subnet of the topology belongs to.
+pub const VPC_ID: &str = "vpc-faultline";
+
+/// The subnet that is an AZ's network: `subnet-<AZ>`.
+pub fn subnet_id(az: &str) -> String {
+    format!("subnet-{az}")
+}
+
+/// The AZ whose network a subnet id names.
+pub fn subnet_az(subnet: &str) -> &str {
+    subnet.strip_prefix("subnet-").unwrap_or(subnet)
+}
+
+/// A subnet as filters see it, as EC2 describes one.
+pub fn subnet_description(az: &str) -> Value {
+    serde_json::json!({ "SubnetId": subnet_id(az), "AvailabilityZone": az, "VpcId": VPC_ID })
+}
+
+/// A host as filters see it: its description, with the `SubnetId` and `VpcId` of its AZ's
+/// network as EC2 describes an instance.
+fn host_description(h: &HostDescription) -> Value {
+    let mut desc = serde_json::to_value(h).unwrap_or(Value::Null);
+    if let Some(obj) = desc.as_object_mut() {
+        obj.insert("SubnetId".into(), subnet_id(&h.placement.availability_zone).into());
+        obj.insert("VpcId".into(), VPC_ID.into());
+    }
+    desc
+}
+
 /// Resolves one target; deterministic for a given seed, name and candidate set.
 pub fn resolve_target(name: &str, target: &Target, hosts: &[HostDescription], seed: u64) -> Resolved {
     let (candidates, known): (Vec<String>, BTreeSet<String>) = match target.resource_type {
@@ -99,10 +137,30 @@ pub fn resolve_target(name: &str, target: &Target, hosts: &[HostDescription], se
                 .filter(|h| target.resource_ids.as_ref().is_none_or(|ids| ids.contains(&h.host_id)))
                 .filter(|h| target.resource_tags.iter().all(|(k, v)| h.tags.get(k) == Some(v)))
                 .filter(|h| {
-                    let desc = serde_json::to_value(h).unwrap_or(Value::Null);
+                    let desc = host_description(h);
                     target.filters.iter().all(|f| filter_matches(f, &desc))
                 })
                 .map(|h| h.host_id.clone())
+                .collect();
+            (matching, known)
+        }
+        ResourceType::Subnet => {
+            let known: BTreeSet<String> = hosts
+                .iter()
+                .map(|h| subnet_id(&h.placement.availability_zone))
+                .collect();
+            let matching = hosts
+                .iter()
+                .map(|h| subnet_description(&h.placement.availability_zone))
+                .filter(|s| {
+                    let id = s["SubnetId"].as_str().unwrap_or_default();
+                    target
+                        .resource_ids
+                        .as_ref()
+                        .is_none_or(|ids| ids.iter().any(|i| i == id))
+                        && target.filters.iter().all(|f| filter_matches(f, s))
+                })
+                .filter_map(|s| Some(s["SubnetId"].as_str()?.to_string()))
                 .collect();
             (matching, known)
         }
@@ -214,6 +272,7 @@ mod tests {
             resource_ids: None,
             resource_tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             filters,
+            by_arn: false,
             selection,
         }
     }

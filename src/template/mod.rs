@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod diagnostic;
+pub mod fis;
 pub mod model;
 pub mod schema;
 pub mod semantic;
@@ -88,15 +89,28 @@ pub fn parse_json(text: &str, origin: Origin) -> Result<Value, Diagnostic> {
 ///
 /// The schema pass runs first; the semantic pass then reports only what the schema did
 /// not already report at the same place or above it, so a user sees each mistake once.
+/// FIS spellings (CloudFormation's PascalCase, `Instances`) are normalised first; every
+/// diagnostic points at the user's own keys.
 pub fn validate(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment, Vec<Diagnostic>> {
+    let user = template;
+    let template = &fis::normalise(user);
     let mut diags = schema::check_template(template);
     if let Some(a) = alarms_file {
         diags.extend(schema::check_alarms(a));
     }
+    let to_user = |mut d: Diagnostic| {
+        if let (Origin::Template, At::Pointer(p)) = (d.origin, &d.at) {
+            d.at = At::Pointer(fis::user_pointer(user, p));
+        }
+        d
+    };
     match semantic::build(template, alarms_file) {
-        Ok(e) if diags.is_empty() => Ok(e),
-        Ok(_) => Err(merge(diags, Vec::new())),
-        Err(semantic) => Err(merge(diags, semantic)),
+        Ok(mut e) if diags.is_empty() => {
+            e.warnings = e.warnings.into_iter().map(to_user).collect();
+            Ok(e)
+        }
+        Ok(_) => Err(merge(diags, Vec::new()).into_iter().map(to_user).collect()),
+        Err(semantic) => Err(merge(diags, semantic).into_iter().map(to_user).collect()),
     }
 }
 

@@ -29,6 +29,34 @@ pub struct Experiment {
     pub user_experience: Option<UserExperience>,
     /// The template as given (after `faultline demo` pointed it at its world), for the journal.
     pub source: serde_json::Value,
+    /// `experimentOptions.actionsMode: skip-all`: resolve and plan only, inject nothing.
+    pub skip_all_actions: bool,
+    /// `experimentReportConfiguration`: alarm history shown before and after the run.
+    pub report_window: ReportWindow,
+    /// What the template gives that is accepted but has no effect here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<super::Diagnostic>,
+}
+
+/// How much alarm history the report's charts show around the run (FIS's
+/// `preExperimentDuration` and `postExperimentDuration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportWindow {
+    /// Before the first action.
+    pub pre: Duration,
+    /// After the last one.
+    pub post: Duration,
+}
+
+impl Default for ReportWindow {
+    fn default() -> Self {
+        // FIS's default for both, per the provider docs.
+        ReportWindow {
+            pre: Duration::from_secs(20 * 60),
+            post: Duration::from_secs(20 * 60),
+        }
+    }
 }
 
 /// Where the run reads what the users see: a Prometheus text endpoint (e.g. a load
@@ -71,6 +99,9 @@ pub enum ResourceType {
     /// Availability zones.
     #[serde(rename = "faultline:az")]
     Az,
+    /// Subnets: each AZ's network is one (`subnet-<AZ>` in `vpc-faultline`).
+    #[serde(rename = "aws:ec2:subnet")]
+    Subnet,
 }
 
 impl ResourceType {
@@ -79,6 +110,16 @@ impl ResourceType {
         match self {
             ResourceType::Host => "faultline:host",
             ResourceType::Az => "faultline:az",
+            ResourceType::Subnet => "aws:ec2:subnet",
+        }
+    }
+
+    /// What resources of this type are called, in messages.
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceType::Host => "hosts",
+            ResourceType::Az => "availability zones",
+            ResourceType::Subnet => "subnets",
         }
     }
 
@@ -87,6 +128,7 @@ impl ResourceType {
         match self {
             ResourceType::Host => "Hosts",
             ResourceType::Az => "AvailabilityZones",
+            ResourceType::Subnet => "Subnets",
         }
     }
 }
@@ -102,6 +144,8 @@ pub struct Target {
     pub resource_tags: BTreeMap<String, String>,
     /// Conditions on the description; all must match.
     pub filters: Vec<Filter>,
+    /// Whether the resources were named by ARN: then, as in FIS, they are never skipped.
+    pub by_arn: bool,
     /// How many of the matching resources are chosen.
     pub selection: Selection,
 }

@@ -45,14 +45,21 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
     }
     let stop_conditions = c.stop_conditions(root.get("stopConditions"), &alarms, alarms_file.is_some());
 
-    let empty_target_mode = match root
-        .get("experimentOptions")
-        .and_then(|o| o.get("emptyTargetResolutionMode"))
-        .and_then(Value::as_str)
-    {
+    let options = root.get("experimentOptions");
+    let option = |key: &str| options.and_then(|o| o.get(key)).and_then(Value::as_str);
+    let empty_target_mode = match option("emptyTargetResolutionMode") {
         Some("skip") => EmptyTargetMode::Skip,
         _ => EmptyTargetMode::Fail,
     };
+    if option("accountTargeting") == Some("multi-account") {
+        c.at(
+            "/experimentOptions/accountTargeting",
+            "multi-account targeting has no local meaning: faultline targets the hosts connected to one controller",
+        )
+        .hint = Some("remove accountTargeting or write \"single-account\"".into());
+    }
+    let skip_all_actions = option("actionsMode") == Some("skip-all");
+    let report_window = c.report_window(root.get("experimentReportConfiguration"));
     let journal_path = root
         .get("logConfiguration")
         .and_then(|l| l.get("journal"))
@@ -77,6 +84,9 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         journal_path,
         user_experience,
         source: template.clone(),
+        skip_all_actions,
+        report_window,
+        warnings: c.warnings,
     })
 }
 
@@ -94,6 +104,7 @@ pub fn build_alarms(file: &Value) -> Result<BTreeMap<String, Alarm>, Vec<Diagnos
 #[derive(Default)]
 struct Checker {
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 fn str_at<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -239,6 +250,60 @@ impl Checker {
         self.diags.last_mut().expect("just pushed")
     }
 
+    /// `experimentReportConfiguration`'s pre- and post-experiment durations.
+    fn report_window(&mut self, v: Option<&Value>) -> ReportWindow {
+        let mut window = ReportWindow::default();
+        let Some(cfg) = v.and_then(Value::as_object) else {
+            return window;
+        };
+        for (key, slot) in [
+            ("preExperimentDuration", &mut window.pre),
+            ("postExperimentDuration", &mut window.post),
+        ] {
+            let Some(text) = str_at(cfg, key) else { continue };
+            match duration::parse(text) {
+                Ok(d) => *slot = d,
+                Err(e) => {
+                    self.at(join("/experimentReportConfiguration", key), e.to_string());
+                }
+            }
+        }
+        window
+    }
+
+    /// A target's `parameters`, as filters: a subnet's `availabilityZoneIdentifier` and `vpc`.
+    fn target_parameters(&mut self, base: &str, resource_type: ResourceType, v: Option<&Value>) -> Vec<Filter> {
+        let Some(params) = v.and_then(Value::as_object) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in params {
+            let path = match (resource_type, key.as_str()) {
+                (ResourceType::Subnet, "availabilityZoneIdentifier") => "AvailabilityZone",
+                (ResourceType::Subnet, "vpc") => "VpcId",
+                _ => {
+                    let known = match resource_type {
+                        ResourceType::Subnet => "aws:ec2:subnet takes availabilityZoneIdentifier and vpc",
+                        _ => "only aws:ec2:subnet targets take parameters",
+                    };
+                    self.at(
+                        join(&join(base, "parameters"), key),
+                        format!("unknown target parameter `{key}`"),
+                    )
+                    .hint = Some(known.into());
+                    continue;
+                }
+            };
+            if let Some(value) = value.as_str() {
+                out.push(Filter {
+                    path: path.into(),
+                    values: vec![value.to_string()],
+                });
+            }
+        }
+        out
+    }
+
     fn targets(&mut self, v: Option<&Value>) -> BTreeMap<String, Target> {
         let mut out = BTreeMap::new();
         let Some(map) = v.and_then(Value::as_object) else {
@@ -249,12 +314,13 @@ impl Checker {
             let Some(t) = t.as_object() else { continue };
             let resource_type = match str_at(t, "resourceType") {
                 Some("faultline:az") => ResourceType::Az,
+                Some("aws:ec2:subnet") => ResourceType::Subnet,
                 _ => ResourceType::Host,
             };
             let ids = strings(t.get("resourceIds"));
             let arns = t.get("resourceArns").and_then(Value::as_array);
             let tags = string_map(t.get("resourceTags"));
-            let filters: Vec<Filter> = t
+            let mut filters: Vec<Filter> = t
                 .get("filters")
                 .and_then(Value::as_array)
                 .map(|fs| {
@@ -318,12 +384,17 @@ impl Checker {
                         "to target every running host: \"filters\": [{\"path\": \"State.Name\", \"values\": [\"running\"]}]".into(),
                     );
                 }
+                ResourceType::Subnet if !tags.is_empty() => {
+                    self.at(join(&base, "resourceTags"), "subnets carry no tags here: each AZ's network is one subnet, subnet-<AZ>")
+                        .hint = Some("choose subnets with parameters.availabilityZoneIdentifier, resourceArns or filters on AvailabilityZone".into());
+                }
                 ResourceType::Az if !tags.is_empty() => {
                     self.at(join(&base, "resourceTags"), "availability zones have no tags")
                         .hint = Some("name AZs with resourceIds, e.g. [\"az-a\"], or filter on Name".into());
                 }
                 _ => {}
             }
+            filters.extend(self.target_parameters(&base, resource_type, t.get("parameters")));
             let selection = match str_at(t, "selectionMode").map(parse_selection) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
@@ -340,6 +411,7 @@ impl Checker {
                     resource_ids,
                     resource_tags: tags,
                     filters,
+                    by_arn: arns.is_some() && !t.contains_key("resourceIds"),
                     selection,
                 },
             );
@@ -371,7 +443,10 @@ impl Checker {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            let spec = (id.def().build)(&mut Params::new(&mut self.diags, join(&base, "parameters"), &params));
+            let mut reader = Params::new(&mut self.diags, join(&base, "parameters"), &params);
+            let spec = (id.def().build)(&mut reader);
+            let warnings = reader.into_warnings();
+            self.warnings.extend(warnings);
 
             let start_after = strings(a.get("startAfter")).unwrap_or_default();
             for (i, dep) in start_after.iter().enumerate() {
