@@ -2,6 +2,7 @@
 //!
 //!     cargo bench --bench scale                         # minutes
 //!     FAULTLINE_SCALE_QUICK=1 cargo bench --bench scale # fewer repetitions, while developing
+//!     FAULTLINE_SCALE_ONLY=proxy,cpu cargo bench --bench scale # some parts only
 //!
 //! Prints one table (min / median / p99 over repeated runs) and one `target NAME: pass|fail`
 //! line per goal of docs/benchmarks.md. Installs stress-ng and Chaos Toolkit through
@@ -144,16 +145,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // FAULTLINE_SCALE_ONLY=sim,real,proxy,cpu,memory,overhead runs only those parts.
+    let only = std::env::var("FAULTLINE_SCALE_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
     rt.block_on(async {
-        simulated(&mut bench, 1_000).await;
-        simulated(&mut bench, 10_000).await;
-        real(&mut bench).await;
+        if part("sim") {
+            simulated(&mut bench, 1_000).await;
+            simulated(&mut bench, 10_000).await;
+        }
+        if part("real") {
+            real(&mut bench).await;
+        }
     });
     drop(rt);
-    peers::proxy(&mut bench);
-    peers::cpu(&mut bench);
-    peers::memory(&mut bench);
-    peers::overhead(&mut bench);
+    if part("proxy") {
+        peers::proxy(&mut bench);
+    }
+    if part("cpu") {
+        peers::cpu(&mut bench);
+    }
+    if part("memory") {
+        peers::memory(&mut bench);
+    }
+    if part("overhead") {
+        peers::overhead(&mut bench);
+    }
 
     print(&bench);
     eprintln!("scale bench took {:.0} s", t.elapsed().as_secs_f64());
