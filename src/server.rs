@@ -43,6 +43,10 @@ const MAX_AGENTS: usize = 20_000;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Frames queued to one agent before the controller waits for it.
 const OUTBOX: usize = 256;
+/// Read buffer of one agent's websocket. Agents' frames are small, and tungstenite zero-fills
+/// the whole buffer before each read: its 128 KiB default made every idle agent cost the
+/// controller 128 KiB of resident memory. A larger frame grows the buffer for itself.
+const READ_BUFFER: usize = 4096;
 
 /// Something that happened to the fleet, for the journal and the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -642,6 +646,7 @@ impl Fleet {
             .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
         let stream = self.secure(stream).await?;
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));
         let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, PathCheck, Some(config))
