@@ -7,7 +7,6 @@ use crate::{Bench, Kill, MIB};
 use serde_json::json;
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -164,15 +163,6 @@ fn monotonic_ms() -> u64 {
 
 /// The load one command held: CPU time of its cgroup over a window, per worker.
 fn held_load(cmd: &mut Command, group: &Cgroup, workers: usize, window: Duration) -> f64 {
-    // Both tools at the same raised priority, so that what else runs on the machine (other
-    // builds, other benches) takes less from the load they hold.
-    // SAFETY: setpriority is async-signal-safe; it changes only the child about to exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-            Ok(())
-        });
-    }
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
     group.add(child.id()).expect("into the cgroup");
     let _child = Kill(vec![child]);
