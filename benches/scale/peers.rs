@@ -400,15 +400,14 @@ pub fn overhead(bench: &mut Bench) {
             "chaostoolkit.json",
         ])));
     }
-    // faultline holds the steady state for one period before the action and watches one
-    // more after it, as the template asks: that waiting is the experiment's, not overhead.
-    let asked = 2.0 * period_ms;
-    let ours_over: Vec<f64> = ours.iter().map(|t| (t - asked).max(0.0)).collect();
-    bench.row(
+    // The work itself (one probe, one kill) takes milliseconds: what each tool adds around
+    // it is nearly all of its wall time, so the overhead ratio is the wall time ratio.
+    // faultline's includes the one alarm period of steady state its template asks for.
+    let f = bench.row(
         "experiment wall time, faultline run",
         "ms",
         &ours,
-        format!("includes {asked:.0} ms the template asks for"),
+        format!("includes one {period_ms:.0} ms steady-state period"),
     );
     let c = bench.row(
         "experiment wall time, Chaos Toolkit",
@@ -416,22 +415,17 @@ pub fn overhead(bench: &mut Bench) {
         &theirs,
         "chaos run, same probe and kill",
     );
-    let o = Summary::of(&ours_over);
+    let ratio = f.median / c.median;
     bench.row(
-        "faultline overhead / Chaos Toolkit's",
+        "faultline / Chaos Toolkit wall time",
         "ratio",
-        &[o.median / c.median],
-        format!("faultline {:.0} ms over the template's own {asked:.0} ms", o.median),
+        &[ratio],
+        "medians, same run",
     );
     bench.target(
         "experiment-overhead",
-        o.median <= 0.2 * c.median,
-        format!(
-            "{:.2}x Chaos Toolkit's ({:.0} ms vs {:.0} ms)",
-            o.median / c.median,
-            o.median,
-            c.median
-        ),
+        ratio <= 0.2,
+        format!("{ratio:.2}x Chaos Toolkit's ({:.0} ms vs {:.0} ms)", f.median, c.median),
         "<= 0.2x",
     );
 }
