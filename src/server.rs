@@ -44,6 +44,10 @@ const MAX_AGENTS: usize = 20_000;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Frames queued to one agent before the controller waits for it.
 const OUTBOX: usize = 256;
+/// Read buffer of one agent's websocket. Agents' frames are small, and tungstenite zero-fills
+/// the whole buffer before each read: its 128 KiB default made every idle agent cost the
+/// controller 128 KiB of resident memory. A larger frame grows the buffer for itself.
+const READ_BUFFER: usize = 4096;
 
 /// Something that happened to the fleet, for the journal and the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -896,8 +900,10 @@ impl Fleet {
                     }
                 });
             }
-            let live: Vec<(String, u64)> = self.agents().iter().map(|(h, l)| (h.clone(), l.conn)).collect();
-            last.retain(|k, _| live.contains(k));
+            // A lookup per entry: a scan of every live link per entry was quadratic, a tenth
+            // of a second of a worker four times a second with 10,000 agents.
+            let agents = self.agents();
+            last.retain(|(host, conn), _| agents.get(host).is_some_and(|l| l.conn == *conn));
         }
     }
 }
@@ -980,6 +986,7 @@ type Authenticated<S> = (
 /// The limits of an agent's websocket, wherever it was accepted.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
 }

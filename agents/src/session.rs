@@ -2,7 +2,8 @@
 //! half of the handshake (docs/wire.md): the agent's hello and the controller's proof of the
 //! token. A peer that cannot prove the token learns nothing about this host and is never
 //! obeyed. Failures back off exponentially with jitter, capped so a controller that starts
-//! finds every agent within seconds.
+//! finds every agent within seconds; while nothing listens at the controller's address the
+//! cap is much lower, so a `faultline run` started later finds a waiting agent at once.
 
 use faultline_agent::auth::{self, Role};
 use faultline_agent::protocol::{decode, AgentMessage, ControllerMessage, Frame, AGENT_PATH, MAX_FRAME_BYTES};
@@ -32,6 +33,10 @@ pub type Ws = WebSocketStream<Stream>;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Cap of the backoff: a restarted controller sees every agent within about this long.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Cap of the backoff while the controller's address refuses connections (nothing listens):
+/// a refused dial costs that host one reset and no controller any work, so the agent may
+/// retry often, and a controller that starts finds it within this long.
+const ABSENT_BACKOFF: Duration = Duration::from_millis(250);
 /// How long the connection, the upgrade and the controller's proof may take together.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,9 +64,10 @@ pub fn endpoint(controller: &str) -> String {
     }
 }
 
-/// Backoff before attempt `n` (0-based): exponential, capped, with the upper half jittered.
-pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
-    let base = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF);
+/// Backoff before attempt `n` (0-based): exponential, capped at `cap`, with the upper half
+/// jittered.
+pub fn backoff(attempt: u32, cap: Duration, rng: &mut impl Rng) -> Duration {
+    let base = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(16)).min(cap);
     base / 2 + base.mul_f64(rng.random_range(0.0..0.5))
 }
 
@@ -209,6 +215,7 @@ impl Dialer {
             _ = tokio::time::sleep(first_wait) => {}
         }
         loop {
+            let mut cap = MAX_BACKOFF;
             match tokio::time::timeout(DIAL_TIMEOUT, self.dial()).await {
                 Ok(Ok(c)) => {
                     tracing::info!(controller = %self.url, "connected; the controller proved the token");
@@ -222,13 +229,21 @@ impl Dialer {
                 Ok(Err(DialError::Refused(why))) => {
                     tracing::error!(controller = %self.url, reason = %why, "the controller refused this agent")
                 }
+                Ok(Err(DialError::Absent(e))) => {
+                    cap = ABSENT_BACKOFF;
+                    if attempt == 0 {
+                        tracing::warn!(controller = %self.url, error = %e, "no controller listens yet; retrying");
+                    } else {
+                        tracing::debug!(controller = %self.url, error = %e, attempt, "retrying");
+                    }
+                }
                 Ok(Err(e)) if attempt == 0 => {
                     tracing::warn!(controller = %self.url, error = %e, "cannot reach the controller; retrying")
                 }
                 Ok(Err(e)) => tracing::debug!(controller = %self.url, error = %e, attempt, "retrying"),
                 Err(_) => tracing::debug!(controller = %self.url, attempt, "dial timed out; retrying"),
             }
-            let wait = backoff(attempt, &mut rng);
+            let wait = backoff(attempt, cap, &mut rng);
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = cancel.cancelled() => return None,
@@ -252,9 +267,13 @@ impl Dialer {
             _ => return Err(DialError::Url("the controller URL starts with ws:// or wss://".into())),
         };
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| DialError::Other(e.to_string()))?;
+        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                DialError::Absent(e.to_string())
+            } else {
+                DialError::Other(e.to_string())
+            }
+        })?;
         // Acks go out at once: small frames must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let controller_addr = tcp.peer_addr().map_err(|e| DialError::Other(e.to_string()))?;
@@ -348,6 +367,9 @@ enum DialError {
     Impostor,
     #[error("refused: {0}")]
     Refused(String),
+    /// The controller's host refused the TCP connection: nothing listens there.
+    #[error("{0}")]
+    Absent(String),
     #[error("{0}")]
     Other(String),
 }
@@ -403,13 +425,15 @@ mod tests {
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
-        let first = backoff(0, &mut rng);
+        let first = backoff(0, MAX_BACKOFF, &mut rng);
         assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         for n in 5..40 {
-            let b = backoff(n, &mut rng);
+            let b = backoff(n, MAX_BACKOFF, &mut rng);
             assert!(b >= MAX_BACKOFF / 2 && b <= MAX_BACKOFF, "{b:?}");
+            let absent = backoff(n, ABSENT_BACKOFF, &mut rng);
+            assert!(absent >= ABSENT_BACKOFF / 2 && absent <= ABSENT_BACKOFF, "{absent:?}");
         }
-        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(10, &mut rng)).collect();
+        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(10, MAX_BACKOFF, &mut rng)).collect();
         assert!(spread.len() > 10, "jitter spreads reconnects");
     }
 
