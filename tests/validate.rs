@@ -11,10 +11,12 @@ fn faultline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_faultline"))
 }
 
+/// Every example: `experiments/*.json` and the FIS-shaped `experiments/fis/*.json`.
 fn examples() -> Vec<std::path::PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
+    let mut files: Vec<_> = [dir.clone(), dir.join("fis")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
@@ -52,7 +54,8 @@ fn every_action_of_the_design_has_an_example() {
             a.as_object()
                 .unwrap()
                 .values()
-                .map(|a| a["actionId"].as_str().unwrap().to_string())
+                .filter_map(|a| faultline::actions::ActionId::find(a["actionId"].as_str().unwrap()))
+                .map(|a| a.as_str().to_string())
                 .collect::<Vec<_>>()
         })
         .collect();

@@ -13,6 +13,47 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// An instance action (stop, terminate, reboot) that selected a host on no platform: a bare
+/// agent cannot be stopped, terminated or rebooted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct NoPlatform(pub Vec<String>);
+
+/// Checks that every host an instance action selected declares a platform (the tag
+/// [`crate::platform::TAG`]), before anything starts.
+pub fn check_platforms(
+    experiment: &Experiment,
+    resolution: &Resolution,
+    hosts: &[HostDescription],
+) -> Result<(), NoPlatform> {
+    let mut errors = Vec::new();
+    for (name, action) in &experiment.actions {
+        let (crate::actions::Effect::Instances { .. }, Some(target)) = (&action.spec.effect, &action.target) else {
+            continue;
+        };
+        let selected = resolution
+            .targets
+            .get(target)
+            .map(|r| r.selected.as_slice())
+            .unwrap_or_default();
+        for id in selected {
+            let host = hosts.iter().find(|h| &h.host_id == id);
+            if host.and_then(crate::platform::Kind::of).is_none() {
+                errors.push(format!(
+                    "action {name} ({}): {}",
+                    action.spec.action_id(),
+                    crate::platform::PlatformError::NoPlatform(id.clone())
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(NoPlatform(errors))
+    }
+}
+
 /// One action on the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -65,6 +65,15 @@ impl ResourceType {
             ResourceType::Az => "AvailabilityZones",
         }
     }
+
+    /// Every key of `action.targets` that names a target of this type: FIS writes
+    /// `Instances` for `aws:ec2:instance`.
+    pub fn target_keys(self) -> &'static [&'static str] {
+        match self {
+            ResourceType::Host => &["Hosts", "Instances"],
+            ResourceType::Az => &["AvailabilityZones"],
+        }
+    }
 }
 
 /// A named set of resources.

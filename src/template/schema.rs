@@ -568,8 +568,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
         let references = [reference(false), reference(true)];
         let mut checked = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let doc: Value = serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        let files = [dir.clone(), dir.join("fis")]
+            .into_iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"));
+        for file in files {
+            let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
             if doc.is_array() {
                 continue;
             }
