@@ -213,3 +213,34 @@ fn a_bare_agent_is_refused_instance_actions_before_anything_starts() {
         assert!(!said.contains("initiating"), "{id}: something started: {said}");
     }
 }
+
+#[test]
+fn validate_and_plan_refuse_instance_actions_on_hosts_without_a_platform() {
+    let s = Scratch::new("instances-inventory");
+    let bare = s.write_json(
+        "bare.json",
+        &serde_json::json!([{ "HostId": "web-a1", "Placement": { "AvailabilityZone": "az-a" }, "Tags": { "tier": "web" } }]),
+    );
+    let topology = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/inventory.json");
+    let cli = |args: &[&str], inventory: &Path| {
+        let out = Command::new(FAULTLINE)
+            .args(args)
+            .arg("--inventory")
+            .arg(inventory)
+            .arg(example("ec2-stop.json"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    for args in [&["validate"][..], &["plan", "--seed", "1"][..]] {
+        let (code, said) = cli(args, &bare);
+        assert_eq!(code, Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains("action StopInstances (faultline:host:stop): web-a1 is on no platform"),
+            "{args:?}: {said}"
+        );
+        let (code, said) = cli(args, &topology);
+        assert_eq!(code, Some(0), "{args:?}: {said}");
+    }
+}

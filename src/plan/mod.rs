@@ -26,32 +26,56 @@ pub fn check_platforms(
     resolution: &Resolution,
     hosts: &[HostDescription],
 ) -> Result<(), NoPlatform> {
-    let mut errors = Vec::new();
-    for (name, action) in &experiment.actions {
-        let (crate::actions::Effect::Instances { .. }, Some(target)) = (&action.spec.effect, &action.target) else {
-            continue;
-        };
-        let selected = resolution
+    let selected = |target: &str| {
+        resolution
             .targets
             .get(target)
-            .map(|r| r.selected.as_slice())
-            .unwrap_or_default();
-        for id in selected {
-            let host = hosts.iter().find(|h| &h.host_id == id);
-            if host.and_then(crate::platform::Kind::of).is_none() {
-                errors.push(format!(
-                    "action {name} ({}): {}",
-                    action.spec.action_id(),
-                    crate::platform::PlatformError::NoPlatform(id.clone())
-                ));
-            }
-        }
-    }
+            .map(|r| r.selected.clone())
+            .unwrap_or_default()
+    };
+    let errors: Vec<String> = without_platform(experiment, hosts, selected)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {
         Err(NoPlatform(errors))
     }
+}
+
+/// For `validate --inventory`: every instance action whose target could select a host on no
+/// platform, whatever the sampling; each with its action name.
+pub fn could_select_without_platform(experiment: &Experiment, hosts: &[HostDescription]) -> Vec<(String, String)> {
+    without_platform(experiment, hosts, |name| {
+        let mut every = experiment.targets[name].clone();
+        every.selection = crate::template::Selection::All;
+        resolve::resolve_target(name, &every, hosts, 0).selected
+    })
+}
+
+fn without_platform(
+    experiment: &Experiment,
+    hosts: &[HostDescription],
+    selected: impl Fn(&str) -> Vec<String>,
+) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    for (name, action) in &experiment.actions {
+        let (crate::actions::Effect::Instances { .. }, Some(target)) = (&action.spec.effect, &action.target) else {
+            continue;
+        };
+        for id in selected(target) {
+            let host = hosts.iter().find(|h| h.host_id == id);
+            if host.and_then(crate::platform::Kind::of).is_none() {
+                let e = crate::platform::PlatformError::NoPlatform(id);
+                errors.push((
+                    name.clone(),
+                    format!("action {name} ({}): {e}", action.spec.action_id()),
+                ));
+            }
+        }
+    }
+    errors
 }
 
 /// One action on the timeline.

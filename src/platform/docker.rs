@@ -130,7 +130,7 @@ impl Docker {
                 .map(|var| relabel(&var, &old.host_id, &new_id))
                 .collect::<Vec<_>>()
         });
-        let networks: Vec<(String, EndpointSettings)> = launch
+        let mut networks: Vec<(String, EndpointSettings)> = launch
             .network_settings
             .and_then(|n| n.networks)
             .unwrap_or_default()
@@ -147,6 +147,9 @@ impl Docker {
                 (net, endpoint)
             })
             .collect();
+        // The network of the host config's network mode is the one given at creation.
+        let mode = launch.host_config.as_ref().and_then(|h| h.network_mode.clone());
+        networks.sort_by_key(|(net, _)| Some(net) != mode.as_ref());
         let body = ContainerCreateBody {
             hostname: Some(new_id.clone()),
             env,
