@@ -165,6 +165,12 @@ pub enum Command {
     },
     /// Print the experiment template JSON Schema, generated from the action catalog.
     Schema,
+    /// The game-day report of a run, from its journal: self-contained HTML or Markdown.
+    ///
+    /// SOURCE is a journal file (`faultline run --journal`, or
+    /// .faultline/journals/EXPERIMENT-ID.jsonl), or with --server an experiment id whose journal
+    /// the server keeps. Exit status 2 when the journal cannot be read.
+    Report(ReportArgs),
     /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
     Topology {
         #[command(subcommand)]
@@ -215,6 +221,40 @@ pub enum Command {
     },
 }
 
+/// Format of `faultline report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocumentFormat {
+    /// One self-contained HTML file (inline CSS and SVG charts).
+    Html,
+    /// Markdown, for a wiki.
+    Md,
+}
+
+/// The flags of `faultline report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A journal file, or with --server an experiment id.
+    #[arg(value_name = "JOURNAL_FILE|EXPERIMENT_ID")]
+    pub source: String,
+    /// Fetch the journal of experiment SOURCE from this server's API.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: file holding an API token (FAULTLINE_API_TOKEN wins over it).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = ".faultline/api-token",
+        env = "FAULTLINE_API_TOKEN_FILE"
+    )]
+    pub api_token_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocumentFormat::Html)]
+    pub format: DocumentFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
 /// The flags of `faultline serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -223,11 +263,12 @@ pub struct ServeArgs {
     /// environment win over it.
     #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address of the HTTP API, /metrics and /healthz (port 0 picks a free one)
+    /// The one address of the server: agents' websocket (/v1/agents), HTTP API (/api/v1),
+    /// /metrics, /healthz and the dashboard (/); port 0 picks a free one
     /// [default: 0.0.0.0:7800].
     #[arg(long, env = "FAULTLINE_SERVE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Address agents dial (/v1/agents; port 0 picks a free one) [default: 0.0.0.0:7700].
+    /// An extra address for agents only (/v1/agents), besides --listen; none by default.
     #[arg(long, env = "FAULTLINE_AGENTS_LISTEN")]
     pub agents_listen: Option<SocketAddr>,
     /// Database: sqlite:FILE (created when missing) or postgres://USER@HOST/DB

@@ -97,6 +97,21 @@ impl Controller {
         self.platforms = platforms;
     }
 
+    /// A controller whose agents arrive on a port another server owns and hands over
+    /// ([`Fleet::upgraded`]); `addr` is that port's address.
+    pub fn attached(addr: SocketAddr, token: String, endpoint: Endpoint) -> Controller {
+        let cancel = CancellationToken::new();
+        let fleet = Fleet::new(token, token::random_id("ctl-"), endpoint, cancel.clone());
+        let early = std::sync::Mutex::new(Some(fleet.events()));
+        Controller {
+            fleet,
+            addr,
+            cancel,
+            early,
+            platforms: Platforms::default(),
+        }
+    }
+
     /// The address agents dial.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -211,6 +226,11 @@ impl Controller {
             journal.record(e);
         }
         let forward = tokio::spawn(forward_fleet_events(fleet_events, journal.clone(), live_cancel.clone()));
+        let ux_cancel = CancellationToken::new();
+        let ux = experiment
+            .user_experience
+            .clone()
+            .map(|ux| tokio::spawn(crate::report::experience::watch(ux, journal.clone(), ux_cancel.clone())));
 
         let result = self
             .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)
@@ -221,6 +241,11 @@ impl Controller {
                 reason: Some(e.message.clone()),
             });
         }
+        ux_cancel.cancel();
+        let samples = match ux {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         live_cancel.cancel();
         let _ = forward.await;
         if let Some(l) = live {
@@ -228,6 +253,14 @@ impl Controller {
         }
         let ran = result?;
         let exit_code = exit_code(ran.outcome.state, ran.outcome.stop.as_ref());
+        let started: Vec<_> = ran
+            .outcome
+            .actions
+            .iter()
+            .filter_map(|(name, a)| Some((name.clone(), a.started_at?, a.ended_at)))
+            .collect();
+        let user_experience =
+            crate::report::experience::figures(&samples, &crate::report::experience::windows(&started, &samples));
         Ok(Report {
             experiment_id: id,
             description: experiment.description.clone(),
@@ -243,6 +276,7 @@ impl Controller {
             outcome: ran.outcome,
             alarms: ran.alarms,
             steady_state: ran.steady_state,
+            user_experience,
             journal: journal_path,
         })
     }
@@ -258,6 +292,16 @@ impl Controller {
     ) -> Result<Ran, RunError> {
         let hosts = self.fleet.hosts();
         let seed = opts.seed.unwrap_or_else(rand::random);
+        journal.record(Event::RunStarted {
+            description: experiment.description.clone(),
+            seed,
+            template: experiment.source.clone(),
+            alarms: experiment
+                .alarms
+                .iter()
+                .map(|(name, a)| (name.clone(), alarm_rule(a)))
+                .collect(),
+        });
         let resolution = plan::resolve(&experiment, &hosts, seed).map_err(|e| failed(e.to_string()))?;
         let targets = resolution
             .targets
@@ -518,6 +562,18 @@ fn alarm_detail(e: &alarms::Evaluation, alarms: &[(String, Alarm)]) -> String {
     }
 }
 
+/// An alarm's rule, for the journal.
+fn alarm_rule(a: &Alarm) -> crate::journal::AlarmRule {
+    crate::journal::AlarmRule {
+        statistic: a.statistic.as_str().into(),
+        comparison: a.comparison.symbol().into(),
+        threshold: a.threshold,
+        period_ms: a.period.as_millis() as u64,
+        evaluation_periods: a.evaluation_periods,
+        datapoints_to_alarm: a.datapoints_to_alarm,
+    }
+}
+
 /// How to run an experiment.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -643,6 +699,14 @@ mod tests {
     fn each_signal_has_its_exit_status() {
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
+        let asked = StopRequest::Requested {
+            why: "stopped by ops: a customer call".into(),
+        };
+        assert_eq!(
+            exit_code(State::Stopped, Some(&asked)),
+            1,
+            "a stop through a server is a stop"
+        );
         let alarm = StopRequest::Alarm {
             alarm: "a".into(),
             detail: "d".into(),

@@ -54,6 +54,16 @@ pub fn retarget_alarms(template: &mut Value, url: &str) {
     }
 }
 
+/// Points a template's `userExperience` at the metrics of the load balancer at `lb_url`.
+pub fn retarget_user_experience(template: &mut Value, lb_url: &str) {
+    if let Some(ux) = template.get_mut("userExperience").and_then(Value::as_object_mut) {
+        ux.insert(
+            "scrape".into(),
+            Value::from(format!("{}/metrics", lb_url.trim_end_matches('/'))),
+        );
+    }
+}
+
 /// The demo world: its processes, stopped (SIGTERM, then waited for) when dropped.
 pub struct World {
     /// The load balancer.

@@ -53,6 +53,12 @@ pub enum StopRequest {
     Interrupted,
     /// The controller was asked to terminate (SIGTERM: CI cancellation, `timeout`, systemd).
     Terminated,
+    /// Someone asked a server to stop the run (the API, the safety lever, the server's own
+    /// shutdown): the reason says who and why. The run ends `stopped`, as for a stop condition.
+    Requested {
+        /// Who asked, and why.
+        why: String,
+    },
     /// An alarm could no longer be watched; the run stops rather than go on unwatched.
     Unwatched {
         /// The alarm, or `None` when every watcher is gone.
@@ -70,6 +76,7 @@ impl std::fmt::Display for StopRequest {
             }
             StopRequest::Interrupted => write!(f, "interrupted by the operator"),
             StopRequest::Terminated => write!(f, "terminated (SIGTERM)"),
+            StopRequest::Requested { why } => write!(f, "{why}"),
             StopRequest::Unwatched { alarm, why } => {
                 match alarm {
                     Some(a) => write!(f, "alarm {a} can no longer be watched")?,

@@ -2,7 +2,8 @@
 //! loses nothing that was already shown. Every event is also broadcast to the live view.
 
 use faultline_agent::protocol::{EndReason, FaultKind, Outcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 
 /// An experiment or action state (design §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Not started.
@@ -60,9 +61,40 @@ impl State {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The run began: what it runs, so that its journal alone makes its report.
+    RunStarted {
+        /// The template's description.
+        description: String,
+        /// Seed of the target selection.
+        seed: u64,
+        /// The template as run.
+        template: serde_json::Value,
+        /// The rule of each alarm the stop conditions watch.
+        #[serde(default)]
+        alarms: BTreeMap<String, AlarmRule>,
+    },
+    /// What the users saw: one scrape of the `userExperience` endpoint, counters as read
+    /// (cumulative; rates come from two samples).
+    UserExperience {
+        /// Sum of the request counters.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requests: Option<f64>,
+        /// Sum of the error counters.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        errors: Option<f64>,
+        /// The latency histogram's finite buckets, `[upper bound in seconds, cumulative count]`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        buckets: Vec<(f64, f64)>,
+        /// Its observation count (the `+Inf` bucket).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<f64>,
+        /// Why the scrape gave nothing.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The experiment changed state.
     ExperimentState {
         /// New state.
@@ -236,8 +268,26 @@ pub enum Event {
     },
 }
 
+/// An alarm's rule, as the journal keeps it for the report's charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlarmRule {
+    /// The statistic, e.g. `errorRate`.
+    pub statistic: String,
+    /// The comparison's symbol, e.g. `>`.
+    pub comparison: String,
+    /// The threshold.
+    pub threshold: f64,
+    /// One datapoint's window, ms.
+    pub period_ms: u64,
+    /// Datapoints in a window.
+    pub evaluation_periods: u32,
+    /// Breaching datapoints that make ALARM.
+    pub datapoints_to_alarm: u32,
+}
+
 /// A journal line: the event with its time.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// RFC 3339 UTC with milliseconds.
     pub ts: String,

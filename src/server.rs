@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -217,6 +218,8 @@ struct Inner {
     refusals: Mutex<Throttle>,
     /// Warnings about plain connections to a controller that has a certificate.
     plain: Mutex<Throttle>,
+    /// Ends every connection and task of the fleet.
+    cancel: CancellationToken,
 }
 
 /// How agents reach the controller, beyond the address it listens on.
@@ -229,8 +232,8 @@ pub struct Endpoint {
     pub advertise: Vec<SocketAddr>,
 }
 
-/// The stream under an agent's websocket.
-type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+/// The stream under an agent's websocket: plain TCP or TLS.
+pub type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// The agents connected to this controller.
 #[derive(Clone)]
@@ -247,8 +250,14 @@ impl Fleet {
         endpoint: Endpoint,
         cancel: CancellationToken,
     ) -> std::io::Result<(Fleet, SocketAddr)> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+        let fleet = Fleet::new(token, controller_id, endpoint, cancel);
+        let addr = fleet.listen(listen).await?;
+        Ok((fleet, addr))
+    }
+
+    /// A fleet without a listener of its own, until `cancel`: agents arrive through
+    /// [`Fleet::listen`] or [`Fleet::upgraded`] (a server that owns the port hands them over).
+    pub fn new(token: String, controller_id: String, endpoint: Endpoint, cancel: CancellationToken) -> Fleet {
         let fleet = Fleet {
             inner: Arc::new(Inner {
                 controller_id,
@@ -266,11 +275,52 @@ impl Fleet {
                 connections: Arc::new(Semaphore::new(MAX_AGENTS)),
                 refusals: Mutex::new(Throttle::new(Duration::from_secs(2))),
                 plain: Mutex::new(Throttle::new(Duration::from_secs(60))),
+                cancel: cancel.clone(),
             }),
         };
-        tokio::spawn(fleet.clone().accept_loop(listener, cancel.clone()));
         tokio::spawn(fleet.clone().heartbeats(cancel));
-        Ok((fleet, addr))
+        fleet
+    }
+
+    /// Binds `listen` and accepts agents there (`ws://`, and `wss://` with a certificate);
+    /// returns the bound address.
+    pub async fn listen(&self, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(self.clone().accept_loop(listener, self.inner.cancel.clone()));
+        Ok(addr)
+    }
+
+    /// Takes a handshake slot for a connection from `peer`, or `None` when too many are in
+    /// their handshake (the connection should be refused).
+    pub fn admit(&self, peer: SocketAddr) -> Option<Admission> {
+        match HandshakeSlot::take(&self.inner, peer.ip()) {
+            Some(slot) => Some(Admission(slot)),
+            None => {
+                self.refused(peer, ConnectionRefused::TooMany);
+                None
+            }
+        }
+    }
+
+    /// Serves an agent whose websocket upgrade another server accepted on `local` (TLS, if
+    /// any, is that server's): the agent's hello, the mutual proof, registration, then frames
+    /// until it ends.
+    pub async fn upgraded<S>(&self, ws: WebSocketStream<S>, peer: SocketAddr, local: SocketAddr, admission: Admission)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fleet = self.clone();
+        let cancel = self.inner.cancel.clone();
+        let authenticated = tokio::time::timeout(REGISTER_TIMEOUT, fleet.authenticate(ws, local)).await;
+        let result = match authenticated {
+            Err(_) => Err(ConnectionRefused::HandshakeTimeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(link)) => fleet.link(link, peer, cancel, admission.0).await,
+        };
+        if let Err(reason) = result {
+            fleet.refused(peer, reason);
+        }
     }
 
     /// This controller's id; agents lease faults to it.
@@ -482,8 +532,8 @@ impl Fleet {
         Ok(Stream::Right(tls))
     }
 
-    /// One agent connection: TLS, upgrade, the mutual proof of the token, registration, then
-    /// frames until it ends or the agent has been silent for its lease.
+    /// One agent connection on a listener of the fleet's: TLS, the upgrade, then as
+    /// [`Fleet::upgraded`].
     async fn serve(
         &self,
         stream: TcpStream,
@@ -492,9 +542,28 @@ impl Fleet {
         handshake: HandshakeSlot,
     ) -> Result<(), ConnectionRefused> {
         let _ = stream.set_nodelay(true);
-        let (mut sink, mut stream, registration) = tokio::time::timeout(REGISTER_TIMEOUT, self.handshake(stream))
+        let accepted = async {
+            let (ws, local) = self.accept(stream).await?;
+            self.authenticate(ws, local).await
+        };
+        let link = tokio::time::timeout(REGISTER_TIMEOUT, accepted)
             .await
             .map_err(|_| ConnectionRefused::HandshakeTimeout)??;
+        self.link(link, peer, cancel, handshake).await
+    }
+
+    /// A registered agent: takes its place in the fleet, then frames until the connection
+    /// ends or the agent has been silent for its lease.
+    async fn link<S>(
+        &self,
+        (mut sink, mut stream, registration): Authenticated<S>,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        handshake: HandshakeSlot,
+    ) -> Result<(), ConnectionRefused>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Registration {
             description,
             lease,
@@ -624,27 +693,13 @@ impl Fleet {
         }
     }
 
-    /// TLS, the upgrade on the agent path, the agent's hello, this controller's proof, and the
-    /// agent's registration with its proof (docs/wire.md).
-    async fn handshake(
-        &self,
-        stream: TcpStream,
-    ) -> Result<
-        (
-            futures_util::stream::SplitSink<WebSocketStream<Stream>, Message>,
-            futures_util::stream::SplitStream<WebSocketStream<Stream>>,
-            Registration,
-        ),
-        ConnectionRefused,
-    > {
+    /// TLS and the upgrade on the agent path.
+    async fn accept(&self, stream: TcpStream) -> Result<(WebSocketStream<Stream>, SocketAddr), ConnectionRefused> {
         let local = stream
             .local_addr()
             .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
         let stream = self.secure(stream).await?;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, PathCheck, Some(config))
+        let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, PathCheck, Some(websocket_config()))
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == StatusCode::NOT_FOUND => {
@@ -652,6 +707,19 @@ impl Fleet {
                 }
                 other => ConnectionRefused::Handshake(other.to_string()),
             })?;
+        Ok((ws, local))
+    }
+
+    /// The agent's hello, this controller's proof, and the agent's registration with its
+    /// proof (docs/wire.md), on a websocket accepted on `local`.
+    async fn authenticate<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        local: SocketAddr,
+    ) -> Result<Authenticated<S>, ConnectionRefused>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let (mut sink, mut stream) = ws.split();
         let (agent_nonce, dialed) = match next_agent_frame(&mut stream).await? {
             AgentMessage::Hello { nonce, dialed } if auth::well_formed(&nonce) => (nonce, dialed),
@@ -842,6 +910,9 @@ struct HandshakeSlot {
     _global: OwnedSemaphorePermit,
 }
 
+/// A connection admitted to the agents' handshake ([`Fleet::admit`]); holds its slot.
+pub struct Admission(HandshakeSlot);
+
 impl HandshakeSlot {
     fn take(inner: &Arc<Inner>, peer: std::net::IpAddr) -> Option<HandshakeSlot> {
         let global = inner.handshakes.clone().try_acquire_owned().ok()?;
@@ -881,8 +952,8 @@ struct Registration {
 }
 
 /// The next text frame of a connection in its handshake, decoded.
-async fn next_agent_frame(
-    stream: &mut futures_util::stream::SplitStream<WebSocketStream<Stream>>,
+async fn next_agent_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
 ) -> Result<AgentMessage, ConnectionRefused> {
     while let Some(msg) = stream.next().await {
         match msg {
@@ -897,6 +968,20 @@ async fn next_agent_frame(
         }
     }
     Err(ConnectionRefused::ClosedEarly)
+}
+
+/// A websocket whose agent proved the token and registered.
+type Authenticated<S> = (
+    futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    futures_util::stream::SplitStream<WebSocketStream<S>>,
+    Registration,
+);
+
+/// The limits of an agent's websocket, wherever it was accepted.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
 }
 
 /// Accepts the upgrade only on the agent path; authentication follows inside the websocket.

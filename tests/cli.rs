@@ -28,6 +28,7 @@ fn every_command_has_help() {
         vec!["schedules", "add", "--help"],
         vec!["lever", "engage", "--help"],
         vec!["history", "--help"],
+        vec!["report", "--help"],
     ] {
         let out = Command::new(FAULTLINE).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}");

@@ -28,6 +28,19 @@ fn the_demo_runs_the_showcase_game_day_and_cleans_up() {
         serde_json::json!(["web-a1", "web-a2"])
     );
     assert_eq!(r["steadyState"]["recovered"], true);
+    // What the users saw, at the load balancer, in every phase.
+    let phases: Vec<&str> = r["userExperience"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no userExperience in {r}"))
+        .iter()
+        .map(|p| {
+            assert!(p["requestRate"].as_f64().is_some_and(|r| r > 0.0), "{p}");
+            p["phase"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(phases.first(), Some(&"baseline"));
+    assert!(phases.contains(&"ZoneOutage"), "{phases:?}");
+    assert_eq!(phases.last(), Some(&"recovery"));
     assert!(junit.exists());
     // Every process of the demo world is gone, and so is its work directory.
     let here = std::fs::canonicalize(&s.0).unwrap();

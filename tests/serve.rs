@@ -26,34 +26,33 @@ fn serve(s: &Scratch) -> Server {
     serve_on(s, 0)
 }
 
-/// A server whose agents' endpoint is on `agents_port` (0: a free one), so that agents
-/// reconnect to a restarted server by themselves.
-fn serve_on(s: &Scratch, agents_port: u16) -> Server {
+/// A server on `port` (0: a free one), so that agents reconnect to a restarted server by
+/// themselves. Agents dial the same port as the API.
+fn serve_on(s: &Scratch, port: u16) -> Server {
+    serve_with(s, port, &[])
+}
+
+fn serve_with(s: &Scratch, port: u16, extra: &[&str]) -> Server {
     agent_bin();
     // The database comes from the configuration file, the rest from flags.
     let config = s.path("serve.toml");
     let db = s.path("db/faultline.db");
     std::fs::write(&config, format!("database = \"sqlite:{}\"\n", db.display())).unwrap();
     let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--agents-listen",
-        &format!("127.0.0.1:{agents_port}"),
-    ])
-    .arg("--config")
-    .arg(&config)
-    .arg("--token-file")
-    .arg(s.path("token"))
-    .arg("--api-token-file")
-    .arg(s.path("api-token"))
-    .arg("--journals")
-    .arg(s.path("journals"))
-    .current_dir(&s.0);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&config)
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .arg("--journals")
+        .arg(s.path("journals"))
+        .args(extra)
+        .current_dir(&s.0);
     let mut proc = Proc::spawn("serve", cmd);
-    let agents = proc.controller_port();
     let api = proc.listen_port("serving the API");
+    let agents = api;
     assert!(db.exists(), "the database is the one the configuration file names");
     let token = std::fs::read_to_string(s.path("api-token")).unwrap().trim().to_string();
     Server {
@@ -220,6 +219,27 @@ fn the_api_needs_a_token_and_keeps_every_run() {
     );
     assert_eq!(status, 200);
     assert!(xml.contains("<testsuite"), "{xml}");
+    // The game-day report of a run the server kept, from its journal there.
+    let md = Command::new(FAULTLINE)
+        .args([
+            "report",
+            &id,
+            "--format",
+            "md",
+            "--server",
+            &format!("http://127.0.0.1:{}", srv.api),
+        ])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(md.status.success(), "{}", String::from_utf8_lossy(&md.stderr));
+    let md = String::from_utf8(md.stdout).unwrap();
+    assert!(
+        md.contains(&format!("`{id}`")) && md.contains("web-a1") && md.contains("✔ completed"),
+        "{md}"
+    );
 
     let list = srv.get("/api/v1/experiments?state=completed");
     assert_eq!(list["experiments"][0]["id"], json!(id));
@@ -550,17 +570,49 @@ fn the_cli_is_a_client_of_the_server() {
     assert_eq!(status["lever"]["engaged"], true);
     cli_json(&srv, &s, &["lever", "disengage", "--reason", "drill over"]);
 
+    // A run followed by the CLI, stopped through the API: it ends `stopped` with who and
+    // why, and the CLI exits as a stopped run does (1), not as an interrupted one.
     srv.put_template("long", cpu("web-a1", 60));
-    let (id, _) = srv.start("long");
+    let mut follow = Command::new(FAULTLINE);
+    follow
+        .args(["run", "long", "--format", "json"])
+        .args(["--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .current_dir(&s.0);
+    let follower = Proc::spawn("follower", follow);
     until_fault_held(&s, "web-a1");
+    let running = srv.get("/api/v1/experiments?state=running");
+    let id = running["experiments"][0]["id"].as_str().unwrap().to_string();
+    // A run started through the API never overlaps one on the same hosts either.
+    let (other, state) = srv.start("long");
+    assert_eq!(state, "cancelled");
+    let o = srv.get(&format!("/api/v1/experiments/{other}"));
+    assert!(
+        o["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{id} is running on web-a1")),
+        "{o}"
+    );
     assert_eq!(cli(&srv, &s, &["experiments", "stop", &id, "--reason", "enough"]).0, 0);
     let e = srv.ended(&id);
     assert_eq!(e["state"], "stopped");
     assert_eq!(e["reason"], "stopped by token-1: enough");
     assert!(state_files(&s, "web-a1").is_empty());
+    let (status, out, lines) = follower.finish(T);
+    assert_eq!(status.code(), Some(1), "{out}\n{}", lines.join("\n"));
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r["actions"]["A"].is_object(), "the CLI prints the run's report: {r}");
+    assert_eq!(r["state"], "stopped", "{r}");
+    assert_eq!(r["reason"], "stopped by token-1: enough", "{r}");
 
     let list = cli_json(&srv, &s, &["experiments", "list", "--state", "cancelled"]);
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the lever's and the overlap's: {list}"
+    );
     let shown = cli_json(&srv, &s, &["experiments", "show", &id]);
     assert_eq!(shown["id"], json!(id));
     let history = cli_json(&srv, &s, &["history"]);
@@ -571,7 +623,7 @@ fn the_cli_is_a_client_of_the_server() {
         .map(|h| h["kind"].as_str().unwrap())
         .collect();
     assert!(kinds.contains(&"lever") && kinds.contains(&"experiment"), "{history}");
-    assert_eq!(history[0]["id"], json!(id), "newest first: {history}");
+    assert_eq!(history[0]["id"], json!(other), "newest first: {history}");
     let (code, table) = cli(&srv, &s, &["experiments", "list"]);
     assert_eq!(code, 0);
     assert!(table.contains(&id) && table.contains("stopped"), "{table}");
@@ -624,4 +676,56 @@ fn a_scheduled_run_never_overlaps_another_on_its_hosts() {
     for w in spans.windows(2) {
         assert!(w[0].1 <= w[1].0, "runs overlapped: {spans:?}");
     }
+}
+
+/// One port with a certificate: a `wss://` agent, a plain `ws://` agent and the plain HTTP
+/// API share it; an agent with another token is refused there.
+#[test]
+fn agents_over_tls_and_plain_and_the_api_share_one_port() {
+    let s = Scratch::new("serve-one-port");
+    let files = faultline::tls::generate(&s.path("tls"), &["127.0.0.1".parse().unwrap()], &["localhost"]).unwrap();
+    let srv = serve_with(
+        &s,
+        0,
+        &[
+            "--tls-cert",
+            files.cert.to_str().unwrap(),
+            "--tls-key",
+            files.key.to_str().unwrap(),
+        ],
+    );
+    let wss = format!("wss://127.0.0.1:{}", srv.api);
+    let ca = files.ca.to_str().unwrap();
+    let agent_at = |url: &str, token: &str, host: &str, az: &str, extra: &[&str]| {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["--controller", url])
+            .arg("--token-file")
+            .arg(s.path(token))
+            .args(["--host-id", host, "--az", az, "--lease", "PT3S"])
+            .arg("--state-dir")
+            .arg(s.path(&format!("state-{host}")))
+            .args(extra);
+        Proc::spawn(host, cmd)
+    };
+    let ws = format!("ws://127.0.0.1:{}", srv.api);
+    let mut secure = agent_at(&wss, "token", "web-a1", "az-a", &["--ca", ca]);
+    let _plain = agent_at(&ws, "token", "web-b1", "az-b", &[]);
+    std::fs::write(s.path("other-token"), "not-the-agents-token\n").unwrap();
+    let mut intruder = agent_at(&ws, "other-token", "intruder", "az-c", &[]);
+    secure.expect("registered", T);
+    let v = srv.until("/api/v1/agents", "both agents", |v| {
+        v["agents"].as_array().unwrap().len() == 2
+    });
+    let mut hosts: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["hostId"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["web-a1", "web-b1"], "{v}");
+    intruder.expect("could not prove", T);
+    srv.put_template("cpu", cpu("web-a1", 1));
+    let e = srv.ended(&srv.start("cpu").0);
+    assert_eq!(e["state"], "completed", "a command reaches the wss:// agent: {e}");
 }

@@ -13,15 +13,8 @@ fn the_demo_world_stays_up_behind_a_server_and_goes_down_with_it() {
     workspace_bin("faultline-agent");
     let s = Scratch::new("serve-demo");
     let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "serve",
-        "--demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--agents-listen",
-        "127.0.0.1:0",
-    ])
-    .current_dir(&s.0);
+    cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .current_dir(&s.0);
     let mut srv = Proc::spawn("serve", cmd);
     let api = srv.listen_port("serving the API");
     let server = format!("http://127.0.0.1:{api}");

@@ -60,22 +60,14 @@ struct Replica {
 
 fn replica(s: &Scratch, name: &str, url: &str) -> Replica {
     let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--agents-listen",
-        "127.0.0.1:0",
-        "--database",
-        url,
-    ])
-    .arg("--token-file")
-    .arg(s.path("token"))
-    .arg("--api-token-file")
-    .arg(s.path("api-token"))
-    .arg("--journals")
-    .arg(s.path(&format!("journals-{name}")))
-    .current_dir(&s.0);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", url])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .arg("--journals")
+        .arg(s.path(&format!("journals-{name}")))
+        .current_dir(&s.0);
     let mut proc = Proc::spawn(name, cmd);
     let api = proc.listen_port("serving the API");
     Replica { proc, api }

@@ -222,6 +222,46 @@ fn frame() -> Value {
                 "alarms": {
                     "description": "Alarms stop conditions can name (faultline extension); same shape as a --alarms file.",
                     "$ref": "alarms.schema.json"
+                },
+                "userExperience": {
+                    "description": "What the users see (faultline extension): a Prometheus text endpoint scraped every period during the run; the report shows the request rate, error rate and p50/p99 latency of the baseline, each action and the recovery.",
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["scrape", "requests"],
+                    "properties": {
+                        "description": {
+                            "description": "What the endpoint is, for the report.",
+                            "type": "string"
+                        },
+                        "scrape": {
+                            "description": "URL of the Prometheus text endpoint, e.g. a load balancer's http://127.0.0.1:8080/metrics.",
+                            "type": "string",
+                            "pattern": "^https?://"
+                        },
+                        "requests": {
+                            "description": "Counters whose sum counts every request (each summed over its series).",
+                            "type": "array",
+                            "minItems": 1,
+                            "items": { "$ref": "#/$defs/metricName" }
+                        },
+                        "errors": {
+                            "description": "Counters whose sum counts the failed requests; the error rate is their increase over the requests' increase.",
+                            "type": "array",
+                            "items": { "$ref": "#/$defs/metricName" }
+                        },
+                        "latency": {
+                            "description": "Histogram of request durations in seconds (the name without _bucket); p50 and p99 come from its buckets' increase.",
+                            "$ref": "#/$defs/metricName"
+                        },
+                        "period": {
+                            "description": "Time between scrapes (default PT1S).",
+                            "$ref": "#/$defs/duration"
+                        },
+                        "timeout": {
+                            "description": "Time a scrape may take (default: the period, at most PT2S).",
+                            "$ref": "#/$defs/duration"
+                        }
+                    }
                 }
             },
             "$defs": {
@@ -229,6 +269,11 @@ fn frame() -> Value {
                     "description": "Name of a target or an action.",
                     "type": "string",
                     "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+                },
+                "metricName": {
+                    "description": "A Prometheus metric name, without labels.",
+                    "type": "string",
+                    "pattern": "^[A-Za-z_:][A-Za-z0-9_:]*$"
                 },
                 "duration": {
                     "description": "ISO 8601 duration, e.g. PT30S, PT5M, PT1H30M; at most PT12H for an action.",

@@ -310,7 +310,7 @@ async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Res
 }
 
 /// The innermost error, which is the one a person can act on (e.g. "Connection refused").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

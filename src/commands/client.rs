@@ -12,7 +12,7 @@ use std::time::Duration;
 /// How often `run --server` asks for new journal lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
 
-struct Client {
+pub(super) struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
@@ -47,7 +47,7 @@ fn api_token(path: &Path) -> anyhow::Result<String> {
 }
 
 impl Client {
-    fn new(server: &str, token_file: &Path) -> anyhow::Result<Client> {
+    pub(super) fn new(server: &str, token_file: &Path) -> anyhow::Result<Client> {
         Ok(Client {
             base: server.trim_end_matches('/').to_string(),
             token: api_token(token_file)?,
@@ -59,7 +59,12 @@ impl Client {
     }
 
     /// Sends a request; the body of a 2xx answer, else an error with the server's message.
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<(StatusCode, String)> {
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, String)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -103,7 +108,7 @@ impl Client {
     }
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(super) fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -488,7 +493,10 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
                 )
                 .await?;
             for line in text.lines().filter(|l| !l.is_empty()) {
-                eprintln!("{}", event_line(line));
+                // Scrapes of what the users saw come every period; the report sums them up.
+                if !line.contains("\"event\":\"user_experience\"") {
+                    eprintln!("{}", event_line(line));
+                }
                 seen += 1;
             }
             let row = client

@@ -34,6 +34,7 @@ pub fn run(
     let mut doc = template::parse_json(&text, template::Origin::Template)
         .map_err(|d| super::fail(exit::INVALID, anyhow::anyhow!(d.render(&label.display().to_string()))))?;
     demo::retarget_alarms(&mut doc, &lb_url);
+    demo::retarget_user_experience(&mut doc, &lb_url);
     let experiment = template::validate(&doc, None).map_err(|diags| {
         super::fail(
             exit::INVALID,

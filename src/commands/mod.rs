@@ -4,6 +4,7 @@ mod agents;
 mod client;
 mod demo;
 mod plan;
+mod report;
 mod run;
 mod serve;
 mod topology;
@@ -77,6 +78,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Schedules { client, action } => client::schedules(&client, action),
         Command::Lever { client, action } => client::lever(&client, action),
         Command::History { client, limit } => client::history(&client, limit),
+        Command::Report(args) => report::run(args),
         Command::Schema => {
             print!("{}", faultline::actions::schema::text());
             Ok(faultline::exit::COMPLETED)

@@ -79,16 +79,15 @@ const DEMO_READY: std::time::Duration = std::time::Duration::from_secs(60);
 /// stores the showcase game day with its alarms pointed at the world's load balancer.
 async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(World, PathBuf)> {
     let failed = |e: &dyn std::fmt::Display| super::fail(exit::FAILED, anyhow::anyhow!("demo world: {e}"));
-    if config.agents_listen.port() == 0 {
+    if config.listen.port() == 0 {
         // The agents are told where to dial before the server binds.
-        config
-            .agents_listen
-            .set_port(demo::free_port().map_err(|e| failed(&e))?);
+        config.listen.set_port(demo::free_port().map_err(|e| failed(&e))?);
     }
     let lb_port = demo::free_port().map_err(|e| failed(&e))?;
     let lb_url = format!("http://127.0.0.1:{lb_port}/");
     let mut doc: serde_json::Value = serde_json::from_str(demo::GAME_DAY).map_err(|e| failed(&e))?;
     demo::retarget_alarms(&mut doc, &lb_url);
+    demo::retarget_user_experience(&mut doc, &lb_url);
     let store = Store::open(&config.database).await.map_err(|e| failed(&e))?;
     if store
         .template(DEMO_TEMPLATE, None)
@@ -110,7 +109,7 @@ async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(W
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let dial = SocketAddr::from(([127, 0, 0, 1], config.agents_listen.port()));
+    let dial = SocketAddr::from(([127, 0, 0, 1], config.listen.port()));
     let world = World::start(&bin_dir, &work, dial, &token_file, lb_port).map_err(|e| failed(&e))?;
     let health = format!("{lb_url}lb/healthz");
     tokio::spawn(async move {

@@ -21,7 +21,7 @@ pub const TAG: &str = "faultline:platform";
 pub const REPLACEMENT_DELAY: Duration = Duration::from_secs(3);
 
 /// What the platform does to an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Stop it (its programs end; it keeps its id and can be started again).

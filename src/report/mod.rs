@@ -1,6 +1,10 @@
 //! The report of a run: a summary table for people, JSON for machines, JUnit XML for CI.
 
+pub mod experience;
+pub mod html;
 pub mod junit;
+pub mod markdown;
+pub mod record;
 
 use crate::alarms::AlarmReport;
 use crate::controller::SteadyState;
@@ -50,6 +54,9 @@ pub struct Report {
     /// Steady state before and after the actions, when there are stop conditions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steady_state: Option<SteadyState>,
+    /// What the users saw, phase by phase, when the template has `userExperience`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub user_experience: Vec<experience::PhaseFigures>,
     /// The journal file.
     pub journal: PathBuf,
 }
@@ -194,6 +201,9 @@ impl Report {
                 }
                 _ => "Steady state: held before the run\n".into(),
             };
+        }
+        if !self.user_experience.is_empty() {
+            out += &format!("What the users saw:\n{}\n", experience::table(&self.user_experience));
         }
         out += &format!("Seed {} · journal {}", self.seed, self.journal.display());
         out

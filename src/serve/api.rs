@@ -162,10 +162,13 @@ pub fn router(service: Arc<Service>, tokens: Tokens) -> Router {
         .route("/api/v1/lever", put(set_lever).get(lever))
         .route("/api/v1/lever/history", get(lever_history))
         .route("/api/v1/history", get(history))
+        .merge(super::dashboard::api())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(Arc::new(tokens), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(faultline_agent::protocol::AGENT_PATH, get(super::port::agents))
+        .merge(super::dashboard::pages())
         .merge(api)
         .layer(middleware::map_response(json_errors))
         .with_state(service)

@@ -30,10 +30,10 @@ pub enum ConfigError {
 /// The settings, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The API's address.
+    /// The one port: agents, API, dashboard.
     pub listen: SocketAddr,
-    /// The agents' address.
-    pub agents_listen: SocketAddr,
+    /// An extra address for agents only.
+    pub agents_listen: Option<SocketAddr>,
     /// The database URL.
     pub database: String,
     /// The agents' token file.
@@ -54,9 +54,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Layer {
-    /// The API's address.
+    /// The one port.
     pub listen: Option<SocketAddr>,
-    /// The agents' address.
+    /// An extra address for agents only.
     pub agents_listen: Option<SocketAddr>,
     /// The database URL.
     pub database: Option<String>,
@@ -97,7 +97,7 @@ impl Layer {
     pub fn resolve(self) -> Settings {
         Settings {
             listen: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7800))),
-            agents_listen: self.agents_listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7700))),
+            agents_listen: self.agents_listen,
             database: self.database.unwrap_or_else(|| "sqlite:.faultline/faultline.db".into()),
             token_file: self.token_file.unwrap_or_else(|| crate::token::DEFAULT_PATH.into()),
             api_token_file: self.api_token_file.unwrap_or_else(|| ".faultline/api-token".into()),
@@ -141,7 +141,7 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(s.database, "postgres://f@db/f");
         assert_eq!(s.drain, Duration::from_secs(5));
-        assert_eq!(s.agents_listen, "0.0.0.0:7700".parse().unwrap());
+        assert_eq!(s.agents_listen, None, "agents use the one port unless told otherwise");
     }
 
     #[test]

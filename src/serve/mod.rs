@@ -5,7 +5,9 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
+pub mod port;
 pub mod scheduler;
 pub mod store;
 
@@ -85,8 +87,8 @@ pub enum Started {
 struct Running {
     hosts: BTreeSet<String>,
     stop: mpsc::Sender<StopRequest>,
-    /// When a stop was asked, and why, for the history and the reaction time.
-    stopping: Option<(Instant, String)>,
+    /// When a stop was asked, for the reaction time.
+    stopping: Option<Instant>,
 }
 
 /// The state shared by the API, the scheduler and the runs.
@@ -105,6 +107,8 @@ pub struct Service {
     count: watch::Sender<usize>,
     /// Prometheus metrics kept in memory.
     pub metrics: metrics::Metrics,
+    /// Every host that connected since the start, for the map's `disconnected` hosts.
+    seen: Mutex<BTreeMap<String, faultline_agent::protocol::HostDescription>>,
 }
 
 impl Service {
@@ -119,6 +123,7 @@ impl Service {
             running: Mutex::new(HashMap::new()),
             count: watch::Sender::new(0),
             metrics: metrics::Metrics::default(),
+            seen: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -197,25 +202,42 @@ impl Service {
             }
         };
         let (stop_tx, stop_rx) = mpsc::channel(4);
-        {
+        let overlap = {
             let mut running = self.running();
-            if schedule.is_some() {
-                if let Some((other, r)) = running.iter().find(|(_, r)| !r.hosts.is_disjoint(&hosts)) {
+            match running.iter().find(|(_, r)| !r.hosts.is_disjoint(&hosts)) {
+                Some((other, r)) => {
                     let shared: Vec<&str> = r.hosts.intersection(&hosts).map(String::as_str).collect();
-                    return Ok(Started::Overlaps {
-                        reason: format!("{other} is running on {}", shared.join(", ")),
-                    });
+                    Some(format!("{other} is running on {}", shared.join(", ")))
+                }
+                None => {
+                    running.insert(
+                        id.clone(),
+                        Running {
+                            hosts: hosts.clone(),
+                            stop: stop_tx,
+                            stopping: None,
+                        },
+                    );
+                    self.count.send_replace(running.len());
+                    None
                 }
             }
-            running.insert(
-                id.clone(),
-                Running {
-                    hosts: hosts.clone(),
-                    stop: stop_tx,
-                    stopping: None,
-                },
-            );
-            self.count.send_replace(running.len());
+        };
+        // A run never overlaps another on the same hosts: a schedule records the fire time
+        // as skipped; any other start is recorded as cancelled.
+        if let Some(reason) = overlap {
+            if schedule.is_some() {
+                return Ok(Started::Overlaps { reason });
+            }
+            let reason = format!("not started: {reason}");
+            self.store
+                .insert_experiment(record("cancelled", Some(reason.clone()), Some(seed), Vec::new()))
+                .await?;
+            return Ok(Started::Refused {
+                id,
+                state: "cancelled",
+                reason,
+            });
         }
         let inserted = self
             .store
@@ -268,23 +290,19 @@ impl Service {
         id: &str,
         result: Result<crate::report::Report, crate::controller::RunError>,
     ) -> Result<(), StoreError> {
-        let stopping = self.running().get(id).and_then(|r| r.stopping.clone());
+        let stopping = self.running().get(id).and_then(|r| r.stopping);
         let row = self.store.experiment(id).await?;
         let lines = row
             .as_ref()
             .map(|r| read_journal(Path::new(&r.journal_path)))
             .unwrap_or_default();
         let (state, reason, report, xml) = match &result {
-            Ok(r) => {
-                let state = r.state.as_str();
-                // The engine says "interrupted"; the history says who stopped it and why.
-                let reason = match (&stopping, state) {
-                    (Some((_, why)), "stopped") => Some(why.clone()),
-                    _ => r.reason.clone(),
-                };
-                let report = serde_json::to_value(r).ok();
-                (state, reason, report, junit::render(r))
-            }
+            Ok(r) => (
+                r.state.as_str(),
+                r.reason.clone(),
+                serde_json::to_value(r).ok(),
+                junit::render(r),
+            ),
             Err(e) => (
                 "failed",
                 Some(e.message.clone()),
@@ -295,7 +313,7 @@ impl Service {
         self.store
             .finish_experiment(id, state, reason.as_deref(), report.as_ref(), &xml, &lines)
             .await?;
-        if let Some((asked, _)) = stopping {
+        if let Some(asked) = stopping {
             self.metrics.stop_reaction(asked.elapsed());
         }
         tracing::info!(experiment = %id, state, reason = reason.as_deref().unwrap_or(""), "experiment ended");
@@ -311,14 +329,18 @@ impl Service {
         let tx = {
             let mut running = self.running();
             let Some(r) = running.get_mut(id) else { return false };
-            r.stopping.get_or_insert((Instant::now(), why));
+            if r.stopping.is_some() {
+                // The first reason stands; the run is already stopping.
+                return true;
+            }
+            r.stopping = Some(Instant::now());
             r.stop.clone()
         };
         tracing::info!(experiment = %id, "stopping");
         if let Err(e) = self.store.stopping(id).await {
             tracing::warn!(experiment = %id, error = %e, "cannot record the stopping state");
         }
-        let _ = tx.send(StopRequest::Interrupted).await;
+        let _ = tx.send(StopRequest::Requested { why }).await;
         true
     }
 
@@ -328,6 +350,26 @@ impl Service {
         for id in ids {
             self.stop(&id, why.to_string()).await;
         }
+    }
+
+    /// The hosts connected now, and every host seen since the start.
+    pub fn hosts(
+        &self,
+    ) -> (
+        Vec<faultline_agent::protocol::HostDescription>,
+        Vec<faultline_agent::protocol::HostDescription>,
+    ) {
+        let connected = self.controller.fleet().hosts();
+        let mut seen = self.seen.lock().expect("never poisoned");
+        for h in &connected {
+            seen.insert(h.host_id.clone(), h.clone());
+        }
+        (connected, seen.values().cloned().collect())
+    }
+
+    /// The journal so far of an experiment running here.
+    pub fn running_journal(&self, id: &str) -> Vec<String> {
+        read_journal(&self.journals.join(format!("{id}.jsonl")))
     }
 
     /// Ids of the experiments running here.
@@ -462,15 +504,16 @@ fn read_journal(path: &Path) -> Vec<String> {
 
 /// How `faultline serve` is set up.
 pub struct Config {
-    /// The API's address.
+    /// The one port: agents' websocket, API, `/metrics`, `/healthz`, dashboard.
     pub listen: std::net::SocketAddr,
-    /// The agents' address.
-    pub agents_listen: std::net::SocketAddr,
+    /// An extra address for agents only, if any.
+    pub agents_listen: Option<std::net::SocketAddr>,
     /// `sqlite:FILE` or `postgres://…`.
     pub database: String,
     /// The agents' token.
     pub token: String,
-    /// The agents' TLS, if any.
+    /// TLS for the port (and the agents' extra address), if any; clients may still speak
+    /// plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The API's tokens.
     pub api_tokens: api::Tokens,
@@ -486,9 +529,6 @@ pub enum ServeError {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The agents' endpoint.
-    #[error(transparent)]
-    Agents(#[from] crate::controller::RunError),
     /// The API's listener.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -509,46 +549,54 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let store = Store::open(&config.database).await?;
-    let controller = Arc::new(
-        Controller::start(
-            config.agents_listen,
-            config.token,
-            Endpoint {
-                tls: config.tls,
-                ..Endpoint::default()
-            },
-        )
-        .await?,
-    );
+    let listen_error = |source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let endpoint = Endpoint {
+        tls: config.tls.clone(),
+        ..Endpoint::default()
+    };
+    let controller = Arc::new(Controller::attached(addr, config.token, endpoint));
+    if let Some(extra) = config.agents_listen {
+        let bound = controller
+            .fleet()
+            .listen(extra)
+            .await
+            .map_err(|source| ServeError::Listen { addr: extra, source })?;
+        tracing::info!(agents = %bound, "agents may also dial this extra address");
+    }
     let service = Service::new(store, controller.clone(), config.journals);
     service.store.heartbeat(&service.replica).await?;
     for id in service.reap().await? {
         tracing::info!(experiment = %id, "an interrupted run was marked failed");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let secure = config.tls.is_some();
+    let listener = port::PortListener::new(listener, config.tls).map_err(listen_error)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let http_cancel = tokio_util::sync::CancellationToken::new();
     let app = api::router(service.clone(), config.api_tokens);
     let http = tokio::spawn({
         let c = http_cancel.clone();
         async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<port::Peer>())
                 .with_graceful_shutdown(c.cancelled_owned())
                 .await
         }
     });
     tokio::spawn(housekeeping(service.clone(), cancel.clone()));
     let scheduler = tokio::spawn(scheduler::run(service.clone(), cancel.clone()));
-    tracing::info!(listen = %addr, agents = %controller.addr(), replica = %service.replica, "serving the API");
+    let path = faultline_agent::protocol::AGENT_PATH;
+    let (web, ws) = if secure { ("http(s)", "ws(s)") } else { ("http", "ws") };
+    tracing::info!(
+        listen = %addr,
+        replica = %service.replica,
+        "serving the API and the dashboard at {web}://{addr}/, agents dial {ws}://{addr}{path}"
+    );
 
     let signal = tokio::select! {
         _ = term.recv() => "SIGTERM",

@@ -25,6 +25,30 @@ pub struct Experiment {
     pub empty_target_mode: EmptyTargetMode,
     /// Journal path from `logConfiguration.journal.path`.
     pub journal_path: Option<PathBuf>,
+    /// What the users see, sampled in every phase of the run (`userExperience`).
+    pub user_experience: Option<UserExperience>,
+    /// The template as given (after `faultline demo` pointed it at its world), for the journal.
+    pub source: serde_json::Value,
+}
+
+/// Where the run reads what the users see: a Prometheus text endpoint (e.g. a load
+/// balancer's `/metrics`), scraped every period; rates and quantiles are taken from the
+/// counters' and the histogram's increase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserExperience {
+    /// The endpoint, e.g. `http://127.0.0.1:8080/metrics`.
+    pub url: String,
+    /// Counters whose sum counts every request (each summed over its series).
+    pub requests: Vec<String>,
+    /// Counters whose sum counts the failed requests.
+    pub errors: Vec<String>,
+    /// A histogram of request durations in seconds (its `_bucket` series).
+    pub latency: Option<String>,
+    /// Time between scrapes.
+    pub period: Duration,
+    /// Time a scrape may take.
+    pub timeout: Duration,
 }
 
 /// What to do with a target that resolves to nothing.

@@ -60,6 +60,8 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         .and_then(Value::as_str)
         .map(Into::into);
 
+    let user_experience = c.user_experience(root.get("userExperience"));
+
     if !c.diags.is_empty() {
         return Err(c.diags);
     }
@@ -73,6 +75,8 @@ pub fn build(template: &Value, alarms_file: Option<&Value>) -> Result<Experiment
         stop_conditions,
         empty_target_mode,
         journal_path,
+        user_experience,
+        source: template.clone(),
     })
 }
 
@@ -167,7 +171,65 @@ fn arn_alarm_name(arn: &str) -> Option<&str> {
     (service == "cloudwatch" && kind == "alarm" && !name.is_empty()).then_some(name)
 }
 
+/// Whether `name` is a Prometheus metric name.
+fn metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
 impl Checker {
+    /// `userExperience`: the endpoint to scrape and the metrics to read there.
+    fn user_experience(&mut self, v: Option<&Value>) -> Option<UserExperience> {
+        let ux = v?.as_object()?;
+        let base = "/userExperience";
+        let url = str_at(ux, "scrape").unwrap_or_default().to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            self.at(join(base, "scrape"), format!("`{url}` is not an http(s) URL"))
+                .hint = Some("give the metrics endpoint, e.g. http://127.0.0.1:8080/metrics".into());
+        }
+        let mut names = |key: &str| -> Vec<String> {
+            let list = strings(ux.get(key)).unwrap_or_default();
+            for (i, name) in list.iter().enumerate() {
+                if !metric_name(name) {
+                    self.at(
+                        join(&join(base, key), i),
+                        format!("`{name}` is not a Prometheus metric name"),
+                    )
+                    .hint = Some("give the name alone, without labels: its series are summed".into());
+                }
+            }
+            list
+        };
+        let requests = names("requests");
+        let errors = names("errors");
+        let latency = str_at(ux, "latency").map(String::from);
+        if let Some(l) = latency.as_deref().filter(|l| !metric_name(l)) {
+            self.at(join(base, "latency"), format!("`{l}` is not a Prometheus metric name"))
+                .hint = Some("give the histogram's name, without `_bucket`".into());
+        }
+        if requests.is_empty() {
+            self.at(join(base, "requests"), "name at least one counter of requests")
+                .hint = Some("e.g. [\"http_requests_total\"]; the counters are summed".into());
+        }
+        let diags = &mut self.diags;
+        let mut err = |pointer: String, msg: String, hint: Option<&str>| {
+            diags.push(Diagnostic::at(Origin::Template, pointer, msg).maybe_hint(hint.map(String::from)));
+        };
+        let period = alarm_duration(&mut err, "period", ux, base, Duration::from_secs(1));
+        let timeout = alarm_duration(&mut err, "timeout", ux, base, period.min(Duration::from_secs(2)));
+        Some(UserExperience {
+            url,
+            requests,
+            errors,
+            latency,
+            period,
+            timeout,
+        })
+    }
+
     fn err(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
@@ -718,5 +780,54 @@ mod tests {
             Some("HighErrorRate")
         );
         assert_eq!(arn_alarm_name("arn:aws:sns:us-east-1:123456789012:alarm:X"), None);
+    }
+
+    #[test]
+    fn user_experience_is_read_and_its_mistakes_located() {
+        use crate::template::At;
+        let template = |ux: Value| {
+            serde_json::json!({
+                "description": "d",
+                "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": "PT1S" } } },
+                "stopConditions": [{ "source": "none" }],
+                "userExperience": ux
+            })
+        };
+        let good = build(
+            &template(serde_json::json!({
+                "scrape": "http://lb/metrics", "requests": ["a_total"], "latency": "d_seconds", "period": "PT2S"
+            })),
+            None,
+        )
+        .unwrap();
+        let ux = good.user_experience.unwrap();
+        assert_eq!(
+            (ux.period, ux.timeout),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert!(ux.errors.is_empty());
+        let bad = build(
+            &template(serde_json::json!({
+                "scrape": "lb:8080", "requests": ["a_total{x=\"1\"}"], "latency": "9d", "period": "PT0S"
+            })),
+            None,
+        )
+        .unwrap_err();
+        let at: Vec<String> = bad
+            .iter()
+            .map(|d| match &d.at {
+                At::Pointer(p) => p.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            at,
+            [
+                "/userExperience/scrape",
+                "/userExperience/requests/0",
+                "/userExperience/latency",
+                "/userExperience/period"
+            ]
+        );
     }
 }
