@@ -106,6 +106,10 @@ pub enum Command {
         /// Alarms file that stop conditions may name (same shape as a template's `alarms`).
         #[arg(long, value_name = "FILE")]
         alarms: Option<PathBuf>,
+        /// Inventory the templates will run against: instance actions (stop, terminate,
+        /// reboot) must not be able to select a host on no platform.
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ValidateFormat::Human)]
         format: ValidateFormat,

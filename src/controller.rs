@@ -6,6 +6,7 @@ use crate::engine::{Run, RunOutcome, Settings, StopRequest};
 use crate::exit;
 use crate::journal::{Event, Journal, State};
 use crate::plan;
+use crate::platform::Platforms;
 use crate::report::Report;
 use crate::server::{Endpoint, Fleet, FleetEvent};
 use crate::template::{Alarm, Experiment};
@@ -56,6 +57,8 @@ pub struct Controller {
     /// Fleet events since the start, until a run journals them: faults removed from agents
     /// that registered before the run (left by a controller that died) are journaled too.
     early: std::sync::Mutex<Option<broadcast::Receiver<FleetEvent>>>,
+    /// What instance actions act through.
+    platforms: Platforms,
 }
 
 impl Controller {
@@ -85,7 +88,13 @@ impl Controller {
             addr,
             cancel,
             early,
+            platforms: Platforms::default(),
         })
+    }
+
+    /// Acts on hosts through these platforms (the demo adds its own process world).
+    pub fn set_platforms(&mut self, platforms: Platforms) {
+        self.platforms = platforms;
     }
 
     /// A controller whose agents arrive on a port another server owns and hands over
@@ -99,6 +108,7 @@ impl Controller {
             addr,
             cancel,
             early,
+            platforms: Platforms::default(),
         }
     }
 
@@ -307,8 +317,9 @@ impl Controller {
             fleet: self.fleet.clone(),
             journal: journal.clone(),
             settings: opts.settings,
+            platforms: self.platforms.clone(),
         };
-        let placements = run.preflight().map_err(|e| failed(e.to_string()))?;
+        let placements = run.preflight().await.map_err(|e| failed(e.to_string()))?;
         if alarms.is_empty() {
             let (stop_tx, stop_rx) = mpsc::channel(4);
             let engine = run.run(placements, stop_rx);

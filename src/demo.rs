@@ -7,11 +7,13 @@
 //! (never nf_tables: these agents share the machine's network), shuts it out.
 
 use crate::controller::{AgentWait, Controller};
+use crate::platform::{self, local::Local, Platforms};
 use faultline_agent::protocol::HostDescription;
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The showcase game day, as shipped in `experiments/`.
@@ -73,7 +75,10 @@ pub fn retarget_user_experience(template: &mut Value, lb_url: &str) {
 
 /// The demo world: its processes, stopped (SIGTERM, then waited for) when dropped.
 pub struct World {
+    /// The load balancer.
     children: Vec<Child>,
+    /// The hosts.
+    local: Option<Local>,
     /// The load balancer's URL.
     pub lb_url: String,
     /// The hosts, with their loopback addresses as addresses.
@@ -111,40 +116,52 @@ impl World {
         .map_err(|e| DemoError(e.to_string()))?;
         let mut world = World {
             children: Vec::new(),
+            local: None,
             lb_url: format!("http://127.0.0.1:{lb_port}/"),
             hosts: Vec::new(),
         };
-        let init = |name: &str| {
-            let mut c = Command::new(bin_dir.join("demo-init"));
-            c.env("PATH", &path)
-                .env("DEMO_INIT_WITH_PARENT", "true")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(work.join(format!("{name}.log"))).map_or(Stdio::null(), Stdio::from));
-            c
+        let init = {
+            let (bin_dir, work, path) = (bin_dir.to_path_buf(), work.to_path_buf(), path.clone());
+            move |name: &str| {
+                let mut c = Command::new(bin_dir.join("demo-init"));
+                c.env("PATH", &path)
+                    .env("DEMO_INIT_WITH_PARENT", "true")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(work.join(format!("{name}.log"))).map_or(Stdio::null(), Stdio::from));
+                c
+            }
         };
         for (host, ip) in hosts.iter_mut().zip(&addresses) {
-            let az = host.placement.availability_zone.clone();
-            let state = work.join(format!("state-{}", host.host_id));
-            let mut c = init(&host.host_id);
-            c.env("FAULTLINE_CONTROLLER", format!("ws://{controller}"))
-                .env("FAULTLINE_TOKEN_FILE", token_file)
-                .env("FAULTLINE_HOST_ID", &host.host_id)
-                .env("FAULTLINE_AZ", &az)
-                .env("FAULTLINE_TAGS", format!("tier=web,az={az},{FIS_TAGS}"))
-                .env("FAULTLINE_ADDRESS", ip.to_string())
-                .env("FAULTLINE_STATE_DIR", &state)
-                .env("FAULTLINE_PROXY", format!("{ip}:8080={ip}:8081"))
-                .env("FAULTLINE_BLACKOUT_BACKEND", "proxy")
-                .env("FAULTLINE_LEASE", "PT5S")
-                .args(["--run", &format!("demo-web --listen {ip}:8081 --name {}", host.host_id)])
-                .args(["--run", "faultline-agent"]);
-            world.children.push(
-                c.spawn()
-                    .map_err(|e| DemoError(format!("cannot start {}: {e}", host.host_id)))?,
-            );
             host.address = ip.to_string();
         }
+        // The platform hook: each host's process tree is started (and stopped, rebooted,
+        // replaced by instance actions) by the local platform, through this.
+        let spawn = {
+            let (init, work, token_file) = (init.clone(), work.to_path_buf(), token_file.to_path_buf());
+            move |host: &HostDescription| {
+                let (id, ip, az) = (&host.host_id, &host.address, &host.placement.availability_zone);
+                let mut c = init(id);
+                c.env("FAULTLINE_CONTROLLER", format!("ws://{controller}"))
+                    .env("FAULTLINE_TOKEN_FILE", &token_file)
+                    .env("FAULTLINE_HOST_ID", id)
+                    .env("FAULTLINE_AZ", az)
+                    .env(
+                        "FAULTLINE_TAGS",
+                        format!("tier=web,az={az},{FIS_TAGS},{}=local", platform::TAG),
+                    )
+                    .env("FAULTLINE_ADDRESS", ip)
+                    .env("FAULTLINE_STATE_DIR", work.join(format!("state-{id}")))
+                    .env("FAULTLINE_PROXY", format!("{ip}:8080={ip}:8081"))
+                    .env("FAULTLINE_BLACKOUT_BACKEND", "proxy")
+                    .env("FAULTLINE_LEASE", "PT5S")
+                    .args(["--run", &format!("demo-web --listen {ip}:8081 --name {id}")])
+                    .args(["--run", "faultline-agent"]);
+                c.spawn()
+            }
+        };
+        world.local =
+            Some(Local::start(&hosts, Arc::new(spawn)).map_err(|e| DemoError(format!("cannot start the hosts: {e}")))?);
         let backends: Vec<String> = hosts
             .iter()
             .map(|h| format!("{}={}:8080", h.host_id, h.address))
@@ -180,8 +197,18 @@ impl World {
     }
 }
 
+impl World {
+    /// The platform that runs the hosts, for instance actions.
+    pub fn platforms(&self) -> Platforms {
+        self.local.clone().map(Platforms::with_local).unwrap_or_default()
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
+        if let Some(local) = &self.local {
+            local.shutdown();
+        }
         for c in &self.children {
             // SAFETY: kill(2) on our own child; demo-init passes SIGTERM on and waits.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

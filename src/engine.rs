@@ -4,6 +4,7 @@
 
 use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
+use crate::platform::{Operation, PlatformError, Platforms};
 use crate::server::{DispatchError, Fleet};
 use crate::template::{Action, Effect, Experiment, ResourceType};
 use faultline_agent::protocol::{ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome};
@@ -185,6 +186,8 @@ pub struct Run {
     pub journal: Arc<Journal>,
     /// Timeouts.
     pub settings: Settings,
+    /// The platforms instance actions act through.
+    pub platforms: Platforms,
 }
 
 /// The faults one action puts on one host.
@@ -229,6 +232,9 @@ pub enum PlacementError {
         /// What the agent offers, comma-separated.
         offers: String,
     },
+    /// An instance action selected a host no platform of this controller can act on.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
 }
 
 /// Every action whose hosts cannot take its fault, found before anything starts.
@@ -298,27 +304,52 @@ impl Run {
         Ok((resources, placements))
     }
 
-    /// Places every action's faults, checking that each host can take its fault, before
+    /// Places every action's faults, checking that each host can take its fault (and that
+    /// each host of an instance action is on a platform this controller reaches), before
     /// anything starts. Actions whose target resolved to nothing are left out.
-    pub fn preflight(&self) -> Result<Placements, PreflightError> {
+    pub async fn preflight(&self) -> Result<Placements, PreflightError> {
         let mut placed = BTreeMap::new();
         let mut errors = Vec::new();
         for (name, a) in &self.experiment.actions {
             if a.target.as_ref().is_some_and(|t| self.resolution.empty.contains(t)) {
                 continue;
             }
-            match self.placements(a) {
-                Ok(p) => {
-                    placed.insert(name.clone(), p);
+            let placement = match self.placements(a) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push((name.clone(), e));
+                    continue;
                 }
-                Err(e) => errors.push((name.clone(), e)),
+            };
+            if let Effect::Instances { .. } = a.spec.effect {
+                if let Err(e) = self.instance_hosts(&placement.0).await {
+                    errors.push((name.clone(), e));
+                    continue;
+                }
             }
+            placed.insert(name.clone(), placement);
         }
         if errors.is_empty() {
             Ok(Placements(placed))
         } else {
             Err(PreflightError(errors))
         }
+    }
+
+    /// The descriptions of an instance action's hosts, each on a platform this controller
+    /// reaches.
+    async fn instance_hosts(&self, ids: &[String]) -> Result<Vec<HostDescription>, PlacementError> {
+        let mut hosts = Vec::new();
+        for id in ids {
+            let host = self
+                .hosts
+                .iter()
+                .find(|h| &h.host_id == id)
+                .ok_or_else(|| PlacementError::NotConnected(id.clone()))?;
+            self.platforms.check(host).await?;
+            hosts.push(host.clone());
+        }
+        Ok(hosts)
     }
 
     /// Ends a run that never started because `stop` came first (an alarm already firing,
@@ -616,6 +647,13 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
     let duration = action.spec.duration();
     // The fault may end before the action does (an SSM document's DurationSeconds).
     let fault_duration = action.spec.fault_duration();
+    if let Effect::Instances {
+        operation,
+        complete_if_terminated,
+    } = action.spec.effect
+    {
+        return act_instances(run, name, operation, complete_if_terminated, cancel, finished).await;
+    }
     finished.hosts = placements.iter().map(|p| p.host.clone()).collect();
 
     // Dispatch to every host at once; each answer is journaled as it comes.
@@ -738,6 +776,128 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
         None,
     );
     finished
+}
+
+/// An instance action: the platform acts on every host at once; a stop with a duration is
+/// held, then (or at once when the experiment stops) the hosts are started again.
+async fn act_instances(
+    run: &Arc<Run>,
+    name: &str,
+    operation: Operation,
+    complete_if_terminated: bool,
+    cancel: CancellationToken,
+    mut finished: Finished,
+) -> Finished {
+    let action = &run.experiment.actions[name];
+    let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
+        run.journal.record(Event::ActionState {
+            action: name.to_string(),
+            state,
+            reason,
+            duration_ms,
+        })
+    };
+    let ids = action
+        .target
+        .as_ref()
+        .and_then(|t| run.resolution.targets.get(t))
+        .map(|r| r.selected.clone())
+        .unwrap_or_default();
+    let hosts = match run.instance_hosts(&ids).await {
+        Ok(h) => h,
+        Err(e) => {
+            state(State::Failed, Some(e.to_string()), None);
+            finished.state = State::Failed;
+            finished.error = Some(e.to_string());
+            return finished;
+        }
+    };
+    let results = join_all(hosts.iter().map(|h| instance(run, name, h, operation))).await;
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for (host, result) in hosts.iter().zip(results) {
+        match result {
+            Ok(replacement) => {
+                if let Some(r) = replacement {
+                    finished.notes.push(format!(
+                        "{}: terminated; replaced by {} in {}",
+                        host.host_id, r.host_id, r.availability_zone
+                    ));
+                }
+                done.push(host);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let duration = action.spec.duration();
+    let restart = operation == Operation::Stop && !duration.is_zero();
+    let mut stopped = false;
+    if errors.is_empty() && restart {
+        state(State::Running, None, Some(duration.as_millis() as u64));
+        stopped = tokio::select! {
+            _ = tokio::time::sleep(duration) => false,
+            _ = cancel.cancelled() => true,
+        };
+        if stopped {
+            state(State::Stopping, None, None);
+        }
+    }
+    if restart {
+        // The hosts this action stopped are started again on every path: its end, a stop of
+        // the experiment, a failure to stop another host.
+        let starts = join_all(done.iter().map(|h| instance(run, name, h, Operation::Start))).await;
+        for (host, result) in done.iter().zip(starts) {
+            match result {
+                Ok(_) => finished.last_removal = Some(Instant::now()),
+                Err(PlatformError::Terminated(_)) if complete_if_terminated => finished
+                    .notes
+                    .push(format!("{}: terminated while stopped; not started", host.host_id)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    finished.state = match (errors.is_empty(), stopped) {
+        (false, _) => State::Failed,
+        (true, true) => State::Stopped,
+        (true, false) => State::Completed,
+    };
+    if !errors.is_empty() {
+        finished.error = Some(errors.join("; "));
+    }
+    state(
+        finished.state,
+        finished
+            .error
+            .clone()
+            .or_else(|| stopped.then(|| "the experiment is stopping".into())),
+        None,
+    );
+    finished
+}
+
+/// Has the platform do `operation` to one host, journaled.
+async fn instance(
+    run: &Run,
+    action: &str,
+    host: &HostDescription,
+    operation: Operation,
+) -> Result<Option<crate::platform::Replacement>, PlatformError> {
+    let result = run.platforms.act(host, operation).await;
+    match &result {
+        Ok(r) => {
+            tracing::info!(host = %host.host_id, ?operation, replacement = ?r.as_ref().map(|r| &r.host_id), "instance action done")
+        }
+        Err(e) => tracing::warn!(host = %host.host_id, ?operation, error = %e, "instance action failed"),
+    }
+    run.journal.record(Event::Instance {
+        action: action.into(),
+        host: host.host_id.clone(),
+        operation,
+        ok: result.is_ok(),
+        replacement: result.as_ref().ok().and_then(|r| r.as_ref().map(|r| r.host_id.clone())),
+        error: result.as_ref().err().map(ToString::to_string),
+    });
+    result
 }
 
 /// Removes an action's faults from every host at once, recording what was confirmed.

@@ -177,6 +177,23 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The platform acted on a host for an instance action (stop, start, reboot, terminate).
+    Instance {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// What the platform did.
+        operation: crate::platform::Operation,
+        /// Whether it did it.
+        ok: bool,
+        /// The host that replaced a terminated one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replacement: Option<String>,
+        /// What went wrong.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// At the end of the run, a host it dispatched to was asked to remove whatever of the run
     /// it still held.
     RemoveAll {

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod journal;
 pub mod live;
 pub mod plan;
+pub mod platform;
 pub mod report;
 pub mod serve;
 pub mod server;

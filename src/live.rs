@@ -44,6 +44,22 @@ pub fn line(e: &Entry) -> Option<String> {
             )
         }
         Event::DispatchFailed { action, host, error } => format!("action {action}: {host}: {error}"),
+        Event::Instance {
+            action,
+            host,
+            operation,
+            replacement,
+            error,
+            ..
+        } => {
+            let mut s = format!("action {action}: {host}: {operation:?}");
+            match (error, replacement) {
+                (Some(e), _) => s += &format!(" failed: {e}"),
+                (None, Some(r)) => s += &format!(" done; replaced by {r}"),
+                (None, None) => s += " done",
+            }
+            s
+        }
         Event::Removal {
             action,
             host,
@@ -237,7 +253,10 @@ async fn tty(mut rx: broadcast::Receiver<Entry>, experiment: &Experiment, cancel
 /// display already shows.
 fn line_for_log(e: &Entry) -> Option<String> {
     match &e.event {
-        Event::DispatchFailed { .. } | Event::Removal { confirmed: false, .. } | Event::FaultEnded { .. } => line(e),
+        Event::DispatchFailed { .. }
+        | Event::Instance { .. }
+        | Event::Removal { confirmed: false, .. }
+        | Event::FaultEnded { .. } => line(e),
         Event::ExperimentState { reason: Some(_), .. } => line(e),
         Event::ActionState {
             state: State::Failed, ..

@@ -159,6 +159,18 @@ fn through_lb(port: u16) -> (u16, String, Duration) {
     (status, backend, t.elapsed())
 }
 
+/// The body of one GET through the load balancer (`hello from HOST`), empty when it fails.
+fn lb_body(port: u16) -> String {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.0\r\nHost: lb\r\n\r\n");
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
 fn lb_metric(port: u16, backend: &str) -> Option<f64> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
@@ -415,4 +427,94 @@ fn every_example_against_the_topology() {
         "fault removed {:?} after the controller was killed (lease 10 s)",
         killed.elapsed()
     );
+
+    // Instance actions, through the Docker Engine API. Last: a termination changes the hosts.
+    instance_actions(&env, port);
+}
+
+/// Reboot, stop (interrupted: the host is started at once) and terminate (a replacement with
+/// a new id in the same AZ and on the same address serves behind the LB).
+fn instance_actions(env: &Env, port: u16) {
+    let state = |host: &str| inspect(&format!("faultline-{host}"), "{{.State.Status}}");
+    let started = |host: &str| inspect(&format!("faultline-{host}"), "{{.State.StartedAt}}");
+
+    // reboot: the selected container restarts (new start time, new service), the other not.
+    let before: BTreeMap<&str, (String, Vec<u32>)> = ["web-c1", "web-c2"]
+        .iter()
+        .map(|h| (*h, (started(h), web_pids(h))))
+        .collect();
+    let (status, out, _) = env
+        .run("reboot", &shorten(example("fis/ec2-reboot.json"), "PT5S", port))
+        .finish(T);
+    assert_eq!(status.code(), Some(0), "{out}");
+    let victim = env.selected("OneWebInstanceInC")[0].clone();
+    for (host, (start, pids)) in &before {
+        if *host == victim {
+            assert_ne!(&started(host), start, "{host} was not rebooted");
+            assert!(
+                !web_pids(host).contains(&pids[0]),
+                "{host}'s service survived its reboot"
+            );
+        } else {
+            assert_eq!(&started(host), start, "{host} was rebooted");
+        }
+    }
+    eventually(
+        "the rebooted host healthy behind the LB",
+        Duration::from_secs(20),
+        || lb_metric(port, &victim) == Some(1.0),
+    );
+
+    // stop, then the experiment is interrupted: the container is started again at once.
+    let mut run = env.run("stop", &example("fis/ec2-stop.json"));
+    run.expect("action StopInstances running", T);
+    let victim = env.selected("OneWebInstanceInA")[0].clone();
+    assert_eq!(state(&victim), "exited", "{victim} is not stopped");
+    eventually("the LB taking the stopped host out", Duration::from_secs(10), || {
+        lb_metric(port, &victim) == Some(0.0)
+    });
+    run.signal(libc::SIGINT);
+    let (status, out, _) = run.finish(T);
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert_eq!(state(&victim), "running", "{victim} was left stopped");
+    eventually(
+        "the started host healthy behind the LB",
+        Duration::from_secs(20),
+        || lb_metric(port, &victim) == Some(1.0),
+    );
+
+    // terminate: the container is gone for good; web-b3 replaces it in az-b, on its address.
+    let (status, out, lines) = env
+        .run("terminate", &shorten(example("fis/ec2-terminate.json"), "PT10S", port))
+        .finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(0), "{r}");
+    let victim = env.selected("OneWebInstanceInB")[0].clone();
+    assert_eq!(
+        r["actions"]["TerminateInstances"]["notes"],
+        json!([format!("{victim}: terminated; replaced by web-b3 in az-b")])
+    );
+    assert_eq!(state(&victim), "", "the terminated {victim} still exists");
+    assert_eq!(state("web-b3"), "running");
+    let old_ip = if victim == "web-b1" { "10.42.2.11" } else { "10.42.2.12" };
+    assert_eq!(
+        inspect(
+            "faultline-web-b3",
+            "{{range $n, $c := .NetworkSettings.Networks}}{{$c.IPAddress}} {{end}}"
+        )
+        .split_whitespace()
+        .filter(|ip| *ip == old_ip)
+        .count(),
+        1,
+        "web-b3 does not have {victim}'s address"
+    );
+    assert!(
+        journal(env.s)
+            .iter()
+            .any(|e| e["event"] == "agent_connected" && e["host"] == "web-b3" && e["az"] == "az-b"),
+        "web-b3 did not register in az-b"
+    );
+    eventually("web-b3 serving behind the LB", Duration::from_secs(20), || {
+        lb_body(port).contains("hello from web-b3")
+    });
 }

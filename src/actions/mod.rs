@@ -60,6 +60,12 @@ catalog! {
     SsmSendCommand => ssm_send_command,
     /// `aws:network:disrupt-connectivity`
     DisruptConnectivity => disrupt_connectivity,
+    /// `faultline:host:stop`
+    HostStop => host_stop,
+    /// `faultline:host:terminate`
+    HostTerminate => host_terminate,
+    /// `faultline:host:reboot`
+    HostReboot => host_reboot,
     /// `aws:fis:wait`
     Wait => wait,
 }
@@ -124,6 +130,8 @@ pub struct Param {
 pub enum Kind {
     /// An ISO 8601 duration, longer than zero and at most [`limits::MAX_DURATION`].
     Duration,
+    /// An ISO 8601 duration of at least this many seconds and at most [`limits::MAX_DURATION`].
+    DurationFrom(u64),
     /// A whole number in this range.
     Integer((u64, u64)),
     /// A decimal number in this range.
@@ -142,7 +150,7 @@ impl Kind {
     /// The type as the docs name it.
     pub fn type_name(self) -> &'static str {
         match self {
-            Kind::Duration => "ISO 8601 duration",
+            Kind::Duration | Kind::DurationFrom(_) => "ISO 8601 duration",
             Kind::Integer(_) => "integer",
             Kind::Number(_) => "number",
             Kind::Bool => "boolean",
@@ -156,6 +164,11 @@ impl Kind {
     pub fn range(self) -> String {
         match self {
             Kind::Duration => format!("> 0, <= {}", crate::duration::format(limits::MAX_DURATION)),
+            Kind::DurationFrom(min) => format!(
+                ">= {}, <= {}",
+                crate::duration::format(Duration::from_secs(min)),
+                crate::duration::format(limits::MAX_DURATION)
+            ),
             Kind::Integer((min, max)) => format!("{min}-{max}"),
             Kind::Number((min, max)) => format!("{min}-{max}"),
             Kind::Bool => "true, false".into(),
@@ -210,6 +223,13 @@ pub enum Effect {
         /// How long the fault lasts, at most the action's duration; zero for a kill.
         fault_duration: Duration,
     },
+    /// An instance action, done by the hosts' platform rather than by their agents.
+    Instances {
+        /// What the platform does; a stop with a duration is followed by a start.
+        operation: crate::platform::Operation,
+        /// A stop's restart finding a host terminated does not fail the action.
+        complete_if_terminated: bool,
+    },
     /// Nothing: the action only takes time.
     Wait,
 }
@@ -243,7 +263,7 @@ impl ActionSpec {
     pub fn host_fault(&self) -> Option<FaultKind> {
         match &self.effect {
             Effect::Fault(f) | Effect::Bounded { fault: f, .. } => Some(f.clone()),
-            Effect::Blackout { .. } | Effect::Wait => None,
+            Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Wait => None,
         }
     }
 
@@ -379,11 +399,12 @@ mod tests {
             let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
             let spec = spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id));
             assert_eq!(spec.action_id, a);
-            assert_eq!(spec.is_instant(), a == ActionId::Kill);
+            let platform = matches!(spec.effect, Effect::Instances { .. });
+            assert_eq!(spec.is_instant(), a == ActionId::Kill || platform);
             assert_eq!(
                 spec.host_fault().is_some(),
-                d.target == Some(ResourceType::Host),
-                "{}: a host action maps to a wire fault",
+                d.target == Some(ResourceType::Host) && !platform,
+                "{}: a host action maps to a wire fault or to its platform",
                 d.id
             );
         }

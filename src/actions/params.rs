@@ -66,6 +66,7 @@ impl<'a> Params<'a> {
     pub fn check(&mut self, p: &Param) -> bool {
         match p.kind {
             Kind::Duration => self.duration().is_some(),
+            Kind::DurationFrom(_) => self.duration_from(p).is_some(),
             Kind::Integer(_) => self.int(p).is_some(),
             Kind::Number(_) => self.number(p).is_some(),
             Kind::Bool => self.flag(p).is_some(),
@@ -209,6 +210,26 @@ impl<'a> Params<'a> {
             Ok(d) => Some(d),
             Err(e) => {
                 self.fail("duration", e.to_string(), None);
+                None
+            }
+        }
+    }
+
+    /// A duration parameter with a lower bound, such as FIS's PT1M–PT12H.
+    pub fn duration_from(&mut self, p: &Param) -> Option<Duration> {
+        let Kind::DurationFrom(min) = p.kind else {
+            unreachable!("{} is not a bounded duration parameter", p.name)
+        };
+        let key = p.name;
+        let text = self.text(key).or(p.default)?;
+        match duration::parse(text) {
+            Ok(d) if d < Duration::from_secs(min) || d > limits::MAX_DURATION => {
+                self.fail(key, format!("{key} is {text}; it must be {}", p.kind.range()), None);
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.fail(key, e.to_string(), None);
                 None
             }
         }

@@ -35,9 +35,16 @@ fn action_rule(id: ActionId) -> Value {
         "required": required,
         "properties": properties,
     });
+    // FIS lets an action without required parameters leave `parameters` out.
+    let needs_parameters: Vec<&str> = if required.is_empty() {
+        vec![]
+    } else {
+        vec!["parameters"]
+    };
+    let with_targets: Vec<&str> = needs_parameters.iter().copied().chain(["targets"]).collect();
     let then = match def.target {
         Some(t) => json!({
-            "required": ["parameters", "targets"],
+            "required": with_targets,
             "properties": {
                 "targets": { "$ref": match t {
                     ResourceType::Host => "#/$defs/hostTargets",
@@ -48,7 +55,7 @@ fn action_rule(id: ActionId) -> Value {
             }
         }),
         None => json!({
-            "required": ["parameters"],
+            "required": needs_parameters,
             "properties": {
                 "targets": { "additionalProperties": false, "maxProperties": 0 },
                 "parameters": parameters,
@@ -81,7 +88,7 @@ fn param(p: &Param) -> Value {
     }
     description.push('.');
     let mut v = match p.kind {
-        Kind::Duration => json!({ "$ref": "#/$defs/duration" }),
+        Kind::Duration | Kind::DurationFrom(_) => json!({ "$ref": "#/$defs/duration" }),
         Kind::Integer(_) => json!({ "$ref": "#/$defs/integerString" }),
         Kind::Number(_) => json!({ "$ref": "#/$defs/numberString" }),
         Kind::Bool => json!({ "enum": ["true", "false"] }),
@@ -406,15 +413,18 @@ fn frame() -> Value {
                     }
                 },
                 "hostTargets": {
-                    "description": "The target an action on hosts acts on.",
+                    "description": "The target an action on hosts acts on: Hosts, or Instances as FIS writes it.",
                     "type": "object",
                     "additionalProperties": false,
-                    "required": [
-                        "Hosts"
-                    ],
+                    "minProperties": 1,
+                    "maxProperties": 1,
                     "properties": {
                         "Hosts": {
                             "description": "Name of a faultline:host target.",
+                            "type": "string"
+                        },
+                        "Instances": {
+                            "description": "Name of a faultline:host (aws:ec2:instance) target, as FIS writes it.",
                             "type": "string"
                         }
                     }

@@ -35,12 +35,14 @@ pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
         match format {
             ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
             ReportFormat::Table => {
-                let mut t = faultline::report::table(["host", "az", "tags", "address", "capabilities", "version"]);
+                let mut t =
+                    faultline::report::table(["host", "az", "state", "tags", "address", "capabilities", "version"]);
                 for h in &hosts {
                     let tags: Vec<String> = h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     t.add_row(vec![
                         h.host_id.clone(),
                         h.placement.availability_zone.clone(),
+                        h.state.name.clone(),
                         tags.join(", "),
                         h.address.clone(),
                         h.agent.capabilities.join(", "),

@@ -70,11 +70,12 @@ pub fn run(
         .unwrap_or_default();
 
     let result = super::runtime()?.block_on(async {
-        let controller = Controller::start(([127, 0, 0, 1], 0).into(), token, Default::default())
+        let mut controller = Controller::start(([127, 0, 0, 1], 0).into(), token, Default::default())
             .await
             .map_err(|e| super::fail(e.code, e))?;
         let world = World::start(&bin_dir, &work, controller.addr(), &token_file, lb_port)
             .map_err(|e| super::fail(exit::FAILED, e))?;
+        controller.set_platforms(world.platforms());
         eprintln!("starting the demo world: 6 hosts in az-a, az-b, az-c and a load balancer at {lb_url}");
         world
             .wait_ready(&controller, Duration::from_secs(60))

@@ -50,7 +50,12 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs one command.
 pub fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Validate { alarms, format, files } => validate::run(&files, alarms.as_deref(), format),
+        Command::Validate {
+            alarms,
+            inventory,
+            format,
+            files,
+        } => validate::run(&files, alarms.as_deref(), inventory.as_deref(), format),
         Command::Plan {
             inventory,
             seed,

@@ -34,6 +34,7 @@ pub fn run(
     })?;
     let seed = seed.unwrap_or_else(rand::random);
     let resolution = plan::resolve(&experiment, &hosts, seed).map_err(|e| super::fail(exit::FAILED, e))?;
+    plan::check_platforms(&experiment, &resolution, &hosts).map_err(|e| super::fail(exit::INVALID, e))?;
     let plan = plan::plan(&experiment, &resolution);
     match format {
         ReportFormat::Table => println!("{}", plan::render_tables(&experiment, &resolution, &plan, &hosts)),

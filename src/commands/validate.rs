@@ -7,11 +7,32 @@ use crate::cli::ValidateFormat;
 use faultline::exit;
 use faultline::plan::inventory;
 use faultline::template::{self, Diagnostic, Origin};
+use faultline_agent::protocol::HostDescription;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// Validates each file; exit 0 when all are valid, 2 when any is not.
-pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> anyhow::Result<u8> {
+pub fn run(
+    files: &[PathBuf],
+    alarms: Option<&Path>,
+    inventory: Option<&Path>,
+    format: ValidateFormat,
+) -> anyhow::Result<u8> {
+    let hosts = match inventory {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                super::fail(
+                    exit::INVALID,
+                    anyhow::anyhow!("cannot read inventory {}: {e}", path.display()),
+                )
+            })?;
+            Some(inventory::parse(&text).map_err(|diags| {
+                let rendered: Vec<String> = diags.iter().map(|d| d.render(&path.display().to_string())).collect();
+                super::fail(exit::INVALID, anyhow::anyhow!(rendered.join("\n")))
+            })?)
+        }
+    };
     let alarms_doc = match alarms {
         None => None,
         Some(path) => {
@@ -30,7 +51,7 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
     let mut reports = Vec::new();
     let mut all_valid = true;
     for file in files {
-        let result = check(file, alarms_doc.as_ref());
+        let result = check(file, alarms_doc.as_ref(), hosts.as_deref());
         all_valid &= result.is_ok();
         match format {
             ValidateFormat::Human => match &result {
@@ -70,7 +91,11 @@ pub fn run(files: &[PathBuf], alarms: Option<&Path>, format: ValidateFormat) -> 
 
 /// Checks one file as the kind of document it is; `Ok` carries a one-line summary and the
 /// warnings (what is accepted but has no effect here).
-fn check(file: &Path, alarms: Option<&Value>) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
+fn check(
+    file: &Path,
+    alarms: Option<&Value>,
+    hosts: Option<&[HostDescription]>,
+) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         vec![Diagnostic::at(
             Origin::Template,
@@ -97,6 +122,17 @@ fn check(file: &Path, alarms: Option<&Value>) -> Result<(String, Vec<Diagnostic>
         ))
     } else {
         let e = template::validate(&doc, alarms)?;
+        if let Some(hosts) = hosts {
+            let diags: Vec<Diagnostic> = faultline::plan::could_select_without_platform(&e, hosts)
+                .into_iter()
+                .map(|(action, message)| {
+                    Diagnostic::at(Origin::Template, format!("/actions/{action}/targets"), message)
+                })
+                .collect();
+            if !diags.is_empty() {
+                return Err(diags);
+            }
+        }
         let summary = format!(
             "template ({} target{}, {} action{}, {} stop condition{})",
             e.targets.len(),

@@ -13,6 +13,71 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// An instance action (stop, terminate, reboot) that selected a host on no platform: a bare
+/// agent cannot be stopped, terminated or rebooted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct NoPlatform(pub Vec<String>);
+
+/// Checks that every host an instance action selected declares a platform (the tag
+/// [`crate::platform::TAG`]), before anything starts.
+pub fn check_platforms(
+    experiment: &Experiment,
+    resolution: &Resolution,
+    hosts: &[HostDescription],
+) -> Result<(), NoPlatform> {
+    let selected = |target: &str| {
+        resolution
+            .targets
+            .get(target)
+            .map(|r| r.selected.clone())
+            .unwrap_or_default()
+    };
+    let errors: Vec<String> = without_platform(experiment, hosts, selected)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(NoPlatform(errors))
+    }
+}
+
+/// For `validate --inventory`: every instance action whose target could select a host on no
+/// platform, whatever the sampling; each with its action name.
+pub fn could_select_without_platform(experiment: &Experiment, hosts: &[HostDescription]) -> Vec<(String, String)> {
+    without_platform(experiment, hosts, |name| {
+        let mut every = experiment.targets[name].clone();
+        every.selection = crate::template::Selection::All;
+        resolve::resolve_target(name, &every, hosts, 0).selected
+    })
+}
+
+fn without_platform(
+    experiment: &Experiment,
+    hosts: &[HostDescription],
+    selected: impl Fn(&str) -> Vec<String>,
+) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    for (name, action) in &experiment.actions {
+        let (crate::actions::Effect::Instances { .. }, Some(target)) = (&action.spec.effect, &action.target) else {
+            continue;
+        };
+        for id in selected(target) {
+            let host = hosts.iter().find(|h| h.host_id == id);
+            if host.and_then(crate::platform::Kind::of).is_none() {
+                let e = crate::platform::PlatformError::NoPlatform(id);
+                errors.push((
+                    name.clone(),
+                    format!("action {name} ({}): {e}", action.spec.action_id()),
+                ));
+            }
+        }
+    }
+    errors
+}
+
 /// One action on the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

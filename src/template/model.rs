@@ -131,6 +131,16 @@ impl ResourceType {
             ResourceType::Subnet => "Subnets",
         }
     }
+
+    /// Every key of `action.targets` that names a target of this type: FIS writes
+    /// `Instances` for `aws:ec2:instance`.
+    pub fn target_keys(self) -> &'static [&'static str] {
+        match self {
+            ResourceType::Host => &["Hosts", "Instances"],
+            ResourceType::Az => &["AvailabilityZones"],
+            ResourceType::Subnet => &["Subnets"],
+        }
+    }
 }
 
 /// A named set of resources.

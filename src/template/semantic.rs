@@ -491,8 +491,8 @@ impl Checker {
         targets: &BTreeMap<String, Target>,
     ) -> Option<String> {
         let wanted = id.def().target?;
-        let key = wanted.target_key();
         let obj = a.get("targets").and_then(Value::as_object)?;
+        let key = *wanted.target_keys().iter().find(|k| obj.contains_key(**k))?;
         let name = obj.get(key).and_then(Value::as_str)?;
         let pointer = join(&join(base, "targets"), key);
         match targets.get(name) {

@@ -1,0 +1,257 @@
+//! The docker platform: the container topology (`agents/compose.yaml`), through the Docker
+//! Engine API on its Unix socket (`DOCKER_HOST` when set). Host `ID` is the container
+//! `faultline-ID`.
+//!
+//! Stop, start and reboot are Docker's own: a container stopped through the API stays
+//! stopped whatever its restart policy (`unless-stopped`), until it is started again or
+//! `faultline topology up` starts it. A termination stops the container (its agent removes
+//! its faults), removes it, and after a short delay creates its replacement, as an Auto
+//! Scaling group launches from its launch template: the same image, environment, networks
+//! and addresses, a new host id.
+
+use super::{Operation, PlatformError, Replacement, REPLACEMENT_DELAY};
+use bollard::models::{ContainerCreateBody, EndpointIpamConfig, EndpointSettings, NetworkConnectRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use faultline_agent::protocol::HostDescription;
+use std::collections::HashMap;
+
+/// Seconds a container gets to stop (its agent removes its faults) before SIGKILL; as the
+/// compose file's `stop_grace_period`.
+const STOP_SECONDS: i32 = 15;
+
+/// The label compose puts on the topology's containers.
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+
+/// A connection to the Docker Engine.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    api: bollard::Docker,
+}
+
+/// The container of a host.
+pub fn container(host_id: &str) -> String {
+    format!("{}-{host_id}", crate::topology::PROJECT)
+}
+
+impl Docker {
+    /// Connects to the local engine and agrees on an API version.
+    pub async fn connect() -> Result<Docker, bollard::errors::Error> {
+        let api = bollard::Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
+        api.ping().await?;
+        Ok(Docker { api })
+    }
+
+    /// Does `operation` to a host's container.
+    pub async fn act(
+        &self,
+        host: &HostDescription,
+        operation: Operation,
+    ) -> Result<Option<Replacement>, PlatformError> {
+        let id = host.host_id.as_str();
+        let name = container(id);
+        let failed = |e: bollard::errors::Error| match e {
+            bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => {
+                PlatformError::Terminated(id.to_string())
+            }
+            e => PlatformError::Failed {
+                host: id.to_string(),
+                operation,
+                message: e.to_string(),
+            },
+        };
+        let stop = Some(StopContainerOptions {
+            t: Some(STOP_SECONDS),
+            signal: None,
+        });
+        match operation {
+            Operation::Stop => self.api.stop_container(&name, stop).await.map_err(failed)?,
+            Operation::Start => self
+                .api
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .map_err(failed)?,
+            Operation::Reboot => self
+                .api
+                .restart_container(
+                    &name,
+                    Some(RestartContainerOptions {
+                        t: Some(STOP_SECONDS),
+                        signal: None,
+                    }),
+                )
+                .await
+                .map_err(failed)?,
+            Operation::Terminate => {
+                let launch = self
+                    .api
+                    .inspect_container(&name, None::<InspectContainerOptions>)
+                    .await
+                    .map_err(failed)?;
+                self.api.stop_container(&name, stop).await.map_err(failed)?;
+                self.api
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .map_err(failed)?;
+                tokio::time::sleep(REPLACEMENT_DELAY).await;
+                return self.replace(host, launch).await.map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Launches the replacement of a terminated host from the terminated container's
+    /// configuration.
+    async fn replace(
+        &self,
+        old: &HostDescription,
+        launch: bollard::models::ContainerInspectResponse,
+    ) -> Result<Replacement, PlatformError> {
+        let failed = |message: String| PlatformError::Failed {
+            host: old.host_id.clone(),
+            operation: Operation::Terminate,
+            message: format!("cannot launch the replacement: {message}"),
+        };
+        let in_use = self.host_ids().await.map_err(|e| failed(e.to_string()))?;
+        let new_id = super::replacement_id(&old.host_id, in_use.iter().map(String::as_str));
+        let config = launch.config.unwrap_or_default();
+        let env = config.env.map(|env| {
+            env.into_iter()
+                .map(|var| relabel(&var, &old.host_id, &new_id))
+                .collect::<Vec<_>>()
+        });
+        let mut networks: Vec<(String, EndpointSettings)> = launch
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(net, e)| {
+                let endpoint = EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: e.ip_address.filter(|a| !a.is_empty()),
+                        ..Default::default()
+                    }),
+                    aliases: Some(vec![new_id.clone()]),
+                    ..Default::default()
+                };
+                (net, endpoint)
+            })
+            .collect();
+        // The network of the host config's network mode is the one given at creation.
+        let mode = launch.host_config.as_ref().and_then(|h| h.network_mode.clone());
+        networks.sort_by_key(|(net, _)| Some(net) != mode.as_ref());
+        let body = ContainerCreateBody {
+            hostname: Some(new_id.clone()),
+            env,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            image: config.image,
+            labels: config.labels,
+            stop_signal: config.stop_signal,
+            host_config: launch.host_config,
+            // The engine (API < 1.44) takes one network at creation; the others are
+            // connected before the container starts.
+            networking_config: networks.first().map(|(net, e)| bollard::models::NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(net.clone(), e.clone())])),
+            }),
+            ..Default::default()
+        };
+        let name = container(&new_id);
+        self.api
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        for (net, endpoint) in networks.into_iter().skip(1) {
+            self.api
+                .connect_network(
+                    &net,
+                    NetworkConnectRequest {
+                        container: name.clone(),
+                        endpoint_config: Some(endpoint),
+                    },
+                )
+                .await
+                .map_err(|e| failed(format!("connecting {net}: {e}")))?;
+        }
+        self.api
+            .start_container(&name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Replacement {
+            host_id: new_id,
+            availability_zone: old.placement.availability_zone.clone(),
+        })
+    }
+
+    /// The ids of the topology's hosts that have a container (running or not).
+    async fn host_ids(&self) -> Result<Vec<String>, bollard::errors::Error> {
+        let prefix = format!("/{}", container(""));
+        let all = self
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{PROJECT_LABEL}={}", crate::topology::PROJECT)],
+                )])),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(all
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .filter_map(|n| n.strip_prefix(&prefix).map(String::from))
+            .collect())
+    }
+}
+
+/// One `KEY=VALUE` of the terminated host's environment, for its replacement: the host id
+/// and the service's name change, nothing else.
+fn relabel(var: &str, old: &str, new: &str) -> String {
+    match var.split_once('=') {
+        Some(("FAULTLINE_HOST_ID", _)) => format!("FAULTLINE_HOST_ID={new}"),
+        Some(("DEMO_INIT_RUN", run)) => format!(
+            "DEMO_INIT_RUN={}",
+            run.replace(&format!("--name {old}"), &format!("--name {new}"))
+        ),
+        _ => var.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replacement_keeps_the_environment_but_its_names() {
+        assert_eq!(
+            relabel("FAULTLINE_HOST_ID=web-a1", "web-a1", "web-a3"),
+            "FAULTLINE_HOST_ID=web-a3"
+        );
+        assert_eq!(
+            relabel(
+                "DEMO_INIT_RUN=/demo-web --listen 127.0.0.1:8081 --name web-a1;/faultline-agent",
+                "web-a1",
+                "web-a3"
+            ),
+            "DEMO_INIT_RUN=/demo-web --listen 127.0.0.1:8081 --name web-a3;/faultline-agent"
+        );
+        assert_eq!(relabel("FAULTLINE_AZ=az-a", "web-a1", "web-a3"), "FAULTLINE_AZ=az-a");
+    }
+}

@@ -1,0 +1,223 @@
+//! The platforms that run hosts: what `aws:ec2:stop-instances`, `terminate-instances` and
+//! `reboot-instances` act on, as FIS acts through the EC2 API rather than through an agent.
+//!
+//! A host declares its platform with the tag [`TAG`] (`faultline:platform=docker` on the
+//! container topology, `local` in `faultline demo`), set by whoever starts it. A host
+//! without the tag is a bare agent: no platform can stop it, and these actions are refused
+//! for it before anything starts.
+
+pub mod docker;
+pub mod local;
+
+use faultline_agent::protocol::HostDescription;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tag that names a host's platform.
+pub const TAG: &str = "faultline:platform";
+
+/// How long the Auto Scaling stand-in waits after a termination before it launches the
+/// replacement.
+pub const REPLACEMENT_DELAY: Duration = Duration::from_secs(3);
+
+/// What the platform does to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Stop it (its programs end; it keeps its id and can be started again).
+    Stop,
+    /// Start a stopped one.
+    Start,
+    /// Restart it.
+    Reboot,
+    /// End it for good; a replacement with a new id comes up in the same AZ.
+    Terminate,
+}
+
+/// Which platform a host is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A container of the topology, through the Docker Engine API.
+    Docker,
+    /// A process tree of `faultline demo`.
+    Local,
+}
+
+impl Kind {
+    /// The platform a host declares, `None` for a bare agent (or an unknown value).
+    pub fn of(host: &HostDescription) -> Option<Kind> {
+        match host.tags.get(TAG).map(String::as_str) {
+            Some("docker") => Some(Kind::Docker),
+            Some("local") => Some(Kind::Local),
+            _ => None,
+        }
+    }
+
+    /// Its name, as the tag writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Docker => "docker",
+            Kind::Local => "local",
+        }
+    }
+}
+
+/// Why a platform could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// The host is on no platform.
+    #[error(
+        "{0} is on no platform (a bare agent): instance actions need a host of the container topology or of \
+         `faultline demo` (tag {TAG}=docker|local)"
+    )]
+    NoPlatform(String),
+    /// The host's platform is not reachable from this controller.
+    #[error("{host} is on the {platform} platform, which this controller cannot reach: {why}")]
+    Unreachable {
+        /// The host.
+        host: String,
+        /// Its platform.
+        platform: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The host was terminated: nothing can act on it any more.
+    #[error("{0} is terminated")]
+    Terminated(String),
+    /// The platform refused or failed.
+    #[error("{host}: {operation:?} failed: {message}")]
+    Failed {
+        /// The host.
+        host: String,
+        /// What was asked.
+        operation: Operation,
+        /// What the platform said.
+        message: String,
+    },
+}
+
+/// What a termination left: the replacement's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The new host's id.
+    pub host_id: String,
+    /// Its AZ (the terminated host's).
+    pub availability_zone: String,
+}
+
+/// The platforms this controller can act on.
+#[derive(Clone, Default)]
+pub struct Platforms {
+    local: Option<local::Local>,
+    docker: Arc<tokio::sync::OnceCell<Result<docker::Docker, String>>>,
+}
+
+impl std::fmt::Debug for Platforms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platforms")
+            .field("local", &self.local.is_some())
+            .finish()
+    }
+}
+
+impl Platforms {
+    /// With the demo's own process world.
+    pub fn with_local(local: local::Local) -> Self {
+        Platforms {
+            local: Some(local),
+            ..Default::default()
+        }
+    }
+
+    /// Checks that `host` is on a platform this controller reaches, before anything starts.
+    pub async fn check(&self, host: &HostDescription) -> Result<(), PlatformError> {
+        self.platform(host).await.map(|_| ())
+    }
+
+    async fn platform(&self, host: &HostDescription) -> Result<Platform<'_>, PlatformError> {
+        match Kind::of(host) {
+            None => Err(PlatformError::NoPlatform(host.host_id.clone())),
+            Some(Kind::Local) => match &self.local {
+                Some(l) if l.knows(&host.host_id) => Ok(Platform::Local(l)),
+                _ => Err(PlatformError::Unreachable {
+                    host: host.host_id.clone(),
+                    platform: "local",
+                    why: "only the `faultline demo` that started it can".into(),
+                }),
+            },
+            Some(Kind::Docker) => {
+                let docker = self
+                    .docker
+                    .get_or_init(|| async { docker::Docker::connect().await.map_err(|e| e.to_string()) })
+                    .await;
+                match docker {
+                    Ok(d) => Ok(Platform::Docker(d)),
+                    Err(why) => Err(PlatformError::Unreachable {
+                        host: host.host_id.clone(),
+                        platform: "docker",
+                        why: why.clone(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Does `operation` to `host`; for a termination, waits for the replacement to be
+    /// launched and returns it.
+    pub async fn act(
+        &self,
+        host: &HostDescription,
+        operation: Operation,
+    ) -> Result<Option<Replacement>, PlatformError> {
+        match self.platform(host).await? {
+            Platform::Local(l) => l.act(host, operation).await,
+            Platform::Docker(d) => d.act(host, operation).await,
+        }
+    }
+}
+
+enum Platform<'a> {
+    Local(&'a local::Local),
+    Docker(&'a docker::Docker),
+}
+
+/// The id of the host that replaces `old`: its name with a number above every number of the
+/// same stem in use, as an Auto Scaling group names by launch (`web-a1` → `web-a3` while
+/// `web-a2` runs), so that a terminated id never comes back.
+pub fn replacement_id<'a>(old: &'a str, in_use: impl IntoIterator<Item = &'a str>) -> String {
+    let stem = old.trim_end_matches(|c: char| c.is_ascii_digit());
+    let number = |id: &str| id.strip_prefix(stem).and_then(|n| n.parse::<u64>().ok());
+    let top = in_use
+        .into_iter()
+        .chain(std::iter::once(old))
+        .filter_map(number)
+        .max()
+        .unwrap_or(0);
+    format!("{stem}{}", top + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replacement_never_reuses_a_number_of_its_stem() {
+        assert_eq!(replacement_id("web-a1", ["web-a2", "web-b1"]), "web-a3");
+        assert_eq!(replacement_id("web-a3", ["web-a2"]), "web-a4");
+        assert_eq!(replacement_id("web-a2", ["web-a4"]), "web-a5");
+        assert_eq!(replacement_id("db", []), "db1");
+    }
+
+    #[test]
+    fn the_platform_is_the_hosts_tag() {
+        let mut h: HostDescription = serde_json::from_value(serde_json::json!({
+            "HostId": "web-a1", "Placement": { "AvailabilityZone": "az-a" }
+        }))
+        .unwrap();
+        assert_eq!(Kind::of(&h), None);
+        h.tags.insert(TAG.into(), "docker".into());
+        assert_eq!(Kind::of(&h), Some(Kind::Docker));
+        h.tags.insert(TAG.into(), "vmware".into());
+        assert_eq!(Kind::of(&h), None);
+    }
+}
