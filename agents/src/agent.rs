@@ -65,8 +65,8 @@ pub struct Agent {
     leases: Leases,
     /// "Fault ended" notices for owners not connected right now.
     notices: VecDeque<(String, String, EndReason)>,
-    /// A blackout whose control plane is cut once the reply to its apply is sent.
-    cut_after_reply: Option<String>,
+    /// A fault whose rest takes effect once the reply to its apply is sent (a blackout's cut).
+    act_after_reply: Option<String>,
     next_id: u64,
     /// Random id of this process, registered so that the controller tells a reconnect of
     /// this agent from another agent claiming the same host id.
@@ -92,7 +92,7 @@ impl Agent {
                 .into_iter()
                 .map(|(owner, id)| (owner, id, EndReason::AgentRestarted))
                 .collect(),
-            cut_after_reply: None,
+            act_after_reply: None,
             next_id: 0,
             instance: format!("{:016x}", rand::random::<u64>()),
         }
@@ -285,14 +285,14 @@ impl Agent {
                     let text = self.frame(msg);
                     link = send(link, text).await;
                 }
-                if let Some(fault_id) = self.cut_after_reply.take() {
+                if let Some(fault_id) = self.act_after_reply.take() {
                     if let Link::Up { c, .. } = &link {
                         session::wait_sent(&c.ws).await;
                     }
-                    if let Err(e) = self.faults.cut(&fault_id) {
-                        tracing::error!(fault = %fault_id, error = %e, "the blackout keeps the control plane");
+                    if let Err(e) = self.faults.after_answer(&fault_id) {
+                        tracing::error!(fault = %fault_id, error = %e, "the rest of the fault did not take effect (a blackout keeps the control plane)");
                     }
-                    // Leases pause only now that the cut is really in place.
+                    // Leases pause only now that a cut is really in place.
                     self.sync_lease_pause(Instant::now());
                 }
                 link
@@ -333,9 +333,9 @@ impl Agent {
                         log_outcome(&fault_id, kind, &outcome);
                         ack(outcome)
                     }
-                    Ok(Applied::ThenCut(outcome)) => {
+                    Ok(Applied::ThenAct(outcome)) => {
                         log_outcome(&fault_id, kind, &outcome);
-                        self.cut_after_reply = Some(fault_id);
+                        self.act_after_reply = Some(fault_id);
                         ack(outcome)
                     }
                     Ok(Applied::Later(rx)) => {

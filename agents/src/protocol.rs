@@ -285,6 +285,59 @@ pub enum Outcome {
     },
 }
 
+/// What a fault measured of its own effect on the host: one figure per quantity, with what
+/// was asked for when the fault asked for an amount (docs/wire.md, "Observed effects").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observed {
+    /// The figures, in the order the fault reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<Figure>,
+}
+
+/// One measured quantity of a fault's effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figure {
+    /// What was measured, e.g. `cpu_percent`, `resident_bytes`, `processes_stopped`.
+    pub name: String,
+    /// Its unit, e.g. `%`, `bytes`, `processes`.
+    pub unit: String,
+    /// What the fault was asked to reach, when it names an amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<f64>,
+    /// What was seen.
+    pub observed: f64,
+}
+
+impl Observed {
+    /// Adds a figure.
+    pub fn with(mut self, name: &str, unit: &str, asked: Option<f64>, observed: f64) -> Self {
+        self.figures.push(Figure {
+            name: name.into(),
+            unit: unit.into(),
+            asked,
+            observed,
+        });
+        self
+    }
+}
+
+impl std::fmt::Display for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, fig) in self.figures.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} {:.1} {}", fig.name, fig.observed, fig.unit)?;
+            if let Some(asked) = fig.asked {
+                write!(f, " (asked {asked:.1})")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

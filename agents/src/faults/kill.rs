@@ -1,9 +1,41 @@
 //! `faultline:process:kill`: signal every process with a given name, and the guard shared
 //! with `faultline:process:pause` that decides which processes may be signalled at all.
 
+use super::{Answer, Apply, Env, FaultError, Gone, Kind, Started};
+use faultline_agent::protocol::FaultKind;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+
+/// The kind: signals once, holds nothing.
+#[derive(Debug)]
+pub struct Kill;
+
+impl Kind for Kill {
+    fn capability(&self) -> &'static str {
+        "kill"
+    }
+
+    fn instant(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::Kill { process_name, signal } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let pids = kill(process_name, signal, &env.config.kill).map_err(FaultError::refused)?;
+        let detail = format!(
+            "sent {signal} to {} process{} named {process_name}",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" }
+        );
+        Ok(Started {
+            fault: Box::new(Gone),
+            answer: Answer::Now(detail, pids),
+        })
+    }
+}
 
 /// Maps a signal name of [`faultline_agent::protocol::SIGNALS`] to its number.
 pub fn signal_number(name: &str) -> Option<i32> {
@@ -68,10 +100,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// The state letter of `pid` (`R`, `S`, `T` for stopped, ...).
+pub fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|s| s.state)
+}
+
 /// Whether `pid` is stopped (state `T`).
 #[cfg(test)]
 pub fn is_stopped(pid: u32) -> bool {
-    stat(pid).is_some_and(|s| s.state == 'T')
+    state(pid) == Some('T')
 }
 
 fn real_uid(pid: u32) -> Option<u32> {
