@@ -81,7 +81,7 @@ pub struct Work {
 pub struct Holder {
     child: Child,
     /// The write end of a [`Bond::Pipe`] holder's stdin, kept open while the agent lives.
-    _alive: Option<std::process::ChildStdin>,
+    alive: Option<std::process::ChildStdin>,
 }
 
 impl Holder {
@@ -110,12 +110,26 @@ impl Holder {
             .take()
             .ok_or_else(|| io::Error::other("holder without stdout"))?;
         let alive = child.stdin.take();
-        Ok((Holder { child, _alive: alive }, stdout))
+        Ok((Holder { child, alive }, stdout))
     }
 
     /// The holder's pid, to measure what it does from /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks a [`Bond::Pipe`] holder to undo its work and end, and waits for it; kills one
+    /// that does not end within `patience`. Returns whether it ended by itself, successfully.
+    pub fn finish(mut self, patience: Duration) -> bool {
+        drop(self.alive.take());
+        let start = std::time::Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(10)),
+                _ => return false,
+            }
+        }
     }
 
     /// Kills the holder and reaps it; its memory is back once this returns.

@@ -23,7 +23,7 @@ pub const AGENT_PATH: &str = "/v1/agents";
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Capabilities an agent can have, also the names accepted by `--allow`.
-pub const CAPABILITIES: [&str; 6] = ["kill", "pause", "cpu", "memory", "latency", "blackout"];
+pub const CAPABILITIES: [&str; 8] = ["kill", "pause", "cpu", "memory", "io", "disk", "latency", "blackout"];
 
 /// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
 /// are not among them: nothing would ever resume the process; `faultline:process:pause`
@@ -418,6 +418,22 @@ pub enum FaultKind {
         /// Threads touching the memory; 0 means one.
         workers: u32,
     },
+    /// Write (with fsync) and read back files under a directory, in a holder process.
+    IoStress {
+        /// Writer threads, each with its own file.
+        workers: u32,
+        /// Percent of the free space of `path`'s filesystem the files take together.
+        percent: u8,
+        /// An existing directory; the files go in a directory of the fault's own under it.
+        path: String,
+    },
+    /// Fill the filesystem of `path` with one file until it is `percent` full.
+    DiskFill {
+        /// How full the filesystem is to be, percent of its size.
+        percent: u8,
+        /// An existing directory on the filesystem to fill.
+        path: String,
+    },
     /// Delay and drop traffic through the agent's proxy.
     Latency {
         /// Added delay per direction, ms.
@@ -444,6 +460,8 @@ impl FaultKind {
             FaultKind::Pause { .. } => "pause",
             FaultKind::Cpu { .. } => "cpu",
             FaultKind::Memory { .. } => "memory",
+            FaultKind::IoStress { .. } => "io",
+            FaultKind::DiskFill { .. } => "disk",
             FaultKind::Latency { .. } => "latency",
             FaultKind::Blackout { .. } => "blackout",
         }

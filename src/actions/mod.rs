@@ -52,6 +52,10 @@ catalog! {
     CpuStress => cpu_stress,
     /// `faultline:host:memory-stress`
     MemoryStress => memory_stress,
+    /// `faultline:host:io-stress`
+    IoStress => io_stress,
+    /// `faultline:host:disk-fill`
+    DiskFill => disk_fill,
     /// `faultline:network:latency`
     Latency => latency,
     /// `faultline:az:blackout`
@@ -130,6 +134,8 @@ pub enum Kind {
     ProcessName,
     /// A signal name from [`faultline_agent::protocol::SIGNALS`], `SIG` optional.
     Signal,
+    /// An absolute directory path, without `..`, [`limits::PATH_BYTES`] long.
+    Path,
 }
 
 impl Kind {
@@ -142,6 +148,7 @@ impl Kind {
             Kind::Bool => "boolean",
             Kind::ProcessName => "process name",
             Kind::Signal => "signal name",
+            Kind::Path => "absolute path",
         }
     }
 
@@ -157,6 +164,10 @@ impl Kind {
                 format!("{min}-{max} bytes, no '/'")
             }
             Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
+            Kind::Path => {
+                let (min, max) = limits::PATH_BYTES;
+                format!("starts with '/', no '..', {min}-{max} bytes")
+            }
         }
     }
 }

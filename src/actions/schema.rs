@@ -86,6 +86,7 @@ fn param(p: &Param) -> Value {
         Kind::Bool => json!({ "enum": ["true", "false"] }),
         Kind::ProcessName => json!({ "type": "string", "minLength": 1 }),
         Kind::Signal => json!({ "type": "string" }),
+        Kind::Path => json!({ "type": "string", "pattern": "^/" }),
     };
     v["description"] = description.into();
     v

@@ -12,6 +12,8 @@
 
 pub mod blackout;
 pub mod cpu;
+pub mod disk_fill;
+pub mod io_stress;
 pub mod kill;
 pub mod latency;
 pub mod memory;
@@ -38,6 +40,8 @@ fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(pause::Pause),
         Box::new(cpu::Cpu),
         Box::new(memory::Memory),
+        Box::new(io_stress::IoStress),
+        Box::new(disk_fill::DiskFill),
         Box::new(latency::Latency),
         Box::new(blackout::Blackout::default()),
     ]
