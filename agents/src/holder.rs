@@ -49,10 +49,9 @@ impl Deadline {
 }
 
 fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+    // CLOCK_MONOTONIC always exists on Linux; a failure would read as the boot.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |ts| (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000)
 }
 
 /// How a holder learns that the agent is gone.
@@ -225,13 +224,9 @@ impl Holding {
 /// have died between the fork and the `prctl`). Done after exec, because exec of a binary
 /// with file capabilities clears the death signal.
 pub fn bind_to_parent(parent: u32) -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid has no preconditions.
-    let ppid = unsafe { libc::getppid() };
-    if u32::try_from(ppid).ok() != Some(parent) {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    let ppid = nix::unistd::getppid();
+    if u32::try_from(ppid.as_raw()).ok() != Some(parent) {
         return Err(io::Error::other(format!(
             "the agent (pid {parent}) is gone (parent is now {ppid})"
         )));

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// What must be known to take a fault away after a crash.
@@ -51,7 +50,7 @@ pub struct StateDir {
     /// that no corruption of a record can hide a stopped process from the next start.
     paused: PathBuf,
     /// Held for the life of the agent: two agents sharing a directory would undo each other.
-    _lock: File,
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl StateDir {
@@ -71,10 +70,8 @@ impl StateDir {
             .write(true)
             .open(dir.join("lock"))
             .map_err(io_err)?;
-        // SAFETY: flock on a descriptor owned by `lock`.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StateError::Locked(dir.to_path_buf()));
-        }
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Locked(dir.to_path_buf()))?;
         Ok(StateDir {
             faults,
             paused,

@@ -258,22 +258,19 @@ impl Resident {
     /// are resident, or once `until` has passed (a fault never outlives its deadline).
     pub fn fill(bytes: u64, workers: u32, until: Deadline) -> std::io::Result<Resident> {
         let len = usize::try_from(bytes).map_err(std::io::Error::other)?.max(1);
-        // SAFETY: anonymous private mapping; the region is owned by the returned value.
+        let size = std::num::NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty mapping"))?;
+        use nix::sys::mman::{MapFlags, ProtFlags};
+        // SAFETY: a new anonymous private mapping aliases nothing; the returned value owns it.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        }?;
         let resident = Resident {
-            base: ptr as usize,
+            base: ptr.as_ptr() as usize,
             len,
         };
         let page = 4096usize;
@@ -303,9 +300,11 @@ impl Resident {
 
 impl Drop for Resident {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created by `fill` with this base and length, and no
-        // thread touches it any more.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        if let Some(base) = std::ptr::NonNull::new(self.base as *mut std::ffi::c_void) {
+            // SAFETY: the mapping was created by `fill` with this base and length, and no
+            // thread touches it any more.
+            let _ = unsafe { nix::sys::mman::munmap(base, self.len) };
+        }
     }
 }
 

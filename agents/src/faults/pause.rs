@@ -153,7 +153,7 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
     for t in &targets {
         let result = state
             .mark_paused(fault_id, t.pid, t.start_time)
-            .and_then(|()| kill::signal(*t, libc::SIGSTOP));
+            .and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
         match result {
             Ok(true) => stopped.push(*t),
             Ok(false) => {
@@ -179,7 +179,7 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
 pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Result<()> {
     for t in targets {
         if !state.paused_by_another(fault_id, t.pid, t.start_time)? {
-            kill::signal(*t, libc::SIGCONT)?;
+            kill::signal(*t, kill::Signal::SIGCONT)?;
         }
         state.unmark_paused(fault_id, t.pid, t.start_time)?;
     }
@@ -198,7 +198,7 @@ pub fn resume_when_left(targets: &[(u32, u64)], holding: &Holding) -> io::Result
             start_time: *start_time,
         };
         // Every target gets its chance, whatever happened to the one before.
-        if let Err(e) = kill::signal(target, libc::SIGCONT) {
+        if let Err(e) = kill::signal(target, kill::Signal::SIGCONT) {
             eprintln!("cannot resume pid {pid}: {e}");
             first_error.get_or_insert(e);
         }
@@ -210,7 +210,7 @@ pub fn resume_when_left(targets: &[(u32, u64)], holding: &Holding) -> io::Result
 /// is `None` when the marker's name could not be read: it is only discarded), then forgets it.
 pub fn resume_leftover(marker: &std::path::Path, target: Option<Target>, state: &StateDir) -> io::Result<()> {
     if let Some(t) = target {
-        if kill::signal(t, libc::SIGCONT)? {
+        if kill::signal(t, kill::Signal::SIGCONT)? {
             tracing::warn!(pid = t.pid, "resumed a process the previous run of this agent paused");
         }
     }
