@@ -93,6 +93,16 @@ fn written(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The figure `name` the journal recorded as observed (at removal, or when the agent ended
+/// the fault), with what was asked.
+fn observed(s: &Scratch, name: &str) -> Option<(f64, Option<f64>)> {
+    journal(s).iter().find_map(|e| {
+        let figures = e["observed"]["figures"].as_array()?;
+        let f = figures.iter().find(|f| f["name"] == name)?;
+        Some((f["observed"].as_f64()?, f["asked"].as_f64()))
+    })
+}
+
 fn empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
@@ -116,6 +126,9 @@ fn a_disk_fill_reaches_its_percent_and_the_file_goes_at_its_end() {
     assert!(fs.used_percent() < 1.0, "{:.1} % still in use", fs.used_percent());
     assert!(empty(&fs.0), "left behind: {:?}", fs.entries());
     assert!(state_files(&s, "web-a1").is_empty());
+    let (seen, asked) = observed(&s, "filesystem_used_percent").expect("the observed fill is journaled");
+    assert_eq!(asked, Some(60.0));
+    assert!((58.0..=62.0).contains(&seen), "the agent saw {seen:.1} %");
 }
 
 #[test]
@@ -143,6 +156,8 @@ fn stopping_a_disk_fill_deletes_the_file() {
     ctl.signal(libc::SIGINT);
     assert_eq!(ctl.finish(T).0.code(), Some(130));
     assert!(empty(&fs.0), "Ctrl-C left {:?}", fs.entries());
+    let (seen, _) = observed(&s, "filesystem_used_percent").expect("the removal's ack carries what was seen");
+    assert!(seen > 45.0, "the agent saw {seen:.1} %");
     a.signal(libc::SIGTERM);
     assert_eq!(a.finish(T).0.code(), Some(0));
 }
@@ -229,6 +244,8 @@ fn an_io_stress_writes_and_reads_and_leaves_nothing() {
     let (status, out, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
     assert!(empty(&fs.0), "left behind: {:?}", fs.entries());
+    let (bytes, _) = observed(&s, "bytes_written").expect("the observed I/O is journaled");
+    assert!(bytes > f64::from(32 << 20), "the agent saw {bytes} bytes written");
     assert!(state_files(&s, "web-a1").is_empty());
 }
 

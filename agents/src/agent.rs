@@ -2,12 +2,12 @@
 //! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
 //! touches the faults, so there are no locks and no races between a remove and an expiry.
 
-use crate::faults::{Applied, Faults, Refusal};
+use crate::faults::{Applied, Faults, Refusal, Removed};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
 use faultline_agent::protocol::{
     decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HostDescription,
-    Outcome,
+    Observed, Outcome,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -64,7 +64,7 @@ pub struct Agent {
     faults: Faults,
     leases: Leases,
     /// "Fault ended" notices for owners not connected right now.
-    notices: VecDeque<(String, String, EndReason)>,
+    notices: VecDeque<(String, String, EndReason, Option<Observed>)>,
     /// A fault whose rest takes effect once the reply to its apply is sent (a blackout's cut).
     act_after_reply: Option<String>,
     next_id: u64,
@@ -90,7 +90,7 @@ impl Agent {
             leases: Leases::new(lease),
             notices: restarted
                 .into_iter()
-                .map(|(owner, id)| (owner, id, EndReason::AgentRestarted))
+                .map(|(owner, id)| (owner, id, EndReason::AgentRestarted, None))
                 .collect(),
             act_after_reply: None,
             next_id: 0,
@@ -198,11 +198,12 @@ impl Agent {
             let owner = controller_id.clone();
             let texts: Vec<String> = removed
                 .into_iter()
-                .filter(|(_, o)| *o == owner)
-                .map(|(fault_id, _)| {
+                .filter(|r| r.owner == owner)
+                .map(|r| {
                     self.frame(AgentMessage::FaultEnded {
-                        fault_id,
+                        fault_id: r.fault_id,
                         reason: EndReason::Shutdown,
+                        observed: seen(r.observed),
                     })
                 })
                 .collect();
@@ -269,10 +270,14 @@ impl Agent {
                     controller_id: controller_id.clone(),
                 };
                 let (mine, others): (Vec<_>, Vec<_>) =
-                    self.notices.drain(..).partition(|(o, _, _)| *o == controller_id);
+                    self.notices.drain(..).partition(|(o, _, _, _)| *o == controller_id);
                 self.notices = others.into();
-                for (_, fault_id, reason) in mine {
-                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                for (_, fault_id, reason, observed) in mine {
+                    let text = self.frame(AgentMessage::FaultEnded {
+                        fault_id,
+                        reason,
+                        observed,
+                    });
                     link = send(link, text).await;
                 }
                 link
@@ -364,12 +369,13 @@ impl Agent {
             }
             ControllerMessage::Remove { fault_id } => {
                 let outcome = match self.faults.remove(&fault_id) {
-                    Ok(removed) => {
-                        if removed {
+                    Ok(observed) => {
+                        if observed.is_some() {
                             tracing::info!(fault = %fault_id, "removed on request");
                         }
                         Outcome::Removed {
-                            count: u32::from(removed),
+                            count: u32::from(observed.is_some()),
+                            observed: observed.and_then(seen),
                         }
                     }
                     Err(e) => Outcome::Failed { message: e.to_string() },
@@ -396,6 +402,7 @@ impl Agent {
                 ack(if left.is_empty() {
                     Outcome::Removed {
                         count: removed.len() as u32,
+                        observed: None,
                     }
                 } else {
                     Outcome::Failed {
@@ -434,11 +441,11 @@ impl Agent {
             }
         }
         let was_cut = self.faults.cuts_control_plane();
-        let mut ended: Vec<(String, String, EndReason)> = self
+        let mut ended: Vec<(Removed, EndReason)> = self
             .faults
             .remove_where(|_, _, deadline| deadline <= now)
             .into_iter()
-            .map(|(id, owner)| (owner, id, EndReason::DurationElapsed))
+            .map(|r| (r, EndReason::DurationElapsed))
             .collect();
         self.sync_lease_pause(now);
         for owner in self.leases.expired(now) {
@@ -447,25 +454,38 @@ impl Agent {
                 self.faults
                     .remove_where(|_, o, _| o == owner)
                     .into_iter()
-                    .map(|(id, owner)| (owner, id, EndReason::LeaseExpired)),
+                    .map(|r| (r, EndReason::LeaseExpired)),
             );
             if matches!(&link, Link::Up { controller_id, .. } if *controller_id == owner) {
                 // A silent controller on an open socket: start over with a fresh connection.
                 link = Link::Down;
             }
         }
-        for (owner, fault_id, reason) in ended {
+        for (
+            Removed {
+                fault_id,
+                owner,
+                observed,
+            },
+            reason,
+        ) in ended
+        {
             tracing::info!(fault = %fault_id, ?reason, "fault ended");
+            let observed = seen(observed);
             match &link {
                 Link::Up { controller_id, .. } if *controller_id == owner => {
-                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                    let text = self.frame(AgentMessage::FaultEnded {
+                        fault_id,
+                        reason,
+                        observed,
+                    });
                     link = send(link, text).await;
                 }
                 _ => {
                     if self.notices.len() == MAX_PENDING_NOTICES {
                         self.notices.pop_front();
                     }
-                    self.notices.push_back((owner, fault_id, reason));
+                    self.notices.push_back((owner, fault_id, reason, observed));
                 }
             }
         }
@@ -489,6 +509,11 @@ impl Agent {
         }
         link
     }
+}
+
+/// An observed effect worth sending: one with figures.
+fn seen(observed: Observed) -> Option<Observed> {
+    (!observed.figures.is_empty()).then_some(observed)
 }
 
 fn log_outcome(fault_id: &str, kind: &str, outcome: &Outcome) {

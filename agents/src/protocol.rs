@@ -246,6 +246,9 @@ pub enum AgentMessage {
         fault_id: String,
         /// Why it ended.
         reason: EndReason,
+        /// What it was seen to do, when it measured anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
     },
 }
 
@@ -275,6 +278,9 @@ pub enum Outcome {
     Removed {
         /// Number of faults removed by this command.
         count: u32,
+        /// For a `remove` of one fault in effect: what it was seen to do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
     },
     /// Heartbeat answered.
     Pong {},

@@ -16,6 +16,8 @@ use faultline_agent::protocol::{FaultKind, Observed, Outcome};
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -144,11 +146,18 @@ impl Kind for DiskFill {
             Holder::spawn(&a.hash, &work, a.until).map_err(FaultError::io("cannot start the disk fill process"))?;
         let (tx, rx) = oneshot::channel();
         let percent = *percent;
+        // Measured as soon as the file is full: at the deadline the holder deletes it on its
+        // own, maybe before the agent's removal looks.
+        let at_ready = Arc::new(AtomicU64::new(0));
+        let (sample, fs_path) = (at_ready.clone(), PathBuf::from(path));
         std::thread::Builder::new()
             .name("disk-filling".into())
             .spawn(move || {
                 let mut line = String::new();
                 let ready = io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
+                if let (true, Ok(space)) = (ready, Space::of(&fs_path)) {
+                    sample.store(space.used_percent().to_bits(), Ordering::Release);
+                }
                 let _ = tx.send(if ready {
                     Outcome::Applied {
                         detail: format!("filled {} MiB: the filesystem is at {percent} %", bytes / MIB),
@@ -167,7 +176,7 @@ impl Kind for DiskFill {
                 dir,
                 path: PathBuf::from(path),
                 percent,
-                seen: None,
+                at_ready,
             }),
             answer: Answer::Later(rx),
         })
@@ -234,8 +243,8 @@ struct Filled {
     dir: PathBuf,
     path: PathBuf,
     percent: u8,
-    /// How full the filesystem was when last seen while the fill held.
-    seen: Option<f64>,
+    /// How full the filesystem was once the file was full (f64 bits; 0 until then).
+    at_ready: Arc<AtomicU64>,
 }
 
 impl Fault for Filled {
@@ -247,15 +256,10 @@ impl Fault for Filled {
     }
 
     fn observed(&mut self) -> Observed {
-        if self.holder.is_some() {
-            if let Ok(space) = Space::of(&self.path) {
-                self.seen = Some(space.used_percent());
-            }
-        }
-        match self.seen {
-            Some(p) => Observed::default().with("filesystem_used_percent", "%", Some(f64::from(self.percent)), p),
-            None => Observed::default(),
-        }
+        // The fill only adds: the fuller of the two readings is what it held.
+        let now = Space::of(&self.path).map_or(0.0, |s| s.used_percent());
+        let seen = f64::from_bits(self.at_ready.load(Ordering::Acquire)).max(now);
+        Observed::default().with("filesystem_used_percent", "%", Some(f64::from(self.percent)), seen)
     }
 }
 

@@ -320,6 +320,17 @@ pub struct Faults {
     failed: Vec<FailedRemoval>,
 }
 
+/// A fault removed, with what it was seen to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removed {
+    /// The fault.
+    pub fault_id: String,
+    /// The controller that owned it.
+    pub owner: String,
+    /// Its observed effect.
+    pub observed: Observed,
+}
+
 /// A removal the agent started on its own that failed; the fault stays on record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRemoval {
@@ -447,7 +458,7 @@ impl Faults {
         let undone: BTreeSet<String> = self
             .remove_where(|_, _, _| true)
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|r| r.fault_id)
             .collect();
         for r in &records {
             if undone.contains(&r.fault_id) {
@@ -574,10 +585,10 @@ impl Faults {
         Ok(())
     }
 
-    /// Removes one fault; `Ok(false)` when it was not in effect.
-    pub fn remove(&mut self, fault_id: &str) -> Result<bool, FaultError> {
+    /// Removes one fault; `Ok(None)` when it was not in effect, else what it was seen to do.
+    pub fn remove(&mut self, fault_id: &str) -> Result<Option<Observed>, FaultError> {
         let Some(mut active) = self.active.remove(fault_id) else {
-            return Ok(false);
+            return Ok(None);
         };
         let observed = active.fault.observed();
         let env = Env {
@@ -606,11 +617,12 @@ impl Faults {
         if !observed.figures.is_empty() {
             tracing::info!(fault = %fault_id, %observed, "observed effect");
         }
-        Ok(true)
+        Ok(Some(observed))
     }
 
-    /// Removes the faults matching `which`; the ids and owners of those removed.
-    pub fn remove_where(&mut self, which: impl Fn(&str, &str, Instant) -> bool) -> Vec<(String, String)> {
+    /// Removes the faults matching `which`; the ids, owners and observed effects of those
+    /// removed.
+    pub fn remove_where(&mut self, which: impl Fn(&str, &str, Instant) -> bool) -> Vec<Removed> {
         let ids: Vec<(String, String)> = self
             .active
             .iter()
@@ -619,7 +631,11 @@ impl Faults {
             .collect();
         ids.into_iter()
             .filter_map(|(id, owner)| match self.remove(&id) {
-                Ok(removed) => removed.then_some((id, owner)),
+                Ok(observed) => observed.map(|observed| Removed {
+                    fault_id: id,
+                    owner,
+                    observed,
+                }),
                 Err(e) => {
                     tracing::error!(fault = %id, error = %e, "fault could not be removed");
                     let retry_at = self.active.get(&id).map_or_else(Instant::now, |a| a.deadline);
