@@ -645,7 +645,17 @@ fn journal_event(event: FleetEvent) -> Option<Event> {
             address: h.address,
         },
         FleetEvent::Disconnected { host } => Event::AgentDisconnected { host },
-        FleetEvent::FaultEnded { host, fault_id, reason } => Event::FaultEnded { host, fault_id, reason },
+        FleetEvent::FaultEnded {
+            host,
+            fault_id,
+            reason,
+            observed,
+        } => Event::FaultEnded {
+            host,
+            fault_id,
+            reason,
+            observed,
+        },
         FleetEvent::OrphanRemoved {
             host,
             fault_id,

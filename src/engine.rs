@@ -585,7 +585,7 @@ async fn sweep(run: &Run, hosts: &BTreeSet<String>) {
             experiment: Some(run.id.clone()),
         };
         let (removed, error) = match run.fleet.command(host, remove, run.settings.ack_timeout).await {
-            Ok(Outcome::Removed { count }) => (Some(count), None),
+            Ok(Outcome::Removed { count, .. }) => (Some(count), None),
             Ok(other) => (None, Some(format!("unexpected answer {other:?}"))),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -1011,8 +1011,15 @@ async fn remove_one(
                 )
                 .await
             {
-                Ok(Outcome::Removed { .. }) => {
+                Ok(Outcome::Removed { observed, .. }) => {
                     record("controller".into(), true, None);
+                    if let Some(observed) = observed {
+                        run.journal.record(Event::Observed {
+                            host: host.into(),
+                            fault_id: fault_id.into(),
+                            observed,
+                        });
+                    }
                     run.fleet.release(fault_id);
                     return Ok((Instant::now(), None));
                 }

@@ -1,7 +1,7 @@
 //! The run's journal: one JSON object per line, written the moment it happens, so a crash
 //! loses nothing that was already shown. Every event is also broadcast to the live view.
 
-use faultline_agent::protocol::{EndReason, FaultKind, Outcome};
+use faultline_agent::protocol::{EndReason, FaultKind, Observed, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -237,6 +237,19 @@ pub enum Event {
         fault_id: String,
         /// Why.
         reason: EndReason,
+        /// What the agent saw the fault do, as in [`Event::Observed`].
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
+    },
+    /// What an agent saw a fault do, measured while it held and at its removal: each figure
+    /// with what was asked, when the fault asked for an amount.
+    Observed {
+        /// The host.
+        host: String,
+        /// The fault.
+        fault_id: String,
+        /// The figures.
+        observed: Observed,
     },
     /// An agent connected.
     AgentConnected {

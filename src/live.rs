@@ -70,7 +70,9 @@ pub fn line(e: &Entry) -> Option<String> {
             "action {action}: {host}: removal not confirmed: {}",
             error.as_deref().unwrap_or("")
         ),
-        Event::FaultEnded { host, fault_id, reason } if *reason != EndReason::DurationElapsed => {
+        Event::FaultEnded {
+            host, fault_id, reason, ..
+        } if *reason != EndReason::DurationElapsed => {
             format!("{host} ended {fault_id} on its own ({reason:?})")
         }
         Event::AgentConnected { host, az, address } => {

@@ -8,7 +8,7 @@ use faultline_agent::auth::{self, Role};
 use faultline_agent::net::Throttle;
 use faultline_agent::protocol::{
     decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HeldFault, HostDescription,
-    Outcome, AGENT_PATH, MAX_FRAME_BYTES,
+    Observed, Outcome, AGENT_PATH, MAX_FRAME_BYTES,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -67,6 +67,8 @@ pub enum FleetEvent {
         fault_id: String,
         /// Why.
         reason: EndReason,
+        /// What the agent saw the fault do.
+        observed: Option<Observed>,
     },
     /// A fault an agent reported holding when it registered, which no running action owns,
     /// was removed (or could not be).
@@ -806,7 +808,12 @@ impl Fleet {
                 }
             }
             Ok(Frame {
-                msg: AgentMessage::FaultEnded { fault_id, reason },
+                msg:
+                    AgentMessage::FaultEnded {
+                        fault_id,
+                        reason,
+                        observed,
+                    },
                 ..
             }) => {
                 {
@@ -836,6 +843,7 @@ impl Fleet {
                     host: host.to_string(),
                     fault_id,
                     reason,
+                    observed,
                 });
             }
             Ok(Frame {

@@ -32,10 +32,22 @@ fn removals_until_remove_all(agent: &mut FakeAgent) -> (Vec<String>, Option<Stri
         match msg {
             ControllerMessage::Remove { fault_id } => {
                 removed.push(fault_id);
-                agent.ack(id, Outcome::Removed { count: 1 });
+                agent.ack(
+                    id,
+                    Outcome::Removed {
+                        count: 1,
+                        observed: None,
+                    },
+                );
             }
             ControllerMessage::RemoveAll { experiment } => {
-                agent.ack(id, Outcome::Removed { count: 0 });
+                agent.ack(
+                    id,
+                    Outcome::Removed {
+                        count: 0,
+                        observed: None,
+                    },
+                );
                 return (removed, experiment);
             }
             other => panic!("unexpected command {other:?}"),
@@ -168,6 +180,7 @@ fn only_the_host_of_a_fault_can_end_or_answer_for_it() {
     b1.send(AgentMessage::FaultEnded {
         fault_id: fault.fault_id.clone(),
         reason: EndReason::LeaseExpired,
+        observed: None,
     });
     b1.sync();
     a1.ack(
@@ -206,7 +219,13 @@ fn faults_a_dead_controller_left_are_removed_when_their_agent_registers() {
             fault_id: orphan.clone()
         }
     );
-    a1.ack(id, Outcome::Removed { count: 1 });
+    a1.ack(
+        id,
+        Outcome::Removed {
+            count: 1,
+            observed: None,
+        },
+    );
     a1.sync();
     let _b1 = FakeAgent::connect(port, &s.path("token"), "web-b1", "az-b", &["cpu"]);
     let (id, msg) = a1.next_command(T);

@@ -2,12 +2,12 @@
 //! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
 //! touches the faults, so there are no locks and no races between a remove and an expiry.
 
-use crate::faults::{Applied, Faults, Refusal};
+use crate::faults::{Applied, Faults, Refusal, Removed};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
 use faultline_agent::protocol::{
     decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HostDescription,
-    Outcome,
+    Observed, Outcome,
 };
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -64,9 +64,9 @@ pub struct Agent {
     faults: Faults,
     leases: Leases,
     /// "Fault ended" notices for owners not connected right now.
-    notices: VecDeque<(String, String, EndReason)>,
-    /// A blackout whose control plane is cut once the reply to its apply is sent.
-    cut_after_reply: Option<String>,
+    notices: VecDeque<(String, String, EndReason, Option<Observed>)>,
+    /// A fault whose rest takes effect once the reply to its apply is sent (a blackout's cut).
+    act_after_reply: Option<String>,
     next_id: u64,
     /// Random id of this process, registered so that the controller tells a reconnect of
     /// this agent from another agent claiming the same host id.
@@ -90,9 +90,9 @@ impl Agent {
             leases: Leases::new(lease),
             notices: restarted
                 .into_iter()
-                .map(|(owner, id)| (owner, id, EndReason::AgentRestarted))
+                .map(|(owner, id)| (owner, id, EndReason::AgentRestarted, None))
                 .collect(),
-            cut_after_reply: None,
+            act_after_reply: None,
             next_id: 0,
             instance: format!("{:016x}", rand::random::<u64>()),
         }
@@ -198,11 +198,12 @@ impl Agent {
             let owner = controller_id.clone();
             let texts: Vec<String> = removed
                 .into_iter()
-                .filter(|(_, o)| *o == owner)
-                .map(|(fault_id, _)| {
+                .filter(|r| r.owner == owner)
+                .map(|r| {
                     self.frame(AgentMessage::FaultEnded {
-                        fault_id,
+                        fault_id: r.fault_id,
                         reason: EndReason::Shutdown,
+                        observed: seen(r.observed),
                     })
                 })
                 .collect();
@@ -269,10 +270,14 @@ impl Agent {
                     controller_id: controller_id.clone(),
                 };
                 let (mine, others): (Vec<_>, Vec<_>) =
-                    self.notices.drain(..).partition(|(o, _, _)| *o == controller_id);
+                    self.notices.drain(..).partition(|(o, _, _, _)| *o == controller_id);
                 self.notices = others.into();
-                for (_, fault_id, reason) in mine {
-                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                for (_, fault_id, reason, observed) in mine {
+                    let text = self.frame(AgentMessage::FaultEnded {
+                        fault_id,
+                        reason,
+                        observed,
+                    });
                     link = send(link, text).await;
                 }
                 link
@@ -285,14 +290,14 @@ impl Agent {
                     let text = self.frame(msg);
                     link = send(link, text).await;
                 }
-                if let Some(fault_id) = self.cut_after_reply.take() {
+                if let Some(fault_id) = self.act_after_reply.take() {
                     if let Link::Up { c, .. } = &link {
                         session::wait_sent(&c.ws).await;
                     }
-                    if let Err(e) = self.faults.cut(&fault_id) {
-                        tracing::error!(fault = %fault_id, error = %e, "the blackout keeps the control plane");
+                    if let Err(e) = self.faults.after_answer(&fault_id) {
+                        tracing::error!(fault = %fault_id, error = %e, "the rest of the fault did not take effect (a blackout keeps the control plane)");
                     }
-                    // Leases pause only now that the cut is really in place.
+                    // Leases pause only now that a cut is really in place.
                     self.sync_lease_pause(Instant::now());
                 }
                 link
@@ -333,9 +338,9 @@ impl Agent {
                         log_outcome(&fault_id, kind, &outcome);
                         ack(outcome)
                     }
-                    Ok(Applied::ThenCut(outcome)) => {
+                    Ok(Applied::ThenAct(outcome)) => {
                         log_outcome(&fault_id, kind, &outcome);
-                        self.cut_after_reply = Some(fault_id);
+                        self.act_after_reply = Some(fault_id);
                         ack(outcome)
                     }
                     Ok(Applied::Later(rx)) => {
@@ -364,12 +369,13 @@ impl Agent {
             }
             ControllerMessage::Remove { fault_id } => {
                 let outcome = match self.faults.remove(&fault_id) {
-                    Ok(removed) => {
-                        if removed {
+                    Ok(observed) => {
+                        if observed.is_some() {
                             tracing::info!(fault = %fault_id, "removed on request");
                         }
                         Outcome::Removed {
-                            count: u32::from(removed),
+                            count: u32::from(observed.is_some()),
+                            observed: observed.and_then(seen),
                         }
                     }
                     Err(e) => Outcome::Failed { message: e.to_string() },
@@ -396,6 +402,7 @@ impl Agent {
                 ack(if left.is_empty() {
                     Outcome::Removed {
                         count: removed.len() as u32,
+                        observed: None,
                     }
                 } else {
                     Outcome::Failed {
@@ -434,11 +441,11 @@ impl Agent {
             }
         }
         let was_cut = self.faults.cuts_control_plane();
-        let mut ended: Vec<(String, String, EndReason)> = self
+        let mut ended: Vec<(Removed, EndReason)> = self
             .faults
             .remove_where(|_, _, deadline| deadline <= now)
             .into_iter()
-            .map(|(id, owner)| (owner, id, EndReason::DurationElapsed))
+            .map(|r| (r, EndReason::DurationElapsed))
             .collect();
         self.sync_lease_pause(now);
         for owner in self.leases.expired(now) {
@@ -447,25 +454,38 @@ impl Agent {
                 self.faults
                     .remove_where(|_, o, _| o == owner)
                     .into_iter()
-                    .map(|(id, owner)| (owner, id, EndReason::LeaseExpired)),
+                    .map(|r| (r, EndReason::LeaseExpired)),
             );
             if matches!(&link, Link::Up { controller_id, .. } if *controller_id == owner) {
                 // A silent controller on an open socket: start over with a fresh connection.
                 link = Link::Down;
             }
         }
-        for (owner, fault_id, reason) in ended {
+        for (
+            Removed {
+                fault_id,
+                owner,
+                observed,
+            },
+            reason,
+        ) in ended
+        {
             tracing::info!(fault = %fault_id, ?reason, "fault ended");
+            let observed = seen(observed);
             match &link {
                 Link::Up { controller_id, .. } if *controller_id == owner => {
-                    let text = self.frame(AgentMessage::FaultEnded { fault_id, reason });
+                    let text = self.frame(AgentMessage::FaultEnded {
+                        fault_id,
+                        reason,
+                        observed,
+                    });
                     link = send(link, text).await;
                 }
                 _ => {
                     if self.notices.len() == MAX_PENDING_NOTICES {
                         self.notices.pop_front();
                     }
-                    self.notices.push_back((owner, fault_id, reason));
+                    self.notices.push_back((owner, fault_id, reason, observed));
                 }
             }
         }
@@ -489,6 +509,11 @@ impl Agent {
         }
         link
     }
+}
+
+/// An observed effect worth sending: one with figures.
+fn seen(observed: Observed) -> Option<Observed> {
+    (!observed.figures.is_empty()).then_some(observed)
 }
 
 fn log_outcome(fault_id: &str, kind: &str, outcome: &Outcome) {

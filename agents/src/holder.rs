@@ -1,7 +1,9 @@
-//! Holders: CPU burn and memory stress run in child processes, the agent binary re-executed
-//! as `faultline-agent hold cpu|memory --fault HASH ...`. A holder ends on its own at its
-//! deadline, dies with the agent (`PR_SET_PDEATHSIG`), and is what an OOM kill takes
-//! instead of the agent. So a SIGKILLed agent that never comes back leaves nothing burning.
+//! Holders: long work of a fault (CPU burn, memory, I/O, a pause's own end) runs in child
+//! processes, the agent binary re-executed as `faultline-agent hold KIND --fault HASH ...`,
+//! which runs that fault kind's `hold`. A holder ends on its own at its deadline, and when
+//! the agent dies, by its [`Bond`]: at once (`PR_SET_PDEATHSIG`), or once it has undone its
+//! work (a pipe). It is also what an OOM kill takes instead of the agent. So a SIGKILLed
+//! agent that never comes back leaves nothing burning.
 //!
 //! PDEATHSIG fires when the *thread* that forked the child exits: holders are spawned only
 //! from the agent's main thread (the one running its runtime), never from a helper thread.
@@ -47,31 +49,38 @@ impl Deadline {
 }
 
 fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+    // CLOCK_MONOTONIC always exists on Linux; a failure would read as the boot.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |ts| (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000)
 }
 
-/// The work of a holder, as passed on its command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Work {
-    /// Burn `load_percent` of `workers` CPUs (0 = every CPU).
-    Cpu { load_percent: u8, workers: u32 },
-    /// Keep `bytes` resident, touched by `workers` threads.
-    Memory { bytes: u64, workers: u32 },
-    /// Resume these stopped processes (pid, start time) at the deadline or as soon as the
-    /// agent is gone: a pause's own end. This holder has no death signal; it learns of the
-    /// agent's death from its stdin, a pipe whose other end only the agent holds.
-    Resume { targets: Vec<(u32, u64)> },
+/// How a holder learns that the agent is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bond {
+    /// `PR_SET_PDEATHSIG`: it dies with the agent at once (CPU and memory: nothing to tidy).
+    Death,
+    /// Its stdin, a pipe whose other end only the agent holds, reaches end of file: it first
+    /// undoes what it did (resumes processes, deletes files), then exits.
+    Pipe,
+}
+
+/// The work of a holder: the fault kind whose `hold` runs, and that kind's parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Work {
+    /// The capability name of the fault kind, e.g. `cpu`.
+    pub kind: &'static str,
+    /// Its parameters, as the kind's `hold` reads them (JSON on the command line).
+    pub params: serde_json::Value,
+    /// How it learns that the agent is gone.
+    pub bond: Bond,
 }
 
 /// A running holder process; killed and reaped by [`Holder::stop`] or on drop.
 #[derive(Debug)]
 pub struct Holder {
     child: Child,
-    /// The write end of a [`Work::Resume`] holder's stdin, kept open while the agent lives.
-    _alive: Option<std::process::ChildStdin>,
+    /// The write end of a [`Bond::Pipe`] holder's stdin, kept open while the agent lives.
+    alive: Option<std::process::ChildStdin>,
 }
 
 impl Holder {
@@ -80,27 +89,18 @@ impl Holder {
     pub fn spawn(fault: &str, work: &Work, until: Deadline) -> io::Result<(Holder, ChildStdout)> {
         let mut cmd = Command::new("/proc/self/exe");
         // A name to recognise leftovers by: `faultline-agent hold cpu --fault HASH ...`.
-        cmd.arg0("faultline-agent").arg("hold");
-        match work {
-            Work::Cpu { load_percent, workers } => cmd
-                .arg("cpu")
-                .args(["--load-percent", &load_percent.to_string()])
-                .args(["--workers", &workers.to_string()]),
-            Work::Memory { bytes, workers } => cmd
-                .arg("memory")
-                .args(["--bytes", &bytes.to_string()])
-                .args(["--workers", &workers.to_string()]),
-            Work::Resume { targets } => cmd.arg("resume").args(
-                targets
-                    .iter()
-                    .flat_map(|(pid, start)| ["--target".to_string(), format!("{pid}:{start}")]),
-            ),
-        };
-        let resume = matches!(work, Work::Resume { .. });
-        cmd.args(["--fault", fault])
+        cmd.arg0("faultline-agent")
+            .args(["hold", work.kind])
+            .args(["--params", &work.params.to_string()])
+            .args(["--bond", if work.bond == Bond::Pipe { "pipe" } else { "death" }])
+            .args(["--fault", fault])
             .args(["--parent", &std::process::id().to_string()])
             .args(["--until-ms", &until.monotonic_ms.to_string()])
-            .stdin(if resume { Stdio::piped() } else { Stdio::null() })
+            .stdin(if work.bond == Bond::Pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn()?;
@@ -109,7 +109,26 @@ impl Holder {
             .take()
             .ok_or_else(|| io::Error::other("holder without stdout"))?;
         let alive = child.stdin.take();
-        Ok((Holder { child, _alive: alive }, stdout))
+        Ok((Holder { child, alive }, stdout))
+    }
+
+    /// The holder's pid, to measure what it does from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks a [`Bond::Pipe`] holder to undo its work and end, and waits for it; kills one
+    /// that does not end within `patience`. Returns whether it ended by itself, successfully.
+    pub fn finish(mut self, patience: Duration) -> bool {
+        drop(self.alive.take());
+        let start = std::time::Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if start.elapsed() < patience => std::thread::sleep(Duration::from_millis(10)),
+                _ => return false,
+            }
+        }
     }
 
     /// Kills the holder and reaps it; its memory is back once this returns.
@@ -129,17 +148,85 @@ impl Drop for Holder {
     }
 }
 
+/// In a [`Bond::Pipe`] holder: tells when the agent is gone (stdin reaches end of file).
+#[derive(Debug)]
+pub struct AgentGone(std::sync::mpsc::Receiver<()>);
+
+impl AgentGone {
+    /// Starts watching stdin.
+    pub fn watch() -> AgentGone {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut sink = [0u8; 64];
+            // Nothing is ever written: a read returns only at end of file, or on an error.
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+        AgentGone(rx)
+    }
+
+    /// Waits until `until` or until the agent is gone, whichever comes first, at most
+    /// `step`; whether either has happened.
+    pub fn wait(&self, until: Deadline, step: Duration) -> bool {
+        let now = Deadline::after(Duration::ZERO);
+        if now >= until {
+            return true;
+        }
+        let left = Duration::from_millis(until.monotonic_ms - now.monotonic_ms).min(step);
+        match self.0.recv_timeout(left) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => until.passed(),
+        }
+    }
+}
+
+/// What a holder process is given: its deadline, and for a [`Bond::Pipe`] one, its watch on
+/// the agent.
+#[derive(Debug)]
+pub struct Holding {
+    /// When it ends on its own.
+    pub until: Deadline,
+    /// Set for a [`Bond::Pipe`] holder.
+    pub gone: Option<AgentGone>,
+}
+
+impl Holding {
+    /// Says on stdout that the work has fully taken effect; nobody reading means the agent
+    /// is gone, which the holder learns by its bond.
+    pub fn ready(&self) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{READY}");
+    }
+
+    /// Whether it should stop now: the deadline passed or the agent is gone. Waits up to
+    /// `step` for either.
+    pub fn should_stop(&self, step: Duration) -> bool {
+        match &self.gone {
+            Some(g) => g.wait(self.until, step),
+            None => {
+                let now = Deadline::after(Duration::ZERO);
+                if now < self.until {
+                    std::thread::sleep(Duration::from_millis(self.until.monotonic_ms - now.monotonic_ms).min(step));
+                }
+                self.until.passed()
+            }
+        }
+    }
+
+    /// Waits until it should stop.
+    pub fn wait_end(&self) {
+        while !self.should_stop(Duration::from_secs(3600)) {}
+    }
+}
+
 /// In the holder, first thing: die with the agent, and make sure it is still there (it may
 /// have died between the fork and the `prctl`). Done after exec, because exec of a binary
 /// with file capabilities clears the death signal.
 pub fn bind_to_parent(parent: u32) -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid has no preconditions.
-    let ppid = unsafe { libc::getppid() };
-    if u32::try_from(ppid).ok() != Some(parent) {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    let ppid = nix::unistd::getppid();
+    if u32::try_from(ppid.as_raw()).ok() != Some(parent) {
         return Err(io::Error::other(format!(
             "the agent (pid {parent}) is gone (parent is now {ppid})"
         )));

@@ -19,6 +19,15 @@ pub const MEMORY_PERCENT: (u64, u64) = (1, 100);
 /// `sizeMiB` of a memory stress: 16 TiB, far above any host, and small enough that the
 /// size in bytes never overflows.
 pub const MEMORY_MIB: (u64, u64) = (1, 1 << 24);
+/// `workers` of an I/O stress.
+pub const IO_WORKERS: (u64, u64) = (1, 64);
+/// `percent` of an I/O stress: of the free space.
+pub const IO_PERCENT: (u64, u64) = (1, 100);
+/// `percent` of a disk fill: how full the filesystem gets. Never 100: see the safety margin
+/// in the agent's `faults/disk_fill.rs`.
+pub const FILL_PERCENT: (u64, u64) = (1, 99);
+/// Length of a `path` (an absolute directory), in bytes.
+pub const PATH_BYTES: (u64, u64) = (1, 4096);
 /// `delayMilliseconds` and `jitterMilliseconds` of a latency: ten minutes.
 pub const DELAY_MS: (u64, u64) = (0, 600_000);
 /// `lossPercent` of a latency.
@@ -118,6 +127,15 @@ pub fn check(spec: &FaultSpec, max_duration: Duration) -> Result<(), OutOfRange>
             }
             int("workers", u64::from(*workers), MEMORY_WORKERS)?;
         }
+        FaultKind::IoStress { workers, percent, path } => {
+            int("workers", u64::from(*workers), IO_WORKERS)?;
+            int("percent", u64::from(*percent), IO_PERCENT)?;
+            path_ok(path)?;
+        }
+        FaultKind::DiskFill { percent, path } => {
+            int("percent", u64::from(*percent), FILL_PERCENT)?;
+            path_ok(path)?;
+        }
         FaultKind::Latency {
             delay_ms,
             jitter_ms,
@@ -145,6 +163,23 @@ pub fn check(spec: &FaultSpec, max_duration: Duration) -> Result<(), OutOfRange>
                 ..e
             })?
         }
+    }
+    Ok(())
+}
+
+/// A directory a fault writes under: absolute, no NUL, no `..` (the agent deletes what it
+/// made there, so where that is must be plain).
+pub fn path_ok(path: &str) -> Result<(), OutOfRange> {
+    let bad = |limit: String| OutOfRange {
+        field: "path",
+        value: format!("{path:?}"),
+        limit,
+    };
+    if !path.starts_with('/') || path.contains('\0') || path.split('/').any(|c| c == "..") {
+        return Err(bad("it must be an absolute path, without `..`".into()));
+    }
+    if !(PATH_BYTES.0..=PATH_BYTES.1).contains(&(path.len() as u64)) {
+        return Err(bad(format!("it must be {}-{} bytes long", PATH_BYTES.0, PATH_BYTES.1)));
     }
     Ok(())
 }

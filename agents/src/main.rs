@@ -55,13 +55,13 @@ struct Cli {
     #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = "/var/lib/faultline-agent")]
     state_dir: PathBuf,
     /// Fault kinds this agent may inject.
-    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_value = "kill,pause,cpu,memory,latency,blackout", value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
+    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_values_t = faultline_agent::protocol::CAPABILITIES.map(String::from), value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
     allow: Vec<String>,
     /// How blackouts are enforced: nf_tables and the proxy (`nftables`), the proxy alone
     /// (`proxy`: use it when the agent shares its network with other things, as in
     /// `faultline demo`), or `auto`: nf_tables when this process may use it.
-    #[arg(long, env = "FAULTLINE_BLACKOUT_BACKEND", value_enum, default_value_t = faults::BlackoutBackend::Auto)]
-    blackout_backend: faults::BlackoutBackend,
+    #[arg(long, env = "FAULTLINE_BLACKOUT_BACKEND", value_enum, default_value_t = faults::blackout::Backend::Auto)]
+    blackout_backend: faults::blackout::Backend,
     /// Proxy LISTEN=UPSTREAM in front of the host's service, e.g. 0.0.0.0:8080=127.0.0.1:8081 (repeat).
     #[arg(long = "proxy", env = "FAULTLINE_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
     proxies: Vec<(String, String)>,
@@ -90,52 +90,19 @@ struct Cli {
     verbose: u8,
 }
 
-/// `faultline-agent hold ...`: a holder process the agent starts for a CPU or memory fault
-/// (see `holder.rs`); not for people.
+/// `faultline-agent hold KIND ...`: a holder process the agent starts for a fault (see
+/// `holder.rs`); not for people.
 #[derive(Debug, Parser)]
 #[command(name = "faultline-agent hold")]
 struct Hold {
-    #[command(subcommand)]
-    work: HoldWork,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum HoldWork {
-    /// Burn CPU.
-    Cpu {
-        #[arg(long)]
-        load_percent: u8,
-        #[arg(long)]
-        workers: u32,
-        #[command(flatten)]
-        common: HoldCommon,
-    },
-    /// Keep memory resident; prints `ready` once it is.
-    Memory {
-        #[arg(long)]
-        bytes: u64,
-        #[arg(long)]
-        workers: u32,
-        #[command(flatten)]
-        common: HoldCommon,
-    },
-    /// Resume paused processes (PID:START_TIME) at the deadline or when the agent is gone.
-    Resume {
-        #[arg(long = "target", value_parser = parse_target)]
-        targets: Vec<(u32, u64)>,
-        #[command(flatten)]
-        common: HoldCommon,
-    },
-}
-
-fn parse_target(s: &str) -> Result<(u32, u64), String> {
-    s.split_once(':')
-        .and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?)))
-        .ok_or_else(|| format!("`{s}` is not PID:START_TIME"))
-}
-
-#[derive(Debug, clap::Args)]
-struct HoldCommon {
+    /// The fault kind whose work this is, e.g. `cpu`.
+    kind: String,
+    /// The kind's parameters, JSON.
+    #[arg(long)]
+    params: String,
+    /// How it learns that the agent is gone.
+    #[arg(long, value_enum)]
+    bond: holder::Bond,
     /// The fault's name hash, so a leftover holder can be told by its command line.
     #[arg(long)]
     fault: String,
@@ -148,38 +115,36 @@ struct HoldCommon {
 }
 
 fn hold(args: Hold) -> ExitCode {
-    let (HoldWork::Cpu { common, .. } | HoldWork::Memory { common, .. } | HoldWork::Resume { common, .. }) = &args.work;
-    let fail = |e: std::io::Error| {
-        eprintln!("faultline-agent hold (fault {}): {e}", common.fault);
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("faultline-agent hold {} (fault {}): {e}", args.kind, args.fault);
         ExitCode::FAILURE
     };
-    let until = holder::Deadline {
-        monotonic_ms: common.until_ms,
+    let Some(kind) = faults::kind(&args.kind) else {
+        return fail(&"no such fault kind");
     };
-    // A resume holder must outlive the agent long enough to resume: it has no death signal.
-    if let HoldWork::Resume { targets, .. } = &args.work {
-        return match faults::pause::resume_when_left(targets, until) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        };
-    }
-    if let Err(e) = holder::bind_to_parent(common.parent) {
-        return fail(e);
-    }
-    let done = match &args.work {
-        HoldWork::Cpu {
-            load_percent, workers, ..
-        } => faults::cpu::burn_until(*load_percent, *workers, until),
-        HoldWork::Memory { bytes, workers, .. } => faults::memory::hold_until(*bytes, *workers, until, || {
-            use std::io::Write;
-            // Nobody reading means the agent is gone; the death signal ends this process.
-            let _ = writeln!(std::io::stdout(), "{}", holder::READY);
-        }),
-        HoldWork::Resume { .. } => unreachable!("returned above"),
+    let params: serde_json::Value = match serde_json::from_str(&args.params) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
     };
-    match done {
+    let gone = match args.bond {
+        holder::Bond::Death => {
+            if let Err(e) = holder::bind_to_parent(args.parent) {
+                return fail(&e);
+            }
+            None
+        }
+        // No death signal: it must outlive the agent long enough to undo its work.
+        holder::Bond::Pipe => Some(holder::AgentGone::watch()),
+    };
+    let holding = holder::Holding {
+        until: holder::Deadline {
+            monotonic_ms: args.until_ms,
+        },
+        gone,
+    };
+    match kind.hold(&params, &holding) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
+        Err(e) => fail(&e),
     }
 }
 
@@ -257,11 +222,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let state = state::StateDir::open(&cli.state_dir).map_err(|e| e.to_string())?;
     let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
-    let (caps, notes) = faults::Capabilities::detect(&allow, !cli.proxies.is_empty(), cli.blackout_backend)
-        .map_err(|e| e.to_string())?;
-    for note in notes {
-        tracing::info!("capability left out: {note}");
-    }
+    let setup = faults::Setup {
+        has_proxy: !cli.proxies.is_empty(),
+        blackout_backend: cli.blackout_backend,
+    };
     let conditions = Arc::new(proxy::Conditions::default());
     let config = faults::Config {
         max_duration: cli.max_duration,
@@ -271,7 +235,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             other_users: cli.kill_other_users,
         },
     };
-    let mut faults = faults::Faults::new(caps, state, conditions.clone(), config);
+    let (mut faults, notes) = faults::Faults::new(&allow, &setup, state, conditions.clone(), config)?;
+    for note in notes {
+        tracing::info!("capability note: {note}");
+    }
     // Undo what a previous life left before this one registers; what cannot be undone yet
     // is retried while the agent runs.
     let restarted = faults.recover().into_iter().map(|r| (r.owner, r.fault_id)).collect();

@@ -23,7 +23,7 @@ pub const AGENT_PATH: &str = "/v1/agents";
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Capabilities an agent can have, also the names accepted by `--allow`.
-pub const CAPABILITIES: [&str; 6] = ["kill", "pause", "cpu", "memory", "latency", "blackout"];
+pub const CAPABILITIES: [&str; 8] = ["kill", "pause", "cpu", "memory", "io", "disk", "latency", "blackout"];
 
 /// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
 /// are not among them: nothing would ever resume the process; `faultline:process:pause`
@@ -246,6 +246,9 @@ pub enum AgentMessage {
         fault_id: String,
         /// Why it ended.
         reason: EndReason,
+        /// What it was seen to do, when it measured anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
     },
 }
 
@@ -275,6 +278,9 @@ pub enum Outcome {
     Removed {
         /// Number of faults removed by this command.
         count: u32,
+        /// For a `remove` of one fault in effect: what it was seen to do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        observed: Option<Observed>,
     },
     /// Heartbeat answered.
     Pong {},
@@ -283,6 +289,59 @@ pub enum Outcome {
         /// Why it failed.
         message: String,
     },
+}
+
+/// What a fault measured of its own effect on the host: one figure per quantity, with what
+/// was asked for when the fault asked for an amount (docs/wire.md, "Observed effects").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observed {
+    /// The figures, in the order the fault reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<Figure>,
+}
+
+/// One measured quantity of a fault's effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figure {
+    /// What was measured, e.g. `cpu_percent`, `resident_bytes`, `processes_stopped`.
+    pub name: String,
+    /// Its unit, e.g. `%`, `bytes`, `processes`.
+    pub unit: String,
+    /// What the fault was asked to reach, when it names an amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<f64>,
+    /// What was seen.
+    pub observed: f64,
+}
+
+impl Observed {
+    /// Adds a figure.
+    pub fn with(mut self, name: &str, unit: &str, asked: Option<f64>, observed: f64) -> Self {
+        self.figures.push(Figure {
+            name: name.into(),
+            unit: unit.into(),
+            asked,
+            observed,
+        });
+        self
+    }
+}
+
+impl std::fmt::Display for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, fig) in self.figures.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} {:.1} {}", fig.name, fig.observed, fig.unit)?;
+            if let Some(asked) = fig.asked {
+                write!(f, " (asked {asked:.1})")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Machine-readable error codes.
@@ -365,6 +424,22 @@ pub enum FaultKind {
         /// Threads touching the memory; 0 means one.
         workers: u32,
     },
+    /// Write (with fsync) and read back files under a directory, in a holder process.
+    IoStress {
+        /// Writer threads, each with its own file.
+        workers: u32,
+        /// Percent of the free space of `path`'s filesystem the files take together.
+        percent: u8,
+        /// An existing directory; the files go in a directory of the fault's own under it.
+        path: String,
+    },
+    /// Fill the filesystem of `path` with one file until it is `percent` full.
+    DiskFill {
+        /// How full the filesystem is to be, percent of its size.
+        percent: u8,
+        /// An existing directory on the filesystem to fill.
+        path: String,
+    },
     /// Delay and drop traffic through the agent's proxy.
     Latency {
         /// Added delay per direction, ms.
@@ -391,6 +466,8 @@ impl FaultKind {
             FaultKind::Pause { .. } => "pause",
             FaultKind::Cpu { .. } => "cpu",
             FaultKind::Memory { .. } => "memory",
+            FaultKind::IoStress { .. } => "io",
+            FaultKind::DiskFill { .. } => "disk",
             FaultKind::Latency { .. } => "latency",
             FaultKind::Blackout { .. } => "blackout",
         }

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// What must be known to take a fault away after a crash.
@@ -16,8 +15,9 @@ pub struct Record {
     pub owner: String,
     /// Capability name of the fault (`cpu`, `blackout`, ...).
     pub kind: String,
-    /// nf_tables table installed for a blackout; it outlives the process.
-    pub nft_table: Option<String>,
+    /// What its kind needs to remove it after a crash (a table, a file), as the kind wrote it.
+    #[serde(default)]
+    pub undo: serde_json::Value,
     /// When it was applied, ms since the Unix epoch.
     pub applied_at_ms: u64,
 }
@@ -50,7 +50,7 @@ pub struct StateDir {
     /// that no corruption of a record can hide a stopped process from the next start.
     paused: PathBuf,
     /// Held for the life of the agent: two agents sharing a directory would undo each other.
-    _lock: File,
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl StateDir {
@@ -70,10 +70,8 @@ impl StateDir {
             .write(true)
             .open(dir.join("lock"))
             .map_err(io_err)?;
-        // SAFETY: flock on a descriptor owned by `lock`.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StateError::Locked(dir.to_path_buf()));
-        }
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Locked(dir.to_path_buf()))?;
         Ok(StateDir {
             faults,
             paused,
@@ -173,17 +171,18 @@ impl StateDir {
     }
 }
 
-/// The nf_tables table a fault's blackout uses, derived from the fault id.
-pub fn table_name(fault_id: &str) -> String {
-    format!("fl_{:016x}", fnv1a(fault_id.as_bytes()))
-}
-
-/// The table named after the fault whose record is (or was being written to) `path`,
-/// whatever the file holds: its stem ends with the same hash that names the table.
-pub fn table_of_file(path: &Path) -> Option<String> {
+/// The hash of the fault id whose record is (or was being written to) `path`, whatever the
+/// file holds: its stem ends with it. What a kind names after the hash (a table, a file) can
+/// so be found from an unreadable record.
+pub fn hash_of_file(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_str()?;
     let (_, hash) = stem.rsplit_once('-')?;
-    (hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("fl_{hash}"))
+    (hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hash.to_string())
+}
+
+/// The hash of a fault id that names its holders, files and tables.
+pub fn fault_hash(fault_id: &str) -> String {
+    format!("{:016x}", fnv1a(fault_id.as_bytes()))
 }
 
 /// A file name for a fault id: readable where it can be, unique always.
@@ -196,7 +195,7 @@ fn file_stem(fault_id: &str) -> String {
     format!("{readable}-{:016x}", fnv1a(fault_id.as_bytes()))
 }
 
-/// A short stable hash, also used to name nf_tables tables after fault ids.
+/// A short stable hash, used to name files, holders and tables after fault ids.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -224,7 +223,7 @@ mod tests {
             fault_id: "exp/a/web-a1".into(),
             owner: "c1".into(),
             kind: "blackout".into(),
-            nft_table: Some("fl_1".into()),
+            undo: serde_json::json!({"table": "fl_1"}),
             applied_at_ms: 1,
         };
         {
@@ -236,9 +235,9 @@ mod tests {
         s.remove(&rec.fault_id).unwrap();
         s.remove(&rec.fault_id).unwrap();
         assert_eq!(
-            table_of_file(&s.path(&rec.fault_id)),
-            Some(table_name(&rec.fault_id)),
-            "a corrupt record still names its table"
+            hash_of_file(&s.path(&rec.fault_id)),
+            Some(fault_hash(&rec.fault_id)),
+            "a corrupt record still names its fault's hash"
         );
         assert!(s.leftovers().unwrap().0.is_empty());
         fs::remove_dir_all(&dir).unwrap();

@@ -212,6 +212,7 @@ async fn serve(mut ws: Ws) {
             }
             ControllerMessage::Remove { fault_id } => Outcome::Removed {
                 count: u32::from(held.remove(&fault_id)),
+                observed: None,
             },
             ControllerMessage::RemoveAll { experiment } => {
                 let before = held.len();
@@ -221,6 +222,7 @@ async fn serve(mut ws: Ws) {
                 }
                 Outcome::Removed {
                     count: (before - held.len()) as u32,
+                    observed: None,
                 }
             }
             ControllerMessage::Ping {} => Outcome::Pong {},

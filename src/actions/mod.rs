@@ -52,6 +52,10 @@ catalog! {
     CpuStress => cpu_stress,
     /// `faultline:host:memory-stress`
     MemoryStress => memory_stress,
+    /// `faultline:host:io-stress`
+    IoStress => io_stress,
+    /// `faultline:host:disk-fill`
+    DiskFill => disk_fill,
     /// `faultline:network:latency`
     Latency => latency,
     /// `faultline:az:blackout`
@@ -144,6 +148,8 @@ pub enum Kind {
     Signal,
     /// Text the action reads itself (an ARN, a JSON document).
     Text,
+    /// An absolute directory path, without `..`, [`limits::PATH_BYTES`] long.
+    Path,
 }
 
 impl Kind {
@@ -157,6 +163,7 @@ impl Kind {
             Kind::ProcessName => "process name",
             Kind::Signal => "signal name",
             Kind::Text => "string",
+            Kind::Path => "absolute path",
         }
     }
 
@@ -178,6 +185,10 @@ impl Kind {
             }
             Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
             Kind::Text => "see description".into(),
+            Kind::Path => {
+                let (min, max) = limits::PATH_BYTES;
+                format!("starts with '/', no '..', {min}-{max} bytes")
+            }
         }
     }
 }

@@ -73,6 +73,7 @@ impl<'a> Params<'a> {
             Kind::ProcessName => self.process_name(p).is_some(),
             Kind::Signal => self.signal(p).is_some(),
             Kind::Text => self.text(p.name).is_some(),
+            Kind::Path => self.path(p).is_some(),
         }
     }
 
@@ -98,6 +99,21 @@ impl<'a> Params<'a> {
             return None;
         }
         Some(process_name)
+    }
+
+    /// An absolute directory path (its default when absent), checked as the agent checks it.
+    pub fn path(&mut self, p: &Param) -> Option<String> {
+        let key = p.name;
+        let path = self.text(key).or(p.default)?.to_string();
+        if let Err(e) = limits::path_ok(&path) {
+            self.fail(
+                key,
+                format!("`{path}`: {}", e.limit),
+                Some("give a directory on the filesystem to use, e.g. /var/tmp".into()),
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// A signal name, `SIG` added when missing; never a stop signal.

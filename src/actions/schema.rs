@@ -95,6 +95,7 @@ fn param(p: &Param) -> Value {
         Kind::ProcessName => json!({ "type": "string", "minLength": 1 }),
         Kind::Signal => json!({ "type": "string" }),
         Kind::Text => json!({ "type": "string", "minLength": 1 }),
+        Kind::Path => json!({ "type": "string", "pattern": "^/" }),
     };
     v["description"] = description.into();
     v

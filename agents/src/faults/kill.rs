@@ -1,25 +1,51 @@
 //! `faultline:process:kill`: signal every process with a given name, and the guard shared
 //! with `faultline:process:pause` that decides which processes may be signalled at all.
 
+use super::{Answer, Apply, Env, FaultError, Gone, Kind, Started};
+use faultline_agent::protocol::FaultKind;
+use nix::errno::Errno;
+pub use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Maps a signal name of [`faultline_agent::protocol::SIGNALS`] to its number.
-pub fn signal_number(name: &str) -> Option<i32> {
-    Some(match name {
-        "SIGKILL" => libc::SIGKILL,
-        "SIGTERM" => libc::SIGTERM,
-        "SIGINT" => libc::SIGINT,
-        "SIGHUP" => libc::SIGHUP,
-        "SIGQUIT" => libc::SIGQUIT,
-        "SIGABRT" => libc::SIGABRT,
-        "SIGCONT" => libc::SIGCONT,
-        "SIGUSR1" => libc::SIGUSR1,
-        "SIGUSR2" => libc::SIGUSR2,
-        "SIGSEGV" => libc::SIGSEGV,
-        _ => return None,
-    })
+/// The kind: signals once, holds nothing.
+#[derive(Debug)]
+pub struct Kill;
+
+impl Kind for Kill {
+    fn capability(&self) -> &'static str {
+        "kill"
+    }
+
+    fn instant(&self) -> bool {
+        true
+    }
+
+    fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::Kill { process_name, signal } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let pids = kill(process_name, signal, &env.config.kill).map_err(FaultError::refused)?;
+        let detail = format!(
+            "sent {signal} to {} process{} named {process_name}",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" }
+        );
+        Ok(Started {
+            fault: Box::new(Gone),
+            answer: Answer::Now(detail, pids),
+        })
+    }
+}
+
+/// Maps a signal name of [`faultline_agent::protocol::SIGNALS`] to its signal.
+pub fn signal_number(name: &str) -> Option<Signal> {
+    faultline_agent::protocol::SIGNALS
+        .contains(&name)
+        .then(|| name.parse().ok())
+        .flatten()
 }
 
 /// Which processes a kill or a pause may signal, beyond the fixed rule that PID 1, the
@@ -68,10 +94,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|s| s.start_time)
 }
 
+/// The state letter of `pid` (`R`, `S`, `T` for stopped, ...).
+pub fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|s| s.state)
+}
+
 /// Whether `pid` is stopped (state `T`).
 #[cfg(test)]
 pub fn is_stopped(pid: u32) -> bool {
-    stat(pid).is_some_and(|s| s.state == 'T')
+    state(pid) == Some('T')
 }
 
 fn real_uid(pid: u32) -> Option<u32> {
@@ -179,8 +210,7 @@ pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
     }
     let me = std::process::id();
     let ancestors = ancestors();
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     let mut refused = Vec::new();
     let mut targets = Vec::new();
     for pid in pids {
@@ -220,39 +250,39 @@ pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
 
 /// Sends `sig` to `target` unless its pid now names another process. `Ok(false)` when it is
 /// gone.
-pub fn signal(target: Target, sig: i32) -> io::Result<bool> {
+pub fn signal(target: Target, sig: Signal) -> io::Result<bool> {
     // A pidfd pins the process: once the start time matches, the signal cannot reach a
-    // process that took over the pid in between.
-    // SAFETY: pidfd_open with a pid and no flags; the descriptor is closed below.
+    // process that took over the pid in between. nix has no pidfd calls: these two system
+    // calls are the only raw ones here.
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, target.pid as libc::c_int, 0) };
     if fd < 0 {
-        let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ESRCH) {
-            Ok(false)
-        } else {
-            Err(e)
+        return match Errno::last() {
+            Errno::ESRCH => Ok(false),
+            e => Err(e.into()),
         };
     }
-    let fd = fd as libc::c_int;
-    let result = if start_time(target.pid) != Some(target.start_time) {
-        Ok(false)
-    } else {
-        // SAFETY: pidfd_send_signal on the descriptor opened above, no siginfo, no flags.
-        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, sig, std::ptr::null::<u8>(), 0) };
-        if r == 0 {
-            Ok(true)
-        } else {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
+    // SAFETY: the kernel just returned this descriptor, which nothing else owns; the
+    // OwnedFd closes it once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if start_time(target.pid) != Some(target.start_time) {
+        return Ok(false);
+    }
+    // SAFETY: pidfd_send_signal on the descriptor above, a valid signal, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
-    // SAFETY: closes the descriptor opened above, once.
-    unsafe { libc::close(fd) };
-    result
+    match (r, Errno::last()) {
+        (0, _) => Ok(true),
+        (_, Errno::ESRCH) => Ok(false),
+        (_, e) => Err(e.into()),
+    }
 }
 
 /// Signals every process named `name` that `policy` allows; the pids signalled, or why
@@ -352,8 +382,8 @@ pub mod tests {
             start_time: real.start_time + 1,
             ..real
         };
-        assert!(!signal(other, libc::SIGKILL).unwrap());
-        assert!(signal(real, libc::SIGKILL).unwrap());
+        assert!(!signal(other, Signal::SIGKILL).unwrap());
+        assert!(signal(real, Signal::SIGKILL).unwrap());
         child.wait().unwrap();
     }
 

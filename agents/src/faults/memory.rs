@@ -1,8 +1,129 @@
 //! `faultline:host:memory-stress`: allocate, touch and keep resident an amount of memory.
 
-use crate::holder::Deadline;
-use faultline_agent::protocol::MemoryAmount;
+use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use crate::holder::{self, Bond, Deadline, Holder, Holding, Work};
+use faultline_agent::protocol::{FaultKind, MemoryAmount, Observed, Outcome};
 use std::fs;
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The kind: its holder fills the memory, answers once resident, and dies with the agent.
+#[derive(Debug)]
+pub struct Memory;
+
+impl Kind for Memory {
+    fn capability(&self) -> &'static str {
+        "memory"
+    }
+
+    fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::Memory { amount, workers } = a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let bytes = Budget::read()
+            .map_err(FaultError::io("cannot read the memory budget"))?
+            .less(a.memory_pending)
+            .bytes_for(amount)
+            .map_err(FaultError::refused)?;
+        let what = format!("cannot start the memory stress process for {} MiB", bytes >> 20);
+        let work = Work {
+            kind: "memory",
+            params: serde_json::json!({ "bytes": bytes, "workers": workers }),
+            bond: Bond::Death,
+        };
+        let (holder, stdout) = Holder::spawn(&a.hash, &work, a.until).map_err(FaultError::io(&what))?;
+        let filled = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = oneshot::channel();
+        watch_filling(stdout, bytes, filled.clone(), tx).map_err(FaultError::io(what))?;
+        Ok(Started {
+            fault: Box::new(Held {
+                holder: Some(holder),
+                bytes,
+                filled,
+                resident: 0,
+            }),
+            answer: Answer::Later(rx),
+        })
+    }
+
+    fn hold(&self, params: &serde_json::Value, holding: &Holding) -> std::io::Result<()> {
+        let field = |name: &str| {
+            params[name]
+                .as_u64()
+                .ok_or_else(|| std::io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let workers = u32::try_from(field("workers")?).map_err(std::io::Error::other)?;
+        hold_until(field("bytes")?, workers, holding.until, || holding.ready())
+    }
+}
+
+/// A memory stress in effect. `filled` once the holder stops filling up: its memory is
+/// resident, or it is gone.
+#[derive(Debug)]
+struct Held {
+    holder: Option<Holder>,
+    bytes: u64,
+    filled: Arc<AtomicBool>,
+    /// The last resident size seen, kept once the holder is gone.
+    resident: u64,
+}
+
+impl Fault for Held {
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        if let Some(h) = self.holder.take() {
+            h.stop();
+        }
+        Ok(())
+    }
+
+    fn observed(&mut self) -> Observed {
+        if let Some(h) = &self.holder {
+            let status = fs::read_to_string(format!("/proc/{}/status", h.pid())).unwrap_or_default();
+            if let Some(rss) = kb_field(&status, "VmRSS:") {
+                self.resident = rss;
+            }
+        }
+        Observed::default().with("resident_bytes", "bytes", Some(self.bytes as f64), self.resident as f64)
+    }
+
+    fn memory_pending(&self) -> u64 {
+        if self.filled.load(Ordering::Acquire) {
+            0
+        } else {
+            self.bytes
+        }
+    }
+}
+
+/// Answers a memory fault's apply once its holder says the memory is resident, or that it
+/// failed; either way the fault stops counting as filling up.
+fn watch_filling(
+    stdout: std::process::ChildStdout,
+    bytes: u64,
+    filled: Arc<AtomicBool>,
+    answer: oneshot::Sender<Outcome>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("memory-filling".into())
+        .spawn(move || {
+            let mut line = String::new();
+            let ready = std::io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
+            filled.store(true, Ordering::Release);
+            let _ = answer.send(if ready {
+                Outcome::Applied {
+                    detail: format!("holding {} MiB resident", bytes >> 20),
+                    pids: vec![],
+                }
+            } else {
+                Outcome::Failed {
+                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
+                }
+            });
+        })?;
+    Ok(())
+}
 
 const MIB: u64 = 1 << 20;
 /// Never leave less than this free, whatever the percentage of the host.
@@ -137,22 +258,19 @@ impl Resident {
     /// are resident, or once `until` has passed (a fault never outlives its deadline).
     pub fn fill(bytes: u64, workers: u32, until: Deadline) -> std::io::Result<Resident> {
         let len = usize::try_from(bytes).map_err(std::io::Error::other)?.max(1);
-        // SAFETY: anonymous private mapping; the region is owned by the returned value.
+        let size = std::num::NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty mapping"))?;
+        use nix::sys::mman::{MapFlags, ProtFlags};
+        // SAFETY: a new anonymous private mapping aliases nothing; the returned value owns it.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        }?;
         let resident = Resident {
-            base: ptr as usize,
+            base: ptr.as_ptr() as usize,
             len,
         };
         let page = 4096usize;
@@ -182,9 +300,11 @@ impl Resident {
 
 impl Drop for Resident {
     fn drop(&mut self) {
-        // SAFETY: the mapping was created by `fill` with this base and length, and no
-        // thread touches it any more.
-        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+        if let Some(base) = std::ptr::NonNull::new(self.base as *mut std::ffi::c_void) {
+            // SAFETY: the mapping was created by `fill` with this base and length, and no
+            // thread touches it any more.
+            let _ = unsafe { nix::sys::mman::munmap(base, self.len) };
+        }
     }
 }
 

@@ -1,94 +1,223 @@
 //! The faults an agent injects, and the table of those in effect.
 //!
+//! Each fault is one file here implementing [`Kind`] (its parameter check beyond the shared
+//! limits, capability detection, the undo data recorded before the effect, apply, what to
+//! recover after a crash, and any holder process) and [`Fault`] (a fault in effect: remove,
+//! observed effect). [`registry`] lists them, one line each. The table below is generic:
+//! record → apply → deadline → remove, leases, recovery and retries, for any kind.
+//!
 //! Every fault with a duration is recorded in the state directory before it takes effect
 //! and forgotten only once it is removed. Removal is the same code whatever asks for it:
 //! the controller, the end of the duration, a lapsed lease, or shutdown.
 
+pub mod blackout;
 pub mod cpu;
+pub mod disk_fill;
+pub mod io_stress;
 pub mod kill;
+pub mod latency;
 pub mod memory;
 pub mod nft;
 pub mod pause;
 
-use crate::holder::{self, Deadline, Holder, Work};
-use crate::proxy::{Condition, Conditions};
+use crate::holder::{Deadline, Holding};
+use crate::proxy::Conditions;
 use crate::state::{self, Record, StateDir};
 use faultline_agent::limits::{self, OutOfRange};
-use faultline_agent::protocol::{FaultKind, FaultSpec, HeldFault, Outcome};
+use faultline_agent::protocol::{FaultSpec, HeldFault, Observed, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ChildStdout;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// Every fault kind this agent knows, one line each; their order is the `--allow` order.
+fn registry() -> Vec<Box<dyn Kind>> {
+    vec![
+        Box::new(kill::Kill),
+        Box::new(pause::Pause),
+        Box::new(cpu::Cpu),
+        Box::new(memory::Memory),
+        Box::new(io_stress::IoStress),
+        Box::new(disk_fill::DiskFill),
+        Box::new(latency::Latency),
+        Box::new(blackout::Blackout::default()),
+    ]
+}
+
+/// A kind of fault: what the table asks of each, whatever it is.
+pub trait Kind: std::fmt::Debug + Send {
+    /// Its capability name (the wire's `FaultKind::capability`, and `--allow`'s).
+    fn capability(&self) -> &'static str;
+
+    /// Whether it can work here, with what this agent was given; may set up how it works
+    /// (e.g. nf_tables or the proxy). Called once, at start, for the allowed kinds.
+    fn detect(&mut self, _setup: &Setup) -> Detection {
+        Detection::Ready
+    }
+
+    /// Whether it is done once applied (a kill): nothing is recorded or held.
+    fn instant(&self) -> bool {
+        false
+    }
+
+    /// Checks what the shared limits cannot (the host's own state), and returns what its
+    /// removal will need after a crash; recorded before [`Kind::apply`] runs.
+    fn prepare(&self, _apply: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Takes effect. On an error nothing of it may remain in effect.
+    fn apply(&self, apply: &Apply<'_>, undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError>;
+
+    /// A fault a previous life of this agent recorded with `undo`, to be removed now.
+    fn restore(&self, _fault_id: &str, _undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
+        Box::new(Gone)
+    }
+
+    /// Leftovers of a previous life that no readable record names: `records` are those
+    /// read, `unreadable` the state files that could not be; a leftover may claim one.
+    fn sweep(&self, _records: &[Record], _unreadable: &[PathBuf], _env: &Env<'_>) -> Vec<Leftover> {
+        Vec::new()
+    }
+
+    /// The work of its holder process (`faultline-agent hold KIND`), for kinds that have one.
+    fn hold(&self, _params: &serde_json::Value, _holding: &Holding) -> std::io::Result<()> {
+        Err(std::io::Error::other(format!(
+            "`{}` faults have no holder process",
+            self.capability()
+        )))
+    }
+}
+
+/// A fault in effect.
+pub trait Fault: std::fmt::Debug + Send {
+    /// Takes the effect away. Idempotent: what is already gone is success. An error keeps
+    /// the fault and its record for a retry.
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError>;
+
+    /// What it measurably does to the host now (or did, once removed).
+    fn observed(&mut self) -> Observed {
+        Observed::default()
+    }
+
+    /// Once the apply's answer is on the wire ([`Answer::ThenAct`]): the rest of the
+    /// effect. Returns a shorter time left, if it must end sooner than its deadline.
+    fn after_answer(&mut self, _env: &Env<'_>, _left: Duration) -> Result<Option<Duration>, FaultError> {
+        Ok(None)
+    }
+
+    /// Whether it cuts this host off from its controller right now (leases then pause).
+    fn cuts_control_plane(&self) -> bool {
+        false
+    }
+
+    /// Memory it has asked for that is not resident yet (so not free for another).
+    fn memory_pending(&self) -> u64 {
+        0
+    }
+}
+
+/// A fault whose effect is gone (it died with a previous life of the agent): only its
+/// record remains.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Fault for Gone {
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        Ok(())
+    }
+}
+
+/// What the agent was started with, for [`Kind::detect`].
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Whether a proxy fronts the host's service (`--proxy`).
+    pub has_proxy: bool,
+    /// `--blackout-backend`.
+    pub blackout_backend: blackout::Backend,
+}
+
+/// What [`Kind::detect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detection {
+    /// It works here.
+    Ready,
+    /// It works here, with a limitation worth a note.
+    Limited(String),
+    /// It cannot work here, and why.
+    Unavailable(String),
+    /// It was required to work in a way it cannot: the agent must not start.
+    Fatal(String),
+}
+
+/// What the table gives every fault: the agent's state dir, limits and proxy conditions.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    /// The state directory (for markers beyond the fault's record).
+    pub state: &'a StateDir,
+    /// The agent's own limits.
+    pub config: &'a Config,
+    /// Conditions the proxies enforce.
+    pub conditions: &'a Arc<Conditions>,
+}
+
+/// One apply, as a kind sees it.
+#[derive(Debug)]
+pub struct Apply<'a> {
+    /// The command.
+    pub spec: &'a FaultSpec,
+    /// How long it lasts (zero for an instant fault).
+    pub duration: Duration,
+    /// Its deadline on the monotonic clock holders share.
+    pub until: Deadline,
+    /// A short stable hash of its id (names holders, files and tables).
+    pub hash: String,
+    /// The controller's address, when known.
+    pub controller: Option<IpAddr>,
+    /// Memory other faults have asked for and is not resident yet.
+    pub memory_pending: u64,
+}
+
+/// A fault that took effect, and how to answer the apply.
+#[derive(Debug)]
+pub struct Started {
+    /// The fault in effect (for an instant fault, dropped at once).
+    pub fault: Box<dyn Fault>,
+    /// The answer.
+    pub answer: Answer,
+}
+
+/// How an apply is answered.
+#[derive(Debug)]
+pub enum Answer {
+    /// Now, with this detail and the pids it signalled.
+    Now(String, Vec<u32>),
+    /// When this resolves (memory becomes resident).
+    Later(oneshot::Receiver<Outcome>),
+    /// Now, and once the answer is on the wire, [`Faults::after_answer`] does the rest
+    /// (a blackout's cut of the control plane would swallow the answer).
+    ThenAct(String),
+}
+
+/// A leftover of a previous life, found by [`Kind::sweep`].
+#[derive(Debug)]
+pub struct Leftover {
+    /// An id for it in the table (not a controller's fault id).
+    pub id: String,
+    /// Its removal.
+    pub fault: Box<dyn Fault>,
+    /// An unreadable state file it claims, deleted once it is removed.
+    pub file: Option<PathBuf>,
+}
 
 /// What this agent can do here, after its allow-list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Capability names, as registered.
     pub kinds: BTreeSet<&'static str>,
-    /// Whether blackouts use nf_tables (else only the proxy enforces them).
-    pub nft: bool,
-}
-
-/// How blackouts are enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BlackoutBackend {
-    /// nf_tables when this process may use it, else the proxy alone.
-    Auto,
-    /// nf_tables (and the proxy); refuse to start without it.
-    Nftables,
-    /// The proxy alone: the rest of the host's network is never touched.
-    Proxy,
-}
-
-/// `--blackout-backend nftables` on a machine where nf_tables cannot be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("--blackout-backend nftables, but nf_tables cannot be used here (is CAP_NET_ADMIN granted?)")]
-pub struct NftablesUnavailable;
-
-impl Capabilities {
-    /// Detects what works on this machine and keeps what `allow` permits; the notes say
-    /// what was left out and why. Fails when nf_tables is required and unavailable.
-    pub fn detect(
-        allow: &BTreeSet<String>,
-        has_proxy: bool,
-        backend: BlackoutBackend,
-    ) -> Result<(Capabilities, Vec<String>), NftablesUnavailable> {
-        let wanted = allow.contains("blackout") && backend != BlackoutBackend::Proxy;
-        let nft = wanted && nft::available();
-        if wanted && !nft && backend == BlackoutBackend::Nftables {
-            return Err(NftablesUnavailable);
-        }
-        let mut notes = Vec::new();
-        let mut kinds = BTreeSet::new();
-        for kind in faultline_agent::protocol::CAPABILITIES {
-            let possible = match kind {
-                "latency" if !has_proxy => {
-                    Err("latency needs a proxy in front of the service (--proxy LISTEN=UPSTREAM)")
-                }
-                "blackout" if !nft && !has_proxy => {
-                    Err("blackout needs CAP_NET_ADMIN (nf_tables) or a proxy (--proxy)")
-                }
-                _ => Ok(()),
-            };
-            match (allow.contains(kind), possible) {
-                (false, _) => notes.push(format!("{kind}: not in --allow")),
-                (true, Err(why)) => notes.push(format!("{kind}: {why}")),
-                (true, Ok(())) => {
-                    kinds.insert(kind);
-                }
-            }
-        }
-        if kinds.contains("blackout") && !nft {
-            notes.push("blackout: only the proxy enforces it (no nf_tables)".into());
-        }
-        Ok((Capabilities { kinds, nft }, notes))
-    }
 }
 
 /// The agent's own limits on what it is asked to do.
@@ -102,43 +231,6 @@ pub struct Config {
     pub kill: kill::Policy,
 }
 
-/// What is in effect, and what taking it away needs.
-#[derive(Debug)]
-enum Effect {
-    Cpu(Holder),
-    /// `filled` once the holder stops filling up: its memory is resident, or it is gone.
-    Memory {
-        holder: Holder,
-        bytes: u64,
-        filled: Arc<AtomicBool>,
-    },
-    Latency,
-    /// `cut` holds the allow-list without the controller until [`Faults::cut`] applies it.
-    Blackout {
-        nft_table: Option<String>,
-        cut: Option<Vec<IpAddr>>,
-    },
-    /// The processes stopped, and the holder that resumes them should this agent die.
-    Pause {
-        targets: Vec<kill::Target>,
-        guard: Holder,
-    },
-    /// A process a previous life of this agent paused, known by its marker file (whose name
-    /// holds the pid and start time, when it could be read).
-    Resume {
-        marker: PathBuf,
-        target: Option<kill::Target>,
-    },
-    /// An effect that died with a previous life of this agent; only its record remains.
-    Gone,
-    /// A table a previous life of this agent left, which this start could not remove yet,
-    /// with the state file that named it when it was unreadable.
-    Orphan {
-        table: String,
-        file: Option<PathBuf>,
-    },
-}
-
 /// The first wait before a failed removal is tried again; it doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -146,13 +238,13 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct Active {
     owner: String,
-    effect: Effect,
+    fault: Box<dyn Fault>,
     /// When it ends; after a failed removal, when the removal is tried again.
     deadline: Instant,
     /// The wait before the next retry once a removal has failed.
     retry: Duration,
-    /// Whether the control plane is cut right now (set once the cut is installed).
-    cut: bool,
+    /// An unreadable state file to delete once it is removed.
+    file: Option<PathBuf>,
 }
 
 /// The result of an apply: an answer now, or later (memory becomes resident).
@@ -162,9 +254,8 @@ pub enum Applied {
     Now(Outcome),
     /// Answer when this resolves.
     Later(oneshot::Receiver<Outcome>),
-    /// Answer now, and once the answer is on the wire, cut the control plane with
-    /// [`Faults::cut`]: cutting first would swallow the answer.
-    ThenCut(Outcome),
+    /// Answer now, and once the answer is on the wire, call [`Faults::after_answer`].
+    ThenAct(Outcome),
 }
 
 /// A fault this agent refuses: its kind is not among the capabilities it registered.
@@ -188,27 +279,12 @@ pub enum Refusal {
     OutOfRange(#[from] OutOfRange),
 }
 
-/// Why a fault could not be applied, cut or removed; its message goes to the controller.
+/// Why a fault could not be applied or removed; its message goes to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
-    /// A fault that lasts arrived without a duration.
-    #[error("a `{0}` fault needs a duration")]
-    NoDuration(&'static str),
-    /// No process was signalled.
-    #[error(transparent)]
-    Kill(#[from] kill::KillError),
-    /// No process was paused.
-    #[error(transparent)]
-    Pause(#[from] pause::PauseError),
-    /// An nf_tables blackout would cut the controller's own host.
-    #[error(
-        "refused: the controller ({0}) runs on this host, and an nf_tables blackout would cut off everything \
-         else on it; run this agent with --blackout-backend proxy, or the controller on another host"
-    )]
-    ControllerIsLocal(IpAddr),
-    /// The memory asked for would eat the safety margin.
-    #[error(transparent)]
-    Memory(#[from] memory::UnsafeAmount),
+    /// The fault's own reason, in words for the operator.
+    #[error("{0}")]
+    Refused(String),
     /// A system call failed while doing `what`.
     #[error("{what}: {source}")]
     Io {
@@ -221,9 +297,14 @@ pub enum FaultError {
 
 impl FaultError {
     /// Wraps an io::Error with what was being done, for `map_err`.
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FaultError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FaultError {
         let what = what.into();
         move |source| FaultError::Io { what, source }
+    }
+
+    /// A refusal from any error that says why.
+    pub fn refused(e: impl std::fmt::Display) -> FaultError {
+        FaultError::Refused(e.to_string())
     }
 }
 
@@ -231,11 +312,23 @@ impl FaultError {
 #[derive(Debug)]
 pub struct Faults {
     active: BTreeMap<String, Active>,
+    kinds: BTreeMap<&'static str, Box<dyn Kind>>,
     caps: Capabilities,
     config: Config,
     state: StateDir,
     conditions: Arc<Conditions>,
     failed: Vec<FailedRemoval>,
+}
+
+/// A fault removed, with what it was seen to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removed {
+    /// The fault.
+    pub fault_id: String,
+    /// The controller that owned it.
+    pub owner: String,
+    /// Its observed effect.
+    pub observed: Observed,
 }
 
 /// A removal the agent started on its own that failed; the fault stays on record.
@@ -257,17 +350,54 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The kind named `capability`, for a holder process.
+pub fn kind(capability: &str) -> Option<Box<dyn Kind>> {
+    registry().into_iter().find(|k| k.capability() == capability)
+}
+
 impl Faults {
-    /// An empty table.
-    pub fn new(caps: Capabilities, state: StateDir, conditions: Arc<Conditions>, config: Config) -> Self {
-        Faults {
+    /// Detects what each kind `allow` permits can do here; the notes say what was left out
+    /// and why. Fails when a kind was required to work in a way it cannot.
+    pub fn new(
+        allow: &BTreeSet<String>,
+        setup: &Setup,
+        state: StateDir,
+        conditions: Arc<Conditions>,
+        config: Config,
+    ) -> Result<(Self, Vec<String>), String> {
+        let mut notes = Vec::new();
+        let mut caps = BTreeSet::new();
+        let mut kinds = BTreeMap::new();
+        for mut kind in registry() {
+            let name = kind.capability();
+            if !allow.contains(name) {
+                notes.push(format!("{name}: not in --allow"));
+            } else {
+                match kind.detect(setup) {
+                    Detection::Ready => {
+                        caps.insert(name);
+                    }
+                    Detection::Limited(note) => {
+                        notes.push(format!("{name}: {note}"));
+                        caps.insert(name);
+                    }
+                    Detection::Unavailable(why) => notes.push(format!("{name}: {why}")),
+                    Detection::Fatal(why) => return Err(why),
+                }
+            }
+            // Kept even when not allowed: recovery may need it for a previous life's record.
+            kinds.insert(name, kind);
+        }
+        let faults = Faults {
             active: BTreeMap::new(),
-            caps,
+            kinds,
+            caps: Capabilities { kinds: caps },
             config,
             state,
             conditions,
             failed: Vec::new(),
-        }
+        };
+        Ok((faults, notes))
     }
 
     /// The capabilities registered with the controller.
@@ -275,104 +405,60 @@ impl Faults {
         &self.caps
     }
 
-    /// Takes away what a previous life of this agent left: the processes it paused, the
-    /// tables its records name (readable or not) and every `fl_*` table of this network
-    /// namespace. Never fails: what cannot be removed now is held as a fault of its
+    /// Takes away what a previous life of this agent left: each record's fault, through its
+    /// kind, and whatever each kind's sweep finds that no readable record names (stopped
+    /// processes, tables). Never fails: what cannot be removed now is held as a fault of its
     /// record's owner, reported at registration and retried with backoff. Returns the
     /// records undone, so their owners can be told.
     pub fn recover(&mut self) -> Vec<Record> {
-        let paused = self.state.paused().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot list the processes a previous run paused");
-            Vec::new()
-        });
         let (records, unreadable) = match self.state.leftovers() {
             Ok(found) => found,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the state dir; only the table sweep cleans up");
+                tracing::error!(error = %e, "cannot read the state dir; only the sweeps clean up");
                 (Vec::new(), Vec::new())
             }
         };
         let now = Instant::now();
-        let orphan = |active: &mut BTreeMap<String, Active>, id: String, owner: String, effect| {
-            active.insert(
-                id,
-                Active {
-                    owner,
-                    effect,
-                    deadline: now,
-                    retry: FIRST_RETRY,
-                    cut: false,
-                },
-            );
+        let env = Env {
+            state: &self.state,
+            config: &self.config,
+            conditions: &self.conditions,
         };
-        for path in unreadable {
-            match state::table_of_file(&path) {
-                // The kernel may hold its table: remove it like any other fault's. Also when
-                // this life does not use nf_tables, as long as it may: the last one may have.
-                Some(table) if self.caps.nft || nft::has_net_admin() => {
-                    tracing::warn!(path = %path.display(), %table, "an unreadable state file; removing the table it names");
-                    let id = format!("unreadable:{}", path.display());
-                    let effect = Effect::Orphan {
-                        table,
-                        file: Some(path),
-                    };
-                    orphan(&mut self.active, id, String::new(), effect);
-                }
-                _ => {
-                    tracing::warn!(path = %path.display(), "discarding an unreadable state file");
-                    if let Err(e) = self.state.discard(&path) {
-                        tracing::error!(path = %path.display(), error = %e, "cannot discard it");
-                    }
-                }
+        let held = |owner: String, fault: Box<dyn Fault>, file: Option<PathBuf>| Active {
+            owner,
+            fault,
+            deadline: now,
+            retry: FIRST_RETRY,
+            file,
+        };
+        let mut found: Vec<(String, Active)> = Vec::new();
+        for kind in self.kinds.values() {
+            for l in kind.sweep(&records, &unreadable, &env) {
+                found.push((l.id, held(String::new(), l.fault, l.file)));
             }
-        }
-        // Each paused process is its own removal, so one that fails is retried on its own.
-        for (marker, target) in paused {
-            let target = target.map(|(pid, start_time)| kill::Target { pid, start_time });
-            let id = format!("paused:{}", marker.display());
-            orphan(&mut self.active, id, String::new(), Effect::Resume { marker, target });
         }
         for r in &records {
-            let effect = match &r.nft_table {
-                Some(table) => Effect::Orphan {
-                    table: table.clone(),
-                    file: None,
-                },
-                None => Effect::Gone,
-            };
-            orphan(&mut self.active, r.fault_id.clone(), r.owner.clone(), effect);
-        }
-        // Whatever this life's backend, a previous one may have used nf_tables.
-        if self.caps.nft || nft::has_net_admin() {
-            match nft::tables() {
-                Ok(tables) => {
-                    let known: BTreeSet<String> = self
-                        .active
-                        .values()
-                        .filter_map(|a| match &a.effect {
-                            Effect::Orphan { table, .. } => Some(table.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    for table in tables
-                        .into_iter()
-                        .filter(|t| t.starts_with("fl_") && !known.contains(t))
-                    {
-                        tracing::warn!(%table, "an nf_tables table of faultline that no record names; removing it");
-                        let effect = Effect::Orphan {
-                            table: table.clone(),
-                            file: None,
-                        };
-                        orphan(&mut self.active, format!("table:{table}"), String::new(), effect);
-                    }
+            let fault = match self.kinds.get(r.kind.as_str()) {
+                Some(kind) => kind.restore(&r.fault_id, r.undo.clone(), &env),
+                None => {
+                    tracing::warn!(fault = %r.fault_id, kind = %r.kind, "a record of a kind this agent does not know; forgetting it");
+                    Box::new(Gone)
                 }
-                Err(e) => tracing::error!(error = %e, "cannot list the nf_tables tables to sweep them"),
+            };
+            found.push((r.fault_id.clone(), held(r.owner.clone(), fault, None)));
+        }
+        let claimed: BTreeSet<&PathBuf> = found.iter().filter_map(|(_, a)| a.file.as_ref()).collect();
+        for path in unreadable.iter().filter(|p| !claimed.contains(p)) {
+            tracing::warn!(path = %path.display(), "discarding an unreadable state file");
+            if let Err(e) = self.state.discard(path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot discard it");
             }
         }
+        self.active.extend(found);
         let undone: BTreeSet<String> = self
             .remove_where(|_, _, _| true)
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|r| r.fault_id)
             .collect();
         for r in &records {
             if undone.contains(&r.fault_id) {
@@ -382,17 +468,20 @@ impl Faults {
         records.into_iter().filter(|r| undone.contains(&r.fault_id)).collect()
     }
 
-    /// Applies a fault for `owner`. `controller` is the controller's address, kept reachable
-    /// by a blackout that keeps the control plane.
+    /// Applies a fault for `owner`. `controller` is the controller's address, which a fault
+    /// that cuts the network may need to keep reachable.
     pub fn apply(&mut self, owner: &str, spec: FaultSpec, controller: Option<IpAddr>) -> Result<Applied, Refusal> {
         let capability = spec.kind.capability();
-        if !self.caps.kinds.contains(capability) {
-            return Err(NotAllowed {
-                capability,
-                available: self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", "),
+        let kind = match self.kinds.get(capability) {
+            Some(kind) if self.caps.kinds.contains(capability) => kind,
+            _ => {
+                return Err(NotAllowed {
+                    capability,
+                    available: self.caps.kinds.iter().copied().collect::<Vec<_>>().join(", "),
+                }
+                .into())
             }
-            .into());
-        }
+        };
         limits::check(&spec, self.config.max_duration)?;
         if self.active.contains_key(&spec.fault_id) {
             return Ok(Applied::Now(Outcome::Applied {
@@ -400,49 +489,47 @@ impl Faults {
                 pids: vec![],
             }));
         }
-        if let FaultKind::Kill { process_name, signal } = &spec.kind {
+        let env = Env {
+            state: &self.state,
+            config: &self.config,
+            conditions: &self.conditions,
+        };
+        let duration = Duration::from_millis(spec.duration_ms.unwrap_or(0));
+        let apply = Apply {
+            spec: &spec,
+            duration,
+            until: Deadline::after(duration),
+            hash: state::fault_hash(&spec.fault_id),
+            controller,
+            memory_pending: self.active.values().map(|a| a.fault.memory_pending()).sum(),
+        };
+        let failed = |e: FaultError| Ok(Applied::Now(Outcome::Failed { message: e.to_string() }));
+        if kind.instant() {
             // Nothing to take away afterwards, so nothing to record.
-            return Ok(Applied::Now(
-                match kill::kill(process_name, signal, &self.config.kill) {
-                    Ok(pids) => Outcome::Applied {
-                        detail: format!(
-                            "sent {signal} to {} process{} named {process_name}",
-                            pids.len(),
-                            if pids.len() == 1 { "" } else { "es" }
-                        ),
-                        pids,
-                    },
-                    Err(e) => Outcome::Failed { message: e.to_string() },
-                },
-            ));
-        }
-        let Some(duration_ms) = spec.duration_ms else {
-            return Ok(Applied::Now(Outcome::Failed {
-                message: FaultError::NoDuration(capability).to_string(),
-            }));
-        };
-        let hash = format!("{:016x}", state::fnv1a(spec.fault_id.as_bytes()));
-        let nft_table = match (&spec.kind, self.caps.nft) {
-            (FaultKind::Blackout { .. }, true) => Some(state::table_name(&spec.fault_id)),
-            _ => None,
-        };
-        if let (Some(_), Some(ip)) = (&nft_table, controller.filter(|ip| is_local(*ip))) {
-            return Ok(Applied::Now(Outcome::Failed {
-                message: FaultError::ControllerIsLocal(ip).to_string(),
-            }));
+            return match kind.apply(&apply, &serde_json::Value::Null, &env) {
+                Ok(Started { answer, .. }) => Ok(Applied::Now(outcome_now(answer))),
+                Err(e) => failed(e),
+            };
         }
         // The limits keep the duration within 12 hours, so the sum cannot overflow; a clock
         // that could not hold it still gets an answer rather than a panic.
-        let Some(deadline) = Instant::now().checked_add(Duration::from_millis(duration_ms)) else {
+        let Some(deadline) = Instant::now().checked_add(duration) else {
             return Ok(Applied::Now(Outcome::Failed {
-                message: format!("a duration of {duration_ms} ms does not fit this host's clock"),
+                message: format!(
+                    "a duration of {} ms does not fit this host's clock",
+                    duration.as_millis()
+                ),
             }));
+        };
+        let undo = match kind.prepare(&apply, &env) {
+            Ok(undo) => undo,
+            Err(e) => return failed(e),
         };
         let record = Record {
             fault_id: spec.fault_id.clone(),
             owner: owner.to_string(),
             kind: capability.to_string(),
-            nft_table: nft_table.clone(),
+            undo: undo.clone(),
             applied_at_ms: now_ms(),
         };
         if let Err(e) = self.state.write(&record) {
@@ -450,185 +537,66 @@ impl Faults {
                 message: format!("cannot record the fault in the state dir, so it is not applied: {e}"),
             }));
         }
-        // Holders end on their own at the deadline, even if this agent is gone by then.
-        let until = Deadline::after(Duration::from_millis(duration_ms));
-        let mut later = None;
-        let effect = match spec.kind {
-            FaultKind::Cpu { load_percent, workers } => {
-                Holder::spawn(&hash, &Work::Cpu { load_percent, workers }, until)
-                    .map(|(holder, _)| Effect::Cpu(holder))
-                    .map_err(FaultError::io("cannot start the CPU stress process"))
-            }
-            FaultKind::Memory { amount, workers } => {
-                let filling = self.filling();
-                memory::Budget::read()
-                    .map_err(FaultError::io("cannot read the memory budget"))
-                    .and_then(|b| b.less(filling).bytes_for(amount).map_err(FaultError::from))
-                    .and_then(|bytes| {
-                        let what = format!("cannot start the memory stress process for {} MiB", bytes >> 20);
-                        let (holder, stdout) = Holder::spawn(&hash, &Work::Memory { bytes, workers }, until)
-                            .map_err(FaultError::io(&what))?;
-                        let filled = Arc::new(AtomicBool::new(false));
-                        let (tx, rx) = oneshot::channel();
-                        watch_filling(stdout, bytes, filled.clone(), tx).map_err(FaultError::io(what))?;
-                        later = Some(rx);
-                        Ok(Effect::Memory { holder, bytes, filled })
-                    })
-            }
-            FaultKind::Latency {
-                delay_ms,
-                jitter_ms,
-                loss_percent,
-            } => {
-                self.conditions.set(
-                    &spec.fault_id,
-                    Condition::Latency {
-                        delay: Duration::from_millis(delay_ms),
-                        jitter: Duration::from_millis(jitter_ms),
-                        loss_percent,
-                    },
-                );
-                Ok(Effect::Latency)
-            }
-            FaultKind::Blackout {
-                ref allow,
-                keep_control_plane,
-            } => {
-                // Until the answer is out, the controller stays reachable either way.
-                let strict = allow.clone();
-                let mut allow = allow.clone();
-                allow.extend(controller);
-                let installed = match &nft_table {
-                    Some(t) => nft::install(t, &allow, Duration::from_millis(duration_ms))
-                        .map_err(FaultError::io("cannot install the nf_tables blackout")),
-                    None => Ok(()),
-                };
-                installed.map(|()| {
-                    self.conditions.set(&spec.fault_id, Condition::Blackout { allow });
-                    Effect::Blackout {
-                        nft_table,
-                        cut: (!keep_control_plane).then_some(strict),
-                    }
-                })
-            }
-            FaultKind::Pause { ref process_name } => {
-                pause::pause(&spec.fault_id, process_name, &self.config.kill, &self.state)
-                    .map_err(FaultError::from)
-                    .and_then(|targets| {
-                        // The pause's own end: a holder that resumes them when this agent dies.
-                        let work = Work::Resume {
-                            targets: targets.iter().map(|t| (t.pid, t.start_time)).collect(),
-                        };
-                        match Holder::spawn(&hash, &work, until) {
-                            Ok((guard, _)) => Ok(Effect::Pause { targets, guard }),
-                            Err(e) => {
-                                if let Err(e) = pause::resume(&spec.fault_id, &targets, &self.state) {
-                                    tracing::error!(error = %e, "cannot resume what a failed pause stopped");
-                                }
-                                Err(FaultError::Io {
-                                    what: "cannot start the process that resumes a pause".into(),
-                                    source: e,
-                                })
-                            }
-                        }
-                    })
-            }
-            FaultKind::Kill { .. } => unreachable!("handled above"),
-        };
-        match effect {
-            Ok(effect) => {
-                let will_cut = matches!(
-                    spec.kind,
-                    FaultKind::Blackout {
-                        keep_control_plane: false,
-                        ..
-                    }
-                );
-                let pids = match &effect {
-                    Effect::Pause { targets, .. } => targets.iter().map(|t| t.pid).collect(),
-                    _ => vec![],
-                };
+        match kind.apply(&apply, &undo, &env) {
+            Ok(Started { fault, answer }) => {
                 self.active.insert(
                     spec.fault_id.clone(),
                     Active {
                         owner: owner.to_string(),
-                        effect,
+                        fault,
                         deadline,
                         retry: FIRST_RETRY,
-                        cut: false,
+                        file: None,
                     },
                 );
-                let outcome = Outcome::Applied {
-                    detail: format!("{capability} in effect for {duration_ms} ms"),
-                    pids,
-                };
-                Ok(match later {
-                    Some(rx) => Applied::Later(rx),
-                    None if will_cut => Applied::ThenCut(outcome),
-                    None => Applied::Now(outcome),
+                Ok(match answer {
+                    Answer::Later(rx) => Applied::Later(rx),
+                    Answer::ThenAct(detail) => Applied::ThenAct(Outcome::Applied { detail, pids: vec![] }),
+                    now => Applied::Now(outcome_now(now)),
                 })
             }
             Err(e) => {
                 if let Err(e) = self.state.remove(&spec.fault_id) {
                     tracing::error!(fault = %spec.fault_id, error = %e, "cannot forget a fault that was never applied");
                 }
-                Ok(Applied::Now(Outcome::Failed { message: e.to_string() }))
+                failed(e)
             }
         }
     }
 
-    /// Cuts the control plane of a blackout applied with [`Applied::ThenCut`]. The
-    /// blackout then ends by `--max-cut` at the latest, whatever its duration.
-    pub fn cut(&mut self, fault_id: &str) -> Result<(), FaultError> {
-        let max_cut = self.config.max_cut;
-        let Some(Active {
-            effect: Effect::Blackout { nft_table, cut },
-            deadline,
-            cut: is_cut,
-            ..
-        }) = self.active.get_mut(fault_id)
-        else {
+    /// The rest of a fault applied with [`Applied::ThenAct`], once its answer is out (a
+    /// blackout cuts the control plane). It may end the fault sooner than its deadline.
+    pub fn after_answer(&mut self, fault_id: &str) -> Result<(), FaultError> {
+        let env = Env {
+            state: &self.state,
+            config: &self.config,
+            conditions: &self.conditions,
+        };
+        let Some(active) = self.active.get_mut(fault_id) else {
             return Ok(());
         };
-        let Some(strict) = cut.take() else { return Ok(()) };
-        // Only nf_tables cuts the control connection; the proxy never carries it, so a
-        // proxy-only blackout leaves the leases running.
-        if let Some(t) = nft_table {
-            let now = Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            let until = left.min(max_cut);
-            // The kernel ends the cut at --max-cut too, should this agent be gone by then.
-            nft::replace(t, &strict, until).map_err(FaultError::io("cannot cut the control plane"))?;
-            *is_cut = true;
-            if until < left {
-                tracing::warn!(fault = %fault_id, max_cut = ?max_cut, "the control plane is cut; the blackout ends at --max-cut");
-                *deadline = now + until;
+        let now = Instant::now();
+        let left = active.deadline.saturating_duration_since(now);
+        if let Some(sooner) = active.fault.after_answer(&env, left)? {
+            if sooner < left {
+                active.deadline = now + sooner;
             }
         }
-        self.conditions.set(fault_id, Condition::Blackout { allow: strict });
         Ok(())
     }
 
-    /// Removes one fault; `Ok(false)` when it was not in effect.
-    pub fn remove(&mut self, fault_id: &str) -> Result<bool, FaultError> {
+    /// Removes one fault; `Ok(None)` when it was not in effect, else what it was seen to do.
+    pub fn remove(&mut self, fault_id: &str) -> Result<Option<Observed>, FaultError> {
         let Some(mut active) = self.active.remove(fault_id) else {
-            return Ok(false);
+            return Ok(None);
         };
-        self.conditions.clear(fault_id);
-        let undone = match &active.effect {
-            Effect::Blackout {
-                nft_table: Some(table), ..
-            }
-            | Effect::Orphan { table, .. } => {
-                nft::remove(table).map_err(FaultError::io(format!("cannot remove blackout table {table}")))
-            }
-            Effect::Pause { targets, .. } => pause::resume(fault_id, targets, &self.state)
-                .map_err(FaultError::io("cannot resume the paused processes")),
-            Effect::Resume { marker, target } => pause::resume_leftover(marker, *target, &self.state)
-                .map_err(FaultError::io("cannot resume a process the previous run paused")),
-            _ => Ok(()),
+        let observed = active.fault.observed();
+        let env = Env {
+            state: &self.state,
+            config: &self.config,
+            conditions: &self.conditions,
         };
-        if let Err(e) = undone {
+        if let Err(e) = active.fault.remove(&env) {
             // Keep it, and its record, so a retry or a restart takes it away; retries back
             // off so that a lasting failure is no hot loop.
             let now = Instant::now();
@@ -637,26 +605,24 @@ impl Faults {
             self.active.insert(fault_id.to_string(), active);
             return Err(e);
         }
-        match active.effect {
-            Effect::Cpu(holder) | Effect::Memory { holder, .. } | Effect::Pause { guard: holder, .. } => holder.stop(),
-            Effect::Orphan { file: Some(path), .. } => self
-                .state
-                .discard(&path)
-                .map_err(FaultError::io("table removed, but its unreadable state file remains"))?,
-            Effect::Latency
-            | Effect::Blackout { .. }
-            | Effect::Resume { .. }
-            | Effect::Orphan { .. }
-            | Effect::Gone => {}
+        drop(active.fault);
+        if let Some(path) = &active.file {
+            self.state
+                .discard(path)
+                .map_err(FaultError::io("removed, but its unreadable state file remains"))?;
         }
         self.state
             .remove(fault_id)
             .map_err(FaultError::io("fault removed, but its state record remains"))?;
-        Ok(true)
+        if !observed.figures.is_empty() {
+            tracing::info!(fault = %fault_id, %observed, "observed effect");
+        }
+        Ok(Some(observed))
     }
 
-    /// Removes the faults matching `which`; the ids and owners of those removed.
-    pub fn remove_where(&mut self, which: impl Fn(&str, &str, Instant) -> bool) -> Vec<(String, String)> {
+    /// Removes the faults matching `which`; the ids, owners and observed effects of those
+    /// removed.
+    pub fn remove_where(&mut self, which: impl Fn(&str, &str, Instant) -> bool) -> Vec<Removed> {
         let ids: Vec<(String, String)> = self
             .active
             .iter()
@@ -664,18 +630,22 @@ impl Faults {
             .map(|(id, a)| (id.clone(), a.owner.clone()))
             .collect();
         ids.into_iter()
-            .filter(|(id, owner)| match self.remove(id) {
-                Ok(removed) => removed,
+            .filter_map(|(id, owner)| match self.remove(&id) {
+                Ok(observed) => observed.map(|observed| Removed {
+                    fault_id: id,
+                    owner,
+                    observed,
+                }),
                 Err(e) => {
                     tracing::error!(fault = %id, error = %e, "fault could not be removed");
-                    let retry_at = self.active.get(id).map_or_else(Instant::now, |a| a.deadline);
+                    let retry_at = self.active.get(&id).map_or_else(Instant::now, |a| a.deadline);
                     self.failed.push(FailedRemoval {
                         fault_id: id.clone(),
                         owner: owner.clone(),
                         message: e.to_string(),
                         retry_at,
                     });
-                    false
+                    None
                 }
             })
             .collect()
@@ -697,17 +667,6 @@ impl Faults {
             .collect()
     }
 
-    /// Bytes that memory faults in effect have asked for and are still filling up.
-    fn filling(&self) -> u64 {
-        self.active
-            .values()
-            .map(|a| match &a.effect {
-                Effect::Memory { bytes, filled, .. } if !filled.load(Ordering::Acquire) => *bytes,
-                _ => 0,
-            })
-            .sum()
-    }
-
     /// The earliest deadline of a fault in effect.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.active.values().map(|a| a.deadline).min()
@@ -715,66 +674,69 @@ impl Faults {
 
     /// Whether a fault in effect cuts this host off from its controller right now.
     pub fn cuts_control_plane(&self) -> bool {
-        self.active.values().any(|a| a.cut)
+        self.active.values().any(|a| a.fault.cuts_control_plane())
     }
 }
 
-/// Whether `ip` is an address of this host (loopback, or one it can bind).
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+fn outcome_now(answer: Answer) -> Outcome {
+    match answer {
+        Answer::Now(detail, pids) => Outcome::Applied { detail, pids },
+        Answer::ThenAct(detail) => Outcome::Applied { detail, pids: vec![] },
+        Answer::Later(_) => Outcome::Failed {
+            message: "an instant fault cannot answer later".into(),
+        },
+    }
 }
 
-/// Answers a memory fault's apply once its holder says the memory is resident, or that it
-/// failed; either way the fault stops counting as filling up.
-fn watch_filling(
-    stdout: ChildStdout,
-    bytes: u64,
-    filled: Arc<AtomicBool>,
-    answer: oneshot::Sender<Outcome>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("memory-filling".into())
-        .spawn(move || {
-            let mut line = String::new();
-            let ready = std::io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
-            filled.store(true, Ordering::Release);
-            let _ = answer.send(if ready {
-                Outcome::Applied {
-                    detail: format!("holding {} MiB resident", bytes >> 20),
-                    pids: vec![],
-                }
-            } else {
-                Outcome::Failed {
-                    message: "the memory stress process ended before the memory was resident (removed, or killed for lack of memory)".into(),
-                }
-            });
-        })?;
-    Ok(())
+/// The error for a command handed to the wrong kind (the table dispatches by capability,
+/// so this is a bug, answered rather than panicked on).
+pub fn mismatch(spec: &FaultSpec) -> FaultError {
+    FaultError::Refused(format!(
+        "internal error: a `{}` fault reached the wrong handler",
+        spec.kind.capability()
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faultline_agent::protocol::FaultKind;
 
     fn faults(name: &str) -> (Faults, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("fl-faults-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let caps = Capabilities {
-            kinds: faultline_agent::protocol::CAPABILITIES.into_iter().collect(),
-            nft: false,
-        };
         let config = Config {
             max_duration: Duration::from_secs(60),
             max_cut: Duration::from_secs(300),
             kill: kill::Policy::default(),
         };
-        let f = Faults::new(
-            caps,
+        let allow = faultline_agent::protocol::CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let setup = Setup {
+            has_proxy: true,
+            blackout_backend: blackout::Backend::Proxy,
+        };
+        let (f, _) = Faults::new(
+            &allow,
+            &setup,
             StateDir::open(&dir).unwrap(),
             Arc::new(Conditions::default()),
             config,
-        );
+        )
+        .unwrap();
         (f, dir)
+    }
+
+    #[test]
+    fn every_wire_capability_has_exactly_one_kind() {
+        let names: Vec<&str> = registry().iter().map(|k| k.capability()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "a capability registered twice: {names:?}");
+        assert_eq!(names, faultline_agent::protocol::CAPABILITIES.to_vec());
     }
 
     #[test]
@@ -786,13 +748,10 @@ mod tests {
             Active {
                 owner: "c1".into(),
                 // No kernel accepts a table name this long: every removal fails.
-                effect: Effect::Orphan {
-                    table: "x".repeat(300),
-                    file: None,
-                },
+                fault: Box::new(nft::Table("x".repeat(300))),
                 deadline: now,
                 retry: FIRST_RETRY,
-                cut: false,
+                file: None,
             },
         );
         let mut waits = Vec::new();
@@ -807,7 +766,7 @@ mod tests {
         assert_eq!(failed.len(), 8, "every failure is reported to the owner");
         assert!(failed.iter().all(|r| r.fault_id == "leftover" && r.owner == "c1"));
         assert!(
-            failed[0].message.contains("cannot remove blackout table"),
+            failed[0].message.contains("cannot remove nf_tables table"),
             "{}",
             failed[0].message
         );
@@ -828,13 +787,13 @@ mod tests {
             },
         };
         let applied = f.apply("c1", spec, Some("10.255.0.1".parse().unwrap())).unwrap();
-        assert!(matches!(applied, Applied::ThenCut(_)), "{applied:?}");
+        assert!(matches!(applied, Applied::ThenAct(_)), "{applied:?}");
         assert!(
             !f.cuts_control_plane(),
             "leases keep running until the cut is installed"
         );
         let before = Instant::now();
-        f.cut("e/a/h").unwrap();
+        f.after_answer("e/a/h").unwrap();
         // Without nf_tables (as here) only the proxy enforces the blackout, and the proxy never
         // carries the control connection: nothing is cut, so leases and the deadline stand.
         assert!(

@@ -182,6 +182,27 @@ pub fn remove(table: &str) -> io::Result<()> {
     }
 }
 
+/// The prefix of every table a fault installs: a sweep at start removes those no record names.
+pub const TABLE_PREFIX: &str = "fl_";
+
+/// The table a fault whose id hashes to `hash` (see `state::fault_hash`) installs.
+pub fn table_for(hash: &str) -> String {
+    format!("{TABLE_PREFIX}{hash}")
+}
+
+/// A table in effect, or left by a previous life of the agent: removing it deletes it.
+#[derive(Debug)]
+pub struct Table(pub String);
+
+impl super::Fault for Table {
+    fn remove(&mut self, _env: &super::Env<'_>) -> Result<(), super::FaultError> {
+        remove(&self.0).map_err(super::FaultError::io(format!(
+            "cannot remove nf_tables table {}",
+            self.0
+        )))
+    }
+}
+
 /// Whether this process may change nf_tables here. Never installs a rule: it needs
 /// CAP_NET_ADMIN in its effective set, and then sends one transaction that creates an empty
 /// table (no chain, so no hook sees a packet) and deletes it again, which the kernel

@@ -5,8 +5,129 @@
 //! stopped, so a restart after a crash resumes it, and a pid reused since is left alone.
 
 use super::kill::{self, Policy, Target};
-use crate::state::StateDir;
+use super::{Answer, Apply, Env, Fault, FaultError, Kind, Leftover, Started};
+use crate::holder::{Bond, Holder, Holding, Work};
+use crate::state::{Record, StateDir};
+use faultline_agent::protocol::{FaultKind, Observed};
 use std::io;
+use std::path::PathBuf;
+
+/// The kind. Its undo data are the marker files of the state dir, one per stopped process,
+/// not its record: a marker is written before each SIGSTOP.
+#[derive(Debug)]
+pub struct Pause;
+
+impl Kind for Pause {
+    fn capability(&self) -> &'static str {
+        "pause"
+    }
+
+    fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::Pause { process_name } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let fault_id = &a.spec.fault_id;
+        let targets = pause(fault_id, process_name, &env.config.kill, env.state).map_err(FaultError::refused)?;
+        // The pause's own end: a holder that resumes them when this agent dies.
+        let work = Work {
+            kind: "pause",
+            params: serde_json::json!({ "targets": targets.iter().map(|t| (t.pid, t.start_time)).collect::<Vec<_>>() }),
+            bond: Bond::Pipe,
+        };
+        let guard = match Holder::spawn(&a.hash, &work, a.until) {
+            Ok((guard, _)) => guard,
+            Err(e) => {
+                if let Err(e) = resume(fault_id, &targets, env.state) {
+                    tracing::error!(error = %e, "cannot resume what a failed pause stopped");
+                }
+                return Err(FaultError::io("cannot start the process that resumes a pause")(e));
+            }
+        };
+        let pids = targets.iter().map(|t| t.pid).collect();
+        let detail = format!("pause in effect for {} ms", a.duration.as_millis());
+        Ok(Started {
+            fault: Box::new(Paused {
+                fault_id: fault_id.clone(),
+                targets,
+                guard: Some(guard),
+            }),
+            answer: Answer::Now(detail, pids),
+        })
+    }
+
+    fn sweep(&self, _records: &[Record], _unreadable: &[PathBuf], env: &Env<'_>) -> Vec<Leftover> {
+        let paused = env.state.paused().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list the processes a previous run paused");
+            Vec::new()
+        });
+        // Each paused process is its own removal, so one that fails is retried on its own.
+        paused
+            .into_iter()
+            .map(|(marker, target)| Leftover {
+                id: format!("paused:{}", marker.display()),
+                fault: Box::new(Stopped {
+                    marker,
+                    target: target.map(|(pid, start_time)| Target { pid, start_time }),
+                }),
+                file: None,
+            })
+            .collect()
+    }
+
+    fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
+        let targets: Vec<(u32, u64)> = serde_json::from_value(params["targets"].clone()).map_err(io::Error::other)?;
+        resume_when_left(&targets, holding)
+    }
+}
+
+/// Processes this life of the agent stopped, and the holder that resumes them should it die.
+#[derive(Debug)]
+struct Paused {
+    fault_id: String,
+    targets: Vec<Target>,
+    guard: Option<Holder>,
+}
+
+impl Fault for Paused {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        resume(&self.fault_id, &self.targets, env.state)
+            .map_err(FaultError::io("cannot resume the paused processes"))?;
+        if let Some(guard) = self.guard.take() {
+            guard.stop();
+        }
+        Ok(())
+    }
+
+    fn observed(&mut self) -> Observed {
+        let stopped = self.targets.iter().filter(|t| is_stopped(**t)).count();
+        Observed::default().with(
+            "processes_stopped",
+            "processes",
+            Some(self.targets.len() as f64),
+            stopped as f64,
+        )
+    }
+}
+
+/// Whether `target` is still the process it was, and stopped (state `T`).
+fn is_stopped(target: Target) -> bool {
+    kill::start_time(target.pid) == Some(target.start_time) && kill::state(target.pid) == Some('T')
+}
+
+/// A process a previous life of this agent paused, known by its marker file (whose name
+/// holds the pid and start time, when it could be read).
+#[derive(Debug)]
+struct Stopped {
+    marker: PathBuf,
+    target: Option<Target>,
+}
+
+impl Fault for Stopped {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        resume_leftover(&self.marker, self.target, env.state)
+            .map_err(FaultError::io("cannot resume a process the previous run paused"))
+    }
+}
 
 /// Why a pause could not take effect; nothing it stopped stays stopped.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +153,7 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
     for t in &targets {
         let result = state
             .mark_paused(fault_id, t.pid, t.start_time)
-            .and_then(|()| kill::signal(*t, libc::SIGSTOP));
+            .and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
         match result {
             Ok(true) => stopped.push(*t),
             Ok(false) => {
@@ -58,36 +179,18 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
 pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Result<()> {
     for t in targets {
         if !state.paused_by_another(fault_id, t.pid, t.start_time)? {
-            kill::signal(*t, libc::SIGCONT)?;
+            kill::signal(*t, kill::Signal::SIGCONT)?;
         }
         state.unmark_paused(fault_id, t.pid, t.start_time)?;
     }
     Ok(())
 }
 
-/// The end of a pause of its own, run in a holder process: waits until `until` or until the
-/// agent is gone (its stdin, a pipe only the agent writes to, reaches end of file), then
-/// resumes every target that is still the process it was (same start time).
-pub fn resume_when_left(targets: &[(u32, u64)], until: crate::holder::Deadline) -> io::Result<()> {
-    let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut sink = [0u8; 64];
-        // Nothing is ever written: a read returns only at end of file, or on an error.
-        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
-        let _ = gone_tx.send(());
-    });
-    loop {
-        let now = crate::holder::Deadline::after(std::time::Duration::ZERO);
-        if now >= until {
-            break;
-        }
-        let left = std::time::Duration::from_millis(until.monotonic_ms - now.monotonic_ms);
-        match gone_rx.recv_timeout(left) {
-            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-        }
-    }
+/// The end of a pause of its own, run in a holder process: waits until its deadline or until
+/// the agent is gone, then resumes every target that is still the process it was (same start
+/// time).
+pub fn resume_when_left(targets: &[(u32, u64)], holding: &Holding) -> io::Result<()> {
+    holding.wait_end();
     let mut first_error = None;
     for (pid, start_time) in targets {
         let target = Target {
@@ -95,7 +198,7 @@ pub fn resume_when_left(targets: &[(u32, u64)], until: crate::holder::Deadline) 
             start_time: *start_time,
         };
         // Every target gets its chance, whatever happened to the one before.
-        if let Err(e) = kill::signal(target, libc::SIGCONT) {
+        if let Err(e) = kill::signal(target, kill::Signal::SIGCONT) {
             eprintln!("cannot resume pid {pid}: {e}");
             first_error.get_or_insert(e);
         }
@@ -107,7 +210,7 @@ pub fn resume_when_left(targets: &[(u32, u64)], until: crate::holder::Deadline) 
 /// is `None` when the marker's name could not be read: it is only discarded), then forgets it.
 pub fn resume_leftover(marker: &std::path::Path, target: Option<Target>, state: &StateDir) -> io::Result<()> {
     if let Some(t) = target {
-        if kill::signal(t, libc::SIGCONT)? {
+        if kill::signal(t, kill::Signal::SIGCONT)? {
             tracing::warn!(pid = t.pid, "resumed a process the previous run of this agent paused");
         }
     }

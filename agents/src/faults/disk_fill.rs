@@ -1,0 +1,299 @@
+//! `faultline:host:disk-fill`: fill the filesystem of a directory with one file until it is
+//! `percent` full, for a while.
+//!
+//! The file lives in a directory of the fault's own, `<path>/.faultline-<hash>`, named in the
+//! record before it exists. A holder process creates and fills it (fallocate, or writes
+//! where the filesystem cannot allocate), says so, and deletes it at the deadline or as soon
+//! as the agent is gone (its stdin pipe closes); the agent deletes it on removal, and a
+//! restart after a crash deletes what the record names.
+//!
+//! Safety margin: a fill never leaves less than [`margin`] free (1 % of the filesystem, at
+//! least 16 MiB), and is refused when the filesystem is already at or above the percent.
+
+use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use crate::holder::{self, Bond, Holder, Holding, Work};
+use faultline_agent::protocol::{FaultKind, Observed, Outcome};
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const MIB: u64 = 1 << 20;
+/// How long a removal waits for the holder to delete its files before it deletes them itself.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// The space of a filesystem, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Its size.
+    pub total: u64,
+    /// In use (by anyone, reserved blocks included).
+    pub used: u64,
+    /// What an unprivileged writer may still take.
+    pub available: u64,
+}
+
+impl Space {
+    /// Reads the filesystem of `path` (statvfs).
+    pub fn of(path: &Path) -> io::Result<Space> {
+        let s = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        let unit = s.fragment_size() as u64;
+        Ok(Space {
+            total: s.blocks() as u64 * unit,
+            used: (s.blocks() as u64).saturating_sub(s.blocks_free() as u64) * unit,
+            available: s.blocks_available() as u64 * unit,
+        })
+    }
+
+    /// Percent of the size in use.
+    pub fn used_percent(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        self.used as f64 * 100.0 / self.total as f64
+    }
+}
+
+/// What must stay free on a filesystem whatever a fault asks: 1 % of it, at least 16 MiB.
+pub fn margin(total: u64) -> u64 {
+    (total / 100).max(16 * MIB)
+}
+
+/// The directory of a fault under `path`, named after its hash.
+pub fn fault_dir(path: &str, hash: &str) -> PathBuf {
+    Path::new(path).join(format!(".faultline-{hash}"))
+}
+
+/// Checks that `path` is a directory and returns the fault's own directory under it.
+pub fn prepare_dir(path: &str, hash: &str) -> Result<serde_json::Value, FaultError> {
+    let meta = fs::metadata(path).map_err(FaultError::io(format!("cannot use path {path}")))?;
+    if !meta.is_dir() {
+        return Err(FaultError::Refused(format!("path {path} is not a directory")));
+    }
+    Ok(serde_json::json!({ "dir": fault_dir(path, hash) }))
+}
+
+/// The directory a record's undo data names.
+pub fn dir_of(undo: &serde_json::Value) -> Option<PathBuf> {
+    undo.get("dir")?.as_str().map(PathBuf::from)
+}
+
+/// Deletes a fault's directory and everything in it; one already gone is no error.
+pub fn remove_dir(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Bytes to add for the filesystem to reach `percent`, or why that is refused.
+pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
+    let target = space.total / 100 * u64::from(percent);
+    if space.used >= target {
+        return Err(FaultError::Refused(format!(
+            "refused: the filesystem is already {:.1} % full, at or above the {percent} % asked",
+            space.used_percent()
+        )));
+    }
+    let bytes = target - space.used;
+    let margin = margin(space.total);
+    if bytes.saturating_add(margin) > space.available {
+        let at_most = space.used + space.available.saturating_sub(margin);
+        return Err(FaultError::Refused(format!(
+            "refused: filling to {percent} % would leave less than the safety margin of {} MiB free \
+             ({} MiB available); ask for at most {} %",
+            margin / MIB,
+            space.available / MIB,
+            at_most * 100 / space.total.max(1)
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The kind.
+#[derive(Debug)]
+pub struct DiskFill;
+
+impl Kind for DiskFill {
+    fn capability(&self) -> &'static str {
+        "disk"
+    }
+
+    fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
+        let FaultKind::DiskFill { path, .. } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        prepare_dir(path, &a.hash)
+    }
+
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::DiskFill { percent, path } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let dir = dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
+        let space =
+            Space::of(Path::new(path)).map_err(FaultError::io(format!("cannot read the filesystem of {path}")))?;
+        let bytes = bytes_to_fill(space, *percent)?;
+        let work = Work {
+            kind: "disk",
+            params: serde_json::json!({ "dir": dir, "bytes": bytes }),
+            bond: Bond::Pipe,
+        };
+        let (holder, stdout) =
+            Holder::spawn(&a.hash, &work, a.until).map_err(FaultError::io("cannot start the disk fill process"))?;
+        let (tx, rx) = oneshot::channel();
+        let percent = *percent;
+        // Measured as soon as the file is full: at the deadline the holder deletes it on its
+        // own, maybe before the agent's removal looks.
+        let at_ready = Arc::new(AtomicU64::new(0));
+        let (sample, fs_path) = (at_ready.clone(), PathBuf::from(path));
+        std::thread::Builder::new()
+            .name("disk-filling".into())
+            .spawn(move || {
+                let mut line = String::new();
+                let ready = io::BufReader::new(stdout).read_line(&mut line).is_ok() && line.trim() == holder::READY;
+                if let (true, Ok(space)) = (ready, Space::of(&fs_path)) {
+                    sample.store(space.used_percent().to_bits(), Ordering::Release);
+                }
+                let _ = tx.send(if ready {
+                    Outcome::Applied {
+                        detail: format!("filled {} MiB: the filesystem is at {percent} %", bytes / MIB),
+                        pids: vec![],
+                    }
+                } else {
+                    Outcome::Failed {
+                        message: "the disk fill process ended before the file was full (removed, or no space)".into(),
+                    }
+                });
+            })
+            .map_err(FaultError::io("cannot watch the disk fill process"))?;
+        Ok(Started {
+            fault: Box::new(Filled {
+                holder: Some(holder),
+                dir,
+                path: PathBuf::from(path),
+                percent,
+                at_ready,
+            }),
+            answer: Answer::Later(rx),
+        })
+    }
+
+    fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
+        match dir_of(&undo) {
+            Some(dir) => Box::new(Leftover(dir)),
+            None => Box::new(super::Gone),
+        }
+    }
+
+    fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
+        let dir = params["dir"]
+            .as_str()
+            .ok_or_else(|| io::Error::other("holder parameter dir missing"))?;
+        let bytes = params["bytes"]
+            .as_u64()
+            .ok_or_else(|| io::Error::other("holder parameter bytes missing"))?;
+        let dir = Path::new(dir);
+        let filled = fill(dir, bytes, holding);
+        if filled.is_ok() {
+            holding.ready();
+            holding.wait_end();
+        }
+        // Whatever happened, nothing of it stays.
+        let removed = remove_dir(dir);
+        filled.and(removed)
+    }
+}
+
+/// In the holder: creates `dir` and one file of `bytes` in it.
+fn fill(dir: &Path, bytes: u64, holding: &Holding) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join("fill"))?;
+    let len = i64::try_from(bytes).map_err(io::Error::other)?;
+    match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len) {
+        Ok(()) => return file.sync_all(),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // No fallocate here: write it, checking between chunks whether to stop.
+    let chunk = vec![0u8; MIB as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB);
+        file.write_all(&chunk[..n as usize])?;
+        left -= n;
+        if holding.should_stop(Duration::ZERO) {
+            return Err(io::Error::other("stopped before the file was full"));
+        }
+    }
+    file.sync_all()
+}
+
+/// A disk fill in effect.
+#[derive(Debug)]
+struct Filled {
+    holder: Option<Holder>,
+    dir: PathBuf,
+    path: PathBuf,
+    percent: u8,
+    /// How full the filesystem was once the file was full (f64 bits; 0 until then).
+    at_ready: Arc<AtomicU64>,
+}
+
+impl Fault for Filled {
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        if let Some(h) = self.holder.take() {
+            h.finish(PATIENCE);
+        }
+        remove_dir(&self.dir).map_err(FaultError::io(format!("cannot delete {}", self.dir.display())))
+    }
+
+    fn observed(&mut self) -> Observed {
+        // The fill only adds: the fuller of the two readings is what it held.
+        let now = Space::of(&self.path).map_or(0.0, |s| s.used_percent());
+        let seen = f64::from_bits(self.at_ready.load(Ordering::Acquire)).max(now);
+        Observed::default().with("filesystem_used_percent", "%", Some(f64::from(self.percent)), seen)
+    }
+}
+
+/// The directory of a fault of a previous life.
+#[derive(Debug)]
+pub struct Leftover(pub PathBuf);
+
+impl Fault for Leftover {
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        remove_dir(&self.0).map_err(FaultError::io(format!("cannot delete {}", self.0.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_keeps_the_margin_and_refuses_a_full_filesystem() {
+        let space = Space {
+            total: 1000 * MIB,
+            used: 400 * MIB,
+            available: 600 * MIB,
+        };
+        assert_eq!(margin(space.total), 16 * MIB);
+        assert_eq!(bytes_to_fill(space, 50).unwrap(), 100 * MIB);
+        let full = bytes_to_fill(space, 40).unwrap_err().to_string();
+        assert!(full.contains("already 40.0 % full"), "{full}");
+        let tight = Space {
+            available: 550 * MIB,
+            ..space
+        };
+        let err = bytes_to_fill(tight, 99).unwrap_err().to_string();
+        assert!(err.contains("safety margin of 16 MiB"), "{err}");
+        assert!(err.contains("at most 93 %"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! `faultline:host:io-stress`: worker threads write files (with fsync) and read them back,
+//! over and over, under a directory, for a while: real disk throughput taken from the
+//! host's other writers.
+//!
+//! The files together take `percent` of the free space of `path`'s filesystem (never past
+//! the safety margin of [`disk_fill::margin`]), in a directory of the fault's own,
+//! `<path>/.faultline-<hash>`, named in the record before it exists. A holder process does
+//! the I/O and deletes the directory at the deadline or as soon as the agent is gone (its
+//! stdin pipe closes); the agent deletes it on removal, and a restart after a crash deletes
+//! what the record names.
+
+use super::disk_fill::{self, Space};
+use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use crate::holder::{Bond, Holder, Holding, Work};
+use faultline_agent::protocol::{FaultKind, Observed};
+use std::fs;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// Each write is this big; every [`SYNC_EVERY`] writes are synced to the disk.
+const CHUNK: usize = 1 << 20;
+const SYNC_EVERY: u64 = 4;
+
+/// The kind.
+#[derive(Debug)]
+pub struct IoStress;
+
+impl Kind for IoStress {
+    fn capability(&self) -> &'static str {
+        "io"
+    }
+
+    fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
+        let FaultKind::IoStress { path, .. } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        disk_fill::prepare_dir(path, &a.hash)
+    }
+
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::IoStress { workers, percent, path } = &a.spec.kind else {
+            return Err(super::mismatch(a.spec));
+        };
+        let dir = disk_fill::dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
+        let space =
+            Space::of(Path::new(path)).map_err(FaultError::io(format!("cannot read the filesystem of {path}")))?;
+        let bytes = (space.available / 100 * u64::from(*percent))
+            .min(space.available.saturating_sub(disk_fill::margin(space.total)));
+        let per_worker = bytes / u64::from((*workers).max(1));
+        if per_worker < MIB {
+            return Err(FaultError::Refused(format!(
+                "refused: {percent} % of the free space of {path} ({} MiB available, {} MiB kept free) is less than 1 MiB per worker",
+                space.available / MIB,
+                disk_fill::margin(space.total) / MIB
+            )));
+        }
+        let work = Work {
+            kind: "io",
+            params: serde_json::json!({ "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
+            bond: Bond::Pipe,
+        };
+        let (holder, _) =
+            Holder::spawn(&a.hash, &work, a.until).map_err(FaultError::io("cannot start the I/O stress process"))?;
+        let meter = IoMeter::start(holder.pid());
+        Ok(Started {
+            fault: Box::new(Stressing {
+                holder: Some(holder),
+                dir,
+                meter,
+            }),
+            answer: Answer::Now(
+                format!(
+                    "io in effect for {} ms: {workers} worker(s) over {} MiB",
+                    a.duration.as_millis(),
+                    per_worker * u64::from(*workers) / MIB
+                ),
+                vec![],
+            ),
+        })
+    }
+
+    fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
+        match disk_fill::dir_of(&undo) {
+            Some(dir) => Box::new(disk_fill::Leftover(dir)),
+            None => Box::new(super::Gone),
+        }
+    }
+
+    fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
+        let field = |name: &str| {
+            params[name]
+                .as_u64()
+                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let dir = PathBuf::from(
+            params["dir"]
+                .as_str()
+                .ok_or_else(|| io::Error::other("holder parameter dir missing"))?,
+        );
+        let (workers, per_worker) = (field("workers")?, field("bytes_per_worker")?);
+        fs::create_dir_all(&dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..workers)
+            .map(|i| {
+                let (file, stop) = (dir.join(format!("worker-{i}")), stop.clone());
+                std::thread::spawn(move || churn(&file, per_worker, &stop))
+            })
+            .collect();
+        // Ends at the deadline, when the agent is gone, or when every worker failed.
+        while !holding.should_stop(Duration::from_millis(200)) && !threads.iter().all(|t| t.is_finished()) {}
+        stop.store(true, Ordering::Release);
+        let mut first_error = None;
+        for t in threads {
+            if let Ok(Err(e)) = t.join() {
+                first_error.get_or_insert(e);
+            }
+        }
+        let removed = disk_fill::remove_dir(&dir);
+        first_error.map_or(removed, Err)
+    }
+}
+
+/// A worker: writes `bytes` to `file` (synced every few chunks), reads them back, and again,
+/// until `stop`.
+fn churn(file: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut chunk = vec![0u8; CHUNK];
+    // Not all zeros, so no filesystem can skip the writes as holes.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in chunk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let chunks = bytes / CHUNK as u64;
+    while !stop.load(Ordering::Acquire) {
+        f.rewind()?;
+        for i in 0..chunks {
+            f.write_all(&chunk)?;
+            if i % SYNC_EVERY == SYNC_EVERY - 1 {
+                f.sync_data()?;
+            }
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        f.sync_data()?;
+        f.rewind()?;
+        for _ in 0..chunks {
+            f.read_exact(&mut chunk)?;
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An I/O stress in effect.
+#[derive(Debug)]
+struct Stressing {
+    holder: Option<Holder>,
+    dir: PathBuf,
+    meter: IoMeter,
+}
+
+impl Fault for Stressing {
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        if let Some(h) = self.holder.take() {
+            h.finish(disk_fill::PATIENCE);
+        }
+        disk_fill::remove_dir(&self.dir).map_err(FaultError::io(format!("cannot delete {}", self.dir.display())))
+    }
+
+    fn observed(&mut self) -> Observed {
+        self.meter.read();
+        let secs = self.meter.started.elapsed().as_secs_f64().max(0.001);
+        Observed::default()
+            .with("bytes_written", "bytes", None, self.meter.written as f64)
+            .with(
+                "write_bytes_per_second",
+                "bytes/s",
+                None,
+                self.meter.written as f64 / secs,
+            )
+            .with("disk_bytes_written", "bytes", None, self.meter.disk_written as f64)
+    }
+}
+
+/// What a process wrote, from /proc/PID/io: through write calls, and to storage.
+#[derive(Debug)]
+struct IoMeter {
+    pid: u32,
+    started: Instant,
+    written: u64,
+    disk_written: u64,
+}
+
+impl IoMeter {
+    fn start(pid: u32) -> IoMeter {
+        IoMeter {
+            pid,
+            started: Instant::now(),
+            written: 0,
+            disk_written: 0,
+        }
+    }
+
+    /// Takes a reading; the last one stays once the process is gone.
+    fn read(&mut self) {
+        let Ok(text) = fs::read_to_string(format!("/proc/{}/io", self.pid)) else {
+            return;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(w), Some(d)) = (field("wchar:"), field("write_bytes:")) {
+            self.written = w;
+            self.disk_written = d;
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `faultline:host:disk-fill`: fill a filesystem to a percent, as FIS's Disk-Fill.
+
+use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
+use crate::template::ResourceType;
+use faultline_agent::limits;
+use faultline_agent::protocol::FaultKind;
+
+pub(super) const DEF: ActionDef = ActionDef {
+    id: "faultline:host:disk-fill",
+    aliases: &[],
+    target: Some(ResourceType::Host),
+    summary: "Fills the filesystem of a directory with one file up to a percent (never past a safety margin); the file is deleted on every removal path.",
+    params: &[DURATION, PERCENT, PATH],
+    build,
+};
+
+const PERCENT: Param = Param {
+    name: "percent",
+    kind: Kind::Integer(limits::FILL_PERCENT),
+    required: false,
+    default: Some("95"),
+    description: "How full the filesystem gets; refused when it is already this full, or when it would leave less than 1 % (at least 16 MiB) free.",
+    unit: Some("%"),
+};
+
+const PATH: Param = Param {
+    name: "path",
+    kind: Kind::Path,
+    required: false,
+    default: Some("/tmp"),
+    description: "An existing directory on the filesystem to fill; the file goes in a directory of the fault's own under it.",
+    unit: None,
+};
+
+fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
+    let duration = p.duration();
+    let percent = p.int(&PERCENT);
+    let path = p.path(&PATH);
+    Some(ActionSpec {
+        action_id: ActionId::DiskFill,
+        duration: duration?,
+        effect: Effect::Fault(FaultKind::DiskFill {
+            // The range above fits this type.
+            percent: percent? as u8,
+            path: path?,
+        }),
+    })
+}
