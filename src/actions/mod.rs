@@ -56,6 +56,10 @@ catalog! {
     Latency => latency,
     /// `faultline:az:blackout`
     Blackout => blackout,
+    /// `faultline:network:blackhole-port`
+    BlackholePort => blackhole_port,
+    /// `faultline:network:packet-loss`
+    PacketLoss => packet_loss,
     /// `aws:fis:wait`
     Wait => wait,
 }
@@ -130,6 +134,10 @@ pub enum Kind {
     ProcessName,
     /// A signal name from [`faultline_agent::protocol::SIGNALS`], `SIG` optional.
     Signal,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// Peers, comma-separated: addresses, CIDRs, AZ names (their hosts' addresses), or `ALL`.
+    Sources,
 }
 
 impl Kind {
@@ -142,6 +150,8 @@ impl Kind {
             Kind::Bool => "boolean",
             Kind::ProcessName => "process name",
             Kind::Signal => "signal name",
+            Kind::Choice(_) => "one of",
+            Kind::Sources => "source list",
         }
     }
 
@@ -157,6 +167,11 @@ impl Kind {
                 format!("{min}-{max} bytes, no '/'")
             }
             Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
+            Kind::Choice(words) => words.join(", "),
+            Kind::Sources => format!(
+                "ALL, or up to {} comma-separated addresses, CIDRs and AZ names",
+                limits::SOURCES.1
+            ),
         }
     }
 }
@@ -194,6 +209,14 @@ pub enum Effect {
         /// Keep the controller reachable.
         keep_control_plane: bool,
     },
+    /// The same fault on every selected host, whose `sources` also take the addresses of
+    /// the hosts of these AZs ([`with_sources`]).
+    Sourced {
+        /// The fault, with the sources the template named by address.
+        fault: FaultKind,
+        /// The AZs the template named among its sources.
+        azs: Vec<String>,
+    },
     /// Nothing: the action only takes time.
     Wait,
 }
@@ -214,18 +237,37 @@ impl ActionSpec {
         self.duration.is_zero()
     }
 
-    /// The fault an agent injects on each selected host; `None` for a wait and for a
-    /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]).
+    /// The fault an agent injects on each selected host; `None` for a wait, for a
+    /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]), and
+    /// for a fault whose sources name AZs (see [`with_sources`]).
     pub fn host_fault(&self) -> Option<FaultKind> {
         match &self.effect {
             Effect::Fault(f) => Some(f.clone()),
-            Effect::Blackout { .. } | Effect::Wait => None,
+            Effect::Blackout { .. } | Effect::Sourced { .. } | Effect::Wait => None,
         }
     }
 
     /// The resource type its target must have; `None` for a wait.
     pub fn target_type(&self) -> Option<ResourceType> {
         self.action_id.def().target
+    }
+}
+
+/// `fault` with `more` added to its sources (the addresses of the AZs a template named).
+pub fn with_sources(mut fault: FaultKind, more: impl IntoIterator<Item = std::net::IpAddr>) -> FaultKind {
+    if let FaultKind::Latency { sources, .. } | FaultKind::PacketLoss { sources, .. } = &mut fault {
+        sources.extend(more.into_iter().map(ipnet::IpNet::from));
+    }
+    fault
+}
+
+/// The effect of a fault with a `sources` parameter: by address alone, or with AZs to
+/// resolve once the hosts are known.
+pub fn sourced(fault: FaultKind, azs: Vec<String>) -> Effect {
+    if azs.is_empty() {
+        Effect::Fault(fault)
+    } else {
+        Effect::Sourced { fault, azs }
     }
 }
 
@@ -325,6 +367,47 @@ mod tests {
     }
 
     #[test]
+    fn sources_take_addresses_networks_and_azs_and_azs_resolve_to_their_hosts() {
+        let build = |sources: &str| {
+            let map = serde_json::Map::from_iter([
+                ("duration".to_string(), "PT1S".into()),
+                ("sources".to_string(), sources.into()),
+            ]);
+            let mut diags = Vec::new();
+            let spec = (ActionId::PacketLoss.def().build)(&mut Params::new(&mut diags, "/p".into(), &map));
+            (spec, diags)
+        };
+        let (spec, _) = build("10.0.0.5, 10.1.0.0/16, az-b");
+        let Some(Effect::Sourced { fault, azs }) = spec.map(|s| s.effect) else {
+            panic!()
+        };
+        assert_eq!(azs, vec!["az-b".to_string()]);
+        let fault = with_sources(fault, ["10.2.0.7".parse().unwrap()]);
+        let FaultKind::PacketLoss { loss_percent, sources } = fault else {
+            panic!()
+        };
+        assert_eq!(loss_percent, 7.0, "FIS's default");
+        let want: Vec<ipnet::IpNet> = ["10.0.0.5/32", "10.1.0.0/16", "10.2.0.7/32"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(sources, want);
+        let (spec, _) = build("ALL");
+        assert_eq!(
+            spec.unwrap().host_fault(),
+            Some(FaultKind::PacketLoss {
+                loss_percent: 7.0,
+                sources: vec![]
+            })
+        );
+        for bad in ["ALL, 10.0.0.1", "10.0.0", "10.0.0.1/40", "a b"] {
+            let (spec, diags) = build(bad);
+            assert!(spec.is_none(), "{bad} accepted");
+            assert!(diags[0].to_string().contains("/p/sources"), "{bad}: {diags:?}");
+        }
+    }
+
+    #[test]
     fn every_action_builds_from_its_required_parameters() {
         for &a in ActionId::ALL {
             let d = a.def();
@@ -333,9 +416,11 @@ mod tests {
                 let v = match p.kind {
                     Kind::Duration => "PT1S",
                     Kind::ProcessName => "web",
+                    Kind::Integer((min, _)) => &min.to_string(),
+                    Kind::Choice(words) => words[0],
                     _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
                 };
-                map.insert(p.name.into(), v.into());
+                map.insert(p.name.into(), v.to_string().into());
             }
             if a == ActionId::MemoryStress {
                 map.insert("sizeMiB".into(), "1".into());

@@ -86,6 +86,8 @@ fn param(p: &Param) -> Value {
         Kind::Bool => json!({ "enum": ["true", "false"] }),
         Kind::ProcessName => json!({ "type": "string", "minLength": 1 }),
         Kind::Signal => json!({ "type": "string" }),
+        Kind::Choice(words) => json!({ "enum": words }),
+        Kind::Sources => json!({ "type": "string", "minLength": 1 }),
     };
     v["description"] = description.into();
     v

@@ -10,12 +10,14 @@
 //! and forgotten only once it is removed. Removal is the same code whatever asks for it:
 //! the controller, the end of the duration, a lapsed lease, or shutdown.
 
+pub mod blackhole_port;
 pub mod blackout;
 pub mod cpu;
 pub mod kill;
 pub mod latency;
 pub mod memory;
 pub mod nft;
+pub mod packet_loss;
 pub mod pause;
 
 use crate::holder::{Deadline, Holding};
@@ -40,6 +42,8 @@ fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(memory::Memory),
         Box::new(latency::Latency),
         Box::new(blackout::Blackout::default()),
+        Box::new(blackhole_port::BlackholePort::default()),
+        Box::new(packet_loss::PacketLoss::default()),
     ]
 }
 
