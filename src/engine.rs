@@ -219,6 +219,12 @@ pub enum PlacementError {
     /// The target selected a host whose agent has gone.
     #[error("{0} is not connected")]
     NotConnected(String),
+    /// A `sources` list names an AZ in which no connected host has an address.
+    #[error(
+        "`sources` names the AZ {0}, but no connected host with an address is in it; name its hosts' \
+         addresses instead, or start their agents"
+    )]
+    EmptySourceAz(String),
     /// The host's agent does not offer the fault's capability.
     #[error(
         "{host} cannot inject `{capability}` (its agent offers: {offers}); start it with that capability or target \
@@ -277,6 +283,29 @@ impl Run {
                     })
                 })
                 .collect(),
+            (Effect::Sourced { fault, azs }, _) => {
+                let mut more = Vec::new();
+                for az in azs {
+                    let before = more.len();
+                    more.extend(
+                        self.hosts
+                            .iter()
+                            .filter(|h| &h.placement.availability_zone == az)
+                            .filter_map(|h| h.address.parse::<IpAddr>().ok()),
+                    );
+                    if more.len() == before {
+                        return Err(PlacementError::EmptySourceAz(az.clone()));
+                    }
+                }
+                let fault = crate::actions::with_sources(fault.clone(), more);
+                resources
+                    .iter()
+                    .map(|h| Placement {
+                        host: h.clone(),
+                        fault: fault.clone(),
+                    })
+                    .collect()
+            }
             _ => match action.spec.host_fault() {
                 Some(fault) => resources
                     .iter()

@@ -32,6 +32,12 @@ pub const PATH_BYTES: (u64, u64) = (1, 4096);
 pub const DELAY_MS: (u64, u64) = (0, 600_000);
 /// `lossPercent` of a latency.
 pub const LOSS_PERCENT: (f64, f64) = (0.0, 100.0);
+/// `port` of a port blackhole.
+pub const PORT: (u64, u64) = (1, 65535);
+/// `lossPercent` of a packet loss (FIS's default is 7).
+pub const PACKET_LOSS_PERCENT: (f64, f64) = (0.0, 100.0);
+/// Entries of a `sources` list once AZ names are resolved (an AZ's hosts, networks).
+pub const SOURCES: (u64, u64) = (0, 4096);
 /// Addresses a blackout may keep reachable: far more than the hosts of an AZ.
 pub const BLACKOUT_ALLOW: (u64, u64) = (1, 4096);
 /// Length of a process name a kill or pause matches (argv[0] basenames can be long).
@@ -55,6 +61,19 @@ pub struct OutOfRange {
 }
 
 fn int(field: &'static str, value: u64, (min, max): (u64, u64)) -> Result<(), OutOfRange> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(OutOfRange {
+            field,
+            value: value.to_string(),
+            limit: format!("it must be {min}-{max}"),
+        })
+    }
+}
+
+fn number(field: &'static str, value: f64, (min, max): (f64, f64)) -> Result<(), OutOfRange> {
+    // NaN fails this test too.
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -140,18 +159,17 @@ pub fn check(spec: &FaultSpec, max_duration: Duration) -> Result<(), OutOfRange>
             delay_ms,
             jitter_ms,
             loss_percent,
+            sources,
         } => {
             int("delay_ms", *delay_ms, DELAY_MS)?;
             int("jitter_ms", *jitter_ms, (DELAY_MS.0, *delay_ms))?;
-            let (min, max) = LOSS_PERCENT;
-            // NaN fails this test too.
-            if !(min..=max).contains(loss_percent) {
-                return Err(OutOfRange {
-                    field: "loss_percent",
-                    value: loss_percent.to_string(),
-                    limit: format!("it must be {min}-{max}"),
-                });
-            }
+            number("loss_percent", *loss_percent, LOSS_PERCENT)?;
+            int("sources", sources.len() as u64, SOURCES)?;
+        }
+        FaultKind::BlackholePort { port, .. } => int("port", u64::from(*port), PORT)?,
+        FaultKind::PacketLoss { loss_percent, sources } => {
+            number("loss_percent", *loss_percent, PACKET_LOSS_PERCENT)?;
+            int("sources", sources.len() as u64, SOURCES)?;
         }
         FaultKind::Blackout { allow, .. } => {
             int("allow", allow.len() as u64, BLACKOUT_ALLOW).map_err(|e| OutOfRange {
@@ -235,6 +253,7 @@ mod tests {
                         delay_ms: 10,
                         jitter_ms: 0,
                         loss_percent: 0.0,
+                        sources: vec![],
                     },
                     Some(100 * 86_400_000),
                 ),
@@ -276,6 +295,7 @@ mod tests {
                         delay_ms: 10,
                         jitter_ms: 0,
                         loss_percent: f64::NAN,
+                        sources: vec![],
                     },
                     Some(1000),
                 ),
@@ -289,6 +309,27 @@ mod tests {
                     None,
                 ),
                 "needs a duration",
+            ),
+            (
+                spec(
+                    FaultKind::BlackholePort {
+                        protocol: crate::protocol::Transport::Tcp,
+                        port: 0,
+                        traffic: crate::protocol::Direction::Ingress,
+                    },
+                    Some(1000),
+                ),
+                "port is 0; it must be 1-65535",
+            ),
+            (
+                spec(
+                    FaultKind::PacketLoss {
+                        loss_percent: 100.5,
+                        sources: vec![],
+                    },
+                    Some(1000),
+                ),
+                "loss_percent is 100.5",
             ),
         ];
         for (s, want) in cases {
@@ -328,7 +369,7 @@ mod tests {
                 prop_assert!((1..=100).contains(&load) && workers <= 1024);
                 prop_assert!(d.is_some_and(|d| d > 0 && d <= 43_200_000));
             }
-            let lat = spec(FaultKind::Latency { delay_ms: delay, jitter_ms: jitter, loss_percent: loss }, d);
+            let lat = spec(FaultKind::Latency { delay_ms: delay, jitter_ms: jitter, loss_percent: loss, sources: vec![] }, d);
             if check(&lat, H12).is_ok() {
                 prop_assert!(delay <= 600_000 && jitter <= delay && (0.0..=100.0).contains(&loss));
             }

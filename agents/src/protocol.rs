@@ -9,6 +9,7 @@
 //! `re` is the command's id. A frame that cannot be decoded is answered with an error and
 //! never ends the connection.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,7 +24,18 @@ pub const AGENT_PATH: &str = "/v1/agents";
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// Capabilities an agent can have, also the names accepted by `--allow`.
-pub const CAPABILITIES: [&str; 8] = ["kill", "pause", "cpu", "memory", "io", "disk", "latency", "blackout"];
+pub const CAPABILITIES: [&str; 10] = [
+    "kill",
+    "pause",
+    "cpu",
+    "memory",
+    "io",
+    "disk",
+    "latency",
+    "blackout",
+    "blackhole_port",
+    "packet_loss",
+];
 
 /// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
 /// are not among them: nothing would ever resume the process; `faultline:process:pause`
@@ -448,6 +460,9 @@ pub enum FaultKind {
         jitter_ms: u64,
         /// Share of new connections refused, 0-100.
         loss_percent: f64,
+        /// Only connections from these peers are affected; empty: every peer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sources: Vec<IpNet>,
     },
     /// Cut the host off from everything but these addresses.
     Blackout {
@@ -456,6 +471,43 @@ pub enum FaultKind {
         /// Keep the controller reachable.
         keep_control_plane: bool,
     },
+    /// Drop every packet to one port, in one direction.
+    BlackholePort {
+        /// TCP or UDP.
+        protocol: Transport,
+        /// The destination port.
+        port: u16,
+        /// Packets arriving for the port, or sent to it.
+        traffic: Direction,
+    },
+    /// Drop a random share of the packets arriving from some peers.
+    PacketLoss {
+        /// Share of packets dropped, 0-100.
+        loss_percent: f64,
+        /// Only packets from these peers; empty: every peer but loopback.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sources: Vec<IpNet>,
+    },
+}
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Which way traffic flows, seen from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Packets arriving at the host.
+    Ingress,
+    /// Packets the host sends.
+    Egress,
 }
 
 impl FaultKind {
@@ -470,6 +522,8 @@ impl FaultKind {
             FaultKind::DiskFill { .. } => "disk",
             FaultKind::Latency { .. } => "latency",
             FaultKind::Blackout { .. } => "blackout",
+            FaultKind::BlackholePort { .. } => "blackhole_port",
+            FaultKind::PacketLoss { .. } => "packet_loss",
         }
     }
 }

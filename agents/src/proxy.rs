@@ -8,6 +8,7 @@
 //! once (or sooner). Buffers are bounded per connection and across all of them: a full
 //! queue or a spent budget stops reading, which pushes back on the sender through TCP.
 
+use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +41,8 @@ pub enum Condition {
         jitter: Duration,
         /// Percent of new connections refused.
         loss_percent: f64,
+        /// The peers it applies to; empty: every peer.
+        sources: Vec<IpNet>,
     },
     /// Only these peers may connect.
     Blackout {
@@ -48,10 +51,26 @@ pub enum Condition {
     },
 }
 
-/// The effective conditions: the newest latency, and every blackout's allow-list.
+/// A latency as the proxy applies it.
+#[derive(Debug, Clone, PartialEq)]
+struct Latency {
+    delay: Duration,
+    jitter: Duration,
+    loss_percent: f64,
+    sources: Vec<IpNet>,
+}
+
+impl Latency {
+    fn applies_to(&self, peer: IpAddr) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// The effective conditions: the latencies, newest first (for each peer the newest that
+/// names it wins), and every blackout's allow-list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    latency: Option<(Duration, Duration, f64)>,
+    latencies: Vec<Latency>,
     allow: Vec<Vec<IpAddr>>,
 }
 
@@ -61,24 +80,29 @@ impl Snapshot {
         self.allow.iter().all(|list| list.contains(&peer))
     }
 
-    /// The delay without jitter: what held data is pulled in to when the latency shrinks.
-    fn delay_without_jitter(&self) -> Duration {
-        self.latency.map_or(Duration::ZERO, |(delay, _, _)| delay)
+    /// The latency `peer` sees: the newest that applies to it.
+    fn latency(&self, peer: IpAddr) -> Option<&Latency> {
+        self.latencies.iter().find(|l| l.applies_to(peer))
     }
 
-    fn delay(&self, rng: &mut impl Rng) -> Duration {
-        match self.latency {
-            Some((delay, jitter, _)) if !jitter.is_zero() => {
-                let j = rng.random_range(-(jitter.as_micros() as i64)..=jitter.as_micros() as i64);
-                Duration::from_micros((delay.as_micros() as i64 + j).max(0) as u64)
+    /// The delay without jitter: what held data is pulled in to when the latency shrinks.
+    fn delay_without_jitter(&self, peer: IpAddr) -> Duration {
+        self.latency(peer).map_or(Duration::ZERO, |l| l.delay)
+    }
+
+    fn delay(&self, peer: IpAddr, rng: &mut impl Rng) -> Duration {
+        match self.latency(peer) {
+            Some(l) if !l.jitter.is_zero() => {
+                let j = rng.random_range(-(l.jitter.as_micros() as i64)..=l.jitter.as_micros() as i64);
+                Duration::from_micros((l.delay.as_micros() as i64 + j).max(0) as u64)
             }
-            Some((delay, _, _)) => delay,
+            Some(l) => l.delay,
             None => Duration::ZERO,
         }
     }
 
-    fn refuses_new(&self, rng: &mut impl Rng) -> bool {
-        matches!(self.latency, Some((_, _, loss)) if loss > 0.0 && rng.random_range(0.0..100.0) < loss)
+    fn refuses_new(&self, peer: IpAddr, rng: &mut impl Rng) -> bool {
+        matches!(self.latency(peer), Some(l) if l.loss_percent > 0.0 && rng.random_range(0.0..100.0) < l.loss_percent)
     }
 }
 
@@ -124,18 +148,28 @@ impl Conditions {
     }
 
     fn publish(&self, map: &BTreeMap<String, (u64, Condition)>) {
-        let latency = map
+        let mut latencies: Vec<(u64, Latency)> = map
             .values()
             .filter_map(|(seq, c)| match c {
                 Condition::Latency {
                     delay,
                     jitter,
                     loss_percent,
-                } => Some((*seq, (*delay, *jitter, *loss_percent))),
+                    sources,
+                } => Some((
+                    *seq,
+                    Latency {
+                        delay: *delay,
+                        jitter: *jitter,
+                        loss_percent: *loss_percent,
+                        sources: sources.clone(),
+                    },
+                )),
                 Condition::Blackout { .. } => None,
             })
-            .max_by_key(|(seq, _)| *seq)
-            .map(|(_, l)| l);
+            .collect();
+        latencies.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        let latencies = latencies.into_iter().map(|(_, l)| l).collect();
         let allow = map
             .values()
             .filter_map(|(_, c)| match c {
@@ -143,7 +177,7 @@ impl Conditions {
                 Condition::Latency { .. } => None,
             })
             .collect();
-        self.tx.send_replace(Arc::new(Snapshot { latency, allow }));
+        self.tx.send_replace(Arc::new(Snapshot { latencies, allow }));
     }
 
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -199,7 +233,7 @@ async fn connection(
     let snapshot = conditions.tx.borrow().clone();
     let connected = if !snapshot.allows(peer.ip()) {
         Err(ProxyError::Blocked(peer.ip()))
-    } else if snapshot.refuses_new(&mut rng) {
+    } else if snapshot.refuses_new(peer.ip(), &mut rng) {
         Err(ProxyError::Lost)
     } else {
         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream))
@@ -287,7 +321,7 @@ async fn pump(
                     eof = true;
                     continue;
                 }
-                let delay = snapshot.delay(&mut rng);
+                let delay = snapshot.delay(peer, &mut rng);
                 if delay.is_zero() && queue.is_empty() {
                     writer.write_all(&buf[..n]).await?;
                 } else {
@@ -322,7 +356,7 @@ async fn pump(
                     return Ok(());
                 }
                 snapshot = conditions.borrow_and_update().clone();
-                let delay = snapshot.delay_without_jitter();
+                let delay = snapshot.delay_without_jitter(peer);
                 last_release = pull_in(&mut queue, delay).unwrap_or_else(Instant::now);
                 if let Some((arrived, release, _)) = &mut stalled {
                     *release = (*release).min(*arrived + delay);
@@ -354,12 +388,20 @@ mod tests {
             delay: Duration::from_millis(ms),
             jitter: Duration::ZERO,
             loss_percent: 0.0,
+            sources: vec![],
         };
         c.set("a", lat(100));
         c.set("b", lat(200));
-        assert_eq!(c.subscribe().borrow().latency.unwrap().0, Duration::from_millis(200));
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(
+            c.subscribe().borrow().delay_without_jitter(peer),
+            Duration::from_millis(200)
+        );
         c.clear("b");
-        assert_eq!(c.subscribe().borrow().latency.unwrap().0, Duration::from_millis(100));
+        assert_eq!(
+            c.subscribe().borrow().delay_without_jitter(peer),
+            Duration::from_millis(100)
+        );
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         c.set("x", Condition::Blackout { allow: vec![a, b] });
@@ -406,6 +448,7 @@ mod tests {
                 delay: Duration::from_millis(200),
                 jitter: Duration::ZERO,
                 loss_percent: 0.0,
+                sources: vec![],
             },
         );
         let budget = Arc::new(Semaphore::new(1));
@@ -441,6 +484,7 @@ mod tests {
                 delay: Duration::from_secs(30),
                 jitter: Duration::ZERO,
                 loss_percent: 0.0,
+                sources: vec![],
             },
         );
         let budget = Arc::new(Semaphore::new(1));
@@ -461,14 +505,55 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_with_sources_delays_only_their_peers() {
+        let c = Conditions::default();
+        c.set(
+            "all",
+            Condition::Latency {
+                delay: Duration::from_millis(50),
+                jitter: Duration::ZERO,
+                loss_percent: 0.0,
+                sources: vec![],
+            },
+        );
+        c.set(
+            "some",
+            Condition::Latency {
+                delay: Duration::from_millis(300),
+                jitter: Duration::ZERO,
+                loss_percent: 0.0,
+                sources: vec!["127.0.0.2/32".parse().unwrap(), "10.1.0.0/16".parse().unwrap()],
+            },
+        );
+        let s = c.subscribe().borrow().clone();
+        let at = |ip: &str| s.delay_without_jitter(ip.parse().unwrap());
+        assert_eq!(at("127.0.0.2"), Duration::from_millis(300));
+        assert_eq!(at("10.1.200.3"), Duration::from_millis(300));
+        assert_eq!(
+            at("127.0.0.3"),
+            Duration::from_millis(50),
+            "an older latency for all still applies"
+        );
+        c.clear("all");
+        let s = c.subscribe().borrow().clone();
+        assert_eq!(s.delay_without_jitter("127.0.0.3".parse().unwrap()), Duration::ZERO);
+    }
+
+    #[test]
     fn jitter_stays_around_the_delay() {
         let s = Snapshot {
-            latency: Some((Duration::from_millis(100), Duration::from_millis(20), 0.0)),
+            latencies: vec![Latency {
+                delay: Duration::from_millis(100),
+                jitter: Duration::from_millis(20),
+                loss_percent: 0.0,
+                sources: vec![],
+            }],
             allow: vec![],
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let peer = "10.0.0.1".parse().unwrap();
         for _ in 0..1000 {
-            let d = s.delay(&mut rng);
+            let d = s.delay(peer, &mut rng);
             assert!(
                 d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
                 "{d:?}"

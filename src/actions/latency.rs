@@ -1,6 +1,7 @@
 //! `faultline:network:latency`: delay and drop the traffic of the host's service.
 
-use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
+use super::packet_loss::SOURCES;
+use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
 use faultline_agent::limits;
 use faultline_agent::protocol::FaultKind;
@@ -9,8 +10,8 @@ pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:latency",
     aliases: &[],
     target: Some(ResourceType::Host),
-    summary: "Delays the service's traffic through the agent's proxy, and refuses a share of new connections.",
-    params: &[DURATION, DELAY, JITTER, LOSS],
+    summary: "Delays the service's traffic through the agent's proxy (from some peers, or all), and refuses a share of new connections.",
+    params: &[DURATION, DELAY, JITTER, LOSS, SOURCES],
     build,
 };
 
@@ -46,6 +47,7 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     let delay = p.int(&DELAY);
     let jitter = p.int(&JITTER);
     let loss = p.number(&LOSS);
+    let sources = p.sources(&SOURCES);
     if let (Some(d), Some(j)) = (delay, jitter) {
         if j > d {
             p.fail(
@@ -55,13 +57,18 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
             );
         }
     }
+    let (nets, azs) = sources?;
     Some(ActionSpec {
         action_id: ActionId::Latency,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::Latency {
-            delay_ms: delay?,
-            jitter_ms: jitter?,
-            loss_percent: loss?,
-        }),
+        effect: sourced(
+            FaultKind::Latency {
+                delay_ms: delay?,
+                jitter_ms: jitter?,
+                loss_percent: loss?,
+                sources: nets,
+            },
+            azs,
+        ),
     })
 }

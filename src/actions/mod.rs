@@ -70,6 +70,10 @@ catalog! {
     HostTerminate => host_terminate,
     /// `faultline:host:reboot`
     HostReboot => host_reboot,
+    /// `faultline:network:blackhole-port`
+    BlackholePort => blackhole_port,
+    /// `faultline:network:packet-loss`
+    PacketLoss => packet_loss,
     /// `aws:fis:wait`
     Wait => wait,
 }
@@ -150,6 +154,10 @@ pub enum Kind {
     Text,
     /// An absolute directory path, without `..`, [`limits::PATH_BYTES`] long.
     Path,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// Peers, comma-separated: addresses, CIDRs, AZ names (their hosts' addresses), or `ALL`.
+    Sources,
 }
 
 impl Kind {
@@ -164,6 +172,8 @@ impl Kind {
             Kind::Signal => "signal name",
             Kind::Text => "string",
             Kind::Path => "absolute path",
+            Kind::Choice(_) => "one of",
+            Kind::Sources => "source list",
         }
     }
 
@@ -189,6 +199,11 @@ impl Kind {
                 let (min, max) = limits::PATH_BYTES;
                 format!("starts with '/', no '..', {min}-{max} bytes")
             }
+            Kind::Choice(words) => words.join(", "),
+            Kind::Sources => format!(
+                "ALL, or up to {} comma-separated addresses, CIDRs and AZ names",
+                limits::SOURCES.1
+            ),
         }
     }
 }
@@ -241,6 +256,14 @@ pub enum Effect {
         /// A stop's restart finding a host terminated does not fail the action.
         complete_if_terminated: bool,
     },
+    /// The same fault on every selected host, whose `sources` also take the addresses of
+    /// the hosts of these AZs ([`with_sources`]).
+    Sourced {
+        /// The fault, with the sources the template named by address.
+        fault: FaultKind,
+        /// The AZs the template named among its sources.
+        azs: Vec<String>,
+    },
     /// Nothing: the action only takes time.
     Wait,
 }
@@ -269,18 +292,37 @@ impl ActionSpec {
         self.fault_duration().is_zero()
     }
 
-    /// The fault an agent injects on each selected host; `None` for a wait and for a
-    /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]).
+    /// The fault an agent injects on each selected host; `None` for a wait, for a
+    /// blackout, whose allow-list depends on the AZ's hosts (see [`blackout_fault`]), and
+    /// for a fault whose sources name AZs (see [`with_sources`]).
     pub fn host_fault(&self) -> Option<FaultKind> {
         match &self.effect {
             Effect::Fault(f) | Effect::Bounded { fault: f, .. } => Some(f.clone()),
-            Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Wait => None,
+            Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Sourced { .. } | Effect::Wait => None,
         }
     }
 
     /// The resource type its target must have; `None` for a wait.
     pub fn target_type(&self) -> Option<ResourceType> {
         self.action_id.def().target
+    }
+}
+
+/// `fault` with `more` added to its sources (the addresses of the AZs a template named).
+pub fn with_sources(mut fault: FaultKind, more: impl IntoIterator<Item = std::net::IpAddr>) -> FaultKind {
+    if let FaultKind::Latency { sources, .. } | FaultKind::PacketLoss { sources, .. } = &mut fault {
+        sources.extend(more.into_iter().map(ipnet::IpNet::from));
+    }
+    fault
+}
+
+/// The effect of a fault with a `sources` parameter: by address alone, or with AZs to
+/// resolve once the hosts are known.
+pub fn sourced(fault: FaultKind, azs: Vec<String>) -> Effect {
+    if azs.is_empty() {
+        Effect::Fault(fault)
+    } else {
+        Effect::Sourced { fault, azs }
     }
 }
 
@@ -384,6 +426,47 @@ mod tests {
     }
 
     #[test]
+    fn sources_take_addresses_networks_and_azs_and_azs_resolve_to_their_hosts() {
+        let build = |sources: &str| {
+            let map = serde_json::Map::from_iter([
+                ("duration".to_string(), "PT1S".into()),
+                ("sources".to_string(), sources.into()),
+            ]);
+            let mut diags = Vec::new();
+            let spec = (ActionId::PacketLoss.def().build)(&mut Params::new(&mut diags, "/p".into(), &map));
+            (spec, diags)
+        };
+        let (spec, _) = build("10.0.0.5, 10.1.0.0/16, az-b");
+        let Some(Effect::Sourced { fault, azs }) = spec.map(|s| s.effect) else {
+            panic!()
+        };
+        assert_eq!(azs, vec!["az-b".to_string()]);
+        let fault = with_sources(fault, ["10.2.0.7".parse().unwrap()]);
+        let FaultKind::PacketLoss { loss_percent, sources } = fault else {
+            panic!()
+        };
+        assert_eq!(loss_percent, 7.0, "FIS's default");
+        let want: Vec<ipnet::IpNet> = ["10.0.0.5/32", "10.1.0.0/16", "10.2.0.7/32"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(sources, want);
+        let (spec, _) = build("ALL");
+        assert_eq!(
+            spec.unwrap().host_fault(),
+            Some(FaultKind::PacketLoss {
+                loss_percent: 7.0,
+                sources: vec![]
+            })
+        );
+        for bad in ["ALL, 10.0.0.1", "10.0.0", "10.0.0.1/40", "a b"] {
+            let (spec, diags) = build(bad);
+            assert!(spec.is_none(), "{bad} accepted");
+            assert!(diags[0].to_string().contains("/p/sources"), "{bad}: {diags:?}");
+        }
+    }
+
+    #[test]
     fn every_action_builds_from_its_required_parameters() {
         for &a in ActionId::ALL {
             let d = a.def();
@@ -396,9 +479,11 @@ mod tests {
                         "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress"
                     }
                     Kind::Text if a == ActionId::DisruptConnectivity => "all",
+                    Kind::Integer((min, _)) => &min.to_string(),
+                    Kind::Choice(words) => words[0],
                     _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
                 };
-                map.insert(p.name.into(), v.into());
+                map.insert(p.name.into(), v.to_string().into());
             }
             if a == ActionId::MemoryStress {
                 map.insert("sizeMiB".into(), "1".into());

@@ -6,7 +6,9 @@ use crate::template::catalog::did_you_mean;
 use crate::template::diagnostic::{join, Diagnostic, Origin};
 use faultline_agent::limits;
 use faultline_agent::protocol::SIGNALS;
+use ipnet::IpNet;
 use serde_json::{Map, Value};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// One action's `parameters`, with the diagnostics its checks add to.
@@ -74,6 +76,8 @@ impl<'a> Params<'a> {
             Kind::Signal => self.signal(p).is_some(),
             Kind::Text => self.text(p.name).is_some(),
             Kind::Path => self.path(p).is_some(),
+            Kind::Choice(_) => self.choice(p).is_some(),
+            Kind::Sources => self.sources(p).is_some(),
         }
     }
 
@@ -185,6 +189,74 @@ impl<'a> Params<'a> {
                 None
             }
         }
+    }
+
+    /// One of the parameter's words; its default when absent.
+    pub fn choice(&mut self, p: &Param) -> Option<&'static str> {
+        let Kind::Choice(words) = p.kind else {
+            unreachable!("{} is not a choice parameter", p.name)
+        };
+        let text = self.text(p.name).or(p.default)?;
+        let found = words.iter().copied().find(|w| *w == text);
+        if found.is_none() {
+            self.fail(
+                p.name,
+                format!("{} `{text}` is not one of {}", p.name, words.join(", ")),
+                None,
+            );
+        }
+        found
+    }
+
+    /// A `sources` list: the networks it names, and the AZs whose hosts it names; both
+    /// empty for `ALL` or when absent.
+    pub fn sources(&mut self, p: &Param) -> Option<(Vec<IpNet>, Vec<String>)> {
+        let key = p.name;
+        let Some(text) = self.text(key).or(p.default) else {
+            return Some((Vec::new(), Vec::new()));
+        };
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        if entries == ["ALL"] {
+            return Some((Vec::new(), Vec::new()));
+        }
+        let (mut nets, mut azs, mut ok) = (Vec::new(), Vec::new(), true);
+        for e in &entries {
+            if let Ok(net) = e.parse::<IpNet>() {
+                nets.push(net);
+            } else if let Ok(ip) = e.parse::<IpAddr>() {
+                nets.push(IpNet::from(ip));
+            } else if *e == "ALL" {
+                ok = false;
+                self.fail(
+                    key,
+                    "ALL is the whole list or nothing".into(),
+                    Some(format!("write \"ALL\" alone, or drop it from `{text}`")),
+                );
+            } else if !e.is_empty()
+                && e.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && e.chars().any(|c| c.is_ascii_alphabetic())
+            {
+                azs.push(e.to_string());
+            } else {
+                ok = false;
+                self.fail(
+                    key,
+                    format!("{key}: `{e}` is not an address, a CIDR or an AZ name"),
+                    Some("write e.g. \"10.0.0.5, 10.1.0.0/16, az-b\" or \"ALL\"".into()),
+                );
+            }
+        }
+        let most = limits::SOURCES.1;
+        if entries.len() as u64 > most {
+            ok = false;
+            self.fail(
+                key,
+                format!("{key} lists {} entries; at most {most}", entries.len()),
+                None,
+            );
+        }
+        ok.then_some((nets, azs))
     }
 
     /// `true` or `false`; its default when absent.

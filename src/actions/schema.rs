@@ -96,6 +96,8 @@ fn param(p: &Param) -> Value {
         Kind::Signal => json!({ "type": "string" }),
         Kind::Text => json!({ "type": "string", "minLength": 1 }),
         Kind::Path => json!({ "type": "string", "pattern": "^/" }),
+        Kind::Choice(words) => json!({ "enum": words }),
+        Kind::Sources => json!({ "type": "string", "minLength": 1 }),
     };
     v["description"] = description.into();
     v

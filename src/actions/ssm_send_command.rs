@@ -413,7 +413,28 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
         );
     }
     let spec = spec?;
-    let fault = spec.host_fault()?;
+    let fault = match spec.effect {
+        Effect::Fault(f) => f,
+        Effect::Sourced { azs, .. } => {
+            p.fail(
+                DOCUMENT_PARAMETERS.name,
+                format!("Sources: {} names an availability zone, which a document's Sources cannot", azs.join(", ")),
+                Some(format!(
+                    "give addresses and CIDRs here, or use {} with sources for AZ names",
+                    doc.native
+                )),
+            );
+            return None;
+        }
+        Effect::Bounded { .. } | Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Wait => {
+            p.fail(
+                DOCUMENT_ARN.name,
+                format!("{} maps to {}, which is not a host fault", doc.name, doc.native),
+                None,
+            );
+            return None;
+        }
+    };
     let span = match span {
         Some(s) => s?,
         None => spec.duration,
@@ -614,7 +635,8 @@ mod tests {
             Some(FaultKind::Latency {
                 delay_ms: 200,
                 jitter_ms: 0,
-                loss_percent: 0.0
+                loss_percent: 0.0,
+                sources: Vec::new(),
             })
         );
         assert!(warnings[0].message.contains("outlasts"), "{warnings:?}");

@@ -28,6 +28,7 @@ impl Kind for Latency {
             delay_ms,
             jitter_ms,
             loss_percent,
+            ref sources,
         } = a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
@@ -38,6 +39,7 @@ impl Kind for Latency {
                 delay: Duration::from_millis(delay_ms),
                 jitter: Duration::from_millis(jitter_ms),
                 loss_percent,
+                sources: sources.clone(),
             },
         );
         Ok(Started {

@@ -10,6 +10,7 @@
 //! and forgotten only once it is removed. Removal is the same code whatever asks for it:
 //! the controller, the end of the duration, a lapsed lease, or shutdown.
 
+pub mod blackhole_port;
 pub mod blackout;
 pub mod cpu;
 pub mod disk_fill;
@@ -18,6 +19,7 @@ pub mod kill;
 pub mod latency;
 pub mod memory;
 pub mod nft;
+pub mod packet_loss;
 pub mod pause;
 
 use crate::holder::{Deadline, Holding};
@@ -44,6 +46,8 @@ fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(disk_fill::DiskFill),
         Box::new(latency::Latency),
         Box::new(blackout::Blackout::default()),
+        Box::new(blackhole_port::BlackholePort::default()),
+        Box::new(packet_loss::PacketLoss::default()),
     ]
 }
 

@@ -53,6 +53,14 @@ const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_CMP_LT: u32 = 2;
+const NFT_NG_RANDOM: u32 = 1;
+const NFT_BYTEORDER_HTON: u32 = 1;
+const NFT_MSG_GETRULE: u16 = 7;
+/// [`Expr::Chance`] draws from 0..CHANCE_SCALE: a hundredth of a percent.
+pub const CHANCE_SCALE: u32 = 10_000;
 const NFT_CMP_EQ: u32 = 0;
 /// Runs before the usual filter priority (0) so the blackout sees packets first.
 const PRIORITY: i32 = -200;
@@ -102,6 +110,36 @@ pub fn replace(table: &str, allow: &[IpAddr], left: Duration) -> io::Result<()> 
 }
 
 fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], left: Duration) {
+    add_guarded_table(batch, table, left);
+    for c in &CHAINS {
+        let chain = c.name;
+        add_chain(batch, table, chain, c.hook);
+        let mut lo = [0u8; 16];
+        lo[..2].copy_from_slice(b"lo");
+        batch.rule(table, chain, |r| {
+            r.meta(c.iface_key);
+            r.cmp(&lo);
+            r.verdict(NF_ACCEPT);
+        });
+        for addr in allow {
+            let (proto, offset, bytes) = match addr {
+                IpAddr::V4(a) => (NFPROTO_IPV4, c.v4_offset, a.octets().to_vec()),
+                IpAddr::V6(a) => (NFPROTO_IPV6, c.v6_offset, a.octets().to_vec()),
+            };
+            batch.rule(table, chain, |r| {
+                r.meta(NFT_META_NFPROTO);
+                r.cmp(&[proto]);
+                r.payload(offset, bytes.len() as u32);
+                r.cmp(&bytes);
+                r.verdict(NF_ACCEPT);
+            });
+        }
+        batch.rule(table, chain, |r| r.verdict(NF_DROP));
+    }
+}
+
+/// The table and its life: a set whose one element the kernel expires after `left`.
+fn add_guarded_table(batch: &mut Batch, table: &str, left: Duration) {
     batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
         m.str_attr(1, table); // NFTA_TABLE_NAME
         m.u32_attr(2, 0); // NFTA_TABLE_FLAGS
@@ -129,47 +167,80 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], left: Duration) {
         });
         m.u32_attr(4, LIVE_SET_ID); // NFTA_SET_ELEM_LIST_SET_ID
     });
-    for c in &CHAINS {
-        let chain = c.name;
-        batch.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |m| {
-            m.str_attr(1, table); // NFTA_CHAIN_TABLE
-            m.str_attr(3, chain); // NFTA_CHAIN_NAME
-            m.nested(4, |h| {
-                // NFTA_CHAIN_HOOK
-                h.u32_attr(1, c.hook); // NFTA_HOOK_HOOKNUM
-                h.u32_attr(2, PRIORITY as u32); // NFTA_HOOK_PRIORITY
-            });
-            m.u32_attr(5, NF_ACCEPT); // NFTA_CHAIN_POLICY
-            m.str_attr(7, "filter"); // NFTA_CHAIN_TYPE
+}
+
+/// A base chain that accepts by default, whose first rule accepts everything once the
+/// table's life has expired.
+fn add_chain(batch: &mut Batch, table: &str, chain: &str, hook: u32) {
+    batch.message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |m| {
+        m.str_attr(1, table); // NFTA_CHAIN_TABLE
+        m.str_attr(3, chain); // NFTA_CHAIN_NAME
+        m.nested(4, |h| {
+            // NFTA_CHAIN_HOOK
+            h.u32_attr(1, hook); // NFTA_HOOK_HOOKNUM
+            h.u32_attr(2, PRIORITY as u32); // NFTA_HOOK_PRIORITY
         });
-        // Once the element has expired, everything passes: the blackout is over.
-        batch.rule(table, chain, |r| {
-            r.load(&LIVE_KEY);
-            r.lookup_missing(LIVE_SET, LIVE_SET_ID);
-            r.verdict(NF_ACCEPT);
-        });
-        let mut lo = [0u8; 16];
-        lo[..2].copy_from_slice(b"lo");
-        batch.rule(table, chain, |r| {
-            r.meta(c.iface_key);
-            r.cmp(&lo);
-            r.verdict(NF_ACCEPT);
-        });
-        for addr in allow {
-            let (proto, offset, bytes) = match addr {
-                IpAddr::V4(a) => (NFPROTO_IPV4, c.v4_offset, a.octets().to_vec()),
-                IpAddr::V6(a) => (NFPROTO_IPV6, c.v6_offset, a.octets().to_vec()),
-            };
-            batch.rule(table, chain, |r| {
-                r.meta(NFT_META_NFPROTO);
-                r.cmp(&[proto]);
-                r.payload(offset, bytes.len() as u32);
-                r.cmp(&bytes);
-                r.verdict(NF_ACCEPT);
+        m.u32_attr(5, NF_ACCEPT); // NFTA_CHAIN_POLICY
+        m.str_attr(7, "filter"); // NFTA_CHAIN_TYPE
+    });
+    // Once the element has expired, everything passes: the fault is over.
+    batch.rule(table, chain, |r| {
+        r.load(&LIVE_KEY);
+        r.lookup_missing(LIVE_SET, LIVE_SET_ID);
+        r.verdict(NF_ACCEPT);
+    });
+}
+
+/// Where a fault's chain hooks in: packets to this host, or from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Packets arriving for a local socket.
+    Input,
+    /// Packets a local socket sends.
+    Output,
+}
+
+/// One match or action of a fault's rule; a rule's matches must all hold for its action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// The packet's interface (in on input, out on output) is loopback.
+    Loopback,
+    /// The transport protocol (6 TCP, 17 UDP).
+    L4Proto(u8),
+    /// The transport destination port.
+    DstPort(u16),
+    /// The peer's address (source on input, destination on output) is in this network.
+    Peer(ipnet::IpNet),
+    /// A random draw below `n` in 10,000: drops n/100 percent of the packets matched so far.
+    Chance(u32),
+    /// Counts the packets that reach it (read back by [`counted`]).
+    Counter,
+    /// Accept the packet (no later rule of this table sees it).
+    Accept,
+    /// Drop the packet.
+    Drop,
+}
+
+/// Installs a fault's table: for each hook, a chain with the life guard first, then `rules`
+/// in order. The whole table is one transaction.
+pub fn install_rules(table: &str, left: Duration, chains: &[(Hook, Vec<Vec<Expr>>)]) -> io::Result<()> {
+    let mut batch = Batch::new();
+    add_guarded_table(&mut batch, table, left);
+    for (hook, rules) in chains {
+        let c = match hook {
+            Hook::Input => &CHAINS[0],
+            Hook::Output => &CHAINS[1],
+        };
+        add_chain(&mut batch, table, c.name, c.hook);
+        for rule in rules {
+            batch.rule(table, c.name, |r| {
+                for e in rule {
+                    r.encode(c, e);
+                }
             });
         }
-        batch.rule(table, chain, |r| r.verdict(NF_DROP));
     }
+    batch.send()
 }
 
 /// Deletes the table; a table that is already gone is not an error.
@@ -231,16 +302,58 @@ pub fn has_net_admin() -> bool {
 
 /// The names of every `inet` table in this network namespace (a GETTABLE dump).
 pub fn tables() -> io::Result<Vec<String>> {
+    Ok(dump(NFT_MSG_GETTABLE, |_| {})?
+        .iter()
+        .filter_map(|attrs| string_attr(attrs, 1)) // NFTA_TABLE_NAME
+        .collect())
+}
+
+/// What the counters of `table` have counted, in packets: per rule, in chain order, its
+/// counters in rule order.
+pub fn counted(table: &str) -> io::Result<Vec<Vec<u64>>> {
+    let rules = dump(NFT_MSG_GETRULE, |m| m.str_attr(1, table))?; // NFTA_RULE_TABLE
+    let mut found = Vec::new();
+    for rule in &rules {
+        // Another table's rules, should the kernel not filter the dump.
+        if string_attr(rule, 1).as_deref() != Some(table) {
+            continue;
+        }
+        let Some((_, exprs)) = Attrs(rule).find(|(k, _)| *k == 4) else {
+            continue;
+        }; // NFTA_RULE_EXPRESSIONS
+        let counters: Vec<u64> = Attrs(exprs)
+            .filter(|(_, elem)| string_attr(elem, 1).as_deref() == Some("counter")) // NFTA_EXPR_NAME
+            .map(|(_, elem)| {
+                Attrs(elem)
+                    .find(|(k, _)| *k == 2) // NFTA_EXPR_DATA
+                    .and_then(|(_, d)| Attrs(d).find(|(k, _)| *k == 2)) // NFTA_COUNTER_PACKETS
+                    .and_then(|(_, v)| v.get(..8)?.try_into().ok())
+                    .map_or(0, u64::from_be_bytes)
+            })
+            .collect();
+        if !counters.is_empty() {
+            found.push(counters);
+        }
+    }
+    Ok(found)
+}
+
+/// The attributes of each object a dump request of `msg` (family `inet`) returns.
+fn dump(msg: u16, fill: impl FnOnce(&mut Msg<'_>)) -> io::Result<Vec<Vec<u8>>> {
     let mut req = Vec::new();
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes()); // length, patched below
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
+    fill(&mut Msg { buf: &mut req });
+    let len = req.len() as u32;
+    req[..4].copy_from_slice(&len.to_ne_bytes());
+    let reply = (NFNL_SUBSYS_NFTABLES << 8) | (msg - 1); // GETx answers with NEWx
     let socket = Socket::open()?;
     socket.send(&req)?;
-    let mut names = Vec::new();
+    let mut found = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = socket.recv(&mut buf)?;
@@ -252,17 +365,15 @@ pub fn tables() -> io::Result<Vec<String>> {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink reply"));
             }
             match kind {
-                NLMSG_DONE => return Ok(names),
+                NLMSG_DONE => return Ok(found),
                 NLMSG_ERROR if len >= 20 => {
                     let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
                 }
-                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => {
-                    // Attributes follow the header (16) and the nfgenmsg (4).
-                    names.extend(string_attr(&buf[at + 20..at + len], 1)); // NFTA_TABLE_NAME
-                }
+                // Attributes follow the header (16) and the nfgenmsg (4).
+                k if k == reply && len >= 20 => found.push(buf[at + 20..at + len].to_vec()),
                 _ => {}
             }
             at += (len + 3) & !3;
@@ -270,22 +381,34 @@ pub fn tables() -> io::Result<Vec<String>> {
     }
 }
 
-/// The string value of the first attribute of type `kind` in `attrs`.
-fn string_attr(mut attrs: &[u8], kind: u16) -> Option<String> {
-    while attrs.len() >= 4 {
+/// The attributes of a netlink attribute stream, as (type without flags, payload); stops at
+/// the first malformed one.
+struct Attrs<'a>(&'a [u8]);
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (u16, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let attrs = self.0;
+        if attrs.len() < 4 {
+            return None;
+        }
         let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
         let k = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
         if len < 4 || len > attrs.len() {
+            self.0 = &[];
             return None;
         }
-        if k == kind {
-            let value = &attrs[4..len];
-            let value = value.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(value).into_owned());
-        }
-        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+        self.0 = &attrs[((len + 3) & !3).min(attrs.len())..];
+        Some((k, &attrs[4..len]))
     }
-    None
+}
+
+/// The string value of the first attribute of type `kind` in `attrs`.
+fn string_attr(attrs: &[u8], kind: u16) -> Option<String> {
+    let (_, value) = Attrs(attrs).find(|(k, _)| *k == kind)?;
+    let value = value.split(|b| *b == 0).next().unwrap_or_default();
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 /// One netlink message under construction; attributes are appended to `buf`.
@@ -374,6 +497,85 @@ impl Msg<'_> {
             d.u32_attr(2, NFT_CMP_EQ); // NFTA_CMP_OP
             d.nested(3, |v| v.attr(1, data)); // NFTA_CMP_DATA { NFTA_DATA_VALUE }
         });
+    }
+
+    /// One [`Expr`] of a rule in chain `c`.
+    fn encode(&mut self, c: &Chain, e: &Expr) {
+        match e {
+            Expr::Loopback => {
+                let mut lo = [0u8; 16];
+                lo[..2].copy_from_slice(b"lo");
+                self.meta(c.iface_key);
+                self.cmp(&lo);
+            }
+            Expr::L4Proto(p) => {
+                self.meta(NFT_META_L4PROTO);
+                self.cmp(&[*p]);
+            }
+            Expr::DstPort(port) => {
+                self.expr("payload", |d| {
+                    d.u32_attr(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
+                    d.u32_attr(2, NFT_PAYLOAD_TRANSPORT_HEADER); // NFTA_PAYLOAD_BASE
+                    d.u32_attr(3, 2); // NFTA_PAYLOAD_OFFSET: the destination port
+                    d.u32_attr(4, 2); // NFTA_PAYLOAD_LEN
+                });
+                self.cmp(&port.to_be_bytes());
+            }
+            Expr::Peer(net) => {
+                let (proto, offset, addr, mask) = match net {
+                    ipnet::IpNet::V4(n) => (
+                        NFPROTO_IPV4,
+                        c.v4_offset,
+                        n.network().octets().to_vec(),
+                        n.netmask().octets().to_vec(),
+                    ),
+                    ipnet::IpNet::V6(n) => (
+                        NFPROTO_IPV6,
+                        c.v6_offset,
+                        n.network().octets().to_vec(),
+                        n.netmask().octets().to_vec(),
+                    ),
+                };
+                self.meta(NFT_META_NFPROTO);
+                self.cmp(&[proto]);
+                self.payload(offset, addr.len() as u32);
+                self.expr("bitwise", |d| {
+                    d.u32_attr(1, NFT_REG_1); // NFTA_BITWISE_SREG
+                    d.u32_attr(2, NFT_REG_1); // NFTA_BITWISE_DREG
+                    d.u32_attr(3, mask.len() as u32); // NFTA_BITWISE_LEN
+                    d.nested(4, |v| v.attr(1, &mask)); // NFTA_BITWISE_MASK
+                    d.nested(5, |v| v.attr(1, &vec![0u8; mask.len()])); // NFTA_BITWISE_XOR
+                });
+                self.cmp(&addr);
+            }
+            Expr::Chance(n) => {
+                self.expr("numgen", |d| {
+                    d.u32_attr(1, NFT_REG_1); // NFTA_NG_DREG
+                    d.u32_attr(2, CHANCE_SCALE); // NFTA_NG_MODULUS
+                    d.u32_attr(3, NFT_NG_RANDOM); // NFTA_NG_TYPE
+                });
+                // numgen writes a host-order u32, and `cmp` orders bytes as memcmp does: turn it
+                // into network order first, as nft itself does.
+                self.expr("byteorder", |d| {
+                    d.u32_attr(1, NFT_REG_1); // NFTA_BYTEORDER_SREG
+                    d.u32_attr(2, NFT_REG_1); // NFTA_BYTEORDER_DREG
+                    d.u32_attr(3, NFT_BYTEORDER_HTON); // NFTA_BYTEORDER_OP
+                    d.u32_attr(4, 4); // NFTA_BYTEORDER_LEN
+                    d.u32_attr(5, 4); // NFTA_BYTEORDER_SIZE
+                });
+                self.expr("cmp", |d| {
+                    d.u32_attr(1, NFT_REG_1); // NFTA_CMP_SREG
+                    d.u32_attr(2, NFT_CMP_LT); // NFTA_CMP_OP
+                    d.nested(3, |v| v.attr(1, &n.to_be_bytes())); // NFTA_CMP_DATA
+                });
+            }
+            Expr::Counter => self.expr("counter", |d| {
+                d.u64_attr(1, 0); // NFTA_COUNTER_BYTES
+                d.u64_attr(2, 0); // NFTA_COUNTER_PACKETS
+            }),
+            Expr::Accept => self.verdict(NF_ACCEPT),
+            Expr::Drop => self.verdict(NF_DROP),
+        }
     }
 
     fn verdict(&mut self, code: u32) {
@@ -685,6 +887,53 @@ mod tests {
             std::thread::sleep(Duration::from_millis(400));
             let t = listed(tid, "fl_test");
             assert!(!t.contains("elements"), "the element should have expired:\n{t}");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn fault_rules_are_what_nft_lists_and_their_counters_read_back() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: nf_tables needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which owns nothing shared.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let net: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
+            install_rules(
+                "fl_rules",
+                Duration::from_secs(60),
+                &[
+                    (Hook::Input, vec![vec![Expr::Loopback, Expr::Accept], vec![
+                        Expr::Peer(net),
+                        Expr::Counter,
+                        Expr::Chance(700),
+                        Expr::Counter,
+                        Expr::Drop,
+                    ]]),
+                    (Hook::Output, vec![vec![
+                        Expr::L4Proto(17),
+                        Expr::DstPort(5353),
+                        Expr::Counter,
+                        Expr::Drop,
+                    ]]),
+                ],
+            )
+            .unwrap();
+            let t = listed(tid, "fl_rules");
+            assert!(t.contains("iifname \"lo\" accept"), "{t}");
+            assert!(t.contains("ip saddr 10.9.0.0/16 counter packets 0 bytes 0 numgen random mod 10000 < 700 counter packets 0 bytes 0 drop"), "{t}");
+            assert!(t.contains("udp dport 5353 counter packets 0 bytes 0 drop"), "{t}");
+            assert_eq!(t.matches("!= @live accept").count(), 2, "{t}");
+            // Per rule with counters, in chain order; packets counted are seen end to end in
+            // tests/netfaults.rs.
+            assert_eq!(counted("fl_rules").unwrap(), vec![vec![0, 0], vec![0]]);
+            remove("fl_rules").unwrap();
         })
         .join()
         .unwrap();

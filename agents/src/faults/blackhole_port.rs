@@ -1,0 +1,148 @@
+//! `faultline:network:blackhole-port`: drop every packet of one protocol to one port, arriving
+//! (ingress) or sent (egress), as FIS's AWSFIS-Run-Network-Blackhole-Port. nf_tables only
+//! (`nft.rs`): the table holds its own end, a set element the kernel expires at the
+//! deadline, so the port answers again on time even if the agent never comes back. Its
+//! table is recorded and swept like a blackout's (`blackout.rs` sweeps every `fl_*` table
+//! no record names).
+
+use super::nft::{self, Expr, Hook};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
+use faultline_agent::protocol::{Direction, FaultKind, Observed, Transport};
+
+/// The kind; `nft` once detection found nf_tables usable and allowed.
+#[derive(Debug, Default)]
+pub struct BlackholePort {
+    nft: bool,
+}
+
+impl Kind for BlackholePort {
+    fn capability(&self) -> &'static str {
+        "blackhole_port"
+    }
+
+    fn detect(&mut self, setup: &Setup) -> Detection {
+        if setup.blackout_backend == super::blackout::Backend::Proxy {
+            return Detection::Unavailable(
+                "--blackout-backend proxy: this agent never touches the host's network".into(),
+            );
+        }
+        self.nft = nft::available();
+        if self.nft {
+            Detection::Ready
+        } else {
+            Detection::Unavailable("blackhole-port needs CAP_NET_ADMIN (nf_tables)".into())
+        }
+    }
+
+    fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
+        Ok(serde_json::json!({ "table": nft::table_for(&a.hash) }))
+    }
+
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::BlackholePort {
+            protocol,
+            port,
+            traffic,
+        } = a.spec.kind
+        else {
+            return Err(super::mismatch(a.spec));
+        };
+        let table = table_of(undo)?;
+        nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic)])
+            .map_err(FaultError::io("cannot install the nf_tables port blackhole"))?;
+        Ok(Started {
+            fault: Box::new(Blackholed { table }),
+            answer: Answer::Now(
+                format!(
+                    "{protocol:?} port {port} ({traffic:?}) blackholed for {} ms",
+                    a.duration.as_millis()
+                )
+                .to_lowercase(),
+                vec![],
+            ),
+        })
+    }
+
+    fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
+        match table_of(&undo) {
+            Ok(t) => Box::new(nft::Table(t)),
+            Err(_) => Box::new(super::Gone),
+        }
+    }
+}
+
+/// The chain of a blackhole: every packet of `protocol` to `port`, counted and dropped.
+fn rules(protocol: Transport, port: u16, traffic: Direction) -> (Hook, Vec<Vec<Expr>>) {
+    let proto = match protocol {
+        Transport::Tcp => libc::IPPROTO_TCP as u8,
+        Transport::Udp => libc::IPPROTO_UDP as u8,
+    };
+    let hook = match traffic {
+        Direction::Ingress => Hook::Input,
+        Direction::Egress => Hook::Output,
+    };
+    (
+        hook,
+        vec![vec![
+            Expr::L4Proto(proto),
+            Expr::DstPort(port),
+            Expr::Counter,
+            Expr::Drop,
+        ]],
+    )
+}
+
+fn table_of(undo: &serde_json::Value) -> Result<String, FaultError> {
+    undo.get("table")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| FaultError::Refused("internal error: a port blackhole without its table".into()))
+}
+
+/// A port blackhole in effect: its table.
+#[derive(Debug)]
+struct Blackholed {
+    table: String,
+}
+
+impl Fault for Blackholed {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        nft::Table(self.table.clone()).remove(env)
+    }
+
+    /// The packets dropped, from the rule's counter in the kernel.
+    fn observed(&mut self) -> Observed {
+        match nft::counted(&self.table) {
+            Ok(rules) => Observed::default().with(
+                "packets_dropped",
+                "packets",
+                None,
+                rules.iter().flatten().sum::<u64>() as f64,
+            ),
+            Err(e) => {
+                tracing::warn!(table = %self.table, error = %e, "cannot read the blackhole's counter");
+                Observed::default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_matches_the_destination_port_on_input() {
+        let (hook, rules) = rules(Transport::Udp, 53, Direction::Ingress);
+        assert_eq!(hook, Hook::Input);
+        assert_eq!(
+            rules,
+            vec![vec![Expr::L4Proto(17), Expr::DstPort(53), Expr::Counter, Expr::Drop]]
+        );
+        assert_eq!(rules_hook(Direction::Egress), Hook::Output);
+    }
+
+    fn rules_hook(d: Direction) -> Hook {
+        rules(Transport::Tcp, 1, d).0
+    }
+}

@@ -1,0 +1,157 @@
+//! `faultline:network:packet-loss`: drop a random share of the packets arriving from some
+//! peers (every peer but loopback by default), as FIS's AWSFIS-Run-Network-Packet-Loss(-Sources).
+//! nf_tables only (`nft.rs`): each packet draws a random number in the kernel (`numgen`),
+//! and the table holds its own end, a set element the kernel expires at the deadline. Its
+//! table is recorded and swept like a blackout's (`blackout.rs` sweeps every `fl_*` table
+//! no record names).
+//!
+//! Only arriving packets are dropped, so a request and its answer are not both at risk:
+//! the loss a peer measures is the one asked. Loopback is never touched, so the agent's own
+//! local traffic (and a local controller) keeps working.
+
+use super::nft::{self, Expr, Hook};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
+use faultline_agent::protocol::{FaultKind, Observed};
+use ipnet::IpNet;
+
+/// The kind; `nft` once detection found nf_tables usable and allowed.
+#[derive(Debug, Default)]
+pub struct PacketLoss {
+    nft: bool,
+}
+
+impl Kind for PacketLoss {
+    fn capability(&self) -> &'static str {
+        "packet_loss"
+    }
+
+    fn detect(&mut self, setup: &Setup) -> Detection {
+        if setup.blackout_backend == super::blackout::Backend::Proxy {
+            return Detection::Unavailable(
+                "--blackout-backend proxy: this agent never touches the host's network".into(),
+            );
+        }
+        self.nft = nft::available();
+        if self.nft {
+            Detection::Ready
+        } else {
+            Detection::Unavailable("packet-loss needs CAP_NET_ADMIN (nf_tables)".into())
+        }
+    }
+
+    fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
+        Ok(serde_json::json!({ "table": nft::table_for(&a.hash) }))
+    }
+
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+        let FaultKind::PacketLoss {
+            loss_percent,
+            ref sources,
+        } = a.spec.kind
+        else {
+            return Err(super::mismatch(a.spec));
+        };
+        let table = undo
+            .get("table")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| FaultError::Refused("internal error: a packet loss without its table".into()))?;
+        nft::install_rules(&table, a.duration, &[(Hook::Input, rules(loss_percent, sources))])
+            .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
+        let from = if sources.is_empty() {
+            "every peer".to_string()
+        } else {
+            format!("{} source(s)", sources.len())
+        };
+        Ok(Started {
+            fault: Box::new(Losing { table, loss_percent }),
+            answer: Answer::Now(
+                format!(
+                    "{loss_percent}% of packets from {from} dropped for {} ms",
+                    a.duration.as_millis()
+                ),
+                vec![],
+            ),
+        })
+    }
+
+    fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
+        match undo.get("table").and_then(|t| t.as_str()) {
+            Some(t) => Box::new(nft::Table(t.to_string())),
+            None => Box::new(super::Gone),
+        }
+    }
+}
+
+/// The input chain's rules: loopback passes; then, for each source (or for every packet),
+/// one rule counts what it matches, draws, counts what it drops and drops it.
+fn rules(loss_percent: f64, sources: &[IpNet]) -> Vec<Vec<Expr>> {
+    let chance = (loss_percent / 100.0 * f64::from(nft::CHANCE_SCALE)).round() as u32;
+    let lossy = |peer: Option<IpNet>| {
+        let mut rule: Vec<Expr> = peer.map(Expr::Peer).into_iter().collect();
+        rule.extend([Expr::Counter, Expr::Chance(chance), Expr::Counter, Expr::Drop]);
+        rule
+    };
+    let mut rules = vec![vec![Expr::Loopback, Expr::Accept]];
+    if sources.is_empty() {
+        rules.push(lossy(None));
+    } else {
+        rules.extend(sources.iter().map(|s| lossy(Some(*s))));
+    }
+    rules
+}
+
+/// A packet loss in effect: its table, and the share asked.
+#[derive(Debug)]
+struct Losing {
+    table: String,
+    loss_percent: f64,
+}
+
+impl Fault for Losing {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        nft::Table(self.table.clone()).remove(env)
+    }
+
+    /// Packets seen and dropped, from the rules' counters in the kernel: the first counter of
+    /// a rule sees every packet it matched, the second those it dropped.
+    fn observed(&mut self) -> Observed {
+        let rules = match nft::counted(&self.table) {
+            Ok(rules) => rules,
+            Err(e) => {
+                tracing::warn!(table = %self.table, error = %e, "cannot read the packet loss's counters");
+                return Observed::default();
+            }
+        };
+        let seen: u64 = rules.iter().filter_map(|r| r.first()).sum();
+        let dropped: u64 = rules.iter().filter_map(|r| r.get(1)).sum();
+        let mut observed = Observed::default().with("packets_dropped", "packets", None, dropped as f64);
+        if seen > 0 {
+            observed = observed.with(
+                "loss_percent",
+                "%",
+                Some(self.loss_percent),
+                dropped as f64 * 100.0 / seen as f64,
+            );
+        }
+        observed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_draws_on_its_own_and_loopback_passes() {
+        let r = rules(7.0, &["10.0.0.0/8".parse().unwrap(), "127.0.0.2/32".parse().unwrap()]);
+        assert_eq!(r[0], vec![Expr::Loopback, Expr::Accept]);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
+        assert!(r[1].contains(&Expr::Chance(700)));
+        assert_eq!(
+            rules(33.33, &[])[1],
+            vec![Expr::Counter, Expr::Chance(3333), Expr::Counter, Expr::Drop]
+        );
+    }
+}

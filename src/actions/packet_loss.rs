@@ -1,0 +1,53 @@
+//! `faultline:network:packet-loss`: drop a random share of the packets arriving from some
+//! peers (FIS's AWSFIS-Run-Network-Packet-Loss and -Sources).
+
+use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
+use crate::template::ResourceType;
+use faultline_agent::limits;
+use faultline_agent::protocol::FaultKind;
+
+pub(super) const DEF: ActionDef = ActionDef {
+    id: "faultline:network:packet-loss",
+    aliases: &[],
+    target: Some(ResourceType::Host),
+    summary: "Drops a random share of the packets arriving from some peers (all but loopback by default), with nf_tables.",
+    params: &[DURATION, LOSS, SOURCES],
+    build,
+};
+
+const LOSS: Param = Param {
+    name: "lossPercent",
+    kind: Kind::Number(limits::PACKET_LOSS_PERCENT),
+    required: false,
+    default: Some("7"),
+    description: "Share of the arriving packets dropped, each packet drawn at random.",
+    unit: Some("%"),
+};
+
+/// The `sources` parameter, shared with `faultline:network:latency`.
+pub(super) const SOURCES: Param = Param {
+    name: "sources",
+    kind: Kind::Sources,
+    required: false,
+    default: Some("ALL"),
+    description: "The peers affected: comma-separated addresses, CIDRs and AZ names (their hosts' addresses), or ALL.",
+    unit: None,
+};
+
+fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
+    let duration = p.duration();
+    let loss = p.number(&LOSS);
+    let sources = p.sources(&SOURCES);
+    let (nets, azs) = sources?;
+    Some(ActionSpec {
+        action_id: ActionId::PacketLoss,
+        duration: duration?,
+        effect: sourced(
+            FaultKind::PacketLoss {
+                loss_percent: loss?,
+                sources: nets,
+            },
+            azs,
+        ),
+    })
+}
