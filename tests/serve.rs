@@ -263,6 +263,35 @@ fn the_api_needs_a_token_and_keeps_every_run() {
 }
 
 #[test]
+fn sigterm_ends_the_dashboards_live_stream_and_exits() {
+    let s = Scratch::new("serve-sse-term");
+    let srv = serve(&s);
+    let mut conn = TcpStream::connect(("127.0.0.1", srv.api)).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    write!(
+        conn,
+        "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        srv.token
+    )
+    .unwrap();
+    // The stream is open once its first snapshot has come.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream closed before its first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, stderr) = srv.proc.finish(T);
+    assert!(status.success(), "{stderr:?}");
+    // The stream was ended by the server (the chunked body's last chunk), not cut off.
+    conn.read_to_end(&mut seen).unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.ends_with("0\r\n\r\n"), "the live stream was not ended: {text}");
+}
+
+#[test]
 fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
     let s = Scratch::new("serve-lever");
     let srv = serve(&s);
