@@ -335,6 +335,29 @@ fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
     let (next, state) = srv.start("long");
     assert_eq!(state, "cancelled");
     assert_eq!(srv.get(&format!("/api/v1/experiments/{next}"))["state"], "cancelled");
+    // A run that never ran has no report nor JUnit, and the answer says why.
+    for what in ["report", "report?format=md", "junit"] {
+        let (status, v) = srv.call("GET", &format!("/api/v1/experiments/{next}/{what}"), None);
+        assert_eq!(status, 404, "{what}: {v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.contains("cancelled") && message.contains("incident 42"),
+            "{what}: {v}"
+        );
+    }
+    let out = Command::new(FAULTLINE)
+        .args(["report", &next, "--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ended cancelled") && stderr.contains("incident 42"),
+        "{stderr}"
+    );
 
     // Across a restart the lever stays engaged.
     srv.proc.signal(libc::SIGTERM);

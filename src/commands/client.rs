@@ -460,6 +460,13 @@ async fn wait_agents(client: &Client, n: usize, timeout: Duration) -> anyhow::Re
     }
 }
 
+/// `s` percent-encoded as one path segment of a URL.
+pub(super) fn segment(s: &str) -> String {
+    let mut url = reqwest::Url::parse("http://segment/").expect("a valid URL");
+    url.path_segments_mut().expect("a base URL").push(s);
+    url.path()[1..].to_string()
+}
+
 /// `faultline run --server URL TEMPLATE`: submits, follows the journal, prints the report,
 /// and exits as a local run would.
 pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
@@ -531,4 +538,13 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
             });
         Ok(code)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_id_is_one_path_segment() {
+        assert_eq!(super::segment("EXP123"), "EXP123");
+        assert_eq!(super::segment("a/b c?#"), "a%2Fb%20c%3F%23");
+    }
 }

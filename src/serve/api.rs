@@ -389,12 +389,15 @@ async fn experiments(State(s): State<Arc<Service>>, Query(q): Query<ListQuery>) 
         .store
         .experiments(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
-    // The list is a summary: reports are for the single experiment.
+    // The list is a summary: of the report only the outcome and the time to recover.
     let list: Vec<Value> = rows
         .into_iter()
         .map(|mut r| {
-            r.report = None;
-            serde_json::to_value(r).unwrap_or(Value::Null)
+            let report = r.report.take().unwrap_or(Value::Null);
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["outcome"] = report["outcome"].clone();
+            v["recoveryMs"] = report["steadyState"]["recoveryMs"].clone();
+            v
         })
         .collect();
     Ok(Json(json!({ "experiments": list })).into_response())
@@ -480,11 +483,22 @@ async fn journal(State(s): State<Arc<Service>>, Path(id): Path<String>, Query(q)
 }
 
 async fn junit(State(s): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult {
-    experiment_row(&s, &id).await?;
+    let row = experiment_row(&s, &id).await?;
     match s.store.junit(&id).await? {
         Some(xml) => Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response()),
+        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, never_ran(&row, "JUnit"))),
         None => Err(error(StatusCode::CONFLICT, format!("{id} has not ended yet"))),
     }
+}
+
+/// Why an experiment recorded without running (cancelled, failed to resolve) has no `what`.
+pub(super) fn never_ran(row: &super::store::ExperimentRow, what: &str) -> String {
+    format!(
+        "{} has no {what}: it ended {} without running{}",
+        row.id,
+        row.state,
+        row.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )
 }
 
 fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {

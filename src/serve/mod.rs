@@ -650,7 +650,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Heartbeats, and marks failed the runs of replicas that stopped heartbeating.
+/// Heartbeats, stops the runs here when the lever was engaged elsewhere, and marks failed the
+/// runs of replicas that stopped heartbeating.
 async fn housekeeping(service: Arc<Service>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
@@ -660,6 +661,19 @@ async fn housekeeping(service: Arc<Service>, cancel: CancellationToken) {
         }
         if let Err(e) = service.store.heartbeat(&service.replica).await {
             tracing::warn!(error = %e, "cannot record this replica's heartbeat");
+        }
+        // The lever may have been engaged through another replica: what runs here stops too.
+        match service.store.lever().await {
+            Ok(Some(l)) if l.engaged && !service.running_ids().is_empty() => {
+                service
+                    .stop_all(&format!(
+                        "stopped by the safety lever ({}, by {})",
+                        l.reason, l.changed_by
+                    ))
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the safety lever"),
         }
         if !service.store.sqlite {
             if let Err(e) = service.reap().await {
