@@ -502,12 +502,18 @@ pub(super) fn never_ran(row: &super::store::ExperimentRow, what: &str) -> String
 }
 
 fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {
+    with_next_runs(s.up_since, row)
+}
+
+/// A schedule with its next run times: up to [`scheduler::NEXT_RUNS_HORIZON_MS`] of cron
+/// ticks are scanned, so a list of them is computed off the async workers.
+fn with_next_runs(up_since: i64, row: &super::store::ScheduleRow) -> Value {
     let next: Vec<String> = serde_json::from_value::<Spec>(row.spec.clone())
         .ok()
         .and_then(|spec| Compiled::new(&spec).ok())
         .filter(|_| !row.paused)
         .map(|c| {
-            c.next_runs(super::store::now_ms().max(s.up_since), 5)
+            c.next_runs(super::store::now_ms().max(up_since), 5)
                 .into_iter()
                 .map(scheduler::rfc3339)
                 .collect()
@@ -593,13 +599,12 @@ async fn find_schedule(s: &Service, name: &str) -> Result<super::store::Schedule
 }
 
 async fn schedules(State(s): State<Arc<Service>>) -> ApiResult {
-    let list: Vec<Value> = s
-        .store
-        .schedules()
-        .await?
-        .iter()
-        .map(|r| schedule_json(&s, r))
-        .collect();
+    let rows = s.store.schedules().await?;
+    let up_since = s.up_since;
+    let list: Vec<Value> =
+        tokio::task::spawn_blocking(move || rows.iter().map(|r| with_next_runs(up_since, r)).collect())
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(Json(json!({ "schedules": list })).into_response())
 }
 
