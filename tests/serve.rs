@@ -577,6 +577,38 @@ fn cli_json(srv: &Server, s: &Scratch, args: &[&str]) -> Value {
 }
 
 #[test]
+fn ctrl_c_on_run_server_stops_the_remote_run() {
+    let s = Scratch::new("serve-cli-int");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    let file = s.write_json("long.json", &cpu("web-a1", 60));
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut cmd = Command::new(FAULTLINE);
+        cmd.args(["run", "--server", &format!("http://127.0.0.1:{}", srv.api)])
+            .arg("--api-token-file")
+            .arg(s.path("api-token"))
+            .arg(&file)
+            .env_remove("FAULTLINE_API_TOKEN")
+            .current_dir(&s.0);
+        let mut run = Proc::spawn("run --server", cmd);
+        let line = run.expect(" on http://", T);
+        let id = line.split_whitespace().nth(1).unwrap().to_string();
+        until_fault_held(&s, "web-a1");
+        run.signal(sig);
+        let (status, _, stderr) = run.finish(T);
+        assert_eq!(status.code(), Some(code), "{stderr:?}");
+        let e = srv.get(&format!("/api/v1/experiments/{id}"));
+        assert_eq!(e["state"], "stopped", "{e}");
+        assert!(
+            e["reason"].as_str().unwrap().contains("interrupted from the CLI"),
+            "{e}"
+        );
+        assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+    }
+}
+
+#[test]
 fn the_cli_is_a_client_of_the_server() {
     let s = Scratch::new("serve-cli");
     let srv = serve(&s);
