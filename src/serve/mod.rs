@@ -663,17 +663,15 @@ async fn housekeeping(service: Arc<Service>, cancel: CancellationToken) {
             tracing::warn!(error = %e, "cannot record this replica's heartbeat");
         }
         // The lever may have been engaged through another replica: what runs here stops too.
-        match service.store.lever().await {
-            Ok(Some(l)) if l.engaged && !service.running_ids().is_empty() => {
-                service
-                    .stop_all(&format!(
-                        "stopped by the safety lever ({}, by {})",
-                        l.reason, l.changed_by
-                    ))
-                    .await;
+        if !service.running_ids().is_empty() {
+            match service.store.lever().await {
+                Ok(Some(l)) if l.engaged => {
+                    let why = format!("stopped by the safety lever ({}, by {})", l.reason, l.changed_by);
+                    service.stop_all(&why).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the safety lever"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the safety lever"),
         }
         if !service.store.sqlite {
             if let Err(e) = service.reap().await {
