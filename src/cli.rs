@@ -166,6 +166,13 @@ pub enum Command {
         /// Also write the result as JUnit XML.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Instead of one game day, keep the demo world up behind `faultline serve` (the same
+        /// as `faultline serve --demo`): dashboard, API and schedules; the serve flags below
+        /// apply.
+        #[arg(long, conflicts_with_all = ["template", "alarms", "lb_port", "seed", "format", "junit"])]
+        serve: bool,
+        #[command(flatten, next_help_heading = "With --serve")]
+        server: ServeArgs,
     },
     /// Print the experiment template JSON Schema, generated from the action catalog.
     Schema,
@@ -192,7 +199,15 @@ pub enum Command {
     ///
     /// Stops on SIGTERM or Ctrl-C after stopping every running experiment (each removes its
     /// faults). See docs/api.md.
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Also keep the demo world up (six hosts in three AZs as local processes and a load
+        /// balancer, as `faultline demo` starts them) with its agents connected, and store
+        /// the showcase game day as the template `gameday-az-outage`.
+        #[arg(long)]
+        demo: bool,
+    },
     /// Experiments on a server: list, show, stop.
     Experiments {
         #[command(flatten)]
@@ -295,11 +310,6 @@ pub struct ServeArgs {
     /// (ISO 8601) [default: PT60S].
     #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
     pub drain: Option<Duration>,
-    /// Also keep the demo world up (six hosts in three AZs as local processes and a load
-    /// balancer, as `faultline demo` starts them) with its agents connected, and store the
-    /// showcase game day as the template `gameday-az-outage`.
-    #[arg(long)]
-    pub demo: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }

@@ -316,6 +316,18 @@ async fn the_dashboard_shows_the_map_and_an_experiment_and_stops_it() {
         ),
     )
     .await;
+    // The finished run shows its time to recover (its alarm was watched after the action).
+    let recovery = cdp
+        .eval(&format!(
+            "document.querySelector('#runs tr[data-id=\"{done}\"]').cells[5].textContent"
+        ))
+        .await;
+    assert!(
+        recovery
+            .as_str()
+            .is_some_and(|r| r != "–" && r.chars().any(|c| c.is_ascii_digit())),
+        "the Recovery column of the finished run: {recovery}"
+    );
     assert_eq!(
         cdp.eval("getComputedStyle(document.getElementById('login')).display")
             .await,

@@ -263,6 +263,35 @@ fn the_api_needs_a_token_and_keeps_every_run() {
 }
 
 #[test]
+fn sigterm_ends_the_dashboards_live_stream_and_exits() {
+    let s = Scratch::new("serve-sse-term");
+    let srv = serve(&s);
+    let mut conn = TcpStream::connect(("127.0.0.1", srv.api)).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    write!(
+        conn,
+        "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        srv.token
+    )
+    .unwrap();
+    // The stream is open once its first snapshot has come.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream closed before its first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    srv.proc.signal(libc::SIGTERM);
+    let (status, _, stderr) = srv.proc.finish(T);
+    assert!(status.success(), "{stderr:?}");
+    // The stream was ended by the server (the chunked body's last chunk), not cut off.
+    conn.read_to_end(&mut seen).unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.ends_with("0\r\n\r\n"), "the live stream was not ended: {text}");
+}
+
+#[test]
 fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
     let s = Scratch::new("serve-lever");
     let srv = serve(&s);
@@ -306,6 +335,29 @@ fn the_lever_stops_what_runs_cancels_what_comes_and_persists() {
     let (next, state) = srv.start("long");
     assert_eq!(state, "cancelled");
     assert_eq!(srv.get(&format!("/api/v1/experiments/{next}"))["state"], "cancelled");
+    // A run that never ran has no report nor JUnit, and the answer says why.
+    for what in ["report", "report?format=md", "junit"] {
+        let (status, v) = srv.call("GET", &format!("/api/v1/experiments/{next}/{what}"), None);
+        assert_eq!(status, 404, "{what}: {v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.contains("cancelled") && message.contains("incident 42"),
+            "{what}: {v}"
+        );
+    }
+    let out = Command::new(FAULTLINE)
+        .args(["report", &next, "--server", &format!("http://127.0.0.1:{}", srv.api)])
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .env_remove("FAULTLINE_API_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ended cancelled") && stderr.contains("incident 42"),
+        "{stderr}"
+    );
 
     // Across a restart the lever stays engaged.
     srv.proc.signal(libc::SIGTERM);
@@ -522,6 +574,38 @@ fn cli_json(srv: &Server, s: &Scratch, args: &[&str]) -> Value {
     let (code, out) = cli(srv, s, &all);
     assert_eq!(code, 0, "{args:?}: {out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+#[test]
+fn ctrl_c_on_run_server_stops_the_remote_run() {
+    let s = Scratch::new("serve-cli-int");
+    let srv = serve(&s);
+    let _a = agent(&s, srv.agents, "web-a1", "az-a", &[]);
+    srv.wait_agents(1);
+    let file = s.write_json("long.json", &cpu("web-a1", 60));
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut cmd = Command::new(FAULTLINE);
+        cmd.args(["run", "--server", &format!("http://127.0.0.1:{}", srv.api)])
+            .arg("--api-token-file")
+            .arg(s.path("api-token"))
+            .arg(&file)
+            .env_remove("FAULTLINE_API_TOKEN")
+            .current_dir(&s.0);
+        let mut run = Proc::spawn("run --server", cmd);
+        let line = run.expect(" on http://", T);
+        let id = line.split_whitespace().nth(1).unwrap().to_string();
+        until_fault_held(&s, "web-a1");
+        run.signal(sig);
+        let (status, _, stderr) = run.finish(T);
+        assert_eq!(status.code(), Some(code), "{stderr:?}");
+        let e = srv.get(&format!("/api/v1/experiments/{id}"));
+        assert_eq!(e["state"], "stopped", "{e}");
+        assert!(
+            e["reason"].as_str().unwrap().contains("interrupted from the CLI"),
+            "{e}"
+        );
+        assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+    }
 }
 
 #[test]

@@ -128,6 +128,32 @@ fn two_replicas_run_each_fire_time_once_and_reap_a_dead_ones_run() {
     assert_eq!(status, 201, "{v}");
     let (status, v) = call(&s, b.api, "PUT", "/api/v1/templates/long", Some(wait_template(120)));
     assert_eq!(status, 201, "{v}");
+
+    // The lever engaged through replica A stops the run on replica B.
+    let (status, v) = call(
+        &s,
+        b.api,
+        "POST",
+        "/api/v1/experiments",
+        Some(json!({ "template": "long" })),
+    );
+    assert_eq!(status, 201, "{v}");
+    let on_b = v["id"].as_str().unwrap().to_string();
+    let engage = json!({ "engaged": true, "reason": "incident on a" });
+    let (status, v) = call(&s, a.api, "PUT", "/api/v1/lever", Some(engage));
+    assert_eq!(status, 200, "{v}");
+    let e = until(
+        &s,
+        b.api,
+        &format!("/api/v1/experiments/{on_b}"),
+        "B's run stopped by the lever engaged on A",
+        |v| v["state"] == "stopped",
+    );
+    assert!(e["reason"].as_str().unwrap().contains("incident on a"), "{e}");
+    let disengage = json!({ "engaged": false, "reason": "over" });
+    let (status, v) = call(&s, a.api, "PUT", "/api/v1/lever", Some(disengage));
+    assert_eq!(status, 200, "{v}");
+
     let (status, v) = call(
         &s,
         b.api,

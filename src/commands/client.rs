@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// How often `run --server` asks for new journal lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
@@ -460,6 +461,28 @@ async fn wait_agents(client: &Client, n: usize, timeout: Duration) -> anyhow::Re
     }
 }
 
+/// Prints the journal lines of the experiment at `path` after the `seen` first.
+async fn follow(client: &Client, path: &str, seen: &mut usize) -> anyhow::Result<()> {
+    let (_, text) = client
+        .call(Method::GET, &format!("{path}/journal?after={seen}"), None)
+        .await?;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        // Scrapes of what the users saw come every period; the report sums them up.
+        if !line.contains("\"event\":\"user_experience\"") {
+            eprintln!("{}", event_line(line));
+        }
+        *seen += 1;
+    }
+    Ok(())
+}
+
+/// `s` percent-encoded as one path segment of a URL.
+pub(super) fn segment(s: &str) -> String {
+    let mut url = reqwest::Url::parse("http://segment/").expect("a valid URL");
+    url.path_segments_mut().expect("a base URL").push(s);
+    url.path()[1..].to_string()
+}
+
 /// `faultline run --server URL TEMPLATE`: submits, follows the journal, prints the report,
 /// and exits as a local run would.
 pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
@@ -480,46 +503,51 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
         if let Some(seed) = args.seed {
             body["seed"] = json!(seed);
         }
+        // Ctrl-C or SIGTERM stops the remote run as they would stop a local one.
+        let signals =
+            |kind| signal(kind).map_err(|e| super::fail(exit::FAILED, anyhow!("cannot watch for signals: {e}")));
+        let (mut int, mut term) = (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
         let started = client.json(Method::POST, "/api/v1/experiments", Some(&body)).await?;
         let id = s(&started["id"]);
+        let exp = format!("/api/v1/experiments/{}", segment(&id));
         eprintln!("experiment {id} on {server}: {}", s(&started["state"]));
         let mut seen = 0usize;
+        let mut interrupted = None;
         let row = loop {
-            let (_, text) = client
-                .call(
-                    Method::GET,
-                    &format!("/api/v1/experiments/{id}/journal?after={seen}"),
-                    None,
-                )
-                .await?;
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                // Scrapes of what the users saw come every period; the report sums them up.
-                if !line.contains("\"event\":\"user_experience\"") {
-                    eprintln!("{}", event_line(line));
-                }
-                seen += 1;
-            }
-            let row = client
-                .json(Method::GET, &format!("/api/v1/experiments/{id}"), None)
-                .await?;
+            follow(&client, &exp, &mut seen).await?;
+            let row = client.json(Method::GET, &exp, None).await?;
             if !matches!(
                 row["state"].as_str(),
                 Some("pending" | "initiating" | "running" | "stopping")
             ) {
                 break row;
             }
-            tokio::time::sleep(FOLLOW_EVERY).await;
+            let code = tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_EVERY) => continue,
+                _ = int.recv() => exit::INTERRUPTED,
+                _ = term.recv() => exit::TERMINATED,
+            };
+            if interrupted.replace(code).is_none() {
+                eprintln!("stopping {id} on {server}; its faults are removed there");
+                let reason = json!({ "reason": "interrupted from the CLI" });
+                if let Err(e) = client.call(Method::POST, &format!("{exp}/stop"), Some(&reason)).await {
+                    eprintln!("{e:#}");
+                }
+            }
         };
+        // Lines written between the last read and the end.
+        follow(&client, &exp, &mut seen).await?;
         if let Some(path) = &args.junit {
-            let (_, xml) = client
-                .call(Method::GET, &format!("/api/v1/experiments/{id}/junit"), None)
-                .await?;
+            let (_, xml) = client.call(Method::GET, &format!("{exp}/junit"), None).await?;
             std::fs::write(path, xml)
                 .map_err(|e| super::fail(exit::FAILED, anyhow!("cannot write {}: {e}", path.display())))?;
         }
         match args.format {
             ReportFormat::Json => print_json(if row["report"].is_null() { &row } else { &row["report"] })?,
             ReportFormat::Table => show(&row),
+        }
+        if let (Some(code), Some("stopped")) = (interrupted, row["state"].as_str()) {
+            return Ok(code);
         }
         let code = row["report"]["exitCode"]
             .as_u64()
@@ -531,4 +559,13 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
             });
         Ok(code)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_id_is_one_path_segment() {
+        assert_eq!(super::segment("EXP123"), "EXP123");
+        assert_eq!(super::segment("a/b c?#"), "a%2Fb%20c%3F%23");
+    }
 }

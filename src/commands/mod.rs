@@ -66,12 +66,17 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(args),
         Command::Agents { controller, format } => agents::run(controller, format),
         Command::Demo {
+            serve: true, server, ..
+        } => serve::run(server, true),
+        Command::Demo {
             template,
             alarms,
             lb_port,
             seed,
             format,
             junit,
+            serve: false,
+            ..
         } => demo::run(
             template.as_deref(),
             alarms.as_deref(),
@@ -81,7 +86,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             junit.as_deref(),
         ),
         Command::Topology { action } => topology::run(action),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve { args, demo } => serve::run(args, demo),
         Command::Experiments { client, action } => client::experiments(&client, action),
         Command::Schedules { client, action } => client::schedules(&client, action),
         Command::Lever { client, action } => client::lever(&client, action),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Serves until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     let flags = Layer {
         listen: args.listen,
         agents_listen: args.agents_listen,
@@ -55,7 +55,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         drain: s.drain,
     };
     let runtime = super::runtime()?;
-    let world = if args.demo {
+    let world = if demo {
         Some(runtime.block_on(demo_world(&mut config, &s.token_file))?)
     } else {
         None

@@ -389,12 +389,15 @@ async fn experiments(State(s): State<Arc<Service>>, Query(q): Query<ListQuery>) 
         .store
         .experiments(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
-    // The list is a summary: reports are for the single experiment.
+    // The list is a summary: of the report only the outcome and the time to recover.
     let list: Vec<Value> = rows
         .into_iter()
         .map(|mut r| {
-            r.report = None;
-            serde_json::to_value(r).unwrap_or(Value::Null)
+            let report = r.report.take().unwrap_or(Value::Null);
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            v["outcome"] = report["outcome"].clone();
+            v["recoveryMs"] = report["steadyState"]["recoveryMs"].clone();
+            v
         })
         .collect();
     Ok(Json(json!({ "experiments": list })).into_response())
@@ -480,20 +483,37 @@ async fn journal(State(s): State<Arc<Service>>, Path(id): Path<String>, Query(q)
 }
 
 async fn junit(State(s): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult {
-    experiment_row(&s, &id).await?;
+    let row = experiment_row(&s, &id).await?;
     match s.store.junit(&id).await? {
         Some(xml) => Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response()),
+        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, never_ran(&row, "JUnit"))),
         None => Err(error(StatusCode::CONFLICT, format!("{id} has not ended yet"))),
     }
 }
 
+/// Why an experiment recorded without running (cancelled, failed to resolve) has no `what`.
+pub(super) fn never_ran(row: &super::store::ExperimentRow, what: &str) -> String {
+    format!(
+        "{} has no {what}: it ended {} without running{}",
+        row.id,
+        row.state,
+        row.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}
+
 fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {
+    with_next_runs(s.up_since, row)
+}
+
+/// A schedule with its next run times: up to [`scheduler::NEXT_RUNS_HORIZON_MS`] of cron
+/// ticks are scanned, so a list of them is computed off the async workers.
+fn with_next_runs(up_since: i64, row: &super::store::ScheduleRow) -> Value {
     let next: Vec<String> = serde_json::from_value::<Spec>(row.spec.clone())
         .ok()
         .and_then(|spec| Compiled::new(&spec).ok())
         .filter(|_| !row.paused)
         .map(|c| {
-            c.next_runs(super::store::now_ms().max(s.up_since), 5)
+            c.next_runs(super::store::now_ms().max(up_since), 5)
                 .into_iter()
                 .map(scheduler::rfc3339)
                 .collect()
@@ -579,13 +599,12 @@ async fn find_schedule(s: &Service, name: &str) -> Result<super::store::Schedule
 }
 
 async fn schedules(State(s): State<Arc<Service>>) -> ApiResult {
-    let list: Vec<Value> = s
-        .store
-        .schedules()
-        .await?
-        .iter()
-        .map(|r| schedule_json(&s, r))
-        .collect();
+    let rows = s.store.schedules().await?;
+    let up_since = s.up_since;
+    let list: Vec<Value> =
+        tokio::task::spawn_blocking(move || rows.iter().map(|r| with_next_runs(up_since, r)).collect())
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(Json(json!({ "schedules": list })).into_response())
 }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{NewExperiment, Store, StoreError};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -31,6 +32,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const REPLICA_LEASE: Duration = Duration::from_secs(10);
 /// The reason given to runs whose controller went away.
 pub const CONTROLLER_LOST: &str = "controller lost: the server running it stopped before the run ended";
+/// The reason given to runs asked for while the server shuts down.
+pub const SHUTTING_DOWN: &str = "server shutting down";
+/// How long open HTTP connections (a dashboard's live stream, a slow client) may delay the
+/// exit once the runs have drained.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the service refused or could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +115,9 @@ pub struct Service {
     pub metrics: metrics::Metrics,
     /// Every host that connected since the start, for the map's `disconnected` hosts.
     seen: Mutex<BTreeMap<String, faultline_agent::protocol::HostDescription>>,
+    /// Cancelled when the server begins to shut down: no new run starts, the scheduler and
+    /// the dashboard's live streams end.
+    pub shutdown: CancellationToken,
 }
 
 impl Service {
@@ -124,6 +133,7 @@ impl Service {
             count: watch::Sender::new(0),
             metrics: metrics::Metrics::default(),
             seen: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -169,6 +179,17 @@ impl Service {
             created_by: by,
         };
 
+        if self.shutdown.is_cancelled() {
+            let reason = SHUTTING_DOWN.to_string();
+            self.store
+                .insert_experiment(record("cancelled", Some(reason.clone()), None, Vec::new()))
+                .await?;
+            return Ok(Started::Refused {
+                id,
+                state: "cancelled",
+                reason,
+            });
+        }
         if let Some(lever) = self.store.lever().await?.filter(|l| l.engaged) {
             let reason = format!(
                 "the safety lever is engaged ({}, by {})",
@@ -266,9 +287,11 @@ impl Service {
             }
             this.forget(&run_id);
         });
-        // The lever may have been engaged since it was read above, before this run could be
-        // found among the running ones.
-        if let Some(l) = self.store.lever().await?.filter(|l| l.engaged) {
+        // The server may have begun to shut down, or the lever been engaged, since they were
+        // read above, before this run could be found among the running ones.
+        if self.shutdown.is_cancelled() {
+            self.stop(&id, format!("stopped: {SHUTTING_DOWN}")).await;
+        } else if let Some(l) = self.store.lever().await?.filter(|l| l.engaged) {
             self.stop(
                 &id,
                 format!("stopped by the safety lever ({}, by {})", l.reason, l.changed_by),
@@ -577,8 +600,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let secure = config.tls.is_some();
     let listener = port::PortListener::new(listener, config.tls).map_err(listen_error)?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let http_cancel = tokio_util::sync::CancellationToken::new();
+    let cancel = service.shutdown.clone();
+    let http_cancel = CancellationToken::new();
     let app = api::router(service.clone(), config.api_tokens);
     let http = tokio::spawn({
         let c = http_cancel.clone();
@@ -616,14 +639,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     http_cancel.cancel();
-    let _ = http.await;
+    // The live streams end on `cancel`; a connection that still hangs on is not waited for.
+    let abort = http.abort_handle();
+    if tokio::time::timeout(HTTP_GRACE, http).await.is_err() {
+        tracing::warn!("open HTTP connections did not close; closing them");
+        abort.abort();
+    }
     controller.shutdown();
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Heartbeats, and marks failed the runs of replicas that stopped heartbeating.
-async fn housekeeping(service: Arc<Service>, cancel: tokio_util::sync::CancellationToken) {
+/// Heartbeats, stops the runs here when the lever was engaged elsewhere, and marks failed the
+/// runs of replicas that stopped heartbeating.
+async fn housekeeping(service: Arc<Service>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -632,6 +661,17 @@ async fn housekeeping(service: Arc<Service>, cancel: tokio_util::sync::Cancellat
         }
         if let Err(e) = service.store.heartbeat(&service.replica).await {
             tracing::warn!(error = %e, "cannot record this replica's heartbeat");
+        }
+        // The lever may have been engaged through another replica: what runs here stops too.
+        if !service.running_ids().is_empty() {
+            match service.store.lever().await {
+                Ok(Some(l)) if l.engaged => {
+                    let why = format!("stopped by the safety lever ({}, by {})", l.reason, l.changed_by);
+                    service.stop_all(&why).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the safety lever"),
+            }
         }
         if !service.store.sqlite {
             if let Err(e) = service.reap().await {
@@ -657,5 +697,35 @@ mod tests {
         let selected = ["az-a".to_string(), "web-b1".to_string()];
         let held: Vec<String> = held_hosts(selected.iter(), &fleet).into_iter().collect();
         assert_eq!(held, ["web-a1", "web-a2", "web-b1"]);
+    }
+
+    #[tokio::test]
+    async fn a_run_asked_for_during_the_shutdown_is_recorded_cancelled() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        let controller = Controller::start("127.0.0.1:0".parse().unwrap(), "t".into(), Default::default())
+            .await
+            .unwrap();
+        let svc = Service::new(
+            store,
+            Arc::new(controller),
+            std::env::temp_dir().join("faultline-unit-journals"),
+        );
+        svc.shutdown.cancel();
+        let template = serde_json::json!({
+            "description": "only wait",
+            "actions": { "W": { "actionId": "aws:fis:wait", "parameters": { "duration": "PT1S" } } },
+            "stopConditions": [{ "source": "none" }]
+        });
+        let started = svc
+            .start(TemplateRef::Inline(template), "test", None, None)
+            .await
+            .unwrap();
+        let Started::Refused { id, state, reason } = started else {
+            panic!("started during the shutdown: {started:?}");
+        };
+        assert_eq!((state, reason.as_str()), ("cancelled", SHUTTING_DOWN));
+        let row = svc.store.experiment(&id).await.unwrap().unwrap();
+        assert_eq!(row.state, "cancelled");
+        assert!(svc.running_ids().is_empty());
     }
 }

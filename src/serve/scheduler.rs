@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_FIRES: usize = 1000;
 /// How far ahead `next runs` looks for an allowed fire time.
 const MAX_LOOKAHEAD: usize = 100_000;
+/// How far ahead the next runs are looked for: a schedule whose windows admit none within
+/// it shows none, rather than scanning years of ticks.
+pub const NEXT_RUNS_HORIZON_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// A schedule as posted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,12 +220,15 @@ impl Compiled {
             })
     }
 
-    /// The next `n` fire times after `from` at which a run may start.
+    /// The next `n` fire times after `from`, within [`NEXT_RUNS_HORIZON_MS`], at which a run
+    /// may start.
     pub fn next_runs(&self, from: i64, n: usize) -> Vec<i64> {
+        let horizon = from.saturating_add(NEXT_RUNS_HORIZON_MS);
         self.cron
             .iter_after(self.local(from.div_euclid(1000) * 1000))
             .take(MAX_LOOKAHEAD)
             .map(|t| t.timestamp_millis())
+            .take_while(|&ms| ms <= horizon)
             .filter(|&ms| self.allowed(ms))
             .take(n)
             .collect()
@@ -424,6 +430,16 @@ mod tests {
         // The next allowed runs skip both, to the next Monday.
         let next = c.next_runs(paris(2026, 11, 30, 16, 30, 0), 2);
         assert_eq!(next, vec![paris(2026, 12, 7, 9, 0, 0), paris(2026, 12, 7, 10, 0, 0)]);
+    }
+
+    #[test]
+    fn next_runs_look_thirty_days_ahead_at_most() {
+        // Every 29 February: the next one is more than a year away.
+        let c = Compiled::new(&spec("0 0 9 29 2 *")).unwrap();
+        assert!(c.next_runs(paris(2026, 11, 30, 16, 30, 0), 5).is_empty());
+        let c = Compiled::new(&spec("0 0 9 1 * *")).unwrap();
+        let next = c.next_runs(paris(2026, 11, 30, 16, 30, 0), 5);
+        assert_eq!(next, vec![paris(2026, 12, 1, 9, 0, 0)]);
     }
 
     #[test]

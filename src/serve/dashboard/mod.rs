@@ -70,7 +70,7 @@ struct EventsQuery {
 }
 
 /// The live stream: a `snapshot` event (the map, and the experiment asked for) at once, on
-/// every change of the fleet, and every second.
+/// every change of the fleet, and every second, until the server shuts down.
 async fn events(State(s): State<Arc<Service>>, Query(q): Query<EventsQuery>) -> Response {
     let changes = s.controller.fleet().changes();
     let mut tick = tokio::time::interval(TICK);
@@ -78,7 +78,11 @@ async fn events(State(s): State<Arc<Service>>, Query(q): Query<EventsQuery>) -> 
     let stream = futures_util::stream::unfold(
         (s, q.experiment, changes, tick),
         |(s, id, mut changes, mut tick)| async move {
+            // The stream ends when the server shuts down, or the shutdown would wait for
+            // every open tab.
             tokio::select! {
+                biased;
+                _ = s.shutdown.cancelled() => return None,
                 _ = tick.tick() => {}
                 _ = changes.changed() => {}
             }
@@ -137,6 +141,9 @@ async fn report(State(s): State<Arc<Service>>, Path(id): Path<String>, Query(q):
     match s.store.experiment(&id).await {
         Ok(Some(row)) if format != "json" => {
             let lines = match s.journal(&row).await {
+                Ok(lines) if lines.is_empty() && row.ended_at.is_some() => {
+                    return fail(StatusCode::NOT_FOUND, super::api::never_ran(&row, "report"))
+                }
                 Ok(lines) => lines,
                 Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };

@@ -32,6 +32,19 @@ async function api(method, path, body) {
   return r;
 }
 
+// Tells the user what the server refused (a 409 of Stop or the lever, a file not there).
+async function refused(r, what) {
+  let why = "HTTP " + r.status;
+  try { why = (await r.json()).error || why; } catch (_) { /* not JSON */ }
+  notify(what + ": " + why);
+}
+
+function notify(text) {
+  const n = $("notice");
+  n.textContent = text;
+  n.hidden = !text;
+}
+
 function logout(why) {
   sessionStorage.removeItem(KEY);
   if (stream) stream.abort();
@@ -56,10 +69,14 @@ function start() {
   $("login").hidden = true;
   $("logout").hidden = false;
   const m = location.pathname.match(/^\/experiments\/([^/]+)$/);
+  let id = null;
   if (m) {
+    try { id = decodeURIComponent(m[1]); } catch (_) { notify("The address does not name an experiment: " + m[1]); }
+  }
+  if (id) {
     $("experiment").hidden = false;
-    $("exp-id").textContent = decodeURIComponent(m[1]);
-    live(decodeURIComponent(m[1]));
+    $("exp-id").textContent = id;
+    live(id);
   } else {
     $("home").hidden = false;
     loadRuns();
@@ -139,11 +156,11 @@ async function loadRuns() {
   const { experiments } = await r.json();
   $("runs").tBodies[0].replaceChildren(...experiments.map((e) => {
     const id = e.id;
-    const rec = e.report && e.report.steadyState ? e.report.steadyState.recoveryMs : null;
+    const rec = e.recoveryMs;
     const files = el("span", {},
-      fileLink("report", "/api/v1/experiments/" + id + "/report?format=html"), " ",
-      fileLink("journal", "/api/v1/experiments/" + id + "/journal"), " ",
-      fileLink("JUnit", "/api/v1/experiments/" + id + "/junit"));
+      fileLink("report", "/api/v1/experiments/" + encodeURIComponent(id) + "/report?format=html", id + ".html"), " ",
+      fileLink("journal", "/api/v1/experiments/" + encodeURIComponent(id) + "/journal", id + ".jsonl"), " ",
+      fileLink("JUnit", "/api/v1/experiments/" + encodeURIComponent(id) + "/junit", id + ".xml"));
     return el("tr", { "data-id": id },
       el("td", {}, el("a", { href: "/experiments/" + encodeURIComponent(id), text: id })),
       el("td", { text: e.templateName ? e.templateName + "@v" + e.templateVersion : "inline" }),
@@ -155,12 +172,18 @@ async function loadRuns() {
   }));
 }
 
-// The files need the token too: fetched, then shown from a blob.
-function fileLink(label, path) {
+// The files need the token too: fetched, then saved from a blob. Saved, not opened in a tab:
+// a blob opened here inherits this page's CSP, which would strip the report's inline style.
+function fileLink(label, path, name) {
   return el("button", { type: "button", class: "link", text: label, onclick: async () => {
     const r = await api("GET", path);
-    const blob = await r.blob();
-    window.open(URL.createObjectURL(blob), "_blank");
+    if (!r.ok) return refused(r, label + " of " + name.replace(/\.[a-z]+$/, ""));
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a", { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
   } });
 }
 
@@ -183,7 +206,10 @@ function renderLever(lever) {
     el("button", { type: "button", class: engaged ? "" : "danger", text: engaged ? "Disengage lever" : "Engage lever",
       onclick: () => confirmThen(engaged ? "Disengage the safety lever? New experiments may start again."
         : "Engage the safety lever? Every running experiment stops and new ones are refused.",
-      (reason) => api("PUT", "/api/v1/lever", { engaged: !engaged, reason: reason || "from the dashboard" })) }));
+      async (reason) => {
+        const r = await api("PUT", "/api/v1/lever", { engaged: !engaged, reason: reason || "from the dashboard" });
+        if (!r.ok) refused(r, "The lever");
+      }) }));
 }
 
 function confirmThen(text, action) {
@@ -253,7 +279,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => logout(""));
   $("runs-filter").addEventListener("change", loadRuns);
   $("stop").addEventListener("click", () => confirmThen("Stop experiment " + shown.id + "? Every fault it applied is removed.",
-    (reason) => api("POST", "/api/v1/experiments/" + shown.id + "/stop", reason ? { reason } : {})));
+    async (reason) => {
+      const r = await api("POST", "/api/v1/experiments/" + encodeURIComponent(shown.id) + "/stop", reason ? { reason } : {});
+      if (!r.ok) refused(r, "Stop");
+    }));
   if (sessionStorage.getItem(KEY)) start(); else logout("");
   document.body.dataset.ready = "true";
 });
