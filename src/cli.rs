@@ -166,6 +166,9 @@ pub enum Command {
         /// Also write the result as JUnit XML.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Fail an action whose fault did not do what was asked, as `run --strict`.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the experiment template JSON Schema, generated from the action catalog.
     Schema,

@@ -72,6 +72,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             seed,
             format,
             junit,
+            strict,
         } => demo::run(
             template.as_deref(),
             alarms.as_deref(),
@@ -79,6 +80,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             seed,
             format,
             junit.as_deref(),
+            strict,
         ),
         Command::Topology { action } => topology::run(action),
         Command::Serve(args) => serve::run(args),
