@@ -235,8 +235,18 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
     let during = round_trip(proxy);
     ctl.expect("action A completed", T);
     let after = round_trip(proxy);
-    let (status, _, _) = ctl.finish(T);
+    let (status, out, err) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
+    // The proxy measured what it added: the five connections of the round trip during the
+    // fault, each chunk held 150 ± 20 ms.
+    let r = report(&out, &err);
+    let figures = &r["actions"]["A"]["observed"][0]["figures"];
+    assert_eq!(figures[0]["name"], "connections_delayed", "{r}");
+    assert_eq!(figures[0]["observed"], 5.0, "{r}");
+    assert_eq!(figures[1]["name"], "delay_added_ms", "{r}");
+    assert_eq!(figures[1]["asked"], 150.0, "{r}");
+    let added = figures[1]["observed"].as_f64().unwrap();
+    assert!((130.0..400.0).contains(&added), "{r}");
     assert!(before < Duration::from_millis(50), "before: {before:?}");
     // Both directions are delayed: 2 × (150 ± 20) ms.
     assert!(
