@@ -166,10 +166,13 @@ pub enum Command {
         /// Also write the result as JUnit XML.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Fail an action whose fault did not do what was asked, as `run --strict`.
+        #[arg(long)]
+        strict: bool,
         /// Instead of one game day, keep the demo world up behind `faultline serve` (the same
         /// as `faultline serve --demo`): dashboard, API and schedules; the serve flags below
         /// apply.
-        #[arg(long, conflicts_with_all = ["template", "alarms", "lb_port", "seed", "format", "junit"])]
+        #[arg(long, conflicts_with_all = ["template", "alarms", "lb_port", "seed", "format", "junit", "strict"])]
         serve: bool,
         #[command(flatten, next_help_heading = "With --serve")]
         server: ServeArgs,
@@ -499,6 +502,11 @@ pub struct RunArgs {
     /// How long an agent has to acknowledge a command (ISO 8601).
     #[arg(long, value_name = "DURATION", default_value = "PT10S", value_parser = faultline::duration::parse)]
     pub ack_timeout: Duration,
+    /// Fail an action whose fault did not do what was asked (CPU share, bytes held, loss,
+    /// processes stopped... beyond the tolerances of docs/wire.md), so the run ends
+    /// `failed` (exit 3); without it such a fault is a warning in the report.
+    #[arg(long, conflicts_with = "server")]
+    pub strict: bool,
     /// Submit to this server instead of serving agents here; follows the run and exits
     /// with the same codes. TEMPLATE is then a file or a stored template's name.
     #[arg(long, value_name = "URL", env = "FAULTLINE_SERVER")]

@@ -2,6 +2,7 @@
 //! held for its duration and removed; a stop request or a failed action stops everything,
 //! and stopping removes every fault before the run ends.
 
+use crate::effect::HostEffect;
 use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
 use crate::platform::{Operation, PlatformError, Platforms};
@@ -27,6 +28,9 @@ pub struct Settings {
     /// How long to wait for a removal to be confirmed by an agent that is unreachable
     /// (cut off by a blackout, restarting) before relying on its lease.
     pub removal_grace: Duration,
+    /// Whether a fault whose observed effect is far from what was asked fails its action
+    /// (`run --strict`); otherwise it is a warning.
+    pub strict: bool,
 }
 
 impl Default for Settings {
@@ -34,6 +38,7 @@ impl Default for Settings {
         Settings {
             ack_timeout: Duration::from_secs(10),
             removal_grace: Duration::from_secs(15),
+            strict: false,
         }
     }
 }
@@ -112,6 +117,9 @@ pub struct ActionRecord {
     /// What else is worth knowing (e.g. a fault an agent ended early).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What each host's fault did, asked versus observed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<HostEffect>,
 }
 
 impl ActionRecord {
@@ -126,6 +134,7 @@ impl ActionRecord {
             ended_at: None,
             error: None,
             notes: Vec::new(),
+            observed: Vec::new(),
         }
     }
 }
@@ -211,6 +220,7 @@ struct Finished {
     hosts: Vec<String>,
     last_removal: Option<Instant>,
     unconfirmed: usize,
+    observed: Vec<HostEffect>,
 }
 
 /// Why a host of an action cannot take its fault.
@@ -489,6 +499,7 @@ impl Run {
                     rec.state = f.state;
                     rec.error = f.error.clone();
                     rec.notes = f.notes;
+                    rec.observed = f.observed;
                     rec.hosts = f.hosts;
                     rec.ended_at = Some(SystemTime::now());
                     unconfirmed += f.unconfirmed;
@@ -602,6 +613,7 @@ fn lost_runner(
         hosts,
         last_removal: None,
         unconfirmed: 0,
+        observed: Vec::new(),
     }
 }
 
@@ -672,6 +684,7 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
         hosts: Vec::new(),
         last_removal: None,
         unconfirmed: 0,
+        observed: Vec::new(),
     };
     let duration = action.spec.duration();
     // The fault may end before the action does (an SSM document's DurationSeconds).
@@ -785,17 +798,29 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
             state(State::Stopping, None, None);
         }
     }
-    finished.state = match (stopped, finished.unconfirmed) {
-        (true, _) => State::Stopped,
-        (false, 0) => State::Completed,
-        (false, _) => State::Failed,
+    let far: Vec<String> = finished
+        .observed
+        .iter()
+        .flat_map(|e| e.warnings.iter().map(move |w| format!("{}: {w}", e.host)))
+        .collect();
+    let strict_failure = run.settings.strict && !far.is_empty();
+    finished.state = match (stopped, finished.unconfirmed, strict_failure) {
+        (true, _, _) => State::Stopped,
+        (false, 0, false) => State::Completed,
+        (false, _, _) => State::Failed,
     };
-    if finished.state == State::Failed {
+    if finished.unconfirmed > 0 && !stopped {
         finished.error = Some(format!(
             "{} fault(s) not confirmed removed; the agents' leases remove them",
             finished.unconfirmed
         ));
+    } else if strict_failure && !stopped {
+        finished.error = Some(format!(
+            "--strict: the fault did not do what was asked: {}",
+            far.join("; ")
+        ));
     }
+
     state(
         finished.state,
         finished
@@ -936,9 +961,10 @@ async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], 
         .map(|(host, fault_id)| remove_one(run, action, host, fault_id));
     for result in join_all(removals).await {
         match result {
-            Ok((at, note)) => {
+            Ok((at, note, effect)) => {
                 finished.last_removal = finished.last_removal.max(Some(at));
                 finished.notes.extend(note);
+                finished.observed.extend(effect);
             }
             Err(e) => {
                 finished.unconfirmed += 1;
@@ -995,13 +1021,14 @@ pub enum RemovalError {
 }
 
 /// Removes one fault, waiting out a disconnected agent for the grace period; returns when
-/// the removal was confirmed and a note when the agent had ended it early.
+/// the removal was confirmed, a note when the agent had ended it early, and what the fault
+/// did (journaled, with each figure far from what was asked).
 async fn remove_one(
     run: &Run,
     action: &str,
     host: &str,
     fault_id: &str,
-) -> Result<(Instant, Option<String>), RemovalError> {
+) -> Result<(Instant, Option<String>, Option<HostEffect>), RemovalError> {
     let started = Instant::now();
     let deadline = started + run.settings.removal_grace;
     let mut changes = run.fleet.changes();
@@ -1016,13 +1043,25 @@ async fn remove_one(
             error,
         })
     };
+    let judge = |observed: Option<faultline_agent::protocol::Observed>| {
+        observed.map(|observed| {
+            let effect = HostEffect::judge(host, &observed);
+            run.journal.record(Event::Observed {
+                host: host.into(),
+                fault_id: fault_id.into(),
+                observed,
+                far: effect.warnings.clone(),
+            });
+            effect
+        })
+    };
     loop {
         changes.borrow_and_update();
-        if let Some(reason) = run.fleet.ended(host, fault_id) {
+        if let Some((reason, observed)) = run.fleet.ended(host, fault_id) {
             record(end_reason(reason).into(), true, None);
             let note = matches!(reason, EndReason::AgentRestarted | EndReason::LeaseExpired)
                 .then(|| format!("{host}: the fault ended early ({})", end_reason(reason)));
-            return Ok((Instant::now(), note));
+            return Ok((Instant::now(), note, judge(observed)));
         }
         if run.fleet.is_connected(host) {
             let wait = run
@@ -1042,15 +1081,12 @@ async fn remove_one(
             {
                 Ok(Outcome::Removed { observed, .. }) => {
                     record("controller".into(), true, None);
-                    if let Some(observed) = observed {
-                        run.journal.record(Event::Observed {
-                            host: host.into(),
-                            fault_id: fault_id.into(),
-                            observed,
-                        });
-                    }
+                    // A fault that ended at its duration as the removal went out was
+                    // measured in the agent's end notice, which came first.
+                    let observed = observed.or_else(|| run.fleet.ended(host, fault_id).and_then(|(_, o)| o));
+                    let effect = judge(observed);
                     run.fleet.release(fault_id);
-                    return Ok((Instant::now(), None));
+                    return Ok((Instant::now(), None, effect));
                 }
                 Ok(Outcome::Failed { message }) => {
                     record("controller".into(), false, Some(message.clone()));

@@ -250,6 +250,9 @@ pub enum Event {
         fault_id: String,
         /// The figures.
         observed: Observed,
+        /// Each figure far from what was asked ([`crate::effect::far`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        far: Vec<String>,
     },
     /// An agent connected.
     AgentConnected {

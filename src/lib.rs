@@ -10,6 +10,7 @@ pub mod actions;
 pub mod alarms;
 pub mod controller;
 pub mod demo;
+pub mod effect;
 pub mod engine;
 pub mod exit;
 pub mod journal;

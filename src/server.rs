@@ -187,7 +187,7 @@ struct Book {
     /// Fault id → the host it was dispatched to, from dispatch until its action lets go.
     owned: HashMap<String, String>,
     /// Faults their host ended, by host and fault id.
-    ended: HashMap<(String, String), EndReason>,
+    ended: HashMap<(String, String), (EndReason, Option<Observed>)>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, String>>>>>;
@@ -362,13 +362,13 @@ impl Fleet {
         self.inner.book.lock().expect("fault book lock is never poisoned")
     }
 
-    /// Why `host` ended the fault on its own, if it did; ends count only from the host the
-    /// fault was dispatched to, while a running action owns it.
-    pub fn ended(&self, host: &str, fault_id: &str) -> Option<EndReason> {
+    /// Why `host` ended the fault on its own, if it did, and what the fault did; ends count
+    /// only from the host the fault was dispatched to, while a running action owns it.
+    pub fn ended(&self, host: &str, fault_id: &str) -> Option<(EndReason, Option<Observed>)> {
         self.book()
             .ended
             .get(&(host.to_string(), fault_id.to_string()))
-            .copied()
+            .cloned()
     }
 
     /// A running action owns this fault on `host` from now on (call before the apply is
@@ -820,7 +820,8 @@ impl Fleet {
                     let mut book = self.book();
                     match book.owned.get(&fault_id) {
                         Some(h) if h == host => {
-                            book.ended.insert((host.to_string(), fault_id.clone()), reason);
+                            book.ended
+                                .insert((host.to_string(), fault_id.clone()), (reason, observed.clone()));
                         }
                         // Only the host a fault was dispatched to can say it ended.
                         Some(h) => {

@@ -235,8 +235,18 @@ fn latency_delays_traffic_through_the_proxy_and_then_not() {
     let during = round_trip(proxy);
     ctl.expect("action A completed", T);
     let after = round_trip(proxy);
-    let (status, _, _) = ctl.finish(T);
+    let (status, out, err) = ctl.finish(T);
     assert_eq!(status.code(), Some(0));
+    // The proxy measured what it added: the five connections of the round trip during the
+    // fault, each chunk held 150 ± 20 ms.
+    let r = report(&out, &err);
+    let figures = &r["actions"]["A"]["observed"][0]["figures"];
+    assert_eq!(figures[0]["name"], "connections_delayed", "{r}");
+    assert_eq!(figures[0]["observed"], 5.0, "{r}");
+    assert_eq!(figures[1]["name"], "delay_added_ms", "{r}");
+    assert_eq!(figures[1]["asked"], 150.0, "{r}");
+    let added = figures[1]["observed"].as_f64().unwrap();
+    assert!((130.0..400.0).contains(&added), "{r}");
     assert!(before < Duration::from_millis(50), "before: {before:?}");
     // Both directions are delayed: 2 × (150 ± 20) ms.
     assert!(
@@ -351,4 +361,131 @@ fn the_allow_list_is_enforced_on_the_agent() {
     let (status, _, stderr) = run_with_one_agent(&s, &template, &["--allow", "kill,memory"]);
     assert_eq!(status.code(), Some(3));
     assert!(stderr.iter().any(|l| l.contains("cannot inject `cpu`")), "{stderr:?}");
+}
+
+/// A CPU cgroup capped at 10 % of one CPU, removed when dropped (after its processes).
+struct CpuCap(std::path::PathBuf);
+
+impl CpuCap {
+    /// `None` (the test skips, loudly) without root or a writable CPU cgroup; with CI=true
+    /// both are required.
+    fn new(what: &str) -> Option<CpuCap> {
+        let name = unique_name(what);
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            std::path::Path::new("/sys/fs/cgroup").join(&name)
+        } else {
+            std::path::Path::new("/sys/fs/cgroup/cpu").join(&name)
+        };
+        let made = is_root()
+            && std::fs::create_dir(&dir).is_ok()
+            && if v2 {
+                std::fs::write(dir.join("cpu.max"), "10000 100000").is_ok()
+            } else {
+                std::fs::write(dir.join("cpu.cfs_period_us"), "100000").is_ok()
+                    && std::fs::write(dir.join("cpu.cfs_quota_us"), "10000").is_ok()
+            };
+        if !made {
+            let _ = std::fs::remove_dir(&dir);
+            assert!(!required(), "CI=true: this test needs root and a writable CPU cgroup");
+            eprintln!("SKIPPED: this test needs root and a writable CPU cgroup (to cap the agent's CPU)");
+            return None;
+        }
+        Some(CpuCap(dir))
+    }
+
+    /// An agent for web-a1 started inside the cgroup, so every worker it starts is capped.
+    fn agent(&self, s: &Scratch, port: u16) -> Proc {
+        use std::os::fd::AsRawFd;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.0.join("cgroup.procs"))
+            .unwrap();
+        let fd = procs.as_raw_fd();
+        let mut cmd = std::process::Command::new(agent_bin());
+        cmd.args(["--controller", &format!("ws://127.0.0.1:{port}")])
+            .arg("--token-file")
+            .arg(s.path("token"))
+            .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
+            .arg("--state-dir")
+            .arg(s.path("state-web-a1"));
+        // SAFETY: write(2) on an open descriptor is async-signal-safe; "0" moves the writer.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let p = Proc::spawn("web-a1", cmd);
+        drop(procs);
+        p
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn capped_cpu_stress(s: &Scratch) -> std::path::PathBuf {
+    s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:host:cpu-stress",
+            json!({ "duration": "PT3S", "loadPercent": "80", "workers": "1" }),
+        ),
+    )
+}
+
+#[test]
+fn a_cpu_stress_capped_by_its_cgroup_is_a_warning() {
+    let Some(cap) = CpuCap::new("cap-warn") else { return };
+    let s = Scratch::new("cpu-capped");
+    let template = capped_cpu_stress(&s);
+    let (ctl, port) = controller(&s, &template, 1, &[]);
+    let _a = cap.agent(&s, port);
+    let (status, out, err) = ctl.finish(T);
+    let r = report(&out, &err);
+    assert_eq!(status.code(), Some(0), "{r}");
+    let host = &r["actions"]["A"]["observed"][0];
+    assert_eq!(host["host"], "web-a1");
+    let fig = &host["figures"][0];
+    assert_eq!(fig["name"], "cpu_percent_per_worker");
+    assert_eq!(fig["asked"], 80.0);
+    let seen = fig["observed"].as_f64().unwrap();
+    assert!(seen < 20.0, "a worker capped at 10 % held {seen:.1} %");
+    assert!(
+        host["warnings"][0].as_str().unwrap().contains("80.0 % was asked"),
+        "{host}"
+    );
+    let far: Vec<_> = journal(&s)
+        .into_iter()
+        .filter(|e| e["event"] == "observed" && e["far"].as_array().is_some_and(|f| !f.is_empty()))
+        .collect();
+    assert_eq!(far.len(), 1, "the journal records the warning once");
+}
+
+#[test]
+fn strict_fails_a_cpu_stress_capped_by_its_cgroup() {
+    let Some(cap) = CpuCap::new("cap-strict") else { return };
+    let s = Scratch::new("cpu-strict");
+    let template = capped_cpu_stress(&s);
+    let (ctl, port) = controller(&s, &template, 1, &["--strict"]);
+    let _a = cap.agent(&s, port);
+    let (status, out, err) = ctl.finish(T);
+    let r = report(&out, &err);
+    assert_eq!(status.code(), Some(3), "{r}");
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["actions"]["A"]["state"], "failed");
+    let error = r["actions"]["A"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("--strict") && error.contains("cpu_percent_per_worker"),
+        "{error}"
+    );
+    assert!(state_files(&s, "web-a1").is_empty());
 }

@@ -10,7 +10,7 @@
 
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,8 @@ pub enum Condition {
 /// A latency as the proxy applies it.
 #[derive(Debug, Clone, PartialEq)]
 struct Latency {
+    /// The fault it is the condition of: its delays are measured for it.
+    fault_id: Arc<str>,
     delay: Duration,
     jitter: Duration,
     loss_percent: f64,
@@ -115,6 +117,33 @@ pub struct Conditions {
     tx: watch::Sender<Arc<Snapshot>>,
     /// [`QUEUE_BUDGET`] in chunks: each chunk held for a delay takes one until it is written.
     queue_budget: Arc<Semaphore>,
+    /// What each latency fault did: the delays the proxies really added.
+    measured: Meter,
+}
+
+/// The delays each latency fault added, shared with every connection's pumps.
+type Meter = Arc<Mutex<BTreeMap<Arc<str>, Delayed>>>;
+
+/// Counts a chunk held for `fault_id` and written out; a connection counts once per fault
+/// (`seen` holds the faults that already delayed it).
+fn count(meter: &Meter, seen: &Mutex<BTreeSet<Arc<str>>>, fault_id: &Arc<str>, held: Duration) {
+    let first = seen.lock().expect("not poisoned").insert(fault_id.clone());
+    let mut m = meter.lock().expect("not poisoned");
+    let d = m.entry(fault_id.clone()).or_default();
+    d.connections += u64::from(first);
+    d.chunks += 1;
+    d.total += held;
+}
+
+/// The delays a latency added, as the proxies wrote the held data out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Delayed {
+    /// Connections that had data held.
+    pub connections: u64,
+    /// Chunks held, and their total time held (arrival to write).
+    pub chunks: u64,
+    /// Sum of the chunks' delays.
+    pub total: Duration,
 }
 
 impl Default for Conditions {
@@ -124,6 +153,7 @@ impl Default for Conditions {
             seq: AtomicU64::new(0),
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
             queue_budget: Arc::new(Semaphore::new(QUEUE_BUDGET / CHUNK)),
+            measured: Meter::default(),
         }
     }
 }
@@ -137,10 +167,21 @@ impl Conditions {
         self.publish(&map);
     }
 
+    /// What the latency of a fault has added so far.
+    pub fn delayed(&self, fault_id: &str) -> Delayed {
+        self.measured
+            .lock()
+            .expect("not poisoned")
+            .get(fault_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Clears the condition of a fault; whether it had one.
     pub fn clear(&self, fault_id: &str) -> bool {
         let mut map = self.by_fault.lock().expect("not poisoned");
         let had = map.remove(fault_id).is_some();
+        self.measured.lock().expect("not poisoned").remove(fault_id);
         if had {
             self.publish(&map);
         }
@@ -149,8 +190,8 @@ impl Conditions {
 
     fn publish(&self, map: &BTreeMap<String, (u64, Condition)>) {
         let mut latencies: Vec<(u64, Latency)> = map
-            .values()
-            .filter_map(|(seq, c)| match c {
+            .iter()
+            .filter_map(|(id, (seq, c))| match c {
                 Condition::Latency {
                     delay,
                     jitter,
@@ -159,6 +200,7 @@ impl Conditions {
                 } => Some((
                     *seq,
                     Latency {
+                        fault_id: id.as_str().into(),
                         delay: *delay,
                         jitter: *jitter,
                         loss_percent: *loss_percent,
@@ -253,6 +295,7 @@ async fn connection(
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let up = pump(
         cr,
         sw,
@@ -260,6 +303,7 @@ async fn connection(
         conditions.queue_budget.clone(),
         peer.ip(),
         rand::rngs::SmallRng::from_rng(&mut rng),
+        (conditions.measured.clone(), seen.clone()),
     );
     let down = pump(
         sr,
@@ -268,6 +312,7 @@ async fn connection(
         conditions.queue_budget.clone(),
         peer.ip(),
         rng,
+        (conditions.measured.clone(), seen),
     );
     tokio::try_join!(up, down).map(|_| ())
 }
@@ -275,6 +320,8 @@ async fn connection(
 /// A chunk held for its delay: when it arrived, when it goes out, and its share of the
 /// queue budget.
 struct Held {
+    /// The latency fault that held it.
+    fault_id: Arc<str>,
     arrived: Instant,
     release: Instant,
     data: Vec<u8>,
@@ -290,6 +337,7 @@ async fn pump(
     budget: Arc<Semaphore>,
     peer: IpAddr,
     mut rng: impl Rng,
+    (meter, seen): (Meter, Arc<Mutex<BTreeSet<Arc<str>>>>),
 ) -> Result<(), ProxyError> {
     let mut buf = vec![0u8; CHUNK];
     let mut queue: VecDeque<Held> = VecDeque::new();
@@ -297,7 +345,7 @@ async fn pump(
     let mut snapshot = conditions.borrow_and_update().clone();
     let mut eof = false;
     // A chunk read while the budget was spent: no more reading until it has its share.
-    let mut stalled: Option<(Instant, Instant, Vec<u8>)> = None;
+    let mut stalled: Option<(Arc<str>, Instant, Instant, Vec<u8>)> = None;
     loop {
         if !snapshot.allows(peer) {
             return Err(ProxyError::Blocked(peer));
@@ -312,7 +360,7 @@ async fn pump(
         let stalled_due = stalled
             .as_ref()
             .filter(|_| queue.is_empty())
-            .map(|(_, release, _)| *release);
+            .map(|(_, _, release, _)| *release);
         let may_read = !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
         tokio::select! {
             r = reader.read(&mut buf), if may_read => {
@@ -322,6 +370,7 @@ async fn pump(
                     continue;
                 }
                 let delay = snapshot.delay(peer, &mut rng);
+                let fault_id = snapshot.latency(peer).map_or_else(|| Arc::from(""), |l| l.fault_id.clone());
                 if delay.is_zero() && queue.is_empty() {
                     writer.write_all(&buf[..n]).await?;
                 } else {
@@ -330,25 +379,31 @@ async fn pump(
                     last_release = last_release.max(arrived + delay);
                     let data = buf[..n].to_vec();
                     match budget.clone().try_acquire_owned() {
-                        Ok(share) => queue.push_back(Held { arrived, release: last_release, data, _budget: share }),
-                        Err(_) => stalled = Some((arrived, last_release, data)),
+                        Ok(share) => queue.push_back(Held { fault_id, arrived, release: last_release, data, _budget: share }),
+                        Err(_) => stalled = Some((fault_id, arrived, last_release, data)),
                     }
                 }
             }
             share = budget.clone().acquire_owned(), if stalled.is_some() => {
-                if let Some((arrived, release, data)) = stalled.take() {
+                if let Some((fault_id, arrived, release, data)) = stalled.take() {
                     let share = share.expect("the budget is never closed");
-                    queue.push_back(Held { arrived, release, data, _budget: share });
+                    queue.push_back(Held { fault_id, arrived, release, data, _budget: share });
                 }
             }
             _ = tokio::time::sleep_until(stalled_due.unwrap_or_else(Instant::now)), if stalled_due.is_some() => {
-                if let Some((_, _, data)) = stalled.take() {
+                if let Some((fault_id, arrived, _, data)) = stalled.take() {
                     writer.write_all(&data).await?;
+                    if !fault_id.is_empty() {
+                        count(&meter, &seen, &fault_id, arrived.elapsed());
+                    }
                 }
             }
             _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
                 if let Some(held) = queue.pop_front() {
                     writer.write_all(&held.data).await?;
+                    if !held.fault_id.is_empty() {
+                        count(&meter, &seen, &held.fault_id, held.arrived.elapsed());
+                    }
                 }
             }
             r = conditions.changed() => {
@@ -358,7 +413,7 @@ async fn pump(
                 snapshot = conditions.borrow_and_update().clone();
                 let delay = snapshot.delay_without_jitter(peer);
                 last_release = pull_in(&mut queue, delay).unwrap_or_else(Instant::now);
-                if let Some((arrived, release, _)) = &mut stalled {
+                if let Some((_, arrived, release, _)) = &mut stalled {
                     *release = (*release).min(*arrived + delay);
                     last_release = *release;
                 }
@@ -418,6 +473,7 @@ mod tests {
         let t0 = Instant::now();
         let mut queue: VecDeque<Held> = (0..3u64)
             .map(|i| Held {
+                fault_id: "l".into(),
                 arrived: t0 + Duration::from_millis(10 * i),
                 release: t0 + Duration::from_secs(2) + Duration::from_millis(10 * i),
                 data: vec![],
@@ -458,7 +514,16 @@ mod tests {
         let (proxy_out, mut server) = tokio::io::duplex(1024);
         let peer = "10.0.0.1".parse().unwrap();
         let rng = rand::rngs::SmallRng::seed_from_u64(1);
-        let pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        let meter = (c.measured.clone(), Arc::default());
+        let pumping = tokio::spawn(pump(
+            proxy_in,
+            proxy_out,
+            c.subscribe(),
+            budget.clone(),
+            peer,
+            rng,
+            meter,
+        ));
         let sent = Instant::now();
         client.write_all(b"one").await.unwrap();
         let mut got = [0u8; 3];
@@ -473,6 +538,10 @@ mod tests {
         drop(client);
         pumping.await.unwrap().unwrap();
         assert_eq!(budget.available_permits(), 1, "the budget is whole again");
+        let d = c.delayed("l");
+        assert_eq!((d.connections, d.chunks), (1, 1), "{d:?}");
+        assert!(d.total >= Duration::from_millis(200), "measured the delay added: {d:?}");
+        assert_eq!(c.delayed("other"), Delayed::default());
     }
 
     #[tokio::test]
@@ -493,7 +562,16 @@ mod tests {
         let (proxy_out, mut server) = tokio::io::duplex(1024);
         let peer = "10.0.0.1".parse().unwrap();
         let rng = rand::rngs::SmallRng::seed_from_u64(1);
-        let _pumping = tokio::spawn(pump(proxy_in, proxy_out, c.subscribe(), budget.clone(), peer, rng));
+        let meter = (c.measured.clone(), Arc::default());
+        let _pumping = tokio::spawn(pump(
+            proxy_in,
+            proxy_out,
+            c.subscribe(),
+            budget.clone(),
+            peer,
+            rng,
+            meter,
+        ));
         client.write_all(b"one").await.unwrap();
         let mut got = [0u8; 3];
         let early = tokio::time::timeout(Duration::from_millis(300), server.read_exact(&mut got)).await;
@@ -543,6 +621,7 @@ mod tests {
     fn jitter_stays_around_the_delay() {
         let s = Snapshot {
             latencies: vec![Latency {
+                fault_id: "l".into(),
                 delay: Duration::from_millis(100),
                 jitter: Duration::from_millis(20),
                 loss_percent: 0.0,

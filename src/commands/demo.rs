@@ -18,6 +18,7 @@ pub fn run(
     seed: Option<u64>,
     format: ReportFormat,
     junit_file: Option<&Path>,
+    strict: bool,
 ) -> anyhow::Result<u8> {
     let lb_port = match lb_port {
         Some(p) => p,
@@ -101,6 +102,7 @@ pub fn run(
         super::run::interrupts(stop_tx, super::run::Second::Ignore);
         let mut opts = RunOptions::new(&label);
         opts.seed = seed;
+        opts.settings.strict = strict;
         let report = controller
             .run(experiment, opts, stop_rx)
             .await

@@ -75,6 +75,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             seed,
             format,
             junit,
+            strict,
             serve: false,
             ..
         } => demo::run(
@@ -84,6 +85,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             seed,
             format,
             junit.as_deref(),
+            strict,
         ),
         Command::Topology { action } => topology::run(action),
         Command::Serve { args, demo } => serve::run(args, demo),

@@ -57,6 +57,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
         opts.seed = args.seed;
         opts.journal = args.journal.clone();
         opts.settings.ack_timeout = args.ack_timeout;
+        opts.settings.strict = args.strict;
         let report = controller
             .run(experiment, opts, stop_rx)
             .await

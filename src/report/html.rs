@@ -498,6 +498,39 @@ pub fn render(r: &RunRecord) -> String {
     );
     out.push_str("</section>");
 
+    out.push_str("<section id=\"effects\"><h2>What the faults did</h2>");
+    let effects = r.effects();
+    if effects.is_empty() {
+        out.push_str("<p class=\"muted\">No fault reported a measured effect.</p>");
+    } else {
+        let rows: Vec<Vec<String>> = effects
+            .into_iter()
+            .map(|e| {
+                let verdict = if e.far {
+                    "<span class=\"state s-stopped\">⚠ far from asked</span>"
+                } else {
+                    "<span class=\"state s-completed\">✔ ok</span>"
+                };
+                vec![
+                    esc(&e.action),
+                    esc(&e.host),
+                    esc(&e.figure),
+                    esc(&e.asked),
+                    esc(&e.observed),
+                    verdict.into(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            "Asked versus observed, per host: each fault's own measurement of its effect.",
+            &["action", "host", "figure", "asked", "observed", "verdict"],
+            &rows,
+            3,
+        );
+    }
+    out.push_str("</section>");
+
     // Alarms.
     out.push_str("<section id=\"alarms\"><h2>Stop conditions</h2>");
     if r.alarms.is_empty() {

@@ -6,9 +6,15 @@ use super::record::{clock, human, RunRecord};
 use crate::journal::State;
 use std::fmt::Write;
 
-/// A table cell: pipes escaped, on one line.
+/// Text from the journal (a description, a stop reason) as Markdown prose: `&` and `<`
+/// escaped so that it cannot carry HTML into a wiki page, on one line.
+fn text(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace(['\n', '\r'], " ")
+}
+
+/// A table cell: as [`text`], with backslashes and pipes escaped.
 fn cell(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+    text(&s.replace('\\', "\\\\").replace('|', "\\|"))
 }
 
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
@@ -62,7 +68,7 @@ pub fn render(r: &RunRecord) -> String {
     } else {
         r.description.clone()
     };
-    let _ = writeln!(out, "# Game day report: {}\n", title.replace('\n', " "));
+    let _ = writeln!(out, "# Game day report: {}\n", text(&title));
     let _ = writeln!(
         out,
         "**Outcome:** {} · **Experiment:** `{}` · **Ran:** {} → {} UTC ({}){}\n",
@@ -80,13 +86,14 @@ pub fn render(r: &RunRecord) -> String {
         (None, State::Completed) => "none: every action ran to its end".into(),
         (None, _) => "not recorded".into(),
     };
-    let _ = writeln!(out, "- **Stop reason:** {reason}");
+    let _ = writeln!(out, "- **Stop reason:** {}", text(&reason));
     if let Some(stop) = &r.stop {
         if let (Some((alarm, at)), Some(reaction)) = (&stop.fired, stop.reaction()) {
             let _ = writeln!(
                 out,
-                "- **Reaction time:** {} from alarm {alarm} going into ALARM ({} UTC) to the stop",
+                "- **Reaction time:** {} from alarm {} going into ALARM ({} UTC) to the stop",
                 human(reaction),
+                text(alarm),
                 clock(*at)
             );
         }
@@ -175,6 +182,25 @@ pub fn render(r: &RunRecord) -> String {
         ],
         &rows,
     );
+
+    out.push_str("## What the faults did\n\n");
+    let effects = r.effects();
+    if effects.is_empty() {
+        out.push_str("No fault reported a measured effect.\n\n");
+    } else {
+        let rows: Vec<Vec<String>> = effects
+            .into_iter()
+            .map(|e| {
+                let verdict = if e.far { "⚠ far from asked" } else { "✔ ok" };
+                vec![e.action, e.host, e.figure, e.asked, e.observed, verdict.into()]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["action", "host", "figure", "asked", "observed", "verdict"],
+            &rows,
+        );
+    }
 
     out.push_str("## Stop conditions\n\n");
     if r.alarms.is_empty() {
@@ -281,6 +307,36 @@ mod tests {
         assert!(md.contains("web-a1"));
         assert!(md.contains("stop condition Errors went into ALARM"));
         assert!(md.contains("## Team notes"));
+    }
+
+    #[test]
+    fn what_the_faults_did_is_a_table_of_asked_versus_observed() {
+        let md = render(&record());
+        assert!(md.contains("## What the faults did"), "{md}");
+        assert!(
+            md.contains("| Slow | web-a1 | delay_added_ms | 300.0 ms | 120.0 ms | ⚠ far from asked |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connections_delayed | - | 14.0 connections | ✔ ok |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn text_from_the_journal_cannot_inject_html() {
+        let mut r = record();
+        r.reason = Some("stopped by <script>alert(1)</script> & co | done".into());
+        let md = render(&r);
+        assert!(md.contains("# Game day report: break &lt;web> &amp; see"), "{md}");
+        assert!(
+            md.contains("**Stop reason:** stopped by &lt;script>alert(1)&lt;/script> &amp; co | done"),
+            "{md}"
+        );
+        // Only the template, in a fenced code block, keeps its text as written.
+        let prose: String = md.split("```").step_by(2).collect();
+        assert!(!prose.contains("<script>") && !prose.contains("<web>"), "{md}");
+        assert_eq!(cell("a<b & c|d"), "a&lt;b &amp; c\\|d");
     }
 
     #[test]

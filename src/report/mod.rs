@@ -94,7 +94,56 @@ pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
     t
 }
 
+/// One figure of one fault as a report row: asked versus observed, for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectRow {
+    /// The action.
+    pub action: String,
+    /// The host.
+    pub host: String,
+    /// What was measured.
+    pub figure: String,
+    /// What was asked, or `-`.
+    pub asked: String,
+    /// What was seen.
+    pub observed: String,
+    /// Whether it is far from what was asked.
+    pub far: bool,
+}
+
+/// The rows of the faults of `actions` (name, host effects), figure by figure.
+pub fn effect_rows<'a>(
+    actions: impl IntoIterator<Item = (&'a str, &'a [crate::effect::HostEffect])>,
+) -> Vec<EffectRow> {
+    let mut rows = Vec::new();
+    for (action, effects) in actions {
+        for e in effects {
+            for f in &e.figures {
+                rows.push(EffectRow {
+                    action: action.into(),
+                    host: e.host.clone(),
+                    figure: f.name.clone(),
+                    asked: f.asked.map_or("-".into(), |a| crate::effect::amount(a, &f.unit)),
+                    observed: crate::effect::amount(f.observed, &f.unit),
+                    far: crate::effect::far(f).is_some(),
+                });
+            }
+        }
+    }
+    rows
+}
+
 impl Report {
+    /// What each fault did, figure by figure.
+    pub fn effects(&self) -> Vec<EffectRow> {
+        effect_rows(
+            self.outcome
+                .actions
+                .iter()
+                .map(|(n, a)| (n.as_str(), a.observed.as_slice())),
+        )
+    }
+
     /// The experiment's duration.
     pub fn duration(&self) -> Duration {
         self.ended_at.duration_since(self.started_at).unwrap_or_default()
@@ -201,6 +250,31 @@ impl Report {
                 }
                 _ => "Steady state: held before the run\n".into(),
             };
+        }
+        let effects = self.effects();
+        if !effects.is_empty() {
+            let mut t = table(["action", "host", "figure", "asked", "observed", "verdict"]);
+            for e in &effects {
+                let color = if e.far { Color::Yellow } else { Color::Reset };
+                t.add_row(vec![
+                    Cell::new(&e.action),
+                    Cell::new(&e.host),
+                    Cell::new(&e.figure),
+                    Cell::new(&e.asked),
+                    Cell::new(&e.observed),
+                    Cell::new(if e.far { "FAR" } else { "ok" }).fg(color),
+                ]);
+            }
+            out += &format!("What the faults did:\n{t}\n");
+            for (action, a) in &self.outcome.actions {
+                for w in a
+                    .observed
+                    .iter()
+                    .flat_map(|h| h.warnings.iter().map(move |w| (&h.host, w)))
+                {
+                    out += &format!("Warning: action {action} on {}: {}\n", w.0, w.1);
+                }
+            }
         }
         if !self.user_experience.is_empty() {
             out += &format!("What the users saw:\n{}\n", experience::table(&self.user_experience));

@@ -3,6 +3,7 @@
 //! server's stored journal and a live run all make the same report.
 
 use super::experience::{self, PhaseFigures, Sample};
+use crate::effect::HostEffect;
 use crate::journal::{AlarmRule, Entry, Event, State};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -129,6 +130,8 @@ pub struct ActionLine {
     pub ended: Option<SystemTime>,
     /// Why it failed or stopped.
     pub reason: Option<String>,
+    /// What its fault did on each host, asked versus observed.
+    pub observed: Vec<HostEffect>,
 }
 
 /// One evaluation of an alarm.
@@ -214,6 +217,11 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// What each fault did, figure by figure.
+    pub fn effects(&self) -> Vec<super::EffectRow> {
+        super::effect_rows(self.actions.iter().map(|(n, a)| (n.as_str(), a.observed.as_slice())))
+    }
+
     /// The record of a run from its journal's text (JSON Lines), e.g. as a server keeps it.
     pub fn from_jsonl(text: &str) -> Result<RunRecord, JournalError> {
         Ok(RunRecord::from_lines(&parse(text)?))
@@ -240,12 +248,17 @@ impl RunRecord {
             unconfirmed_removals: 0,
         };
         let mut fired: Option<(String, SystemTime)> = None;
+        // Which action dispatched each fault: an `observed` line names only the fault.
+        let mut fault_actions: BTreeMap<String, String> = BTreeMap::new();
         for line in lines {
             let at = line.at;
             // Read from the line itself: a newer fault's parameters must not hide its hosts.
             let (action, host) = (line.raw["action"].as_str(), line.raw["host"].as_str());
             match (line.raw["event"].as_str(), action, host) {
                 (Some("dispatch"), Some(action), Some(host)) => {
+                    if let Some(fault_id) = line.raw["fault_id"].as_str() {
+                        fault_actions.insert(fault_id.into(), action.into());
+                    }
                     let a = r.actions.entry(action.into()).or_insert_with(unknown_action);
                     if !a.hosts.iter().any(|h| h == host) {
                         a.hosts.push(host.into());
@@ -306,6 +319,17 @@ impl RunRecord {
                     }
                     if reason.is_some() && *state != State::Running {
                         a.reason = reason.clone();
+                    }
+                }
+                Event::Observed {
+                    host,
+                    fault_id,
+                    observed,
+                    ..
+                } => {
+                    if let Some(a) = fault_actions.get(fault_id).and_then(|a| r.actions.get_mut(a)) {
+                        a.observed.retain(|e| &e.host != host);
+                        a.observed.push(HostEffect::judge(host, observed));
                     }
                 }
                 Event::Removal { confirmed, .. } => {
@@ -449,6 +473,7 @@ fn unknown_action() -> ActionLine {
         running: None,
         ended: None,
         reason: None,
+        observed: Vec::new(),
     }
 }
 
@@ -525,6 +550,7 @@ pub(crate) mod tests {
             r#"{"ts":"2026-11-30T10:00:04.002Z","experiment":"EXPtest","event":"experiment_state","state":"stopping","reason":"stop condition Errors went into ALARM (2 of the last 2 datapoints [1.0000, 1.0000] errorRate > 0.5)"}"#,
             r#"{"ts":"2026-11-30T10:00:04.003Z","experiment":"EXPtest","event":"action_state","action":"Slow","state":"stopping"}"#,
             r#"{"ts":"2026-11-30T10:00:04.010Z","experiment":"EXPtest","event":"removal","action":"Slow","host":"web-a1","fault_id":"EXPtest/Slow/web-a1","by":"controller","confirmed":true,"latency_ms":7.0}"#,
+            r#"{"ts":"2026-11-30T10:00:04.010Z","experiment":"EXPtest","event":"observed","host":"web-a1","fault_id":"EXPtest/Slow/web-a1","observed":{"figures":[{"name":"delay_added_ms","unit":"ms","asked":300.0,"observed":120.0},{"name":"connections_delayed","unit":"connections","observed":14.0}]},"far":["delay_added_ms observed 120.0 ms but 300.0 ms was asked (expected at least 90 %)"]}"#,
             r#"{"ts":"2026-11-30T10:00:04.011Z","experiment":"EXPtest","event":"action_state","action":"Slow","state":"stopped","reason":"the experiment is stopping"}"#,
             r#"{"ts":"2026-11-30T10:00:04.012Z","experiment":"EXPtest","event":"experiment_state","state":"stopped","reason":"stop condition Errors went into ALARM (2 of the last 2 datapoints [1.0000, 1.0000] errorRate > 0.5)"}"#,
             r#"{"ts":"2026-11-30T10:00:05.000Z","experiment":"EXPtest","event":"alarm_evaluation","alarm":"Errors","state":"ALARM","value":1.0,"datapoints":[1.0,1.0],"phase":"recovery"}"#,
@@ -550,6 +576,13 @@ pub(crate) mod tests {
         assert_eq!(slow.action_id, "faultline:network:latency");
         assert_eq!(slow.state, State::Stopped);
         assert_eq!(slow.hosts, ["web-a1"]);
+        assert_eq!(slow.observed.len(), 1);
+        assert_eq!(slow.observed[0].host, "web-a1");
+        assert_eq!(slow.observed[0].warnings.len(), 1, "judged again from the figures");
+        let effects = r.effects();
+        assert_eq!(effects.len(), 2);
+        assert!(effects[0].far && !effects[1].far);
+        assert_eq!(effects[1].asked, "-");
         let stop = r.stop.as_ref().unwrap();
         assert_eq!(stop.fired.as_ref().unwrap().0, "Errors");
         assert_eq!(stop.reaction(), Some(Duration::from_millis(2)));

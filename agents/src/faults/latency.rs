@@ -2,8 +2,9 @@
 //! share of new connections. The condition lives in the agent's process, so it ends with it.
 
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
-use crate::proxy::Condition;
-use faultline_agent::protocol::FaultKind;
+use crate::proxy::{Condition, Conditions, Delayed};
+use faultline_agent::protocol::{FaultKind, Observed};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The kind: needs a proxy in front of the service.
@@ -43,19 +44,44 @@ impl Kind for Latency {
             },
         );
         Ok(Started {
-            fault: Box::new(Delaying(a.spec.fault_id.clone())),
+            fault: Box::new(Delaying {
+                fault_id: a.spec.fault_id.clone(),
+                delay_ms,
+                conditions: env.conditions.clone(),
+                removed: Delayed::default(),
+            }),
             answer: Answer::Now(format!("latency in effect for {} ms", a.duration.as_millis()), vec![]),
         })
     }
 }
 
-/// A latency in effect: the proxies' condition for this fault id.
+/// A latency in effect: the proxies' condition for this fault id, and what they measured
+/// of it (kept from before the removal, which forgets it).
 #[derive(Debug)]
-struct Delaying(String);
+struct Delaying {
+    fault_id: String,
+    delay_ms: u64,
+    conditions: Arc<Conditions>,
+    removed: Delayed,
+}
 
 impl Fault for Delaying {
     fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
-        env.conditions.clear(&self.0);
+        self.removed = self.conditions.delayed(&self.fault_id);
+        env.conditions.clear(&self.fault_id);
         Ok(())
+    }
+
+    /// The delay the proxies added to the data they held, as written out: the mean per
+    /// chunk, and the connections that had data held.
+    fn observed(&mut self) -> Observed {
+        let now = self.conditions.delayed(&self.fault_id);
+        let d = if now.chunks > 0 { now } else { self.removed };
+        let mut observed = Observed::default().with("connections_delayed", "connections", None, d.connections as f64);
+        if d.chunks > 0 {
+            let mean_ms = d.total.as_secs_f64() * 1000.0 / d.chunks as f64;
+            observed = observed.with("delay_added_ms", "ms", Some(self.delay_ms as f64), mean_ms);
+        }
+        observed
     }
 }
