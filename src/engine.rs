@@ -235,6 +235,12 @@ pub enum PlacementError {
          addresses instead, or start their agents"
     )]
     EmptySourceAz(String),
+    /// Scope `availability-zone` of a subnet whose AZ is the only one with hosts.
+    #[error(
+        "scope availability-zone cuts {0} off from the other AZs, but no connected host with an address is in \
+         another AZ; start their agents, or use scope all"
+    )]
+    NoOtherAz(String),
     /// The host's agent does not offer the fault's capability.
     #[error(
         "{host} cannot inject `{capability}` (its agent offers: {offers}); start it with that capability or target \
@@ -274,25 +280,40 @@ impl Run {
         let resource_type = self.experiment.targets[target].resource_type;
         let placements: Vec<Placement> = match (&action.spec.effect, resource_type) {
             // A subnet is its AZ's network: cutting it is that AZ's blackout.
-            (Effect::Blackout { keep_control_plane }, ResourceType::Az | ResourceType::Subnet) => resources
-                .iter()
-                .map(|r| match resource_type {
-                    ResourceType::Subnet => crate::plan::subnet_az(r),
-                    _ => r.as_str(),
-                })
-                .flat_map(|az| {
-                    let members: Vec<&HostDescription> = self
-                        .hosts
-                        .iter()
-                        .filter(|h| h.placement.availability_zone == az)
-                        .collect();
-                    let allow: Vec<IpAddr> = members.iter().filter_map(|h| h.address.parse().ok()).collect();
-                    members.into_iter().map(move |h| Placement {
+            (
+                Effect::Blackout {
+                    keep_control_plane,
+                    other_azs_only,
+                },
+                ResourceType::Az | ResourceType::Subnet,
+            ) => {
+                let mut placed = Vec::new();
+                for r in &resources {
+                    let az = match resource_type {
+                        ResourceType::Subnet => crate::plan::subnet_az(r),
+                        _ => r.as_str(),
+                    };
+                    let (members, others): (Vec<&HostDescription>, Vec<&HostDescription>) =
+                        self.hosts.iter().partition(|h| h.placement.availability_zone == az);
+                    let addresses =
+                        |hosts: &[&HostDescription]| hosts.iter().filter_map(|h| h.address.parse().ok()).collect();
+                    let allow: Vec<IpAddr> = addresses(&members);
+                    let deny: Vec<IpAddr> = if *other_azs_only {
+                        addresses(&others)
+                    } else {
+                        Vec::new()
+                    };
+                    // An empty deny-list would cut everything: refuse rather than widen the fault.
+                    if *other_azs_only && deny.is_empty() && !members.is_empty() {
+                        return Err(PlacementError::NoOtherAz(az.to_string()));
+                    }
+                    placed.extend(members.into_iter().map(|h| Placement {
                         host: h.host_id.clone(),
-                        fault: crate::actions::blackout_fault(*keep_control_plane, allow.clone()),
-                    })
-                })
-                .collect(),
+                        fault: crate::actions::blackout_fault(*keep_control_plane, allow.clone(), deny.clone()),
+                    }));
+                }
+                placed
+            }
             (Effect::Sourced { fault, azs }, _) => {
                 let mut more = Vec::new();
                 for az in azs {

@@ -98,6 +98,11 @@ impl Topology {
         topo
     }
 
+    /// How many hosts run an agent: a host of no AZ ("") is a peer outside every subnet.
+    fn agents(&self) -> usize {
+        self.hosts.iter().filter(|(_, az, _)| !az.is_empty()).count()
+    }
+
     fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -196,7 +201,7 @@ impl Topology {
         .arg(s.path("token"))
         .arg("--journal")
         .arg(s.path("journal.jsonl"))
-        .args(["--wait-agents", &self.hosts.len().to_string()])
+        .args(["--wait-agents", &self.agents().to_string()])
         .arg(template);
         let mut p = Proc::spawn("controller", cmd);
         let port = p.controller_port();
@@ -596,4 +601,123 @@ fn a_blackout_ends_at_its_deadline_with_no_agent_left() {
     drop(agents);
     ctl.signal(libc::SIGINT);
     let _ = ctl.finish(T);
+}
+
+/// `aws:network:disrupt-connectivity` scope `availability-zone` on az-a's subnet, for `seconds`.
+fn subnet_template(s: &Scratch, seconds: u32) -> std::path::PathBuf {
+    s.write_json(
+        "subnet.json",
+        &json!({
+            "description": "cut az-a's subnet off from the other AZs",
+            "targets": { "S": {
+                "resourceType": "aws:ec2:subnet",
+                "parameters": { "availabilityZoneIdentifier": "az-a" },
+                "selectionMode": "ALL"
+            } },
+            "actions": { "A": {
+                "actionId": "aws:network:disrupt-connectivity",
+                "parameters": { "duration": format!("PT{seconds}S"), "scope": "availability-zone" },
+                "targets": { "Subnets": "S" }
+            } },
+            "stopConditions": [{ "source": "none" }]
+        }),
+    )
+}
+
+const THREE_AZS: [(&str, &str); 4] = [("a1", "az-a"), ("a2", "az-a"), ("b1", "az-b"), ("c1", "az-c")];
+/// The hosts of three AZs and a peer outside them all (no agent), as a load balancer is.
+const THREE_AZS_AND_LB: [(&str, &str); 5] = [
+    ("a1", "az-a"),
+    ("a2", "az-a"),
+    ("b1", "az-b"),
+    ("c1", "az-c"),
+    ("lb", ""),
+];
+
+#[test]
+fn an_availability_zone_scope_cuts_only_the_other_azs() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("subnet-az");
+    let topo = Topology::new(&THREE_AZS_AND_LB);
+    topo.serve_probes();
+    let (a1, a2, b1, c1) = (topo.ip_of("a1"), topo.ip_of("a2"), topo.ip_of("b1"), topo.ip_of("c1"));
+    eventually(
+        "the topology connecting before the fault",
+        Duration::from_secs(10),
+        || topo.reaches("b1", a1) && topo.reaches("a1", c1),
+    );
+
+    let template = subnet_template(&s, 6);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let _agents: Vec<Proc> = THREE_AZS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+    for (from, to, what) in [
+        ("b1", a1, "az-b reached az-a"),
+        ("a1", b1, "az-a reached az-b"),
+        ("c1", a2, "az-c reached az-a"),
+        ("a2", c1, "az-a reached az-c"),
+    ] {
+        assert!(!topo.reaches(from, to), "{what} during the disruption");
+    }
+    assert!(
+        topo.reaches("a2", a1),
+        "hosts inside the AZ must still reach each other"
+    );
+    assert!(topo.reaches("hub", a1), "the controller must still reach az-a");
+    assert!(
+        topo.reaches("lb", a1) && topo.reaches("a2", topo.ip_of("lb")),
+        "a peer outside every subnet must still reach az-a both ways"
+    );
+    assert!(topo.reaches("b1", c1), "the other AZs still reach each other");
+    assert!(topo.tables("a2").contains("inet fl_"), "{}", topo.tables("a2"));
+    assert!(!topo.tables("b1").contains("fl_"));
+
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(0), "{r}");
+    assert_eq!(r["actions"]["A"]["hosts"], json!(["a1", "a2"]));
+    assert!(
+        topo.reaches("b1", a1) && topo.reaches("a2", c1),
+        "az-a must be reachable again"
+    );
+    assert!(!topo.tables("a1").contains("fl_") && !topo.tables("a2").contains("fl_"));
+    assert!(
+        !journal(&s).iter().any(|e| e["event"] == "agent_disconnected"),
+        "agents must stay connected"
+    );
+}
+
+#[test]
+fn an_availability_zone_scope_is_removed_by_the_restart_after_a_kill() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("subnet-az-crash");
+    let topo = Topology::new(&THREE_AZS);
+    topo.serve_probes();
+    let (a1, b1) = (topo.ip_of("a1"), topo.ip_of("b1"));
+    let template = subnet_template(&s, 60);
+    let (mut ctl, port) = topo.controller(&s, &template);
+    let mut agents: Vec<Proc> = THREE_AZS.iter().map(|(h, _)| topo.agent(&s, port, h)).collect();
+    ctl.expect("action A running", T);
+
+    agents.remove(0).signal(libc::SIGKILL);
+    assert!(
+        topo.tables("a1").contains("fl_"),
+        "the kernel keeps the table of a killed agent"
+    );
+    assert!(!topo.reaches("b1", a1) && topo.reaches("hub", a1));
+    let mut again = topo.agent(&s, port, "a1");
+    again.expect("removed a fault left by the previous run", T);
+    assert!(!topo.tables("a1").contains("fl_"), "{}", topo.tables("a1"));
+    assert!(topo.reaches("b1", a1) && topo.reaches("a1", b1));
+    assert!(state_files(&s, "a1").is_empty());
+    ctl.signal(libc::SIGINT);
+    assert_eq!(ctl.finish(T).0.code(), Some(130));
+    assert!(
+        !topo.tables("a2").contains("fl_"),
+        "a stopped experiment removes the rest"
+    );
 }

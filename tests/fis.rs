@@ -334,6 +334,7 @@ fn network_latency_document_delays_by_its_default_200_ms() {
 #[test]
 fn the_demo_runs_a_cloudformation_template_with_alarms_named_by_arn() {
     workspace_bin("faultline-agent");
+    let _demo = one_demo_at_a_time();
     let s = Scratch::new("fis-demo");
     let mut cmd = Command::new(FAULTLINE);
     cmd.args(["demo", "--format", "json", "--seed", "5", "--template"])
@@ -372,6 +373,7 @@ fn lb_health(port: u16) -> std::collections::BTreeMap<String, bool> {
 #[test]
 fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
     workspace_bin("faultline-agent");
+    let _demo = one_demo_at_a_time();
     let s = Scratch::new("fis-subnet");
     let lb_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cmd = Command::new(FAULTLINE);
@@ -401,6 +403,66 @@ fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
     let h = lb_health(lb_port);
     assert_eq!((h.get("web-b1"), h.get("web-c1")), (Some(&true), Some(&true)), "{h:?}");
     demo.expect("action DisruptSubnet completed", Duration::from_secs(40));
+    let (status, out, lines) = demo.finish(Duration::from_secs(120));
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    assert_eq!(r["actions"]["DisruptSubnet"]["hosts"], json!(["web-a1", "web-a2"]));
+}
+
+/// Whether a request from `from` to the demo host at `to` (its proxy, port 8080) is answered.
+fn answered(from: [u8; 4], to: [u8; 4]) -> bool {
+    let Ok(mut c) = connect_from(from.into(), std::net::SocketAddrV4::new(to.into(), 8080)) else {
+        return false;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n");
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).is_ok()
+}
+
+#[test]
+fn the_demo_cuts_a_subnet_off_from_the_other_azs_only() {
+    workspace_bin("faultline-agent");
+    let _demo = one_demo_at_a_time();
+    let s = Scratch::new("fis-subnet-az");
+    let lb_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args([
+        "demo",
+        "--format",
+        "json",
+        "--seed",
+        "5",
+        "--lb-port",
+        &lb_port.to_string(),
+    ])
+    .arg("--template")
+    .arg(root().join("experiments/fis/subnet-disrupt-availability-zone.json"))
+    .arg("--alarms")
+    .arg(fis_alarms())
+    .current_dir(&s.0);
+    let mut demo = Proc::spawn("demo", cmd);
+    demo.expect("demo world ready", Duration::from_secs(90));
+    // The demo's addresses: 127.0.AZ.N, az-a counting 1; 127.0.9.9 is no host's.
+    let (web_a1, web_b1, web_c1, outside) = ([127, 0, 1, 11], [127, 0, 2, 11], [127, 0, 3, 11], [127, 0, 9, 9]);
+    assert!(answered(web_b1, web_a1), "az-b reaches az-a before the fault");
+    demo.expect("action DisruptSubnet running", T);
+    eventually("az-a to refuse the other AZs", Duration::from_secs(10), || {
+        !answered(web_b1, web_a1) && !answered(web_c1, web_a1)
+    });
+    assert!(
+        answered(outside, web_a1),
+        "a peer outside every subnet still reaches az-a"
+    );
+    assert!(answered(web_c1, web_b1), "the other AZs still reach each other");
+    let h = lb_health(lb_port);
+    assert_eq!(
+        (h.get("web-a1"), h.get("web-a2")),
+        (Some(&true), Some(&true)),
+        "the load balancer still reaches az-a: {h:?}"
+    );
+    demo.expect("action DisruptSubnet completed", Duration::from_secs(40));
+    assert!(answered(web_b1, web_a1), "az-b reaches az-a again after the fault");
     let (status, out, lines) = demo.finish(Duration::from_secs(120));
     let r = report(&out, &lines);
     assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));

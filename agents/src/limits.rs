@@ -171,7 +171,8 @@ pub fn check(spec: &FaultSpec, max_duration: Duration) -> Result<(), OutOfRange>
             number("loss_percent", *loss_percent, PACKET_LOSS_PERCENT)?;
             int("sources", sources.len() as u64, SOURCES)?;
         }
-        FaultKind::Blackout { allow, .. } => {
+        FaultKind::Blackout { allow, deny, .. } => {
+            int("deny", deny.len() as u64, SOURCES)?;
             int("allow", allow.len() as u64, BLACKOUT_ALLOW).map_err(|e| OutOfRange {
                 value: format!("a list of {} addresses", allow.len()),
                 limit: format!(
@@ -264,6 +265,7 @@ mod tests {
                     FaultKind::Blackout {
                         allow: vec![],
                         keep_control_plane: true,
+                        deny: vec![],
                     },
                     Some(1000),
                 ),

@@ -464,12 +464,16 @@ pub enum FaultKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         sources: Vec<IpNet>,
     },
-    /// Cut the host off from everything but these addresses.
+    /// Cut the host off from everything but these addresses, or only from some networks.
     Blackout {
         /// Peers that stay reachable: the other hosts of the AZ.
         allow: Vec<IpAddr>,
         /// Keep the controller reachable.
         keep_control_plane: bool,
+        /// Only these networks are cut off (never `allow`, nor a kept controller); empty:
+        /// everything but `allow` is.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        deny: Vec<IpNet>,
     },
     /// Drop every packet to one port, in one direction.
     BlackholePort {

@@ -44,10 +44,12 @@ pub enum Condition {
         /// The peers it applies to; empty: every peer.
         sources: Vec<IpNet>,
     },
-    /// Only these peers may connect.
+    /// Only these peers may connect, or all but those in `deny`.
     Blackout {
         /// Allowed peers.
         allow: Vec<IpAddr>,
+        /// The networks refused (unless allowed); empty: every peer not allowed.
+        deny: Vec<IpNet>,
     },
 }
 
@@ -69,17 +71,19 @@ impl Latency {
 }
 
 /// The effective conditions: the latencies, newest first (for each peer the newest that
-/// names it wins), and every blackout's allow-list.
+/// names it wins), and every blackout's allow- and deny-lists.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     latencies: Vec<Latency>,
-    allow: Vec<Vec<IpAddr>>,
+    blackouts: Vec<(Vec<IpAddr>, Vec<IpNet>)>,
 }
 
 impl Snapshot {
     /// Whether `peer` may talk through the proxy.
     pub fn allows(&self, peer: IpAddr) -> bool {
-        self.allow.iter().all(|list| list.contains(&peer))
+        self.blackouts
+            .iter()
+            .all(|(allow, deny)| allow.contains(&peer) || (!deny.is_empty() && !deny.iter().any(|n| n.contains(&peer))))
     }
 
     /// The latency `peer` sees: the newest that applies to it.
@@ -212,14 +216,14 @@ impl Conditions {
             .collect();
         latencies.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         let latencies = latencies.into_iter().map(|(_, l)| l).collect();
-        let allow = map
+        let blackouts = map
             .values()
             .filter_map(|(_, c)| match c {
-                Condition::Blackout { allow } => Some(allow.clone()),
+                Condition::Blackout { allow, deny } => Some((allow.clone(), deny.clone())),
                 Condition::Latency { .. } => None,
             })
             .collect();
-        self.tx.send_replace(Arc::new(Snapshot { latencies, allow }));
+        self.tx.send_replace(Arc::new(Snapshot { latencies, blackouts }));
     }
 
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -459,12 +463,36 @@ mod tests {
         );
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        c.set("x", Condition::Blackout { allow: vec![a, b] });
-        c.set("y", Condition::Blackout { allow: vec![a] });
+        c.set(
+            "x",
+            Condition::Blackout {
+                allow: vec![a, b],
+                deny: vec![],
+            },
+        );
+        c.set(
+            "y",
+            Condition::Blackout {
+                allow: vec![a],
+                deny: vec![],
+            },
+        );
         let s = c.subscribe().borrow().clone();
         assert!(s.allows(a) && !s.allows(b));
         assert!(c.clear("x") && c.clear("y") && !c.clear("y"));
         assert!(c.subscribe().borrow().allows(b));
+        // A deny-list refuses its networks only, and never an allowed peer in them.
+        let other: IpAddr = "10.1.0.5".parse().unwrap();
+        c.set(
+            "z",
+            Condition::Blackout {
+                allow: vec![a],
+                deny: vec!["10.1.0.0/16".parse().unwrap(), "10.0.0.0/24".parse().unwrap()],
+            },
+        );
+        let s = c.subscribe().borrow().clone();
+        assert!(s.allows(a) && !s.allows(b) && !s.allows(other));
+        assert!(s.allows("10.2.0.1".parse().unwrap()), "outside the denied networks");
     }
 
     #[test]
@@ -627,7 +655,7 @@ mod tests {
                 loss_percent: 0.0,
                 sources: vec![],
             }],
-            allow: vec![],
+            blackouts: vec![],
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
         let peer = "10.0.0.1".parse().unwrap();

@@ -3,6 +3,7 @@
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
 use faultline_agent::protocol::FaultKind;
+use ipnet::IpNet;
 use std::net::IpAddr;
 
 pub(super) const DEF: ActionDef = ActionDef {
@@ -31,14 +32,17 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
         duration: duration?,
         effect: Effect::Blackout {
             keep_control_plane: keep_control_plane?,
+            other_azs_only: false,
         },
     })
 }
 
-/// The fault each host of a blacked-out AZ receives: `allow` are the AZ's hosts.
-pub fn wire_fault(keep_control_plane: bool, allow: Vec<IpAddr>) -> FaultKind {
+/// The fault each host of a blacked-out AZ receives: `allow` are the AZ's hosts, `deny` the
+/// other AZs' hosts when only those are cut (empty: everything else is).
+pub fn wire_fault(keep_control_plane: bool, allow: Vec<IpAddr>, deny: Vec<IpAddr>) -> FaultKind {
     FaultKind::Blackout {
         allow,
         keep_control_plane,
+        deny: deny.into_iter().map(IpNet::from).collect(),
     }
 }

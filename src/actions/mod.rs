@@ -240,6 +240,8 @@ pub enum Effect {
     Blackout {
         /// Keep the controller reachable.
         keep_control_plane: bool,
+        /// Cut only the traffic with the other AZs' hosts, not everything outside the AZ.
+        other_azs_only: bool,
     },
     /// The same fault on every selected host for part of the action's span (an SSM
     /// document's `DurationSeconds` within the action's `duration`).

@@ -1,5 +1,6 @@
 //! `faultline:az:blackout`: cut the host off from everything but the other hosts of its AZ
-//! (and, unless asked otherwise, the controller). nf_tables (`nft.rs`) when the agent may
+//! (and, unless asked otherwise, the controller); with a deny-list, from those networks only
+//! (`aws:network:disrupt-connectivity` scope `availability-zone`). nf_tables (`nft.rs`) when the agent may
 //! use it, whose table ends on its own in the kernel at the deadline; the proxy always.
 //!
 //! The control plane is cut only once the apply's answer is on the wire, and for at most
@@ -71,6 +72,7 @@ impl Kind for Blackout {
         let FaultKind::Blackout {
             allow,
             keep_control_plane,
+            deny,
         } = &a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
@@ -81,11 +83,18 @@ impl Kind for Blackout {
         allow.extend(a.controller);
         let table = table_of(undo);
         if let Some(t) = &table {
-            nft::install(t, &allow, a.duration).map_err(FaultError::io("cannot install the nf_tables blackout"))?;
+            nft::install(t, &allow, deny, a.duration)
+                .map_err(FaultError::io("cannot install the nf_tables blackout"))?;
         }
-        env.conditions.set(&a.spec.fault_id, Condition::Blackout { allow });
+        env.conditions.set(
+            &a.spec.fault_id,
+            Condition::Blackout {
+                allow,
+                deny: deny.clone(),
+            },
+        );
         let detail = format!("blackout in effect for {} ms", a.duration.as_millis());
-        let cut = (!keep_control_plane).then_some(strict);
+        let cut = (!keep_control_plane).then(|| (strict, deny.clone()));
         let answer = if cut.is_some() {
             Answer::ThenAct(detail)
         } else {
@@ -155,13 +164,13 @@ fn table_of(undo: &serde_json::Value) -> Option<String> {
     undo.get("table")?.as_str().map(str::to_string)
 }
 
-/// A blackout in effect. `cut` holds the allow-list without the controller until
-/// [`Fault::after_answer`] applies it.
+/// A blackout in effect. `cut` holds the allow-list without the controller (and the
+/// deny-list) until [`Fault::after_answer`] applies it.
 #[derive(Debug)]
 struct Cut {
     fault_id: String,
     table: Option<String>,
-    cut: Option<Vec<IpAddr>>,
+    cut: Option<(Vec<IpAddr>, Vec<ipnet::IpNet>)>,
     is_cut: bool,
 }
 
@@ -177,7 +186,9 @@ impl Fault for Cut {
 
     /// Cuts the control plane; it then ends by `--max-cut` at the latest.
     fn after_answer(&mut self, env: &Env<'_>, left: Duration) -> Result<Option<Duration>, FaultError> {
-        let Some(strict) = self.cut.take() else { return Ok(None) };
+        let Some((strict, deny)) = self.cut.take() else {
+            return Ok(None);
+        };
         let mut sooner = None;
         // Only nf_tables cuts the control connection; the proxy never carries it, so a
         // proxy-only blackout leaves the leases running.
@@ -185,7 +196,7 @@ impl Fault for Cut {
             let max_cut = env.config.max_cut;
             let until = left.min(max_cut);
             // The kernel ends the cut at --max-cut too, should this agent be gone by then.
-            nft::replace(t, &strict, until).map_err(FaultError::io("cannot cut the control plane"))?;
+            nft::replace(t, &strict, &deny, until).map_err(FaultError::io("cannot cut the control plane"))?;
             self.is_cut = true;
             if until < left {
                 tracing::warn!(fault = %self.fault_id, ?max_cut, "the control plane is cut; the blackout ends at --max-cut");
@@ -193,7 +204,7 @@ impl Fault for Cut {
             }
         }
         env.conditions
-            .set(&self.fault_id, Condition::Blackout { allow: strict });
+            .set(&self.fault_id, Condition::Blackout { allow: strict, deny });
         Ok(sooner)
     }
 

@@ -788,6 +788,7 @@ mod tests {
             kind: FaultKind::Blackout {
                 allow: vec!["10.0.0.2".parse().unwrap()],
                 keep_control_plane: false,
+                deny: vec![],
             },
         };
         let applied = f.apply("c1", spec, Some("10.255.0.1".parse().unwrap())).unwrap();

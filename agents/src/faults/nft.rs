@@ -92,24 +92,24 @@ const CHAINS: [Chain; 2] = [
     },
 ];
 
-/// Installs a blackout table named `table` for `left`: only loopback and `allow` stay
-/// reachable until then.
-pub fn install(table: &str, allow: &[IpAddr], left: Duration) -> io::Result<()> {
+/// Installs a blackout table named `table` for `left`: loopback and `allow` stay reachable
+/// until then, and either nothing else (`deny` empty) or all but the networks of `deny`.
+pub fn install(table: &str, allow: &[IpAddr], deny: &[ipnet::IpNet], left: Duration) -> io::Result<()> {
     let mut batch = Batch::new();
-    add_table(&mut batch, table, allow, left);
+    add_table(&mut batch, table, allow, deny, left);
     batch.send()
 }
 
 /// Replaces the table's rules with a new allow-list, for `left`, in one transaction: there is
 /// no moment without a blackout, nor one with both lists.
-pub fn replace(table: &str, allow: &[IpAddr], left: Duration) -> io::Result<()> {
+pub fn replace(table: &str, allow: &[IpAddr], deny: &[ipnet::IpNet], left: Duration) -> io::Result<()> {
     let mut batch = Batch::new();
     batch.message(NFT_MSG_DELTABLE, 0, |m| m.str_attr(1, table));
-    add_table(&mut batch, table, allow, left);
+    add_table(&mut batch, table, allow, deny, left);
     batch.send()
 }
 
-fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], left: Duration) {
+fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], deny: &[ipnet::IpNet], left: Duration) {
     add_guarded_table(batch, table, left);
     for c in &CHAINS {
         let chain = c.name;
@@ -134,7 +134,16 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], left: Duration) {
                 r.verdict(NF_ACCEPT);
             });
         }
-        batch.rule(table, chain, |r| r.verdict(NF_DROP));
+        for net in deny {
+            batch.rule(table, chain, |r| {
+                r.encode(c, &Expr::Peer(*net));
+                r.verdict(NF_DROP);
+            });
+        }
+        // With networks to deny, the rest passes by the chain's policy.
+        if deny.is_empty() {
+            batch.rule(table, chain, |r| r.verdict(NF_DROP));
+        }
     }
 }
 
@@ -800,7 +809,7 @@ mod tests {
             .map(|i| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
             .collect();
         let Some(result) = in_private_netns(move || {
-            let installed = install("fl_00000000000000bb", &allow, Duration::from_secs(60));
+            let installed = install("fl_00000000000000bb", &allow, &[], Duration::from_secs(60));
             let _ = remove("fl_00000000000000bb");
             installed.map_err(|e| e.to_string())
         }) else {
@@ -814,7 +823,7 @@ mod tests {
         let Some((available, before, during, after)) = in_private_netns(|| {
             let available = available();
             let before = tables().unwrap();
-            install("fl_00000000000000aa", &[], Duration::from_secs(60)).unwrap();
+            install("fl_00000000000000aa", &[], &[], Duration::from_secs(60)).unwrap();
             let during = tables().unwrap();
             remove("fl_00000000000000aa").unwrap();
             (available, before, during, tables().unwrap())
@@ -875,18 +884,53 @@ mod tests {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             // The longest fault the validator allows.
-            install("fl_long", &[], Duration::from_secs(12 * 3600)).unwrap();
+            install("fl_long", &[], &[], Duration::from_secs(12 * 3600)).unwrap();
             assert!(listed(tid, "fl_long").contains("timeout 12h"));
-            install("fl_test", &["10.1.2.3".parse().unwrap()], Duration::from_secs(60)).unwrap();
+            install("fl_test", &["10.1.2.3".parse().unwrap()], &[], Duration::from_secs(60)).unwrap();
             let t = listed(tid, "fl_test");
             assert!(t.contains("flags timeout") && t.contains("timeout 1m"), "{t}");
             assert_eq!(t.matches("!= @live accept").count(), 2, "{t}");
-            replace("fl_test", &[], Duration::from_millis(300)).unwrap();
+            replace("fl_test", &[], &[], Duration::from_millis(300)).unwrap();
             let t = listed(tid, "fl_test");
             assert!(t.contains("timeout 300ms") && !t.contains("10.1.2.3"), "{t}");
             std::thread::sleep(Duration::from_millis(400));
             let t = listed(tid, "fl_test");
             assert!(!t.contains("elements"), "the element should have expired:\n{t}");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_deny_list_drops_only_its_networks_after_the_allowed_peers() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: nf_tables needs root");
+            return;
+        }
+        std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which owns nothing shared.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let deny: Vec<ipnet::IpNet> = vec!["10.2.0.7/32".parse().unwrap(), "10.3.0.0/16".parse().unwrap()];
+            install(
+                "fl_deny",
+                &["10.1.0.1".parse().unwrap()],
+                &deny,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            let t = listed(tid, "fl_deny");
+            let allowed = t.find("ip saddr 10.1.0.1 accept").expect(&t);
+            let denied = t.find("ip saddr 10.2.0.7 drop").expect(&t);
+            assert!(allowed < denied, "allowed peers come first:\n{t}");
+            assert!(t.contains("ip daddr 10.3.0.0/16 drop"), "{t}");
+            assert!(
+                !t.lines().any(|l| l.trim() == "drop"),
+                "nothing but the denied networks is dropped:\n{t}"
+            );
+            remove("fl_deny").unwrap();
         })
         .join()
         .unwrap();
