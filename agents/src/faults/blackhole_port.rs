@@ -9,11 +9,9 @@ use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
 use faultline_agent::protocol::{Direction, FaultKind, Observed, Transport};
 
-/// The kind; `nft` once detection found nf_tables usable and allowed.
-#[derive(Debug, Default)]
-pub struct BlackholePort {
-    nft: bool,
-}
+/// The kind (nf_tables only).
+#[derive(Debug)]
+pub struct BlackholePort;
 
 impl Kind for BlackholePort {
     fn capability(&self) -> &'static str {
@@ -21,21 +19,11 @@ impl Kind for BlackholePort {
     }
 
     fn detect(&mut self, setup: &Setup) -> Detection {
-        if setup.blackout_backend == super::blackout::Backend::Proxy {
-            return Detection::Unavailable(
-                "--blackout-backend proxy: this agent never touches the host's network".into(),
-            );
-        }
-        self.nft = nft::available();
-        if self.nft {
-            Detection::Ready
-        } else {
-            Detection::Unavailable("blackhole-port needs CAP_NET_ADMIN (nf_tables)".into())
-        }
+        nft::detect_only(setup, "blackhole-port")
     }
 
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        Ok(serde_json::json!({ "table": nft::table_for(&a.hash) }))
+        Ok(nft::table_undo(&a.hash))
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
@@ -47,7 +35,7 @@ impl Kind for BlackholePort {
         else {
             return Err(super::mismatch(a.spec));
         };
-        let table = table_of(undo)?;
+        let table = nft::table_in(undo, "blackhole-port")?;
         nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic)])
             .map_err(FaultError::io("cannot install the nf_tables port blackhole"))?;
         Ok(Started {
@@ -64,10 +52,7 @@ impl Kind for BlackholePort {
     }
 
     fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
-        match table_of(&undo) {
-            Ok(t) => Box::new(nft::Table(t)),
-            Err(_) => Box::new(super::Gone),
-        }
+        nft::restore_table(&undo)
     }
 }
 
@@ -90,13 +75,6 @@ fn rules(protocol: Transport, port: u16, traffic: Direction) -> (Hook, Vec<Vec<E
             Expr::Drop,
         ]],
     )
-}
-
-fn table_of(undo: &serde_json::Value) -> Result<String, FaultError> {
-    undo.get("table")
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| FaultError::Refused("internal error: a port blackhole without its table".into()))
 }
 
 /// A port blackhole in effect: its table.

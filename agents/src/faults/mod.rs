@@ -46,8 +46,8 @@ fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(disk_fill::DiskFill),
         Box::new(latency::Latency),
         Box::new(blackout::Blackout::default()),
-        Box::new(blackhole_port::BlackholePort::default()),
-        Box::new(packet_loss::PacketLoss::default()),
+        Box::new(blackhole_port::BlackholePort),
+        Box::new(packet_loss::PacketLoss),
     ]
 }
 

@@ -283,6 +283,42 @@ impl super::Fault for Table {
     }
 }
 
+/// Detection of a fault only nf_tables can inject (blackhole-port, packet-loss): there is
+/// no proxy fallback, so it is unavailable without CAP_NET_ADMIN or under the proxy backend.
+pub fn detect_only(setup: &super::Setup, fault: &str) -> super::Detection {
+    if setup.blackout_backend == super::blackout::Backend::Proxy {
+        return super::Detection::Unavailable(
+            "--blackout-backend proxy: this agent never touches the host's network".into(),
+        );
+    }
+    if available() {
+        super::Detection::Ready
+    } else {
+        super::Detection::Unavailable(format!("{fault} needs CAP_NET_ADMIN (nf_tables)"))
+    }
+}
+
+/// The undo data of a fault that is one table: its name, recorded before it exists.
+pub fn table_undo(hash: &str) -> serde_json::Value {
+    serde_json::json!({ "table": table_for(hash) })
+}
+
+/// The table an undo record of [`table_undo`] names.
+pub fn table_in(undo: &serde_json::Value, fault: &str) -> Result<String, super::FaultError> {
+    undo.get("table")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| super::FaultError::Refused(format!("internal error: a {fault} without its table")))
+}
+
+/// What a restart makes of a record of [`table_undo`]: the table to delete, if it names one.
+pub fn restore_table(undo: &serde_json::Value) -> Box<dyn super::Fault> {
+    match table_in(undo, "table fault") {
+        Ok(t) => Box::new(Table(t)),
+        Err(_) => Box::new(super::Gone),
+    }
+}
+
 /// Whether this process may change nf_tables here. Never installs a rule: it needs
 /// CAP_NET_ADMIN in its effective set, and then sends one transaction that creates an empty
 /// table (no chain, so no hook sees a packet) and deletes it again, which the kernel

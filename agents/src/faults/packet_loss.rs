@@ -14,11 +14,9 @@ use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Start
 use faultline_agent::protocol::{FaultKind, Observed};
 use ipnet::IpNet;
 
-/// The kind; `nft` once detection found nf_tables usable and allowed.
-#[derive(Debug, Default)]
-pub struct PacketLoss {
-    nft: bool,
-}
+/// The kind (nf_tables only).
+#[derive(Debug)]
+pub struct PacketLoss;
 
 impl Kind for PacketLoss {
     fn capability(&self) -> &'static str {
@@ -26,21 +24,11 @@ impl Kind for PacketLoss {
     }
 
     fn detect(&mut self, setup: &Setup) -> Detection {
-        if setup.blackout_backend == super::blackout::Backend::Proxy {
-            return Detection::Unavailable(
-                "--blackout-backend proxy: this agent never touches the host's network".into(),
-            );
-        }
-        self.nft = nft::available();
-        if self.nft {
-            Detection::Ready
-        } else {
-            Detection::Unavailable("packet-loss needs CAP_NET_ADMIN (nf_tables)".into())
-        }
+        nft::detect_only(setup, "packet-loss")
     }
 
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        Ok(serde_json::json!({ "table": nft::table_for(&a.hash) }))
+        Ok(nft::table_undo(&a.hash))
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
@@ -51,11 +39,7 @@ impl Kind for PacketLoss {
         else {
             return Err(super::mismatch(a.spec));
         };
-        let table = undo
-            .get("table")
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| FaultError::Refused("internal error: a packet loss without its table".into()))?;
+        let table = nft::table_in(undo, "packet-loss")?;
         nft::install_rules(&table, a.duration, &[(Hook::Input, rules(loss_percent, sources))])
             .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
         let from = if sources.is_empty() {
@@ -76,10 +60,7 @@ impl Kind for PacketLoss {
     }
 
     fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
-        match undo.get("table").and_then(|t| t.as_str()) {
-            Some(t) => Box::new(nft::Table(t.to_string())),
-            None => Box::new(super::Gone),
-        }
+        nft::restore_table(&undo)
     }
 }
 
