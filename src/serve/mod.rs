@@ -179,22 +179,17 @@ impl Service {
             created_by: by,
         };
 
-        if self.shutdown.is_cancelled() {
-            let reason = SHUTTING_DOWN.to_string();
-            self.store
-                .insert_experiment(record("cancelled", Some(reason.clone()), None, Vec::new()))
-                .await?;
-            return Ok(Started::Refused {
-                id,
-                state: "cancelled",
-                reason,
-            });
-        }
-        if let Some(lever) = self.store.lever().await?.filter(|l| l.engaged) {
-            let reason = format!(
-                "the safety lever is engaged ({}, by {})",
-                lever.reason, lever.changed_by
-            );
+        let refusal = if self.shutdown.is_cancelled() {
+            Some(SHUTTING_DOWN.to_string())
+        } else {
+            self.store.lever().await?.filter(|l| l.engaged).map(|lever| {
+                format!(
+                    "the safety lever is engaged ({}, by {})",
+                    lever.reason, lever.changed_by
+                )
+            })
+        };
+        if let Some(reason) = refusal {
             self.store
                 .insert_experiment(record("cancelled", Some(reason.clone()), None, Vec::new()))
                 .await?;
