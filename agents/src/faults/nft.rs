@@ -835,7 +835,8 @@ mod tests {
             f()
         })
         .join()
-        .ok()
+        // A failed assertion in `f` fails the test; it is not a skip.
+        .map_or_else(|panic| std::panic::resume_unwind(panic), Some)
     }
 
     #[test]
@@ -908,15 +909,8 @@ mod tests {
 
     #[test]
     fn the_kernel_expires_the_blackout() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: nf_tables needs root");
-            return;
-        }
         // A network namespace of this thread alone, so the host is never cut off.
-        std::thread::spawn(|| {
-            // SAFETY: unshare affects only this thread, which owns nothing shared.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        in_private_netns(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             // The longest fault the validator allows.
@@ -932,21 +926,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(400));
             let t = listed(tid, "fl_test");
             assert!(!t.contains("elements"), "the element should have expired:\n{t}");
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn a_deny_list_drops_only_its_networks_after_the_allowed_peers() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: nf_tables needs root");
-            return;
-        }
-        std::thread::spawn(|| {
-            // SAFETY: unshare affects only this thread, which owns nothing shared.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        in_private_netns(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             let deny: Vec<ipnet::IpNet> = vec!["10.2.0.7/32".parse().unwrap(), "10.3.0.0/16".parse().unwrap()];
@@ -967,21 +952,12 @@ mod tests {
                 "nothing but the denied networks is dropped:\n{t}"
             );
             remove("fl_deny").unwrap();
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn fault_rules_are_what_nft_lists_and_their_counters_read_back() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: nf_tables needs root");
-            return;
-        }
-        std::thread::spawn(|| {
-            // SAFETY: unshare affects only this thread, which owns nothing shared.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        in_private_netns(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             let net: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
@@ -989,19 +965,23 @@ mod tests {
                 "fl_rules",
                 Duration::from_secs(60),
                 &[
-                    (Hook::Input, vec![vec![Expr::Loopback, Expr::Accept], vec![
-                        Expr::Peer(net),
-                        Expr::Counter,
-                        Expr::Chance(700),
-                        Expr::Counter,
-                        Expr::Drop,
-                    ]]),
-                    (Hook::Output, vec![vec![
-                        Expr::L4Proto(17),
-                        Expr::DstPort(5353),
-                        Expr::Counter,
-                        Expr::Drop,
-                    ]]),
+                    (
+                        Hook::Input,
+                        vec![
+                            vec![Expr::Loopback, Expr::Accept],
+                            vec![
+                                Expr::Peer(net),
+                                Expr::Counter,
+                                Expr::Chance(700),
+                                Expr::Counter,
+                                Expr::Drop,
+                            ],
+                        ],
+                    ),
+                    (
+                        Hook::Output,
+                        vec![vec![Expr::L4Proto(17), Expr::DstPort(5353), Expr::Counter, Expr::Drop]],
+                    ),
                 ],
             )
             .unwrap();
@@ -1014,8 +994,6 @@ mod tests {
             // tests/netfaults.rs.
             assert_eq!(counted("fl_rules").unwrap(), vec![vec![0, 0], vec![0]]);
             remove("fl_rules").unwrap();
-        })
-        .join()
-        .unwrap();
+        });
     }
 }
