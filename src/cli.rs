@@ -190,13 +190,25 @@ pub enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
-    /// List the agents that connect: host id, AZ, tags, address, capabilities, version.
+    /// List the agents that connect: host id, AZ, state, tags, address, capabilities,
+    /// version; with the hosts their platform stopped or terminated (State.Name).
     Agents {
         #[command(flatten)]
         controller: ControllerArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+        /// List the hosts of this server's fleet instead of serving agents here.
+        #[arg(long, value_name = "URL", env = "FAULTLINE_SERVER")]
+        server: Option<String>,
+        /// With --server: file holding an API token.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = ".faultline/api-token",
+            env = "FAULTLINE_API_TOKEN_FILE"
+        )]
+        api_token_file: PathBuf,
     },
     /// Serve a long-running controller: agents, an HTTP API, schedules, history, the safety lever.
     ///

@@ -122,6 +122,12 @@ impl Controller {
         &self.fleet
     }
 
+    /// The hosts as targets and `faultline agents` see them: the connected agents, and the
+    /// hosts their platform stopped or terminated, with their `State.Name`.
+    pub async fn hosts(&self) -> Vec<HostDescription> {
+        self.platforms.hosts(self.fleet.hosts()).await
+    }
+
     /// Waits for agents as `wait` says, up to `timeout`; the hosts connected then.
     pub async fn wait_for_agents(&self, wait: &AgentWait, timeout: Duration) -> Result<Vec<HostDescription>, RunError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -290,7 +296,7 @@ impl Controller {
         journal: Arc<Journal>,
         mut interrupts: mpsc::Receiver<StopRequest>,
     ) -> Result<Ran, RunError> {
-        let hosts = self.fleet.hosts();
+        let hosts = self.hosts().await;
         let seed = opts.seed.unwrap_or_else(rand::random);
         journal.record(Event::RunStarted {
             description: experiment.description.clone(),

@@ -229,6 +229,14 @@ pub enum PlacementError {
     /// The target selected a host whose agent has gone.
     #[error("{0} is not connected")]
     NotConnected(String),
+    /// The target selected a host that its platform stopped or terminated.
+    #[error("{host} is {state}: its agent cannot take a fault; add the filter State.Name=running to the target")]
+    NotRunning {
+        /// The host id.
+        host: String,
+        /// Its `State.Name`.
+        state: String,
+    },
     /// A `sources` list names an AZ in which no connected host has an address.
     #[error(
         "`sources` names the AZ {0}, but no connected host with an address is in it; name its hosts' \
@@ -293,8 +301,12 @@ impl Run {
                         ResourceType::Subnet => crate::plan::subnet_az(r),
                         _ => r.as_str(),
                     };
-                    let (members, others): (Vec<&HostDescription>, Vec<&HostDescription>) =
-                        self.hosts.iter().partition(|h| h.placement.availability_zone == az);
+                    // A stopped host's agent is gone: nothing to cut, and it is no peer to deny.
+                    let (members, others): (Vec<&HostDescription>, Vec<&HostDescription>) = self
+                        .hosts
+                        .iter()
+                        .filter(|h| h.state.name == "running")
+                        .partition(|h| h.placement.availability_zone == az);
                     let addresses =
                         |hosts: &[&HostDescription]| hosts.iter().filter_map(|h| h.address.parse().ok()).collect();
                     let allow: Vec<IpAddr> = addresses(&members);
@@ -353,6 +365,12 @@ impl Run {
             let host = by_id
                 .get(p.host.as_str())
                 .ok_or_else(|| PlacementError::NotConnected(p.host.clone()))?;
+            if host.state.name != "running" {
+                return Err(PlacementError::NotRunning {
+                    host: p.host.clone(),
+                    state: host.state.name.clone(),
+                });
+            }
             if !host.agent.capabilities.iter().any(|c| c == capability) {
                 return Err(PlacementError::Incapable {
                     host: p.host.clone(),

@@ -244,3 +244,72 @@ fn validate_and_plan_refuse_instance_actions_on_hosts_without_a_platform() {
         assert_eq!(code, Some(0), "{args:?}: {said}");
     }
 }
+
+/// `faultline agents --server URL --format json`: host id → `State.Name`.
+fn agent_states(dir: &Path, server: &str) -> BTreeMap<String, String> {
+    let out = Command::new(FAULTLINE)
+        .args(["agents", "--server", server, "--format", "json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hosts: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    hosts
+        .iter()
+        .map(|h| {
+            let state = h["State"]["Name"].as_str().unwrap().to_string();
+            (h["HostId"].as_str().unwrap().to_string(), state)
+        })
+        .collect()
+}
+
+#[test]
+fn a_stopped_host_is_listed_stopped_while_its_agent_is_gone_and_running_after() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    workspace_bin("faultline-agent");
+    let s = Scratch::new("instances-state");
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args(["demo", "--serve", "--listen", "127.0.0.1:0"])
+        .current_dir(&s.0);
+    let mut srv = Proc::spawn("serve", cmd);
+    let server = format!("http://127.0.0.1:{}", srv.listen_port("serving the API"));
+    srv.expect("demo world ready", Duration::from_secs(90));
+    let all_running = agent_states(&s.0, &server);
+    assert_eq!(all_running.len(), 6, "{all_running:?}");
+    assert!(all_running.values().all(|st| st == "running"), "{all_running:?}");
+
+    // The server's demo world acts on its own processes, as `faultline demo` does.
+    let mut run = Command::new(FAULTLINE);
+    run.args(["run", "--server", &server, "--format", "json", "--seed", "1"])
+        .arg(example("ec2-stop.json"))
+        .current_dir(&s.0);
+    let run = Proc::spawn("run", run);
+    let mut during = BTreeMap::new();
+    eventually("a host listed stopped", Duration::from_secs(30), || {
+        during = agent_states(&s.0, &server);
+        during.values().any(|st| st == "stopped")
+    });
+    // Its agent is gone, yet it is listed, with the others running.
+    let stopped: Vec<&String> = during
+        .iter()
+        .filter(|(_, st)| *st == "stopped")
+        .map(|(h, _)| h)
+        .collect();
+    assert_eq!(stopped.len(), 1, "{during:?}");
+    let victim = stopped[0].clone();
+    assert!(victim.starts_with("web-a"), "{during:?}");
+    assert_eq!(during.len(), 6, "{during:?}");
+    assert_eq!(get(&address(&victim)), None, "{victim} answers while listed stopped");
+
+    let (status, out, lines) = run.finish(Duration::from_secs(120));
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(0), "{r}");
+    eventually("the restarted host listed running", Duration::from_secs(15), || {
+        agent_states(&s.0, &server)
+            .get(&victim)
+            .is_some_and(|st| st == "running")
+    });
+    srv.signal(libc::SIGTERM);
+    let (status, _, lines) = srv.finish(Duration::from_secs(60));
+    assert!(status.success(), "{}", lines.join("\n"));
+}

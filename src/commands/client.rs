@@ -420,6 +420,29 @@ pub fn history(c: &ClientArgs, limit: u32) -> anyhow::Result<u8> {
     Ok(exit::COMPLETED)
 }
 
+/// `faultline agents --server`: the server's hosts, as `faultline agents` shows its own.
+pub fn agents(server: &str, token_file: &Path, format: ReportFormat) -> anyhow::Result<u8> {
+    let client = Client::new(server, token_file)?;
+    let hosts = block_on(async {
+        let v = client.json(Method::GET, "/api/v1/agents", None).await?;
+        v["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                let host = json!({
+                    "HostId": a["hostId"], "Placement": { "AvailabilityZone": a["availabilityZone"] },
+                    "State": a["state"], "Tags": a["tags"], "Address": a["address"], "Agent": a["agent"],
+                });
+                serde_json::from_value(host)
+                    .map_err(|e| anyhow!("{server} answered a host this client cannot read: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    super::agents::print(&hosts, format)?;
+    Ok(exit::COMPLETED)
+}
+
 /// One journal line for people: time, event, then its plain fields.
 fn event_line(line: &str) -> String {
     let Ok(Value::Object(m)) = serde_json::from_str::<Value>(line) else {

@@ -64,7 +64,13 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             template,
         } => plan::run(&template, alarms.as_deref(), &inventory, seed, format),
         Command::Run(args) => run::run(args),
-        Command::Agents { controller, format } => agents::run(controller, format),
+        Command::Agents {
+            controller: _,
+            format,
+            server: Some(server),
+            api_token_file,
+        } => client::agents(&server, &api_token_file, format),
+        Command::Agents { controller, format, .. } => agents::run(controller, format),
         Command::Demo {
             serve: true, server, ..
         } => serve::run(server, true),

@@ -43,12 +43,13 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
             Some(n) => AgentWait::Count(n),
             None => AgentWait::Settle(named_hosts(&experiment)),
         };
-        let hosts = controller
+        controller
             .wait_for_agents(&wait, args.controller.agents_timeout)
             .await
             .map_err(|e| super::fail(e.code, e))?;
         // actionsMode skip-all is FIS's preview: targets resolved, nothing injected.
         if args.dry_run || experiment.skip_all_actions {
+            let hosts = controller.hosts().await;
             return dry_run(&experiment, &hosts, args.seed, args.format).map(|code| (code, None));
         }
         let (stop_tx, stop_rx) = mpsc::channel(4);

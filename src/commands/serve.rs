@@ -53,6 +53,7 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
         api_tokens,
         journals: s.journals,
         drain: s.drain,
+        platforms: Default::default(),
     };
     let runtime = super::runtime()?;
     let world = if demo {
@@ -111,6 +112,8 @@ async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(W
         .unwrap_or_default();
     let dial = SocketAddr::from(([127, 0, 0, 1], config.listen.port()));
     let world = World::start(&bin_dir, &work, dial, &token_file, lb_port).map_err(|e| failed(&e))?;
+    // Instance actions act on the world's processes, as `faultline demo` does.
+    config.platforms = world.platforms();
     let health = format!("{lb_url}lb/healthz");
     tokio::spawn(async move {
         if faultline::topology::wait_lb_healthy(&health, DEMO_READY).await {

@@ -9,6 +9,7 @@
 //! Scaling group launches from its launch template: the same image, environment, networks
 //! and addresses, a new host id.
 
+use super::state::InstanceState;
 use super::{Operation, PlatformError, Replacement, REPLACEMENT_DELAY};
 use bollard::models::{ContainerCreateBody, EndpointIpamConfig, EndpointSettings, NetworkConnectRequest};
 use bollard::query_parameters::{
@@ -199,6 +200,56 @@ impl Docker {
         })
     }
 
+    /// The state of a host's container; terminated when it has none (a terminated host's
+    /// container is removed).
+    pub async fn state(&self, host_id: &str) -> Result<InstanceState, bollard::errors::Error> {
+        match self
+            .api
+            .inspect_container(&container(host_id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(container_state(c.state.and_then(|s| s.status).map(|s| s.to_string()))),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(InstanceState::Terminated)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The topology's hosts whose container is not running, described from the container's
+    /// environment (the one their agent registers from), with their state.
+    pub async fn idle_hosts(&self) -> Result<Vec<(HostDescription, InstanceState)>, bollard::errors::Error> {
+        let all = self
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![format!("{PROJECT_LABEL}={}", crate::topology::PROJECT)],
+                )])),
+                ..Default::default()
+            }))
+            .await?;
+        let mut hosts = Vec::new();
+        for c in all {
+            let state = container_state(c.state.map(|s| s.to_string()));
+            let Some(id) = c.id.filter(|_| state != InstanceState::Running) else {
+                continue;
+            };
+            let env = self
+                .api
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await?
+                .config
+                .and_then(|c| c.env)
+                .unwrap_or_default();
+            if let Some(host) = described(&env) {
+                hosts.push((host, state));
+            }
+        }
+        Ok(hosts)
+    }
+
     /// The ids of the topology's hosts that have a container (running or not).
     async fn host_ids(&self) -> Result<Vec<String>, bollard::errors::Error> {
         let prefix = format!("/{}", container(""));
@@ -234,6 +285,41 @@ fn relabel(var: &str, old: &str, new: &str) -> String {
     }
 }
 
+/// EC2's name for a container's state (Docker's `created`, `exited` and `dead` are stopped).
+fn container_state(status: Option<String>) -> InstanceState {
+    match status.as_deref() {
+        Some("restarting") => InstanceState::Pending,
+        Some("stopping") => InstanceState::Stopping,
+        Some("removing") => InstanceState::ShuttingDown,
+        Some("created" | "exited" | "dead") => InstanceState::Stopped,
+        _ => InstanceState::Running,
+    }
+}
+
+/// A host as its agent would register it, from its container's environment (the agent's
+/// `FAULTLINE_HOST_ID`, `FAULTLINE_AZ`, `FAULTLINE_TAGS`, `FAULTLINE_ADDRESS`); `None` for a
+/// container that is not a host (the load balancer).
+fn described(env: &[String]) -> Option<HostDescription> {
+    let var = |name: &str| {
+        env.iter()
+            .find_map(|v| v.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let tags: std::collections::BTreeMap<String, String> = var("FAULTLINE_TAGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "HostId": var("FAULTLINE_HOST_ID")?,
+        "Placement": { "AvailabilityZone": var("FAULTLINE_AZ")? },
+        "Tags": tags,
+        "Address": var("FAULTLINE_ADDRESS").unwrap_or_default(),
+    }))
+    .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +339,27 @@ mod tests {
             "DEMO_INIT_RUN=/demo-web --listen 127.0.0.1:8081 --name web-a3;/faultline-agent"
         );
         assert_eq!(relabel("FAULTLINE_AZ=az-a", "web-a1", "web-a3"), "FAULTLINE_AZ=az-a");
+    }
+
+    #[test]
+    fn a_stopped_container_is_described_as_its_agent_registers() {
+        let env: Vec<String> = [
+            "FAULTLINE_HOST_ID=web-b2",
+            "FAULTLINE_AZ=az-b",
+            "FAULTLINE_TAGS=tier=web,faultline:platform=docker",
+            "FAULTLINE_ADDRESS=10.42.2.12",
+        ]
+        .map(String::from)
+        .into();
+        let h = described(&env).unwrap();
+        assert_eq!(
+            (h.host_id.as_str(), h.placement.availability_zone.as_str()),
+            ("web-b2", "az-b")
+        );
+        assert_eq!(h.tags["faultline:platform"], "docker");
+        assert_eq!(h.address, "10.42.2.12");
+        assert!(described(&["LB=1".to_string()]).is_none());
+        assert_eq!(container_state(Some("exited".into())), InstanceState::Stopped);
+        assert_eq!(container_state(Some("running".into())), InstanceState::Running);
     }
 }

@@ -5,6 +5,7 @@
 //! group would, launches a host with a new id in the same AZ on the same address, so the
 //! load balancer's backend serves again.
 
+use super::state::InstanceState;
 use super::{Operation, PlatformError, Replacement, REPLACEMENT_DELAY};
 use faultline_agent::protocol::HostDescription;
 use std::collections::BTreeMap;
@@ -57,19 +58,14 @@ impl Local {
         self.lock().contains_key(host_id)
     }
 
-    /// Every host with its state name (running, stopped, terminated).
-    pub fn states(&self) -> BTreeMap<String, &'static str> {
-        self.lock()
-            .iter()
-            .map(|(id, h)| {
-                let state = match (h.terminated, &h.child) {
-                    (true, _) => "terminated",
-                    (false, Some(_)) => "running",
-                    (false, None) => "stopped",
-                };
-                (id.clone(), state)
-            })
-            .collect()
+    /// A host's state: running, stopped or terminated; `None` for a host this world did not
+    /// start.
+    pub fn state(&self, host_id: &str) -> Option<InstanceState> {
+        self.lock().get(host_id).map(|h| match (h.terminated, &h.child) {
+            (true, _) => InstanceState::Terminated,
+            (false, Some(_)) => InstanceState::Running,
+            (false, None) => InstanceState::Stopped,
+        })
     }
 
     /// Ends a host's process tree and waits for it; nothing when it is not running.

@@ -8,8 +8,10 @@
 
 pub mod docker;
 pub mod local;
+pub mod state;
 
 use faultline_agent::protocol::HostDescription;
+use state::{InstanceState, Ledger};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +112,8 @@ pub struct Replacement {
 pub struct Platforms {
     local: Option<local::Local>,
     docker: Arc<tokio::sync::OnceCell<Result<docker::Docker, String>>>,
+    /// Every host acted on, so that one stopped or terminated is still known.
+    ledger: Ledger,
 }
 
 impl std::fmt::Debug for Platforms {
@@ -145,21 +149,22 @@ impl Platforms {
                     why: "only the `faultline demo` that started it can".into(),
                 }),
             },
-            Some(Kind::Docker) => {
-                let docker = self
-                    .docker
-                    .get_or_init(|| async { docker::Docker::connect().await.map_err(|e| e.to_string()) })
-                    .await;
-                match docker {
-                    Ok(d) => Ok(Platform::Docker(d)),
-                    Err(why) => Err(PlatformError::Unreachable {
-                        host: host.host_id.clone(),
-                        platform: "docker",
-                        why: why.clone(),
-                    }),
-                }
-            }
+            Some(Kind::Docker) => match self.docker().await {
+                Ok(d) => Ok(Platform::Docker(d)),
+                Err(why) => Err(PlatformError::Unreachable {
+                    host: host.host_id.clone(),
+                    platform: "docker",
+                    why: why.to_string(),
+                }),
+            },
         }
+    }
+
+    async fn docker(&self) -> Result<&docker::Docker, &String> {
+        self.docker
+            .get_or_init(|| async { docker::Docker::connect().await.map_err(|e| e.to_string()) })
+            .await
+            .as_ref()
     }
 
     /// Does `operation` to `host`; for a termination, waits for the replacement to be
@@ -169,10 +174,63 @@ impl Platforms {
         host: &HostDescription,
         operation: Operation,
     ) -> Result<Option<Replacement>, PlatformError> {
-        match self.platform(host).await? {
+        let platform = self.platform(host).await?;
+        let during = match operation {
+            Operation::Stop => Some(InstanceState::Stopping),
+            Operation::Start => Some(InstanceState::Pending),
+            Operation::Terminate => Some(InstanceState::ShuttingDown),
+            Operation::Reboot => None,
+        };
+        self.ledger.begin(host, during);
+        let result = match platform {
             Platform::Local(l) => l.act(host, operation).await,
             Platform::Docker(d) => d.act(host, operation).await,
+        };
+        let gone = matches!(
+            (&result, operation),
+            (Ok(_), Operation::Terminate) | (Err(PlatformError::Terminated(_)), _)
+        );
+        self.ledger.end(&host.host_id, gone);
+        result
+    }
+
+    /// The hosts these platforms know that `connected` may lack, each with its state: every
+    /// host they acted on, and, when the fleet is the container topology (a connected host
+    /// is on docker), every container of it that is not running. A platform that cannot be
+    /// asked says nothing (its hosts are then known from their agents only).
+    pub async fn known(&self, connected: &[HostDescription]) -> Vec<(HostDescription, InstanceState)> {
+        let mut known = Vec::new();
+        for (host, state) in self.ledger.entries() {
+            let state = match state {
+                Some(s) => Some(s),
+                None => match self.platform(&host).await {
+                    Ok(Platform::Local(l)) => l.state(&host.host_id),
+                    Ok(Platform::Docker(d)) => d.state(&host.host_id).await.ok(),
+                    Err(_) => None,
+                },
+            };
+            known.extend(state.map(|s| (host, s)));
         }
+        if connected.iter().any(|h| Kind::of(h) == Some(Kind::Docker)) {
+            if let Ok(d) = self.docker().await {
+                match d.idle_hosts().await {
+                    Ok(idle) => {
+                        let acted: std::collections::BTreeSet<String> =
+                            known.iter().map(|(h, _)| h.host_id.clone()).collect();
+                        known.extend(idle.into_iter().filter(|(h, _)| !acted.contains(&h.host_id)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot list the topology's containers"),
+                }
+            }
+        }
+        known
+    }
+
+    /// The hosts as filters and `faultline agents` see them: `connected`, and those the
+    /// platforms know to be stopped, stopping, pending, shutting down or terminated.
+    pub async fn hosts(&self, connected: Vec<HostDescription>) -> Vec<HostDescription> {
+        let known = self.known(&connected).await;
+        state::merge(connected, known)
     }
 }
 

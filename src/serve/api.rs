@@ -252,8 +252,8 @@ async fn agents(State(s): State<Arc<Service>>) -> ApiResult {
     let faults = s.active_faults().await;
     let hosts: Vec<Value> = s
         .controller
-        .fleet()
         .hosts()
+        .await
         .into_iter()
         .map(|h| {
             json!({

@@ -202,7 +202,7 @@ impl Service {
 
         // The run resolves its targets with this seed again, on the same hosts, to the same ones.
         let seed = seed.unwrap_or_else(rand::random);
-        let fleet = self.controller.fleet().hosts();
+        let fleet = self.controller.hosts().await;
         let hosts: BTreeSet<String> = match plan::resolve(&experiment, &fleet, seed) {
             Ok(r) => held_hosts(r.targets.values().flat_map(|t| t.selected.iter()), &fleet),
             Err(e) => {
@@ -370,14 +370,15 @@ impl Service {
         }
     }
 
-    /// The hosts connected now, and every host seen since the start.
-    pub fn hosts(
+    /// The hosts known now (connected, or stopped or terminated by their platform, with
+    /// their state), and every host seen since the start.
+    pub async fn hosts(
         &self,
     ) -> (
         Vec<faultline_agent::protocol::HostDescription>,
         Vec<faultline_agent::protocol::HostDescription>,
     ) {
-        let connected = self.controller.fleet().hosts();
+        let connected = self.controller.hosts().await;
         let mut seen = self.seen.lock().expect("never poisoned");
         for h in &connected {
             seen.insert(h.host_id.clone(), h.clone());
@@ -539,6 +540,8 @@ pub struct Config {
     pub journals: PathBuf,
     /// How long a shutdown waits for running experiments to remove their faults.
     pub drain: Duration,
+    /// What instance actions act through (with `--demo`, the demo world's processes).
+    pub platforms: crate::platform::Platforms,
 }
 
 /// Why the server could not start or stopped.
@@ -579,7 +582,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tls: config.tls.clone(),
         ..Endpoint::default()
     };
-    let controller = Arc::new(Controller::attached(addr, config.token, endpoint));
+    let mut controller = Controller::attached(addr, config.token, endpoint);
+    controller.set_platforms(config.platforms);
+    let controller = Arc::new(controller);
     if let Some(extra) = config.agents_listen {
         let bound = controller
             .fleet()

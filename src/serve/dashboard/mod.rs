@@ -103,7 +103,7 @@ async fn snapshot(s: &Service, experiment: Option<&str>) -> serde_json::Value {
             faults.extend(view::active_faults(&id, &row.template, &s.running_journal(&id)));
         }
     }
-    let (connected, seen) = s.hosts();
+    let (connected, seen) = s.hosts().await;
     let mut snap = serde_json::json!({
         "map": view::map(&connected, &seen, &faults, now),
         "running": s.running_ids(),

@@ -19,7 +19,7 @@ function el(tag, attrs, ...kids) {
 
 // States are shown as words with an icon, never by colour alone.
 const ICON = { running: "▶", stopping: "■", completed: "✔", stopped: "■", failed: "✖", cancelled: "⦸",
-  pending: "…", skipped: "↷", disconnected: "⚠", terminated: "✖" };
+  pending: "…", skipped: "↷", disconnected: "⚠", terminated: "✖", "shutting-down": "✖" };
 function stateLabel(state) {
   return el("span", { class: "state state-" + state, "data-state": state, text: (ICON[state] || "•") + " " + state });
 }
