@@ -24,6 +24,12 @@ pub const INVENTORY: &str = include_str!("../experiments/inventory.json");
 pub const BINARIES: [&str; 4] = ["faultline-agent", "demo-web", "demo-lb", "demo-init"];
 /// Tags the FIS documentation's examples select instances by, on every demo host.
 pub const FIS_TAGS: &str = "Environment=Production,Tier=Web";
+/// The tags of each AZ's subnet (`subnet-<AZ>`), carried by its hosts: its `Name`, and the
+/// tag the FIS documentation's AZ power-interruption scenario selects subnets by.
+pub fn subnet_tags(az: &str) -> String {
+    let p = crate::plan::SUBNET_TAG;
+    format!("{p}Name=faultline-{az},{p}AzImpairmentPower=DisruptSubnet")
+}
 /// Source address of the load balancer's connections.
 pub const LB_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
@@ -148,7 +154,11 @@ impl World {
                     .env("FAULTLINE_AZ", az)
                     .env(
                         "FAULTLINE_TAGS",
-                        format!("tier=web,az={az},{FIS_TAGS},{}=local", platform::TAG),
+                        format!(
+                            "tier=web,az={az},{FIS_TAGS},{},{}=local",
+                            subnet_tags(az),
+                            platform::TAG
+                        ),
                     )
                     .env("FAULTLINE_ADDRESS", ip)
                     .env("FAULTLINE_STATE_DIR", work.join(format!("state-{id}")))

@@ -85,14 +85,6 @@ fn io_template(s: &Scratch, fs: &Tmpfs, duration: &str) -> PathBuf {
     )
 }
 
-/// Bytes a process has written through write calls (tmpfs has no storage to count).
-fn written(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The figure `name` the journal recorded as observed (at removal, or when the agent ended
 /// the fault), with what was asked.
 fn observed(s: &Scratch, name: &str) -> Option<(f64, Option<f64>)> {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::netns::*;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -178,6 +179,65 @@ fn targets_named_by_arn_are_never_skipped() {
     assert_eq!(code, Some(0), "tags resolving to nothing are skipped: {out}{err}");
 }
 
+#[test]
+fn subnets_are_chosen_by_their_tags_and_an_unmatched_tag_is_an_empty_target() {
+    let s = Scratch::new("fis-subnet-tags");
+    let inventory = root().join("experiments/inventory.json");
+    let example = root().join("experiments/fis/subnet-disrupt-by-tag.json");
+    let plan = |file: &Path| {
+        faultline(&[
+            "plan",
+            "--alarms",
+            fis_alarms().to_str().unwrap(),
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--format",
+            "json",
+            file.to_str().unwrap(),
+        ])
+    };
+    let selected = |out: &str| {
+        let v: Value = serde_json::from_str(out).unwrap();
+        v["targets"]["TaggedSubnetsInB"].clone()
+    };
+    let (code, out, err) = plan(&example);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(selected(&out), json!(["subnet-az-b"]), "{out}");
+
+    // Every subnet of the topology has the tag: without the AZ, all three; with its Name, one.
+    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    let target = &mut t["targets"]["TaggedSubnetsInB"];
+    target.as_object_mut().unwrap().remove("parameters");
+    let file = s.write_json("all.json", &t);
+    let (code, out, err) = plan(&file);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        selected(&out),
+        json!(["subnet-az-a", "subnet-az-b", "subnet-az-c"]),
+        "{out}"
+    );
+    t["targets"]["TaggedSubnetsInB"]["resourceTags"] = json!({ "Name": "faultline-az-c" });
+    let file = s.write_json("name.json", &t);
+    let (code, out, err) = plan(&file);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(selected(&out), json!(["subnet-az-c"]), "{out}");
+
+    // A tag no subnet carries: the usual empty target, failed or skipped.
+    t["targets"]["TaggedSubnetsInB"]["resourceTags"] = json!({ "AzImpairmentPower": "Nothing" });
+    let file = s.write_json("none.json", &t);
+    let (code, out, err) = plan(&file);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        err.contains("target `TaggedSubnetsInB` resolved to no subnets"),
+        "{err}"
+    );
+    t["experimentOptions"] = json!({ "emptyTargetResolutionMode": "skip" });
+    let file = s.write_json("skip.json", &t);
+    let (code, out, err) = plan(&file);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(selected(&out), json!([]), "{out}");
+}
+
 /// An example of experiments/fis/ with its durations and documentParameters changed.
 fn example(name: &str, document: Value, duration: Option<&str>) -> Value {
     let mut t: Value =
@@ -329,6 +389,321 @@ fn network_latency_document_delays_by_its_default_200_ms() {
     // Both directions are delayed by 200 ms.
     assert!(during >= Duration::from_millis(380), "during: {during:?}");
     assert!(after < Duration::from_millis(100), "after: {after:?}");
+}
+
+/// `t` with no stop condition, for runs whose alarms would only add time.
+fn without_alarms(mut t: Value) -> Value {
+    t["stopConditions"] = json!([{ "source": "none" }]);
+    t
+}
+
+/// The memory the agent `pid` counts a percent of: the host's, or its cgroup's limit when
+/// lower (as the agent reads them).
+fn memory_total(pid: u32) -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let limit = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .and_then(|path| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    limit.map_or(kb * 1024, |l| l.min(kb * 1024))
+}
+
+#[test]
+fn memory_stress_document_holds_its_percent_of_memory() {
+    let s = Scratch::new("fis-ssm-memory");
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-memory-stress.json",
+            json!({ "DurationSeconds": "5", "Percent": "2", "Workers": "1" }),
+            Some("PT5S"),
+        )),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
+    ctl.expect("experiment initiating", T);
+    let before = tree_rss(a.pid());
+    let asked = memory_total(a.pid()) / 100 * 2;
+    ctl.expect("action RunDocument running", T);
+    let mut during = 0;
+    eventually("the holder resident with 2 % of memory", Duration::from_secs(4), || {
+        during = tree_rss(a.pid());
+        during >= before + asked * 9 / 10
+    });
+    let mib = |b: u64| b >> 20;
+    assert!(
+        during <= before + asked * 11 / 10 + (32 << 20),
+        "asked {} MiB, RSS {} -> {} MiB",
+        mib(asked),
+        mib(before),
+        mib(during)
+    );
+    ctl.expect("action RunDocument completed", T);
+    eventually("the memory freed", Duration::from_secs(5), || {
+        tree_rss(a.pid()) < before + (16 << 20)
+    });
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+}
+
+/// An agent (web-a1, the FIS tags) whose /tmp, where the I/O and disk documents write, is a
+/// 64 MiB tmpfs of its own, in a private mount namespace: never the real disk. Its token and
+/// state dir are recreated inside. `None` without root (the test skips, loudly).
+fn agent_on_tmpfs(s: &Scratch, port: u16) -> Option<Proc> {
+    if !is_root() {
+        assert!(!required(), "CI=true: the I/O and disk document tests must run as root");
+        eprintln!("SKIPPED: the I/O and disk document tests mount a tmpfs and need root");
+        return None;
+    }
+    let (token, state) = (s.path("token"), s.path("state-web-a1"));
+    let script = format!(
+        "t=$(cat '{token}') && mount -t tmpfs -o size=64m tmpfs /tmp && mkdir -p '{state}' && \
+         printf %s \"$t\" > '{token}' && exec \"$0\" \"$@\"",
+        token = token.display(),
+        state = state.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(agent_bin())
+        .args(["--controller", &format!("ws://127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
+        .args(FIS_TAGS)
+        .arg("--state-dir")
+        .arg(&state);
+    Some(Proc::spawn("web-a1", cmd))
+}
+
+/// The agent's /tmp (its tmpfs), as seen from outside its mount namespace.
+fn agent_tmp(agent: &Proc) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root/tmp", agent.pid()))
+}
+
+/// Percent of a filesystem in use, from statvfs.
+fn used_percent(dir: &Path) -> f64 {
+    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    // SAFETY: a zeroed statvfs is a valid buffer for statvfs to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer owned by this frame.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "{}", dir.display());
+    (st.f_blocks - st.f_bfree) as f64 * 100.0 / st.f_blocks as f64
+}
+
+/// The fault files (`.faultline-HASH`) in a directory.
+fn fault_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".faultline-"))
+        .collect()
+}
+
+#[test]
+fn io_stress_document_writes_under_its_path_and_leaves_nothing() {
+    let s = Scratch::new("fis-ssm-io");
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-io-stress.json",
+            json!({ "DurationSeconds": "4", "Workers": "2", "Percent": "50" }),
+            Some("PT4S"),
+        )),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let Some(a) = agent_on_tmpfs(&s, port) else { return };
+    ctl.expect("action RunDocument running", T);
+    let mut held = Vec::new();
+    eventually("the I/O holder", Duration::from_secs(5), || {
+        held = holders(a.pid());
+        !held.is_empty()
+    });
+    let before = written(held[0]);
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = written(held[0]) - before;
+    assert!(rate > 16 << 20, "the holder wrote only {rate} bytes in a second");
+    let tmp = agent_tmp(&a);
+    assert!(used_percent(&tmp) > 10.0, "its files take {:.1} %", used_percent(&tmp));
+    assert!(!fault_files(&tmp).is_empty(), "nothing written under /tmp");
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    assert!(fault_files(&tmp).is_empty(), "left behind: {:?}", fault_files(&tmp));
+}
+
+#[test]
+fn disk_fill_document_fills_its_filesystem_to_the_percent_then_empties_it() {
+    let s = Scratch::new("fis-ssm-disk");
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-disk-fill.json",
+            json!({ "DurationSeconds": "5", "Percent": "60" }),
+            Some("PT5S"),
+        )),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let Some(a) = agent_on_tmpfs(&s, port) else { return };
+    let tmp = agent_tmp(&a);
+    ctl.expect("action RunDocument running", T);
+    eventually("the filesystem 60 % full", Duration::from_secs(4), || {
+        (57.0..=63.0).contains(&used_percent(&tmp))
+    });
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    assert!(used_percent(&tmp) < 10.0, "still {:.1} % used", used_percent(&tmp));
+    assert!(fault_files(&tmp).is_empty(), "left behind: {:?}", fault_files(&tmp));
+}
+
+/// A round trip through the agent's proxy to the echo server, from `from` (a 127.0.0.x).
+fn round_trip_from(from: std::net::Ipv4Addr, proxy: u16) -> Duration {
+    let mut c = connect_from(from, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), proxy)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    t.elapsed()
+}
+
+#[test]
+fn network_latency_sources_document_delays_only_the_named_source() {
+    let s = Scratch::new("fis-ssm-latency-sources");
+    let upstream = echo_server();
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-network-latency-sources.json",
+            json!({ "DurationSeconds": "6", "Sources": "127.0.0.2", "DelayMilliseconds": "300", "JitterMilliseconds": "0" }),
+            Some("PT6S"),
+        )),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut extra = FIS_TAGS.to_vec();
+    let proxy_arg = format!("127.0.0.1:0=127.0.0.1:{upstream}");
+    extra.extend(["--proxy", &proxy_arg]);
+    let mut a = agent(&s, port, "web-a1", "az-a", &extra);
+    let proxy = a.listen_port("proxy ready");
+    ctl.expect("action RunDocument running", T);
+    let named = round_trip_from([127, 0, 0, 2].into(), proxy);
+    let other = round_trip_from([127, 0, 0, 3].into(), proxy);
+    ctl.expect("action RunDocument completed", T);
+    let after = round_trip_from([127, 0, 0, 2].into(), proxy);
+    let (status, _, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    // Both directions of the named source's connection are delayed by 300 ms.
+    assert!(named >= Duration::from_millis(580), "the source: {named:?}");
+    assert!(other < Duration::from_millis(150), "not a source: {other:?}");
+    assert!(after < Duration::from_millis(150), "after: {after:?}");
+}
+
+/// The loss measured over `n` datagrams from `from`, in percent.
+fn loss_from(pair: &Pair, from: std::net::Ipv4Addr, n: u32) -> f64 {
+    100.0 - f64::from(udp_delivered_from(pair, from, n)) * 100.0 / f64::from(n)
+}
+
+#[test]
+fn network_packet_loss_document_drops_its_share() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("fis-ssm-loss");
+    let pair = Pair::new();
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-network-packet-loss.json",
+            json!({ "DurationSeconds": "6", "LossPercent": "30", "Interface": "eth0" }),
+            Some("PT6S"),
+        )),
+    );
+    let (mut ctl, port) = pair.controller(&s, &template);
+    let _agent = pair.agent(&s, port, &FIS_TAGS);
+    ctl.expect("action RunDocument running", T);
+    let loss = loss_from(&pair, pair.cli(), 1000);
+    eprintln!("AWSFIS-Run-Network-Packet-Loss: asked 30%, measured {loss:.1}% over 1000 datagrams");
+    assert!((25.0..=35.0).contains(&loss), "asked 30% loss, measured {loss}%");
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+    assert_eq!(loss_from(&pair, pair.cli(), 400), 0.0, "loss after the document");
+}
+
+#[test]
+fn network_packet_loss_sources_document_drops_only_the_named_sources_share() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("fis-ssm-loss-sources");
+    let pair = Pair::new();
+    let other = pair.addr(3);
+    ip(&[
+        "-n",
+        &pair.ns("cli"),
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        "eth0",
+    ]);
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-network-packet-loss-sources.json",
+            json!({ "DurationSeconds": "6", "Sources": pair.cli().to_string(), "LossPercent": "30" }),
+            Some("PT6S"),
+        )),
+    );
+    let (mut ctl, port) = pair.controller(&s, &template);
+    let _agent = pair.agent(&s, port, &FIS_TAGS);
+    ctl.expect("action RunDocument running", T);
+    let named = loss_from(&pair, pair.cli(), 1000);
+    let unnamed = loss_from(&pair, other, 400);
+    eprintln!("AWSFIS-Run-Network-Packet-Loss-Sources: asked 30%, measured {named:.1}% from the source, {unnamed:.1}% from another");
+    assert!((25.0..=35.0).contains(&named), "asked 30% loss, measured {named}%");
+    assert_eq!(unnamed, 0.0, "{other} is not a source");
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+}
+
+#[test]
+fn network_blackhole_port_document_silences_the_port_then_lets_it_answer() {
+    if !privileged() {
+        return;
+    }
+    let s = Scratch::new("fis-ssm-blackhole");
+    let pair = Pair::new();
+    pair.serve();
+    eventually(
+        "the port answering before the document",
+        Duration::from_secs(10),
+        || pair.answers(),
+    );
+    let template = s.write_json(
+        "t.json",
+        &without_alarms(example(
+            "ssm-network-blackhole-port.json",
+            json!({ "DurationSeconds": "5", "Protocol": "tcp", "Port": PORT.to_string() }),
+            Some("PT5S"),
+        )),
+    );
+    let (mut ctl, port) = pair.controller(&s, &template);
+    let _agent = pair.agent(&s, port, &FIS_TAGS);
+    ctl.expect("action RunDocument running", T);
+    assert!(!pair.answers(), "port {PORT} answered during the blackhole");
+    let (status, out, lines) = ctl.finish(T);
+    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+    assert!(pair.answers(), "port {PORT} must answer again after the document");
 }
 
 #[test]

@@ -8,200 +8,14 @@
 
 mod common;
 
+use common::netns::*;
 use common::*;
 use serde_json::{json, Value};
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-const PORT: u16 = 9100;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip from iproute2");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn privileged() -> bool {
-    let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(!required(), "CI=true: network fault tests need root and iproute2");
-        eprintln!("SKIPPED: network fault tests need root (CAP_NET_ADMIN) and iproute2's `ip`");
-    }
-    ok
-}
-
-/// Two namespaces on a veth pair, deleted when dropped.
-struct Pair {
-    prefix: String,
-    subnet: u8,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let pair = Pair {
-            prefix: format!("fln{}x{n}", std::process::id() % 100_000),
-            subnet: 20 + ((std::process::id() * 7 + n * 31) % 200) as u8,
-        };
-        let (srv, cli) = (pair.ns("srv"), pair.ns("cli"));
-        for (ns, last) in [(&srv, 1), (&cli, 2)] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            let _ = last;
-        }
-        ip(&[
-            "-n", &srv, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &cli,
-        ]);
-        for (ns, last) in [(&srv, 1), (&cli, 2)] {
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", pair.addr(last)),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        pair
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
-    }
-
-    fn addr(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 214, self.subnet, last)
-    }
-
-    fn srv(&self) -> Ipv4Addr {
-        self.addr(1)
-    }
-
-    fn cli(&self) -> Ipv4Addr {
-        self.addr(2)
-    }
-
-    /// Runs `f` on a thread inside namespace `name`; sockets it creates live there.
-    fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/var/run/netns/{}", self.ns(name));
-        std::thread::spawn(move || {
-            let fd = File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace descriptor we own.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns {path}"
-            );
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// A TCP service in "srv" answering every connection with one byte.
-    fn serve(&self) {
-        let l: TcpListener = self.inside("srv", || TcpListener::bind(("0.0.0.0", PORT)).unwrap());
-        std::thread::spawn(move || {
-            for mut c in l.incoming().flatten() {
-                let _ = c.write_all(b"k");
-            }
-        });
-    }
-
-    /// Whether the client gets the service's byte.
-    fn answers(&self) -> bool {
-        let to = SocketAddr::from((self.srv(), PORT));
-        self.inside("cli", move || {
-            let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_millis(700)) else {
-                return false;
-            };
-            c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-            c.read_exact(&mut [0u8; 1]).is_ok()
-        })
-    }
-
-    /// The nf_tables tables of "srv", as the nft tool lists them.
-    fn tables(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("srv"), "nft", "list", "tables"])
-            .output()
-            .expect("ip netns exec ... nft");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `faultline run` in "srv" on loopback; the port agents dial.
-    fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
-        agent_bin();
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns("srv"),
-            FAULTLINE,
-            "run",
-            "--format",
-            "json",
-            "--seed",
-            "1",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--wait-agents", "1"])
-        .arg("--token-file")
-        .arg(s.path("token"))
-        .arg("--journal")
-        .arg(s.path("journal.jsonl"))
-        .arg(template);
-        let mut p = Proc::spawn("controller", cmd);
-        let port = p.controller_port();
-        (p, port)
-    }
-
-    /// The agent of "srv", host web-a1, its state dir in the scratch dir.
-    fn agent(&self, s: &Scratch, port: u16) -> Proc {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns("srv")])
-            .arg(agent_bin())
-            .args(["--controller", &format!("ws://127.0.0.1:{port}")])
-            .arg("--token-file")
-            .arg(s.path("token"))
-            .args([
-                "--host-id",
-                "web-a1",
-                "--az",
-                "az-a",
-                "--tag",
-                "tier=web",
-                "--lease",
-                "PT3S",
-            ])
-            .args(["--address", &self.srv().to_string()])
-            .arg("--state-dir")
-            .arg(s.path("state-web-a1"));
-        Proc::spawn("web-a1", cmd)
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for n in ["srv", "cli"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(n)]).status();
-        }
-    }
-}
-
 fn blackhole(s: &Scratch, seconds: u32) -> std::path::PathBuf {
     s.write_json(
         "t.json",
@@ -225,7 +39,7 @@ fn a_blackholed_port_stops_answering_and_answers_again_after() {
         pair.answers()
     });
     let (mut ctl, port) = pair.controller(&s, &blackhole(&s, 5));
-    let mut agent = pair.agent(&s, port);
+    let mut agent = pair.agent(&s, port, &[]);
     ctl.expect("action A running", T);
     assert!(!pair.answers(), "the port answered during the blackhole");
     assert!(pair.tables().contains("inet fl_"), "{}", pair.tables());
@@ -253,7 +67,7 @@ fn a_blackhole_ends_in_the_kernel_without_its_agent_and_a_restart_removes_its_ta
         pair.answers()
     });
     let (mut ctl, port) = pair.controller(&s, &blackhole(&s, 4));
-    let agent = pair.agent(&s, port);
+    let agent = pair.agent(&s, port, &[]);
     ctl.expect("action A running", T);
     assert!(!pair.answers());
     // kill -9 (of `ip netns exec`, which execs the agent: the same process).
@@ -266,7 +80,7 @@ fn a_blackhole_ends_in_the_kernel_without_its_agent_and_a_restart_removes_its_ta
         "the inert table stays until an agent removes it"
     );
     // A restart finds the record and deletes the table.
-    let _again = pair.agent(&s, port);
+    let _again = pair.agent(&s, port, &[]);
     eventually("the restarted agent removing the table", T, || {
         !pair.tables().contains("fl_")
     });
@@ -286,41 +100,17 @@ fn a_restart_with_a_corrupt_record_removes_a_blackhole_in_effect() {
         pair.answers()
     });
     let (mut ctl, port) = pair.controller(&s, &blackhole(&s, 120));
-    let agent = pair.agent(&s, port);
+    let agent = pair.agent(&s, port, &[]);
     ctl.expect("action A running", T);
     agent.signal(libc::SIGKILL);
     let files = state_files(&s, "web-a1");
     assert_eq!(files.len(), 1, "{files:?}");
     std::fs::write(&files[0], b"{ not json").unwrap();
     assert!(!pair.answers(), "still blackholed while no agent runs");
-    let _again = pair.agent(&s, port);
+    let _again = pair.agent(&s, port, &[]);
     eventually("the port answering after the restart", T, || pair.answers());
     assert!(!pair.tables().contains("fl_"), "{}", pair.tables());
     drop(ctl);
-}
-
-/// Sends `n` UDP datagrams from "cli" to a counter in "srv"; how many arrived.
-fn udp_delivered(pair: &Pair, n: u32) -> u32 {
-    let rx: UdpSocket = pair.inside("srv", || UdpSocket::bind(("0.0.0.0", 0)).unwrap());
-    let to = SocketAddr::from((pair.srv(), rx.local_addr().unwrap().port()));
-    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let counter = std::thread::spawn(move || {
-        let mut got = 0u32;
-        let mut buf = [0u8; 64];
-        while rx.recv(&mut buf).is_ok() {
-            got += 1;
-        }
-        got
-    });
-    pair.inside("cli", move || {
-        let tx = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
-        for i in 0..n {
-            tx.send_to(&i.to_be_bytes(), to).unwrap();
-            // Paced so that no socket buffer overflows: only the fault may drop a packet.
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    });
-    counter.join().unwrap()
 }
 
 #[test]
@@ -342,7 +132,7 @@ fn packet_loss_drops_the_asked_share_of_a_thousand_packets_from_its_source() {
         ),
     );
     let (mut ctl, port) = pair.controller(&s, &template);
-    let mut agent = pair.agent(&s, port);
+    let mut agent = pair.agent(&s, port, &[]);
     ctl.expect("action A running", T);
     let got = udp_delivered(&pair, 1000);
     let loss = 100.0 - f64::from(got) / 10.0;

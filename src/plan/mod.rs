@@ -3,7 +3,7 @@
 pub mod inventory;
 pub mod resolve;
 
-pub use resolve::{resolve, subnet_az, EmptyTarget, Resolution, Resolved};
+pub use resolve::{resolve, subnet_az, EmptyTarget, Resolution, Resolved, SUBNET_TAG};
 
 use crate::duration;
 use crate::template::{Experiment, ResourceType};

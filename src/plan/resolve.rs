@@ -111,9 +111,30 @@ pub fn subnet_az(subnet: &str) -> &str {
     subnet.strip_prefix("subnet-").unwrap_or(subnet)
 }
 
-/// A subnet as filters see it, as EC2 describes one.
-pub fn subnet_description(az: &str) -> Value {
-    serde_json::json!({ "SubnetId": subnet_id(az), "AvailabilityZone": az, "VpcId": VPC_ID })
+/// The prefix of a host tag that is a tag of its subnet: `faultline:subnet:Name=private-a` on
+/// a host of az-a tags `subnet-az-a` with `Name=private-a`. Subnets are no objects an agent
+/// registers, so their tags travel with the hosts in them (the topology sets them).
+pub const SUBNET_TAG: &str = "faultline:subnet:";
+
+/// The tags of an AZ's subnet: every `faultline:subnet:KEY=VALUE` tag of the hosts in the AZ
+/// (where hosts disagree, the first host by id wins).
+pub fn subnet_tags(az: &str, hosts: &[HostDescription]) -> BTreeMap<String, String> {
+    let mut in_az: Vec<&HostDescription> = hosts.iter().filter(|h| h.placement.availability_zone == az).collect();
+    in_az.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+    let mut tags = BTreeMap::new();
+    for (k, v) in in_az.iter().flat_map(|h| &h.tags) {
+        if let Some(key) = k.strip_prefix(SUBNET_TAG) {
+            tags.entry(key.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    tags
+}
+
+/// A subnet as filters see it, as EC2 describes one (its `Tags` as a map, as a host's).
+pub fn subnet_description(az: &str, hosts: &[HostDescription]) -> Value {
+    serde_json::json!({
+        "SubnetId": subnet_id(az), "AvailabilityZone": az, "VpcId": VPC_ID, "Tags": subnet_tags(az, hosts)
+    })
 }
 
 /// A host as filters see it: its description, with the `SubnetId` and `VpcId` of its AZ's
@@ -149,15 +170,20 @@ pub fn resolve_target(name: &str, target: &Target, hosts: &[HostDescription], se
                 .iter()
                 .map(|h| subnet_id(&h.placement.availability_zone))
                 .collect();
-            let matching = hosts
-                .iter()
-                .map(|h| subnet_description(&h.placement.availability_zone))
+            let azs: BTreeSet<&str> = hosts.iter().map(|h| h.placement.availability_zone.as_str()).collect();
+            let matching = azs
+                .into_iter()
+                .map(|az| subnet_description(az, hosts))
                 .filter(|s| {
                     let id = s["SubnetId"].as_str().unwrap_or_default();
                     target
                         .resource_ids
                         .as_ref()
                         .is_none_or(|ids| ids.iter().any(|i| i == id))
+                        && target
+                            .resource_tags
+                            .iter()
+                            .all(|(k, v)| s["Tags"][k].as_str() == Some(v.as_str()))
                         && target.filters.iter().all(|f| filter_matches(f, s))
                 })
                 .filter_map(|s| Some(s["SubnetId"].as_str()?.to_string()))
@@ -315,6 +341,32 @@ mod tests {
             (r.selected, r.missing),
             (vec!["h00".to_string()], vec!["nope".to_string()])
         );
+    }
+
+    #[test]
+    fn subnets_carry_the_tags_their_hosts_give_them() {
+        let mut a1 = host("a1", "az-a", "web");
+        a1.tags.insert(format!("{SUBNET_TAG}Name"), "private-a".into());
+        a1.tags
+            .insert(format!("{SUBNET_TAG}AzImpairmentPower"), "DisruptSubnet".into());
+        let mut b1 = host("b1", "az-b", "web");
+        b1.tags.insert(format!("{SUBNET_TAG}Name"), "private-b".into());
+        let hosts = vec![a1, host("a2", "az-a", "db"), b1];
+        let mut t = target(Selection::All, vec![], &[("AzImpairmentPower", "DisruptSubnet")]);
+        t.resource_type = ResourceType::Subnet;
+        assert_eq!(resolve_target("t", &t, &hosts, 0).selected, ["subnet-az-a"]);
+        t.resource_tags = [("Name".to_string(), "private-b".to_string())].into();
+        assert_eq!(resolve_target("t", &t, &hosts, 0).selected, ["subnet-az-b"]);
+        t.resource_tags = [("Name".to_string(), "public".to_string())].into();
+        let r = resolve_target("t", &t, &hosts, 0);
+        assert_eq!((r.selected.len(), r.matched), (0, 0));
+        // Filters walk the subnet's tags too.
+        t.resource_tags.clear();
+        t.filters = vec![Filter {
+            path: "Tags.Name".into(),
+            values: vec!["private-a".into()],
+        }];
+        assert_eq!(resolve_target("t", &t, &hosts, 0).selected, ["subnet-az-a"]);
     }
 
     proptest! {

@@ -384,10 +384,6 @@ impl Checker {
                         "to target every running host: \"filters\": [{\"path\": \"State.Name\", \"values\": [\"running\"]}]".into(),
                     );
                 }
-                ResourceType::Subnet if !tags.is_empty() => {
-                    self.at(join(&base, "resourceTags"), "subnets carry no tags here: each AZ's network is one subnet, subnet-<AZ>")
-                        .hint = Some("choose subnets with parameters.availabilityZoneIdentifier, resourceArns or filters on AvailabilityZone".into());
-                }
                 ResourceType::Az if !tags.is_empty() => {
                     self.at(join(&base, "resourceTags"), "availability zones have no tags")
                         .hint = Some("name AZs with resourceIds, e.g. [\"az-a\"], or filter on Name".into());

@@ -5,6 +5,7 @@
 
 pub mod fake_agent;
 pub mod handshake;
+pub mod netns;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -433,6 +434,14 @@ pub fn tree_rss(root: u32) -> u64 {
         })
         .sum::<u64>()
         * 1024
+}
+
+/// Bytes a process has written through write calls (tmpfs has no storage to count).
+pub fn written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Live holder processes of the agent `agent_pid` (`faultline-agent hold ... --parent PID`),
