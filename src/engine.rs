@@ -267,6 +267,25 @@ pub enum PlacementError {
     Platform(#[from] PlatformError),
 }
 
+/// Whether `host` can take a fault that needs `capability`: it runs (a host its platform
+/// stopped is known, but its agent is gone) and its agent offers it.
+fn takes(host: &HostDescription, capability: &'static str) -> Result<(), PlacementError> {
+    if host.state.name != "running" {
+        return Err(PlacementError::NotRunning {
+            host: host.host_id.clone(),
+            state: host.state.name.clone(),
+        });
+    }
+    if !host.agent.capabilities.iter().any(|c| c == capability) {
+        return Err(PlacementError::Incapable {
+            host: host.host_id.clone(),
+            capability,
+            offers: host.agent.capabilities.join(", "),
+        });
+    }
+    Ok(())
+}
+
 /// Every action whose hosts cannot take its fault, found before anything starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .0.iter().map(|(action, e)| format!("action {action}: {e}")).collect::<Vec<_>>().join("\n"))]
@@ -365,19 +384,7 @@ impl Run {
             let host = by_id
                 .get(p.host.as_str())
                 .ok_or_else(|| PlacementError::NotConnected(p.host.clone()))?;
-            if host.state.name != "running" {
-                return Err(PlacementError::NotRunning {
-                    host: p.host.clone(),
-                    state: host.state.name.clone(),
-                });
-            }
-            if !host.agent.capabilities.iter().any(|c| c == capability) {
-                return Err(PlacementError::Incapable {
-                    host: p.host.clone(),
-                    capability,
-                    offers: host.agent.capabilities.join(", "),
-                });
-            }
+            takes(host, capability)?;
         }
         Ok((resources, placements))
     }
@@ -1174,5 +1181,27 @@ fn end_reason(r: EndReason) -> &'static str {
         EndReason::LeaseExpired => "agent: lease expired",
         EndReason::Shutdown => "agent: shutdown",
         EndReason::AgentRestarted => "agent: restarted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_host_takes_no_fault_and_a_running_one_what_its_agent_offers() {
+        let mut h: HostDescription = serde_json::from_value(serde_json::json!({
+            "HostId": "web-a1", "Placement": { "AvailabilityZone": "az-a" },
+            "Agent": { "Capabilities": ["cpu"] }
+        }))
+        .unwrap();
+        assert_eq!(takes(&h, "cpu"), Ok(()));
+        assert!(matches!(takes(&h, "kill"), Err(PlacementError::Incapable { .. })));
+        h.state.name = "stopped".into();
+        let e = takes(&h, "cpu").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "web-a1 is stopped: its agent cannot take a fault; add the filter State.Name=running to the target"
+        );
     }
 }

@@ -72,8 +72,9 @@ pub fn active_faults(experiment: &str, template: &Value, lines: &[String]) -> Ve
     active.into_values().collect()
 }
 
-/// The topology map: AZs in order, each with its hosts (those connected, and those seen
-/// since the server started that are gone: `disconnected`), each with its faults.
+/// The topology map: AZs in order, each with its hosts (those the fleet knows, connected or
+/// stopped or terminated by their platform, with that state; and those seen since the server
+/// started that are gone: `disconnected`), each with its faults.
 pub fn map(connected: &[HostDescription], seen: &[HostDescription], faults: &[Fault], now: i64) -> Value {
     let mut azs: BTreeMap<&str, BTreeMap<&str, Value>> = BTreeMap::new();
     for (h, is_connected) in seen
@@ -252,5 +253,21 @@ mod tests {
         assert_eq!(m["azs"][0]["hosts"][0]["faults"][0]["timeLeftMs"], 6_000);
         assert_eq!(m["azs"][0]["hosts"][1]["state"], "disconnected");
         assert_eq!(m["azs"][1]["hosts"][0]["state"], "running");
+    }
+
+    #[test]
+    fn the_map_shows_a_host_its_platform_stopped_or_terminated_as_such() {
+        let host = |id: &str, state: &str| {
+            serde_json::from_value::<HostDescription>(
+                json!({ "HostId": id, "Placement": { "AvailabilityZone": "az-a" }, "State": { "Name": state } }),
+            )
+            .unwrap()
+        };
+        // The fleet lists them with their platform's state; they were seen running before.
+        let known = [host("a1", "stopped"), host("a2", "terminated")];
+        let seen = [host("a1", "running"), host("a2", "running")];
+        let m = map(&known, &seen, &[], 0);
+        assert_eq!(m["azs"][0]["hosts"][0]["state"], "stopped");
+        assert_eq!(m["azs"][0]["hosts"][1]["state"], "terminated");
     }
 }
