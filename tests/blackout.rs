@@ -6,12 +6,11 @@
 
 mod common;
 
+use common::netns::{in_netns, ip, privileged_for};
 use common::*;
 use serde_json::json;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -24,25 +23,6 @@ struct Topology {
     prefix: String,
     subnet: u8,
     hosts: Vec<(String, String, u8)>,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip from iproute2");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn privileged() -> bool {
-    let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(!required(), "CI=true: blackout tests need root and iproute2");
-        eprintln!("SKIPPED: blackout tests need root (CAP_NET_ADMIN) and iproute2's `ip`");
-    }
-    ok
 }
 
 impl Topology {
@@ -122,19 +102,7 @@ impl Topology {
 
     /// Runs `f` on a thread inside namespace `name`; sockets it creates live there.
     fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/var/run/netns/{}", self.ns(name));
-        std::thread::spawn(move || {
-            let fd = File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace descriptor we own.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns {path}"
-            );
-            f()
-        })
-        .join()
-        .unwrap()
+        in_netns(&self.ns(name), f)
     }
 
     /// A listener in each host that answers every connection with one byte.
@@ -267,7 +235,7 @@ const HOSTS: [(&str, &str); 3] = [("a1", "az-a"), ("a2", "az-a"), ("b1", "az-b")
 
 #[test]
 fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout");
@@ -316,7 +284,7 @@ fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
 
 #[test]
 fn blackout_without_the_control_plane_ends_on_the_agents_own_clock() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-cut");
@@ -342,7 +310,7 @@ fn blackout_without_the_control_plane_ends_on_the_agents_own_clock() {
 
 #[test]
 fn a_blackout_survives_no_agent_crash() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-crash");
@@ -379,7 +347,7 @@ fn a_blackout_survives_no_agent_crash() {
 
 #[test]
 fn a_restart_removes_the_table_of_a_corrupt_record_and_any_stray_faultline_table() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-corrupt");
@@ -443,7 +411,7 @@ fn an_hour_long_cut_with_a_max_cut_of_3s(s: &Scratch, topo: &Topology) -> (Proc,
 
 #[test]
 fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-max-cut");
@@ -459,7 +427,7 @@ fn a_cut_control_plane_ends_at_max_cut_whatever_the_duration() {
 
 #[test]
 fn a_cut_control_plane_ends_at_max_cut_even_with_no_agent_left() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-max-cut-orphan");
@@ -482,7 +450,7 @@ fn a_cut_control_plane_ends_at_max_cut_even_with_no_agent_left() {
 
 #[test]
 fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-local");
@@ -502,7 +470,7 @@ fn an_nftables_blackout_is_refused_when_the_controller_is_on_the_same_host() {
 
 #[test]
 fn starting_an_agent_installs_no_rule_to_probe_nf_tables() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     use std::io::BufRead;
@@ -569,7 +537,7 @@ fn starting_an_agent_installs_no_rule_to_probe_nf_tables() {
 
 #[test]
 fn a_blackout_ends_at_its_deadline_with_no_agent_left() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("blackout-orphan");
@@ -636,7 +604,7 @@ const THREE_AZS_AND_LB: [(&str, &str); 5] = [
 
 #[test]
 fn an_availability_zone_scope_cuts_only_the_other_azs() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("subnet-az");
@@ -691,7 +659,7 @@ fn an_availability_zone_scope_cuts_only_the_other_azs() {
 
 #[test]
 fn an_availability_zone_scope_is_removed_by_the_restart_after_a_kill() {
-    if !privileged() {
+    if !privileged_for("blackout tests") {
         return;
     }
     let s = Scratch::new("subnet-az-crash");

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::time::{Duration, Instant};
 
@@ -168,41 +168,9 @@ fn memory_stress_refuses_to_eat_the_safety_margin() {
     assert!(state_files(&s, "web-a1").is_empty(), "a refused fault leaves no record");
 }
 
-/// An echo server on loopback; each connection echoes until closed.
-fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut c = c;
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// Median round trip of a small message through `port`, on a fresh connection each time.
 fn round_trip(port: u16) -> Duration {
-    let mut times: Vec<Duration> = (0..5)
-        .map(|_| {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            c.set_nodelay(true).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let t = Instant::now();
-            c.write_all(b"ping").unwrap();
-            let mut buf = [0u8; 4];
-            c.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"ping");
-            t.elapsed()
-        })
-        .collect();
+    let mut times: Vec<Duration> = (0..5).map(|_| round_trip_from([127, 0, 0, 1].into(), port)).collect();
     times.sort();
     times[2]
 }

@@ -331,34 +331,14 @@ fn kill_process_document_signals_the_named_processes() {
     assert_eq!(report(&out, &lines)["state"], "completed");
 }
 
-/// An echo server on loopback.
-fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-fn round_trip(port: u16) -> Duration {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_nodelay(true).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let t = Instant::now();
-    c.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    c.read_exact(&mut buf).unwrap();
-    t.elapsed()
+/// An agent (web-a1, the FIS tags) whose proxy fronts `upstream`; with the proxy's port.
+fn proxied_agent(s: &Scratch, port: u16, upstream: u16) -> (Proc, u16) {
+    let proxy_arg = format!("127.0.0.1:0=127.0.0.1:{upstream}");
+    let mut extra = FIS_TAGS.to_vec();
+    extra.extend(["--proxy", &proxy_arg]);
+    let mut a = agent(s, port, "web-a1", "az-a", &extra);
+    let proxy = a.listen_port("proxy ready");
+    (a, proxy)
 }
 
 #[test]
@@ -375,15 +355,11 @@ fn network_latency_document_delays_by_its_default_200_ms() {
     let template = s.write_json("t.json", &t);
     let alarms = quiet_alarms(&s);
     let (mut ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
-    let mut extra = FIS_TAGS.to_vec();
-    let proxy_arg = format!("127.0.0.1:0=127.0.0.1:{upstream}");
-    extra.extend(["--proxy", &proxy_arg]);
-    let mut a = agent(&s, port, "web-a1", "az-a", &extra);
-    let proxy = a.listen_port("proxy ready");
+    let (_a, proxy) = proxied_agent(&s, port, upstream);
     ctl.expect("action RunDocument running", T);
-    let during = round_trip(proxy);
+    let during = round_trip_from([127, 0, 0, 1].into(), proxy);
     ctl.expect("action RunDocument completed", T);
-    let after = round_trip(proxy);
+    let after = round_trip_from([127, 0, 0, 1].into(), proxy);
     let (status, _, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
     // Both directions are delayed by 200 ms.
@@ -569,18 +545,6 @@ fn disk_fill_document_fills_its_filesystem_to_the_percent_then_empties_it() {
     assert!(fault_files(&tmp).is_empty(), "left behind: {:?}", fault_files(&tmp));
 }
 
-/// A round trip through the agent's proxy to the echo server, from `from` (a 127.0.0.x).
-fn round_trip_from(from: std::net::Ipv4Addr, proxy: u16) -> Duration {
-    let mut c = connect_from(from, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), proxy)).unwrap();
-    c.set_nodelay(true).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let t = Instant::now();
-    c.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    c.read_exact(&mut buf).unwrap();
-    t.elapsed()
-}
-
 #[test]
 fn network_latency_sources_document_delays_only_the_named_source() {
     let s = Scratch::new("fis-ssm-latency-sources");
@@ -594,11 +558,7 @@ fn network_latency_sources_document_delays_only_the_named_source() {
         )),
     );
     let (mut ctl, port) = controller(&s, &template, 1, &[]);
-    let mut extra = FIS_TAGS.to_vec();
-    let proxy_arg = format!("127.0.0.1:0=127.0.0.1:{upstream}");
-    extra.extend(["--proxy", &proxy_arg]);
-    let mut a = agent(&s, port, "web-a1", "az-a", &extra);
-    let proxy = a.listen_port("proxy ready");
+    let (_a, proxy) = proxied_agent(&s, port, upstream);
     ctl.expect("action RunDocument running", T);
     let named = round_trip_from([127, 0, 0, 2].into(), proxy);
     let other = round_trip_from([127, 0, 0, 3].into(), proxy);

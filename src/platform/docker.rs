@@ -219,17 +219,7 @@ impl Docker {
     /// The topology's hosts whose container is not running, described from the container's
     /// environment (the one their agent registers from), with their state.
     pub async fn idle_hosts(&self) -> Result<Vec<(HostDescription, InstanceState)>, bollard::errors::Error> {
-        let all = self
-            .api
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(HashMap::from([(
-                    "label".to_string(),
-                    vec![format!("{PROJECT_LABEL}={}", crate::topology::PROJECT)],
-                )])),
-                ..Default::default()
-            }))
-            .await?;
+        let all = self.containers().await?;
         let mut hosts = Vec::new();
         for c in all {
             let state = container_state(c.state.map(|s| s.to_string()));
@@ -250,11 +240,9 @@ impl Docker {
         Ok(hosts)
     }
 
-    /// The ids of the topology's hosts that have a container (running or not).
-    async fn host_ids(&self) -> Result<Vec<String>, bollard::errors::Error> {
-        let prefix = format!("/{}", container(""));
-        let all = self
-            .api
+    /// The topology's containers, running or not.
+    async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+        self.api
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(HashMap::from([(
@@ -263,7 +251,13 @@ impl Docker {
                 )])),
                 ..Default::default()
             }))
-            .await?;
+            .await
+    }
+
+    /// The ids of the topology's hosts that have a container (running or not).
+    async fn host_ids(&self) -> Result<Vec<String>, bollard::errors::Error> {
+        let prefix = format!("/{}", container(""));
+        let all = self.containers().await?;
         Ok(all
             .into_iter()
             .flat_map(|c| c.names.unwrap_or_default())

@@ -506,6 +506,41 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> std
     }
 }
 
+/// An echo server on loopback; each connection echoes until closed.
+pub fn echo_server() -> u16 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The round trip of a small message through 127.0.0.1:`port` (to an [`echo_server`]), on a
+/// fresh connection from `from` (a 127.0.0.x: distinct peers to a proxy).
+pub fn round_trip_from(from: std::net::Ipv4Addr, port: u16) -> Duration {
+    use std::io::Write;
+    let mut c = connect_from(from, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    t.elapsed()
+}
+
 /// Held while a test runs `faultline demo`: its hosts listen on fixed ports of their loopback
 /// addresses, so two demos of one test binary at once would take each other's ports.
 pub fn one_demo_at_a_time() -> std::sync::MutexGuard<'static, ()> {

@@ -22,12 +22,34 @@ pub fn ip(args: &[&str]) {
 }
 
 pub fn privileged() -> bool {
+    privileged_for("network fault tests")
+}
+
+/// Whether `what` can run (root and `ip`); says so when not, and fails under CI=true.
+pub fn privileged_for(what: &str) -> bool {
     let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(!required(), "CI=true: network fault tests need root and iproute2");
-        eprintln!("SKIPPED: network fault tests need root (CAP_NET_ADMIN) and iproute2's `ip`");
+        assert!(!required(), "CI=true: {what} need root and iproute2");
+        eprintln!("SKIPPED: {what} need root (CAP_NET_ADMIN) and iproute2's `ip`");
     }
     ok
+}
+
+/// Runs `f` on a thread inside the network namespace `ns`; sockets it creates live there.
+pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we own.
+        assert_eq!(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {path}"
+        );
+        f()
+    })
+    .join()
+    .unwrap()
 }
 
 /// Two namespaces on a veth pair, deleted when dropped.
@@ -86,19 +108,7 @@ impl Pair {
 
     /// Runs `f` on a thread inside namespace `name`; sockets it creates live there.
     pub fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/var/run/netns/{}", self.ns(name));
-        std::thread::spawn(move || {
-            let fd = File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace descriptor we own.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns {path}"
-            );
-            f()
-        })
-        .join()
-        .unwrap()
+        in_netns(&self.ns(name), f)
     }
 
     /// A TCP service in "srv" answering every connection with one byte.
