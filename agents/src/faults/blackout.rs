@@ -10,7 +10,7 @@ use super::nft;
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Leftover, Setup, Started};
 use crate::proxy::Condition;
 use crate::state::{self, Record};
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::protocol::{FaultKind, Observed};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -106,6 +106,8 @@ impl Kind for Blackout {
                 table,
                 cut,
                 is_cut: false,
+                dropped: 0,
+                dropped_before: 0,
             }),
             answer,
         })
@@ -172,6 +174,24 @@ struct Cut {
     table: Option<String>,
     cut: Option<(Vec<IpAddr>, Vec<ipnet::IpNet>)>,
     is_cut: bool,
+    /// Packets its table's rules dropped, at the last reading.
+    dropped: u64,
+    /// Packets dropped by the table's rules before the cut replaced them (and their
+    /// counters).
+    dropped_before: u64,
+}
+
+impl Cut {
+    /// Reads the table's drop counters, keeping the last reading when they cannot be read.
+    fn count_dropped(&mut self) -> u64 {
+        if let Some(t) = &self.table {
+            match nft::counted(t) {
+                Ok(rules) => self.dropped = rules.iter().flatten().sum(),
+                Err(e) => tracing::warn!(table = %t, error = %e, "cannot read the blackout's counters"),
+            }
+        }
+        self.dropped_before + self.dropped
+    }
 }
 
 impl Fault for Cut {
@@ -192,6 +212,10 @@ impl Fault for Cut {
         let mut sooner = None;
         // Only nf_tables cuts the control connection; the proxy never carries it, so a
         // proxy-only blackout leaves the leases running.
+        if self.table.is_some() {
+            self.dropped_before = self.count_dropped();
+            self.dropped = 0;
+        }
         if let Some(t) = &self.table {
             let max_cut = env.config.max_cut;
             let until = left.min(max_cut);
@@ -210,6 +234,15 @@ impl Fault for Cut {
 
     fn cuts_control_plane(&self) -> bool {
         self.is_cut
+    }
+
+    /// With nf_tables, the packets its rules dropped; the proxy's refusals are not counted.
+    fn observed(&mut self) -> Observed {
+        if self.table.is_none() {
+            return Observed::default();
+        }
+        let dropped = self.count_dropped();
+        Observed::default().with("packets_dropped", "packets", None, dropped as f64)
     }
 }
 

@@ -1,11 +1,14 @@
 //! `faultline:host:disk-fill`: fill the filesystem of a directory with one file until it is
 //! `percent` full, for a while.
 //!
-//! The file lives in a directory of the fault's own, `<path>/.faultline-<hash>`, named in the
-//! record before it exists. A holder process creates and fills it (fallocate, or writes
-//! where the filesystem cannot allocate), says so, and deletes it at the deadline or as soon
-//! as the agent is gone (its stdin pipe closes); the agent deletes it on removal, and a
-//! restart after a crash deletes what the record names.
+//! The file has no name ([`anonymous_file`]): a holder process opens it, fills it
+//! (fallocate, or writes where the filesystem cannot allocate), says so, and holds it until
+//! the deadline or until the agent is gone (its stdin pipe closes). Its space is the
+//! holder's only while the holder lives, so nothing (a `kill -9` of agent and holder, an
+//! unreadable record) can leave it behind: `df` sees the fill, `ls` and `du` do not.
+//! Where the filesystem has no `O_TMPFILE`, the file is created in `<path>/.faultline-<hash>`
+//! (named in the record before it exists) and unlinked at once; the record's removal deletes
+//! that directory if a crash came in between.
 //!
 //! Safety margin: a fill never leaves less than [`margin`] free (1 % of the filesystem, at
 //! least 16 MiB), and is refused when the filesystem is already at or above the percent.
@@ -81,6 +84,30 @@ pub fn dir_of(undo: &serde_json::Value) -> Option<PathBuf> {
     undo.get("dir")?.as_str().map(PathBuf::from)
 }
 
+/// Opens a file with no name on the filesystem of `path`, for reading and writing: its
+/// space is freed when the last descriptor closes, however the process ends. Where the
+/// filesystem has no `O_TMPFILE`, `dir/name` is created and unlinked at once.
+pub fn anonymous_file(path: &Path, dir: &Path, name: &str) -> io::Result<fs::File> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    match nix::fcntl::open(path, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+        Ok(fd) => return Ok(fs::File::from(fd)),
+        // EISDIR: a kernel that predates O_TMPFILE; the others: a filesystem without it.
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR | nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    fs::create_dir_all(dir)?;
+    let named = dir.join(name);
+    let file = fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&named)?;
+    fs::remove_file(&named)?;
+    Ok(file)
+}
+
 /// Deletes a fault's directory and everything in it; one already gone is no error.
 pub fn remove_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
@@ -139,7 +166,7 @@ impl Kind for DiskFill {
         let bytes = bytes_to_fill(space, *percent)?;
         let work = Work {
             kind: "disk",
-            params: serde_json::json!({ "dir": dir, "bytes": bytes }),
+            params: serde_json::json!({ "path": path, "dir": dir, "bytes": bytes }),
             bond: Bond::Pipe,
         };
         let (holder, stdout) =
@@ -190,35 +217,36 @@ impl Kind for DiskFill {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
-        let dir = params["dir"]
-            .as_str()
-            .ok_or_else(|| io::Error::other("holder parameter dir missing"))?;
+        let text = |name: &str| {
+            params[name]
+                .as_str()
+                .map(Path::new)
+                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let (path, dir) = (text("path")?, text("dir")?);
         let bytes = params["bytes"]
             .as_u64()
             .ok_or_else(|| io::Error::other("holder parameter bytes missing"))?;
-        let dir = Path::new(dir);
-        let filled = fill(dir, bytes, holding);
+        let file = anonymous_file(path, dir, "fill");
+        // The directory exists only where there is no O_TMPFILE, and only until the file
+        // is open; whatever happened, nothing of it stays.
+        let removed = remove_dir(dir);
+        let filled = file.and_then(|f| fill(f, bytes, holding));
         if filled.is_ok() {
             holding.ready();
             holding.wait_end();
         }
-        // Whatever happened, nothing of it stays.
-        let removed = remove_dir(dir);
+        // The file closes here, and its space goes with it.
         filled.and(removed)
     }
 }
 
-/// In the holder: creates `dir` and one file of `bytes` in it.
-fn fill(dir: &Path, bytes: u64, holding: &Holding) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(dir.join("fill"))?;
+/// In the holder: makes `file` `bytes` long, allocated, and returns it (its space is held
+/// as long as it is open).
+fn fill(mut file: fs::File, bytes: u64, holding: &Holding) -> io::Result<fs::File> {
     let len = i64::try_from(bytes).map_err(io::Error::other)?;
     match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len) {
-        Ok(()) => return file.sync_all(),
+        Ok(()) => return file.sync_all().map(|()| file),
         Err(nix::errno::Errno::EOPNOTSUPP) => {}
         Err(e) => return Err(e.into()),
     }
@@ -233,7 +261,8 @@ fn fill(dir: &Path, bytes: u64, holding: &Holding) -> io::Result<()> {
             return Err(io::Error::other("stopped before the file was full"));
         }
     }
-    file.sync_all()
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// A disk fill in effect.

@@ -3,11 +3,10 @@
 //! host's other writers.
 //!
 //! The files together take `percent` of the free space of `path`'s filesystem (never past
-//! the safety margin of [`disk_fill::margin`]), in a directory of the fault's own,
-//! `<path>/.faultline-<hash>`, named in the record before it exists. A holder process does
-//! the I/O and deletes the directory at the deadline or as soon as the agent is gone (its
-//! stdin pipe closes); the agent deletes it on removal, and a restart after a crash deletes
-//! what the record names.
+//! the safety margin of [`disk_fill::margin`]). They have no name
+//! ([`disk_fill::anonymous_file`]): a holder process does the I/O until the deadline or
+//! until the agent is gone (its stdin pipe closes), and their space goes with the holder
+//! however it ends, so no crash or unreadable record can leave them behind.
 
 use super::disk_fill::{self, Space};
 use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
@@ -60,7 +59,7 @@ impl Kind for IoStress {
         }
         let work = Work {
             kind: "io",
-            params: serde_json::json!({ "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
+            params: serde_json::json!({ "path": path, "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
             bond: Bond::Pipe,
         };
         let (holder, _) =
@@ -96,18 +95,26 @@ impl Kind for IoStress {
                 .as_u64()
                 .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
         };
-        let dir = PathBuf::from(
-            params["dir"]
+        let text = |name: &str| {
+            params[name]
                 .as_str()
-                .ok_or_else(|| io::Error::other("holder parameter dir missing"))?,
-        );
+                .map(Path::new)
+                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let (path, dir) = (text("path")?, text("dir")?);
         let (workers, per_worker) = (field("workers")?, field("bytes_per_worker")?);
-        fs::create_dir_all(&dir)?;
+        let files: io::Result<Vec<fs::File>> = (0..workers)
+            .map(|i| disk_fill::anonymous_file(path, dir, &format!("worker-{i}")))
+            .collect();
+        // The directory exists only where there is no O_TMPFILE, and only until the files
+        // are open.
+        disk_fill::remove_dir(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..workers)
-            .map(|i| {
-                let (file, stop) = (dir.join(format!("worker-{i}")), stop.clone());
-                std::thread::spawn(move || churn(&file, per_worker, &stop))
+        let threads: Vec<_> = files?
+            .into_iter()
+            .map(|file| {
+                let stop = stop.clone();
+                std::thread::spawn(move || churn(file, per_worker, &stop))
             })
             .collect();
         // Ends at the deadline, when the agent is gone, or when every worker failed.
@@ -119,20 +126,13 @@ impl Kind for IoStress {
                 first_error.get_or_insert(e);
             }
         }
-        let removed = disk_fill::remove_dir(&dir);
-        first_error.map_or(removed, Err)
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// A worker: writes `bytes` to `file` (synced every few chunks), reads them back, and again,
+/// A worker: writes `bytes` to `f` (synced every few chunks), reads them back, and again,
 /// until `stop`.
-fn churn(file: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(file)?;
+fn churn(mut f: fs::File, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
     let mut chunk = vec![0u8; CHUNK];
     // Not all zeros, so no filesystem can skip the writes as holes.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
