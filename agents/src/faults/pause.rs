@@ -5,32 +5,47 @@
 //! stopped, so a restart after a crash resumes it, and a pid reused since is left alone.
 
 use super::kill::{self, Policy, Target};
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Leftover, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Leftover, Started, WireParams};
 use crate::holder::{Bond, Holder, Holding, Work};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
 use crate::state::{Record, StateDir};
-use faultline_agent::protocol::{FaultKind, Observed};
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
 
+/// The wire parameters: `{"kind":"pause","process_name":"web"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Matched as a kill's: `/proc/PID/comm` or the basename of argv[0]
+    /// ([`limits::PROCESS_NAME_BYTES`] long).
+    pub process_name: String,
+}
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "pause";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::process_name_ok(&self.process_name)
+    }
+}
+
 /// The kind. Its undo data are the marker files of the state dir, one per stopped process,
 /// not its record: a marker is written before each SIGSTOP.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pause;
 
 impl Kind for Pause {
-    fn capability(&self) -> &'static str {
-        "pause"
-    }
-
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Pause { process_name } = &a.spec.kind else {
+        let FaultKind::Pause(Params { process_name }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let fault_id = &a.spec.fault_id;
         let targets = pause(fault_id, process_name, &env.config.kill, env.state).map_err(FaultError::refused)?;
         // The pause's own end: a holder that resumes them when this agent dies.
         let work = Work {
-            kind: "pause",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "targets": targets.iter().map(|t| (t.pid, t.start_time)).collect::<Vec<_>>() }),
             bond: Bond::Pipe,
         };
