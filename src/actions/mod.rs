@@ -465,30 +465,7 @@ mod tests {
     fn every_action_builds_from_its_required_parameters() {
         for &a in ActionId::ALL {
             let d = a.def();
-            let mut map = serde_json::Map::new();
-            for p in d.params.iter().filter(|p| p.required) {
-                let v = match p.kind {
-                    Kind::Duration => "PT1S",
-                    Kind::ProcessName => "web",
-                    Kind::Text if a == ActionId::SsmSendCommand => {
-                        "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress"
-                    }
-                    Kind::Text if a == ActionId::DisruptConnectivity => "all",
-                    Kind::Integer((min, _)) => &min.to_string(),
-                    Kind::Choice(words) => words[0],
-                    _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
-                };
-                map.insert(p.name.into(), v.to_string().into());
-            }
-            if a == ActionId::Memory {
-                map.insert("sizeMiB".into(), "1".into());
-            }
-            if a == ActionId::SsmSendCommand {
-                map.insert("documentParameters".into(), "{\"DurationSeconds\": \"1\"}".into());
-            }
-            let mut diags = Vec::new();
-            let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
-            let spec = spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id));
+            let spec = build_from_required(a);
             assert_eq!(spec.action_id, a);
             let platform = matches!(spec.effect, Effect::Instances { .. });
             assert_eq!(spec.is_instant(), a == ActionId::Kill || platform);
@@ -499,5 +476,45 @@ mod tests {
                 d.id
             );
         }
+    }
+
+    #[test]
+    fn each_faults_native_action_injects_that_fault() {
+        // The fault list declares the faults' native actions first, in its own order.
+        for (&a, capability) in ActionId::ALL.iter().zip(faults::CAPABILITIES) {
+            let fault = match build_from_required(a).effect {
+                Effect::Fault(f) | Effect::Sourced { fault: f, .. } => f,
+                Effect::Blackout { keep_control_plane, .. } => blackout_fault(keep_control_plane, vec![], vec![]),
+                other => panic!("{}: {other:?} is no fault", a.as_str()),
+            };
+            assert_eq!(fault.capability(), capability, "{}", a.as_str());
+        }
+    }
+
+    /// The action `a` built from a sample of each of its required parameters.
+    fn build_from_required(a: ActionId) -> ActionSpec {
+        let d = a.def();
+        let mut map = serde_json::Map::new();
+        for p in d.params.iter().filter(|p| p.required) {
+            let v = match p.kind {
+                Kind::Duration => "PT1S",
+                Kind::ProcessName => "web",
+                Kind::Text if a == ActionId::SsmSendCommand => "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress",
+                Kind::Text if a == ActionId::DisruptConnectivity => "all",
+                Kind::Integer((min, _)) => &min.to_string(),
+                Kind::Choice(words) => words[0],
+                _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
+            };
+            map.insert(p.name.into(), v.to_string().into());
+        }
+        if a == ActionId::Memory {
+            map.insert("sizeMiB".into(), "1".into());
+        }
+        if a == ActionId::SsmSendCommand {
+            map.insert("documentParameters".into(), "{\"DurationSeconds\": \"1\"}".into());
+        }
+        let mut diags = Vec::new();
+        let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
+        spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id))
     }
 }
