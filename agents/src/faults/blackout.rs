@@ -7,10 +7,13 @@
 //! `--max-cut`; leases pause while it is cut.
 
 use super::nft;
-use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Leftover, Setup, Started};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Leftover, Setup, Started, WireParams};
+use crate::limits::{self, OutOfRange};
 use crate::proxy::Condition;
 use crate::state::{self, Record};
-use faultline_agent::protocol::{FaultKind, Observed};
+use crate::protocol::Observed;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,6 +30,40 @@ pub enum Backend {
     Proxy,
 }
 
+/// The wire parameters:
+/// `{"kind":"blackout","allow":["10.0.1.2"],"keep_control_plane":true,"deny":["10.0.2.0/24"]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Peers that stay reachable: the other hosts of the AZ ([`ALLOW`] addresses).
+    pub allow: Vec<IpAddr>,
+    /// Keep the controller reachable.
+    pub keep_control_plane: bool,
+    /// Only these networks are cut off (never `allow`, nor a kept controller); empty:
+    /// everything but `allow` is ([`limits::SOURCES`] entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<IpNet>,
+}
+
+/// Addresses a blackout may keep reachable (`allow`): far more than the hosts of an AZ.
+pub const ALLOW: (u64, u64) = (1, 4096);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "blackout";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("deny", self.deny.len() as u64, limits::SOURCES)?;
+        limits::int("allow", self.allow.len() as u64, ALLOW).map_err(|e| OutOfRange {
+            value: format!("a list of {} addresses", self.allow.len()),
+            limit: format!(
+                "it must list {}-{} addresses (the other hosts of the AZ)",
+                ALLOW.0, ALLOW.1
+            ),
+            ..e
+        })
+    }
+}
+
 /// The kind; `nft` once detection found nf_tables usable and wanted.
 #[derive(Debug, Default)]
 pub struct Blackout {
@@ -34,10 +71,6 @@ pub struct Blackout {
 }
 
 impl Kind for Blackout {
-    fn capability(&self) -> &'static str {
-        "blackout"
-    }
-
     fn detect(&mut self, setup: &Setup) -> Detection {
         let wanted = setup.blackout_backend != Backend::Proxy;
         self.nft = wanted && nft::available();
@@ -69,11 +102,11 @@ impl Kind for Blackout {
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Blackout {
+        let FaultKind::Blackout(Params {
             allow,
             keep_control_plane,
             deny,
-        } = &a.spec.kind
+        }) = &a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
         };

@@ -13,9 +13,11 @@
 //! Safety margin: a fill never leaves less than [`margin`] free (1 % of the filesystem, at
 //! least 16 MiB), and is refused when the filesystem is already at or above the percent.
 
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{self, Bond, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, Observed, Outcome};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::{Observed, Outcome};
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -140,24 +142,42 @@ pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
     Ok(bytes)
 }
 
+/// The wire parameters: `{"kind":"disk_fill","percent":95,"path":"/tmp"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// How full the filesystem is to be, percent of its size ([`PERCENT`]).
+    pub percent: u8,
+    /// An existing directory on the filesystem to fill (absolute, [`limits::PATH_BYTES`] long).
+    pub path: String,
+}
+
+/// `percent`: how full the filesystem gets. Never 100: see the safety margin ([`margin`]).
+pub const PERCENT: (u64, u64) = (1, 99);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "disk";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("percent", u64::from(self.percent), PERCENT)?;
+        limits::path_ok(&self.path)
+    }
+}
+
 /// The kind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct DiskFill;
 
 impl Kind for DiskFill {
-    fn capability(&self) -> &'static str {
-        "disk"
-    }
-
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        let FaultKind::DiskFill { path, .. } = &a.spec.kind else {
+        let FaultKind::DiskFill(Params { path, .. }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         prepare_dir(path, &a.hash)
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::DiskFill { percent, path } = &a.spec.kind else {
+        let FaultKind::DiskFill(Params { percent, path }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let dir = dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
@@ -165,7 +185,7 @@ impl Kind for DiskFill {
             Space::of(Path::new(path)).map_err(FaultError::io(format!("cannot read the filesystem of {path}")))?;
         let bytes = bytes_to_fill(space, *percent)?;
         let work = Work {
-            kind: "disk",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "path": path, "dir": dir, "bytes": bytes }),
             bond: Bond::Pipe,
         };

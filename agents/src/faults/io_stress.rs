@@ -9,9 +9,11 @@
 //! however it ends, so no crash or unreadable record can leave them behind.
 
 use super::disk_fill::{self, Space};
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{Bond, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, Observed};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -24,24 +26,48 @@ const MIB: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
 const SYNC_EVERY: u64 = 4;
 
+/// The wire parameters: `{"kind":"io_stress","workers":1,"percent":80,"path":"/tmp"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Writer threads, each with its own file ([`WORKERS`]).
+    pub workers: u32,
+    /// Percent of the free space of `path`'s filesystem the files take together ([`PERCENT`]).
+    pub percent: u8,
+    /// An existing directory; the files go in a directory of the fault's own under it
+    /// (absolute, [`limits::PATH_BYTES`] long).
+    pub path: String,
+}
+
+/// `workers`.
+pub const WORKERS: (u64, u64) = (1, 64);
+/// `percent`: of the free space.
+pub const PERCENT: (u64, u64) = (1, 100);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "io";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("workers", u64::from(self.workers), WORKERS)?;
+        limits::int("percent", u64::from(self.percent), PERCENT)?;
+        limits::path_ok(&self.path)
+    }
+}
+
 /// The kind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct IoStress;
 
 impl Kind for IoStress {
-    fn capability(&self) -> &'static str {
-        "io"
-    }
-
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        let FaultKind::IoStress { path, .. } = &a.spec.kind else {
+        let FaultKind::IoStress(Params { path, .. }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         disk_fill::prepare_dir(path, &a.hash)
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::IoStress { workers, percent, path } = &a.spec.kind else {
+        let FaultKind::IoStress(Params { workers, percent, path }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let dir = disk_fill::dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
@@ -58,7 +84,7 @@ impl Kind for IoStress {
             )));
         }
         let work = Work {
-            kind: "io",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "path": path, "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
             bond: Bond::Pipe,
         };

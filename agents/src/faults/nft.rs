@@ -846,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_blackout_takes_the_longest_allow_list_the_limits_accept() {
-        let (_, most) = faultline_agent::limits::BLACKOUT_ALLOW;
+        let (_, most) = crate::faults::blackout::ALLOW;
         let allow: Vec<IpAddr> = (0..most)
             .map(|i| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
             .collect();
