@@ -276,10 +276,20 @@ fn blackout_cuts_the_az_off_and_keeps_the_control_plane() {
         "az-a must be reachable again after the blackout"
     );
     assert!(!topo.tables("a1").contains("fl_"));
+    let journal = journal(&s);
     assert!(
-        !journal(&s).iter().any(|e| e["event"] == "agent_disconnected"),
+        !journal.iter().any(|e| e["event"] == "agent_disconnected"),
         "agents must stay connected"
     );
+    // The probes from az-b that went unanswered were dropped, and counted, by the tables.
+    let dropped: f64 = journal
+        .iter()
+        .filter_map(|e| e["observed"]["figures"].as_array())
+        .flatten()
+        .filter(|f| f["name"] == "packets_dropped")
+        .filter_map(|f| f["observed"].as_f64())
+        .sum();
+    assert!(dropped > 0.0, "no dropped packet observed: {journal:?}");
 }
 
 #[test]

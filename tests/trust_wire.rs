@@ -6,6 +6,7 @@ mod common;
 
 use common::handshake::{self, Registration};
 use common::*;
+use faultline_agent::faults::{cpu, kill};
 use faultline_agent::protocol::{ControllerMessage, ErrorCode, FaultKind, FaultSpec, Frame};
 use futures_util::{SinkExt, StreamExt};
 use std::process::Command;
@@ -109,10 +110,10 @@ async fn an_impostor_controller_never_learns_the_token_nor_commands_the_agent() 
         fault: FaultSpec {
             fault_id: "x/burn/web-a1".into(),
             duration_ms: Some(30_000),
-            kind: FaultKind::Cpu {
+            kind: FaultKind::Cpu(cpu::Params {
                 load_percent: 100,
                 workers: 1,
-            },
+            }),
         },
     };
     let _ = ws.send(Message::text(Frame::new(3, apply).encode())).await;
@@ -340,10 +341,10 @@ async fn a_relay_cannot_borrow_a_real_controllers_proof() {
             fault: FaultSpec {
                 fault_id: "x/kill/web-a1".into(),
                 duration_ms: None,
-                kind: FaultKind::Kill {
+                kind: FaultKind::Kill(kill::Params {
                     process_name: victim_name.clone(),
                     signal: "SIGKILL".into(),
-                },
+                }),
             },
         };
         let _ = from_agent.send(Message::text(Frame::new(3, kill).encode())).await;

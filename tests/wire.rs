@@ -5,6 +5,7 @@ mod common;
 
 use common::handshake::{self, next_frame, Registration};
 use common::*;
+use faultline_agent::faults::{cpu, kill};
 use faultline_agent::protocol::{AgentMessage, ControllerMessage, ErrorCode, FaultKind, FaultSpec, Frame, Outcome};
 use futures_util::SinkExt;
 use rand::{Rng, SeedableRng};
@@ -151,10 +152,10 @@ async fn the_agent_answers_garbage_with_errors_and_refuses_what_it_may_not_do() 
         fault: FaultSpec {
             fault_id: "x/cpu/web-a1".into(),
             duration_ms: Some(1000),
-            kind: FaultKind::Cpu {
+            kind: FaultKind::Cpu(cpu::Params {
                 load_percent: 50,
                 workers: 1,
-            },
+            }),
         },
     };
     ws.send(Message::text(Frame::new(3, apply).encode())).await.unwrap();
@@ -175,10 +176,10 @@ async fn the_agent_answers_garbage_with_errors_and_refuses_what_it_may_not_do() 
         fault: FaultSpec {
             fault_id: "x/kill/web-a1".into(),
             duration_ms: None,
-            kind: FaultKind::Kill {
+            kind: FaultKind::Kill(kill::Params {
                 process_name: "x".repeat(4096),
                 signal: "SIGKILL".into(),
-            },
+            }),
         },
     };
     ws.send(Message::text(Frame::new(5, stop).encode())).await.unwrap();

@@ -2,9 +2,9 @@
 //! controller, and reacts to frames, deadlines, lapsed leases and shutdown. Nothing else
 //! touches the faults, so there are no locks and no races between a remove and an expiry.
 
-use crate::faults::{Applied, Faults, Refusal, Removed};
 use crate::lease::Leases;
 use crate::session::{self, Connected, Ws};
+use faultline_agent::faults::{Applied, Faults, Refusal, Removed};
 use faultline_agent::protocol::{
     decode, AgentInfo, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame, HostDescription,
     Observed, Outcome,

@@ -3,16 +3,12 @@
 //! goes silent, on SIGTERM/SIGINT, and at the next start after a crash.
 
 mod agent;
-mod faults;
-mod holder;
 mod lease;
-mod proxy;
 mod session;
-mod state;
 
 use clap::Parser;
-use faultline_agent::duration;
 use faultline_agent::logging::{self, LogFormat};
+use faultline_agent::{duration, faults, holder, proxy, state};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -55,7 +51,7 @@ struct Cli {
     #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = "/var/lib/faultline-agent")]
     state_dir: PathBuf,
     /// Fault kinds this agent may inject.
-    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_values_t = faultline_agent::protocol::CAPABILITIES.map(String::from), value_parser = clap::builder::PossibleValuesParser::new(faultline_agent::protocol::CAPABILITIES))]
+    #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_values_t = faults::CAPABILITIES.map(String::from), value_parser = clap::builder::PossibleValuesParser::new(faults::CAPABILITIES))]
     allow: Vec<String>,
     /// How blackouts are enforced: nf_tables and the proxy (`nftables`), the proxy alone
     /// (`proxy`: use it when the agent shares its network with other things, as in

@@ -9,10 +9,12 @@
 //! `re` is the command's id. A frame that cannot be decoded is answered with an error and
 //! never ends the connection.
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+
+/// The faults, each with its parameters: declared by the fault list of [`crate::faults`],
+/// each variant's parameters in its fault's own file.
+pub use crate::faults::{FaultKind, CAPABILITIES};
 
 /// Version of this protocol; a frame with another `v` is refused with an error reply.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -22,27 +24,6 @@ pub const AGENT_PATH: &str = "/v1/agents";
 
 /// Largest frame either side accepts; anything bigger is refused unread.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
-
-/// Capabilities an agent can have, also the names accepted by `--allow`.
-pub const CAPABILITIES: [&str; 10] = [
-    "kill",
-    "pause",
-    "cpu",
-    "memory",
-    "io",
-    "disk",
-    "latency",
-    "blackout",
-    "blackhole_port",
-    "packet_loss",
-];
-
-/// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
-/// are not among them: nothing would ever resume the process; `faultline:process:pause`
-/// ([`FaultKind::Pause`]) stops processes and resumes them.
-pub const SIGNALS: [&str; 10] = [
-    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGCONT", "SIGUSR1", "SIGUSR2", "SIGSEGV",
-];
 
 /// One frame: version, message id and the message.
 ///
@@ -405,143 +386,6 @@ pub struct FaultSpec {
     pub kind: FaultKind,
 }
 
-/// The faults an agent knows, with their parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum FaultKind {
-    /// Signal every process with this name.
-    Kill {
-        /// Matched against `/proc/PID/comm` and the basename of argv[0].
-        process_name: String,
-        /// Signal name, e.g. `SIGKILL`.
-        signal: String,
-    },
-    /// Stop every process with this name (SIGSTOP) for the fault's duration, then resume
-    /// it (SIGCONT).
-    Pause {
-        /// Matched as for [`FaultKind::Kill`].
-        process_name: String,
-    },
-    /// Hold a CPU load.
-    Cpu {
-        /// Duty cycle of each worker, 1-100.
-        load_percent: u8,
-        /// Worker threads; 0 means one per CPU.
-        workers: u32,
-    },
-    /// Hold resident memory.
-    Memory {
-        /// How much.
-        amount: MemoryAmount,
-        /// Threads touching the memory; 0 means one.
-        workers: u32,
-    },
-    /// Write (with fsync) and read back files under a directory, in a holder process.
-    IoStress {
-        /// Writer threads, each with its own file.
-        workers: u32,
-        /// Percent of the free space of `path`'s filesystem the files take together.
-        percent: u8,
-        /// An existing directory; the files go in a directory of the fault's own under it.
-        path: String,
-    },
-    /// Fill the filesystem of `path` with one file until it is `percent` full.
-    DiskFill {
-        /// How full the filesystem is to be, percent of its size.
-        percent: u8,
-        /// An existing directory on the filesystem to fill.
-        path: String,
-    },
-    /// Delay and drop traffic through the agent's proxy.
-    Latency {
-        /// Added delay per direction, ms.
-        delay_ms: u64,
-        /// Uniform jitter around the delay, ms.
-        jitter_ms: u64,
-        /// Share of new connections refused, 0-100.
-        loss_percent: f64,
-        /// Only connections from these peers are affected; empty: every peer.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        sources: Vec<IpNet>,
-    },
-    /// Cut the host off from everything but these addresses, or only from some networks.
-    Blackout {
-        /// Peers that stay reachable: the other hosts of the AZ.
-        allow: Vec<IpAddr>,
-        /// Keep the controller reachable.
-        keep_control_plane: bool,
-        /// Only these networks are cut off (never `allow`, nor a kept controller); empty:
-        /// everything but `allow` is.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        deny: Vec<IpNet>,
-    },
-    /// Drop every packet to one port, in one direction.
-    BlackholePort {
-        /// TCP or UDP.
-        protocol: Transport,
-        /// The destination port.
-        port: u16,
-        /// Packets arriving for the port, or sent to it.
-        traffic: Direction,
-    },
-    /// Drop a random share of the packets arriving from some peers.
-    PacketLoss {
-        /// Share of packets dropped, 0-100.
-        loss_percent: f64,
-        /// Only packets from these peers; empty: every peer but loopback.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        sources: Vec<IpNet>,
-    },
-}
-
-/// A transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-/// Which way traffic flows, seen from the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Packets arriving at the host.
-    Ingress,
-    /// Packets the host sends.
-    Egress,
-}
-
-impl FaultKind {
-    /// The capability (and `--allow` name) this fault needs.
-    pub fn capability(&self) -> &'static str {
-        match self {
-            FaultKind::Kill { .. } => "kill",
-            FaultKind::Pause { .. } => "pause",
-            FaultKind::Cpu { .. } => "cpu",
-            FaultKind::Memory { .. } => "memory",
-            FaultKind::IoStress { .. } => "io",
-            FaultKind::DiskFill { .. } => "disk",
-            FaultKind::Latency { .. } => "latency",
-            FaultKind::Blackout { .. } => "blackout",
-            FaultKind::BlackholePort { .. } => "blackhole_port",
-            FaultKind::PacketLoss { .. } => "packet_loss",
-        }
-    }
-}
-
-/// An amount of memory to hold.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum MemoryAmount {
-    /// Absolute size in MiB.
-    SizeMib(u64),
-    /// Percent of the memory available to the host (its cgroup limit when it has one).
-    Percent(u8),
-}
-
 /// A host as its agent registers it, and as target filters see it (design §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -611,10 +455,10 @@ mod tests {
                 fault: FaultSpec {
                     fault_id: "e1/stress/web-a1".into(),
                     duration_ms: Some(30_000),
-                    kind: FaultKind::Cpu {
+                    kind: FaultKind::Cpu(crate::faults::cpu::Params {
                         load_percent: 80,
                         workers: 0,
-                    },
+                    }),
                 },
             },
         );

@@ -240,7 +240,7 @@ pub async fn serve(listener: TcpListener, upstream: String, conditions: Arc<Cond
             _ = cancel.cancelled() => return,
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let Some((client, peer)) = faultline_agent::net::accept(&listener, &cancel).await else {
+        let Some((client, peer)) = crate::net::accept(&listener, &cancel).await else {
             return;
         };
         let (upstream, conditions, cancel) = (upstream.clone(), conditions.clone(), cancel.clone());

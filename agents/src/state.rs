@@ -38,17 +38,11 @@ pub enum StateError {
     Locked(PathBuf),
 }
 
-/// A stopped process on record: its pid and start time.
-pub type PausedPid = (u32, u64);
-
 /// A locked state directory.
 #[derive(Debug)]
 pub struct StateDir {
+    dir: PathBuf,
     faults: PathBuf,
-    /// One empty marker file per process a pause stopped, named
-    /// `<fault file stem>.<pid>-<start time>`: written and synced before the SIGSTOP, so
-    /// that no corruption of a record can hide a stopped process from the next start.
-    paused: PathBuf,
     /// Held for the life of the agent: two agents sharing a directory would undo each other.
     _lock: nix::fcntl::Flock<File>,
 }
@@ -62,8 +56,6 @@ impl StateDir {
         };
         let faults = dir.join("faults");
         fs::create_dir_all(&faults).map_err(io_err)?;
-        let paused = dir.join("paused");
-        fs::create_dir_all(&paused).map_err(io_err)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -73,8 +65,8 @@ impl StateDir {
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| StateError::Locked(dir.to_path_buf()))?;
         Ok(StateDir {
+            dir: dir.to_path_buf(),
             faults,
-            paused,
             _lock: lock,
         })
     }
@@ -120,7 +112,8 @@ impl StateDir {
         Ok((records, unreadable))
     }
 
-    /// Deletes a file [`StateDir::leftovers`] could not read (e.g. an interrupted write).
+    /// Deletes a file [`StateDir::leftovers`] could not read (e.g. an interrupted write), or
+    /// a marker ([`StateDir::mark`]) once what it marks is undone.
     pub fn discard(&self, path: &Path) -> io::Result<()> {
         match fs::remove_file(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -128,46 +121,41 @@ impl StateDir {
         }
     }
 
-    fn marker(&self, fault_id: &str, pid: u32, start_time: u64) -> PathBuf {
-        self.paused.join(format!("{}.{pid}-{start_time}", file_stem(fault_id)))
+    /// The marker file `tag` of `fault_id` in the marker set `set`:
+    /// `<set>/<fault file stem>.<tag>`.
+    pub fn marker(&self, set: &str, fault_id: &str, tag: &str) -> PathBuf {
+        self.dir.join(set).join(format!("{}.{tag}", file_stem(fault_id)))
     }
 
-    /// Durably records that `fault_id` is about to stop process `pid` started at `start_time`.
-    pub fn mark_paused(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<()> {
-        File::create(self.marker(fault_id, pid, start_time))?.sync_all()?;
-        File::open(&self.paused)?.sync_all()
+    /// Durably marks `tag` for `fault_id` in the marker set `set` (a directory of its own):
+    /// an empty file, written and synced with its directory. A kind marks each thing it is
+    /// about to change when one record cannot say it (a pause: each process it stops), so
+    /// that no corruption of a record can hide it from the next start.
+    pub fn mark(&self, set: &str, fault_id: &str, tag: &str) -> io::Result<()> {
+        let dir = self.dir.join(set);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir)?;
+            File::open(&self.dir)?.sync_all()?;
+        }
+        File::create(self.marker(set, fault_id, tag))?.sync_all()?;
+        File::open(&dir)?.sync_all()
     }
 
-    /// Forgets a stopped process once it is resumed.
-    pub fn unmark_paused(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<()> {
-        self.discard(&self.marker(fault_id, pid, start_time))
-    }
-
-    /// Every stopped process on record: the marker file, the pid and its start time.
-    /// Files whose name does not parse are returned with `None`.
-    pub fn paused(&self) -> io::Result<Vec<(PathBuf, Option<PausedPid>)>> {
+    /// Every marker of the set `set`, with its tag (what follows the fault's file stem and
+    /// its dot; `None` when the name has none), sorted.
+    pub fn markers(&self, set: &str) -> io::Result<Vec<(PathBuf, Option<String>)>> {
+        let entries = match fs::read_dir(self.dir.join(set)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other?,
+        };
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.paused)? {
+        for entry in entries {
             let path = entry?.path();
-            let parsed = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .and_then(|e| e.split_once('-'))
-                .and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?)));
-            out.push((path, parsed));
+            let tag = path.extension().and_then(|e| e.to_str()).map(String::from);
+            out.push((path, tag));
         }
         out.sort();
         Ok(out)
-    }
-
-    /// Whether a fault other than `fault_id` also keeps process `pid` (started at
-    /// `start_time`) stopped.
-    pub fn paused_by_another(&self, fault_id: &str, pid: u32, start_time: u64) -> io::Result<bool> {
-        let mine = self.marker(fault_id, pid, start_time);
-        Ok(self
-            .paused()?
-            .iter()
-            .any(|(path, p)| *p == Some((pid, start_time)) && *path != mine))
     }
 }
 
@@ -244,16 +232,18 @@ mod tests {
     }
 
     #[test]
-    fn paused_markers_name_pid_and_start_time() {
+    fn markers_are_kept_per_set_and_fault_until_discarded() {
         let dir = temp();
         let s = StateDir::open(&dir).unwrap();
-        s.mark_paused("e/a/h1", 42, 777).unwrap();
-        s.mark_paused("e/b/h1", 42, 777).unwrap();
-        let found: Vec<_> = s.paused().unwrap().into_iter().map(|(_, p)| p).collect();
-        assert_eq!(found, vec![Some((42, 777)), Some((42, 777))]);
-        assert!(s.paused_by_another("e/a/h1", 42, 777).unwrap());
-        s.unmark_paused("e/b/h1", 42, 777).unwrap();
-        assert!(!s.paused_by_another("e/a/h1", 42, 777).unwrap());
+        assert!(s.markers("things").unwrap().is_empty(), "a set never marked is empty");
+        s.mark("things", "e/a/h1", "42-777").unwrap();
+        s.mark("things", "e/b/h1", "42-777").unwrap();
+        s.mark("others", "e/a/h1", "1").unwrap();
+        let tags: Vec<_> = s.markers("things").unwrap().into_iter().map(|(_, t)| t).collect();
+        assert_eq!(tags, vec![Some("42-777".to_string()), Some("42-777".to_string())]);
+        s.discard(&s.marker("things", "e/b/h1", "42-777")).unwrap();
+        let left: Vec<_> = s.markers("things").unwrap().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(left, vec![s.marker("things", "e/a/h1", "42-777")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

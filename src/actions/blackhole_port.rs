@@ -3,8 +3,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::{Direction, FaultKind, Transport};
+use faultline_agent::faults::blackhole_port::{self, Direction, Transport};
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:blackhole-port",
@@ -26,7 +25,7 @@ const PROTOCOL: Param = Param {
 
 const PORT: Param = Param {
     name: "port",
-    kind: Kind::Integer(limits::PORT),
+    kind: Kind::Integer(blackhole_port::PORT),
     required: true,
     default: None,
     description: "The destination port whose packets are dropped.",
@@ -56,10 +55,13 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     Some(ActionSpec {
         action_id: ActionId::BlackholePort,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::BlackholePort {
-            protocol: protocol?,
-            port: u16::try_from(port?).ok()?,
-            traffic: traffic?,
-        }),
+        effect: Effect::Fault(
+            blackhole_port::Params {
+                protocol: protocol?,
+                port: u16::try_from(port?).ok()?,
+                traffic: traffic?,
+            }
+            .into(),
+        ),
     })
 }

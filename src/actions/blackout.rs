@@ -2,6 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
+use faultline_agent::faults::blackout;
 use faultline_agent::protocol::FaultKind;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -40,9 +41,10 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
 /// The fault each host of a blacked-out AZ receives: `allow` are the AZ's hosts, `deny` the
 /// other AZs' hosts when only those are cut (empty: everything else is).
 pub fn wire_fault(keep_control_plane: bool, allow: Vec<IpAddr>, deny: Vec<IpAddr>) -> FaultKind {
-    FaultKind::Blackout {
+    blackout::Params {
         allow,
         keep_control_plane,
         deny: deny.into_iter().map(IpNet::from).collect(),
     }
+    .into()
 }

@@ -2,8 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::disk_fill;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:host:disk-fill",
@@ -16,7 +15,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const PERCENT: Param = Param {
     name: "percent",
-    kind: Kind::Integer(limits::FILL_PERCENT),
+    kind: Kind::Integer(disk_fill::PERCENT),
     required: false,
     default: Some("95"),
     description: "How full the filesystem gets; refused when it is already this full, or when it would leave less than 1 % (at least 16 MiB) free.",
@@ -39,10 +38,13 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     Some(ActionSpec {
         action_id: ActionId::DiskFill,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::DiskFill {
-            // The range above fits this type.
-            percent: percent? as u8,
-            path: path?,
-        }),
+        effect: Effect::Fault(
+            disk_fill::Params {
+                // The range above fits this type.
+                percent: percent? as u8,
+                path: path?,
+            }
+            .into(),
+        ),
     })
 }

@@ -2,8 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::io_stress;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:host:io-stress",
@@ -16,7 +15,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const WORKERS: Param = Param {
     name: "workers",
-    kind: Kind::Integer(limits::IO_WORKERS),
+    kind: Kind::Integer(io_stress::WORKERS),
     required: false,
     default: Some("1"),
     description: "Writer threads, each with a file of its own.",
@@ -25,7 +24,7 @@ const WORKERS: Param = Param {
 
 const PERCENT: Param = Param {
     name: "percent",
-    kind: Kind::Integer(limits::IO_PERCENT),
+    kind: Kind::Integer(io_stress::PERCENT),
     required: false,
     default: Some("80"),
     description: "Share of the filesystem's free space the files take together (the agent keeps a safety margin free).",
@@ -49,11 +48,14 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     Some(ActionSpec {
         action_id: ActionId::IoStress,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::IoStress {
-            // The ranges above fit these types.
-            workers: workers? as u32,
-            percent: percent? as u8,
-            path: path?,
-        }),
+        effect: Effect::Fault(
+            io_stress::Params {
+                // The ranges above fit these types.
+                workers: workers? as u32,
+                percent: percent? as u8,
+                path: path?,
+            }
+            .into(),
+        ),
     })
 }

@@ -2,7 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params};
 use crate::template::ResourceType;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::kill;
 use std::time::Duration;
 
 pub(super) const DEF: ActionDef = ActionDef {
@@ -38,9 +38,12 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     Some(ActionSpec {
         action_id: ActionId::Kill,
         duration: Duration::ZERO,
-        effect: Effect::Fault(FaultKind::Kill {
-            process_name,
-            signal: signal?,
-        }),
+        effect: Effect::Fault(
+            kill::Params {
+                process_name,
+                signal: signal?,
+            }
+            .into(),
+        ),
     })
 }

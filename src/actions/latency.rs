@@ -3,8 +3,7 @@
 use super::packet_loss::SOURCES;
 use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::latency;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:latency",
@@ -17,7 +16,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const DELAY: Param = Param {
     name: "delayMilliseconds",
-    kind: Kind::Integer(limits::DELAY_MS),
+    kind: Kind::Integer(latency::DELAY_MS),
     required: false,
     default: Some("0"),
     description: "Delay added to each direction of the service's traffic.",
@@ -26,7 +25,7 @@ const DELAY: Param = Param {
 
 const JITTER: Param = Param {
     name: "jitterMilliseconds",
-    kind: Kind::Integer(limits::DELAY_MS),
+    kind: Kind::Integer(latency::DELAY_MS),
     required: false,
     default: Some("0"),
     description: "Uniform jitter around the delay; at most delayMilliseconds.",
@@ -35,7 +34,7 @@ const JITTER: Param = Param {
 
 const LOSS: Param = Param {
     name: "lossPercent",
-    kind: Kind::Number(limits::LOSS_PERCENT),
+    kind: Kind::Number(latency::LOSS_PERCENT),
     required: false,
     default: Some("0"),
     description: "Share of new connections refused.",
@@ -62,12 +61,13 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
         action_id: ActionId::Latency,
         duration: duration?,
         effect: sourced(
-            FaultKind::Latency {
+            latency::Params {
                 delay_ms: delay?,
                 jitter_ms: jitter?,
                 loss_percent: loss?,
                 sources: nets,
-            },
+            }
+            .into(),
             azs,
         ),
     })

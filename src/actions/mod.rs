@@ -2,8 +2,11 @@
 //! parameter checks and the wire fault it maps to. `validate`, `plan`, the engine, the JSON
 //! Schema (`faultline schema`) and the README's action table all read from here.
 //!
-//! Adding an action: a file beside this one with a `DEF`, and one line in `catalog!` below
-//! (its module and its [`ActionId`] variant). See `docs/creating-faults.md`.
+//! The native action of each fault is declared by the fault's line in the agent's fault list
+//! (`agents/src/faults/mod.rs`, through `faultline_agent::for_each_fault!`): its file here
+//! has the fault's module name, and its [`ActionId`] variant the fault's `FaultKind` name.
+//! Any other action is a file with a `DEF` and one line in `catalog!` below. See
+//! `docs/creating-faults.md`.
 
 mod params;
 pub mod schema;
@@ -12,15 +15,20 @@ pub use blackout::wire_fault as blackout_fault;
 pub use params::Params;
 
 use crate::template::ResourceType;
+use faultline_agent::faults;
 use faultline_agent::limits;
 use faultline_agent::protocol::FaultKind;
 use serde::Serialize;
 use std::time::Duration;
 
 /// Declares each action's module, its [`ActionId`] variant, its place in [`ActionId::ALL`]
-/// and its arm in [`ActionId::def`] from one line, so none of them can be forgotten.
+/// and its arm in [`ActionId::def`] from one line, so none of them can be forgotten: first
+/// the faults' native actions, from the agent's fault list, then the other actions.
 macro_rules! catalog {
-    ($($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
+    ({ $($(#[$odoc:meta])* $ovariant:ident => $omodule:ident,)* } $($(#[$fdoc:meta])* $fvariant:ident => $fmodule:ident,)*) => {
+        catalog! { @all $($(#[$fdoc])* $fvariant => $fmodule,)* $($(#[$odoc])* $ovariant => $omodule,)* }
+    };
+    (@all $($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
         $(mod $module;)*
 
         /// An action faultline knows.
@@ -43,23 +51,9 @@ macro_rules! catalog {
     };
 }
 
-catalog! {
-    /// `faultline:process:kill`
-    Kill => kill,
-    /// `faultline:process:pause`
-    Pause => pause,
-    /// `faultline:host:cpu-stress`
-    CpuStress => cpu_stress,
-    /// `faultline:host:memory-stress`
-    MemoryStress => memory_stress,
-    /// `faultline:host:io-stress`
-    IoStress => io_stress,
-    /// `faultline:host:disk-fill`
-    DiskFill => disk_fill,
-    /// `faultline:network:latency`
-    Latency => latency,
-    /// `faultline:az:blackout`
-    Blackout => blackout,
+// The faults' native actions come from the fault list; these are the actions that are not
+// one fault.
+faultline_agent::for_each_fault!(catalog! {
     /// `aws:ssm:send-command`
     SsmSendCommand => ssm_send_command,
     /// `aws:network:disrupt-connectivity`
@@ -70,13 +64,9 @@ catalog! {
     HostTerminate => host_terminate,
     /// `faultline:host:reboot`
     HostReboot => host_reboot,
-    /// `faultline:network:blackhole-port`
-    BlackholePort => blackhole_port,
-    /// `faultline:network:packet-loss`
-    PacketLoss => packet_loss,
     /// `aws:fis:wait`
     Wait => wait,
-}
+});
 
 impl ActionId {
     /// The action a template's `actionId` names, by its id or one of its aliases.
@@ -148,7 +138,7 @@ pub enum Kind {
     Bool,
     /// A process name: no '/', [`limits::PROCESS_NAME_BYTES`] long.
     ProcessName,
-    /// A signal name from [`faultline_agent::protocol::SIGNALS`], `SIG` optional.
+    /// A signal name from [`faults::kill::SIGNALS`], `SIG` optional.
     Signal,
     /// Text the action reads itself (an ARN, a JSON document).
     Text,
@@ -193,7 +183,7 @@ impl Kind {
                 let (min, max) = limits::PROCESS_NAME_BYTES;
                 format!("{min}-{max} bytes, no '/'")
             }
-            Kind::Signal => format!("not {}", limits::STOP_SIGNALS.join(", ")),
+            Kind::Signal => format!("not {}", faults::kill::STOP_SIGNALS.join(", ")),
             Kind::Text => "see description".into(),
             Kind::Path => {
                 let (min, max) = limits::PATH_BYTES;
@@ -312,9 +302,12 @@ impl ActionSpec {
 
 /// `fault` with `more` added to its sources (the addresses of the AZs a template named).
 pub fn with_sources(mut fault: FaultKind, more: impl IntoIterator<Item = std::net::IpAddr>) -> FaultKind {
-    if let FaultKind::Latency { sources, .. } | FaultKind::PacketLoss { sources, .. } = &mut fault {
-        sources.extend(more.into_iter().map(ipnet::IpNet::from));
-    }
+    let sources = match &mut fault {
+        FaultKind::Latency(faults::latency::Params { sources, .. })
+        | FaultKind::PacketLoss(faults::packet_loss::Params { sources, .. }) => sources,
+        _ => return fault,
+    };
+    sources.extend(more.into_iter().map(ipnet::IpNet::from));
     fault
 }
 
@@ -444,7 +437,7 @@ mod tests {
         };
         assert_eq!(azs, vec!["az-b".to_string()]);
         let fault = with_sources(fault, ["10.2.0.7".parse().unwrap()]);
-        let FaultKind::PacketLoss { loss_percent, sources } = fault else {
+        let FaultKind::PacketLoss(faults::packet_loss::Params { loss_percent, sources }) = fault else {
             panic!()
         };
         assert_eq!(loss_percent, 7.0, "FIS's default");
@@ -456,10 +449,10 @@ mod tests {
         let (spec, _) = build("ALL");
         assert_eq!(
             spec.unwrap().host_fault(),
-            Some(FaultKind::PacketLoss {
+            Some(FaultKind::PacketLoss(faults::packet_loss::Params {
                 loss_percent: 7.0,
                 sources: vec![]
-            })
+            }))
         );
         for bad in ["ALL, 10.0.0.1", "10.0.0", "10.0.0.1/40", "a b"] {
             let (spec, diags) = build(bad);
@@ -472,30 +465,7 @@ mod tests {
     fn every_action_builds_from_its_required_parameters() {
         for &a in ActionId::ALL {
             let d = a.def();
-            let mut map = serde_json::Map::new();
-            for p in d.params.iter().filter(|p| p.required) {
-                let v = match p.kind {
-                    Kind::Duration => "PT1S",
-                    Kind::ProcessName => "web",
-                    Kind::Text if a == ActionId::SsmSendCommand => {
-                        "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress"
-                    }
-                    Kind::Text if a == ActionId::DisruptConnectivity => "all",
-                    Kind::Integer((min, _)) => &min.to_string(),
-                    Kind::Choice(words) => words[0],
-                    _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
-                };
-                map.insert(p.name.into(), v.to_string().into());
-            }
-            if a == ActionId::MemoryStress {
-                map.insert("sizeMiB".into(), "1".into());
-            }
-            if a == ActionId::SsmSendCommand {
-                map.insert("documentParameters".into(), "{\"DurationSeconds\": \"1\"}".into());
-            }
-            let mut diags = Vec::new();
-            let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
-            let spec = spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id));
+            let spec = build_from_required(a);
             assert_eq!(spec.action_id, a);
             let platform = matches!(spec.effect, Effect::Instances { .. });
             assert_eq!(spec.is_instant(), a == ActionId::Kill || platform);
@@ -506,5 +476,45 @@ mod tests {
                 d.id
             );
         }
+    }
+
+    #[test]
+    fn each_faults_native_action_injects_that_fault() {
+        // The fault list declares the faults' native actions first, in its own order.
+        for (&a, capability) in ActionId::ALL.iter().zip(faults::CAPABILITIES) {
+            let fault = match build_from_required(a).effect {
+                Effect::Fault(f) | Effect::Sourced { fault: f, .. } => f,
+                Effect::Blackout { keep_control_plane, .. } => blackout_fault(keep_control_plane, vec![], vec![]),
+                other => panic!("{}: {other:?} is no fault", a.as_str()),
+            };
+            assert_eq!(fault.capability(), capability, "{}", a.as_str());
+        }
+    }
+
+    /// The action `a` built from a sample of each of its required parameters.
+    fn build_from_required(a: ActionId) -> ActionSpec {
+        let d = a.def();
+        let mut map = serde_json::Map::new();
+        for p in d.params.iter().filter(|p| p.required) {
+            let v = match p.kind {
+                Kind::Duration => "PT1S",
+                Kind::ProcessName => "web",
+                Kind::Text if a == ActionId::SsmSendCommand => "arn:aws:ssm:us-east-1::document/AWSFIS-Run-CPU-Stress",
+                Kind::Text if a == ActionId::DisruptConnectivity => "all",
+                Kind::Integer((min, _)) => &min.to_string(),
+                Kind::Choice(words) => words[0],
+                _ => panic!("{}: no sample for a required {:?}", p.name, p.kind),
+            };
+            map.insert(p.name.into(), v.to_string().into());
+        }
+        if a == ActionId::Memory {
+            map.insert("sizeMiB".into(), "1".into());
+        }
+        if a == ActionId::SsmSendCommand {
+            map.insert("documentParameters".into(), "{\"DurationSeconds\": \"1\"}".into());
+        }
+        let mut diags = Vec::new();
+        let spec = (d.build)(&mut Params::new(&mut diags, "/p".into(), &map));
+        spec.unwrap_or_else(|| panic!("{}: {diags:?}", d.id))
     }
 }

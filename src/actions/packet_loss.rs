@@ -3,8 +3,7 @@
 
 use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::packet_loss;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:packet-loss",
@@ -17,7 +16,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const LOSS: Param = Param {
     name: "lossPercent",
-    kind: Kind::Number(limits::PACKET_LOSS_PERCENT),
+    kind: Kind::Number(packet_loss::LOSS_PERCENT),
     required: false,
     default: Some("7"),
     description: "Share of the arriving packets dropped, each packet drawn at random.",
@@ -43,10 +42,11 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
         action_id: ActionId::PacketLoss,
         duration: duration?,
         effect: sourced(
-            FaultKind::PacketLoss {
+            packet_loss::Params {
                 loss_percent: loss?,
                 sources: nets,
-            },
+            }
+            .into(),
             azs,
         ),
     })

@@ -4,8 +4,8 @@ use super::{Kind, Param};
 use crate::duration;
 use crate::template::catalog::did_you_mean;
 use crate::template::diagnostic::{join, Diagnostic, Origin};
+use faultline_agent::faults::kill::{SIGNALS, STOP_SIGNALS};
 use faultline_agent::limits;
-use faultline_agent::protocol::SIGNALS;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
@@ -129,7 +129,7 @@ impl<'a> Params<'a> {
         } else {
             format!("SIG{signal}")
         };
-        if limits::STOP_SIGNALS.contains(&normalized.as_str()) {
+        if STOP_SIGNALS.contains(&normalized.as_str()) {
             self.fail(
                 key,
                 format!("a kill does not send {normalized}: nothing would ever resume the process"),

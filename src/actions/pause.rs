@@ -2,7 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::pause;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:process:pause",
@@ -28,8 +28,11 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     Some(ActionSpec {
         action_id: ActionId::Pause,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::Pause {
-            process_name: process_name?,
-        }),
+        effect: Effect::Fault(
+            pause::Params {
+                process_name: process_name?,
+            }
+            .into(),
+        ),
     })
 }

@@ -583,6 +583,7 @@ fn native_parameters(p: &mut Params<'_>, doc: &Document, given: &Map<String, Val
 mod tests {
     use super::*;
     use crate::template::Diagnostic;
+    use faultline_agent::faults::{cpu, kill, latency};
     use faultline_agent::protocol::FaultKind;
     use std::time::Duration;
 
@@ -612,10 +613,10 @@ mod tests {
         assert_eq!(spec.fault_duration(), Duration::from_secs(120));
         assert_eq!(
             spec.host_fault(),
-            Some(FaultKind::Cpu {
+            Some(FaultKind::Cpu(cpu::Params {
                 load_percent: 100,
                 workers: 0
-            })
+            }))
         );
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].message.contains("InstallDependencies is ignored"));
@@ -632,12 +633,12 @@ mod tests {
         assert_eq!(spec.fault_duration(), Duration::from_secs(60));
         assert_eq!(
             spec.host_fault(),
-            Some(FaultKind::Latency {
+            Some(FaultKind::Latency(latency::Params {
                 delay_ms: 200,
                 jitter_ms: 0,
                 loss_percent: 0.0,
                 sources: Vec::new(),
-            })
+            }))
         );
         assert!(warnings[0].message.contains("outlasts"), "{warnings:?}");
     }
@@ -652,10 +653,10 @@ mod tests {
         assert!(spec.is_instant());
         assert_eq!(
             spec.host_fault(),
-            Some(FaultKind::Kill {
+            Some(FaultKind::Kill(kill::Params {
                 process_name: "demo-web".into(),
                 signal: "SIGTERM".into()
-            })
+            }))
         );
     }
 

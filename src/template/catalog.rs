@@ -15,7 +15,7 @@ pub const ACTION_IDS: [&str; ActionId::ALL.len()] = {
 };
 
 /// Signal names `faultline:process:kill` accepts.
-pub use faultline_agent::protocol::SIGNALS;
+pub use faultline_agent::faults::kill::SIGNALS;
 
 /// The closest candidate to `word`, when one is close enough to be a plausible typo.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {

@@ -6,18 +6,59 @@
 //! no record names).
 
 use super::nft::{self, Expr, Hook};
-use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
-use faultline_agent::protocol::{Direction, FaultKind, Observed, Transport};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
+use serde::{Deserialize, Serialize};
+
+/// The wire parameters: `{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// TCP or UDP.
+    pub protocol: Transport,
+    /// The destination port ([`PORT`]).
+    pub port: u16,
+    /// Packets arriving for the port, or sent to it.
+    pub traffic: Direction,
+}
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Which way traffic flows, seen from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Packets arriving at the host.
+    Ingress,
+    /// Packets the host sends.
+    Egress,
+}
+
+/// `port`.
+pub const PORT: (u64, u64) = (1, 65535);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "blackhole_port";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("port", u64::from(self.port), PORT)
+    }
+}
 
 /// The kind (nf_tables only).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BlackholePort;
 
 impl Kind for BlackholePort {
-    fn capability(&self) -> &'static str {
-        "blackhole_port"
-    }
-
     fn detect(&mut self, setup: &Setup) -> Detection {
         nft::detect_only(setup, "blackhole-port")
     }
@@ -27,11 +68,11 @@ impl Kind for BlackholePort {
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::BlackholePort {
+        let FaultKind::BlackholePort(Params {
             protocol,
             port,
             traffic,
-        } = a.spec.kind
+        }) = a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
         };

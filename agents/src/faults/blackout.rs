@@ -7,10 +7,13 @@
 //! `--max-cut`; leases pause while it is cut.
 
 use super::nft;
-use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Leftover, Setup, Started};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Leftover, Setup, Started, WireParams};
+use crate::limits::{self, OutOfRange};
 use crate::proxy::Condition;
 use crate::state::{self, Record};
-use faultline_agent::protocol::FaultKind;
+use crate::protocol::Observed;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,6 +30,40 @@ pub enum Backend {
     Proxy,
 }
 
+/// The wire parameters:
+/// `{"kind":"blackout","allow":["10.0.1.2"],"keep_control_plane":true,"deny":["10.0.2.0/24"]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Peers that stay reachable: the other hosts of the AZ ([`ALLOW`] addresses).
+    pub allow: Vec<IpAddr>,
+    /// Keep the controller reachable.
+    pub keep_control_plane: bool,
+    /// Only these networks are cut off (never `allow`, nor a kept controller); empty:
+    /// everything but `allow` is ([`limits::SOURCES`] entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<IpNet>,
+}
+
+/// Addresses a blackout may keep reachable (`allow`): far more than the hosts of an AZ.
+pub const ALLOW: (u64, u64) = (1, 4096);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "blackout";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("deny", self.deny.len() as u64, limits::SOURCES)?;
+        limits::int("allow", self.allow.len() as u64, ALLOW).map_err(|e| OutOfRange {
+            value: format!("a list of {} addresses", self.allow.len()),
+            limit: format!(
+                "it must list {}-{} addresses (the other hosts of the AZ)",
+                ALLOW.0, ALLOW.1
+            ),
+            ..e
+        })
+    }
+}
+
 /// The kind; `nft` once detection found nf_tables usable and wanted.
 #[derive(Debug, Default)]
 pub struct Blackout {
@@ -34,10 +71,6 @@ pub struct Blackout {
 }
 
 impl Kind for Blackout {
-    fn capability(&self) -> &'static str {
-        "blackout"
-    }
-
     fn detect(&mut self, setup: &Setup) -> Detection {
         let wanted = setup.blackout_backend != Backend::Proxy;
         self.nft = wanted && nft::available();
@@ -69,11 +102,11 @@ impl Kind for Blackout {
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Blackout {
+        let FaultKind::Blackout(Params {
             allow,
             keep_control_plane,
             deny,
-        } = &a.spec.kind
+        }) = &a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
         };
@@ -106,6 +139,8 @@ impl Kind for Blackout {
                 table,
                 cut,
                 is_cut: false,
+                dropped: 0,
+                dropped_before: 0,
             }),
             answer,
         })
@@ -172,6 +207,24 @@ struct Cut {
     table: Option<String>,
     cut: Option<(Vec<IpAddr>, Vec<ipnet::IpNet>)>,
     is_cut: bool,
+    /// Packets its table's rules dropped, at the last reading.
+    dropped: u64,
+    /// Packets dropped by the table's rules before the cut replaced them (and their
+    /// counters).
+    dropped_before: u64,
+}
+
+impl Cut {
+    /// Reads the table's drop counters, keeping the last reading when they cannot be read.
+    fn count_dropped(&mut self) -> u64 {
+        if let Some(t) = &self.table {
+            match nft::counted(t) {
+                Ok(rules) => self.dropped = rules.iter().flatten().sum(),
+                Err(e) => tracing::warn!(table = %t, error = %e, "cannot read the blackout's counters"),
+            }
+        }
+        self.dropped_before + self.dropped
+    }
 }
 
 impl Fault for Cut {
@@ -192,6 +245,10 @@ impl Fault for Cut {
         let mut sooner = None;
         // Only nf_tables cuts the control connection; the proxy never carries it, so a
         // proxy-only blackout leaves the leases running.
+        if self.table.is_some() {
+            self.dropped_before = self.count_dropped();
+            self.dropped = 0;
+        }
         if let Some(t) = &self.table {
             let max_cut = env.config.max_cut;
             let until = left.min(max_cut);
@@ -210,6 +267,15 @@ impl Fault for Cut {
 
     fn cuts_control_plane(&self) -> bool {
         self.is_cut
+    }
+
+    /// With nf_tables, the packets its rules dropped; the proxy's refusals are not counted.
+    fn observed(&mut self) -> Observed {
+        if self.table.is_none() {
+            return Observed::default();
+        }
+        let dropped = self.count_dropped();
+        Observed::default().with("packets_dropped", "packets", None, dropped as f64)
     }
 }
 

@@ -1,26 +1,48 @@
 //! `faultline:host:cpu-stress`: worker threads holding a load by duty cycle, in a holder
 //! process (see [`crate::holder`]) that ends at the fault's deadline.
 
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{Bond, Deadline, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, Observed};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
+/// The wire parameters: `{"kind":"cpu","load_percent":80,"workers":0}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Duty cycle of each worker, percent ([`LOAD_PERCENT`]).
+    pub load_percent: u8,
+    /// Worker threads; 0 means one per CPU ([`WORKERS`]).
+    pub workers: u32,
+}
+
+/// `load_percent` (`loadPercent` in a template).
+pub const LOAD_PERCENT: (u64, u64) = (1, 100);
+/// `workers`; 0 means one per CPU.
+pub const WORKERS: (u64, u64) = (0, 1024);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "cpu";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("load_percent", u64::from(self.load_percent), LOAD_PERCENT)?;
+        limits::int("workers", u64::from(self.workers), WORKERS)
+    }
+}
+
 /// The kind: its holder burns the CPU and dies with the agent.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Cpu;
 
 impl Kind for Cpu {
-    fn capability(&self) -> &'static str {
-        "cpu"
-    }
-
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Cpu { load_percent, workers } = a.spec.kind else {
+        let FaultKind::Cpu(Params { load_percent, workers }) = a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let work = Work {
-            kind: "cpu",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "load_percent": load_percent, "workers": workers }),
             bond: Bond::Death,
         };

@@ -1,18 +1,23 @@
 //! `faultline:host:disk-fill`: fill the filesystem of a directory with one file until it is
 //! `percent` full, for a while.
 //!
-//! The file lives in a directory of the fault's own, `<path>/.faultline-<hash>`, named in the
-//! record before it exists. A holder process creates and fills it (fallocate, or writes
-//! where the filesystem cannot allocate), says so, and deletes it at the deadline or as soon
-//! as the agent is gone (its stdin pipe closes); the agent deletes it on removal, and a
-//! restart after a crash deletes what the record names.
+//! The file has no name ([`anonymous_file`]): a holder process opens it, fills it
+//! (fallocate, or writes where the filesystem cannot allocate), says so, and holds it until
+//! the deadline or until the agent is gone (its stdin pipe closes). Its space is the
+//! holder's only while the holder lives, so nothing (a `kill -9` of agent and holder, an
+//! unreadable record) can leave it behind: `df` sees the fill, `ls` and `du` do not.
+//! Where the filesystem has no `O_TMPFILE`, the file is created in `<path>/.faultline-<hash>`
+//! (named in the record before it exists) and unlinked at once; the record's removal deletes
+//! that directory if a crash came in between.
 //!
 //! Safety margin: a fill never leaves less than [`margin`] free (1 % of the filesystem, at
 //! least 16 MiB), and is refused when the filesystem is already at or above the percent.
 
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{self, Bond, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, Observed, Outcome};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::{Observed, Outcome};
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -81,6 +86,30 @@ pub fn dir_of(undo: &serde_json::Value) -> Option<PathBuf> {
     undo.get("dir")?.as_str().map(PathBuf::from)
 }
 
+/// Opens a file with no name on the filesystem of `path`, for reading and writing: its
+/// space is freed when the last descriptor closes, however the process ends. Where the
+/// filesystem has no `O_TMPFILE`, `dir/name` is created and unlinked at once.
+pub fn anonymous_file(path: &Path, dir: &Path, name: &str) -> io::Result<fs::File> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    match nix::fcntl::open(path, flags, Mode::S_IRUSR | Mode::S_IWUSR) {
+        Ok(fd) => return Ok(fs::File::from(fd)),
+        // EISDIR: a kernel that predates O_TMPFILE; the others: a filesystem without it.
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EISDIR | nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    fs::create_dir_all(dir)?;
+    let named = dir.join(name);
+    let file = fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&named)?;
+    fs::remove_file(&named)?;
+    Ok(file)
+}
+
 /// Deletes a fault's directory and everything in it; one already gone is no error.
 pub fn remove_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
@@ -113,24 +142,42 @@ pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
     Ok(bytes)
 }
 
+/// The wire parameters: `{"kind":"disk_fill","percent":95,"path":"/tmp"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// How full the filesystem is to be, percent of its size ([`PERCENT`]).
+    pub percent: u8,
+    /// An existing directory on the filesystem to fill (absolute, [`limits::PATH_BYTES`] long).
+    pub path: String,
+}
+
+/// `percent`: how full the filesystem gets. Never 100: see the safety margin ([`margin`]).
+pub const PERCENT: (u64, u64) = (1, 99);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "disk";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("percent", u64::from(self.percent), PERCENT)?;
+        limits::path_ok(&self.path)
+    }
+}
+
 /// The kind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct DiskFill;
 
 impl Kind for DiskFill {
-    fn capability(&self) -> &'static str {
-        "disk"
-    }
-
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        let FaultKind::DiskFill { path, .. } = &a.spec.kind else {
+        let FaultKind::DiskFill(Params { path, .. }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         prepare_dir(path, &a.hash)
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::DiskFill { percent, path } = &a.spec.kind else {
+        let FaultKind::DiskFill(Params { percent, path }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let dir = dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
@@ -138,8 +185,8 @@ impl Kind for DiskFill {
             Space::of(Path::new(path)).map_err(FaultError::io(format!("cannot read the filesystem of {path}")))?;
         let bytes = bytes_to_fill(space, *percent)?;
         let work = Work {
-            kind: "disk",
-            params: serde_json::json!({ "dir": dir, "bytes": bytes }),
+            kind: Params::CAPABILITY,
+            params: serde_json::json!({ "path": path, "dir": dir, "bytes": bytes }),
             bond: Bond::Pipe,
         };
         let (holder, stdout) =
@@ -190,35 +237,36 @@ impl Kind for DiskFill {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
-        let dir = params["dir"]
-            .as_str()
-            .ok_or_else(|| io::Error::other("holder parameter dir missing"))?;
+        let text = |name: &str| {
+            params[name]
+                .as_str()
+                .map(Path::new)
+                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let (path, dir) = (text("path")?, text("dir")?);
         let bytes = params["bytes"]
             .as_u64()
             .ok_or_else(|| io::Error::other("holder parameter bytes missing"))?;
-        let dir = Path::new(dir);
-        let filled = fill(dir, bytes, holding);
+        let file = anonymous_file(path, dir, "fill");
+        // The directory exists only where there is no O_TMPFILE, and only until the file
+        // is open; whatever happened, nothing of it stays.
+        let removed = remove_dir(dir);
+        let filled = file.and_then(|f| fill(f, bytes, holding));
         if filled.is_ok() {
             holding.ready();
             holding.wait_end();
         }
-        // Whatever happened, nothing of it stays.
-        let removed = remove_dir(dir);
+        // The file closes here, and its space goes with it.
         filled.and(removed)
     }
 }
 
-/// In the holder: creates `dir` and one file of `bytes` in it.
-fn fill(dir: &Path, bytes: u64, holding: &Holding) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(dir.join("fill"))?;
+/// In the holder: makes `file` `bytes` long, allocated, and returns it (its space is held
+/// as long as it is open).
+fn fill(mut file: fs::File, bytes: u64, holding: &Holding) -> io::Result<fs::File> {
     let len = i64::try_from(bytes).map_err(io::Error::other)?;
     match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len) {
-        Ok(()) => return file.sync_all(),
+        Ok(()) => return file.sync_all().map(|()| file),
         Err(nix::errno::Errno::EOPNOTSUPP) => {}
         Err(e) => return Err(e.into()),
     }
@@ -233,7 +281,8 @@ fn fill(dir: &Path, bytes: u64, holding: &Holding) -> io::Result<()> {
             return Err(io::Error::other("stopped before the file was full"));
         }
     }
-    file.sync_all()
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// A disk fill in effect.

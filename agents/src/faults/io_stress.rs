@@ -3,16 +3,17 @@
 //! host's other writers.
 //!
 //! The files together take `percent` of the free space of `path`'s filesystem (never past
-//! the safety margin of [`disk_fill::margin`]), in a directory of the fault's own,
-//! `<path>/.faultline-<hash>`, named in the record before it exists. A holder process does
-//! the I/O and deletes the directory at the deadline or as soon as the agent is gone (its
-//! stdin pipe closes); the agent deletes it on removal, and a restart after a crash deletes
-//! what the record names.
+//! the safety margin of [`disk_fill::margin`]). They have no name
+//! ([`disk_fill::anonymous_file`]): a holder process does the I/O until the deadline or
+//! until the agent is gone (its stdin pipe closes), and their space goes with the holder
+//! however it ends, so no crash or unreadable record can leave them behind.
 
 use super::disk_fill::{self, Space};
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{Bond, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, Observed};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -25,24 +26,48 @@ const MIB: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
 const SYNC_EVERY: u64 = 4;
 
+/// The wire parameters: `{"kind":"io_stress","workers":1,"percent":80,"path":"/tmp"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Writer threads, each with its own file ([`WORKERS`]).
+    pub workers: u32,
+    /// Percent of the free space of `path`'s filesystem the files take together ([`PERCENT`]).
+    pub percent: u8,
+    /// An existing directory; the files go in a directory of the fault's own under it
+    /// (absolute, [`limits::PATH_BYTES`] long).
+    pub path: String,
+}
+
+/// `workers`.
+pub const WORKERS: (u64, u64) = (1, 64);
+/// `percent`: of the free space.
+pub const PERCENT: (u64, u64) = (1, 100);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "io";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("workers", u64::from(self.workers), WORKERS)?;
+        limits::int("percent", u64::from(self.percent), PERCENT)?;
+        limits::path_ok(&self.path)
+    }
+}
+
 /// The kind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct IoStress;
 
 impl Kind for IoStress {
-    fn capability(&self) -> &'static str {
-        "io"
-    }
-
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        let FaultKind::IoStress { path, .. } = &a.spec.kind else {
+        let FaultKind::IoStress(Params { path, .. }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         disk_fill::prepare_dir(path, &a.hash)
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::IoStress { workers, percent, path } = &a.spec.kind else {
+        let FaultKind::IoStress(Params { workers, percent, path }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let dir = disk_fill::dir_of(undo).ok_or_else(|| super::mismatch(a.spec))?;
@@ -59,8 +84,8 @@ impl Kind for IoStress {
             )));
         }
         let work = Work {
-            kind: "io",
-            params: serde_json::json!({ "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
+            kind: Params::CAPABILITY,
+            params: serde_json::json!({ "path": path, "dir": dir, "workers": workers, "bytes_per_worker": per_worker }),
             bond: Bond::Pipe,
         };
         let (holder, _) =
@@ -96,18 +121,26 @@ impl Kind for IoStress {
                 .as_u64()
                 .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
         };
-        let dir = PathBuf::from(
-            params["dir"]
+        let text = |name: &str| {
+            params[name]
                 .as_str()
-                .ok_or_else(|| io::Error::other("holder parameter dir missing"))?,
-        );
+                .map(Path::new)
+                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+        };
+        let (path, dir) = (text("path")?, text("dir")?);
         let (workers, per_worker) = (field("workers")?, field("bytes_per_worker")?);
-        fs::create_dir_all(&dir)?;
+        let files: io::Result<Vec<fs::File>> = (0..workers)
+            .map(|i| disk_fill::anonymous_file(path, dir, &format!("worker-{i}")))
+            .collect();
+        // The directory exists only where there is no O_TMPFILE, and only until the files
+        // are open.
+        disk_fill::remove_dir(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..workers)
-            .map(|i| {
-                let (file, stop) = (dir.join(format!("worker-{i}")), stop.clone());
-                std::thread::spawn(move || churn(&file, per_worker, &stop))
+        let threads: Vec<_> = files?
+            .into_iter()
+            .map(|file| {
+                let stop = stop.clone();
+                std::thread::spawn(move || churn(file, per_worker, &stop))
             })
             .collect();
         // Ends at the deadline, when the agent is gone, or when every worker failed.
@@ -119,20 +152,13 @@ impl Kind for IoStress {
                 first_error.get_or_insert(e);
             }
         }
-        let removed = disk_fill::remove_dir(&dir);
-        first_error.map_or(removed, Err)
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// A worker: writes `bytes` to `file` (synced every few chunks), reads them back, and again,
+/// A worker: writes `bytes` to `f` (synced every few chunks), reads them back, and again,
 /// until `stop`.
-fn churn(file: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(file)?;
+fn churn(mut f: fs::File, bytes: u64, stop: &AtomicBool) -> io::Result<()> {
     let mut chunk = vec![0u8; CHUNK];
     // Not all zeros, so no filesystem can skip the writes as holes.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

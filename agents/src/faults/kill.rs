@@ -1,30 +1,70 @@
 //! `faultline:process:kill`: signal every process with a given name, and the guard shared
 //! with `faultline:process:pause` that decides which processes may be signalled at all.
 
-use super::{Answer, Apply, Env, FaultError, Gone, Kind, Started};
-use faultline_agent::protocol::FaultKind;
+use super::{Answer, Apply, Env, FaultError, FaultKind, Gone, Kind, Started, WireParams};
+use crate::limits::{self, OutOfRange};
 use nix::errno::Errno;
 pub use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// The wire parameters: `{"kind":"kill","process_name":"web","signal":"SIGKILL"}`; a kill
+/// has no duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Matched against `/proc/PID/comm` and the basename of argv[0]
+    /// ([`limits::PROCESS_NAME_BYTES`] long).
+    pub process_name: String,
+    /// Signal name, one of [`SIGNALS`], e.g. `SIGKILL`.
+    pub signal: String,
+}
+
+/// Signal names a kill may send, as the agent maps them to numbers. SIGSTOP and SIGTSTP
+/// are not among them: nothing would ever resume the process; `faultline:process:pause`
+/// stops processes and resumes them.
+pub const SIGNALS: [&str; 10] = [
+    "SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGCONT", "SIGUSR1", "SIGUSR2", "SIGSEGV",
+];
+
+/// Signals a kill refuses by name: a stopped process is never resumed by a kill, so
+/// stopping is the job of `faultline:process:pause`, which resumes what it stops.
+pub const STOP_SIGNALS: [&str; 2] = ["SIGSTOP", "SIGTSTP"];
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "kill";
+    const INSTANT: bool = true;
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::process_name_ok(&self.process_name)?;
+        if STOP_SIGNALS.contains(&self.signal.as_str()) {
+            return Err(OutOfRange {
+                field: "signal",
+                value: self.signal.clone(),
+                limit: "a kill never stops a process; use faultline:process:pause, which resumes it".into(),
+            });
+        }
+        if !SIGNALS.contains(&self.signal.as_str()) {
+            return Err(OutOfRange {
+                field: "signal",
+                value: self.signal.clone(),
+                limit: format!("it must be one of {}", SIGNALS.join(", ")),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The kind: signals once, holds nothing.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Kill;
 
 impl Kind for Kill {
-    fn capability(&self) -> &'static str {
-        "kill"
-    }
-
-    fn instant(&self) -> bool {
-        true
-    }
-
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Kill { process_name, signal } = &a.spec.kind else {
+        let FaultKind::Kill(Params { process_name, signal }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let pids = kill(process_name, signal, &env.config.kill).map_err(FaultError::refused)?;
@@ -40,9 +80,9 @@ impl Kind for Kill {
     }
 }
 
-/// Maps a signal name of [`faultline_agent::protocol::SIGNALS`] to its signal.
+/// Maps a signal name of [`SIGNALS`] to its signal.
 pub fn signal_number(name: &str) -> Option<Signal> {
-    faultline_agent::protocol::SIGNALS
+    SIGNALS
         .contains(&name)
         .then(|| name.parse().ok())
         .flatten()
@@ -154,7 +194,7 @@ pub fn find(name: &str) -> Vec<u32> {
 /// Why no process was signalled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KillError {
-    /// The signal name is not one of [`faultline_agent::protocol::SIGNALS`].
+    /// The signal name is not one of [`SIGNALS`].
     #[error("unknown signal {0}")]
     UnknownSignal(String),
     /// SIGSTOP or SIGTSTP: nothing would resume the process.
@@ -288,7 +328,7 @@ pub fn signal(target: Target, sig: Signal) -> io::Result<bool> {
 /// Signals every process named `name` that `policy` allows; the pids signalled, or why
 /// none was.
 pub fn kill(name: &str, signal_name: &str, policy: &Policy) -> Result<Vec<u32>, KillError> {
-    if faultline_agent::limits::STOP_SIGNALS.contains(&signal_name) {
+    if STOP_SIGNALS.contains(&signal_name) {
         return Err(KillError::StopSignal(signal_name.to_string()));
     }
     let sig = signal_number(signal_name).ok_or_else(|| KillError::UnknownSignal(signal_name.to_string()))?;
@@ -311,6 +351,7 @@ pub fn kill(name: &str, signal_name: &str, policy: &Policy) -> Result<Vec<u32>, 
     }
 }
 
+/// Test helpers the pause's tests share.
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -389,8 +430,23 @@ pub mod tests {
 
     #[test]
     fn every_protocol_signal_maps() {
-        for s in faultline_agent::protocol::SIGNALS {
+        for s in SIGNALS {
             assert!(signal_number(s).is_some(), "{s}");
         }
+    }
+
+    #[test]
+    fn a_stop_signal_or_a_long_name_is_out_of_range() {
+        let params = |process_name: &str, signal: &str| Params {
+            process_name: process_name.into(),
+            signal: signal.into(),
+        };
+        let e = params("x", "SIGSTOP").check().unwrap_err().to_string();
+        assert!(e.contains("faultline:process:pause"), "{e}");
+        let e = params("x", "SIGWHAT").check().unwrap_err().to_string();
+        assert!(e.contains("it must be one of SIGKILL"), "{e}");
+        let e = params(&"x".repeat(256), "SIGKILL").check().unwrap_err().to_string();
+        assert!(e.contains("it must be 1-255 bytes long"), "{e}");
+        assert!(params("web", "SIGTERM").check().is_ok());
     }
 }

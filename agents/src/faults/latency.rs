@@ -1,21 +1,54 @@
 //! `faultline:network:latency`: the agent's proxy delays the service's traffic and refuses a
 //! share of new connections. The condition lives in the agent's process, so it ends with it.
 
-use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
 use crate::proxy::{Condition, Conditions, Delayed};
-use faultline_agent::protocol::{FaultKind, Observed};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The wire parameters:
+/// `{"kind":"latency","delay_ms":300,"jitter_ms":0,"loss_percent":0.0,"sources":["10.0.0.0/8"]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Added delay per direction, ms ([`DELAY_MS`]).
+    pub delay_ms: u64,
+    /// Uniform jitter around the delay, ms: at most `delay_ms`.
+    pub jitter_ms: u64,
+    /// Share of new connections refused, percent ([`LOSS_PERCENT`]).
+    pub loss_percent: f64,
+    /// Only connections from these peers are affected; empty: every peer
+    /// ([`limits::SOURCES`] entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<IpNet>,
+}
+
+/// `delay_ms` and `jitter_ms` (`delayMilliseconds`, `jitterMilliseconds` in a template):
+/// ten minutes.
+pub const DELAY_MS: (u64, u64) = (0, 600_000);
+/// `loss_percent` (`lossPercent`).
+pub const LOSS_PERCENT: (f64, f64) = (0.0, 100.0);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "latency";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::int("delay_ms", self.delay_ms, DELAY_MS)?;
+        limits::int("jitter_ms", self.jitter_ms, (DELAY_MS.0, self.delay_ms))?;
+        limits::number("loss_percent", self.loss_percent, LOSS_PERCENT)?;
+        limits::int("sources", self.sources.len() as u64, limits::SOURCES)
+    }
+}
+
 /// The kind: needs a proxy in front of the service.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Latency;
 
 impl Kind for Latency {
-    fn capability(&self) -> &'static str {
-        "latency"
-    }
-
     fn detect(&mut self, setup: &Setup) -> Detection {
         if setup.has_proxy {
             Detection::Ready
@@ -25,12 +58,12 @@ impl Kind for Latency {
     }
 
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Latency {
+        let FaultKind::Latency(Params {
             delay_ms,
             jitter_ms,
             loss_percent,
             ref sources,
-        } = a.spec.kind
+        }) = a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
         };

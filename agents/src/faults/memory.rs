@@ -1,25 +1,65 @@
 //! `faultline:host:memory-stress`: allocate, touch and keep resident an amount of memory.
 
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
 use crate::holder::{self, Bond, Deadline, Holder, Holding, Work};
-use faultline_agent::protocol::{FaultKind, MemoryAmount, Observed, Outcome};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::{Observed, Outcome};
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// The wire parameters: `{"kind":"memory","amount":{"size_mib":256},"workers":0}` or
+/// `{"kind":"memory","amount":{"percent":30},"workers":0}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// How much.
+    pub amount: MemoryAmount,
+    /// Threads touching the memory; 0 means one ([`WORKERS`]).
+    pub workers: u32,
+}
+
+/// An amount of memory to hold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MemoryAmount {
+    /// Absolute size in MiB ([`SIZE_MIB`]).
+    SizeMib(u64),
+    /// Percent of the memory available to the host, its cgroup limit when it has one
+    /// ([`PERCENT`]).
+    Percent(u8),
+}
+
+/// `workers`; 0 means one.
+pub const WORKERS: (u64, u64) = (0, 256);
+/// `percent` (`amount.percent`).
+pub const PERCENT: (u64, u64) = (1, 100);
+/// `size_mib` (`sizeMiB` in a template): 16 TiB, far above any host, and small enough that
+/// the size in bytes never overflows.
+pub const SIZE_MIB: (u64, u64) = (1, 1 << 24);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "memory";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        match self.amount {
+            MemoryAmount::SizeMib(m) => limits::int("size_mib", m, SIZE_MIB)?,
+            MemoryAmount::Percent(p) => limits::int("percent", u64::from(p), PERCENT)?,
+        }
+        limits::int("workers", u64::from(self.workers), WORKERS)
+    }
+}
+
 /// The kind: its holder fills the memory, answers once resident, and dies with the agent.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Memory;
 
 impl Kind for Memory {
-    fn capability(&self) -> &'static str {
-        "memory"
-    }
-
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Memory { amount, workers } = a.spec.kind else {
+        let FaultKind::Memory(Params { amount, workers }) = a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let bytes = Budget::read()
@@ -29,7 +69,7 @@ impl Kind for Memory {
             .map_err(FaultError::refused)?;
         let what = format!("cannot start the memory stress process for {} MiB", bytes >> 20);
         let work = Work {
-            kind: "memory",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "bytes": bytes, "workers": workers }),
             bond: Bond::Death,
         };

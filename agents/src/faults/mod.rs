@@ -1,32 +1,22 @@
 //! The faults an agent injects, and the table of those in effect.
 //!
-//! Each fault is one file here implementing [`Kind`] (its parameter check beyond the shared
-//! limits, capability detection, the undo data recorded before the effect, apply, what to
-//! recover after a crash, and any holder process) and [`Fault`] (a fault in effect: remove,
-//! observed effect). [`registry`] lists them, one line each. The table below is generic:
+//! Each fault is one file here holding its wire parameters (`Params`, with their ranges and
+//! [`WireParams`]), its [`Kind`] (its check against the host's own state, capability
+//! detection, the undo data recorded before the effect, apply, what to recover after a
+//! crash, and any holder process) and its [`Fault`]s (a fault in effect: remove, observed
+//! effect). The `faults!` list below names each one on one line. The table below is generic:
 //! record → apply → deadline → remove, leases, recovery and retries, for any kind.
 //!
 //! Every fault with a duration is recorded in the state directory before it takes effect
 //! and forgotten only once it is removed. Removal is the same code whatever asks for it:
 //! the controller, the end of the duration, a lapsed lease, or shutdown.
 
-pub mod blackhole_port;
-pub mod blackout;
-pub mod cpu;
-pub mod disk_fill;
-pub mod io_stress;
-pub mod kill;
-pub mod latency;
-pub mod memory;
-pub mod nft;
-pub mod packet_loss;
-pub mod pause;
-
 use crate::holder::{Deadline, Holding};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::{FaultSpec, HeldFault, Observed, Outcome};
 use crate::proxy::Conditions;
 use crate::state::{self, Record, StateDir};
-use faultline_agent::limits::{self, OutOfRange};
-use faultline_agent::protocol::{FaultSpec, HeldFault, Observed, Outcome};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,40 +25,124 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// Every fault kind this agent knows, one line each; their order is the `--allow` order.
-fn registry() -> Vec<Box<dyn Kind>> {
-    vec![
-        Box::new(kill::Kill),
-        Box::new(pause::Pause),
-        Box::new(cpu::Cpu),
-        Box::new(memory::Memory),
-        Box::new(io_stress::IoStress),
-        Box::new(disk_fill::DiskFill),
-        Box::new(latency::Latency),
-        Box::new(blackout::Blackout::default()),
-        Box::new(blackhole_port::BlackholePort),
-        Box::new(packet_loss::PacketLoss),
-    ]
+/// Declares every fault from its one line `/// action id` `Variant => module,`: the module,
+/// its [`FaultKind`] variant (whose wire parameters are the module's `Params`), the kind's
+/// place in [`CAPABILITIES`] and in the registry (the module's `Kind` is the type named like
+/// the variant), and `for_each_fault!`, through which the controller declares the native
+/// action of each fault from the same line. So none of them can be forgotten.
+macro_rules! faults {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
+        $(pub mod $module;)*
+
+        /// A fault to inject, with its parameters. On the wire it is one JSON object tagged
+        /// by `kind` (the variant's snake_case name) with the parameters beside the tag, e.g.
+        /// `{"kind":"cpu","load_percent":80,"workers":0}`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+        pub enum FaultKind {
+            $($(#[$doc])* $variant($module::Params),)*
+        }
+
+        $(impl From<$module::Params> for FaultKind {
+            fn from(params: $module::Params) -> FaultKind {
+                FaultKind::$variant(params)
+            }
+        })*
+
+        impl FaultKind {
+            /// The capability (and `--allow` name) this fault needs.
+            pub fn capability(&self) -> &'static str {
+                match self {
+                    $(FaultKind::$variant(_) => <$module::Params as WireParams>::CAPABILITY,)*
+                }
+            }
+
+            /// Whether it is done once applied (a kill): it has no duration, and nothing is
+            /// recorded or held.
+            pub fn instant(&self) -> bool {
+                match self {
+                    $(FaultKind::$variant(_) => <$module::Params as WireParams>::INSTANT,)*
+                }
+            }
+
+            /// Checks its parameters against the ranges of its own file.
+            pub fn check(&self) -> Result<(), OutOfRange> {
+                match self {
+                    $(FaultKind::$variant(params) => params.check(),)*
+                }
+            }
+        }
+
+        /// Capabilities an agent can have, also the names accepted by `--allow`, in the
+        /// order of the fault list.
+        pub const CAPABILITIES: [&str; [$(stringify!($module)),*].len()] =
+            [$(<$module::Params as WireParams>::CAPABILITY,)*];
+
+        /// Every fault kind this agent knows, with its capability, in the `--allow` order.
+        fn registry() -> Vec<(&'static str, Box<dyn Kind>)> {
+            vec![$((<$module::Params as WireParams>::CAPABILITY, Box::new($module::$variant::default()) as Box<dyn Kind>),)*]
+        }
+
+        /// Calls `$callback! { {EXTRA} LINE... }` with `EXTRA` as given and each line of the
+        /// fault list (`/// action id` `Variant => module,`): the controller declares the
+        /// native action of each fault from it (`src/actions/mod.rs`).
+        #[macro_export]
+        macro_rules! for_each_fault {
+            ($callback:ident! $extra:tt) => {
+                $callback! { $extra $($(#[$doc])* $variant => $module,)* }
+            };
+        }
+    };
+}
+
+// Every fault, one line each: the id of its native action, its `FaultKind` variant and its
+// module. The order is the `--allow` order and the native actions' order in the catalog.
+faults! {
+    /// `faultline:process:kill`
+    Kill => kill,
+    /// `faultline:process:pause`
+    Pause => pause,
+    /// `faultline:host:cpu-stress`
+    Cpu => cpu,
+    /// `faultline:host:memory-stress`
+    Memory => memory,
+    /// `faultline:host:io-stress`
+    IoStress => io_stress,
+    /// `faultline:host:disk-fill`
+    DiskFill => disk_fill,
+    /// `faultline:network:latency`
+    Latency => latency,
+    /// `faultline:az:blackout`
+    Blackout => blackout,
+    /// `faultline:network:blackhole-port`
+    BlackholePort => blackhole_port,
+    /// `faultline:network:packet-loss`
+    PacketLoss => packet_loss,
+}
+
+pub mod nft;
+
+/// The wire parameters of one fault kind (its file's `Params`): what it needs, and the
+/// ranges the controller's validator and the agent both check it against.
+pub trait WireParams {
+    /// The capability (and `--allow` name) a fault of this kind needs.
+    const CAPABILITY: &'static str;
+    /// Whether it is done once applied (a kill): it has no duration.
+    const INSTANT: bool = false;
+    /// Checks every parameter against its range (the consts of the fault's file).
+    fn check(&self) -> Result<(), OutOfRange>;
 }
 
 /// A kind of fault: what the table asks of each, whatever it is.
 pub trait Kind: std::fmt::Debug + Send {
-    /// Its capability name (the wire's `FaultKind::capability`, and `--allow`'s).
-    fn capability(&self) -> &'static str;
-
     /// Whether it can work here, with what this agent was given; may set up how it works
     /// (e.g. nf_tables or the proxy). Called once, at start, for the allowed kinds.
     fn detect(&mut self, _setup: &Setup) -> Detection {
         Detection::Ready
     }
 
-    /// Whether it is done once applied (a kill): nothing is recorded or held.
-    fn instant(&self) -> bool {
-        false
-    }
-
-    /// Checks what the shared limits cannot (the host's own state), and returns what its
-    /// removal will need after a crash; recorded before [`Kind::apply`] runs.
+    /// Checks what its parameters' ranges cannot (the host's own state), and returns what
+    /// its removal will need after a crash; recorded before [`Kind::apply`] runs.
     fn prepare(&self, _apply: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
         Ok(serde_json::Value::Null)
     }
@@ -89,10 +163,7 @@ pub trait Kind: std::fmt::Debug + Send {
 
     /// The work of its holder process (`faultline-agent hold KIND`), for kinds that have one.
     fn hold(&self, _params: &serde_json::Value, _holding: &Holding) -> std::io::Result<()> {
-        Err(std::io::Error::other(format!(
-            "`{}` faults have no holder process",
-            self.capability()
-        )))
+        Err(std::io::Error::other("this fault kind has no holder process"))
     }
 }
 
@@ -356,7 +427,9 @@ fn now_ms() -> u64 {
 
 /// The kind named `capability`, for a holder process.
 pub fn kind(capability: &str) -> Option<Box<dyn Kind>> {
-    registry().into_iter().find(|k| k.capability() == capability)
+    registry()
+        .into_iter()
+        .find_map(|(name, kind)| (name == capability).then_some(kind))
 }
 
 impl Faults {
@@ -372,8 +445,7 @@ impl Faults {
         let mut notes = Vec::new();
         let mut caps = BTreeSet::new();
         let mut kinds = BTreeMap::new();
-        for mut kind in registry() {
-            let name = kind.capability();
+        for (name, mut kind) in registry() {
             if !allow.contains(name) {
                 notes.push(format!("{name}: not in --allow"));
             } else {
@@ -508,7 +580,7 @@ impl Faults {
             memory_pending: self.active.values().map(|a| a.fault.memory_pending()).sum(),
         };
         let failed = |e: FaultError| Ok(Applied::Now(Outcome::Failed { message: e.to_string() }));
-        if kind.instant() {
+        if spec.kind.instant() {
             // Nothing to take away afterwards, so nothing to record.
             return match kind.apply(&apply, &serde_json::Value::Null, &env) {
                 Ok(Started { answer, .. }) => Ok(Applied::Now(outcome_now(answer))),
@@ -704,7 +776,6 @@ pub fn mismatch(spec: &FaultSpec) -> FaultError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faultline_agent::protocol::FaultKind;
 
     fn faults(name: &str) -> (Faults, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("fl-faults-{name}-{}", std::process::id()));
@@ -714,10 +785,7 @@ mod tests {
             max_cut: Duration::from_secs(300),
             kill: kill::Policy::default(),
         };
-        let allow = faultline_agent::protocol::CAPABILITIES
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let allow = CAPABILITIES.iter().map(|c| c.to_string()).collect();
         let setup = Setup {
             has_proxy: true,
             blackout_backend: blackout::Backend::Proxy,
@@ -735,12 +803,195 @@ mod tests {
 
     #[test]
     fn every_wire_capability_has_exactly_one_kind() {
-        let names: Vec<&str> = registry().iter().map(|k| k.capability()).collect();
+        let names: Vec<&str> = registry().iter().map(|(name, _)| *name).collect();
         let mut sorted = names.clone();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len(), "a capability registered twice: {names:?}");
-        assert_eq!(names, faultline_agent::protocol::CAPABILITIES.to_vec());
+        assert_eq!(names, CAPABILITIES.to_vec());
+    }
+
+    /// One fault of each kind, and its JSON as the wire has always carried it (a fault's
+    /// parameters beside its `kind` tag, in declaration order).
+    fn one_of_each() -> Vec<(FaultKind, &'static str)> {
+        vec![
+            (
+                kill::Params {
+                    process_name: "web".into(),
+                    signal: "SIGKILL".into(),
+                }
+                .into(),
+                r#"{"kind":"kill","process_name":"web","signal":"SIGKILL"}"#,
+            ),
+            (
+                pause::Params {
+                    process_name: "web".into(),
+                }
+                .into(),
+                r#"{"kind":"pause","process_name":"web"}"#,
+            ),
+            (
+                cpu::Params {
+                    load_percent: 80,
+                    workers: 0,
+                }
+                .into(),
+                r#"{"kind":"cpu","load_percent":80,"workers":0}"#,
+            ),
+            (
+                memory::Params {
+                    amount: memory::MemoryAmount::SizeMib(256),
+                    workers: 2,
+                }
+                .into(),
+                r#"{"kind":"memory","amount":{"size_mib":256},"workers":2}"#,
+            ),
+            (
+                memory::Params {
+                    amount: memory::MemoryAmount::Percent(30),
+                    workers: 0,
+                }
+                .into(),
+                r#"{"kind":"memory","amount":{"percent":30},"workers":0}"#,
+            ),
+            (
+                io_stress::Params {
+                    workers: 1,
+                    percent: 80,
+                    path: "/tmp".into(),
+                }
+                .into(),
+                r#"{"kind":"io_stress","workers":1,"percent":80,"path":"/tmp"}"#,
+            ),
+            (
+                disk_fill::Params {
+                    percent: 95,
+                    path: "/tmp".into(),
+                }
+                .into(),
+                r#"{"kind":"disk_fill","percent":95,"path":"/tmp"}"#,
+            ),
+            (
+                latency::Params {
+                    delay_ms: 300,
+                    jitter_ms: 10,
+                    loss_percent: 0.5,
+                    sources: vec!["10.0.0.0/8".parse().unwrap()],
+                }
+                .into(),
+                r#"{"kind":"latency","delay_ms":300,"jitter_ms":10,"loss_percent":0.5,"sources":["10.0.0.0/8"]}"#,
+            ),
+            (
+                latency::Params {
+                    delay_ms: 300,
+                    jitter_ms: 0,
+                    loss_percent: 0.0,
+                    sources: vec![],
+                }
+                .into(),
+                r#"{"kind":"latency","delay_ms":300,"jitter_ms":0,"loss_percent":0.0}"#,
+            ),
+            (
+                blackout::Params {
+                    allow: vec!["10.0.1.2".parse().unwrap()],
+                    keep_control_plane: false,
+                    deny: vec!["10.0.2.0/24".parse().unwrap()],
+                }
+                .into(),
+                r#"{"kind":"blackout","allow":["10.0.1.2"],"keep_control_plane":false,"deny":["10.0.2.0/24"]}"#,
+            ),
+            (
+                blackhole_port::Params {
+                    protocol: blackhole_port::Transport::Tcp,
+                    port: 5432,
+                    traffic: blackhole_port::Direction::Ingress,
+                }
+                .into(),
+                r#"{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}"#,
+            ),
+            (
+                packet_loss::Params {
+                    loss_percent: 7.0,
+                    sources: vec![],
+                }
+                .into(),
+                r#"{"kind":"packet_loss","loss_percent":7.0}"#,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_kind_keeps_its_wire_json_and_round_trips() {
+        let all = one_of_each();
+        let kinds: BTreeSet<&str> = all.iter().map(|(k, _)| k.capability()).collect();
+        assert_eq!(kinds.len(), CAPABILITIES.len(), "one sample per kind at least");
+        for (kind, json) in all {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), json);
+            assert_eq!(serde_json::from_str::<FaultKind>(json).unwrap(), kind, "{json}");
+            assert!(kind.check().is_ok(), "{json}: {:?}", kind.check());
+        }
+        // What the wire refuses stays refused: a field of another kind, an unknown kind.
+        for bad in [
+            r#"{"kind":"cpu","load_percent":80,"workers":0,"path":"/tmp"}"#,
+            r#"{"kind":"cpu","load_percent":80}"#,
+            r#"{"kind":"format_disk"}"#,
+        ] {
+            assert!(serde_json::from_str::<FaultKind>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_kinds_own_ranges_refuse_absurd_values() {
+        let cases: [(FaultKind, &str); 5] = [
+            (
+                blackout::Params {
+                    allow: vec![],
+                    keep_control_plane: true,
+                    deny: vec![],
+                }
+                .into(),
+                "allow is a list of 0 addresses",
+            ),
+            (
+                memory::Params {
+                    amount: memory::MemoryAmount::SizeMib(u64::MAX),
+                    workers: 0,
+                }
+                .into(),
+                "size_mib is 18446744073709551615",
+            ),
+            (
+                latency::Params {
+                    delay_ms: 10,
+                    jitter_ms: 0,
+                    loss_percent: f64::NAN,
+                    sources: vec![],
+                }
+                .into(),
+                "loss_percent is NaN",
+            ),
+            (
+                blackhole_port::Params {
+                    protocol: blackhole_port::Transport::Tcp,
+                    port: 0,
+                    traffic: blackhole_port::Direction::Ingress,
+                }
+                .into(),
+                "port is 0; it must be 1-65535",
+            ),
+            (
+                packet_loss::Params {
+                    loss_percent: 100.5,
+                    sources: vec![],
+                }
+                .into(),
+                "loss_percent is 100.5",
+            ),
+        ];
+        for (kind, want) in cases {
+            let e = kind.check().expect_err(want).to_string();
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
     }
 
     #[test]
@@ -785,11 +1036,11 @@ mod tests {
         let spec = FaultSpec {
             fault_id: "e/a/h".into(),
             duration_ms: Some(60_000),
-            kind: FaultKind::Blackout {
+            kind: FaultKind::Blackout(blackout::Params {
                 allow: vec!["10.0.0.2".parse().unwrap()],
                 keep_control_plane: false,
                 deny: vec![],
-            },
+            }),
         };
         let applied = f.apply("c1", spec, Some("10.255.0.1".parse().unwrap())).unwrap();
         assert!(matches!(applied, Applied::ThenAct(_)), "{applied:?}");
@@ -818,10 +1069,10 @@ mod tests {
         let spec = FaultSpec {
             fault_id: "e/a/h".into(),
             duration_ms: Some(u64::MAX),
-            kind: FaultKind::Cpu {
+            kind: FaultKind::Cpu(cpu::Params {
                 load_percent: 50,
                 workers: 1,
-            },
+            }),
         };
         match f.apply("c1", spec, None) {
             Err(Refusal::OutOfRange(e)) => assert!(e.to_string().contains("duration_ms"), "{e}"),

@@ -134,15 +134,20 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], deny: &[ipnet::Ip
                 r.verdict(NF_ACCEPT);
             });
         }
+        // Each drop counts what it drops: the blackout's observed effect ([`counted`]).
         for net in deny {
             batch.rule(table, chain, |r| {
                 r.encode(c, &Expr::Peer(*net));
+                r.encode(c, &Expr::Counter);
                 r.verdict(NF_DROP);
             });
         }
         // With networks to deny, the rest passes by the chain's policy.
         if deny.is_empty() {
-            batch.rule(table, chain, |r| r.verdict(NF_DROP));
+            batch.rule(table, chain, |r| {
+                r.encode(c, &Expr::Counter);
+                r.verdict(NF_DROP);
+            });
         }
     }
 }
@@ -841,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_blackout_takes_the_longest_allow_list_the_limits_accept() {
-        let (_, most) = faultline_agent::limits::BLACKOUT_ALLOW;
+        let (_, most) = crate::faults::blackout::ALLOW;
         let allow: Vec<IpAddr> = (0..most)
             .map(|i| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]))
             .collect();
@@ -944,13 +949,15 @@ mod tests {
             .unwrap();
             let t = listed(tid, "fl_deny");
             let allowed = t.find("ip saddr 10.1.0.1 accept").expect(&t);
-            let denied = t.find("ip saddr 10.2.0.7 drop").expect(&t);
+            let denied = t.find("ip saddr 10.2.0.7 counter packets 0 bytes 0 drop").expect(&t);
             assert!(allowed < denied, "allowed peers come first:\n{t}");
-            assert!(t.contains("ip daddr 10.3.0.0/16 drop"), "{t}");
+            assert!(t.contains("ip daddr 10.3.0.0/16 counter packets 0 bytes 0 drop"), "{t}");
             assert!(
-                !t.lines().any(|l| l.trim() == "drop"),
+                !t.lines().any(|l| l.trim().starts_with("counter")),
                 "nothing but the denied networks is dropped:\n{t}"
             );
+            let counters = counted("fl_deny").unwrap();
+            assert_eq!(counters.len(), t.matches(" drop").count(), "one counter per drop:\n{t}");
             remove("fl_deny").unwrap();
         });
     }

@@ -10,19 +10,41 @@
 //! local traffic (and a local controller) keeps working.
 
 use super::nft::{self, Expr, Hook};
-use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
-use faultline_agent::protocol::{FaultKind, Observed};
+use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The wire parameters: `{"kind":"packet_loss","loss_percent":7.0,"sources":["10.0.0.0/8"]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Share of packets dropped, percent ([`LOSS_PERCENT`]).
+    pub loss_percent: f64,
+    /// Only packets from these peers; empty: every peer but loopback
+    /// ([`limits::SOURCES`] entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<IpNet>,
+}
+
+/// `loss_percent` (`lossPercent` in a template; FIS's default is 7).
+pub const LOSS_PERCENT: (f64, f64) = (0.0, 100.0);
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "packet_loss";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::number("loss_percent", self.loss_percent, LOSS_PERCENT)?;
+        limits::int("sources", self.sources.len() as u64, limits::SOURCES)
+    }
+}
 
 /// The kind (nf_tables only).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PacketLoss;
 
 impl Kind for PacketLoss {
-    fn capability(&self) -> &'static str {
-        "packet_loss"
-    }
-
     fn detect(&mut self, setup: &Setup) -> Detection {
         nft::detect_only(setup, "packet-loss")
     }
@@ -32,10 +54,10 @@ impl Kind for PacketLoss {
     }
 
     fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::PacketLoss {
+        let FaultKind::PacketLoss(Params {
             loss_percent,
             ref sources,
-        } = a.spec.kind
+        }) = a.spec.kind
         else {
             return Err(super::mismatch(a.spec));
         };

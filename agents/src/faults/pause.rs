@@ -2,35 +2,94 @@
 //! it (SIGCONT) when the fault is removed, whatever removes it.
 //!
 //! Each stopped process is marked in the state dir by pid and start time before it is
-//! stopped, so a restart after a crash resumes it, and a pid reused since is left alone.
+//! stopped (a marker of the set [`MARKERS`], `<fault file stem>.<pid>-<start time>`, written
+//! and synced before the SIGSTOP), so a restart after a crash resumes it whatever became of
+//! the record, and a pid reused since is left alone.
 
 use super::kill::{self, Policy, Target};
-use super::{Answer, Apply, Env, Fault, FaultError, Kind, Leftover, Started};
+use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Leftover, Started, WireParams};
 use crate::holder::{Bond, Holder, Holding, Work};
+use crate::limits::{self, OutOfRange};
+use crate::protocol::Observed;
 use crate::state::{Record, StateDir};
-use faultline_agent::protocol::{FaultKind, Observed};
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
 
-/// The kind. Its undo data are the marker files of the state dir, one per stopped process,
-/// not its record: a marker is written before each SIGSTOP.
-#[derive(Debug)]
+/// The wire parameters: `{"kind":"pause","process_name":"web"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Matched as a kill's: `/proc/PID/comm` or the basename of argv[0]
+    /// ([`limits::PROCESS_NAME_BYTES`] long).
+    pub process_name: String,
+}
+
+impl WireParams for Params {
+    const CAPABILITY: &'static str = "pause";
+
+    fn check(&self) -> Result<(), OutOfRange> {
+        limits::process_name_ok(&self.process_name)
+    }
+}
+
+/// The state dir's marker set of stopped processes.
+pub const MARKERS: &str = "paused";
+
+fn tag(t: Target) -> String {
+    format!("{}-{}", t.pid, t.start_time)
+}
+
+fn mark(state: &StateDir, fault_id: &str, t: Target) -> io::Result<()> {
+    state.mark(MARKERS, fault_id, &tag(t))
+}
+
+fn unmark(state: &StateDir, fault_id: &str, t: Target) -> io::Result<()> {
+    state.discard(&state.marker(MARKERS, fault_id, &tag(t)))
+}
+
+/// Every stopped process on record: its marker, and the process when the marker's name
+/// could be read.
+pub fn marked(state: &StateDir) -> io::Result<Vec<(PathBuf, Option<Target>)>> {
+    Ok(state
+        .markers(MARKERS)?
+        .into_iter()
+        .map(|(path, tag)| {
+            let target = tag
+                .as_deref()
+                .and_then(|t| t.split_once('-'))
+                .and_then(|(pid, start)| {
+                    Some(Target {
+                        pid: pid.parse().ok()?,
+                        start_time: start.parse().ok()?,
+                    })
+                });
+            (path, target)
+        })
+        .collect())
+}
+
+/// Whether a fault other than `fault_id` also keeps `t` stopped.
+fn paused_by_another(state: &StateDir, fault_id: &str, t: Target) -> io::Result<bool> {
+    let mine = state.marker(MARKERS, fault_id, &tag(t));
+    Ok(marked(state)?.iter().any(|(path, m)| *m == Some(t) && *path != mine))
+}
+
+/// The kind. Its undo data are the markers of the state dir, one per stopped process, not
+/// its record: a marker is written before each SIGSTOP.
+#[derive(Debug, Default)]
 pub struct Pause;
 
 impl Kind for Pause {
-    fn capability(&self) -> &'static str {
-        "pause"
-    }
-
     fn apply(&self, a: &Apply<'_>, _undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
-        let FaultKind::Pause { process_name } = &a.spec.kind else {
+        let FaultKind::Pause(Params { process_name }) = &a.spec.kind else {
             return Err(super::mismatch(a.spec));
         };
         let fault_id = &a.spec.fault_id;
         let targets = pause(fault_id, process_name, &env.config.kill, env.state).map_err(FaultError::refused)?;
         // The pause's own end: a holder that resumes them when this agent dies.
         let work = Work {
-            kind: "pause",
+            kind: Params::CAPABILITY,
             params: serde_json::json!({ "targets": targets.iter().map(|t| (t.pid, t.start_time)).collect::<Vec<_>>() }),
             bond: Bond::Pipe,
         };
@@ -56,7 +115,7 @@ impl Kind for Pause {
     }
 
     fn sweep(&self, _records: &[Record], _unreadable: &[PathBuf], env: &Env<'_>) -> Vec<Leftover> {
-        let paused = env.state.paused().unwrap_or_else(|e| {
+        let paused = marked(env.state).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot list the processes a previous run paused");
             Vec::new()
         });
@@ -65,10 +124,7 @@ impl Kind for Pause {
             .into_iter()
             .map(|(marker, target)| Leftover {
                 id: format!("paused:{}", marker.display()),
-                fault: Box::new(Stopped {
-                    marker,
-                    target: target.map(|(pid, start_time)| Target { pid, start_time }),
-                }),
+                fault: Box::new(Stopped { marker, target }),
                 file: None,
             })
             .collect()
@@ -151,16 +207,14 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
     let targets = kill::targets(name, policy)?;
     let mut stopped = Vec::new();
     for t in &targets {
-        let result = state
-            .mark_paused(fault_id, t.pid, t.start_time)
-            .and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
+        let result = mark(state, fault_id, *t).and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
         match result {
             Ok(true) => stopped.push(*t),
             Ok(false) => {
-                let _ = state.unmark_paused(fault_id, t.pid, t.start_time);
+                let _ = unmark(state, fault_id, *t);
             }
             Err(source) => {
-                let _ = state.unmark_paused(fault_id, t.pid, t.start_time);
+                let _ = unmark(state, fault_id, *t);
                 if let Err(e) = resume(fault_id, &stopped, state) {
                     tracing::error!(error = %e, "cannot resume what a failed pause stopped");
                 }
@@ -178,10 +232,10 @@ pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> R
 /// forgets them. Stops at the first error, leaving the rest marked for a retry.
 pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Result<()> {
     for t in targets {
-        if !state.paused_by_another(fault_id, t.pid, t.start_time)? {
+        if !paused_by_another(state, fault_id, *t)? {
             kill::signal(*t, kill::Signal::SIGCONT)?;
         }
-        state.unmark_paused(fault_id, t.pid, t.start_time)?;
+        unmark(state, fault_id, *t)?;
     }
     Ok(())
 }
@@ -221,6 +275,25 @@ pub fn resume_leftover(marker: &std::path::Path, target: Option<Target>, state: 
 mod tests {
     use super::*;
 
+    #[test]
+    fn markers_name_pid_and_start_time_and_each_pause_its_own() {
+        let dir = std::env::temp_dir().join(format!("fl-pause-markers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).unwrap();
+        let t = Target {
+            pid: 42,
+            start_time: 777,
+        };
+        mark(&state, "e/a/h1", t).unwrap();
+        mark(&state, "e/b/h1", t).unwrap();
+        let found: Vec<_> = marked(&state).unwrap().into_iter().map(|(_, t)| t).collect();
+        assert_eq!(found, vec![Some(t), Some(t)]);
+        assert!(paused_by_another(&state, "e/a/h1", t).unwrap());
+        unmark(&state, "e/b/h1", t).unwrap();
+        assert!(!paused_by_another(&state, "e/a/h1", t).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Whether `pid` reaches the stopped state `stopped` within five seconds (a signal is
     /// delivered asynchronously).
     fn becomes(pid: u32, stopped: bool) -> bool {
@@ -246,22 +319,21 @@ mod tests {
         let targets = pause("e/a/h", &name, &policy, &state).unwrap();
         assert_eq!(targets.iter().map(|t| t.pid).collect::<Vec<_>>(), vec![child.id()]);
         assert!(becomes(child.id(), true));
-        assert_eq!(state.paused().unwrap().len(), 1, "marked before it was stopped");
+        assert_eq!(marked(&state).unwrap().len(), 1, "marked before it was stopped");
         resume("e/a/h", &targets, &state).unwrap();
         assert!(becomes(child.id(), false));
-        assert!(state.paused().unwrap().is_empty());
+        assert!(marked(&state).unwrap().is_empty());
 
         // A crash between pause and resume: the marker alone brings the process back.
         pause("e/b/h", &name, &policy, &state).unwrap();
         assert!(becomes(child.id(), true));
-        let left = state.paused().unwrap();
+        let left = marked(&state).unwrap();
         assert_eq!(left.len(), 1);
         for (marker, target) in left {
-            let target = target.map(|(pid, start_time)| Target { pid, start_time });
             resume_leftover(&marker, target, &state).unwrap();
         }
         assert!(becomes(child.id(), false));
-        assert!(state.paused().unwrap().is_empty());
+        assert!(marked(&state).unwrap().is_empty());
 
         child.kill().unwrap();
         child.wait().unwrap();

@@ -2,8 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::FaultKind;
+use faultline_agent::faults::cpu;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:host:cpu-stress",
@@ -16,7 +15,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const LOAD_PERCENT: Param = Param {
     name: "loadPercent",
-    kind: Kind::Integer(limits::LOAD_PERCENT),
+    kind: Kind::Integer(cpu::LOAD_PERCENT),
     required: false,
     default: Some("100"),
     description: "CPU load each worker holds.",
@@ -25,7 +24,7 @@ const LOAD_PERCENT: Param = Param {
 
 const WORKERS: Param = Param {
     name: "workers",
-    kind: Kind::Integer(limits::CPU_WORKERS),
+    kind: Kind::Integer(cpu::WORKERS),
     required: false,
     default: Some("0"),
     description: "Worker threads; 0 means one per CPU.",
@@ -37,12 +36,15 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
     let load = p.int(&LOAD_PERCENT);
     let workers = p.int(&WORKERS);
     Some(ActionSpec {
-        action_id: ActionId::CpuStress,
+        action_id: ActionId::Cpu,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::Cpu {
-            // The ranges above fit these types.
-            load_percent: load? as u8,
-            workers: workers? as u32,
-        }),
+        effect: Effect::Fault(
+            cpu::Params {
+                // The ranges above fit these types.
+                load_percent: load? as u8,
+                workers: workers? as u32,
+            }
+            .into(),
+        ),
     })
 }

@@ -2,8 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
 use crate::template::ResourceType;
-use faultline_agent::limits;
-use faultline_agent::protocol::{FaultKind, MemoryAmount};
+use faultline_agent::faults::memory::{self, MemoryAmount};
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:host:memory-stress",
@@ -16,7 +15,7 @@ pub(super) const DEF: ActionDef = ActionDef {
 
 const PERCENT: Param = Param {
     name: "percent",
-    kind: Kind::Integer(limits::MEMORY_PERCENT),
+    kind: Kind::Integer(memory::PERCENT),
     required: false,
     default: None,
     description: "Share of the host's memory (its cgroup limit if it has one) to hold; or give sizeMiB.",
@@ -25,7 +24,7 @@ const PERCENT: Param = Param {
 
 const SIZE_MIB: Param = Param {
     name: "sizeMiB",
-    kind: Kind::Integer(limits::MEMORY_MIB),
+    kind: Kind::Integer(memory::SIZE_MIB),
     required: false,
     default: None,
     description: "Memory to hold; or give percent.",
@@ -34,7 +33,7 @@ const SIZE_MIB: Param = Param {
 
 const WORKERS: Param = Param {
     name: "workers",
-    kind: Kind::Integer(limits::MEMORY_WORKERS),
+    kind: Kind::Integer(memory::WORKERS),
     required: false,
     default: Some("0"),
     description: "Threads that touch the memory; 0 means one.",
@@ -62,11 +61,14 @@ fn build(p: &mut Params<'_>) -> Option<ActionSpec> {
         }
     };
     Some(ActionSpec {
-        action_id: ActionId::MemoryStress,
+        action_id: ActionId::Memory,
         duration: duration?,
-        effect: Effect::Fault(FaultKind::Memory {
-            amount: amount?,
-            workers: workers? as u32,
-        }),
+        effect: Effect::Fault(
+            memory::Params {
+                amount: amount?,
+                workers: workers? as u32,
+            }
+            .into(),
+        ),
     })
 }
