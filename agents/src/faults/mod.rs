@@ -46,8 +46,8 @@ fn registry() -> Vec<Box<dyn Kind>> {
         Box::new(disk_fill::DiskFill),
         Box::new(latency::Latency),
         Box::new(blackout::Blackout::default()),
-        Box::new(blackhole_port::BlackholePort),
-        Box::new(packet_loss::PacketLoss),
+        Box::new(blackhole_port::BlackholePort::default()),
+        Box::new(packet_loss::PacketLoss::default()),
     ]
 }
 
@@ -140,6 +140,8 @@ impl Fault for Gone {
 pub struct Setup {
     /// Whether a proxy fronts the host's service (`--proxy`).
     pub has_proxy: bool,
+    /// The ports its proxies listen on (those `--proxy` names; not an ephemeral port 0).
+    pub proxy_ports: Vec<u16>,
     /// `--blackout-backend`.
     pub blackout_backend: blackout::Backend,
 }
@@ -720,6 +722,7 @@ mod tests {
             .collect();
         let setup = Setup {
             has_proxy: true,
+            proxy_ports: vec![8080],
             blackout_backend: blackout::Backend::Proxy,
         };
         let (f, _) = Faults::new(
