@@ -10,6 +10,9 @@
 //! connections are held and existing ones stall (`proxy.rs`); the condition lives in the
 //! agent's process, so it ends with it and a restart has nothing to undo. UDP, egress and
 //! other ports are refused, as the proxy never sees them.
+//!
+//! Example: `experiments/blackhole-port.json` (nf_tables); with the proxy alone, name the
+//! port the agent's `--proxy` listens on.
 
 use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};

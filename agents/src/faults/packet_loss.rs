@@ -15,6 +15,9 @@
 //! unanswered while the fault lasts, as a dropped SYN would leave it; draws are seeded from
 //! the fault id. The condition lives in the agent's process, so it ends with it and a restart
 //! has nothing to undo.
+//!
+//! Example: `experiments/packet-loss.json`; with the proxy alone it drops that share of the
+//! connections from az-b and 10.9.0.0/16 to the proxied service, not of their packets.
 
 use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, Kind, Setup, Started};
