@@ -234,3 +234,143 @@ fn latency_with_sources_delays_only_the_named_peers() {
     let after = round_trip(Ipv4Addr::new(127, 0, 0, 2), proxy_port);
     assert!(after < Duration::from_millis(400), "after the fault: {after:?}");
 }
+
+/// A free loopback port for an agent's proxy.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Runs `template` against an agent whose proxy, on `proxy_port`, fronts a web service, with
+/// the proxy alone enforcing network faults (as without CAP_NET_ADMIN): the controller, the
+/// agent and the service.
+fn proxy_only_run(s: &Scratch, template: &Value, proxy_port: u16) -> (Proc, Proc, Proc) {
+    let (web, web_port) = web_service(&format!("web-{}", s.0.file_name().unwrap().to_string_lossy()));
+    let template = s.write_json("t.json", template);
+    let (ctl, port) = controller(s, &template, 1, &[]);
+    let proxy = format!("127.0.0.1:{proxy_port}=127.0.0.1:{web_port}");
+    let agent = agent(
+        s,
+        port,
+        "web-a1",
+        "az-a",
+        &["--proxy", &proxy, "--blackout-backend", "proxy"],
+    );
+    (ctl, agent, web)
+}
+
+/// A request sent through the proxy from `from`, not yet answered.
+fn ask(from: Ipv4Addr, proxy: u16) -> TcpStream {
+    let mut c = connect_from(from, std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, proxy)).expect("connect");
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    c.set_nonblocking(true).unwrap();
+    c
+}
+
+/// Whether a request has its answer by now: one held by a blackhole has nothing yet, and
+/// was neither reset nor closed (a blackhole drops, it does not refuse).
+fn answered(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match c.read(&mut b) {
+        Ok(0) => panic!("closed without an answer"),
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("the connection failed instead of hanging: {e}"),
+    }
+}
+
+#[test]
+fn blackhole_port_without_nf_tables_is_held_by_the_proxy() {
+    let s = Scratch::new("blackhole-proxy");
+    let proxy_port = free_port();
+    let template = single_action(
+        "web-a1",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT4S", "protocol": "tcp", "port": proxy_port.to_string(), "trafficType": "ingress" }),
+    );
+    let (ctl, mut agent, _web) = proxy_only_run(&s, &template, proxy_port);
+    let limited = agent.expect("proxy only: tcp ingress on port", T);
+    assert!(limited.contains(&format!("port {proxy_port}")), "{limited}");
+    let mut ctl = ctl;
+    ctl.expect("action A running", T);
+    agent.expect("via the proxy", T);
+    let mut during = ask(Ipv4Addr::LOCALHOST, proxy_port);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!answered(&mut during), "the blackholed port answered");
+    let (status, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert!(status.success() && r["state"] == "completed", "{r}");
+    let seen = agent.expect("observed effect", T);
+    assert!(seen.contains("connections_blackholed"), "{seen}");
+    // It answers again: a new connection at once, the held one as a retransmission would.
+    let mut after = ask(Ipv4Addr::LOCALHOST, proxy_port);
+    eventually("an answer after the blackhole", Duration::from_secs(5), || {
+        answered(&mut after) && answered(&mut during)
+    });
+}
+
+#[test]
+fn blackhole_port_without_nf_tables_refuses_what_the_proxy_never_sees() {
+    let s = Scratch::new("blackhole-proxy-udp");
+    let proxy_port = free_port();
+    let template = single_action(
+        "web-a1",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT4S", "protocol": "udp", "port": proxy_port.to_string(), "trafficType": "ingress" }),
+    );
+    let (ctl, _agent, _web) = proxy_only_run(&s, &template, proxy_port);
+    let (_, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(r.to_string().contains("the proxy carries TCP only"), "{r}");
+}
+
+#[test]
+fn packet_loss_without_nf_tables_drops_a_share_of_connections_in_the_proxy() {
+    let s = Scratch::new("loss-proxy");
+    let proxy_port = free_port();
+    let template = single_action(
+        "web-a1",
+        "faultline:network:packet-loss",
+        json!({ "duration": "PT60S", "lossPercent": "30", "sources": "127.0.0.2" }),
+    );
+    let (mut ctl, mut agent, _web) = proxy_only_run(&s, &template, proxy_port);
+    agent.expect("connection-level", T);
+    ctl.expect("action A running", T);
+    // N = 1000: the loss is drawn per connection, and ±5 points is then over 3 standard
+    // deviations of the share.
+    const N: usize = 1000;
+    let mut asked: Vec<TcpStream> = (0..N).map(|_| ask(Ipv4Addr::new(127, 0, 0, 2), proxy_port)).collect();
+    let mut other = ask(Ipv4Addr::new(127, 0, 0, 3), proxy_port);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut held: Vec<TcpStream> = Vec::new();
+    for mut c in asked.drain(..) {
+        if !answered(&mut c) {
+            held.push(c);
+        }
+    }
+    let loss = held.len() as f64 * 100.0 / N as f64;
+    eprintln!("connection-level loss: asked 30%, measured {loss:.1}% over {N} connections");
+    assert!((25.0..=35.0).contains(&loss), "asked 30% loss, measured {loss}%");
+    assert!(answered(&mut other), "127.0.0.3 is not a source");
+    ctl.signal(libc::SIGINT);
+    let (_, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(r["state"], "stopped", "{r}");
+    let seen = agent.expect("observed effect", T);
+    assert!(
+        seen.contains(&format!("connections_dropped {}.0", held.len())) && seen.contains("asked 30.0"),
+        "{seen}"
+    );
+    // Removed: the held connections get through, and new ones are never dropped.
+    let mut fresh: Vec<TcpStream> = (0..100).map(|_| ask(Ipv4Addr::new(127, 0, 0, 2), proxy_port)).collect();
+    eventually(
+        "every connection answered after the loss",
+        Duration::from_secs(5),
+        || {
+            held.retain_mut(|c| !answered(c));
+            fresh.retain_mut(|c| !answered(c));
+            held.is_empty() && fresh.is_empty()
+        },
+    );
+}

@@ -220,6 +220,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let allow: BTreeSet<String> = cli.allow.iter().cloned().collect();
     let setup = faults::Setup {
         has_proxy: !cli.proxies.is_empty(),
+        proxy_ports: cli
+            .proxies
+            .iter()
+            .filter_map(|(listen, _)| listen.rsplit_once(':')?.1.parse().ok())
+            .filter(|p| *p != 0)
+            .collect(),
         blackout_backend: cli.blackout_backend,
     };
     let conditions = Arc::new(proxy::Conditions::default());

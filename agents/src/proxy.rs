@@ -1,21 +1,37 @@
 //! The sidecar TCP proxy in front of the host's service (`--proxy LISTEN=UPSTREAM`).
 //!
-//! It always forwards. During a latency fault it holds each chunk of each direction for
+//! It always forwards. While no fault touches a connection, each direction moves in the
+//! kernel, socket to pipe to socket with `splice(2)`: the bytes never enter this process,
+//! which is what keeps the proxy near a direct connection's throughput. The first change of
+//! conditions that touches the connection empties the pipe into the destination and hands
+//! the direction to the user-space copy below, which applies the faults; nothing is lost or
+//! reordered at the switch.
+//!
+//! During a latency fault it holds each chunk of each direction for
 //! the delay (± jitter) before writing it on, and refuses a share of new connections;
 //! during a blackout it refuses, and cuts, connections from peers outside the AZ. This is
 //! how latency works on kernels without `netem`, and how a blackout holds without
 //! CAP_NET_ADMIN. When the latency ends (or shrinks), what is already held is released at
 //! once (or sooner). Buffers are bounded per connection and across all of them: a full
 //! queue or a spent budget stops reading, which pushes back on the sender through TCP.
+//!
+//! Without nf_tables it also stands in for two packet faults on the traffic it carries: a
+//! blackhole of one of its ports holds every new connection unanswered and stalls the
+//! existing ones (a blackhole drops, it never resets), and a connection-level loss holds a
+//! share of new connections the same way for as long as the loss lasts.
 
 use ipnet::IpNet;
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -29,6 +45,9 @@ const QUEUE_BUDGET: usize = 64 << 20;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What each direction's pipe is asked to hold: one splice in moves up to this much, where
+/// the default 64 KiB pipe takes several rounds of a loopback burst.
+const PIPE_SIZE: usize = 256 * 1024;
 
 /// What a fault asks of the proxy.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +70,21 @@ pub enum Condition {
         /// The networks refused (unless allowed); empty: every peer not allowed.
         deny: Vec<IpNet>,
     },
+    /// Every connection to the proxy listening on `port` gets nothing: new ones are held
+    /// unanswered, existing ones stall, until the condition ends.
+    Blackhole {
+        /// The proxy's listening port.
+        port: u16,
+    },
+    /// A share of new connections is held unanswered, as a blackhole, until the condition
+    /// ends: connection-level loss. Draws are seeded from the fault id, so a fault drops
+    /// the same connections of the same sequence of arrivals.
+    Loss {
+        /// Percent of new connections held.
+        percent: f64,
+        /// The peers it applies to; empty: every peer.
+        sources: Vec<IpNet>,
+    },
 }
 
 /// A latency as the proxy applies it.
@@ -70,12 +104,30 @@ impl Latency {
     }
 }
 
-/// The effective conditions: the latencies, newest first (for each peer the newest that
-/// names it wins), and every blackout's allow- and deny-lists.
+/// A connection-level loss as the proxy applies it.
+#[derive(Debug, Clone, PartialEq)]
+struct Loss {
+    fault_id: Arc<str>,
+    percent: f64,
+    sources: Vec<IpNet>,
+}
+
+/// The effective conditions: the latencies and losses, newest first (for each peer the
+/// newest that names it wins), every blackout's allow- and deny-lists, and the blackholed
+/// ports with their faults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     latencies: Vec<Latency>,
     blackouts: Vec<(Vec<IpAddr>, Vec<IpNet>)>,
+    blackholes: Vec<(Arc<str>, u16)>,
+    losses: Vec<Loss>,
+}
+
+/// One proxied connection as the conditions see it: its peer, and the proxy's port.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Link {
+    peer: IpAddr,
+    port: u16,
 }
 
 impl Snapshot {
@@ -110,6 +162,28 @@ impl Snapshot {
     fn refuses_new(&self, peer: IpAddr, rng: &mut impl Rng) -> bool {
         matches!(self.latency(peer), Some(l) if l.loss_percent > 0.0 && rng.random_range(0.0..100.0) < l.loss_percent)
     }
+
+    /// Whether the proxy's port is blackholed: nothing goes in or out of its connections.
+    fn blackholed(&self, port: u16) -> bool {
+        self.blackholes.iter().any(|(_, p)| *p == port)
+    }
+
+    /// The connection-level loss a new connection from `peer` draws against: the newest
+    /// that applies to it.
+    fn loss(&self, peer: IpAddr) -> Option<&Loss> {
+        self.losses
+            .iter()
+            .find(|l| l.sources.is_empty() || l.sources.iter().any(|n| n.contains(&peer)))
+    }
+
+    /// Whether a fault touches an open connection; until one does, it is spliced.
+    fn touches(&self, link: Link) -> bool {
+        !self.allows(link.peer)
+            || self.blackholed(link.port)
+            || self
+                .latency(link.peer)
+                .is_some_and(|l| !l.delay.is_zero() || !l.jitter.is_zero())
+    }
 }
 
 /// Conditions shared by every proxy of the agent, set and cleared by faults.
@@ -123,6 +197,17 @@ pub struct Conditions {
     queue_budget: Arc<Semaphore>,
     /// What each latency fault did: the delays the proxies really added.
     measured: Meter,
+    /// What each blackhole and loss fault did to new connections, and each loss's draws.
+    unanswered: Mutex<BTreeMap<Arc<str>, (Unanswered, rand::rngs::SmallRng)>>,
+}
+
+/// New connections a blackhole or a loss saw and held unanswered.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Unanswered {
+    /// New connections it applied to (a blackhole: every one to its port).
+    pub seen: u64,
+    /// Those held unanswered.
+    pub held: u64,
 }
 
 /// The delays each latency fault added, shared with every connection's pumps.
@@ -158,6 +243,7 @@ impl Default for Conditions {
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
             queue_budget: Arc::new(Semaphore::new(QUEUE_BUDGET / CHUNK)),
             measured: Meter::default(),
+            unanswered: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -181,11 +267,44 @@ impl Conditions {
             .unwrap_or_default()
     }
 
+    /// What a blackhole or a loss has done to new connections so far.
+    pub fn unanswered(&self, fault_id: &str) -> Unanswered {
+        self.unanswered
+            .lock()
+            .expect("not poisoned")
+            .get(fault_id)
+            .map(|(h, _)| *h)
+            .unwrap_or_default()
+    }
+
+    /// Counts a new connection for a blackhole or a loss; for a loss, draws whether it is
+    /// held (a blackhole holds every one).
+    fn count_new(&self, fault_id: &Arc<str>, percent: Option<f64>) -> bool {
+        // Locked in the order `clear` takes them: a fault cleared since the snapshot neither
+        // holds the connection nor leaves a count behind.
+        let faults = self.by_fault.lock().expect("not poisoned");
+        if !faults.contains_key(&**fault_id) {
+            return false;
+        }
+        let mut map = self.unanswered.lock().expect("not poisoned");
+        let (counts, rng) = map.entry(fault_id.clone()).or_insert_with(|| {
+            // A stable seed: the same fault id draws the same sequence.
+            let mut h = std::hash::DefaultHasher::new();
+            fault_id.hash(&mut h);
+            (Unanswered::default(), rand::rngs::SmallRng::seed_from_u64(h.finish()))
+        });
+        let hold = percent.is_none_or(|p| rng.random_range(0.0..100.0) < p);
+        counts.seen += 1;
+        counts.held += u64::from(hold);
+        hold
+    }
+
     /// Clears the condition of a fault; whether it had one.
     pub fn clear(&self, fault_id: &str) -> bool {
         let mut map = self.by_fault.lock().expect("not poisoned");
         let had = map.remove(fault_id).is_some();
         self.measured.lock().expect("not poisoned").remove(fault_id);
+        self.unanswered.lock().expect("not poisoned").remove(fault_id);
         if had {
             self.publish(&map);
         }
@@ -211,7 +330,7 @@ impl Conditions {
                         sources: sources.clone(),
                     },
                 )),
-                Condition::Blackout { .. } => None,
+                _ => None,
             })
             .collect();
         latencies.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
@@ -220,10 +339,38 @@ impl Conditions {
             .values()
             .filter_map(|(_, c)| match c {
                 Condition::Blackout { allow, deny } => Some((allow.clone(), deny.clone())),
-                Condition::Latency { .. } => None,
+                _ => None,
             })
             .collect();
-        self.tx.send_replace(Arc::new(Snapshot { latencies, blackouts }));
+        let blackholes = map
+            .iter()
+            .filter_map(|(id, (_, c))| match c {
+                Condition::Blackhole { port } => Some((Arc::from(id.as_str()), *port)),
+                _ => None,
+            })
+            .collect();
+        let mut losses: Vec<(u64, Loss)> = map
+            .iter()
+            .filter_map(|(id, (seq, c))| match c {
+                Condition::Loss { percent, sources } => Some((
+                    *seq,
+                    Loss {
+                        fault_id: id.as_str().into(),
+                        percent: *percent,
+                        sources: sources.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        losses.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        let losses = losses.into_iter().map(|(_, l)| l).collect();
+        self.tx.send_replace(Arc::new(Snapshot {
+            latencies,
+            blackouts,
+            blackholes,
+            losses,
+        }));
     }
 
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -235,6 +382,7 @@ impl Conditions {
 pub async fn serve(listener: TcpListener, upstream: String, conditions: Arc<Conditions>, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let upstream: Arc<str> = upstream.into();
+    let port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -247,7 +395,7 @@ pub async fn serve(listener: TcpListener, upstream: String, conditions: Arc<Cond
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = connection(client, peer, &upstream, &conditions) => if let Err(e) = r {
+                r = connection(client, peer, port, &upstream, &conditions) => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "proxied connection ended");
                 },
             }
@@ -272,11 +420,13 @@ enum ProxyError {
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
+    port: u16,
     upstream: &str,
     conditions: &Conditions,
 ) -> Result<(), ProxyError> {
+    let link = Link { peer: peer.ip(), port };
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let snapshot = conditions.tx.borrow().clone();
+    let snapshot = held_while_dropped(link, conditions).await;
     let connected = if !snapshot.allows(peer.ip()) {
         Err(ProxyError::Blocked(peer.ip()))
     } else if snapshot.refuses_new(peer.ip(), &mut rng) {
@@ -300,25 +450,178 @@ async fn connection(
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let up = pump(
+    let up = forward(
         cr,
         sw,
-        conditions.subscribe(),
-        conditions.queue_budget.clone(),
-        peer.ip(),
+        conditions,
+        link,
         rand::rngs::SmallRng::from_rng(&mut rng),
-        (conditions.measured.clone(), seen.clone()),
+        seen.clone(),
     );
-    let down = pump(
-        sr,
-        cw,
-        conditions.subscribe(),
+    let down = forward(sr, cw, conditions, link, rng, seen);
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// Holds a new connection unanswered while its port is blackholed, or while the loss that
+/// drew it lasts (a dropped SYN: the peer hears nothing, and gets through once the fault is
+/// gone); returns the conditions it then goes on with. A blackout ends the wait at once:
+/// the caller refuses the connection.
+async fn held_while_dropped(link: Link, conditions: &Conditions) -> Arc<Snapshot> {
+    let mut rx = conditions.subscribe();
+    let snapshot = rx.borrow_and_update().clone();
+    for (id, port) in &snapshot.blackholes {
+        if *port == link.port {
+            conditions.count_new(id, None);
+        }
+    }
+    let lost = match snapshot.loss(link.peer) {
+        Some(l) if conditions.count_new(&l.fault_id, Some(l.percent)) => Some(l.fault_id.clone()),
+        _ => None,
+    };
+    let mut snapshot = snapshot;
+    while snapshot.allows(link.peer)
+        && (snapshot.blackholed(link.port)
+            || lost
+                .as_ref()
+                .is_some_and(|id| snapshot.losses.iter().any(|l| l.fault_id == *id)))
+    {
+        if rx.changed().await.is_err() {
+            break;
+        }
+        snapshot = rx.borrow_and_update().clone();
+    }
+    snapshot
+}
+
+/// Forwards one direction of a connection: spliced in the kernel until a fault touches
+/// it, then copied in user space ([`pump`]) for the rest of its life.
+async fn forward(
+    reader: OwnedReadHalf,
+    mut writer: OwnedWriteHalf,
+    conditions: &Conditions,
+    link: Link,
+    rng: rand::rngs::SmallRng,
+    seen: Arc<Mutex<BTreeSet<Arc<str>>>>,
+) -> Result<(), ProxyError> {
+    let mut rx = conditions.subscribe();
+    if !rx.borrow_and_update().touches(link) {
+        match Pipe::new() {
+            Ok(mut pipe) => {
+                if splice_until_touched(&mut pipe, reader.as_ref(), writer.as_ref(), &mut rx, link).await? {
+                    writer.shutdown().await?;
+                    return Ok(());
+                }
+            }
+            // Out of descriptors, say: this connection is copied instead.
+            Err(e) => tracing::debug!(error = %e, "no pipe to splice through; copying in user space"),
+        }
+    }
+    pump(
+        reader,
+        writer,
+        rx,
         conditions.queue_budget.clone(),
-        peer.ip(),
+        link,
         rng,
         (conditions.measured.clone(), seen),
-    );
-    tokio::try_join!(up, down).map(|_| ())
+    )
+    .await
+}
+
+/// A pipe between two sockets, and how many bytes it holds.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    len: usize,
+}
+
+impl Pipe {
+    fn new() -> std::io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // Best effort: past /proc/sys/fs/pipe-max-size an unprivileged process keeps 64 KiB.
+        let _ = nix::fcntl::fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as libc::c_int));
+        Ok(Pipe { read, write, len: 0 })
+    }
+
+    /// Moves what `from` has into the empty pipe; 0 at the end of the stream. Only ever
+    /// called on an empty pipe, so a would-block is the socket's, never a full pipe's: its
+    /// readiness may be cleared.
+    async fn fill(&mut self, from: &TcpStream) -> std::io::Result<usize> {
+        debug_assert_eq!(self.len, 0);
+        loop {
+            from.readable().await?;
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match from.try_io(Interest::READABLE, || {
+                Ok(nix::fcntl::splice(from, None, &self.write, None, PIPE_SIZE, flags)?)
+            }) {
+                Ok(n) => {
+                    self.len = n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One step of splicing: what the pipe still holds (a step cut short by a change of
+    /// conditions), else what `from` has, into `to`; true at the end of the stream. Safe to
+    /// drop at any await: the pipe keeps count of what it holds.
+    async fn step(&mut self, from: &TcpStream, to: &TcpStream) -> std::io::Result<bool> {
+        if self.len == 0 && self.fill(from).await? == 0 {
+            return Ok(true);
+        }
+        self.drain(to).await?;
+        Ok(false)
+    }
+
+    /// Moves everything the pipe holds into `to`. The pipe is never empty here, so a
+    /// would-block is the socket's.
+    async fn drain(&mut self, to: &TcpStream) -> std::io::Result<()> {
+        while self.len > 0 {
+            to.writable().await?;
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match to.try_io(Interest::WRITABLE, || {
+                Ok(nix::fcntl::splice(&self.read, None, to, None, self.len, flags)?)
+            }) {
+                Ok(n) => self.len -= n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splices `from` into `to` through `pipe` while no fault touches the connection: true once
+/// the stream ended and everything reached `to`; false once a fault touches it and the pipe
+/// is emptied into `to` (what was read before the fault was on its way already), which is
+/// the boundary the user-space copy starts at. A blackout cuts at once.
+async fn splice_until_touched(
+    pipe: &mut Pipe,
+    from: &TcpStream,
+    to: &TcpStream,
+    conditions: &mut watch::Receiver<Arc<Snapshot>>,
+    link: Link,
+) -> Result<bool, ProxyError> {
+    loop {
+        tokio::select! {
+            biased;
+            r = conditions.changed() => {
+                let snapshot = conditions.borrow_and_update().clone();
+                if r.is_err() || snapshot.touches(link) {
+                    if !snapshot.allows(link.peer) {
+                        return Err(ProxyError::Blocked(link.peer));
+                    }
+                    pipe.drain(to).await?;
+                    return Ok(false);
+                }
+            }
+            ended = pipe.step(from, to) => if ended? {
+                return Ok(true);
+            },
+        }
+    }
 }
 
 /// A chunk held for its delay: when it arrived, when it goes out, and its share of the
@@ -332,14 +635,15 @@ struct Held {
     _budget: OwnedSemaphorePermit,
 }
 
-/// Copies one direction, holding chunks for the current delay; ends when the reader is done
-/// and everything queued is written, or when the peer becomes blocked.
+/// Copies one direction, holding chunks for the current delay and stalling while the port
+/// is blackholed; ends when the reader is done and everything queued is written, or when
+/// the peer becomes blocked.
 async fn pump(
     mut reader: impl AsyncReadExt + Unpin,
     mut writer: impl AsyncWriteExt + Unpin,
     mut conditions: watch::Receiver<Arc<Snapshot>>,
     budget: Arc<Semaphore>,
-    peer: IpAddr,
+    link: Link,
     mut rng: impl Rng,
     (meter, seen): (Meter, Arc<Mutex<BTreeSet<Arc<str>>>>),
 ) -> Result<(), ProxyError> {
@@ -350,11 +654,14 @@ async fn pump(
     let mut eof = false;
     // A chunk read while the budget was spent: no more reading until it has its share.
     let mut stalled: Option<(Arc<str>, Instant, Instant, Vec<u8>)> = None;
+    let peer = link.peer;
     loop {
         if !snapshot.allows(peer) {
             return Err(ProxyError::Blocked(peer));
         }
-        if eof && queue.is_empty() {
+        // A blackholed port neither reads, writes nor closes: the peers hear nothing.
+        let open = !snapshot.blackholed(link.port);
+        if open && eof && queue.is_empty() {
             writer.shutdown().await?;
             return Ok(());
         }
@@ -365,7 +672,7 @@ async fn pump(
             .as_ref()
             .filter(|_| queue.is_empty())
             .map(|(_, _, release, _)| *release);
-        let may_read = !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
+        let may_read = open && !eof && stalled.is_none() && queue.len() < MAX_QUEUED_CHUNKS;
         tokio::select! {
             r = reader.read(&mut buf), if may_read => {
                 let n = r?;
@@ -394,7 +701,7 @@ async fn pump(
                     queue.push_back(Held { fault_id, arrived, release, data, _budget: share });
                 }
             }
-            _ = tokio::time::sleep_until(stalled_due.unwrap_or_else(Instant::now)), if stalled_due.is_some() => {
+            _ = tokio::time::sleep_until(stalled_due.unwrap_or_else(Instant::now)), if open && stalled_due.is_some() => {
                 if let Some((fault_id, arrived, _, data)) = stalled.take() {
                     writer.write_all(&data).await?;
                     if !fault_id.is_empty() {
@@ -402,7 +709,7 @@ async fn pump(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if head.is_some() => {
+            _ = tokio::time::sleep_until(head.unwrap_or_else(Instant::now)), if open && head.is_some() => {
                 if let Some(held) = queue.pop_front() {
                     writer.write_all(&held.data).await?;
                     if !held.fault_id.is_empty() {
@@ -540,7 +847,10 @@ mod tests {
         let other = budget.clone().try_acquire_owned().unwrap();
         let (mut client, proxy_in) = tokio::io::duplex(1024);
         let (proxy_out, mut server) = tokio::io::duplex(1024);
-        let peer = "10.0.0.1".parse().unwrap();
+        let peer = Link {
+            peer: "10.0.0.1".parse().unwrap(),
+            port: 1,
+        };
         let rng = rand::rngs::SmallRng::seed_from_u64(1);
         let meter = (c.measured.clone(), Arc::default());
         let pumping = tokio::spawn(pump(
@@ -588,7 +898,10 @@ mod tests {
         let _other = budget.clone().try_acquire_owned().unwrap();
         let (mut client, proxy_in) = tokio::io::duplex(1024);
         let (proxy_out, mut server) = tokio::io::duplex(1024);
-        let peer = "10.0.0.1".parse().unwrap();
+        let peer = Link {
+            peer: "10.0.0.1".parse().unwrap(),
+            port: 1,
+        };
         let rng = rand::rngs::SmallRng::seed_from_u64(1);
         let meter = (c.measured.clone(), Arc::default());
         let _pumping = tokio::spawn(pump(
@@ -655,7 +968,7 @@ mod tests {
                 loss_percent: 0.0,
                 sources: vec![],
             }],
-            blackouts: vec![],
+            ..Snapshot::default()
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
         let peer = "10.0.0.1".parse().unwrap();
@@ -665,6 +978,213 @@ mod tests {
                 d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
                 "{d:?}"
             );
+        }
+    }
+
+    /// A proxy on loopback in front of an echo service that answers until the end of the
+    /// stream and then closes its side; the proxy's address.
+    async fn echo_behind_proxy(c: Arc<Conditions>) -> SocketAddr {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = upstream.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                        let _ = w.shutdown().await;
+                    }
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, to.to_string(), c, CancellationToken::new()));
+        addr
+    }
+
+    fn latency(ms: u64) -> Condition {
+        Condition::Latency {
+            delay: Duration::from_millis(ms),
+            jitter: Duration::ZERO,
+            loss_percent: 0.0,
+            sources: vec![],
+        }
+    }
+
+    /// One byte there and back.
+    async fn round_trip(s: &mut TcpStream) -> Duration {
+        let t = Instant::now();
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        t.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_stream_stays_whole_and_in_order_across_the_switch_from_splicing() {
+        let c = Arc::new(Conditions::default());
+        let addr = echo_behind_proxy(c.clone()).await;
+        let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+        const LEN: usize = 48 << 20;
+        let pattern = |i: usize| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let data: Vec<u8> = (0..LEN).map(pattern).collect();
+                for (i, part) in data.chunks(1 << 20).enumerate() {
+                    // Halfway, a latency touches the connection: both directions switch.
+                    if i == 24 {
+                        c.set("l", latency(1));
+                    }
+                    w.write_all(part).await.unwrap();
+                }
+                w.shutdown().await.unwrap();
+            })
+        };
+        let mut got = Vec::with_capacity(LEN);
+        r.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got.len(), LEN, "bytes lost or added");
+        let first_wrong = got.iter().enumerate().position(|(i, b)| *b != pattern(i));
+        assert_eq!(first_wrong, None, "bytes out of order");
+        assert!(c.delayed("l").chunks > 0, "the latency never touched the stream");
+    }
+
+    #[tokio::test]
+    async fn a_latency_set_mid_connection_delays_what_comes_next() {
+        let c = Arc::new(Conditions::default());
+        let addr = echo_behind_proxy(c.clone()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let before = round_trip(&mut s).await;
+        assert!(before < Duration::from_millis(150), "{before:?}");
+        c.set("l", latency(200));
+        let during = round_trip(&mut s).await;
+        assert!(
+            during >= Duration::from_millis(400),
+            "each direction is delayed: {during:?}"
+        );
+        c.clear("l");
+        let after = round_trip(&mut s).await;
+        assert!(after < Duration::from_millis(150), "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_half_close_is_passed_on_and_the_answer_still_comes_back() {
+        let c = Arc::new(Conditions::default());
+        let addr = echo_behind_proxy(c).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        // The echo service closes only once it has seen the end of our stream.
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("the end of the stream never reached the service")
+            .unwrap();
+        assert_eq!(got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_blackholed_port_answers_nothing_until_it_ends() {
+        let c = Arc::new(Conditions::default());
+        let addr = echo_behind_proxy(c.clone()).await;
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        round_trip(&mut open).await;
+        c.set("h", Condition::Blackhole { port: addr.port() });
+        let mut new = TcpStream::connect(addr).await.unwrap();
+        let (mut a, mut b) = ([0u8; 1], [0u8; 1]);
+        for s in [&mut open, &mut new] {
+            s.write_all(b"x").await.unwrap();
+        }
+        let quiet = Duration::from_millis(400);
+        assert!(
+            tokio::time::timeout(quiet, open.read_exact(&mut a)).await.is_err(),
+            "an open connection still answers"
+        );
+        assert!(
+            tokio::time::timeout(quiet, new.read_exact(&mut b)).await.is_err(),
+            "a new connection answers (or was reset)"
+        );
+        assert_eq!(c.unanswered("h"), Unanswered { seen: 1, held: 1 });
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        c.set(
+            "other",
+            Condition::Blackhole {
+                port: other.local_addr().unwrap().port(),
+            },
+        );
+        let mut elsewhere = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(c.unanswered("other"), Unanswered::default(), "another port's blackhole");
+        c.clear("h");
+        for (s, buf) in [(&mut open, &mut a), (&mut new, &mut b)] {
+            tokio::time::timeout(Duration::from_secs(2), s.read_exact(buf))
+                .await
+                .expect("no answer once the blackhole ended")
+                .unwrap();
+        }
+        assert!(round_trip(&mut elsewhere).await < Duration::from_millis(150));
+    }
+
+    /// A connection to `to` from `from`, a loopback address.
+    async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loss_holds_its_share_of_new_connections_from_its_sources() {
+        let c = Arc::new(Conditions::default());
+        let addr = echo_behind_proxy(c.clone()).await;
+        c.set(
+            "loss",
+            Condition::Loss {
+                percent: 30.0,
+                sources: vec!["127.0.0.2/32".parse().unwrap()],
+            },
+        );
+        const N: usize = 400;
+        let mut tries = tokio::task::JoinSet::new();
+        for _ in 0..N {
+            tries.spawn(async move {
+                let mut s = connect_from("127.0.0.2", addr).await;
+                s.write_all(b"x").await.unwrap();
+                let mut b = [0u8; 1];
+                let answered = tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut b))
+                    .await
+                    .is_ok();
+                (answered, s)
+            });
+        }
+        let mut unanswered = Vec::new();
+        while let Some(r) = tries.join_next().await {
+            let (answered, s) = r.unwrap();
+            if !answered {
+                unanswered.push(s);
+            }
+        }
+        let counted = c.unanswered("loss");
+        assert_eq!(counted.seen, N as u64);
+        assert_eq!(
+            counted.held,
+            unanswered.len() as u64,
+            "what the proxy counted is what was seen"
+        );
+        let share = unanswered.len() as f64 * 100.0 / N as f64;
+        assert!((25.0..=35.0).contains(&share), "asked 30%, held {share}%");
+        // Another peer is never drawn against.
+        let mut other = connect_from("127.0.0.3", addr).await;
+        round_trip(&mut other).await;
+        assert_eq!(c.unanswered("loss").seen, N as u64);
+        // The held ones get through once the loss is gone.
+        c.clear("loss");
+        for mut s in unanswered {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b))
+                .await
+                .expect("still held after the loss ended")
+                .unwrap();
         }
     }
 }

@@ -9,7 +9,7 @@ pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:blackhole-port",
     aliases: &[],
     target: Some(ResourceType::Host),
-    summary: "Drops every packet of one protocol to one port, arriving or sent, with nf_tables.",
+    summary: "Drops every packet of one protocol to one port, arriving or sent, with nf_tables; without it, the agent's proxy holds the TCP connections arriving at one of its own ports.",
     params: &[DURATION, PROTOCOL, PORT, TRAFFIC_TYPE],
     build,
 };

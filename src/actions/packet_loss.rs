@@ -9,7 +9,7 @@ pub(super) const DEF: ActionDef = ActionDef {
     id: "faultline:network:packet-loss",
     aliases: &[],
     target: Some(ResourceType::Host),
-    summary: "Drops a random share of the packets arriving from some peers (all but loopback by default), with nf_tables.",
+    summary: "Drops a random share of the packets arriving from some peers (all but loopback by default), with nf_tables; without it, the agent's proxy holds that share of new connections (connection-level loss).",
     params: &[DURATION, LOSS, SOURCES],
     build,
 };

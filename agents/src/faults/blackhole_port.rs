@@ -1,14 +1,25 @@
 //! `faultline:network:blackhole-port`: drop every packet of one protocol to one port, arriving
-//! (ingress) or sent (egress), as FIS's AWSFIS-Run-Network-Blackhole-Port. nf_tables only
-//! (`nft.rs`): the table holds its own end, a set element the kernel expires at the
-//! deadline, so the port answers again on time even if the agent never comes back. Its
-//! table is recorded and swept like a blackout's (`blackout.rs` sweeps every `fl_*` table
-//! no record names).
+//! (ingress) or sent (egress), as FIS's AWSFIS-Run-Network-Blackhole-Port. With nf_tables
+//! (`nft.rs`) when the agent may use it: the table holds its own end, a set element the
+//! kernel expires at the deadline, so the port answers again on time even if the agent never
+//! comes back. Its table is recorded and swept like a blackout's (`blackout.rs` sweeps every
+//! `fl_*` table no record names).
+//!
+//! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) the agent's proxy stands in for
+//! its own ports: TCP arriving at a port it listens on. It then answers nothing there, new
+//! connections are held and existing ones stall (`proxy.rs`); the condition lives in the
+//! agent's process, so it ends with it and a restart has nothing to undo. UDP, egress and
+//! other ports are refused, as the proxy never sees them.
+//!
+//! Example: `experiments/blackhole-port.json` (nf_tables); with the proxy alone, name the
+//! port the agent's `--proxy` listens on.
 
 use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
+use crate::proxy::{Condition, Conditions, Unanswered};
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// The wire parameters: `{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}`.
@@ -54,20 +65,30 @@ impl WireParams for Params {
     }
 }
 
-/// The kind (nf_tables only).
+/// The kind; `proxy_ports` once detection chose the proxy (the ports it listens on).
 #[derive(Debug, Default)]
-pub struct BlackholePort;
+pub struct BlackholePort {
+    proxy_ports: Option<Vec<u16>>,
+}
 
 impl Kind for BlackholePort {
     fn detect(&mut self, setup: &Setup) -> Detection {
-        nft::detect_only(setup, "blackhole-port")
+        let (detection, ports) = nft::detect_or_proxy(setup, "blackhole-port", |ports| {
+            format!("proxy only: tcp ingress on {ports}")
+        });
+        self.proxy_ports = ports;
+        detection
     }
 
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        Ok(nft::table_undo(&a.hash))
+        // The proxy's condition dies with the agent: nothing to record for a restart.
+        Ok(match self.proxy_ports {
+            Some(_) => serde_json::Value::Null,
+            None => nft::table_undo(&a.hash),
+        })
     }
 
-    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
         let FaultKind::BlackholePort(Params {
             protocol,
             port,
@@ -76,6 +97,9 @@ impl Kind for BlackholePort {
         else {
             return Err(super::mismatch(a.spec));
         };
+        if let Some(ports) = &self.proxy_ports {
+            return via_proxy(a, env, ports, (protocol, port, traffic));
+        }
         let table = nft::table_in(undo, "blackhole-port")?;
         nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic)])
             .map_err(FaultError::io("cannot install the nf_tables port blackhole"))?;
@@ -94,6 +118,66 @@ impl Kind for BlackholePort {
 
     fn restore(&self, _fault_id: &str, undo: serde_json::Value, _env: &Env<'_>) -> Box<dyn Fault> {
         nft::restore_table(&undo)
+    }
+}
+
+/// The blackhole as the proxy's condition, if it can honour it: TCP arriving at one of its
+/// own ports.
+fn via_proxy(
+    a: &Apply<'_>,
+    env: &Env<'_>,
+    ports: &[u16],
+    (protocol, port, traffic): (Transport, u16, Direction),
+) -> Result<Started, FaultError> {
+    let why_not = match (protocol, traffic) {
+        (Transport::Udp, _) => Some("the proxy carries TCP only".to_string()),
+        (_, Direction::Egress) => Some("the proxy sees only connections arriving at it (ingress)".to_string()),
+        _ if !ports.contains(&port) => Some(format!("the proxy listens on {}, not {port}", nft::port_list(ports))),
+        _ => None,
+    };
+    if let Some(why) = why_not {
+        return Err(FaultError::Refused(format!(
+            "refused: without nf_tables only the proxy can blackhole a port, and {why}"
+        )));
+    }
+    env.conditions.set(&a.spec.fault_id, Condition::Blackhole { port });
+    Ok(Started {
+        fault: Box::new(ProxyBlackholed {
+            fault_id: a.spec.fault_id.clone(),
+            conditions: env.conditions.clone(),
+            removed: Unanswered::default(),
+        }),
+        answer: Answer::Now(
+            format!(
+                "tcp port {port} (ingress) blackholed via the proxy for {} ms",
+                a.duration.as_millis()
+            ),
+            vec![],
+        ),
+    })
+}
+
+/// A blackhole the proxy holds: its condition for this fault id, and what it did (kept from
+/// before the removal, which forgets it).
+#[derive(Debug)]
+struct ProxyBlackholed {
+    fault_id: String,
+    conditions: Arc<Conditions>,
+    removed: Unanswered,
+}
+
+impl Fault for ProxyBlackholed {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        self.removed = self.conditions.unanswered(&self.fault_id);
+        env.conditions.clear(&self.fault_id);
+        Ok(())
+    }
+
+    /// The new connections the proxy left unanswered.
+    fn observed(&mut self) -> Observed {
+        let now = self.conditions.unanswered(&self.fault_id);
+        let n = if now.seen > 0 { now } else { self.removed };
+        Observed::default().with("connections_blackholed", "connections", None, n.held as f64)
     }
 }
 

@@ -211,6 +211,8 @@ impl Fault for Gone {
 pub struct Setup {
     /// Whether a proxy fronts the host's service (`--proxy`).
     pub has_proxy: bool,
+    /// The ports its proxies listen on (those `--proxy` names; not an ephemeral port 0).
+    pub proxy_ports: Vec<u16>,
     /// `--blackout-backend`.
     pub blackout_backend: blackout::Backend,
 }
@@ -788,6 +790,7 @@ mod tests {
         let allow = CAPABILITIES.iter().map(|c| c.to_string()).collect();
         let setup = Setup {
             has_proxy: true,
+            proxy_ports: vec![8080],
             blackout_backend: blackout::Backend::Proxy,
         };
         let (f, _) = Faults::new(

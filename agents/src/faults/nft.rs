@@ -288,8 +288,8 @@ impl super::Fault for Table {
     }
 }
 
-/// Detection of a fault only nf_tables can inject (blackhole-port, packet-loss): there is
-/// no proxy fallback, so it is unavailable without CAP_NET_ADMIN or under the proxy backend.
+/// Detection of a fault only nf_tables can inject: unavailable without CAP_NET_ADMIN or
+/// under the proxy backend.
 pub fn detect_only(setup: &super::Setup, fault: &str) -> super::Detection {
     if setup.blackout_backend == super::blackout::Backend::Proxy {
         return super::Detection::Unavailable(
@@ -300,6 +300,38 @@ pub fn detect_only(setup: &super::Setup, fault: &str) -> super::Detection {
         super::Detection::Ready
     } else {
         super::Detection::Unavailable(format!("{fault} needs CAP_NET_ADMIN (nf_tables)"))
+    }
+}
+
+/// Detection of a fault nf_tables injects and the proxy can stand in for, on its own ports
+/// only (blackhole-port, packet-loss): nf_tables when the agent may use it (and the backend
+/// is not `proxy`), else the proxy if there is one, with a note of what it covers (`note`
+/// is given the proxy's ports). The ports are returned when the proxy was chosen.
+pub fn detect_or_proxy(
+    setup: &super::Setup,
+    fault: &str,
+    note: impl FnOnce(&str) -> String,
+) -> (super::Detection, Option<Vec<u16>>) {
+    match detect_only(setup, fault) {
+        super::Detection::Unavailable(why)
+            if setup.blackout_backend != super::blackout::Backend::Nftables && !setup.proxy_ports.is_empty() =>
+        {
+            let ports = &setup.proxy_ports;
+            (
+                super::Detection::Limited(format!("{why}; {}", note(&port_list(ports)))),
+                Some(ports.clone()),
+            )
+        }
+        other => (other, None),
+    }
+}
+
+/// "port 8080", "ports 8080, 9090".
+pub fn port_list(ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    match list.len() {
+        1 => format!("port {}", list[0]),
+        _ => format!("ports {}", list.join(", ")),
     }
 }
 

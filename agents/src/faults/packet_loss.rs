@@ -1,20 +1,32 @@
 //! `faultline:network:packet-loss`: drop a random share of the packets arriving from some
 //! peers (every peer but loopback by default), as FIS's AWSFIS-Run-Network-Packet-Loss(-Sources).
-//! nf_tables only (`nft.rs`): each packet draws a random number in the kernel (`numgen`),
-//! and the table holds its own end, a set element the kernel expires at the deadline. Its
-//! table is recorded and swept like a blackout's (`blackout.rs` sweeps every `fl_*` table
-//! no record names).
+//! With nf_tables (`nft.rs`) when the agent may use it: each packet draws a random number in
+//! the kernel (`numgen`), and the table holds its own end, a set element the kernel expires
+//! at the deadline. Its table is recorded and swept like a blackout's (`blackout.rs` sweeps
+//! every `fl_*` table no record names).
 //!
 //! Only arriving packets are dropped, so a request and its answer are not both at risk:
 //! the loss a peer measures is the one asked. Loopback is never touched, so the agent's own
 //! local traffic (and a local controller) keeps working.
+//!
+//! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) it is connection-level loss in the
+//! agent's proxy: the share asked of new connections through it (from the sources, or from
+//! every peer, loopback included, as the proxy carries only the service's traffic) is held
+//! unanswered while the fault lasts, as a dropped SYN would leave it; draws are seeded from
+//! the fault id. The condition lives in the agent's process, so it ends with it and a restart
+//! has nothing to undo.
+//!
+//! Example: `experiments/packet-loss.json`; with the proxy alone it drops that share of the
+//! connections from az-b and 10.9.0.0/16 to the proxied service, not of their packets.
 
 use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
+use crate::proxy::{Condition, Conditions, Unanswered};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The wire parameters: `{"kind":"packet_loss","loss_percent":7.0,"sources":["10.0.0.0/8"]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,20 +52,31 @@ impl WireParams for Params {
     }
 }
 
-/// The kind (nf_tables only).
+/// The kind; `via_proxy` once detection chose the proxy (no nf_tables).
 #[derive(Debug, Default)]
-pub struct PacketLoss;
+pub struct PacketLoss {
+    via_proxy: bool,
+}
 
 impl Kind for PacketLoss {
     fn detect(&mut self, setup: &Setup) -> Detection {
-        nft::detect_only(setup, "packet-loss")
+        let (detection, ports) = nft::detect_or_proxy(setup, "packet-loss", |ports| {
+            format!("proxy only: connection-level loss of new connections to {ports}, not packets")
+        });
+        self.via_proxy = ports.is_some();
+        detection
     }
 
     fn prepare(&self, a: &Apply<'_>, _env: &Env<'_>) -> Result<serde_json::Value, FaultError> {
-        Ok(nft::table_undo(&a.hash))
+        // The proxy's condition dies with the agent: nothing to record for a restart.
+        Ok(if self.via_proxy {
+            serde_json::Value::Null
+        } else {
+            nft::table_undo(&a.hash)
+        })
     }
 
-    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, _env: &Env<'_>) -> Result<Started, FaultError> {
+    fn apply(&self, a: &Apply<'_>, undo: &serde_json::Value, env: &Env<'_>) -> Result<Started, FaultError> {
         let FaultKind::PacketLoss(Params {
             loss_percent,
             ref sources,
@@ -61,14 +84,38 @@ impl Kind for PacketLoss {
         else {
             return Err(super::mismatch(a.spec));
         };
-        let table = nft::table_in(undo, "packet-loss")?;
-        nft::install_rules(&table, a.duration, &[(Hook::Input, rules(loss_percent, sources))])
-            .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
         let from = if sources.is_empty() {
             "every peer".to_string()
         } else {
             format!("{} source(s)", sources.len())
         };
+        if self.via_proxy {
+            env.conditions.set(
+                &a.spec.fault_id,
+                Condition::Loss {
+                    percent: loss_percent,
+                    sources: sources.clone(),
+                },
+            );
+            return Ok(Started {
+                fault: Box::new(ProxyLosing {
+                    fault_id: a.spec.fault_id.clone(),
+                    loss_percent,
+                    conditions: env.conditions.clone(),
+                    removed: Unanswered::default(),
+                }),
+                answer: Answer::Now(
+                    format!(
+                        "{loss_percent}% of new connections from {from} dropped via the proxy for {} ms",
+                        a.duration.as_millis()
+                    ),
+                    vec![],
+                ),
+            });
+        }
+        let table = nft::table_in(undo, "packet-loss")?;
+        nft::install_rules(&table, a.duration, &[(Hook::Input, rules(loss_percent, sources))])
+            .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
         Ok(Started {
             fault: Box::new(Losing { table, loss_percent }),
             answer: Answer::Now(
@@ -135,6 +182,42 @@ impl Fault for Losing {
                 "%",
                 Some(self.loss_percent),
                 dropped as f64 * 100.0 / seen as f64,
+            );
+        }
+        observed
+    }
+}
+
+/// A connection-level loss the proxy holds: its condition for this fault id, and what it
+/// did (kept from before the removal, which forgets it).
+#[derive(Debug)]
+struct ProxyLosing {
+    fault_id: String,
+    loss_percent: f64,
+    conditions: Arc<Conditions>,
+    removed: Unanswered,
+}
+
+impl Fault for ProxyLosing {
+    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
+        self.removed = self.conditions.unanswered(&self.fault_id);
+        env.conditions.clear(&self.fault_id);
+        Ok(())
+    }
+
+    /// New connections seen and dropped (held unanswered), and the share dropped.
+    fn observed(&mut self) -> Observed {
+        let now = self.conditions.unanswered(&self.fault_id);
+        let n = if now.seen > 0 { now } else { self.removed };
+        let mut observed = Observed::default()
+            .with("connections_seen", "connections", None, n.seen as f64)
+            .with("connections_dropped", "connections", None, n.held as f64);
+        if n.seen > 0 {
+            observed = observed.with(
+                "loss_percent",
+                "%",
+                Some(self.loss_percent),
+                n.held as f64 * 100.0 / n.seen as f64,
             );
         }
         observed
