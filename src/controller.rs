@@ -47,6 +47,8 @@ pub enum AgentWait {
     Count(usize),
     /// These hosts, then no newcomer for [`SETTLE`].
     Settle(BTreeSet<String>),
+    /// These hosts, and no more: the targets name every host they may select.
+    Named(BTreeSet<String>),
 }
 
 /// A controller serving agents.
@@ -139,13 +141,16 @@ impl Controller {
                     let quiet = last_change + SETTLE;
                     (all_named && !hosts.is_empty() && now >= quiet, quiet.min(deadline))
                 }
+                AgentWait::Named(named) => (named.iter().all(|n| connected.contains(n.as_str())), deadline),
             };
             if done {
                 return Ok(hosts);
             }
             if now >= deadline {
                 let missing: Vec<&String> = match wait {
-                    AgentWait::Settle(named) => named.iter().filter(|n| !connected.contains(n.as_str())).collect(),
+                    AgentWait::Settle(named) | AgentWait::Named(named) => {
+                        named.iter().filter(|n| !connected.contains(n.as_str())).collect()
+                    }
                     AgentWait::Count(_) => Vec::new(),
                 };
                 return match (wait, hosts.len()) {
@@ -156,7 +161,7 @@ impl Controller {
                         self.addr.port()
                     ))),
                     (AgentWait::Count(n), k) => Err(failed(format!("only {k} of the {n} agents asked for connected within {}", crate::duration::human(timeout)))),
-                    (AgentWait::Settle(_), _) if !missing.is_empty() => Err(failed(format!(
+                    (AgentWait::Settle(_) | AgentWait::Named(_), _) if !missing.is_empty() => Err(failed(format!(
                         "hosts named by the targets did not connect: {}",
                         missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                     ))),
@@ -602,6 +607,23 @@ impl RunOptions {
             progress: true,
             id: None,
         }
+    }
+}
+
+/// What a run waits for when not told how many agents: the hosts its targets name; and when
+/// a target selects by tags or zone, also no newcomer for [`SETTLE`], since one may match it.
+/// Targets that name every host they select need nobody else: a 2 s wait bought nothing.
+pub fn agent_wait(experiment: &Experiment) -> AgentWait {
+    let named = named_hosts(experiment);
+    let only_named = !experiment.targets.is_empty()
+        && experiment
+            .targets
+            .values()
+            .all(|t| t.resource_type == crate::template::ResourceType::Host && t.resource_ids.is_some());
+    if only_named {
+        AgentWait::Named(named)
+    } else {
+        AgentWait::Settle(named)
     }
 }
 
