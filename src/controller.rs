@@ -745,4 +745,27 @@ mod tests {
         };
         assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
     }
+
+    fn experiment(targets: serde_json::Value) -> Experiment {
+        let template = serde_json::json!({
+            "description": "wait",
+            "targets": targets,
+            "actions": { "Kill": { "actionId": "faultline:process:kill", "parameters": { "processName": "x" }, "targets": { "Hosts": "T" } } },
+            "stopConditions": [{ "source": "none" }]
+        });
+        crate::template::validate(&template, None).expect("a valid template")
+    }
+
+    #[test]
+    fn a_run_waits_for_newcomers_only_when_a_target_may_select_one() {
+        let named = experiment(serde_json::json!({
+            "T": { "resourceType": "faultline:host", "resourceIds": ["a", "b"], "selectionMode": "ALL" }
+        }));
+        let hosts: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert_eq!(agent_wait(&named), AgentWait::Named(hosts));
+        let tagged = experiment(serde_json::json!({
+            "T": { "resourceType": "faultline:host", "resourceTags": { "tier": "web" }, "selectionMode": "ALL" }
+        }));
+        assert_eq!(agent_wait(&tagged), AgentWait::Settle(BTreeSet::new()));
+    }
 }

@@ -387,3 +387,35 @@ impl Journal {
         self.tx.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_recorded_together_are_lines_in_their_order_and_broadcast() {
+        let dir = std::env::temp_dir().join(format!("faultline-journal-{}", std::process::id()));
+        let path = dir.join("run.jsonl");
+        let journal = Journal::create(&path, "EXP1").unwrap();
+        let mut live = journal.subscribe();
+        journal.record(Event::AgentDisconnected { host: "a".into() });
+        journal.record_all(["b", "c"].map(|h| Event::AgentDisconnected { host: h.into() }));
+        journal.record_all([]);
+        let lines: Vec<Entry> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let hosts: Vec<Event> = lines.iter().map(|e| e.event.clone()).collect();
+        assert_eq!(
+            hosts,
+            ["a", "b", "c"].map(|h| Event::AgentDisconnected { host: h.into() })
+        );
+        assert!(lines.iter().all(|e| e.experiment == "EXP1"));
+        for _ in 0..3 {
+            assert!(live.try_recv().is_ok(), "every event reaches the live view");
+        }
+        assert!(live.try_recv().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
