@@ -15,8 +15,8 @@ pub struct ControllerArgs {
     /// File holding the token agents must present; created with a random token if missing.
     #[arg(long, value_name = "PATH", default_value = faultline::token::DEFAULT_PATH, env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: PathBuf,
-    /// Wait until this many agents are connected [default: the hosts the targets name, then
-    /// until no new agent has connected for 2 s].
+    /// Wait until this many agents are connected [default: the hosts the targets name; when a
+    /// target selects by tags or zone, then until no new agent has connected for 2 s].
     #[arg(long, value_name = "N")]
     pub wait_agents: Option<usize>,
     /// Give up waiting for agents after this long (ISO 8601).

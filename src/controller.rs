@@ -47,6 +47,8 @@ pub enum AgentWait {
     Count(usize),
     /// These hosts, then no newcomer for [`SETTLE`].
     Settle(BTreeSet<String>),
+    /// These hosts, and no more: the targets name every host they may select.
+    Named(BTreeSet<String>),
 }
 
 /// A controller serving agents.
@@ -145,13 +147,16 @@ impl Controller {
                     let quiet = last_change + SETTLE;
                     (all_named && !hosts.is_empty() && now >= quiet, quiet.min(deadline))
                 }
+                AgentWait::Named(named) => (named.iter().all(|n| connected.contains(n.as_str())), deadline),
             };
             if done {
                 return Ok(hosts);
             }
             if now >= deadline {
                 let missing: Vec<&String> = match wait {
-                    AgentWait::Settle(named) => named.iter().filter(|n| !connected.contains(n.as_str())).collect(),
+                    AgentWait::Settle(named) | AgentWait::Named(named) => {
+                        named.iter().filter(|n| !connected.contains(n.as_str())).collect()
+                    }
                     AgentWait::Count(_) => Vec::new(),
                 };
                 return match (wait, hosts.len()) {
@@ -162,7 +167,7 @@ impl Controller {
                         self.addr.port()
                     ))),
                     (AgentWait::Count(n), k) => Err(failed(format!("only {k} of the {n} agents asked for connected within {}", crate::duration::human(timeout)))),
-                    (AgentWait::Settle(_), _) if !missing.is_empty() => Err(failed(format!(
+                    (AgentWait::Settle(_) | AgentWait::Named(_), _) if !missing.is_empty() => Err(failed(format!(
                         "hosts named by the targets did not connect: {}",
                         missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                     ))),
@@ -611,6 +616,23 @@ impl RunOptions {
     }
 }
 
+/// What a run waits for when not told how many agents: the hosts its targets name; and when
+/// a target selects by tags or zone, also no newcomer for [`SETTLE`], since one may match it.
+/// Targets that name every host they select need nobody else: a 2 s wait bought nothing.
+pub fn agent_wait(experiment: &Experiment) -> AgentWait {
+    let named = named_hosts(experiment);
+    let only_named = !experiment.targets.is_empty()
+        && experiment
+            .targets
+            .values()
+            .all(|t| t.resource_type == crate::template::ResourceType::Host && t.resource_ids.is_some());
+    if only_named {
+        AgentWait::Named(named)
+    } else {
+        AgentWait::Settle(named)
+    }
+}
+
 /// Hosts a template names by id, which the run must wait for.
 pub fn named_hosts(experiment: &Experiment) -> BTreeSet<String> {
     experiment
@@ -728,5 +750,28 @@ mod tests {
             detail: "d".into(),
         };
         assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
+    }
+
+    fn experiment(targets: serde_json::Value) -> Experiment {
+        let template = serde_json::json!({
+            "description": "wait",
+            "targets": targets,
+            "actions": { "Kill": { "actionId": "faultline:process:kill", "parameters": { "processName": "x" }, "targets": { "Hosts": "T" } } },
+            "stopConditions": [{ "source": "none" }]
+        });
+        crate::template::validate(&template, None).expect("a valid template")
+    }
+
+    #[test]
+    fn a_run_waits_for_newcomers_only_when_a_target_may_select_one() {
+        let named = experiment(serde_json::json!({
+            "T": { "resourceType": "faultline:host", "resourceIds": ["a", "b"], "selectionMode": "ALL" }
+        }));
+        let hosts: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        assert_eq!(agent_wait(&named), AgentWait::Named(hosts));
+        let tagged = experiment(serde_json::json!({
+            "T": { "resourceType": "faultline:host", "resourceTags": { "tier": "web" }, "selectionMode": "ALL" }
+        }));
+        assert_eq!(agent_wait(&tagged), AgentWait::Settle(BTreeSet::new()));
     }
 }

@@ -10,10 +10,12 @@ use crate::server::{DispatchError, Fleet};
 use crate::template::{Action, Effect, Experiment, ResourceType};
 use faultline_agent::protocol::{ControllerMessage, EndReason, FaultKind, FaultSpec, HostDescription, Outcome};
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -683,13 +685,44 @@ async fn sweep(run: &Run, hosts: &BTreeSet<String>) {
             (_, Some(e)) => tracing::warn!(%host, error = %e, "could not ask for the removal of the run's faults"),
             _ => {}
         }
-        run.journal.record(Event::RemoveAll {
-            host: host.clone(),
-            removed,
-            error,
-        });
+        (
+            (),
+            vec![Event::RemoveAll {
+                host: host.clone(),
+                removed,
+                error,
+            }],
+        )
     });
-    join_all(sweeps).await;
+    journaled(&run.journal, sweeps).await;
+}
+
+/// Answers that came in together are journaled in one write; a larger batch waits for the next.
+const JOURNAL_BATCH: usize = 256;
+
+/// Runs `futures` at once and journals the events each returns as it finishes, those that
+/// finished together in one write (a write per host cost a system call per host, twice per
+/// fan-out); returns their results in the order of `futures`.
+async fn journaled<T, F>(journal: &Journal, futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: Future<Output = (T, Vec<Event>)>,
+{
+    let running: FuturesUnordered<_> = futures
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect();
+    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(running.len()).collect();
+    let mut finished = running.ready_chunks(JOURNAL_BATCH);
+    while let Some(batch) = finished.next().await {
+        let mut events = Vec::with_capacity(batch.len());
+        for (i, (result, e)) in batch {
+            results[i] = Some(result);
+            events.extend(e);
+        }
+        journal.record_all(events);
+    }
+    results.into_iter().map(|r| r.expect("every future finished")).collect()
 }
 
 /// The id of the fault an action puts on a host; the agent removes a run's faults by its
@@ -744,52 +777,58 @@ async fn act(run: &Arc<Run>, name: &str, placements: &[Placement], cancel: Cance
     }
     finished.hosts = placements.iter().map(|p| p.host.clone()).collect();
 
-    // Dispatch to every host at once; each answer is journaled as it comes.
+    // Dispatch to every host at once: every dispatch is journaled, in one write, before the
+    // first apply goes out; each answer is journaled as it comes.
     let duration_ms = (!fault_duration.is_zero()).then_some(fault_duration.as_millis() as u64);
-    let dispatches = placements.iter().map(|p| {
-        let fault_id = fault_id(&run.id, name, &p.host);
-        let spec = FaultSpec {
-            fault_id: fault_id.clone(),
-            duration_ms,
-            kind: p.fault.clone(),
-        };
-        let run = run.clone();
-        let (name, host) = (name.to_string(), p.host.clone());
-        async move {
-            run.fleet.claim(&host, &fault_id);
-            run.journal.record(Event::Dispatch {
-                action: name.clone(),
+    let planned: Vec<(String, FaultSpec)> = placements
+        .iter()
+        .map(|p| {
+            let spec = FaultSpec {
+                fault_id: fault_id(&run.id, name, &p.host),
+                duration_ms,
+                kind: p.fault.clone(),
+            };
+            (p.host.clone(), spec)
+        })
+        .collect();
+    for (host, spec) in &planned {
+        run.fleet.claim(host, &spec.fault_id);
+    }
+    journal.record_all(planned.iter().map(|(host, spec)| Event::Dispatch {
+        action: name.to_string(),
+        host: host.clone(),
+        fault_id: spec.fault_id.clone(),
+        fault: spec.kind.clone(),
+    }));
+    let run_ref: &Run = run;
+    let dispatches = planned.into_iter().map(|(host, spec)| async move {
+        let fault_id = spec.fault_id.clone();
+        let sent = Instant::now();
+        let result = run_ref
+            .fleet
+            .command(
+                &host,
+                ControllerMessage::Apply { fault: spec },
+                run_ref.settings.ack_timeout,
+            )
+            .await;
+        let event = match &result {
+            Ok(outcome) => Event::Ack {
+                action: name.to_string(),
                 host: host.clone(),
                 fault_id: fault_id.clone(),
-                fault: spec.kind.clone(),
-            });
-            let sent = Instant::now();
-            let result = run
-                .fleet
-                .command(
-                    &host,
-                    ControllerMessage::Apply { fault: spec },
-                    run.settings.ack_timeout,
-                )
-                .await;
-            match &result {
-                Ok(outcome) => run.journal.record(Event::Ack {
-                    action: name,
-                    host: host.clone(),
-                    fault_id: fault_id.clone(),
-                    outcome: outcome.clone(),
-                    latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
-                }),
-                Err(e) => run.journal.record(Event::DispatchFailed {
-                    action: name,
-                    host: host.clone(),
-                    error: e.to_string(),
-                }),
-            }
-            (host, fault_id, result)
-        }
+                outcome: outcome.clone(),
+                latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+            },
+            Err(e) => Event::DispatchFailed {
+                action: name.to_string(),
+                host: host.clone(),
+                error: e.to_string(),
+            },
+        };
+        ((host, fault_id, result), vec![event])
     });
-    let results = join_all(dispatches).await;
+    let results = journaled(journal, dispatches).await;
     let mut applied: Vec<(String, String)> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     for (host, fault_id, result) in results {
@@ -1002,10 +1041,12 @@ async fn instance(
 
 /// Removes an action's faults from every host at once, recording what was confirmed.
 async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], finished: &mut Finished) {
-    let removals = applied
-        .iter()
-        .map(|(host, fault_id)| remove_one(run, action, host, fault_id));
-    for result in join_all(removals).await {
+    let removals = applied.iter().map(|(host, fault_id)| async move {
+        let events = Mutex::new(Vec::new());
+        let result = remove_one(run, action, host, fault_id, &events).await;
+        (result, events.into_inner().expect("never poisoned"))
+    });
+    for result in journaled(&run.journal, removals).await {
         match result {
             Ok((at, note, effect)) => {
                 finished.last_removal = finished.last_removal.max(Some(at));
@@ -1068,18 +1109,20 @@ pub enum RemovalError {
 
 /// Removes one fault, waiting out a disconnected agent for the grace period; returns when
 /// the removal was confirmed, a note when the agent had ended it early, and what the fault
-/// did (journaled, with each figure far from what was asked).
+/// did (with each figure far from what was asked). What it found is put in `events`, for
+/// the journal, as it returns.
 async fn remove_one(
     run: &Run,
     action: &str,
     host: &str,
     fault_id: &str,
+    events: &Mutex<Vec<Event>>,
 ) -> Result<(Instant, Option<String>, Option<HostEffect>), RemovalError> {
     let started = Instant::now();
     let deadline = started + run.settings.removal_grace;
     let mut changes = run.fleet.changes();
     let record = |by: String, confirmed: bool, error: Option<String>| {
-        run.journal.record(Event::Removal {
+        events.lock().expect("never poisoned").push(Event::Removal {
             action: action.into(),
             host: host.into(),
             fault_id: fault_id.into(),
@@ -1092,7 +1135,7 @@ async fn remove_one(
     let judge = |observed: Option<faultline_agent::protocol::Observed>| {
         observed.map(|observed| {
             let effect = HostEffect::judge(host, &observed);
-            run.journal.record(Event::Observed {
+            events.lock().expect("never poisoned").push(Event::Observed {
                 host: host.into(),
                 fault_id: fault_id.into(),
                 observed,

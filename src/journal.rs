@@ -344,27 +344,78 @@ impl Journal {
 
     /// Writes an event now, and broadcasts it.
     pub fn record(&self, event: Event) {
-        let entry = Entry {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            experiment: self.experiment.clone(),
-            event,
-        };
-        let mut line = serde_json::to_string(&entry).expect("journal entries serialize");
-        line.push('\n');
-        // One write per line on an unbuffered file: a crash after it loses nothing.
+        self.record_all(std::iter::once(event));
+    }
+
+    /// Records events that happen together (a fan-out's dispatches, the answers that came in
+    /// at once) in one write: a system call per fan-out step, not one per host. Written
+    /// before this returns, and before the live view sees them.
+    pub fn record_all(&self, events: impl IntoIterator<Item = Event>) {
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let entries: Vec<Entry> = events
+            .into_iter()
+            .map(|event| Entry {
+                ts: ts.clone(),
+                experiment: self.experiment.clone(),
+                event,
+            })
+            .collect();
+        let mut lines = Vec::with_capacity(entries.len() * 256);
+        for entry in &entries {
+            serde_json::to_writer(&mut lines, entry).expect("journal entries serialize");
+            lines.push(b'\n');
+        }
+        if lines.is_empty() {
+            return;
+        }
+        // One write on an unbuffered file: a crash after it loses nothing.
         if let Err(e) = self
             .file
             .lock()
             .expect("journal lock is never poisoned")
-            .write_all(line.as_bytes())
+            .write_all(&lines)
         {
             tracing::error!(path = %self.path.display(), error = %e, "cannot write the journal");
         }
-        let _ = self.tx.send(entry);
+        for entry in entries {
+            let _ = self.tx.send(entry);
+        }
     }
 
     /// Entries as they are recorded.
     pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_recorded_together_are_lines_in_their_order_and_broadcast() {
+        let dir = std::env::temp_dir().join(format!("faultline-journal-{}", std::process::id()));
+        let path = dir.join("run.jsonl");
+        let journal = Journal::create(&path, "EXP1").unwrap();
+        let mut live = journal.subscribe();
+        journal.record(Event::AgentDisconnected { host: "a".into() });
+        journal.record_all(["b", "c"].map(|h| Event::AgentDisconnected { host: h.into() }));
+        journal.record_all([]);
+        let lines: Vec<Entry> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let hosts: Vec<Event> = lines.iter().map(|e| e.event.clone()).collect();
+        assert_eq!(
+            hosts,
+            ["a", "b", "c"].map(|h| Event::AgentDisconnected { host: h.into() })
+        );
+        assert!(lines.iter().all(|e| e.experiment == "EXP1"));
+        for _ in 0..3 {
+            assert!(live.try_recv().is_ok(), "every event reaches the live view");
+        }
+        assert!(live.try_recv().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! `faultline run`: an experiment against live agents.
 
 use crate::cli::{ReportFormat, RunArgs as Args};
-use faultline::controller::{named_hosts, AgentWait, RunOptions};
+use faultline::controller::{agent_wait, AgentWait, RunOptions};
 use faultline::engine::StopRequest;
 use faultline::report::junit;
 use faultline::{exit, plan, template, token};
@@ -41,7 +41,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
         let controller = super::agents::start(&args.controller).await?;
         let wait = match args.controller.wait_agents {
             Some(n) => AgentWait::Count(n),
-            None => AgentWait::Settle(named_hosts(&experiment)),
+            None => agent_wait(&experiment),
         };
         controller
             .wait_for_agents(&wait, args.controller.agents_timeout)
