@@ -18,7 +18,7 @@ const PERCENT: Param = Param {
     kind: Kind::Integer(disk_fill::PERCENT),
     required: false,
     default: Some("95"),
-    description: "How full the filesystem gets; refused when it is already this full, or when it would leave less than 1 % (at least 16 MiB) free.",
+    description: "How full the filesystem gets, as df's Use% shows it (reserved blocks not counted as free); refused when it is already this full, or when it would leave less than 1 % (at least 16 MiB) free.",
     unit: Some("%"),
 };
 
@@ -27,7 +27,7 @@ const PATH: Param = Param {
     kind: Kind::Path,
     required: false,
     default: Some("/tmp"),
-    description: "An existing directory on the filesystem to fill; the file goes in a directory of the fault's own under it.",
+    description: "An existing directory on the filesystem to fill; the file has no name (df sees it, ls and du do not).",
     unit: None,
 };
 

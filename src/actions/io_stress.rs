@@ -36,7 +36,7 @@ const PATH: Param = Param {
     kind: Kind::Path,
     required: false,
     default: Some("/tmp"),
-    description: "An existing directory; the files go in a directory of the fault's own under it.",
+    description: "An existing directory on the filesystem to stress; the files have no name (df sees them, ls and du do not).",
     unit: None,
 };
 

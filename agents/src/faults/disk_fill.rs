@@ -1,5 +1,6 @@
 //! `faultline:host:disk-fill`: fill the filesystem of a directory with one file until it is
-//! `percent` full, for a while.
+//! `percent` full as `df`'s `Use%` shows it (FIS's measure: blocks reserved for root are not
+//! free), for a while.
 //!
 //! The file has no name ([`anonymous_file`]): a holder process opens it, fills it
 //! (fallocate, or writes where the filesystem cannot allocate), says so, and holds it until
@@ -8,7 +9,8 @@
 //! unreadable record) can leave it behind: `df` sees the fill, `ls` and `du` do not.
 //! Where the filesystem has no `O_TMPFILE`, the file is created in `<path>/.faultline-<hash>`
 //! (named in the record before it exists) and unlinked at once; the record's removal deletes
-//! that directory if a crash came in between.
+//! that directory if a crash came between the two (with an unreadable record too, that
+//! empty-but-for-one-file directory would stay: a window of two system calls).
 //!
 //! Safety margin: a fill never leaves less than [`margin`] free (1 % of the filesystem, at
 //! least 16 MiB), and is refused when the filesystem is already at or above the percent.
@@ -53,12 +55,15 @@ impl Space {
         })
     }
 
-    /// Percent of the size in use.
+    /// Percent in use as `df` shows it (`Use%`, FIS's Disk-Fill measure): of the space
+    /// writers can use, so blocks reserved for root (5 % on ext4 by default) are not counted
+    /// as free.
     pub fn used_percent(&self) -> f64 {
-        if self.total == 0 {
+        let usable = self.used + self.available;
+        if usable == 0 {
             return 0.0;
         }
-        self.used as f64 * 100.0 / self.total as f64
+        self.used as f64 * 100.0 / usable as f64
     }
 }
 
@@ -118,9 +123,11 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Bytes to add for the filesystem to reach `percent`, or why that is refused.
+/// Bytes to add for the filesystem to reach `percent` as `df` shows it
+/// ([`Space::used_percent`]), or why that is refused.
 pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
-    let target = space.total / 100 * u64::from(percent);
+    let usable = space.used + space.available;
+    let target = usable / 100 * u64::from(percent);
     if space.used >= target {
         return Err(FaultError::Refused(format!(
             "refused: the filesystem is already {:.1} % full, at or above the {percent} % asked",
@@ -136,7 +143,7 @@ pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
              ({} MiB available); ask for at most {} %",
             margin / MIB,
             space.available / MIB,
-            at_most * 100 / space.total.max(1)
+            at_most * 100 / usable.max(1)
         )));
     }
     Ok(bytes)
@@ -146,7 +153,7 @@ pub fn bytes_to_fill(space: Space, percent: u8) -> Result<u64, FaultError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// How full the filesystem is to be, percent of its size ([`PERCENT`]).
+    /// How full the filesystem is to be, as `df`'s `Use%` shows it ([`PERCENT`]).
     pub percent: u8,
     /// An existing directory on the filesystem to fill (absolute, [`limits::PATH_BYTES`] long).
     pub path: String,
@@ -343,6 +350,27 @@ mod tests {
         };
         let err = bytes_to_fill(tight, 99).unwrap_err().to_string();
         assert!(err.contains("safety margin of 16 MiB"), "{err}");
-        assert!(err.contains("at most 93 %"), "{err}");
+        assert!(err.contains("at most 98 %"), "{err}");
+    }
+
+    #[test]
+    fn percent_is_dfs_use_so_fis_default_fits_a_disk_with_reserved_blocks() {
+        // An ext4-like disk: 5 % reserved for root, so writers see 950 MiB.
+        let space = Space {
+            total: 1000 * MIB,
+            used: 400 * MIB,
+            available: 550 * MIB,
+        };
+        let used = space.used_percent();
+        assert!((used - 42.1).abs() < 0.1, "{used}");
+        // 95 % of what writers can use, as df shows it; 47.5 MiB stay free.
+        let bytes = bytes_to_fill(space, 95).unwrap();
+        assert_eq!(bytes, 950 * MIB / 100 * 95 - 400 * MIB);
+        let after = Space {
+            used: space.used + bytes,
+            available: space.available - bytes,
+            ..space
+        };
+        assert!((after.used_percent() - 95.0).abs() < 0.1, "{}", after.used_percent());
     }
 }
