@@ -69,7 +69,7 @@ pub struct PacketLoss {
 impl Kind for PacketLoss {
     fn detect(&mut self, setup: &Setup) -> Detection {
         let (detection, ports) = nft::detect_or_proxy(setup, "packet-loss", |ports| {
-            format!("proxy only: connection-level loss of new connections to {ports}, not packets")
+            format!("proxy only: connection-level loss of connection attempts to {ports} (a lost one waits a retransmission interval), not packets")
         });
         self.via_proxy = ports.is_some();
         detection
@@ -114,7 +114,7 @@ impl Kind for PacketLoss {
                 }),
                 answer: Answer::Now(
                     format!(
-                        "{loss_percent}% of new connections from {from} dropped via the proxy for {} ms",
+                        "{loss_percent}% of connection attempts from {from} dropped via the proxy for {} ms",
                         a.duration.as_millis()
                     ),
                     vec![],
