@@ -1416,6 +1416,47 @@ mod tests {
         assert_eq!(c.holding(), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blackout_cuts_a_connection_whose_switch_from_splicing_is_stuck() {
+        let c = Arc::new(Conditions::default());
+        // A service that sends without end and never reads, to a client that does the same:
+        // neither direction's pipe can empty.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = upstream.local_addr().unwrap();
+        let flood = |mut w: OwnedWriteHalf| async move {
+            let data = vec![7u8; 1 << 20];
+            while w.write_all(&data).await.is_ok() {}
+        };
+        let _service = tokio::spawn(async move {
+            let (s, _) = upstream.accept().await.unwrap();
+            let (_r, w) = s.into_split();
+            flood(w).await;
+            std::future::pending::<()>().await;
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, to.to_string(), c.clone(), CancellationToken::new()));
+        let (_r, w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let client = tokio::spawn(flood(w));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The latency touches the connection: each switch waits for its full pipe to empty.
+        c.set("l", latency(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!client.is_finished());
+        c.set(
+            "b",
+            Condition::Blackout {
+                allow: vec![],
+                deny: vec![],
+            },
+        );
+        // The proxy closes on unread data: the client's next write fails.
+        tokio::time::timeout(Duration::from_secs(2), client)
+            .await
+            .expect("the blackout waited for the stuck switch")
+            .unwrap();
+    }
+
     #[test]
     fn the_seed_is_the_fault_ids_sha256() {
         // Fixed: the same fault id draws the same sequence on every build.
