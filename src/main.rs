@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         cli.verbose as i8 - cli.quiet as i8,
         &["faultline", "faultline_agent"],
     );
+    faultline_agent::net::raise_fd_limit();
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

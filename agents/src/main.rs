@@ -53,9 +53,11 @@ struct Cli {
     /// Fault kinds this agent may inject.
     #[arg(long, env = "FAULTLINE_ALLOW", value_delimiter = ',', default_values_t = faults::CAPABILITIES.map(String::from), value_parser = clap::builder::PossibleValuesParser::new(faults::CAPABILITIES))]
     allow: Vec<String>,
-    /// How blackouts are enforced: nf_tables and the proxy (`nftables`), the proxy alone
+    /// How network faults are enforced (blackout, blackhole-port and packet-loss; the name is
+    /// historical): nf_tables, with the proxy too for blackouts (`nftables`), the proxy alone
     /// (`proxy`: use it when the agent shares its network with other things, as in
-    /// `faultline demo`), or `auto`: nf_tables when this process may use it.
+    /// `faultline demo`; blackhole-port and packet-loss then act on the proxy's own ports and
+    /// connections only), or `auto`: nf_tables when this process may use it.
     #[arg(long, env = "FAULTLINE_BLACKOUT_BACKEND", value_enum, default_value_t = faults::blackout::Backend::Auto)]
     blackout_backend: faults::blackout::Backend,
     /// Proxy LISTEN=UPSTREAM in front of the host's service, e.g. 0.0.0.0:8080=127.0.0.1:8081 (repeat).
@@ -190,6 +192,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.verbose as i8, &["faultline_agent"]);
+    faultline_agent::net::raise_fd_limit();
     // This thread runs the agent and is the one that spawns holders, which die with it;
     // the proxies have a thread of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

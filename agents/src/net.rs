@@ -1,10 +1,27 @@
-//! The accept loop every server here shares (controller, agent proxy, demo services), and a
-//! throttle for log lines a peer can provoke.
+//! The accept loop every server here shares (controller, agent proxy, demo services), a
+//! throttle for log lines a peer can provoke, and the descriptor budget they serve from.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// Raises the soft limit on open descriptors to the hard limit, at the start of a binary:
+/// every connection takes one (a proxied one two, and two more per spliced direction for
+/// its pipe), and the usual soft 1024 would run out long before the proxy's 4096
+/// connections or a controller's agents. Logged at debug; a failure is only logged, the
+/// process then serves what the old limit allows (an accept at the limit backs off).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-descriptor limit"),
+            Err(e) => tracing::debug!(soft, hard, error = %e, "cannot raise the open-descriptor limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-descriptor limit already at its hard limit"),
+        Err(e) => tracing::debug!(error = %e, "cannot read the open-descriptor limit"),
+    }
+}
 
 /// First pause after a failed accept; doubled while accepts keep failing.
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);

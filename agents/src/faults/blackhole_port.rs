@@ -8,8 +8,12 @@
 //! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) the agent's proxy stands in for
 //! its own ports: TCP arriving at a port it listens on. It then answers nothing there, new
 //! connections are held and existing ones stall (`proxy.rs`); the condition lives in the
-//! agent's process, so it ends with it and a restart has nothing to undo. UDP, egress and
-//! other ports are refused, as the proxy never sees them.
+//! agent's process, so it ends with it and a restart has nothing to undo. Its limits:
+//! - a TCP connect to the blackholed port succeeds (the kernel completes the handshake
+//!   before the proxy can hold the connection); what never comes is an answer;
+//! - only the proxy's own ports: UDP, egress and other ports are refused, as the proxy
+//!   never sees them;
+//! - loopback is included (the proxy cannot tell the agent's own traffic from a peer's).
 //!
 //! Example: `experiments/blackhole-port.json` (nf_tables); with the proxy alone, name the
 //! port the agent's `--proxy` listens on.

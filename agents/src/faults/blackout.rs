@@ -19,7 +19,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How blackouts are enforced.
+/// How network faults are enforced (`--blackout-backend`, a name kept as it is a contract):
+/// blackouts, and the blackhole-port and packet-loss faults, which fall back to the proxy
+/// when nf_tables is not chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
     /// nf_tables when this process may use it, else the proxy alone.

@@ -9,15 +9,23 @@
 //! the loss a peer measures is the one asked. Loopback is never touched, so the agent's own
 //! local traffic (and a local controller) keeps working.
 //!
-//! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) it is connection-level loss in the
-//! agent's proxy: the share asked of new connections through it (from the sources, or from
-//! every peer, loopback included, as the proxy carries only the service's traffic) is held
-//! unanswered while the fault lasts, as a dropped SYN would leave it; draws are seeded from
-//! the fault id. The condition lives in the agent's process, so it ends with it and a restart
-//! has nothing to undo.
+//! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) it falls back to connection-level
+//! loss in the agent's proxy, with these limits:
+//! - only connections to the proxy's own ports (`--proxy`) are touched, nothing else;
+//! - the loss is counted per connection attempt, not per packet: a connection that draws a
+//!   loss is held unanswered for one retransmission interval (1 s, then 2 s, 4 s ... as TCP
+//!   backs off a lost SYN) and draws again, until a draw passes or the fault ends; the
+//!   client's connect itself succeeds (the kernel completes the handshake before the proxy
+//!   sees the connection), what it waits for is the answer;
+//! - loopback is included when no sources are given (the proxy carries only the service's
+//!   traffic).
 //!
-//! Example: `experiments/packet-loss.json`; with the proxy alone it drops that share of the
-//! connections from az-b and 10.9.0.0/16 to the proxied service, not of their packets.
+//! Draws are seeded from the fault id. The observed loss is lost attempts over attempts. The
+//! condition lives in the agent's process, so it ends with it and a restart has nothing to
+//! undo.
+//!
+//! Example: `experiments/packet-loss.json`; with the proxy alone it loses that share of the
+//! connection attempts from az-b and 10.9.0.0/16 to the proxied service, not of their packets.
 
 use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
@@ -61,7 +69,7 @@ pub struct PacketLoss {
 impl Kind for PacketLoss {
     fn detect(&mut self, setup: &Setup) -> Detection {
         let (detection, ports) = nft::detect_or_proxy(setup, "packet-loss", |ports| {
-            format!("proxy only: connection-level loss of new connections to {ports}, not packets")
+            format!("proxy only: connection-level loss of connection attempts to {ports} (a lost one waits a retransmission interval), not packets")
         });
         self.via_proxy = ports.is_some();
         detection
@@ -106,7 +114,7 @@ impl Kind for PacketLoss {
                 }),
                 answer: Answer::Now(
                     format!(
-                        "{loss_percent}% of new connections from {from} dropped via the proxy for {} ms",
+                        "{loss_percent}% of connection attempts from {from} dropped via the proxy for {} ms",
                         a.duration.as_millis()
                     ),
                     vec![],
@@ -205,19 +213,20 @@ impl Fault for ProxyLosing {
         Ok(())
     }
 
-    /// New connections seen and dropped (held unanswered), and the share dropped.
+    /// New connections seen, their attempts dropped (each held one retransmission interval),
+    /// and the share of attempts dropped.
     fn observed(&mut self) -> Observed {
         let now = self.conditions.unanswered(&self.fault_id);
         let n = if now.seen > 0 { now } else { self.removed };
         let mut observed = Observed::default()
             .with("connections_seen", "connections", None, n.seen as f64)
-            .with("connections_dropped", "connections", None, n.held as f64);
-        if n.seen > 0 {
+            .with("attempts_dropped", "attempts", None, n.lost as f64);
+        if n.draws > 0 {
             observed = observed.with(
                 "loss_percent",
                 "%",
                 Some(self.loss_percent),
-                n.held as f64 * 100.0 / n.seen as f64,
+                n.lost as f64 * 100.0 / n.draws as f64,
             );
         }
         observed
