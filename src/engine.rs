@@ -1042,6 +1042,8 @@ async fn instance(
 /// Removes an action's faults from every host at once, recording what was confirmed.
 async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], finished: &mut Finished) {
     let removals = applied.iter().map(|(host, fault_id)| async move {
+        // remove_one returns as soon as it has pushed an event, so `journaled` writes a
+        // host's lines as its answer comes in, not when the slowest host's grace ends.
         let events = Mutex::new(Vec::new());
         let result = remove_one(run, action, host, fault_id, &events).await;
         (result, events.into_inner().expect("never poisoned"))
@@ -1246,5 +1248,47 @@ mod tests {
             e.to_string(),
             "web-a1 is stopped: its agent cannot take a fault; add the filter State.Name=running to the target"
         );
+    }
+
+    /// A removal that waits out its grace must not hold back the lines of those answered
+    /// before it: the quick answer's line is in the file while the slow one still waits.
+    #[tokio::test]
+    async fn each_answer_is_journaled_as_it_comes_not_with_the_last() {
+        let dir = std::env::temp_dir().join(format!("faultline-journaled-{}", std::process::id()));
+        let path = dir.join("run.jsonl");
+        let journal = Journal::create(&path, "EXP1").unwrap();
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let hosts = [("quick", None), ("slow", Some(gate))];
+        let answers = hosts.into_iter().map(|(host, gate)| async move {
+            if let Some(gate) = gate {
+                gate.await.expect("the watcher opens the gate");
+            }
+            (host, vec![Event::AgentDisconnected { host: host.into() }])
+        });
+        let lines = || -> Vec<Event> {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<crate::journal::Entry>(l).unwrap().event)
+                .collect()
+        };
+        let watcher = async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while lines().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the quick answer is journaled while the slow one waits");
+            assert_eq!(lines(), vec![Event::AgentDisconnected { host: "quick".into() }]);
+            open.send(()).unwrap();
+        };
+        let (results, ()) = tokio::join!(journaled(&journal, answers), watcher);
+        assert_eq!(results, vec!["quick", "slow"], "results keep the order of the futures");
+        assert_eq!(
+            lines(),
+            ["quick", "slow"].map(|h| Event::AgentDisconnected { host: h.into() })
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

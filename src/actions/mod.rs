@@ -484,7 +484,31 @@ mod tests {
         for (&a, capability) in ActionId::ALL.iter().zip(faults::CAPABILITIES) {
             let fault = match build_from_required(a).effect {
                 Effect::Fault(f) | Effect::Sourced { fault: f, .. } => f,
-                Effect::Blackout { keep_control_plane, .. } => blackout_fault(keep_control_plane, vec![], vec![]),
+                Effect::Blackout {
+                    keep_control_plane,
+                    other_azs_only,
+                } => {
+                    // The default: the controller kept, everything outside the AZ cut.
+                    assert!(keep_control_plane && !other_azs_only, "{}", a.as_str());
+                    // The wire fault the engine gives a host of the AZ, against one written
+                    // out here, so a wrong mapping (a flag or the lists swapped) fails.
+                    let fault = blackout_fault(
+                        keep_control_plane,
+                        vec!["10.0.0.2".parse().unwrap()],
+                        vec!["10.1.0.3".parse().unwrap()],
+                    );
+                    assert_eq!(
+                        fault,
+                        FaultKind::Blackout(faults::blackout::Params {
+                            allow: vec!["10.0.0.2".parse().unwrap()],
+                            keep_control_plane: true,
+                            deny: vec!["10.1.0.3/32".parse().unwrap()],
+                        }),
+                        "{}",
+                        a.as_str()
+                    );
+                    fault
+                }
                 other => panic!("{}: {other:?} is no fault", a.as_str()),
             };
             assert_eq!(fault.capability(), capability, "{}", a.as_str());

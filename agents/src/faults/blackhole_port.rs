@@ -23,8 +23,10 @@ use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, S
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
 use crate::proxy::{Condition, Conditions, Unanswered};
-use std::sync::Arc;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The wire parameters: `{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +107,7 @@ impl Kind for BlackholePort {
             return via_proxy(a, env, ports, (protocol, port, traffic));
         }
         let table = nft::table_in(undo, "blackhole-port")?;
-        nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic)])
+        nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic, a.controller)])
             .map_err(FaultError::io("cannot install the nf_tables port blackhole"))?;
         Ok(Started {
             fault: Box::new(Blackholed { table }),
@@ -185,8 +187,10 @@ impl Fault for ProxyBlackholed {
     }
 }
 
-/// The chain of a blackhole: every packet of `protocol` to `port`, counted and dropped.
-fn rules(protocol: Transport, port: u16, traffic: Direction) -> (Hook, Vec<Vec<Expr>>) {
+/// The chain of a blackhole: the controller's packets pass when it is known (blackholing its
+/// port, egress, would otherwise cut the agent's own link and so the fault's removal); every
+/// other packet of `protocol` to `port` is counted and dropped.
+fn rules(protocol: Transport, port: u16, traffic: Direction, controller: Option<IpAddr>) -> (Hook, Vec<Vec<Expr>>) {
     let proto = match protocol {
         Transport::Tcp => libc::IPPROTO_TCP as u8,
         Transport::Udp => libc::IPPROTO_UDP as u8,
@@ -195,15 +199,12 @@ fn rules(protocol: Transport, port: u16, traffic: Direction) -> (Hook, Vec<Vec<E
         Direction::Ingress => Hook::Input,
         Direction::Egress => Hook::Output,
     };
-    (
-        hook,
-        vec![vec![
-            Expr::L4Proto(proto),
-            Expr::DstPort(port),
-            Expr::Counter,
-            Expr::Drop,
-        ]],
-    )
+    let mut rules: Vec<Vec<Expr>> = controller
+        .map(|ip| vec![Expr::Peer(IpNet::from(ip)), Expr::Accept])
+        .into_iter()
+        .collect();
+    rules.push(vec![Expr::L4Proto(proto), Expr::DstPort(port), Expr::Counter, Expr::Drop]);
+    (hook, rules)
 }
 
 /// A port blackhole in effect: its table.
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn ingress_matches_the_destination_port_on_input() {
-        let (hook, rules) = rules(Transport::Udp, 53, Direction::Ingress);
+        let (hook, rules) = rules(Transport::Udp, 53, Direction::Ingress, None);
         assert_eq!(hook, Hook::Input);
         assert_eq!(
             rules,
@@ -250,6 +251,20 @@ mod tests {
     }
 
     fn rules_hook(d: Direction) -> Hook {
-        rules(Transport::Tcp, 1, d).0
+        rules(Transport::Tcp, 1, d, None).0
+    }
+
+    #[test]
+    fn the_controller_passes_before_the_drop() {
+        let controller: IpAddr = "10.0.0.5".parse().unwrap();
+        let (hook, rules) = rules(Transport::Tcp, 7000, Direction::Egress, Some(controller));
+        assert_eq!(hook, Hook::Output);
+        assert_eq!(
+            rules,
+            vec![
+                vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept],
+                vec![Expr::L4Proto(6), Expr::DstPort(7000), Expr::Counter, Expr::Drop],
+            ]
+        );
     }
 }

@@ -1000,6 +1000,8 @@ mod tests {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             let net: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
+            // The controller's pass of packet-loss and blackhole-port, a single address.
+            let controller = ipnet::IpNet::from("10.9.0.1".parse::<std::net::IpAddr>().unwrap());
             install_rules(
                 "fl_rules",
                 Duration::from_secs(60),
@@ -1008,6 +1010,7 @@ mod tests {
                         Hook::Input,
                         vec![
                             vec![Expr::Loopback, Expr::Accept],
+                            vec![Expr::Peer(controller), Expr::Accept],
                             vec![
                                 Expr::Peer(net),
                                 Expr::Counter,
@@ -1019,13 +1022,27 @@ mod tests {
                     ),
                     (
                         Hook::Output,
-                        vec![vec![Expr::L4Proto(17), Expr::DstPort(5353), Expr::Counter, Expr::Drop]],
+                        vec![
+                            vec![Expr::Peer(controller), Expr::Accept],
+                            vec![Expr::L4Proto(17), Expr::DstPort(5353), Expr::Counter, Expr::Drop],
+                        ],
                     ),
                 ],
             )
             .unwrap();
             let t = listed(tid, "fl_rules");
             assert!(t.contains("iifname \"lo\" accept"), "{t}");
+            // The controller passes before the draw (input) and before the drop (output).
+            let (pass_in, lossy) = (
+                t.find("ip saddr 10.9.0.1 accept").expect(&t),
+                t.find("numgen").expect(&t),
+            );
+            assert!(pass_in < lossy, "{t}");
+            let (pass_out, drop) = (
+                t.find("ip daddr 10.9.0.1 accept").expect(&t),
+                t.find("udp dport").expect(&t),
+            );
+            assert!(pass_out < drop, "{t}");
             assert!(t.contains("ip saddr 10.9.0.0/16 counter packets 0 bytes 0 numgen random mod 10000 < 700 counter packets 0 bytes 0 drop"), "{t}");
             assert!(t.contains("udp dport 5353 counter packets 0 bytes 0 drop"), "{t}");
             assert_eq!(t.matches("!= @live accept").count(), 2, "{t}");

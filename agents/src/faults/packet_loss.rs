@@ -34,6 +34,7 @@ use crate::protocol::Observed;
 use crate::proxy::{Condition, Conditions, Unanswered};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The wire parameters: `{"kind":"packet_loss","loss_percent":7.0,"sources":["10.0.0.0/8"]}`.
@@ -122,7 +123,11 @@ impl Kind for PacketLoss {
             });
         }
         let table = nft::table_in(undo, "packet-loss")?;
-        nft::install_rules(&table, a.duration, &[(Hook::Input, rules(loss_percent, sources))])
+        nft::install_rules(
+            &table,
+            a.duration,
+            &[(Hook::Input, rules(loss_percent, sources, a.controller))],
+        )
             .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
         Ok(Started {
             fault: Box::new(Losing { table, loss_percent }),
@@ -141,9 +146,11 @@ impl Kind for PacketLoss {
     }
 }
 
-/// The input chain's rules: loopback passes; then, for each source (or for every packet),
-/// one rule counts what it matches, draws, counts what it drops and drops it.
-fn rules(loss_percent: f64, sources: &[IpNet]) -> Vec<Vec<Expr>> {
+/// The input chain's rules: loopback passes, and so does the controller when known (a lossy
+/// link to it would delay the fault's own removal and the agent's leases); then, for each
+/// source (or for every packet), one rule counts what it matches, draws, counts what it
+/// drops and drops it.
+fn rules(loss_percent: f64, sources: &[IpNet], controller: Option<IpAddr>) -> Vec<Vec<Expr>> {
     let chance = (loss_percent / 100.0 * f64::from(nft::CHANCE_SCALE)).round() as u32;
     let lossy = |peer: Option<IpNet>| {
         let mut rule: Vec<Expr> = peer.map(Expr::Peer).into_iter().collect();
@@ -151,6 +158,7 @@ fn rules(loss_percent: f64, sources: &[IpNet]) -> Vec<Vec<Expr>> {
         rule
     };
     let mut rules = vec![vec![Expr::Loopback, Expr::Accept]];
+    rules.extend(controller.map(|ip| vec![Expr::Peer(IpNet::from(ip)), Expr::Accept]));
     if sources.is_empty() {
         rules.push(lossy(None));
     } else {
@@ -239,14 +247,32 @@ mod tests {
 
     #[test]
     fn each_source_draws_on_its_own_and_loopback_passes() {
-        let r = rules(7.0, &["10.0.0.0/8".parse().unwrap(), "127.0.0.2/32".parse().unwrap()]);
+        let r = rules(7.0, &["10.0.0.0/8".parse().unwrap(), "127.0.0.2/32".parse().unwrap()], None);
         assert_eq!(r[0], vec![Expr::Loopback, Expr::Accept]);
         assert_eq!(r.len(), 3);
         assert_eq!(r[1][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
         assert!(r[1].contains(&Expr::Chance(700)));
         assert_eq!(
-            rules(33.33, &[])[1],
+            rules(33.33, &[], None)[1],
             vec![Expr::Counter, Expr::Chance(3333), Expr::Counter, Expr::Drop]
         );
+    }
+
+    #[test]
+    fn the_controller_passes_before_any_draw() {
+        let controller: IpAddr = "10.0.0.5".parse().unwrap();
+        let every = rules(50.0, &[], Some(controller));
+        assert_eq!(
+            every,
+            vec![
+                vec![Expr::Loopback, Expr::Accept],
+                vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept],
+                vec![Expr::Counter, Expr::Chance(5000), Expr::Counter, Expr::Drop],
+            ]
+        );
+        // A source network holding the controller still spares it.
+        let some = rules(50.0, &["10.0.0.0/8".parse().unwrap()], Some(controller));
+        assert_eq!(some[1], vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept]);
+        assert_eq!(some[2][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
     }
 }
