@@ -60,7 +60,7 @@ pub enum Bond {
     /// `PR_SET_PDEATHSIG`: it dies with the agent at once (CPU and memory: nothing to tidy).
     Death,
     /// Its stdin, a pipe whose other end only the agent holds, reaches end of file: it first
-    /// undoes what it did (resumes processes, deletes files), then exits.
+    /// undoes what it did (resumes processes, closes its unnamed files), then exits.
     Pipe,
 }
 
