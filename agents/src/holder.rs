@@ -220,6 +220,22 @@ impl Holding {
     }
 }
 
+/// A holder's whole-number parameter `name` (from [`Work::params`]); its absence is an error
+/// that names it.
+pub fn u64_param(params: &serde_json::Value, name: &str) -> io::Result<u64> {
+    params[name]
+        .as_u64()
+        .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+}
+
+/// A holder's path parameter `name`, as [`u64_param`].
+pub fn path_param<'a>(params: &'a serde_json::Value, name: &str) -> io::Result<&'a std::path::Path> {
+    params[name]
+        .as_str()
+        .map(std::path::Path::new)
+        .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+}
+
 /// In the holder, first thing: die with the agent, and make sure it is still there (it may
 /// have died between the fork and the `prctl`). Done after exec, because exec of a binary
 /// with file capabilities clears the death signal.

@@ -228,6 +228,42 @@ pub struct Unanswered {
     pub lost: u64,
 }
 
+/// A fault the proxy enforces as the condition of its fault id: sets it, clears it, and
+/// keeps its counts once the removal has made the conditions forget them.
+#[derive(Debug)]
+pub struct Enforced {
+    fault_id: String,
+    conditions: Arc<Conditions>,
+    /// The counts at removal; `None` while in effect.
+    removed: Option<Unanswered>,
+}
+
+impl Enforced {
+    /// Sets `condition` for `fault_id`.
+    pub fn set(conditions: &Arc<Conditions>, fault_id: &str, condition: Condition) -> Enforced {
+        conditions.set(fault_id, condition);
+        Enforced {
+            fault_id: fault_id.to_string(),
+            conditions: conditions.clone(),
+            removed: None,
+        }
+    }
+
+    /// Takes the condition away (idempotent), keeping its counts.
+    pub fn clear(&mut self) {
+        if self.removed.is_none() {
+            self.removed = Some(self.conditions.unanswered(&self.fault_id));
+        }
+        self.conditions.clear(&self.fault_id);
+    }
+
+    /// What it has seen and held: now, or as it was at removal.
+    pub fn counts(&self) -> Unanswered {
+        self.removed
+            .unwrap_or_else(|| self.conditions.unanswered(&self.fault_id))
+    }
+}
+
 /// One connection counted in [`Conditions::holding`] until dropped.
 struct Holding(Arc<AtomicU64>);
 

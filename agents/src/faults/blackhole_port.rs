@@ -22,11 +22,10 @@ use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
-use crate::proxy::{Condition, Conditions, Unanswered};
+use crate::proxy::{Condition, Enforced};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// The wire parameters: `{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,13 +145,9 @@ fn via_proxy(
             "refused: without nf_tables only the proxy can blackhole a port, and {why}"
         )));
     }
-    env.conditions.set(&a.spec.fault_id, Condition::Blackhole { port });
+    let enforced = Enforced::set(env.conditions, &a.spec.fault_id, Condition::Blackhole { port });
     Ok(Started {
-        fault: Box::new(ProxyBlackholed {
-            fault_id: a.spec.fault_id.clone(),
-            conditions: env.conditions.clone(),
-            removed: Unanswered::default(),
-        }),
+        fault: Box::new(ProxyBlackholed(enforced)),
         answer: Answer::Now(
             format!(
                 "tcp port {port} (ingress) blackholed via the proxy for {} ms",
@@ -163,27 +158,19 @@ fn via_proxy(
     })
 }
 
-/// A blackhole the proxy holds: its condition for this fault id, and what it did (kept from
-/// before the removal, which forgets it).
+/// A blackhole the proxy holds.
 #[derive(Debug)]
-struct ProxyBlackholed {
-    fault_id: String,
-    conditions: Arc<Conditions>,
-    removed: Unanswered,
-}
+struct ProxyBlackholed(Enforced);
 
 impl Fault for ProxyBlackholed {
-    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
-        self.removed = self.conditions.unanswered(&self.fault_id);
-        env.conditions.clear(&self.fault_id);
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        self.0.clear();
         Ok(())
     }
 
     /// The new connections the proxy left unanswered.
     fn observed(&mut self) -> Observed {
-        let now = self.conditions.unanswered(&self.fault_id);
-        let n = if now.seen > 0 { now } else { self.removed };
-        Observed::default().with("connections_blackholed", "connections", None, n.held as f64)
+        Observed::default().with("connections_blackholed", "connections", None, self.0.counts().held as f64)
     }
 }
 

@@ -2,7 +2,7 @@
 //! process (see [`crate::holder`]) that ends at the fault's deadline.
 
 use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
-use crate::holder::{Bond, Deadline, Holder, Holding, Work};
+use crate::holder::{self, Bond, Deadline, Holder, Holding, Work};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
 use serde::{Deserialize, Serialize};
@@ -61,11 +61,7 @@ impl Kind for Cpu {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> std::io::Result<()> {
-        let field = |name: &str| {
-            params[name]
-                .as_u64()
-                .ok_or_else(|| std::io::Error::other(format!("holder parameter {name} missing")))
-        };
+        let field = |name: &str| holder::u64_param(params, name);
         let load_percent = u8::try_from(field("load_percent")?).map_err(std::io::Error::other)?;
         let workers = u32::try_from(field("workers")?).map_err(std::io::Error::other)?;
         burn_until(load_percent, workers, holding.until)

@@ -244,16 +244,8 @@ impl Kind for DiskFill {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
-        let text = |name: &str| {
-            params[name]
-                .as_str()
-                .map(Path::new)
-                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
-        };
-        let (path, dir) = (text("path")?, text("dir")?);
-        let bytes = params["bytes"]
-            .as_u64()
-            .ok_or_else(|| io::Error::other("holder parameter bytes missing"))?;
+        let (path, dir) = (holder::path_param(params, "path")?, holder::path_param(params, "dir")?);
+        let bytes = holder::u64_param(params, "bytes")?;
         let file = anonymous_file(path, dir, "fill");
         // The directory exists only where there is no O_TMPFILE, and only until the file
         // is open; whatever happened, nothing of it stays.

@@ -10,7 +10,7 @@
 
 use super::disk_fill::{self, Space};
 use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Started, WireParams};
-use crate::holder::{Bond, Holder, Holding, Work};
+use crate::holder::{self, Bond, Holder, Holding, Work};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
 use serde::{Deserialize, Serialize};
@@ -116,19 +116,9 @@ impl Kind for IoStress {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
-        let field = |name: &str| {
-            params[name]
-                .as_u64()
-                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
-        };
-        let text = |name: &str| {
-            params[name]
-                .as_str()
-                .map(Path::new)
-                .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
-        };
-        let (path, dir) = (text("path")?, text("dir")?);
-        let (workers, per_worker) = (field("workers")?, field("bytes_per_worker")?);
+        let (path, dir) = (holder::path_param(params, "path")?, holder::path_param(params, "dir")?);
+        let workers = holder::u64_param(params, "workers")?;
+        let per_worker = holder::u64_param(params, "bytes_per_worker")?;
         let files: io::Result<Vec<fs::File>> = (0..workers)
             .map(|i| disk_fill::anonymous_file(path, dir, &format!("worker-{i}")))
             .collect();

@@ -89,11 +89,7 @@ impl Kind for Memory {
     }
 
     fn hold(&self, params: &serde_json::Value, holding: &Holding) -> std::io::Result<()> {
-        let field = |name: &str| {
-            params[name]
-                .as_u64()
-                .ok_or_else(|| std::io::Error::other(format!("holder parameter {name} missing")))
-        };
+        let field = |name: &str| holder::u64_param(params, name);
         let workers = u32::try_from(field("workers")?).map_err(std::io::Error::other)?;
         hold_until(field("bytes")?, workers, holding.until, || holding.ready())
     }

@@ -31,11 +31,10 @@ use super::nft::{self, Expr, Hook};
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Setup, Started, WireParams};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
-use crate::proxy::{Condition, Conditions, Unanswered};
+use crate::proxy::{Condition, Enforced};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// The wire parameters: `{"kind":"packet_loss","loss_percent":7.0,"sources":["10.0.0.0/8"]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,19 +98,14 @@ impl Kind for PacketLoss {
             format!("{} source(s)", sources.len())
         };
         if self.via_proxy {
-            env.conditions.set(
-                &a.spec.fault_id,
-                Condition::Loss {
-                    percent: loss_percent,
-                    sources: sources.clone(),
-                },
-            );
+            let condition = Condition::Loss {
+                percent: loss_percent,
+                sources: sources.clone(),
+            };
             return Ok(Started {
                 fault: Box::new(ProxyLosing {
-                    fault_id: a.spec.fault_id.clone(),
+                    enforced: Enforced::set(env.conditions, &a.spec.fault_id, condition),
                     loss_percent,
-                    conditions: env.conditions.clone(),
-                    removed: Unanswered::default(),
                 }),
                 answer: Answer::Now(
                     format!(
@@ -204,28 +198,23 @@ impl Fault for Losing {
     }
 }
 
-/// A connection-level loss the proxy holds: its condition for this fault id, and what it
-/// did (kept from before the removal, which forgets it).
+/// A loss the proxy enforces, per connection attempt.
 #[derive(Debug)]
 struct ProxyLosing {
-    fault_id: String,
+    enforced: Enforced,
     loss_percent: f64,
-    conditions: Arc<Conditions>,
-    removed: Unanswered,
 }
 
 impl Fault for ProxyLosing {
-    fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
-        self.removed = self.conditions.unanswered(&self.fault_id);
-        env.conditions.clear(&self.fault_id);
+    fn remove(&mut self, _env: &Env<'_>) -> Result<(), FaultError> {
+        self.enforced.clear();
         Ok(())
     }
 
     /// New connections seen, their attempts dropped (each held one retransmission interval),
     /// and the share of attempts dropped.
     fn observed(&mut self) -> Observed {
-        let now = self.conditions.unanswered(&self.fault_id);
-        let n = if now.seen > 0 { now } else { self.removed };
+        let n = self.enforced.counts();
         let mut observed = Observed::default()
             .with("connections_seen", "connections", None, n.seen as f64)
             .with("attempts_dropped", "attempts", None, n.lost as f64);
