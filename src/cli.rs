@@ -185,6 +185,17 @@ pub enum Command {
     /// .faultline/journals/EXPERIMENT-ID.jsonl), or with --server an experiment id whose journal
     /// the server keeps. Exit status 2 when the journal cannot be read.
     Report(ReportArgs),
+    /// The watchdog of a container stopped for a duration (started by the controller, see
+    /// `faultline::platform::watch`): starts it at the deadline if the controller dies first.
+    #[command(name = "hold-start", hide = true)]
+    HoldStart {
+        /// The container.
+        #[arg(long)]
+        container: String,
+        /// When to start it, in milliseconds since the Unix epoch.
+        #[arg(long)]
+        until_unix_ms: u64,
+    },
     /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
     Topology {
         #[command(subcommand)]

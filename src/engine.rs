@@ -951,7 +951,11 @@ async fn act_instances(
             return finished;
         }
     };
-    let results = join_all(hosts.iter().map(|h| instance(run, name, h, operation))).await;
+    let duration = action.spec.duration();
+    let restart = operation == Operation::Stop && !duration.is_zero();
+    // The end of the stop, for a platform to start the hosts then should this controller die.
+    let until = restart.then(|| std::time::SystemTime::now() + duration);
+    let results = join_all(hosts.iter().map(|h| instance(run, name, h, operation, until))).await;
     let mut done = Vec::new();
     let mut errors = Vec::new();
     for (host, result) in hosts.iter().zip(results) {
@@ -968,8 +972,6 @@ async fn act_instances(
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let duration = action.spec.duration();
-    let restart = operation == Operation::Stop && !duration.is_zero();
     let mut stopped = false;
     if errors.is_empty() && restart {
         state(State::Running, None, Some(duration.as_millis() as u64));
@@ -984,7 +986,7 @@ async fn act_instances(
     if restart {
         // The hosts this action stopped are started again on every path: its end, a stop of
         // the experiment, a failure to stop another host.
-        let starts = join_all(done.iter().map(|h| instance(run, name, h, Operation::Start))).await;
+        let starts = join_all(done.iter().map(|h| instance(run, name, h, Operation::Start, None))).await;
         for (host, result) in done.iter().zip(starts) {
             match result {
                 Ok(_) => finished.last_removal = Some(Instant::now()),
@@ -1014,14 +1016,19 @@ async fn act_instances(
     finished
 }
 
-/// Has the platform do `operation` to one host, journaled.
+/// Has the platform do `operation` to one host, journaled; a stop with `until` is one the
+/// action undoes then.
 async fn instance(
     run: &Run,
     action: &str,
     host: &HostDescription,
     operation: Operation,
+    until: Option<std::time::SystemTime>,
 ) -> Result<Option<crate::platform::Replacement>, PlatformError> {
-    let result = run.platforms.act(host, operation).await;
+    let result = match (operation, until) {
+        (Operation::Stop, Some(until)) => run.platforms.stop_until(host, until).await.map(|()| None),
+        _ => run.platforms.act(host, operation).await,
+    };
     match &result {
         Ok(r) => {
             tracing::info!(host = %host.host_id, ?operation, replacement = ?r.as_ref().map(|r| &r.host_id), "instance action done")

@@ -88,3 +88,32 @@ fn agents_lists_who_connects() {
     let b_row = out.lines().find(|l| l.contains("web-b1")).unwrap();
     assert!(b_row.contains("kill") && !b_row.contains("cpu"), "{b_row}");
 }
+
+/// The hidden watchdog of a stopped container: a `done` from its controller ends it at once,
+/// without asking Docker anything (the container does not exist).
+#[test]
+fn the_stop_watchdog_released_by_its_controller_exits_at_once() {
+    use std::io::Write;
+    let until = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let until_ms = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let mut child = Command::new(FAULTLINE)
+        .args([
+            "hold-start",
+            "--container",
+            "faultline-no-such-host",
+            "--until-unix-ms",
+            &until_ms,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -479,6 +480,34 @@ fn instance_actions(env: &Env, port: u16) {
     assert_eq!(state(&victim), "running", "{victim} was left stopped");
     eventually(
         "the started host healthy behind the LB",
+        Duration::from_secs(20),
+        || lb_metric(port, &victim) == Some(1.0),
+    );
+
+    // stop, then the controller is killed -9: its watchdog starts the container at the end
+    // of the duration (PT1M, the least the parameter takes), not before.
+    let mut run = env.run("stop-killed", &example("fis/ec2-stop.json"));
+    run.expect("action StopInstances running", T);
+    let victim = env.selected("OneWebInstanceInA")[0].clone();
+    let stopped = Instant::now();
+    assert_eq!(state(&victim), "exited", "{victim} is not stopped");
+    run.signal(libc::SIGKILL);
+    let (status, _, _) = run.finish(T);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    std::thread::sleep(Duration::from_secs(30));
+    assert_eq!(
+        state(&victim),
+        "exited",
+        "{victim} was started before the end of its stop"
+    );
+    eventually(
+        "the watchdog starting the container of the killed controller",
+        Duration::from_secs(60),
+        || state(&victim) == "running",
+    );
+    eprintln!("started again {:?} after the stop was reported", stopped.elapsed());
+    eventually(
+        "the host started by the watchdog healthy behind the LB",
         Duration::from_secs(20),
         || lb_metric(port, &victim) == Some(1.0),
     );

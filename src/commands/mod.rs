@@ -3,6 +3,7 @@
 mod agents;
 mod client;
 mod demo;
+mod hold_start;
 mod plan;
 mod report;
 mod run;
@@ -94,6 +95,10 @@ pub fn dispatch(command: Command) -> anyhow::Result<u8> {
             strict,
         ),
         Command::Topology { action } => topology::run(action),
+        Command::HoldStart {
+            container,
+            until_unix_ms,
+        } => hold_start::run(&container, until_unix_ms),
         Command::Serve { args, demo } => serve::run(args, demo),
         Command::Experiments { client, action } => client::experiments(&client, action),
         Command::Schedules { client, action } => client::schedules(&client, action),

@@ -8,6 +8,10 @@
 //! its faults), removes it, and after a short delay creates its replacement, as an Auto
 //! Scaling group launches from its launch template: the same image, environment, networks
 //! and addresses, a new host id.
+//!
+//! A stop with a duration is guarded by a watchdog process ([`super::watch`]) started before
+//! the container stops: should the controller die while the container is stopped, the
+//! watchdog starts it at the end of the duration. The controller's own start releases it.
 
 use super::state::InstanceState;
 use super::{Operation, PlatformError, Replacement, REPLACEMENT_DELAY};
@@ -18,6 +22,8 @@ use bollard::query_parameters::{
 };
 use faultline_agent::protocol::HostDescription;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// Seconds a container gets to stop (its agent removes its faults) before SIGKILL; as the
 /// compose file's `stop_grace_period`.
@@ -30,6 +36,8 @@ const PROJECT_LABEL: &str = "com.docker.compose.project";
 #[derive(Debug, Clone)]
 pub struct Docker {
     api: bollard::Docker,
+    /// The watchdogs of the containers stopped for a duration, by host id.
+    watches: Arc<Mutex<HashMap<String, super::watch::Watch>>>,
 }
 
 /// The container of a host.
@@ -44,7 +52,52 @@ impl Docker {
             .negotiate_version()
             .await?;
         api.ping().await?;
-        Ok(Docker { api })
+        Ok(Docker {
+            api,
+            watches: Arc::default(),
+        })
+    }
+
+    /// Starts a container; one running already, or gone, is started (what a watchdog wants).
+    pub async fn start(&self, name: &str) -> Result<(), bollard::errors::Error> {
+        match self.api.start_container(name, None::<StartContainerOptions>).await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304 | 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Stops a host's container until `until`, with a watchdog that starts it then should
+    /// this controller die meanwhile. The stop is refused when the watchdog cannot start.
+    pub async fn stop_until(&self, host: &HostDescription, until: SystemTime) -> Result<(), PlatformError> {
+        let id = host.host_id.clone();
+        let watch = super::watch::Watch::spawn(&container(&id), until).map_err(|e| PlatformError::Failed {
+            host: id.clone(),
+            operation: Operation::Stop,
+            message: format!("cannot start the watchdog that would start it again: {e}"),
+        })?;
+        let replaced = self.watches().insert(id.clone(), watch);
+        if let Some(old) = replaced {
+            old.release().await;
+        }
+        let stopped = self.act(host, Operation::Stop).await.map(|_| ());
+        if stopped.is_err() {
+            self.release(&id).await;
+        }
+        stopped
+    }
+
+    /// Releases the watchdog of a host, if any.
+    async fn release(&self, host_id: &str) {
+        let watch = self.watches().remove(host_id);
+        if let Some(w) = watch {
+            w.release().await;
+        }
+    }
+
+    fn watches(&self) -> std::sync::MutexGuard<'_, HashMap<String, super::watch::Watch>> {
+        self.watches.lock().expect("never poisoned")
     }
 
     /// Does `operation` to a host's container.
@@ -71,11 +124,19 @@ impl Docker {
         });
         match operation {
             Operation::Stop => self.api.stop_container(&name, stop).await.map_err(failed)?,
-            Operation::Start => self
-                .api
-                .start_container(&name, None::<StartContainerOptions>)
-                .await
-                .map_err(failed)?,
+            Operation::Start => {
+                let started = self
+                    .api
+                    .start_container(&name, None::<StartContainerOptions>)
+                    .await
+                    .map_err(failed);
+                // Started, or terminated: the watchdog has nothing left to do. On another
+                // failure it stays, and starts the container once this controller ends.
+                if matches!(started, Ok(()) | Err(PlatformError::Terminated(_))) {
+                    self.release(id).await;
+                }
+                started?
+            }
             Operation::Reboot => self
                 .api
                 .restart_container(

@@ -9,6 +9,7 @@
 pub mod docker;
 pub mod local;
 pub mod state;
+pub mod watch;
 
 use faultline_agent::protocol::HostDescription;
 use state::{InstanceState, Ledger};
@@ -191,6 +192,21 @@ impl Platforms {
             (Ok(_), Operation::Terminate) | (Err(PlatformError::Terminated(_)), _)
         );
         self.ledger.end(&host.host_id, gone);
+        result
+    }
+
+    /// Stops `host` until `until` (the action starts it then): as [`Platforms::act`] with
+    /// [`Operation::Stop`], and on docker with a watchdog that starts the container at
+    /// `until` should this controller die meanwhile (the local platform's hosts die with it).
+    pub async fn stop_until(&self, host: &HostDescription, until: std::time::SystemTime) -> Result<(), PlatformError> {
+        let platform = self.platform(host).await?;
+        self.ledger.begin(host, Some(InstanceState::Stopping));
+        let result = match platform {
+            Platform::Local(l) => l.act(host, Operation::Stop).await.map(|_| ()),
+            Platform::Docker(d) => d.stop_until(host, until).await,
+        };
+        self.ledger
+            .end(&host.host_id, matches!(result, Err(PlatformError::Terminated(_))));
         result
     }
 
