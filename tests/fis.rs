@@ -431,7 +431,9 @@ fn memory_stress_document_holds_its_percent_of_memory() {
 
 /// An agent (web-a1, the FIS tags) whose /tmp, where the I/O and disk documents write, is a
 /// 64 MiB tmpfs of its own, in a private mount namespace: never the real disk. Its token and
-/// state dir are recreated inside. `None` without root (the test skips, loudly).
+/// state dir are recreated inside; its binary is opened before the mount and run from that
+/// descriptor, as a checkout under /tmp (a CI clone) is hidden by it. `None` without root
+/// (the test skips, loudly).
 fn agent_on_tmpfs(s: &Scratch, port: u16) -> Option<Proc> {
     if !is_root() {
         assert!(!required(), "CI=true: the I/O and disk document tests must run as root");
@@ -440,8 +442,8 @@ fn agent_on_tmpfs(s: &Scratch, port: u16) -> Option<Proc> {
     }
     let (token, state) = (s.path("token"), s.path("state-web-a1"));
     let script = format!(
-        "t=$(cat '{token}') && mount -t tmpfs -o size=64m tmpfs /tmp && mkdir -p '{state}' && \
-         printf %s \"$t\" > '{token}' && exec \"$0\" \"$@\"",
+        "exec 3<\"$0\" && t=$(cat '{token}') && mount -t tmpfs -o size=64m tmpfs /tmp && \
+         mkdir -p '{state}' && printf %s \"$t\" > '{token}' && exec /proc/self/fd/3 \"$@\"",
         token = token.display(),
         state = state.display()
     );
