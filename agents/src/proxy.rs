@@ -1348,11 +1348,12 @@ mod tests {
                 unanswered.push(s);
             }
         }
-        // A lost connection draws again 1 s after the proxy accepted it, after its client
-        // stopped waiting: what the clients saw is the first draws.
-        assert_eq!(c.unanswered("loss").seen, N as u64);
-        let share = unanswered.len() as f64 * 100.0 / N as f64;
-        assert!((25.0..=35.0).contains(&share), "asked 30%, held {share}%");
+        // The share of draws lost, as the proxy counts them (a client's 700 ms wait is no
+        // measure on a loaded machine: an answered connection can take longer).
+        let counts = c.unanswered("loss");
+        assert_eq!(counts.seen, N as u64);
+        let share = counts.lost as f64 * 100.0 / counts.draws as f64;
+        assert!((25.0..=35.0).contains(&share), "asked 30%, lost {share}% of the draws");
         assert!(c.holding() <= unanswered.len() as u64);
         // Another peer is never drawn against.
         let mut other = connect_from("127.0.0.3", addr).await;
