@@ -228,21 +228,9 @@ fn an_agent_killed_mid_fill_leaves_no_file_even_when_its_holder_dies_too() {
     ctl.expect("action A running", T);
     let held = one_holder(a.pid());
     assert!(fs.used_percent() > 45.0, "the fill takes {:.1} %", fs.used_percent());
-    for pid in held.iter().copied().chain([a.pid()]) {
-        // SAFETY: kill with a pid of a process this test started (or its child).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    drop(a);
+    kill_with_its_holders(a, &held);
     drop(ctl);
-    eventually("the killed holder's fill released", Duration::from_secs(5), || {
-        fs.used_percent() < 1.0
-    });
-    assert!(
-        released(&fs),
-        "left behind: {:.1} %: {:?}",
-        fs.used_percent(),
-        fs.entries()
-    );
+    released_soon(&fs, "the killed holder's fill released");
     let records = state_files(&s, "web-a1");
     assert_eq!(records.len(), 1, "the record stays for the restart");
     std::fs::write(&records[0], b"{\"fault_id\": tor").unwrap();
@@ -296,21 +284,9 @@ fn an_agent_killed_mid_io_stress_leaves_no_file() {
     ctl.expect("action A running", T);
     let held = one_holder(a.pid());
     eventually("files written", Duration::from_secs(5), || fs.used_percent() > 10.0);
-    for pid in held.iter().copied().chain([a.pid()]) {
-        // SAFETY: kill with a pid of a process this test started (or its child).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    drop(a);
+    kill_with_its_holders(a, &held);
     drop(ctl);
-    eventually("the killed holder's files released", Duration::from_secs(5), || {
-        fs.used_percent() < 1.0
-    });
-    assert!(
-        released(&fs),
-        "left behind: {:.1} %: {:?}",
-        fs.used_percent(),
-        fs.entries()
-    );
+    released_soon(&fs, "the killed holder's files released");
     let mut again = agent(&s, 1, "web-a1", "az-a", &[]);
     again.expect("removed a fault left by the previous run", T);
     assert!(
@@ -320,6 +296,25 @@ fn an_agent_killed_mid_io_stress_leaves_no_file() {
         fs.entries()
     );
     assert!(state_files(&s, "web-a1").is_empty());
+}
+
+/// `kill -9` of an agent and its holders, together.
+fn kill_with_its_holders(agent: Proc, held: &[u32]) {
+    for pid in held.iter().copied().chain([agent.pid()]) {
+        // SAFETY: kill with a pid of a process this test started (or its child).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Waits until the space of killed holders is given back and nothing is left.
+fn released_soon(fs: &Tmpfs, what: &str) {
+    eventually(what, Duration::from_secs(5), || fs.used_percent() < 1.0);
+    assert!(
+        released(fs),
+        "left behind: {:.1} %: {:?}",
+        fs.used_percent(),
+        fs.entries()
+    );
 }
 
 /// The agent's one holder process, once it has started: the action runs from its dispatch,
