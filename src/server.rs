@@ -442,12 +442,21 @@ impl Fleet {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         pending.lock().expect("never poisoned").insert(id, tx);
-        let sent = tokio::time::timeout(timeout, outbox.send(Frame::new(id, msg).encode())).await;
+        // Queued at once when the outbox has room, as it nearly always has: waiting for a
+        // slot (a semaphore and a timer) was a tenth of the controller's CPU in a fan-out to
+        // 10,000 agents.
+        let sent = match outbox.try_send(Frame::new(id, msg).encode()) {
+            Ok(()) => Ok(Ok(())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(())),
+            Err(mpsc::error::TrySendError::Full(text)) => tokio::time::timeout(timeout, outbox.send(text))
+                .await
+                .map(|r| r.map_err(drop)),
+        };
         // Disconnected means the command was queued and may have reached the agent; a
         // command that was never queued cannot have.
         let unsent = match sent {
             Ok(Ok(())) => None,
-            Ok(Err(_)) => Some(DispatchError::NotConnected(host.to_string())),
+            Ok(Err(())) => Some(DispatchError::NotConnected(host.to_string())),
             Err(_) => Some(DispatchError::Timeout {
                 host: host.to_string(),
                 after: timeout,

@@ -313,9 +313,12 @@ fn every_example_against_the_topology() {
     let load = cgroup_cpu(&HOSTS, Duration::from_secs(2));
     let (status, out, _) = run.finish(T);
     assert_eq!(status.code(), Some(0), "{out}");
+    // Three hosts asking 0.8 of a CPU each share two cores with whatever else the machine
+    // runs (a loaded CI machine gave each 0.26), so a burning host is told from an idle one
+    // (under 0.001) by a margin that holds under load, not by its asked share.
     for (host, cpus) in &load {
         if hot.contains(host) {
-            assert!(*cpus > 0.3, "{host} used {cpus:.2} CPU under stress: {load:?}");
+            assert!(*cpus > 0.15, "{host} used {cpus:.2} CPU under stress: {load:?}");
         } else {
             assert!(*cpus < 0.2, "{host} used {cpus:.2} CPU unstressed: {load:?}");
         }

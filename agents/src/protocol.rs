@@ -50,11 +50,11 @@ impl<M: Serialize> Frame<M> {
 
     /// The frame as the text of one websocket message.
     pub fn encode(&self) -> String {
-        let mut value = serde_json::to_value(&self.msg).expect("protocol types always serialize");
-        let obj = value.as_object_mut().expect("messages are tagged objects");
-        obj.insert("v".into(), self.v.into());
-        obj.insert("id".into(), self.id.into());
-        value.to_string()
+        // A message is a tagged object, never empty: the version and id go in after its
+        // opening brace, in one pass (no intermediate `serde_json::Value`).
+        let body = serde_json::to_string(&self.msg).expect("protocol types always serialize");
+        let fields = body.strip_prefix('{').expect("messages are tagged objects");
+        format!("{{\"v\":{},\"id\":{},{fields}", self.v, self.id)
     }
 }
 
@@ -464,6 +464,29 @@ mod tests {
         );
         let back: Frame<ControllerMessage> = decode(&frame.encode()).unwrap();
         assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn a_frame_is_one_object_of_version_id_and_the_message() {
+        let text = Frame::new(3, ControllerMessage::Ping {}).encode();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({ "v": PROTOCOL_VERSION, "id": 3, "type": "ping" })
+        );
+        let text = Frame::new(
+            u64::MAX,
+            AgentMessage::Ack {
+                re: 2,
+                outcome: Outcome::Pong {},
+            },
+        )
+        .encode();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({ "v": PROTOCOL_VERSION, "id": u64::MAX, "type": "ack", "re": 2, "outcome": { "status": "pong" } })
+        );
     }
 
     #[test]
