@@ -9,6 +9,7 @@
 //! scripts/bench-peers.sh when they are missing. Run as root: the CPU figures use cgroups.
 
 mod fleet;
+mod mixed;
 mod peers;
 mod stats;
 
@@ -272,37 +273,55 @@ async fn fan_out_and_stop(controller: &Controller, template: &Value, agents: usi
     opts.journal = Some(journal.clone());
     opts.progress = false;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let watch = journal.clone();
-    let stopper = async move {
-        // Reads only what the journal gained since the last look: rereading all of it (some
-        // megabytes with 10,000 agents) every 50 ms took CPU from the controller it measures.
-        let (mut seen, mut acks, mut failed) = (0u64, 0usize, false);
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let bytes = read_from(&watch, seen).unwrap_or_default();
-            let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&bytes[..end]);
-            seen += end as u64 + 1;
-            acks += text.matches("\"event\":\"ack\"").count();
-            failed |= text.contains("\"event\":\"dispatch_failed\"");
-            if acks >= agents || failed {
-                let _ = tx
-                    .send(StopRequest::Alarm {
-                        alarm: "Bench".into(),
-                        detail: "the bench's alarm fired".into(),
-                    })
-                    .await;
-                return;
-            }
-        }
+    let stopper = async {
+        acknowledged(&journal, agents).await;
+        let _ = tx
+            .send(StopRequest::Alarm {
+                alarm: "Bench".into(),
+                detail: "the bench's alarm fired".into(),
+            })
+            .await;
     };
     let cpu = stats::cpu_time("self");
     let (report, ()) = tokio::join!(controller.run(experiment, opts, rx), stopper);
     let controller_cpu = (stats::cpu_time("self") - cpu).as_secs_f64() * 1000.0;
     let report = report.expect("the run");
     let ev = events(&journal);
+    let (fan_out, latencies) = fan_out(&ev, agents, &journal);
+    assert_eq!(report.outcome.unconfirmed_removals, 0, "every removal confirmed");
+    let stop = report.outcome.rollback.expect("a rollback").as_secs_f64() * 1000.0;
+    let _ = std::fs::remove_file(&journal);
+    Round {
+        fan_out,
+        stop,
+        latencies,
+        controller_cpu,
+    }
+}
+
+/// Waits until a run's journal holds `agents` acknowledgements, or a failed dispatch.
+async fn acknowledged(journal: &Path, agents: usize) {
+    // Reads only what the journal gained since the last look: rereading all of it (some
+    // megabytes with 10,000 agents) every 50 ms took CPU from the controller it measures.
+    let (mut seen, mut acks) = (0u64, 0usize);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let bytes = read_from(journal, seen).unwrap_or_default();
+        let Some(end) = bytes.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes[..end]);
+        seen += end as u64 + 1;
+        acks += text.matches("\"event\":\"ack\"").count();
+        if acks >= agents || text.contains("\"event\":\"dispatch_failed\"") {
+            return;
+        }
+    }
+}
+
+/// From a run's journal: first dispatch to last acknowledgement (ms), and each ack's latency
+/// (ms); every agent must have acknowledged.
+fn fan_out(ev: &[Value], agents: usize, journal: &Path) -> (f64, Vec<f64>) {
     let first_dispatch = ev
         .iter()
         .filter(|e| e["event"] == "dispatch")
@@ -317,21 +336,12 @@ async fn fan_out_and_stop(controller: &Controller, template: &Value, agents: usi
         journal.display()
     );
     let last_ack = acks.iter().map(|e| ts(e)).max().expect("an ack");
-    assert_eq!(report.outcome.unconfirmed_removals, 0, "every removal confirmed");
-    let fan_out = last_ack
+    let ms = last_ack
         .duration_since(first_dispatch)
         .unwrap_or_default()
         .as_secs_f64()
         * 1000.0;
-    let stop = report.outcome.rollback.expect("a rollback").as_secs_f64() * 1000.0;
-    let latencies = acks.iter().filter_map(|e| e["latency_ms"].as_f64()).collect();
-    let _ = std::fs::remove_file(&journal);
-    Round {
-        fan_out,
-        stop,
-        latencies,
-        controller_cpu,
-    }
+    (ms, acks.iter().filter_map(|e| e["latency_ms"].as_f64()).collect())
 }
 
 /// Waits until the controller has no agent left (after a fleet was stopped).
@@ -537,6 +547,9 @@ async fn real(bench: &mut Bench) {
                     let r = fan_out_and_stop(&controller, &template, n, journal).await;
                     fan_outs.push(r.fan_out);
                     stops.push(r.stop);
+                }
+                if n == 1_000 {
+                    mixed::rounds(bench, &controller, n, 10_000).await;
                 }
             }
             drop(agents);

@@ -8,6 +8,8 @@ use serde_json::json;
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -315,7 +317,7 @@ pub fn overhead(bench: &mut Bench) {
     let victim_name = format!("flv{}", std::process::id() % 100_000);
     let victim = dir.join(&victim_name);
     std::fs::copy("/bin/sleep", &victim).expect("copy sleep");
-    let url = format!("http://{}/", http_service());
+    let url = format!("http://{}/", http_service(Arc::new(AtomicBool::new(true))));
     let port = free_port();
     let _agent = Kill(vec![Command::new(bench.bins.join("faultline-agent"))
         .args([
@@ -434,12 +436,14 @@ pub fn overhead(bench: &mut Bench) {
     );
 }
 
-/// A tiny HTTP service that always answers 200.
-fn http_service() -> SocketAddr {
+/// A tiny HTTP service that answers 200 while `healthy`, 503 once it is not.
+pub fn http_service(healthy: Arc<AtomicBool>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("http");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
+            let healthy = healthy.clone();
+            let healthy = healthy.clone();
             std::thread::spawn(move || {
                 let mut r = std::io::BufReader::new(s);
                 loop {
@@ -454,7 +458,12 @@ fn http_service() -> SocketAddr {
                         }
                     }
                     let s = r.get_mut();
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+                    let answer: &[u8] = if healthy.load(Ordering::Relaxed) {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown"
+                    };
+                    if s.write_all(answer).is_err() {
                         return;
                     }
                 }

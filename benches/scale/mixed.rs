@@ -1,0 +1,83 @@
+//! Real and simulated agents on one controller: the real agent processes of the last
+//! real-agent rounds, still connected, and a simulated fleet beside them; one experiment
+//! holds a fault on all of them and a real alarm stops it: an HTTP probe (one per 100 ms
+//! period) of a service the bench turns unhealthy once every agent has acknowledged.
+
+use crate::{acknowledged, events, fan_out, holding, peers, spawn_fleet, ts, Bench};
+use faultline::controller::{AgentWait, Controller, RunOptions};
+use faultline::template;
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// `real` agents are connected to `controller` already; `simulated` more join them.
+pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, simulated: usize) {
+    eprintln!("real and simulated agents on one controller: {real} + {simulated}, stopped by an alarm");
+    let all = real + simulated;
+    let _fleet = spawn_fleet(bench, controller.addr(), simulated, "m-");
+    controller
+        .wait_for_agents(&AgentWait::Count(all), Duration::from_secs(300))
+        .await
+        .expect("every agent connects");
+    let healthy = Arc::new(AtomicBool::new(true));
+    let url = format!("http://{}/", peers::http_service(healthy.clone()));
+    let mut template = holding(
+        "faultline:host:memory-stress",
+        json!({ "duration": "PT5M", "sizeMiB": "1" }),
+    );
+    template["stopConditions"] = json!([{ "source": "faultline:alarm", "value": "Healthy" }]);
+    template["alarms"] = json!({ "Healthy": {
+        "metric": { "http": { "url": url, "timeout": "PT1S", "probesPerPeriod": 1 }, "statistic": "errorRate" },
+        "threshold": 0.5, "comparisonOperator": "GreaterThanThreshold", "period": "PT0.1S", "evaluationPeriods": 1
+    } });
+    let (mut fan_outs, mut detections, mut stops) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..bench.reps(1, 3) {
+        healthy.store(true, Ordering::Relaxed);
+        let journal = bench.dir.join(format!("mixed-{round}.jsonl"));
+        let experiment = template::validate(&template, None).expect("valid template");
+        let mut opts = RunOptions::new(Path::new("scale"));
+        opts.journal = Some(journal.clone());
+        opts.progress = false;
+        // Nobody interrupts: only the alarm stops this run.
+        let (_operator, interrupts) = tokio::sync::mpsc::channel(1);
+        let breaker = async {
+            acknowledged(&journal, all).await;
+            healthy.store(false, Ordering::Relaxed);
+            SystemTime::now()
+        };
+        let (report, broken_at) = tokio::join!(controller.run(experiment, opts, interrupts), breaker);
+        let report = report.expect("the run");
+        let ev = events(&journal);
+        fan_outs.push(fan_out(&ev, all, &journal).0);
+        assert_eq!(report.outcome.unconfirmed_removals, 0, "every removal confirmed");
+        let fired = ev
+            .iter()
+            .filter(|e| e["event"] == "alarm_evaluation" && e["state"] == "ALARM" && e["phase"] == "experiment")
+            .map(ts)
+            .min()
+            .expect("the alarm fired");
+        detections.push(fired.duration_since(broken_at).unwrap_or_default().as_secs_f64() * 1000.0);
+        stops.push(report.outcome.rollback.expect("a rollback").as_secs_f64() * 1000.0);
+        let _ = std::fs::remove_file(&journal);
+    }
+    bench.row(
+        format!("fan-out, {real} real + {simulated} simulated agents"),
+        "ms",
+        &fan_outs,
+        "one controller; first dispatch -> last ack",
+    );
+    bench.row(
+        format!("alarm detection, {real} real + {simulated} simulated agents"),
+        "ms",
+        &detections,
+        "service unhealthy -> alarm in ALARM (100 ms period)",
+    );
+    bench.row(
+        format!("stop reaction, {real} real + {simulated} simulated agents"),
+        "ms",
+        &stops,
+        "alarm -> last removal acked",
+    );
+}
