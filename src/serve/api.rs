@@ -433,13 +433,10 @@ async fn experiment(
     let mut row = experiment_row(&s, &id).await?;
     if let Some(wait) = wait.filter(|_| row.ended_at.is_none()) {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        if !s.until_ended(&id, deadline).await {
-            // Not running here: ended just now, or a run of another replica, whose end this
-            // one does not hear of.
-            row = experiment_row(&s, &id).await?;
-            if row.ended_at.is_none() {
-                tokio::time::sleep_until(deadline).await;
-            }
+        // Not running here: ended just now, or a run of another replica, whose end this one
+        // does not hear of.
+        if !s.until_ended(&id, deadline).await && experiment_row(&s, &id).await?.ended_at.is_none() {
+            tokio::time::sleep_until(deadline).await;
         }
         row = experiment_row(&s, &id).await?;
     }
