@@ -357,15 +357,15 @@ impl Controller {
 
         let watch_cancel = CancellationToken::new();
         let _stop_watching = watch_cancel.clone().drop_guard();
-        let mut evaluations = alarms::watch(alarms.clone(), watch_cancel.clone());
         let mut monitor = Monitor::new(&alarms);
+        let mut evaluations = alarms::watch(alarms.clone(), monitor.periods(), watch_cancel.clone());
         let record = |monitor: &mut Monitor, e: alarms::Evaluation| {
             journal.record(Event::AlarmEvaluation {
                 alarm: e.alarm.clone(),
                 state: e.state.as_str().into(),
                 value: e.value,
                 datapoints: e.window.clone(),
-                phase: monitor.phase().as_str().into(),
+                phase: monitor.phase_of(&e).as_str().into(),
             });
             monitor.record(e)
         };

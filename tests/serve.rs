@@ -263,6 +263,28 @@ fn the_api_needs_a_token_and_keeps_every_run() {
 }
 
 #[test]
+fn an_experiment_read_with_wait_answers_at_its_end() {
+    let s = Scratch::new("serve-wait");
+    let srv = serve(&s);
+    let (status, v) = srv.call("POST", "/api/v1/experiments", Some(json!({ "template": wait_only(1) })));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap();
+    // One request, answered when the run has ended and is stored, not while it runs.
+    let (status, e) = srv.call("GET", &format!("/api/v1/experiments/{id}?wait=PT30S"), None);
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["state"], "completed", "{e}");
+    assert_eq!(e["report"]["actions"]["W"]["state"], "completed", "{e}");
+    // An ended run is answered at once, whatever the wait.
+    assert_eq!(
+        srv.get(&format!("/api/v1/experiments/{id}?wait=PT60S"))["state"],
+        "completed"
+    );
+    let (status, v) = srv.call("GET", &format!("/api/v1/experiments/{id}?wait=soon"), None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("wait"), "{v}");
+}
+
+#[test]
 fn sigterm_ends_the_dashboards_live_stream_and_exits() {
     let s = Scratch::new("serve-sse-term");
     let srv = serve(&s);

@@ -7,9 +7,10 @@ pub mod sources;
 use crate::template::{Alarm, TreatMissingData};
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as clock};
 use tokio_util::sync::CancellationToken;
 
 /// An alarm's state.
@@ -92,6 +93,9 @@ pub struct Evaluation {
     pub at: SystemTime,
     /// Which evaluation of this alarm this is (1 = first period).
     pub period: u32,
+    /// The restarts of the period clock before its period began (see [`Monitor::periods`]):
+    /// the phase it belongs to.
+    pub restarts: u32,
 }
 
 /// What the watchers send.
@@ -110,11 +114,29 @@ pub enum Watched {
 }
 
 /// Starts one watcher per alarm; each sends a [`Watched::Evaluation`] at the end of every
-/// period until `cancel`, or a [`Watched::Lost`] if it stops before.
-pub fn watch(alarms: Vec<(String, Alarm)>, cancel: CancellationToken) -> mpsc::Receiver<Watched> {
+/// period until `cancel`, or a [`Watched::Lost`] if it stops before. Each time `periods`
+/// changes, every watcher abandons the period in progress and starts a fresh one at once.
+pub fn watch(
+    alarms: Vec<(String, Alarm)>,
+    periods: clock::Receiver<u32>,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<Watched> {
     let (tx, rx) = mpsc::channel(64);
     for (name, alarm) in alarms {
-        let watcher = tokio::spawn(watch_one(name.clone(), alarm, tx.clone(), cancel.clone()));
+        let probe = Arc::new(sources::Probe::new(&alarm));
+        let (period, statistic) = (alarm.period, alarm.statistic);
+        let sample = move || {
+            let probe = probe.clone();
+            async move { probe.sample(period, statistic).await }
+        };
+        let watcher = tokio::spawn(watch_one(
+            name.clone(),
+            alarm,
+            sample,
+            tx.clone(),
+            periods.clone(),
+            cancel.clone(),
+        ));
         tokio::spawn(supervise(name, watcher, tx.clone(), cancel.clone()));
     }
     rx
@@ -146,19 +168,36 @@ async fn supervise(
 }
 
 /// Samples one alarm every period and sends its evaluation, until `cancel` or until
-/// nobody listens.
-async fn watch_one(name: String, alarm: Alarm, tx: mpsc::Sender<Watched>, cancel: CancellationToken) {
-    let source = Arc::new(sources::Probe::new(&alarm));
+/// nobody listens; a restart of `periods` abandons the period in progress (its partial
+/// sample too) and starts the next at once. The window of datapoints carries over.
+async fn watch_one<S, F>(
+    name: String,
+    alarm: Alarm,
+    sample: S,
+    tx: mpsc::Sender<Watched>,
+    mut periods: clock::Receiver<u32>,
+    cancel: CancellationToken,
+) where
+    S: Fn() -> F,
+    F: Future<Output = sources::Sample>,
+{
     let mut window: VecDeque<Option<f64>> = VecDeque::new();
     let mut state = AlarmState::InsufficientData;
+    let mut restarts = *periods.borrow_and_update();
     let mut next = tokio::time::Instant::now();
-    for period in 1u32.. {
+    let mut period = 0u32;
+    loop {
         next += alarm.period;
-        let sample = tokio::select! {
+        let sources::Sample { value, note } = tokio::select! {
             _ = cancel.cancelled() => return,
-            s = source.sample(alarm.period, alarm.statistic) => s,
+            r = restarted(&mut periods) => {
+                restarts = r;
+                next = tokio::time::Instant::now();
+                continue;
+            }
+            s = sample() => s,
         };
-        let sources::Sample { value, note } = sample;
+        period += 1;
         window.push_back(value);
         while window.len() > alarm.evaluation_periods as usize {
             window.pop_front();
@@ -173,6 +212,7 @@ async fn watch_one(name: String, alarm: Alarm, tx: mpsc::Sender<Watched>, cancel
             note,
             at: SystemTime::now(),
             period,
+            restarts,
         };
         if tx.send(Watched::Evaluation(eval)).await.is_err() {
             return;
@@ -181,9 +221,22 @@ async fn watch_one(name: String, alarm: Alarm, tx: mpsc::Sender<Watched>, cancel
         // does not make the next period shorter than its probes need.
         tokio::select! {
             _ = cancel.cancelled() => return,
+            r = restarted(&mut periods) => {
+                restarts = r;
+                next = tokio::time::Instant::now();
+                continue;
+            }
             _ = tokio::time::sleep_until(next) => {}
         }
         next = next.max(tokio::time::Instant::now());
+    }
+}
+
+/// The period clock's next restart count; never, once its owner is gone (the run is over).
+async fn restarted(periods: &mut clock::Receiver<u32>) -> u32 {
+    match periods.changed().await {
+        Ok(()) => *periods.borrow_and_update(),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -216,6 +269,14 @@ impl Phase {
             Phase::Experiment => "experiment",
             Phase::Recovery => "recovery",
         }
+    }
+
+    /// Whether every alarm starts a fresh period when the run enters this phase. Recovery
+    /// is judged on the periods that follow the last action, not on the rest of one that
+    /// began while the actions ran. The experiment begins just after the baseline's last
+    /// evaluation, so the baseline's clock serves it as well.
+    fn starts_own_period(self) -> bool {
+        self == Phase::Recovery
     }
 }
 
@@ -277,6 +338,11 @@ pub struct Monitor {
     tracked: Vec<Tracked>,
     phase: Phase,
     phase_started: SystemTime,
+    /// The watchers' period clock: how many times it restarted.
+    periods: clock::Sender<u32>,
+    /// The phase before the clock's last restart, which evaluations of a period begun
+    /// before it belong to.
+    before_restart: Phase,
 }
 
 #[derive(Debug)]
@@ -310,33 +376,53 @@ impl Monitor {
                 .collect(),
             phase: Phase::Baseline,
             phase_started: SystemTime::now(),
+            periods: clock::Sender::new(0),
+            before_restart: Phase::Baseline,
         }
     }
 
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.phase
+    /// The period clock the run's watchers follow ([`watch`]); entering a phase that starts
+    /// its own period restarts it.
+    pub fn periods(&self) -> clock::Receiver<u32> {
+        self.periods.subscribe()
     }
 
-    /// Moves to the next phase; each alarm's window starts counting again.
+    /// The phase an evaluation belongs to: the one in which its period began.
+    pub fn phase_of(&self, e: &Evaluation) -> Phase {
+        if e.restarts < *self.periods.borrow() {
+            self.before_restart
+        } else {
+            self.phase
+        }
+    }
+
+    /// Moves to the next phase; each alarm's window starts counting again, from a fresh
+    /// period when the phase starts its own.
     pub fn enter(&mut self, phase: Phase) {
         if self.phase == Phase::Baseline {
             for t in &mut self.tracked {
                 t.baseline_state = t.latest.as_ref().map(|e| e.state);
             }
         }
+        if phase.starts_own_period() {
+            self.before_restart = self.phase;
+            self.periods.send_modify(|r| *r += 1);
+        }
         self.phase = phase;
         self.phase_started = SystemTime::now();
         self.tracked.iter_mut().for_each(|t| t.in_phase = 0);
     }
 
-    /// Records an evaluation; returns it when it is the alarm's first ALARM of the run
-    /// outside recovery, i.e. when it must stop (or block) the experiment.
+    /// Records an evaluation in the phase it belongs to ([`Monitor::phase_of`]); returns it
+    /// when it is the alarm's first ALARM of the run outside recovery, i.e. when it must
+    /// stop (or block) the experiment.
     pub fn record(&mut self, e: Evaluation) -> Option<Evaluation> {
-        let phase = self.phase;
+        let phase = self.phase_of(&e);
+        let current = phase == self.phase;
         let started = self.phase_started;
         let t = self.tracked.iter_mut().find(|t| t.name == e.alarm)?;
-        t.in_phase += 1;
+        // Only periods begun in this phase count towards its window.
+        t.in_phase += u32::from(current);
         t.last_note = e.note.clone();
         let fires = e.state == AlarmState::Alarm && phase != Phase::Recovery && t.fired.is_none();
         if fires {
@@ -437,6 +523,108 @@ mod tests {
         let watcher = tokio::spawn(async {});
         supervise("errors".into(), watcher, tx, cancel).await;
         assert_eq!(rx.recv().await, None);
+    }
+
+    /// A watcher of a 100 ms alarm whose samples take no time; the instants (paused clock,
+    /// from the start) at which each sample began.
+    fn watched(
+        periods: clock::Receiver<u32>,
+    ) -> (
+        mpsc::Receiver<Watched>,
+        Arc<std::sync::Mutex<Vec<Duration>>>,
+        CancellationToken,
+    ) {
+        let mut a = alarm(1, 1, TreatMissingData::Breaching);
+        a.period = Duration::from_millis(100);
+        let (tx, rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let began = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = tokio::time::Instant::now();
+        let log = began.clone();
+        let sample = move || {
+            log.lock().unwrap().push(start.elapsed());
+            async {
+                sources::Sample {
+                    value: Some(1.0),
+                    note: None,
+                }
+            }
+        };
+        tokio::spawn(watch_one("up".into(), a, sample, tx, periods, cancel.clone()));
+        (rx, began, cancel)
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Watched>) -> Evaluation {
+        match rx.recv().await {
+            Some(Watched::Evaluation(e)) => e,
+            other => panic!("expected an evaluation, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_starts_a_fresh_period_at_once() {
+        let mut monitor = Monitor::new(&[("up".to_string(), alarm(1, 1, TreatMissingData::Breaching))]);
+        let (mut rx, began, cancel) = watched(monitor.periods());
+        let first = next(&mut rx).await;
+        assert_eq!((first.period, first.restarts), (1, 0));
+        monitor.enter(Phase::Experiment);
+        // The actions end 30 ms into the alarm's second period.
+        tokio::time::advance(Duration::from_millis(30)).await;
+        monitor.enter(Phase::Recovery);
+        let fresh = next(&mut rx).await;
+        assert_eq!((fresh.period, fresh.restarts), (2, 1));
+        assert_eq!(monitor.phase_of(&fresh), Phase::Recovery);
+        // Then every period from there, not from the run's start.
+        let after = next(&mut rx).await;
+        assert_eq!(after.period, 3);
+        let ms: Vec<u128> = began.lock().unwrap().iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 30, 130], "the recovery's period began when the actions ended");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_baseline_samples_at_once() {
+        let (_tx, periods) = clock::channel(0);
+        let (mut rx, began, cancel) = watched(periods);
+        next(&mut rx).await;
+        assert_eq!(*began.lock().unwrap(), [Duration::ZERO]);
+        cancel.cancel();
+    }
+
+    fn evaluation(state: AlarmState, period: u32, restarts: u32) -> Evaluation {
+        Evaluation {
+            alarm: "up".into(),
+            state,
+            value: Some(1.0),
+            window: vec![Some(1.0)],
+            note: None,
+            at: SystemTime::now(),
+            period,
+            restarts,
+        }
+    }
+
+    #[test]
+    fn a_period_begun_before_recovery_belongs_to_the_experiment() {
+        let mut monitor = Monitor::new(&[("up".to_string(), alarm(1, 1, TreatMissingData::Breaching))]);
+        assert_eq!(monitor.record(evaluation(K, 1, 0)), None);
+        assert!(monitor.window_complete());
+        monitor.enter(Phase::Experiment);
+        monitor.enter(Phase::Recovery);
+        // Sent as the actions ended, read after: not a datapoint of the recovery window.
+        let late = evaluation(A, 2, 0);
+        assert_eq!(monitor.phase_of(&late), Phase::Experiment);
+        assert_eq!(
+            monitor.record(late.clone()),
+            Some(late),
+            "it fired during the experiment"
+        );
+        assert!(!monitor.window_complete());
+        monitor.record(evaluation(K, 3, 1));
+        assert!(monitor.window_complete());
+        let report = &monitor.report(Some(SystemTime::UNIX_EPOCH))[0];
+        assert_eq!(report.fired.as_ref().map(|f| f.phase), Some(Phase::Experiment));
+        assert_eq!(report.recovered, Some(true));
     }
 
     fn alarm(n: u32, m: u32, treat: TreatMissingData) -> Alarm {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// How often `run --server` asks for new journal lines.
+/// How often `run --server` asks for new journal lines (it hears of the end at once).
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
 
 pub(super) struct Client {
@@ -536,17 +536,31 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
         eprintln!("experiment {id} on {server}: {}", s(&started["state"]));
         let mut seen = 0usize;
         let mut interrupted = None;
-        let row = loop {
-            follow(&client, &exp, &mut seen).await?;
-            let row = client.json(Method::GET, &exp, None).await?;
-            if !matches!(
+        let until_end = format!("{exp}?wait={}", faultline::duration::format(FOLLOW_EVERY));
+        let going = |row: &Value| {
+            matches!(
                 row["state"].as_str(),
                 Some("pending" | "initiating" | "running" | "stopping")
-            ) {
-                break row;
-            }
+            )
+        };
+        let row = loop {
+            follow(&client, &exp, &mut seen).await?;
+            // The server answers at the run's end, or after FOLLOW_EVERY: the journal is
+            // printed that often and the end seen at once. A server that does not wait is
+            // asked again no sooner.
+            let asked = tokio::time::Instant::now();
+            let polled = async {
+                let row = client.json(Method::GET, &until_end, None).await?;
+                if going(&row) {
+                    tokio::time::sleep_until(asked + FOLLOW_EVERY).await;
+                }
+                anyhow::Ok(row)
+            };
             let code = tokio::select! {
-                _ = tokio::time::sleep(FOLLOW_EVERY) => continue,
+                row = polled => match row? {
+                    row if going(&row) => continue,
+                    row => break row,
+                },
                 _ = int.recv() => exit::INTERRUPTED,
                 _ = term.recv() => exit::TERMINATED,
             };

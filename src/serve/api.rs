@@ -410,8 +410,36 @@ async fn experiment_row(s: &Service, id: &str) -> Result<super::store::Experimen
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no experiment {id}")))
 }
 
-async fn experiment(State(s): State<Arc<Service>>, Path(id): Path<String>) -> ApiResult {
-    let row = experiment_row(&s, &id).await?;
+/// The longest an experiment's reader may wait for its end in one request.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Deserialize)]
+struct ExperimentQuery {
+    /// An ISO 8601 duration: answer at the run's end, or once this has passed.
+    wait: Option<String>,
+}
+
+async fn experiment(
+    State(s): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<ExperimentQuery>,
+) -> ApiResult {
+    let wait = q
+        .wait
+        .as_deref()
+        .map(crate::duration::parse)
+        .transpose()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("wait: {e}")))?;
+    let mut row = experiment_row(&s, &id).await?;
+    if let Some(wait) = wait.filter(|_| row.ended_at.is_none()) {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Not running here: ended just now, or a run of another replica, whose end this one
+        // does not hear of.
+        if !s.until_ended(&id, deadline).await && experiment_row(&s, &id).await?.ended_at.is_none() {
+            tokio::time::sleep_until(deadline).await;
+        }
+        row = experiment_row(&s, &id).await?;
+    }
     let mut v = serde_json::to_value(&row).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     v["template"] = row.template;
     Ok(Json(v).into_response())

@@ -396,6 +396,25 @@ impl Service {
         self.running().keys().cloned().collect()
     }
 
+    /// Waits until the experiment `id` running here has ended and is stored, or until
+    /// `deadline`; false at once when it is not running here.
+    pub async fn until_ended(&self, id: &str, deadline: tokio::time::Instant) -> bool {
+        // Every run's end changes the count; subscribed before the first look, none is missed.
+        let mut count = self.count.subscribe();
+        if !self.running().contains_key(id) {
+            return false;
+        }
+        let ended = async {
+            while self.running().contains_key(id) {
+                if count.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, ended).await;
+        true
+    }
+
     /// Waits until no run is in progress.
     pub async fn idle(&self) {
         let mut rx = self.count.subscribe();
