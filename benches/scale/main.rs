@@ -9,6 +9,7 @@
 //! scripts/bench-peers.sh when they are missing. Run as root: the CPU figures use cgroups.
 
 mod fleet;
+mod floor;
 mod mixed;
 mod peers;
 mod stats;
@@ -117,6 +118,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("fleet") {
         return fleet::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("floor") {
+        return floor::main(&args[1..]);
+    }
     if args.iter().any(|a| a == "--list") {
         return; // `cargo test --benches` lists; nothing to list here
     }
@@ -151,8 +155,10 @@ fn main() {
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
     rt.block_on(async {
         if part("sim") {
+            floor::run(&mut bench).await;
             simulated(&mut bench, 1_000).await;
             simulated(&mut bench, 10_000).await;
+            floor::compare(&mut bench);
         }
         if part("real") {
             real(&mut bench).await;
