@@ -163,16 +163,32 @@ fn monotonic_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// The load one command held: CPU time of its cgroup over a window, per worker.
+/// The load one command held: CPU time of its cgroup over a window, per worker. The command
+/// must still be running at the window's end (one that failed at once would measure as an
+/// idle cgroup).
 fn held_load(cmd: &mut Command, group: &Cgroup, workers: usize, window: Duration) -> f64 {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    group.add(child.id()).expect("into the cgroup");
-    let _child = Kill(vec![child]);
+    let child = group
+        .spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()))
+        .expect("into the cgroup");
+    let mut child = Kill(vec![child]);
     std::thread::sleep(Duration::from_millis(500));
     let (u0, t0) = (group.usage(), Instant::now());
     std::thread::sleep(window);
     let used = group.usage() - u0;
-    used.as_secs_f64() / (t0.elapsed().as_secs_f64() * workers as f64) * 100.0
+    let elapsed = t0.elapsed();
+    still_running(&mut child.0[0], cmd);
+    used.as_secs_f64() / (elapsed.as_secs_f64() * workers as f64) * 100.0
+}
+
+/// Panics with the command's own error when it has exited.
+fn still_running(child: &mut std::process::Child, cmd: &Command) {
+    if let Some(status) = child.try_wait().expect("wait") {
+        let mut why = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut why);
+        }
+        panic!("{cmd:?} exited ({status}) while measured: {why}");
+    }
 }
 
 pub fn cpu(bench: &mut Bench) {
@@ -198,14 +214,8 @@ pub fn cpu(bench: &mut Bench) {
                 };
                 let until = monotonic_ms() + window.as_millis() as u64 + 2000;
                 let mut holder = Command::new(bench.bins.join("faultline-agent"));
-                holder.args([
-                    "hold",
-                    "cpu",
-                    "--load-percent",
-                    &load.to_string(),
-                    "--workers",
-                    &workers.to_string(),
-                ]);
+                let params = json!({ "load_percent": load, "workers": workers });
+                holder.args(["hold", "cpu", "--params", &params.to_string(), "--bond", "death"]);
                 holder.args([
                     "--fault",
                     "bench",
@@ -253,7 +263,9 @@ pub fn memory(bench: &mut Bench) {
     for _ in 0..bench.reps(2, 5) {
         let until = monotonic_ms() + 30_000;
         let mut child = Command::new(bench.bins.join("faultline-agent"))
-            .args(["hold", "memory", "--bytes", &asked.to_string(), "--workers", "0"])
+            .args(["hold", "memory", "--params"])
+            .arg(json!({ "bytes": asked, "workers": 0 }).to_string())
+            .args(["--bond", "death"])
             .args([
                 "--fault",
                 "bench",
@@ -263,13 +275,18 @@ pub fn memory(bench: &mut Bench) {
                 &until.to_string(),
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("memory holder");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("ready");
+        if line.is_empty() {
+            let mut why = String::new();
+            let _ = child.stderr.take().expect("stderr").read_to_string(&mut why);
+            panic!("the memory holder ended before it was ready: {why}");
+        }
         ratio.push(stats::rss_bytes(&child.id().to_string()) as f64 / asked as f64);
         drop(Kill(vec![child]));
     }

@@ -1,6 +1,7 @@
 //! Figures over repeated runs, and what the kernel says about processes and cgroups.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// min / median / p99 of a figure's samples.
@@ -106,12 +107,40 @@ impl Cgroup {
         Ok(group)
     }
 
-    /// Moves a process (and what it starts from then on) into the group.
-    pub fn add(&self, pid: u32) -> Result<(), String> {
-        for d in &self.dirs {
-            std::fs::write(d.join("cgroup.procs"), pid.to_string()).map_err(|e| format!("{}: {e}", d.display()))?;
+    /// Starts `cmd` inside the group: it joins between fork and exec, so every process and
+    /// thread it starts is counted (moving it in after the start missed the workers that
+    /// stress-ng forks at once).
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Child, String> {
+        use std::os::unix::io::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let procs = self
+            .dirs
+            .iter()
+            .map(|d| {
+                let path = d.join("cgroup.procs");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: between fork and exec the closure only calls write(2), which is
+        // async-signal-safe, on descriptors the parent keeps open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    // "0" is the writing process itself.
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
-        Ok(())
+        let child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"));
+        drop(procs);
+        child
     }
 
     /// CPU time used by the group so far.
