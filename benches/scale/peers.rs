@@ -336,24 +336,7 @@ pub fn overhead(bench: &mut Bench) {
     std::fs::copy("/bin/sleep", &victim).expect("copy sleep");
     let url = format!("http://{}/", http_service(Arc::new(AtomicBool::new(true))));
     let port = free_port();
-    let _agent = Kill(vec![Command::new(bench.bins.join("faultline-agent"))
-        .args([
-            "--controller",
-            &format!("ws://127.0.0.1:{port}"),
-            "--host-id",
-            "local",
-            "--az",
-            "az-a",
-        ])
-        .arg("--token-file")
-        .arg(&bench.token_file)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args(["--allow", "kill", "--kill-allow", &victim_name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent")]);
+    let _agent = Kill(vec![killing_agent(bench, port, &dir.join("state"), &victim_name)]);
     // The shortest period an alarm may have: Chaos Toolkit's hypothesis has none, it probes
     // once before the method and once after; faultline's baseline probes at once, and so
     // does its recovery, whose first period starts when the actions end.
@@ -496,26 +479,9 @@ fn serve(bench: &Bench, dir: &std::path::Path, victim_name: &str) -> (String, st
         .spawn()
         .expect("faultline serve");
     let mut procs = Kill(vec![server]);
-    procs.0.push(
-        Command::new(bench.bins.join("faultline-agent"))
-            .args([
-                "--controller",
-                &format!("ws://127.0.0.1:{port}"),
-                "--host-id",
-                "local",
-                "--az",
-                "az-a",
-            ])
-            .arg("--token-file")
-            .arg(&bench.token_file)
-            .arg("--state-dir")
-            .arg(served.join("state"))
-            .args(["--allow", "kill", "--kill-allow", victim_name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent"),
-    );
+    procs
+        .0
+        .push(killing_agent(bench, port, &served.join("state"), victim_name));
     let url = format!("http://127.0.0.1:{port}");
     listening(format!("127.0.0.1:{port}").parse().expect("addr"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -537,6 +503,23 @@ fn serve(bench: &Bench, dir: &std::path::Path, victim_name: &str) -> (String, st
         std::thread::sleep(Duration::from_millis(50));
     }
     (url, api_token, procs)
+}
+
+/// The overhead experiment's agent, host `local`, dialing the controller on `port`; it may
+/// kill only `victim`.
+fn killing_agent(bench: &Bench, port: u16, state: &std::path::Path, victim: &str) -> std::process::Child {
+    Command::new(bench.bins.join("faultline-agent"))
+        .args(["--controller", &format!("ws://127.0.0.1:{port}")])
+        .args(["--host-id", "local", "--az", "az-a"])
+        .arg("--token-file")
+        .arg(&bench.token_file)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--allow", "kill", "--kill-allow", victim])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent")
 }
 
 /// A tiny HTTP service that answers 200 while `healthy`, 503 once it is not.
