@@ -1,6 +1,6 @@
 //! The loopback floor: what this machine's kernel alone costs any program that sends one
 //! request to each of N loopback TCP connections and waits for every answer. Measured just
-//! before the simulated fleets, so each fan-out figure has its physical bound next to it.
+//! after the simulated fleets, so each fan-out figure has its physical bound next to it.
 //!
 //! The bench starts itself again as `scale floor ADDR N`: one process, one current-thread
 //! tokio runtime, one task per connection, which answers each request at once (the fleet's
@@ -184,8 +184,8 @@ async fn floor(bench: &mut Bench, n: usize) {
         if round > 0 {
             let per_exchange = |d: Duration| d.as_secs_f64() * 1000.0 / exchanges.len() as f64;
             times.push(first.as_secs_f64() * 1000.0);
-            own_cpu.push(per_exchange(crate::stats::cpu_time("self") - own));
-            child_cpu.push(per_exchange(crate::stats::cpu_time(&pid) - theirs));
+            own_cpu.push(per_exchange(crate::stats::cpu_time("self").saturating_sub(own)));
+            child_cpu.push(per_exchange(crate::stats::cpu_time(&pid).saturating_sub(theirs)));
         }
     }
     drop(child);

@@ -292,7 +292,7 @@ async fn fan_out_and_stop(controller: &Controller, template: &Value, agents: usi
     };
     let cpu = stats::cpu_time("self");
     let (report, ()) = tokio::join!(controller.run(experiment, opts, rx), stopper);
-    let controller_cpu = (stats::cpu_time("self") - cpu).as_secs_f64() * 1000.0;
+    let controller_cpu = stats::cpu_time("self").saturating_sub(cpu).as_secs_f64() * 1000.0;
     let report = report.expect("the run");
     let ev = events(&journal);
     let (fan_out, latencies) = fan_out(&ev, agents, &journal);
@@ -400,7 +400,7 @@ async fn simulated(bench: &mut Bench, n: usize) {
         let window = Duration::from_secs(bench.reps(3, 5) as u64);
         let (c0, t0) = (stats::cpu_time("self"), Instant::now());
         tokio::time::sleep(window).await;
-        cpu.push((stats::cpu_time("self") - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0);
+        cpu.push(stats::cpu_time("self").saturating_sub(c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0);
         rss.push(stats::rss_bytes("self") as f64);
         if rep == 0 {
             let template = holding(
@@ -412,7 +412,7 @@ async fn simulated(bench: &mut Bench, n: usize) {
                 let pid = fleet.0[0].id().to_string();
                 let before = stats::cpu_time(&pid);
                 let r = fan_out_and_stop(&controller, &template, n, journal).await;
-                fleet_cpu.push((stats::cpu_time(&pid) - before).as_secs_f64() * 1000.0);
+                fleet_cpu.push(stats::cpu_time(&pid).saturating_sub(before).as_secs_f64() * 1000.0);
                 fan_outs.push(r.fan_out);
                 stops.push(r.stop);
                 controller_cpu.push(r.controller_cpu);
@@ -601,29 +601,30 @@ async fn real(bench: &mut Bench) {
 fn spawn_agents(bench: &Bench, controller: &Controller, n: usize, prefix: &str) -> Kill {
     let agent = bench.bins.join("faultline-agent");
     let url = format!("ws://{}", controller.addr());
-    Kill(
-        (0..n)
-            .map(|i| {
-                Command::new(&agent)
-                    .args(["--controller", &url])
-                    .arg("--token-file")
-                    .arg(&bench.token_file)
-                    .args([
-                        "--host-id",
-                        &format!("{prefix}{i:04}"),
-                        "--az",
-                        ["az-a", "az-b", "az-c"][i % 3],
-                    ])
-                    .args(["--tag", "tier=web", "--allow", "memory,cpu"])
-                    .arg("--state-dir")
-                    .arg(bench.dir.join(format!("state-{prefix}{i}")))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("an agent")
-            })
-            .collect(),
-    )
+    // Each agent is owned by the `Kill` as soon as it runs: a failed spawn further on then
+    // kills those already started instead of leaving them redialing.
+    let mut agents = Kill(Vec::with_capacity(n));
+    for i in 0..n {
+        let child = Command::new(&agent)
+            .args(["--controller", &url])
+            .arg("--token-file")
+            .arg(&bench.token_file)
+            .args([
+                "--host-id",
+                &format!("{prefix}{i:04}"),
+                "--az",
+                ["az-a", "az-b", "az-c"][i % 3],
+            ])
+            .args(["--tag", "tier=web", "--allow", "memory,cpu"])
+            .arg("--state-dir")
+            .arg(bench.dir.join(format!("state-{prefix}{i}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("an agent");
+        agents.0.push(child);
+    }
+    agents
 }
 
 /// Idle agents: resident memory and CPU over a window, and the binary's size.
@@ -647,7 +648,7 @@ async fn idle_agents(bench: &mut Bench, agents: &Kill) {
         &cpu,
         format!("over {} s", window.as_secs()),
     );
-    bench.row("agent binary size", "MiB", &[size], "static, stripped (release)");
+    bench.row("agent binary size", "MiB", &[size], "stripped (release)");
     bench.target(
         "agent-idle-rss",
         rss.p99 < 8.0,

@@ -5,6 +5,7 @@
 
 use crate::{acknowledged, events, fan_out, holding, peers, spawn_fleet, ts, Bench};
 use faultline::controller::{AgentWait, Controller, RunOptions};
+use faultline::journal::State;
 use faultline::template;
 use serde_json::json;
 use std::path::Path;
@@ -36,7 +37,8 @@ pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, sim
     // machine's load passes 100, a probe took 1.4 s, and with a 1 s timeout the alarm fired
     // on that missing datapoint during the fan-out, before the service was made unhealthy.
     let (mut fan_outs, mut detections, mut stops) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..bench.reps(1, 3) {
+    let rounds = bench.reps(1, 3);
+    for round in 0..rounds {
         healthy.store(true, Ordering::Relaxed);
         let journal = bench.dir.join(format!("mixed-{round}.jsonl"));
         let experiment = template::validate(&template, None).expect("valid template");
@@ -55,6 +57,17 @@ pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, sim
         let ev = events(&journal);
         fan_outs.push(fan_out(&ev, all, &journal).0);
         assert_eq!(report.outcome.unconfirmed_removals, 0, "every removal confirmed");
+        assert_eq!(
+            report.outcome.state,
+            State::Stopped,
+            "the alarm stopped the run: {:?}",
+            report.outcome.reason
+        );
+        assert!(
+            report.outcome.reason.as_deref().is_some_and(|r| r.contains("Healthy")),
+            "stopped by the alarm Healthy: {:?}",
+            report.outcome.reason
+        );
         let fired = ev
             .iter()
             .filter(|e| e["event"] == "alarm_evaluation" && e["state"] == "ALARM" && e["phase"] == "experiment")
@@ -64,16 +77,34 @@ pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, sim
         match fired.duration_since(broken_at) {
             Ok(d) => detections.push(d.as_secs_f64() * 1000.0),
             Err(e) => {
+                // Kept outside the bench's folder, which goes at the end.
+                let kept =
+                    std::env::temp_dir().join(format!("faultline-scale-mixed-{}-{round}.jsonl", std::process::id()));
+                let _ = std::fs::rename(&journal, &kept).or_else(|_| std::fs::copy(&journal, &kept).map(drop));
                 eprintln!(
                     "mixed: the alarm fired {:?} before the service was made unhealthy; journal kept: {}",
                     e.duration(),
-                    journal.display()
+                    kept.display()
                 );
                 continue;
             }
         }
         stops.push(report.outcome.rollback.expect("a rollback").as_secs_f64() * 1000.0);
         let _ = std::fs::remove_file(&journal);
+    }
+    // The check: every round stopped by the alarm the bench set off, not earlier.
+    let early = rounds - stops.len();
+    bench.target(
+        "mixed-alarm-stop",
+        early == 0,
+        format!(
+            "{} of {rounds} rounds stopped by the alarm, {early} fired early",
+            stops.len()
+        ),
+        "every round",
+    );
+    if stops.is_empty() {
+        return;
     }
     bench.row(
         format!("fan-out, {real} real + {simulated} simulated agents"),

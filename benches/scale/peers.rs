@@ -163,10 +163,10 @@ fn monotonic_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// The load one command held: CPU time of its cgroup over a window, per worker. The command
-/// must still be running at the window's end (one that failed at once would measure as an
-/// idle cgroup).
-fn held_load(cmd: &mut Command, group: &Cgroup, workers: usize, window: Duration) -> f64 {
+/// The load one command held, in % of the `cpus` its cgroup may use: the cgroup's CPU time
+/// over a window. The command must still be running at the window's end (one that failed
+/// at once would measure as an idle cgroup).
+fn held_load(cmd: &mut Command, group: &Cgroup, cpus: usize, window: Duration) -> f64 {
     let child = group
         .spawn(cmd.stdout(Stdio::null()).stderr(Stdio::piped()))
         .expect("into the cgroup");
@@ -174,10 +174,10 @@ fn held_load(cmd: &mut Command, group: &Cgroup, workers: usize, window: Duration
     std::thread::sleep(Duration::from_millis(500));
     let (u0, t0) = (group.usage(), Instant::now());
     std::thread::sleep(window);
-    let used = group.usage() - u0;
+    let used = group.usage().saturating_sub(u0);
     let elapsed = t0.elapsed();
     still_running(&mut child.0[0], cmd);
-    used.as_secs_f64() / (elapsed.as_secs_f64() * workers as f64) * 100.0
+    used.as_secs_f64() / (elapsed.as_secs_f64() * cpus as f64) * 100.0
 }
 
 /// Panics with the command's own error when it has exited.
@@ -194,13 +194,19 @@ fn still_running(child: &mut std::process::Child, cmd: &Command) {
 pub fn cpu(bench: &mut Bench) {
     eprintln!("CPU stress against stress-ng");
     let Some(stress_ng) = peer("stress-ng") else {
+        bench.target("cpu-accuracy", false, "not measured: no stress-ng".into(), "measured");
         return;
     };
     let window = Duration::from_secs(bench.reps(3, 6) as u64);
     let mut worst: (f64, f64) = (0.0, 0.0);
     for limit in [None, Some(1.0)] {
-        // Workers as many as the CPUs the cgroup allows, for both tools.
-        let workers = limit.map_or(crate::cpus(), |c: f64| c as usize);
+        // The load is a share of the CPUs the cgroup may use. Without a limit both tools get
+        // one worker per CPU. Inside the 1-CPU limit (on a machine with more) each picks its
+        // own number of workers, as a fault with the default `workers` does in a container:
+        // one that counts the machine's CPUs instead of the limit asks for more than the
+        // limit lets it have.
+        let allowed = limit.map_or(crate::cpus(), |c: f64| c as usize);
+        let workers = if limit.is_some() { 0 } else { allowed };
         for load in [25u8, 50, 75] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for rep in 0..bench.reps(1, 3) {
@@ -209,6 +215,12 @@ pub fn cpu(bench: &mut Bench) {
                     Ok(g) => g,
                     Err(e) => {
                         eprintln!("no cgroup ({e}): the CPU figures need root");
+                        bench.target(
+                            "cpu-accuracy",
+                            false,
+                            format!("not measured: no cgroup ({e})"),
+                            "measured",
+                        );
                         return;
                     }
                 };
@@ -224,7 +236,7 @@ pub fn cpu(bench: &mut Bench) {
                     "--until-ms",
                     &until.to_string(),
                 ]);
-                ours.push(held_load(&mut holder, &group, workers, window) - f64::from(load));
+                ours.push(held_load(&mut holder, &group, allowed, window) - f64::from(load));
                 let mut ng = Command::new(&stress_ng);
                 ng.args([
                     "--cpu",
@@ -234,9 +246,11 @@ pub fn cpu(bench: &mut Bench) {
                     "--timeout",
                     "60",
                 ]);
-                theirs.push(held_load(&mut ng, &group, workers, window) - f64::from(load));
+                theirs.push(held_load(&mut ng, &group, allowed, window) - f64::from(load));
             }
-            let place = limit.map_or("no limit".to_string(), |c| format!("cgroup limit {c} CPU"));
+            let place = limit.map_or("no limit".to_string(), |c| {
+                format!("cgroup limit {c} CPU, default workers")
+            });
             let ng = Summary::of(&theirs);
             let s = bench.row(
                 format!("CPU stress {load} %, {place}: error"),
@@ -314,7 +328,8 @@ fn peer(name: &str) -> Option<String> {
         .ok()?;
     let found = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string));
+        .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+        .filter(|path| !path.is_empty());
     if found.is_none() {
         eprintln!("{name} is not available (scripts/bench-peers.sh failed): its comparison is left out");
     }
@@ -326,6 +341,12 @@ fn peer(name: &str) -> Option<String> {
 pub fn overhead(bench: &mut Bench) {
     eprintln!("experiment overhead against Chaos Toolkit");
     let Some(chaos) = peer("chaos") else {
+        bench.target(
+            "experiment-overhead",
+            false,
+            "not measured: no Chaos Toolkit".into(),
+            "measured",
+        );
         return;
     };
     let dir = bench.dir.join("overhead");

@@ -414,7 +414,7 @@ impl Monitor {
     }
 
     /// Records an evaluation in the phase it belongs to ([`Monitor::phase_of`]); returns it
-    /// when it is the alarm's first ALARM of the run outside recovery, i.e. when it must
+    /// when it is the alarm's first ALARM of the run read before recovery, i.e. when it must
     /// stop (or block) the experiment.
     pub fn record(&mut self, e: Evaluation) -> Option<Evaluation> {
         let phase = self.phase_of(&e);
@@ -424,7 +424,13 @@ impl Monitor {
         // Only periods begun in this phase count towards its window.
         t.in_phase += u32::from(current);
         t.last_note = e.note.clone();
-        let fires = e.state == AlarmState::Alarm && phase != Phase::Recovery && t.fired.is_none();
+        // Once recovery has begun the actions are over: an ALARM of a period begun during
+        // the experiment but read after its end has nothing left to stop, so it is no
+        // firing (the run's outcome, its exit code and its report must agree).
+        let fires = e.state == AlarmState::Alarm
+            && phase != Phase::Recovery
+            && self.phase != Phase::Recovery
+            && t.fired.is_none();
         if fires {
             t.fired = Some(Fired {
                 at: e.at,
@@ -611,19 +617,16 @@ mod tests {
         assert!(monitor.window_complete());
         monitor.enter(Phase::Experiment);
         monitor.enter(Phase::Recovery);
-        // Sent as the actions ended, read after: not a datapoint of the recovery window.
+        // Sent as the actions ended, read after: not a datapoint of the recovery window, and
+        // no firing either: there is nothing left to stop.
         let late = evaluation(A, 2, 0);
         assert_eq!(monitor.phase_of(&late), Phase::Experiment);
-        assert_eq!(
-            monitor.record(late.clone()),
-            Some(late),
-            "it fired during the experiment"
-        );
+        assert_eq!(monitor.record(late), None, "read after the actions ended");
         assert!(!monitor.window_complete());
         monitor.record(evaluation(K, 3, 1));
         assert!(monitor.window_complete());
         let report = &monitor.report(Some(SystemTime::UNIX_EPOCH))[0];
-        assert_eq!(report.fired.as_ref().map(|f| f.phase), Some(Phase::Experiment));
+        assert!(report.fired.is_none(), "the report agrees with the run's outcome");
         assert_eq!(report.recovered, Some(true));
     }
 
