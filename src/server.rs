@@ -445,22 +445,22 @@ impl Fleet {
         // Queued at once when the outbox has room, as it nearly always has: waiting for a
         // slot (a semaphore and a timer) was a tenth of the controller's CPU in a fan-out to
         // 10,000 agents.
-        let sent = match outbox.try_send(Frame::new(id, msg).encode()) {
-            Ok(()) => Ok(Ok(())),
-            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(())),
-            Err(mpsc::error::TrySendError::Full(text)) => tokio::time::timeout(timeout, outbox.send(text))
-                .await
-                .map(|r| r.map_err(drop)),
-        };
         // Disconnected means the command was queued and may have reached the agent; a
         // command that was never queued cannot have.
-        let unsent = match sent {
-            Ok(Ok(())) => None,
-            Ok(Err(())) => Some(DispatchError::NotConnected(host.to_string())),
-            Err(_) => Some(DispatchError::Timeout {
-                host: host.to_string(),
-                after: timeout,
-            }),
+        let not_connected = || Some(DispatchError::NotConnected(host.to_string()));
+        let unsent = match outbox.try_send(Frame::new(id, msg).encode()) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Closed(_)) => not_connected(),
+            Err(mpsc::error::TrySendError::Full(text)) => {
+                match tokio::time::timeout(timeout, outbox.send(text)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(_)) => not_connected(),
+                    Err(_) => Some(DispatchError::Timeout {
+                        host: host.to_string(),
+                        after: timeout,
+                    }),
+                }
+            }
         };
         if let Some(e) = unsent {
             pending.lock().expect("never poisoned").remove(&id);

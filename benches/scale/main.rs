@@ -277,9 +277,7 @@ struct Round {
 /// an alarm stop request arrives, as the alarm watcher sends it.
 async fn fan_out_and_stop(controller: &Controller, template: &Value, agents: usize, journal: PathBuf) -> Round {
     let experiment = template::validate(template, None).expect("valid template");
-    let mut opts = RunOptions::new(Path::new("scale"));
-    opts.journal = Some(journal.clone());
-    opts.progress = false;
+    let opts = quiet_run(&journal);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let stopper = async {
         acknowledged(&journal, agents).await;
@@ -305,6 +303,14 @@ async fn fan_out_and_stop(controller: &Controller, template: &Value, agents: usi
         latencies,
         controller_cpu,
     }
+}
+
+/// A bench run's options: its journal at `journal`, no progress display.
+fn quiet_run(journal: &Path) -> RunOptions {
+    let mut opts = RunOptions::new(Path::new("scale"));
+    opts.journal = Some(journal.to_path_buf());
+    opts.progress = false;
+    opts
 }
 
 /// Waits until a run's journal holds `agents` acknowledgements, or a failed dispatch.

@@ -3,12 +3,11 @@
 //! holds a fault on all of them and a real alarm stops it: an HTTP probe (one per 100 ms
 //! period) of a service the bench turns unhealthy once every agent has acknowledged.
 
-use crate::{acknowledged, events, fan_out, holding, peers, spawn_fleet, ts, Bench};
-use faultline::controller::{AgentWait, Controller, RunOptions};
+use crate::{acknowledged, events, fan_out, holding, peers, quiet_run, spawn_fleet, ts, Bench};
+use faultline::controller::{AgentWait, Controller};
 use faultline::journal::State;
 use faultline::template;
 use serde_json::json;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,9 +41,6 @@ pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, sim
         healthy.store(true, Ordering::Relaxed);
         let journal = bench.dir.join(format!("mixed-{round}.jsonl"));
         let experiment = template::validate(&template, None).expect("valid template");
-        let mut opts = RunOptions::new(Path::new("scale"));
-        opts.journal = Some(journal.clone());
-        opts.progress = false;
         // Nobody interrupts: only the alarm stops this run.
         let (_operator, interrupts) = tokio::sync::mpsc::channel(1);
         let breaker = async {
@@ -52,7 +48,7 @@ pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, sim
             healthy.store(false, Ordering::Relaxed);
             SystemTime::now()
         };
-        let (report, broken_at) = tokio::join!(controller.run(experiment, opts, interrupts), breaker);
+        let (report, broken_at) = tokio::join!(controller.run(experiment, quiet_run(&journal), interrupts), breaker);
         let report = report.expect("the run");
         let ev = events(&journal);
         fan_outs.push(fan_out(&ev, all, &journal).0);

@@ -424,13 +424,10 @@ impl Monitor {
         // Only periods begun in this phase count towards its window.
         t.in_phase += u32::from(current);
         t.last_note = e.note.clone();
-        // Once recovery has begun the actions are over: an ALARM of a period begun during
-        // the experiment but read after its end has nothing left to stop, so it is no
-        // firing (the run's outcome, its exit code and its report must agree).
-        let fires = e.state == AlarmState::Alarm
-            && phase != Phase::Recovery
-            && self.phase != Phase::Recovery
-            && t.fired.is_none();
+        // Once recovery has begun the actions are over: an ALARM read then, even of a period
+        // begun during the experiment, has nothing left to stop, so it is no firing (the
+        // run's outcome, its exit code and its report must agree).
+        let fires = e.state == AlarmState::Alarm && self.phase != Phase::Recovery && t.fired.is_none();
         if fires {
             t.fired = Some(Fired {
                 at: e.at,
