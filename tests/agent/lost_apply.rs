@@ -2,7 +2,7 @@
 //! reconnecting agent's faults that no running action owns are removed, every run ends with
 //! a remove-all on each host it dispatched to, and only a fault's own host can end it.
 
-mod common;
+use crate::common;
 
 use common::fake_agent::FakeAgent;
 use common::*;

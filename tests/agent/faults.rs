@@ -1,6 +1,6 @@
 //! Each fault, injected by a real agent for a real controller, observed from outside.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! (or refused, naming what this build lacks), the FIS template language, and the
 //! AWSFIS-Run-* documents run by real agents with their effect seen from outside.
 
-mod common;
+use crate::common;
 
 use common::netns::*;
 use common::*;

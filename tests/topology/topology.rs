@@ -6,7 +6,7 @@
 //!
 //! Needs Docker and root; without them the test says so and skips, except under CI=true.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! /metrics; the per-phase figures must show the latency the action injected and only
 //! then; `faultline report` turns the run's journal into HTML and Markdown.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

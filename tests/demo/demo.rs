@@ -1,7 +1,7 @@
 //! `faultline demo`, as the README runs it: the default topology as local processes and the
 //! showcase game day, with nothing left behind.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn the_demo_runs_the_showcase_game_day_and_cleans_up() {
+    let _one = one_demo_at_a_time();
     // The demo starts the binaries it finds next to faultline.
     workspace_bin("faultline-agent");
     let s = Scratch::new("demo");

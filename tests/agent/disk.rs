@@ -4,7 +4,7 @@
 //! on any removal path: duration end, Ctrl-C, lease expiry, SIGTERM, and kill -9 of the
 //! agent (with and without its holder) then a restart.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! stops by itself and removes every fault; one that does not completes and recovers; an
 //! alarm already firing blocks the start; a Prometheus source; the JUnit file.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

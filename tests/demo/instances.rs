@@ -4,7 +4,7 @@
 //! hosts' processes); and a bare agent, on no platform, refused before anything starts.
 //! The container platform is covered by tests/topology.rs.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeMap;
@@ -12,11 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
-
-/// Every demo world uses the same loopback addresses: one at a time.
-static DEMO: Mutex<()> = Mutex::new(());
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -89,7 +85,7 @@ fn demo(s: &Scratch, template: &str, lb_port: u16) -> Proc {
 
 #[test]
 fn a_terminated_host_is_replaced_by_a_new_id_in_its_az_which_serves() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_demo_at_a_time();
     let s = Scratch::new("instances-terminate");
     let lb = format!("127.0.0.1:{}", free_port());
     let lb_port: u16 = lb.rsplit(':').next().unwrap().parse().unwrap();
@@ -119,7 +115,7 @@ fn a_terminated_host_is_replaced_by_a_new_id_in_its_az_which_serves() {
 
 #[test]
 fn a_stopped_host_is_down_for_its_duration_then_answers_again() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_demo_at_a_time();
     let s = Scratch::new("instances-stop");
     let lb_port = free_port();
     let mut demo = demo(&s, &example("ec2-stop.json"), lb_port);
@@ -152,7 +148,7 @@ fn a_stopped_host_is_down_for_its_duration_then_answers_again() {
 
 #[test]
 fn a_stopped_host_is_started_at_once_when_the_experiment_stops() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_demo_at_a_time();
     let s = Scratch::new("instances-stop-early");
     let mut demo = demo(&s, &example("ec2-stop.json"), free_port());
     let victim = selected(&mut demo, "OneWebInstanceInA");
@@ -171,7 +167,7 @@ fn a_stopped_host_is_started_at_once_when_the_experiment_stops() {
 
 #[test]
 fn a_rebooted_host_restarts_its_programs_and_answers_again() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_demo_at_a_time();
     let s = Scratch::new("instances-reboot");
     let mut demo = demo(&s, &example("ec2-reboot.json"), free_port());
     demo.expect("demo world ready", Duration::from_secs(90));
@@ -265,7 +261,7 @@ fn agent_states(dir: &Path, server: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn a_stopped_host_is_listed_stopped_while_its_agent_is_gone_and_running_after() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_demo_at_a_time();
     workspace_bin("faultline-agent");
     let s = Scratch::new("instances-state");
     let mut cmd = Command::new(FAULTLINE);

@@ -2,7 +2,7 @@
 //! binaries: a stopped process is resumed on every removal path, and PID 1, the agent and
 //! its supervisor are never signalled.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Faults that end on their own: CPU and memory stress run in holder processes that die
 //! with the agent and end at the fault's deadline, whether or not the agent ever comes back.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

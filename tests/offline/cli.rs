@@ -1,6 +1,6 @@
 //! The command line itself: help everywhere, the dry run against live agents, the agent list.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

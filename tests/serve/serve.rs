@@ -1,7 +1,7 @@
 //! `faultline serve` as a user meets it: real server processes on a fresh SQLite file, real
 //! agents on loopback, the HTTP API spoken over plain TCP.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

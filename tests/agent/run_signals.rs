@@ -1,7 +1,7 @@
 //! `faultline run` stops on SIGTERM exactly as on the first Ctrl-C: every fault removed, the
 //! report printed, the journal closed, exit status 143; a second signal exits at once.
 
-mod common;
+use crate::common;
 
 use common::fake_agent::FakeAgent;
 use common::*;

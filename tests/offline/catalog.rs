@@ -1,7 +1,7 @@
 //! The files generated from the action catalog are its output: the JSON Schema
 //! (`faultline schema`), the README's action table and `docs/actions.md`.
 //!
-//! `FAULTLINE_BLESS=1 cargo test --test catalog` rewrites them from the catalog.
+//! `FAULTLINE_BLESS=1 cargo test --test offline catalog` rewrites them from the catalog.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,7 +23,7 @@ fn same(file: &str, want: &str) {
     let have = std::fs::read_to_string(&path).unwrap();
     assert!(
         have == want,
-        "{file} differs from what the catalog generates; run `FAULTLINE_BLESS=1 cargo test --test catalog` \
+        "{file} differs from what the catalog generates; run `FAULTLINE_BLESS=1 cargo test --test offline catalog` \
          and commit the result\n--- generated:\n{want}"
     );
 }
@@ -41,7 +41,8 @@ fn the_checked_in_schema_is_what_faultline_schema_prints() {
     );
 }
 
-const BEGIN: &str = "<!-- actions: generated from src/actions by `FAULTLINE_BLESS=1 cargo test --test catalog` -->\n";
+const BEGIN: &str =
+    "<!-- actions: generated from src/actions by `FAULTLINE_BLESS=1 cargo test --test offline catalog` -->\n";
 const END: &str = "<!-- end of actions -->\n";
 
 #[test]
@@ -58,7 +59,7 @@ fn the_readme_action_table_is_the_catalog() {
 #[test]
 fn the_parameter_reference_is_the_catalog() {
     let text = format!(
-        "# Actions\n\n<!-- generated from src/actions by `FAULTLINE_BLESS=1 cargo test --test catalog` -->\n\n\
+        "# Actions\n\n<!-- generated from src/actions by `FAULTLINE_BLESS=1 cargo test --test offline catalog` -->\n\n\
              Every action a template may name, with its parameters. Parameters are strings in a \
              template, as in FIS; a whole number is written \"50\".\n\n{}",
         faultline::actions::markdown_reference()

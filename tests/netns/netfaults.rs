@@ -6,7 +6,7 @@
 //! The nf_tables tests need root (CAP_NET_ADMIN) and iproute2's `ip`; without them they say
 //! so and skip, except under CI=true, where they must run.
 
-mod common;
+use crate::common;
 
 use common::netns::*;
 use common::*;

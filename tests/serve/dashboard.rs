@@ -3,7 +3,7 @@
 //! scripts/chromium.sh) driven over the DevTools protocol logs in, reads the map and the
 //! experiment, and stops the run. Screenshots are kept in target/dashboard-screenshots/.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::*;

@@ -2,7 +2,7 @@
 //! scripts/postgres.sh): each scheduled fire time runs once, and a dead replica's run is
 //! marked failed by the survivor.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! Needs root (CAP_NET_ADMIN) and `ip` from iproute2 to build the namespaces; without them
 //! the tests say so and skip, except under CI=true, where they must run.
 
-mod common;
+use crate::common;
 
 use common::netns::{in_netns, ip, privileged_for};
 use common::*;

@@ -2,7 +2,7 @@
 //! agent that cannot prove the token is refused, one host id has one connection, and TLS
 //! agents check the controller's certificate. Real binaries throughout.
 
-mod common;
+use crate::common;
 
 use common::handshake::{self, Registration};
 use common::*;

@@ -1,7 +1,7 @@
 //! `faultline demo --serve` (or `serve --demo`): the demo world kept up behind a running server, its showcase
 //! game day run through the server by the CLI, and nothing left once the server stops.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn the_demo_world_stays_up_behind_a_server_and_goes_down_with_it() {
+    let _one = one_demo_at_a_time();
     // The demo starts the binaries it finds next to faultline.
     workspace_bin("faultline-agent");
     let s = Scratch::new("serve-demo");

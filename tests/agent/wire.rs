@@ -1,7 +1,7 @@
 //! The wire: frames that are not what they should be, against the real binaries. Who may
 //! connect at all (the handshake, TLS, one connection per host) is in tests/trust_wire.rs.
 
-mod common;
+use crate::common;
 
 use common::handshake::{self, next_frame, Registration};
 use common::*;

@@ -1,7 +1,7 @@
 //! The first invariant: no fault is left behind when the controller dies, when the agent is
 //! killed and restarted, on Ctrl-C and on SIGTERM.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -1,0 +1,6 @@
+//! The container topology (Docker).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod topology;
