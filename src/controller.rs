@@ -2,13 +2,13 @@
 //! end (resolve, preflight, engine, report). `faultline run` and `faultline demo` use it.
 
 use crate::alarms::{self, AlarmReport, Monitor, Phase};
-use crate::engine::{Run, RunOutcome, Settings, StopRequest};
+use crate::run::{Run, RunOutcome, Settings, StopRequest};
 use crate::exit;
 use crate::journal::{Event, Journal, State};
 use crate::plan;
 use crate::platform::Platforms;
 use crate::report::Report;
-use crate::server::{Endpoint, Fleet, FleetEvent};
+use crate::fleet::{Endpoint, Fleet, FleetEvent};
 use crate::template::{Alarm, Experiment};
 use crate::token;
 use faultline_agent::protocol::HostDescription;

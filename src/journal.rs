@@ -351,7 +351,7 @@ impl Journal {
     /// at once) in one write: a system call per fan-out step, not one per host. Written
     /// before this returns, and before the live view sees them.
     pub fn record_all(&self, events: impl IntoIterator<Item = Event>) {
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let ts = ts(&SystemTime::now());
         let entries: Vec<Entry> = events
             .into_iter()
             .map(|event| Entry {
@@ -386,6 +386,11 @@ impl Journal {
     pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
         self.tx.subscribe()
     }
+}
+
+/// RFC 3339 with milliseconds, as the journal writes times.
+pub fn ts(t: &SystemTime) -> String {
+    humantime::format_rfc3339_millis(*t).to_string()
 }
 
 #[cfg(test)]

@@ -262,7 +262,7 @@ impl Topology {
         let controller = Controller::start(
             ([0, 0, 0, 0], CONTROLLER_PORT).into(),
             token,
-            crate::server::Endpoint {
+            crate::fleet::Endpoint {
                 tls: Some(tls),
                 ..Default::default()
             },

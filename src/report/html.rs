@@ -298,7 +298,7 @@ pub fn render(r: &RunRecord) -> String {
             "Ran",
             format!(
                 "{} → {} UTC ({})",
-                esc(&crate::engine::ts(&r.started_at)),
+                esc(&crate::journal::ts(&r.started_at)),
                 clock(r.ended_at),
                 human(r.ended_at.duration_since(r.started_at).unwrap_or_default())
             ),

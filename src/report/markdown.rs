@@ -74,7 +74,7 @@ pub fn render(r: &RunRecord) -> String {
         "**Outcome:** {} · **Experiment:** `{}` · **Ran:** {} → {} UTC ({}){}\n",
         state(r.state.as_str()),
         r.experiment_id,
-        crate::engine::ts(&r.started_at),
+        crate::journal::ts(&r.started_at),
         clock(r.ended_at),
         human(r.ended_at.duration_since(r.started_at).unwrap_or_default()),
         r.seed.map_or(String::new(), |s| format!(" · **Seed:** {s}"))

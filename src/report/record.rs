@@ -516,7 +516,7 @@ fn actions_of(template: &Value) -> BTreeMap<String, ActionLine> {
 
 /// The time of day of a timestamp, UTC, with milliseconds.
 pub fn clock(t: SystemTime) -> String {
-    let full = crate::engine::ts(&t);
+    let full = crate::journal::ts(&t);
     full.get(11..23).unwrap_or(&full).to_string()
 }
 

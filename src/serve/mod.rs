@@ -12,10 +12,10 @@ pub mod scheduler;
 pub mod store;
 
 use crate::controller::{Controller, RunOptions};
-use crate::engine::StopRequest;
+use crate::run::StopRequest;
 use crate::plan;
 use crate::report::junit;
-use crate::server::Endpoint;
+use crate::fleet::Endpoint;
 use crate::template::{self, diagnostic::Diagnostic};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

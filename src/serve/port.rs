@@ -4,7 +4,7 @@
 //! handshake (docs/wire.md) on it as if it had accepted the connection itself.
 
 use super::Service;
-use crate::server::{websocket_config, Stream};
+use crate::fleet::{websocket_config, Stream};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
