@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Compose project name; containers are named `faultline-HOST`.
-pub const PROJECT: &str = "faultline";
+pub use crate::platform::docker::PROJECT;
 /// Image the compose file runs.
 pub const IMAGE: &str = "faultline-demo:latest";
 /// Port the controller listens on for the topology's agents (their `FAULTLINE_CONTROLLER`).

@@ -9,12 +9,13 @@
 //! `docs/creating-faults.md`.
 
 mod params;
+mod resource;
 pub mod schema;
 
 pub use blackout::wire_fault as blackout_fault;
 pub use params::Params;
+pub use resource::ResourceType;
 
-use crate::template::ResourceType;
 use faultline_agent::faults;
 use faultline_agent::limits;
 use faultline_agent::protocol::FaultKind;
@@ -322,9 +323,15 @@ pub fn sourced(fault: FaultKind, azs: Vec<String>) -> Effect {
 }
 
 /// Every action id, in catalog order.
-pub fn ids() -> impl Iterator<Item = &'static str> {
-    ActionId::ALL.iter().map(|a| a.as_str())
-}
+pub const IDS: [&str; ActionId::ALL.len()] = {
+    let mut out = [""; ActionId::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = ActionId::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 /// The README's action table: one row per action, its target and parameters.
 pub fn markdown_table() -> String {

@@ -11,8 +11,8 @@
 //! faultline fault never outlives its action), which validation reports as a warning.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params};
-use crate::template::catalog::did_you_mean;
-use crate::template::ResourceType;
+use crate::diagnostic::did_you_mean;
+use super::ResourceType;
 use serde_json::{Map, Value};
 
 pub(super) const DEF: ActionDef = ActionDef {
@@ -582,7 +582,7 @@ fn native_parameters(p: &mut Params<'_>, doc: &Document, given: &Map<String, Val
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::Diagnostic;
+    use crate::diagnostic::Diagnostic;
     use faultline_agent::faults::{cpu, kill, latency};
     use faultline_agent::protocol::FaultKind;
     use std::time::Duration;

@@ -499,6 +499,20 @@ impl Monitor {
     }
 }
 
+/// The steady-state hypothesis, checked before and after the actions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SteadyState {
+    /// `ok` when every alarm held for a full window before the first action, else `breaching`.
+    pub baseline: String,
+    /// Whether every alarm was OK at the end of a full window after the last action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// From the end of the last action until every alarm had been OK, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

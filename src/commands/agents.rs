@@ -12,7 +12,7 @@ pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
         .tls
         .load(&args.token_file)
         .map_err(|e| super::fail(faultline::exit::INVALID, e))?;
-    let endpoint = faultline::server::Endpoint {
+    let endpoint = faultline::fleet::Endpoint {
         tls,
         advertise: args.advertise.clone(),
     };

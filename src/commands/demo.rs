@@ -3,8 +3,8 @@
 use crate::cli::ReportFormat;
 use faultline::controller::{AgentWait, Controller, RunOptions};
 use faultline::demo::{self, World};
-use faultline::engine::StopRequest;
 use faultline::report::junit;
+use faultline::run::StopRequest;
 use faultline::{exit, template, token};
 use std::path::Path;
 use std::time::Duration;

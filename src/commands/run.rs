@@ -2,8 +2,8 @@
 
 use crate::cli::{ReportFormat, RunArgs as Args};
 use faultline::controller::{agent_wait, AgentWait, RunOptions};
-use faultline::engine::StopRequest;
 use faultline::report::junit;
+use faultline::run::StopRequest;
 use faultline::{exit, plan, template, token};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;

@@ -320,7 +320,10 @@ impl Fleet {
     }
 
     /// TLS and the upgrade on the agent path.
-    pub(super) async fn accept(&self, stream: TcpStream) -> Result<(WebSocketStream<Stream>, SocketAddr), ConnectionRefused> {
+    pub(super) async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(WebSocketStream<Stream>, SocketAddr), ConnectionRefused> {
         let local = stream
             .local_addr()
             .map_err(|e| ConnectionRefused::Handshake(e.to_string()))?;
@@ -412,6 +415,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::Endpoint;
 
     #[tokio::test]
     pub(super) async fn one_peer_cannot_take_every_handshake_slot() {

@@ -2,9 +2,7 @@
 //! sends (answers, faults it ended, removals it could not do) until it closes or is silent
 //! for its lease; and the heartbeats that keep every agent's faults leased to this controller.
 
-use faultline_agent::protocol::{
-    decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame,
-};
+use faultline_agent::protocol::{decode, AgentMessage, ControllerMessage, DecodeError, EndReason, ErrorCode, Frame};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -10,27 +10,21 @@ mod admission;
 mod connection;
 mod registry;
 
-pub use admission::{websocket_config, Admission, ConnectionRefused, Stream};
 use admission::MAX_HANDSHAKES;
+pub use admission::{websocket_config, Admission, ConnectionRefused, Stream};
 use connection::MAX_AGENTS;
 use registry::{Book, Link};
 
 use faultline_agent::net::Throttle;
-use faultline_agent::protocol::{
-    ControllerMessage, EndReason, Frame, HostDescription,
-    Observed, Outcome,
-};
-use futures_util::{SinkExt, StreamExt};
+use faultline_agent::protocol::{ControllerMessage, EndReason, Frame, HostDescription, Observed, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::handshake::server::Callback;
 use tokio_util::sync::CancellationToken;
 
 /// How long an agent has to confirm the removal of a fault it reported holding.

@@ -2,11 +2,7 @@
 //! with those their hosts ended on their own; a (re)registering agent's faults that no
 //! running action owns are removed.
 
-use faultline_agent::protocol::{
-    ControllerMessage, EndReason, HeldFault, HostDescription,
-    Observed, Outcome,
-};
-use futures_util::{SinkExt, StreamExt};
+use faultline_agent::protocol::{ControllerMessage, EndReason, HeldFault, HostDescription, Observed, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -31,6 +31,8 @@ const STOP_SECONDS: i32 = 15;
 
 /// The label compose puts on the topology's containers.
 const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// The topology's compose project name; its containers are named `faultline-HOST`.
+pub const PROJECT: &str = "faultline";
 
 /// A connection to the Docker Engine.
 #[derive(Debug, Clone)]
@@ -42,7 +44,7 @@ pub struct Docker {
 
 /// The container of a host.
 pub fn container(host_id: &str) -> String {
-    format!("{}-{host_id}", crate::topology::PROJECT)
+    format!("{}-{host_id}", PROJECT)
 }
 
 impl Docker {
@@ -308,7 +310,7 @@ impl Docker {
                 all: true,
                 filters: Some(HashMap::from([(
                     "label".to_string(),
-                    vec![format!("{PROJECT_LABEL}={}", crate::topology::PROJECT)],
+                    vec![format!("{PROJECT_LABEL}={}", PROJECT)],
                 )])),
                 ..Default::default()
             }))

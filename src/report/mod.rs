@@ -7,12 +7,12 @@ pub mod markdown;
 pub mod record;
 
 use crate::alarms::AlarmReport;
-use crate::controller::SteadyState;
+use crate::alarms::SteadyState;
 use crate::duration;
 use crate::journal::ts;
-use crate::run::{ActionRecord, RunOutcome};
 use crate::journal::State;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
+use crate::run::{ActionRecord, RunOutcome};
+use comfy_table::{Cell, Color};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -88,12 +88,7 @@ fn clock(t: &SystemTime) -> String {
     full.get(11..23).unwrap_or(&full).to_string()
 }
 
-/// A table in faultline's one style, with its header.
-pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
-    t
-}
+pub use crate::table::table;
 
 /// One figure of one fault as a report row: asked versus observed, for people.
 #[derive(Debug, Clone, PartialEq)]

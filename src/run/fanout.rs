@@ -36,6 +36,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A removal that waits out its grace must not hold back the lines of those answered
     /// before it: the quick answer's line is in the file while the slow one still waits.

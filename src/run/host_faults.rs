@@ -1,18 +1,18 @@
 //! A host action: its fault dispatched to every host at once, each answer journaled as it
 //! comes, held for the duration (or until the run stops), then removed.
 
-use crate::journal::{Event, State};
-use crate::fleet::DispatchError;
-use crate::template::Effect;
-use faultline_agent::protocol::{ControllerMessage, FaultSpec, Outcome};
-use std::sync::Arc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use super::fanout::journaled;
 use super::instances::act_instances;
 use super::placement::Placement;
 use super::removal::remove_all;
 use super::{fault_id, Finished, Run};
+use crate::fleet::DispatchError;
+use crate::journal::{Event, State};
+use crate::template::Effect;
+use faultline_agent::protocol::{ControllerMessage, FaultSpec, Outcome};
+use std::sync::Arc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The action itself: dispatch to every host, hold for the duration (or until `cancel`),
 /// remove.

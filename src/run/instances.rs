@@ -1,6 +1,7 @@
 //! An instance action (stop, start, reboot, terminate) done through the platform that runs
 //! each host; a stop with a duration is undone at its end or when the run stops.
 
+use super::{Finished, Run};
 use crate::journal::{Event, State};
 use crate::platform::{Operation, PlatformError};
 use faultline_agent::protocol::HostDescription;
@@ -8,7 +9,6 @@ use futures_util::future::join_all;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use super::{Finished, Run};
 
 /// An instance action: the platform acts on every host at once; a stop with a duration is
 /// held, then (or at once when the experiment stops) the hosts are started again.

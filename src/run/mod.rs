@@ -11,17 +11,20 @@ mod outcome;
 mod placement;
 mod removal;
 
-pub use outcome::{ActionRecord, RunOutcome, StopRequest};
+pub use outcome::{exit_code, ActionRecord, RunOutcome, StopRequest};
 pub use placement::{PlacementError, Placements, PreflightError};
 pub use removal::RemovalError;
 
 use crate::effect::HostEffect;
+use crate::fleet::Fleet;
 use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
 use crate::platform::Platforms;
-use crate::fleet::Fleet;
 use crate::template::Experiment;
 use faultline_agent::protocol::HostDescription;
+use host_faults::act;
+use placement::Placement;
+use removal::sweep;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,9 +32,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use host_faults::act;
-use placement::Placement;
-use removal::sweep;
 
 /// Timeouts of a run.
 #[derive(Debug, Clone, Copy)]

@@ -137,3 +137,48 @@ fn ms_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::
         None => s.serialize_none(),
     }
 }
+
+impl RunOutcome {
+    /// The exit status this run ends `faultline run` with.
+    pub fn exit_code(&self) -> u8 {
+        exit_code(self.state, self.stop.as_ref())
+    }
+}
+
+/// The exit status of a run that ended in `state`, stopped by `stop`.
+pub fn exit_code(state: State, stop: Option<&StopRequest>) -> u8 {
+    match (state, stop) {
+        (State::Completed, _) => crate::exit::COMPLETED,
+        (State::Stopped, Some(StopRequest::Interrupted)) => crate::exit::INTERRUPTED,
+        (State::Stopped, Some(StopRequest::Terminated)) => crate::exit::TERMINATED,
+        // Not a stop condition: the run could not be watched, so it did not do its job.
+        (State::Stopped, Some(StopRequest::Unwatched { .. })) => crate::exit::FAILED,
+        (State::Stopped, _) => crate::exit::STOPPED,
+        _ => crate::exit::FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit;
+
+    #[test]
+    fn each_signal_has_its_exit_status() {
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
+        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
+        let asked = StopRequest::Requested {
+            why: "stopped by ops: a customer call".into(),
+        };
+        assert_eq!(
+            exit_code(State::Stopped, Some(&asked)),
+            1,
+            "a stop through a server is a stop"
+        );
+        let alarm = StopRequest::Alarm {
+            alarm: "a".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
+    }
+}

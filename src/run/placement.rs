@@ -2,12 +2,12 @@
 //! resources its target resolved to and the fault each host receives, every host checked to
 //! be running, connected and capable, and on a platform for instance actions.
 
+use super::Run;
 use crate::platform::PlatformError;
 use crate::template::{Action, Effect, ResourceType};
 use faultline_agent::protocol::{FaultKind, HostDescription};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use super::Run;
 
 /// The faults one action puts on one host.
 #[derive(Debug, Clone)]
@@ -234,7 +234,6 @@ impl Run {
         }
         Ok(hosts)
     }
-
 }
 
 #[cfg(test)]

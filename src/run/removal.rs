@@ -2,16 +2,16 @@
 //! (the lease is the backstop), and at the end of a run a sweep of whatever the run may
 //! still hold on every host it dispatched to.
 
+use super::fanout::journaled;
+use super::{Finished, Run};
 use crate::effect::HostEffect;
-use crate::journal::Event;
 use crate::fleet::DispatchError;
+use crate::journal::Event;
 use faultline_agent::protocol::{ControllerMessage, EndReason, Outcome};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
-use super::fanout::journaled;
-use super::{Finished, Run};
 
 /// Removes an action's faults from every host at once, recording what was confirmed.
 pub(super) async fn remove_all(run: &Arc<Run>, action: &str, applied: &[(String, String)], finished: &mut Finished) {

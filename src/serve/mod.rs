@@ -12,11 +12,12 @@ pub mod scheduler;
 pub mod store;
 
 use crate::controller::{Controller, RunOptions};
-use crate::run::StopRequest;
+use crate::diagnostic::Diagnostic;
+use crate::fleet::Endpoint;
 use crate::plan;
 use crate::report::junit;
-use crate::fleet::Endpoint;
-use crate::template::{self, diagnostic::Diagnostic};
+use crate::run::StopRequest;
+use crate::template;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -65,7 +65,7 @@ fn every_action_of_the_design_has_an_example() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for id in template::catalog::ACTION_IDS {
+    for id in faultline::actions::IDS {
         assert!(ids.iter().any(|i| i == id), "no example uses {id}");
     }
 }
