@@ -2,6 +2,7 @@
 //! `evaluationPeriods` of them compared with the threshold, `datapointsToAlarm` of them
 //! breaching for ALARM, and missing datapoints treated as `treatMissingData` says.
 
+pub mod experience;
 pub mod sources;
 
 use crate::template::{Alarm, TreatMissingData};

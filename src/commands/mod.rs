@@ -2,6 +2,7 @@
 
 mod agents;
 mod client;
+mod controller;
 mod demo;
 mod hold_start;
 mod plan;

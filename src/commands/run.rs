@@ -4,7 +4,7 @@ use crate::cli::{ReportFormat, RunArgs as Args};
 use faultline::controller::{agent_wait, AgentWait, RunOptions};
 use faultline::report::junit;
 use faultline::run::StopRequest;
-use faultline::{exit, plan, template, token};
+use faultline::{exit, plan, template};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 /// Serves agents and runs; the exit status and the report (none for a dry run).
 fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, Option<faultline::report::Report>)> {
     super::runtime()?.block_on(async move {
-        let controller = super::agents::start(&args.controller).await?;
+        let controller = super::controller::start(&args.controller).await?;
         let wait = match args.controller.wait_agents {
             Some(n) => AgentWait::Count(n),
             None => agent_wait(&experiment),
@@ -141,14 +141,4 @@ async fn next(int: &mut Signal, term: &mut Signal) -> Option<StopRequest> {
         s = int.recv() => s.map(|()| StopRequest::Interrupted),
         s = term.recv() => s.map(|()| StopRequest::Terminated),
     }
-}
-
-/// Reads or creates the token file, saying so when it is new.
-pub fn token(path: &std::path::Path) -> anyhow::Result<String> {
-    let (t, created) = token::load_or_create(path)
-        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("token file {}: {e}", path.display())))?;
-    if created {
-        tracing::info!(path = %path.display(), "created a new agent token; start agents with --token-file pointing at it");
-    }
-    Ok(t)
 }

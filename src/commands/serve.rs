@@ -33,7 +33,7 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
             anyhow::anyhow!("tls-cert and tls-key go together: give both or neither"),
         ));
     }
-    let token = super::run::token(&s.token_file)?;
+    let token = super::controller::token(&s.token_file)?;
     let tls = TlsArgs {
         tls_cert: s.tls_cert,
         tls_key: s.tls_key,

@@ -244,7 +244,7 @@ impl Controller {
         let ux = experiment
             .user_experience
             .clone()
-            .map(|ux| tokio::spawn(crate::report::experience::watch(ux, journal.clone(), ux_cancel.clone())));
+            .map(|ux| tokio::spawn(crate::alarms::experience::watch(ux, journal.clone(), ux_cancel.clone())));
 
         let result = self
             .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)

@@ -22,8 +22,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// How long an agent has to confirm the removal of a fault it reported holding.
-use super::connection::{error_frame, READ_BUFFER};
-use super::{Fleet, FleetEvent, Inner};
+use super::{error_frame, Fleet, FleetEvent, Inner};
+
+/// Read buffer of one agent's websocket. Agents' frames are small, and tungstenite zero-fills
+/// the whole buffer before each read: its 128 KiB default made every idle agent cost the
+/// controller 128 KiB of resident memory. A larger frame grows the buffer for itself.
+const READ_BUFFER: usize = 4096;
 
 /// How long a peer has for TLS, the upgrade, its hello and its registration together.
 pub(super) const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,31 +17,13 @@ use tokio_util::sync::CancellationToken;
 /// How long an agent has to confirm the removal of a fault it reported holding.
 use super::admission::{Authenticated, ConnectionRefused, HandshakeSlot, Registration};
 use super::registry::{Link, Pending};
-use super::{Fleet, FleetEvent};
+use super::{error_frame, Fleet, FleetEvent};
 
 /// Registered agent connections at once.
 pub(super) const MAX_AGENTS: usize = 20_000;
 
 /// Frames queued to one agent before the controller waits for it.
 pub(super) const OUTBOX: usize = 256;
-
-/// Read buffer of one agent's websocket. Agents' frames are small, and tungstenite zero-fills
-/// the whole buffer before each read: its 128 KiB default made every idle agent cost the
-/// controller 128 KiB of resident memory. A larger frame grows the buffer for itself.
-pub(super) const READ_BUFFER: usize = 4096;
-
-/// The error frame the controller sends for something it cannot accept.
-pub(super) fn error_frame(re: Option<u64>, code: ErrorCode, message: &str) -> String {
-    Frame::new(
-        0,
-        ControllerMessage::Error {
-            re,
-            code,
-            message: message.into(),
-        },
-    )
-    .encode()
-}
 
 impl Fleet {
     /// A registered agent: takes its place in the fleet, then frames until the connection

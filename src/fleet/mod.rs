@@ -16,7 +16,7 @@ use connection::MAX_AGENTS;
 use registry::{Book, Link};
 
 use faultline_agent::net::Throttle;
-use faultline_agent::protocol::{ControllerMessage, EndReason, Frame, HostDescription, Observed, Outcome};
+use faultline_agent::protocol::{ControllerMessage, EndReason, ErrorCode, Frame, HostDescription, Observed, Outcome};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -267,4 +267,17 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The error frame the controller sends for something it cannot accept.
+fn error_frame(re: Option<u64>, code: ErrorCode, message: &str) -> String {
+    Frame::new(
+        0,
+        ControllerMessage::Error {
+            re,
+            code,
+            message: message.into(),
+        },
+    )
+    .encode()
 }

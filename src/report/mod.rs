@@ -5,6 +5,7 @@ pub mod html;
 pub mod junit;
 pub mod markdown;
 pub mod record;
+pub mod summary;
 
 use crate::alarms::AlarmReport;
 use crate::alarms::SteadyState;
