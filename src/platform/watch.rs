@@ -165,14 +165,12 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tokio::time::Instant;
 
+    /// When each try of a start came.
+    type Tries = Arc<Mutex<Vec<Instant>>>;
+
     /// A start that fails its first `failures` tries and records when each try came.
-    fn flaky(
-        failures: usize,
-    ) -> (
-        impl FnMut() -> std::future::Ready<Result<(), String>>,
-        Arc<Mutex<Vec<Instant>>>,
-    ) {
-        let tries = Arc::new(Mutex::new(Vec::new()));
+    fn flaky(failures: usize) -> (impl FnMut() -> std::future::Ready<Result<(), String>>, Tries) {
+        let tries = Tries::default();
         let seen = tries.clone();
         let start = move || {
             let mut tries = seen.lock().unwrap();
