@@ -278,7 +278,8 @@ impl Platforms {
 
     /// Stops `host` until `until` (the action starts it then): as [`Platforms::act`] with
     /// [`Operation::Stop`], and on docker with a watchdog that starts the container at
-    /// `until` should this controller die meanwhile (the local platform's hosts die with it).
+    /// `until` should this controller die meanwhile, or shortly after it should this
+    /// controller live without having started it (the local platform's hosts die with it).
     pub async fn stop_until(&self, host: &HostDescription, until: std::time::SystemTime) -> Result<(), PlatformError> {
         let platform = self.platform(host).await?;
         self.ledger.begin(host, Some(InstanceState::Stopping));
