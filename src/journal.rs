@@ -194,6 +194,22 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A platform call of an instance action failed and is tried again (a start that undoes
+    /// a stop is tried until the host runs or is terminated).
+    InstanceRetry {
+        /// The action.
+        action: String,
+        /// The host.
+        host: String,
+        /// What the platform was asked.
+        operation: crate::platform::Operation,
+        /// Which try failed, from 1.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// The wait before the next try.
+        retry_in_ms: u64,
+    },
     /// At the end of the run, a host it dispatched to was asked to remove whatever of the run
     /// it still held.
     RemoveAll {

@@ -120,6 +120,23 @@ pub(super) async fn instance(
 ) -> Result<Option<crate::platform::Replacement>, PlatformError> {
     let result = match (operation, until) {
         (Operation::Stop, Some(until)) => run.platforms.stop_until(host, until).await.map(|()| None),
+        // A start undoes a stop: tried again until the host runs (or is terminated), each
+        // failed try journaled.
+        (Operation::Start, _) => run
+            .platforms
+            .start_until_running(host, |f| {
+                tracing::warn!(host = %host.host_id, attempt = f.attempt, error = %f.error, retry_in = ?f.retry_in, "cannot start the host yet; trying again");
+                run.journal.record(Event::InstanceRetry {
+                    action: action.into(),
+                    host: host.host_id.clone(),
+                    operation,
+                    attempt: f.attempt,
+                    error: f.error.to_string(),
+                    retry_in_ms: f.retry_in.as_millis() as u64,
+                });
+            })
+            .await
+            .map(|()| None),
         _ => run.platforms.act(host, operation).await,
     };
     match &result {
