@@ -4,8 +4,6 @@
 //! then run by the [`engine`] against agents connected to the controller ([`server`]),
 //! journaled ([`journal`]), shown as they go ([`live`]) and reported ([`report`]).
 
-#![warn(missing_docs)]
-
 pub mod actions;
 pub mod alarms;
 pub mod controller;

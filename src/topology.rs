@@ -27,7 +27,6 @@ pub enum TopologyError {
     /// A program the topology needs is missing.
     #[error("`{program}` is needed: {why}")]
     Missing {
-        /// The program.
         program: String,
         /// Why it could not be run.
         why: String,
@@ -35,7 +34,6 @@ pub enum TopologyError {
     /// A step failed.
     #[error("{step} failed{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Step {
-        /// The step.
         step: String,
         /// What it said.
         detail: Option<String>,

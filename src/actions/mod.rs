@@ -237,7 +237,6 @@ pub enum Effect {
     /// The same fault on every selected host for part of the action's span (an SSM
     /// document's `DurationSeconds` within the action's `duration`).
     Bounded {
-        /// The fault.
         fault: FaultKind,
         /// How long the fault lasts, at most the action's duration; zero for a kill.
         fault_duration: Duration,
@@ -293,11 +292,6 @@ impl ActionSpec {
             Effect::Fault(f) | Effect::Bounded { fault: f, .. } => Some(f.clone()),
             Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Sourced { .. } | Effect::Wait => None,
         }
-    }
-
-    /// The resource type its target must have; `None` for a wait.
-    pub fn target_type(&self) -> Option<ResourceType> {
-        self.action_id.def().target
     }
 }
 

@@ -152,7 +152,6 @@ pub enum ScrapeError {
     Status {
         /// The endpoint.
         url: String,
-        /// The status.
         status: u16,
     },
     /// A request counter is not in the answer.

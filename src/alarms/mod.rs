@@ -78,7 +78,6 @@ pub fn evaluate(alarm: &Alarm, window: &[Option<f64>], current: AlarmState) -> A
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evaluation {
-    /// The alarm.
     pub alarm: String,
     /// Its state now.
     pub state: AlarmState,
@@ -107,7 +106,6 @@ pub enum Watched {
     /// An alarm's watcher stopped before it was cancelled (it panicked): that alarm is no
     /// longer watched.
     Lost {
-        /// The alarm.
         alarm: String,
         /// What happened to its watcher.
         why: String,
@@ -287,11 +285,8 @@ impl Phase {
 pub struct AlarmReport {
     /// The alarm.
     pub name: String,
-    /// Its statistic.
     pub statistic: crate::template::Statistic,
-    /// Its comparison.
     pub comparison_operator: crate::template::Comparison,
-    /// Its threshold.
     pub threshold: f64,
     /// State at the end of the run.
     pub state: AlarmState,
@@ -446,14 +441,6 @@ impl Monitor {
     /// Whether every alarm has been evaluated over a full window in this phase.
     pub fn window_complete(&self) -> bool {
         self.tracked.iter().all(|t| t.in_phase >= t.alarm.evaluation_periods)
-    }
-
-    /// The first alarm in ALARM now, if any.
-    pub fn alarming(&self) -> Option<&Evaluation> {
-        self.tracked
-            .iter()
-            .filter_map(|t| t.latest.as_ref())
-            .find(|e| e.state == AlarmState::Alarm)
     }
 
     /// Whether every alarm is OK now (recovery).

@@ -217,7 +217,6 @@ pub enum SourceError {
     /// The command outlived its timeout and was killed.
     #[error("{program} did not finish within {within}")]
     Timeout {
-        /// The program.
         program: String,
         /// The timeout, readable.
         within: String,
@@ -225,7 +224,6 @@ pub enum SourceError {
     /// The command could not be started.
     #[error("cannot run {program}: {cause}")]
     Spawn {
-        /// The program.
         program: String,
         /// What the system said.
         cause: String,
@@ -236,7 +234,6 @@ pub enum SourceError {
     /// The command's last line is not a number.
     #[error("{program} printed `{printed}`, not a number")]
     NotNumeric {
-        /// The program.
         program: String,
         /// Its last non-empty line.
         printed: String,

@@ -6,7 +6,7 @@ use faultline::exit;
 use faultline_agent::protocol::HostDescription;
 
 /// Lists the agents that connect before the wait ends.
-pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
+pub(super) fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
     super::runtime()?.block_on(async move {
         let controller = super::controller::start(&args).await?;
         let wait = match args.wait_agents {
@@ -25,7 +25,7 @@ pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
 }
 
 /// Prints hosts as `faultline agents` shows them.
-pub fn print(hosts: &[HostDescription], format: ReportFormat) -> anyhow::Result<()> {
+pub(super) fn print(hosts: &[HostDescription], format: ReportFormat) -> anyhow::Result<()> {
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
         ReportFormat::Table => {

@@ -6,7 +6,7 @@ use faultline::controller::Controller;
 use faultline::{exit, token};
 
 /// Starts a controller from the flags.
-pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
+pub(super) async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
     let token = token(&args.token_file)?;
     let tls = args
         .tls
@@ -22,7 +22,7 @@ pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
 }
 
 /// Reads or creates the token file, saying so when it is new.
-pub fn token(path: &std::path::Path) -> anyhow::Result<String> {
+pub(super) fn token(path: &std::path::Path) -> anyhow::Result<String> {
     let (t, created) = token::load_or_create(path)
         .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("token file {}: {e}", path.display())))?;
     if created {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Brings the world up, runs the game day, reports, brings the world down.
-pub fn run(
+pub(super) fn run(
     template_file: Option<&Path>,
     alarms_file: Option<&Path>,
     lb_port: Option<u16>,

@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// Watches stdin (the controller's pipe) and starts `container` at `until_unix_ms` if the
 /// controller goes away first (or soon after, should it live without starting it); ends once
 /// released or once the container runs.
-pub fn run(container: &str, until_unix_ms: u64) -> anyhow::Result<u8> {
+pub(super) fn run(container: &str, until_unix_ms: u64) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,7 +24,12 @@ pub fn run(container: &str, until_unix_ms: u64) -> anyhow::Result<u8> {
         .block_on(async {
             let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin)
                 .map_err(|e| anyhow::anyhow!("stdin is not the controller's pipe: {e}"))?;
-            anyhow::Ok(watch::hold_start(pipe, container, until, || watch::start_container(container)).await)
+            anyhow::Ok(
+                watch::hold_start(pipe, container, until, || {
+                    faultline::platform::docker::start_container(container)
+                })
+                .await,
+            )
         })
         .map_err(|e| fail(faultline::exit::FAILED, e))?;
     Ok(0)

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
-pub fn run(args: Args) -> anyhow::Result<u8> {
+pub(super) fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(server) = args.server.clone() {
         return super::client::run_remote(&server, &args);
     }
@@ -72,7 +72,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
     })
 }
 
-pub fn dry_run(
+pub(super) fn dry_run(
     experiment: &template::Experiment,
     hosts: &[faultline_agent::protocol::HostDescription],
     seed: Option<u64>,
@@ -90,7 +90,7 @@ pub fn dry_run(
 
 /// What a second SIGINT or SIGTERM does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Second {
+pub(super) enum Second {
     /// Exit at once with that signal's status; the agents' leases remove what is left.
     ExitAtOnce,
     /// Nothing: the first one's clean-up (which also stops child processes) goes on.
@@ -100,7 +100,7 @@ pub enum Second {
 /// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C)
 /// or SIGTERM (CI cancellation, `timeout`, systemd) stops the experiment: every fault
 /// removed, the report printed.
-pub fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
+pub(super) fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
     let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         tracing::error!("cannot install the SIGINT and SIGTERM handlers; a signal ends the run without clean-up");
         return;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Serves until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
+pub(super) fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     let flags = Layer {
         listen: args.listen,
         agents_listen: args.agents_listen,

@@ -26,7 +26,7 @@ fn hosts(t: &Topology) -> anyhow::Result<BTreeSet<String>> {
 }
 
 /// Runs a topology action.
-pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
+pub(super) fn run(action: TopologyAction) -> anyhow::Result<u8> {
     match action {
         TopologyAction::Up {
             topology: args,

@@ -41,9 +41,7 @@ pub enum FleetEvent {
     },
     /// An agent ended a fault on its own.
     FaultEnded {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// Why.
         reason: EndReason,
@@ -53,9 +51,7 @@ pub enum FleetEvent {
     /// A fault an agent reported holding when it registered, which no running action owns,
     /// was removed (or could not be).
     OrphanRemoved {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// The controller that had applied it.
         owner: String,
@@ -64,16 +60,13 @@ pub enum FleetEvent {
     },
     /// An agent could not remove a fault on its own (at its deadline or lease); it retries.
     RemovalFailed {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// What went wrong, and when the agent retries.
         message: String,
     },
     /// A connection was refused (bad token, bad path, no registration).
     Refused {
-        /// The peer.
         peer: SocketAddr,
         /// Why.
         reason: ConnectionRefused,
@@ -89,7 +82,6 @@ pub enum DispatchError {
     /// The agent did not answer in time.
     #[error("{host} did not answer within {}", faultline_agent::duration::human(*.after))]
     Timeout {
-        /// The host.
         host: String,
         /// How long the controller waited.
         after: Duration,
@@ -100,7 +92,6 @@ pub enum DispatchError {
     /// The agent refused the command.
     #[error("{host} refused: {message}")]
     Refused {
-        /// The host.
         host: String,
         /// Its reason.
         message: String,

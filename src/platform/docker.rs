@@ -387,6 +387,15 @@ fn described(env: &[String]) -> Option<HostDescription> {
     .ok()
 }
 
+/// Starts `container` through a fresh connection to the engine (the one of the failed try
+/// may be what failed); running already, or removed, is success.
+pub async fn start_container(container: &str) -> Result<(), String> {
+    match Docker::connect().await {
+        Ok(d) => d.start(container).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot reach the Docker Engine: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

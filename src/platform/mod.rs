@@ -116,11 +116,8 @@ pub enum PlatformError {
     /// The host's platform is not reachable from this controller.
     #[error("{host} is on the {platform} platform, which this controller cannot reach: {why}")]
     Unreachable {
-        /// The host.
         host: String,
-        /// Its platform.
         platform: &'static str,
-        /// Why.
         why: String,
     },
     /// The host was terminated: nothing can act on it any more.
@@ -129,7 +126,6 @@ pub enum PlatformError {
     /// The platform refused or failed.
     #[error("{host}: {operation:?} failed: {message}")]
     Failed {
-        /// The host.
         host: String,
         /// What was asked.
         operation: Operation,

@@ -20,7 +20,6 @@
 //! platform's capped backoff: it never gives up on a stopped container, so no host stays
 //! stopped past its duration while a faultline process that stopped it is alive.
 
-use super::docker::Docker;
 use super::Backoff;
 use std::future::Future;
 use std::process::Stdio;
@@ -83,15 +82,6 @@ pub enum Outcome {
     /// The container was started (or was running, or is gone): the controller died, or
     /// lived past the deadline and the grace without starting it.
     Started,
-}
-
-/// Starts `container` through a fresh connection to the engine (the one of the failed try
-/// may be what failed); running already, or removed, is success.
-pub async fn start_container(container: &str) -> Result<(), String> {
-    match Docker::connect().await {
-        Ok(d) => d.start(container).await.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("cannot reach the Docker Engine: {e}")),
-    }
 }
 
 /// The watchdog's body: reads `input` (its stdin) and, unless the controller says `done`,

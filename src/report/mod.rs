@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    /// Experiment id.
     pub experiment_id: String,
     /// The template's description.
     pub description: String,
@@ -94,9 +93,7 @@ pub use crate::table::table;
 /// One figure of one fault as a report row: asked versus observed, for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EffectRow {
-    /// The action.
     pub action: String,
-    /// The host.
     pub host: String,
     /// What was measured.
     pub figure: String,

@@ -60,7 +60,6 @@ impl Default for Settings {
 pub struct Run {
     /// The experiment id, e.g. `EXP1a2b3c4d5e6f`; fault ids start with it.
     pub id: String,
-    /// The experiment.
     pub experiment: Arc<Experiment>,
     /// Its targets, resolved at the start.
     pub resolution: Resolution,
@@ -68,7 +67,6 @@ pub struct Run {
     pub hosts: Vec<HostDescription>,
     /// The agents.
     pub fleet: Fleet,
-    /// The journal.
     pub journal: Arc<Journal>,
     /// Timeouts.
     pub settings: Settings,

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 pub enum StopRequest {
     /// A stop condition's alarm went into ALARM.
     Alarm {
-        /// The alarm.
         alarm: String,
         /// What it saw.
         detail: String,

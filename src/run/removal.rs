@@ -43,9 +43,7 @@ pub enum RemovalError {
     /// The agent tried and failed; the fault stays recorded there for its lease or restart.
     #[error("{host}: could not remove {fault_id}: {message}")]
     Failed {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// The agent's reason.
         message: String,
@@ -53,9 +51,7 @@ pub enum RemovalError {
     /// The agent refused the command.
     #[error("{host}: refused the removal of {fault_id}: {message}")]
     Refused {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// The agent's reason.
         message: String,
@@ -63,7 +59,6 @@ pub enum RemovalError {
     /// The agent answered with something other than a removal.
     #[error("{host}: unexpected answer to a removal: {answer}")]
     Unexpected {
-        /// The host.
         host: String,
         /// The answer, debug-printed.
         answer: String,
@@ -74,9 +69,7 @@ pub enum RemovalError {
         faultline_agent::duration::human(*.grace)
     )]
     Unconfirmed {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// How long the controller waited.
         grace: Duration,

@@ -46,7 +46,6 @@ pub struct Settings {
     pub drain: Duration,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
 }
 
@@ -71,7 +70,6 @@ pub struct Layer {
     pub drain: Option<Duration>,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
 }
 

@@ -58,7 +58,6 @@ pub enum ServiceError {
 pub enum TemplateRef {
     /// A stored template, its latest version or a given one.
     Stored {
-        /// Its name.
         name: String,
         /// Its version; the latest when `None`.
         version: Option<i64>,

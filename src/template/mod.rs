@@ -1,4 +1,4 @@
-//! Experiment templates (design §2, §4): parsing, the schema pass, the semantic pass.
+//! Experiment templates: parsing, the schema pass, the semantic pass (docs/architecture.md, "Validate").
 
 pub mod fis;
 pub mod model;

@@ -142,7 +142,6 @@ impl std::fmt::Display for Selection {
 pub struct Action {
     /// What it does, with typed parameters.
     pub spec: ActionSpec,
-    /// Its description.
     pub description: Option<String>,
     /// The target it acts on; `None` for `aws:fis:wait`.
     pub target: Option<String>,
@@ -150,7 +149,7 @@ pub struct Action {
     pub start_after: Vec<String>,
 }
 
-/// An alarm with CloudWatch semantics (design §4).
+/// An alarm with CloudWatch semantics (README, "Stop conditions and CI gates").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alarm {
     /// Where datapoints come from and which statistic is taken.
@@ -179,11 +178,9 @@ pub enum MetricSource {
     Http {
         /// URL probed.
         url: String,
-        /// Method.
         method: String,
         /// Per-probe timeout.
         timeout: Duration,
-        /// Probes per period.
         probes_per_period: u32,
     },
     /// Prometheus instant query.

@@ -31,7 +31,10 @@ fn examples_in(dir: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn every_example_validates() {
     let files = examples();
-    assert!(files.len() >= 9, "expected the examples of design §2, found {files:?}");
+    assert!(
+        files.len() >= 9,
+        "expected one example per action in experiments/, found {files:?}"
+    );
     let out = faultline().arg("validate").args(&files).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
