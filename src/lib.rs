@@ -19,6 +19,7 @@ pub mod platform;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod signals;
 pub mod table;
 pub mod template;
 pub mod tls;

@@ -4,11 +4,11 @@ use crate::cli::{ClientArgs, ExperimentsAction, LeverAction, ReportFormat, RunAr
 use anyhow::anyhow;
 use faultline::exit;
 use faultline::report::table;
+use faultline::signals::{Ending, EndingSignals};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// How often `run --server` asks for new journal lines (it hears of the end at once).
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
@@ -526,10 +526,9 @@ pub(super) fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
         if let Some(seed) = args.seed {
             body["seed"] = json!(seed);
         }
-        // Ctrl-C or SIGTERM stops the remote run as they would stop a local one.
-        let signals =
-            |kind| signal(kind).map_err(|e| super::fail(exit::FAILED, anyhow!("cannot watch for signals: {e}")));
-        let (mut int, mut term) = (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
+        // Ctrl-C, SIGTERM, SIGHUP or SIGQUIT stops the remote run as it would stop a local one.
+        let mut signals = EndingSignals::install()
+            .map_err(|e| super::fail(exit::FAILED, anyhow!("cannot watch for signals: {e}")))?;
         let started = client.json(Method::POST, "/api/v1/experiments", Some(&body)).await?;
         let id = s(&started["id"]);
         let exp = format!("/api/v1/experiments/{}", segment(&id));
@@ -561,8 +560,10 @@ pub(super) fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
                     row if going(&row) => continue,
                     row => break row,
                 },
-                _ = int.recv() => exit::INTERRUPTED,
-                _ = term.recv() => exit::TERMINATED,
+                Some(ending) = signals.next() => match ending {
+                    Ending::Interrupt => exit::INTERRUPTED,
+                    Ending::Terminate => exit::TERMINATED,
+                },
             };
             if interrupted.replace(code).is_none() {
                 eprintln!("stopping {id} on {server}; its faults are removed there");

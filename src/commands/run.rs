@@ -4,8 +4,8 @@ use crate::cli::{ReportFormat, RunArgs as Args};
 use faultline::controller::{agent_wait, AgentWait, RunOptions};
 use faultline::report::junit;
 use faultline::run::StopRequest;
+use faultline::signals::{Ending, EndingSignals};
 use faultline::{exit, plan, template};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
@@ -97,20 +97,20 @@ pub(super) enum Second {
     Ignore,
 }
 
-/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C)
-/// or SIGTERM (CI cancellation, `timeout`, systemd) stops the experiment: every fault
-/// removed, the report printed.
+/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C),
+/// SIGTERM (CI cancellation, `timeout`, systemd), SIGHUP or SIGQUIT stops the experiment:
+/// every fault removed, the report printed.
 pub(super) fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
-    let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::error!("cannot install the SIGINT and SIGTERM handlers; a signal ends the run without clean-up");
+    let Ok(signals) = EndingSignals::install() else {
+        tracing::error!("cannot install the signal handlers; a signal ends the run without clean-up");
         return;
     };
-    tokio::spawn(forward(int, term, stop, second));
+    tokio::spawn(forward(signals, stop, second));
 }
 
 /// The first signal becomes a stop request; a later one does what `second` says.
-async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopRequest>, second: Second) {
-    let Some(first) = next(&mut int, &mut term).await else {
+async fn forward(mut signals: EndingSignals, stop: mpsc::Sender<StopRequest>, second: Second) {
+    let Some(first) = signals.next().await.map(request) else {
         return;
     };
     match second {
@@ -121,24 +121,23 @@ async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopReque
     }
     let _ = stop.send(first).await;
     loop {
-        let Some(again) = next(&mut int, &mut term).await else {
+        let Some(again) = signals.next().await else {
             return;
         };
         if second == Second::ExitAtOnce {
             eprintln!("exiting now");
             std::process::exit(i32::from(match again {
-                StopRequest::Terminated => exit::TERMINATED,
-                _ => exit::INTERRUPTED,
+                Ending::Terminate => exit::TERMINATED,
+                Ending::Interrupt => exit::INTERRUPTED,
             }));
         }
     }
 }
 
-/// The next SIGINT or SIGTERM, as the stop it asks for; `None` once signals can no longer
-/// be received.
-async fn next(int: &mut Signal, term: &mut Signal) -> Option<StopRequest> {
-    tokio::select! {
-        s = int.recv() => s.map(|()| StopRequest::Interrupted),
-        s = term.recv() => s.map(|()| StopRequest::Terminated),
+/// The stop a signal asks for.
+fn request(ending: Ending) -> StopRequest {
+    match ending {
+        Ending::Interrupt => StopRequest::Interrupted,
+        Ending::Terminate => StopRequest::Terminated,
     }
 }

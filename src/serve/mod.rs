@@ -582,12 +582,10 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
-/// Serves until SIGTERM or SIGINT; then stops every running experiment (each removes its
+/// Serves until SIGTERM, SIGINT, SIGHUP or SIGQUIT; then stops every running experiment (each removes its
 /// faults) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut signals = crate::signals::EndingSignals::install().map_err(ServeError::Signals)?;
     let store = Store::open(&config.database).await?;
     let listen_error = |source| ServeError::Listen {
         addr: config.listen,
@@ -640,9 +638,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "serving the API and the dashboard at {web}://{addr}/, agents dial {ws}://{addr}{path}"
     );
 
-    let signal = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let signal = match signals.next().await {
+        Some(_) => signals.last(),
+        None => "the end of its signals",
     };
     let running = service.running_ids().len();
     tracing::info!(signal, running, "shutting down: stopping running experiments");
