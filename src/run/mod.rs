@@ -20,9 +20,10 @@ use crate::fleet::Fleet;
 use crate::journal::{Event, Journal, State};
 use crate::plan::Resolution;
 use crate::platform::Platforms;
-use crate::template::Experiment;
+use crate::template::{Effect, Experiment};
 use faultline_agent::protocol::HostDescription;
 use host_faults::act;
+use instances::act_instances;
 use placement::Placement;
 use removal::sweep;
 use std::collections::{BTreeMap, BTreeSet};
@@ -320,10 +321,31 @@ fn fault_id(run: &str, action: &str, host: &str) -> String {
 }
 
 /// Runs one action to its end, removing what it put in place before returning; from then
-/// Runs one action to its end, removing what it put in place before returning; from then
 /// on, no running action owns its faults.
 async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, cancel: CancellationToken) -> Finished {
-    let finished = act(&run, &name, &placements, cancel).await;
+    run.journal.record(Event::ActionState {
+        action: name.clone(),
+        state: State::Initiating,
+        reason: None,
+        duration_ms: None,
+    });
+    let finished = Finished {
+        name: name.clone(),
+        state: State::Completed,
+        error: None,
+        notes: Vec::new(),
+        hosts: Vec::new(),
+        last_removal: None,
+        unconfirmed: 0,
+        observed: Vec::new(),
+    };
+    let finished = match run.experiment.actions[&name].spec.effect {
+        Effect::Instances {
+            operation,
+            complete_if_terminated,
+        } => act_instances(&run, &name, operation, complete_if_terminated, cancel, finished).await,
+        _ => act(&run, &name, &placements, cancel, finished).await,
+    };
     for p in &placements {
         run.fleet.release(&fault_id(&run.id, &name, &p.host));
     }
