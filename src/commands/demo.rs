@@ -2,9 +2,9 @@
 
 use crate::cli::ReportFormat;
 use faultline::controller::{AgentWait, Controller, RunOptions};
-use faultline::demo::{self, World};
 use faultline::report::junit;
 use faultline::run::StopRequest;
+use faultline::world::demo::{self, World};
 use faultline::{exit, template, token};
 use std::path::Path;
 use std::time::Duration;

@@ -1,11 +1,11 @@
 //! `faultline serve`: the long-running controller.
 
 use crate::cli::{ServeArgs, TlsArgs};
-use faultline::demo::{self, World};
 use faultline::exit;
 use faultline::serve::config::Layer;
 use faultline::serve::store::Store;
 use faultline::serve::{self, api::Tokens, Config};
+use faultline::world::demo::{self, World};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -116,7 +116,7 @@ async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(W
     config.platforms = world.platforms();
     let health = format!("{lb_url}lb/healthz");
     tokio::spawn(async move {
-        if faultline::topology::wait_lb_healthy(&health, DEMO_READY).await {
+        if faultline::world::topology::wait_lb_healthy(&health, DEMO_READY).await {
             tracing::info!("demo world ready: the load balancer sees every host healthy");
         } else {
             tracing::warn!(%health, "the load balancer did not see every host healthy in time");

@@ -3,7 +3,7 @@
 use crate::cli::{TopologyAction, TopologyArgs};
 use faultline::controller::{AgentWait, Controller};
 use faultline::plan::inventory;
-use faultline::topology::{Topology, CONTROLLER_PORT};
+use faultline::world::topology::{Topology, CONTROLLER_PORT};
 use faultline::{exit, token};
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -197,7 +197,7 @@ fn shorten(mut t: Value, duration: &str, lb_port: u16) -> Value {
             }
         }
     }
-    faultline::demo::retarget_alarms(&mut t, &format!("http://127.0.0.1:{lb_port}/"));
+    faultline::world::demo::retarget_alarms(&mut t, &format!("http://127.0.0.1:{lb_port}/"));
     t
 }
 
