@@ -338,6 +338,31 @@ pub struct ServeArgs {
     pub drain: Option<Duration>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Let templates that arrive over the API use `command` alarm sources, which run a
+    /// program on this server as its user; off by default: such templates are refused.
+    #[arg(long)]
+    pub allow_command_alarms: bool,
+    /// What the server may fetch for a template's http and prometheus alarms and its
+    /// userExperience: CIDRs, addresses, host names (as written, never resolved), `loopback`,
+    /// `fleet` (the connected hosts' addresses), comma-separated; the list replaces the default
+    /// [default: loopback,fleet].
+    #[arg(long, value_name = "CIDR|HOST,...", value_delimiter = ',')]
+    pub probe_allow: Vec<String>,
+    /// With --tls-cert: agents of these networks may still dial plain ws:// (CIDRs,
+    /// comma-separated; the flag alone: any address). Without it the port speaks TLS only.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', num_args = 0..)]
+    pub allow_plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// Connections the port holds at once; past it, the address holding the most gives up
+    /// its oldest [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Connections the port holds at once from one address [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
+    /// Time a client has to send a request's headers before its connection is closed
+    /// (ISO 8601) [default: PT10S].
+    #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+    pub header_timeout: Option<Duration>,
 }
 
 /// How a client reaches a server.

@@ -5,7 +5,7 @@ use faultline::demo::{self, World};
 use faultline::exit;
 use faultline::serve::config::Layer;
 use faultline::serve::store::Store;
-use faultline::serve::{self, api::Tokens, Config};
+use faultline::serve::{self, api::Tokens, policy::Policy, port::Limits, Config};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -44,12 +44,34 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     if created {
         tracing::info!(path = %s.api_token_file.display(), "created a new API token; clients send it as Authorization: Bearer");
     }
+    if args.allow_plaintext_agents.is_some() && tls.is_none() {
+        return Err(super::fail(
+            exit::INVALID,
+            anyhow::anyhow!("--allow-plaintext-agents relaxes --tls-cert: without a certificate every agent dials plain ws:// already"),
+        ));
+    }
+    let policy =
+        Policy::new(args.allow_command_alarms, &args.probe_allow).map_err(|e| super::fail(exit::INVALID, e))?;
+    if policy.allow_commands {
+        tracing::warn!("--allow-command-alarms: any token of role run may make this server run a program as its user");
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        connections: args.max_connections.map_or(defaults.connections, |n| n as usize),
+        per_address: args
+            .max_connections_per_address
+            .map_or(defaults.per_address, |n| n as usize),
+        header_timeout: args.header_timeout.unwrap_or(defaults.header_timeout),
+    };
     let mut config = Config {
         listen: s.listen,
         agents_listen: s.agents_listen,
         database: s.database,
         token,
         tls,
+        plaintext_agents: args.allow_plaintext_agents,
+        policy,
+        limits,
         api_tokens,
         journals: s.journals,
         drain: s.drain,
