@@ -304,8 +304,9 @@ pub struct ReportArgs {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
-    /// token-file, api-token-file, journals, drain, tls-cert, tls-key); flags and
-    /// environment win over it.
+    /// token-file, api-token-file, journals, drain, tls-cert, tls-key, allow-command-alarms,
+    /// probe-allow and allow-plaintext-agents as arrays, max-connections,
+    /// max-connections-per-address, header-timeout); flags and environment win over it.
     #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The one address of the server: agents' websocket (/v1/agents), HTTP API (/api/v1),
@@ -324,8 +325,9 @@ pub struct ServeArgs {
     /// [default: .faultline/token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// File of API tokens, one a line (`TOKEN` or `NAME TOKEN`); created with one random
-    /// token if missing [default: .faultline/api-token].
+    /// File of API tokens, one a line: `NAME ROLE TOKEN` with ROLE read, run or admin (`TOKEN`
+    /// or `NAME TOKEN`: admin); created with one random token if missing
+    /// [default: .faultline/api-token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Directory of running experiments' journals (the database keeps them once ended)

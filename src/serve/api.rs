@@ -660,19 +660,9 @@ async fn junit(State(s): State<Arc<Service>>, Path(id): Path<String>) -> ApiResu
     let row = experiment_row(&s, &id).await?;
     match s.store.junit(&id).await? {
         Some(xml) => Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response()),
-        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, never_ran(&row, "JUnit"))),
+        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, row.never_ran("JUnit"))),
         None => Err(error(StatusCode::CONFLICT, format!("{id} has not ended yet"))),
     }
-}
-
-/// Why an experiment recorded without running (cancelled, failed to resolve) has no `what`.
-pub(super) fn never_ran(row: &super::store::ExperimentRow, what: &str) -> String {
-    format!(
-        "{} has no {what}: it ended {} without running{}",
-        row.id,
-        row.state,
-        row.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
-    )
 }
 
 fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {

@@ -938,10 +938,8 @@ fn tokens_have_roles_and_the_bearer_scheme_is_case_insensitive() {
             serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
         )
     };
-    let lower = format!(
-        "GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nauthorization: bearer re4d-token\r\n\r\n"
-    );
-    assert_eq!(raw(srv.api, &lower).0, 200, "`bearer` in lower case is the same scheme");
+    let lower = "GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nauthorization: bearer re4d-token\r\n\r\n";
+    assert_eq!(raw(srv.api, lower).0, 200, "`bearer` in lower case is the same scheme");
     let upper = lower.replace("bearer", "BEARER");
     assert_eq!(raw(srv.api, &upper).0, 200);
 
