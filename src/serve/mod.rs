@@ -651,9 +651,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::info!(experiment = %id, "an interrupted run was marked failed");
     }
     let secure = config.tls.is_some();
-    if !secure && !addr.ip().is_loopback() {
+    let beyond = std::iter::once(addr.ip())
+        .chain(extra.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback());
+    if let (false, Some(ip)) = (secure, beyond) {
         tracing::warn!(
-            listen = %addr,
+            listen = %ip,
             "listening beyond loopback without TLS: API tokens and the agents' traffic cross the network in the clear; give --tls-cert and --tls-key"
         );
     }

@@ -30,6 +30,9 @@ use tower_service::Service as _;
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// What a connection refused at the cap is told (plain HTTP: a TLS client sees a failed
+/// handshake, as it would from a closed connection).
+const AT_THE_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"error\": \"this address holds its share of the server's connections (--max-connections-per-address), or the server all it holds (--max-connections)\"}";
 
 /// Where a connection came from and arrived at: the agents' proof covers the address dialed.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +115,8 @@ pub async fn serve(
             },
         };
         let Some(slot) = slots.take(remote.ip()) else {
-            // Dropped at once: the refused client costs one accept, not a descriptor.
+            // One write that never waits, then closed: a refused client costs one accept.
+            let _ = stream.try_write(AT_THE_CAP);
             tracing::debug!(%remote, "connection refused: at the connection cap or this address's share of it");
             continue;
         };

@@ -1121,6 +1121,16 @@ fn the_lever_engages_while_5000_slow_connections_are_open() {
     };
     let before = serve_fds();
     let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, srv.api);
+    // One address past its share (256 by default) is told which flag sets it.
+    let greedy = std::net::Ipv4Addr::new(127, 0, 2, 1);
+    let share: Vec<TcpStream> = (0..256).map(|_| connect_from(greedy, to).unwrap()).collect();
+    let mut one_more = connect_from(greedy, to).unwrap();
+    one_more.set_read_timeout(Some(T)).unwrap();
+    let mut told = String::new();
+    let _ = one_more.read_to_string(&mut told);
+    assert!(told.starts_with("HTTP/1.1 503") && told.contains("--max-connections-per-address"), "{told:?}");
+    drop((share, one_more));
+    eventually("the share's connections to close", T, || serve_fds() <= before + 16);
     let mut slow = Vec::with_capacity(5000);
     for i in 0..5000u32 {
         let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + (i % 20) as u8);
