@@ -1128,7 +1128,10 @@ fn the_lever_engages_while_5000_slow_connections_are_open() {
     one_more.set_read_timeout(Some(T)).unwrap();
     let mut told = String::new();
     let _ = one_more.read_to_string(&mut told);
-    assert!(told.starts_with("HTTP/1.1 503") && told.contains("--max-connections-per-address"), "{told:?}");
+    assert!(
+        told.starts_with("HTTP/1.1 503") && told.contains("--max-connections-per-address"),
+        "{told:?}"
+    );
     drop((share, one_more));
     eventually("the share's connections to close", T, || serve_fds() <= before + 16);
     let mut slow = Vec::with_capacity(5000);
@@ -1167,4 +1170,64 @@ fn the_lever_engages_while_5000_slow_connections_are_open() {
         serve_fds() <= before + 16
     });
     drop(slow);
+}
+
+/// Issue 21, item 10, as a server runs them (with --allow-command-alarms): a command alarm
+/// that prints without end is cut at the output cap, and one that outlives its timeout is
+/// killed with every process it started.
+#[test]
+fn command_alarms_are_capped_and_killed_with_their_group() {
+    let s = Scratch::new("serve-command-bounds");
+    let pids = s.path("started");
+    let srv = serve_with(&s, 0, &["--allow-command-alarms"]);
+    let alarm = |metric: Value| {
+        json!({
+            "metric": metric,
+            "threshold": 1000, "comparisonOperator": "GreaterThanThreshold",
+            "period": "PT2S", "evaluationPeriods": 1, "treatMissingData": "notBreaching"
+        })
+    };
+    let mut t = wait_only(5);
+    t["alarms"] = json!({
+        "Slow": alarm(json!({
+            "command": { "run": ["sh", "-c", format!("sleep 60 & echo $! >> {}; wait", pids.display())], "timeout": "PT1S" },
+            "statistic": "exitStatus"
+        })),
+        "Loud": alarm(json!({ "command": { "run": ["yes"], "timeout": "PT1S" }, "statistic": "value" })),
+    });
+    t["stopConditions"] = json!([
+        { "source": "faultline:alarm", "value": "Slow" },
+        { "source": "faultline:alarm", "value": "Loud" }
+    ]);
+    let (status, v) = srv.call("POST", "/api/v1/experiments", Some(json!({ "template": t })));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // The report keeps what each probe said about its last datapoint.
+    let report = srv.ended(&id)["report"].to_string();
+    assert!(report.contains("the cap on a command's output"), "{report}");
+    assert!(
+        report.contains("it and the processes it started were killed"),
+        "{report}"
+    );
+    let started: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(!started.is_empty());
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    let outlived: Vec<u32> = started.iter().copied().filter(running).collect();
+    for pid in &outlived {
+        // SAFETY: the test's own probes' children; nothing is left behind either way.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        outlived.is_empty(),
+        "processes the timed-out command started outlived it: {outlived:?}"
+    );
 }
