@@ -1231,3 +1231,22 @@ fn command_alarms_are_capped_and_killed_with_their_group() {
         "processes the timed-out command started outlived it: {outlived:?}"
     );
 }
+
+/// `--agents-listen` is served as the port is (its limits, its TLS rule), with the agents'
+/// route only.
+#[test]
+fn the_extra_agents_address_serves_agents_only() {
+    let s = Scratch::new("serve-agents-listen");
+    // A free port for the extra address: taken, then given back for the server to bind.
+    let extra = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = serve_with(&s, 0, &["--agents-listen", &format!("127.0.0.1:{extra}")]);
+    let mut a = agent(&s, extra, "web-a1", "az-a", &[]);
+    a.expect("connected", T);
+    srv.wait_agents(1);
+    let (status, body) = http(extra, "GET", "/api/v1/agents", Some(&srv.token), None);
+    assert_eq!(status, 404, "the API is not on the agents' address: {body}");
+}
