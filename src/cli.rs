@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Where the controller listens and how agents prove themselves.
 #[derive(Debug, clap::Args)]
-pub struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// Address the controller listens on for agents (port 0 picks a free one).
     #[arg(long, default_value = "0.0.0.0:7700", env = "FAULTLINE_LISTEN")]
     pub listen: SocketAddr,
@@ -33,7 +33,7 @@ pub struct ControllerArgs {
 
 /// The controller's certificate for `wss://` agents.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TlsArgs {
+pub(crate) struct TlsArgs {
     /// Certificate chain (PEM) agents see on wss:// [default: tls/controller.pem beside the
     /// token file, when `faultline topology up` made it].
     #[arg(long, value_name = "FILE", env = "FAULTLINE_TLS_CERT", requires = "tls_key")]
@@ -46,7 +46,10 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The TLS configuration: the files given, else those beside `token_file`, else none
     /// (agents then dial ws://, and the challenge-response still keeps the token off the wire).
-    pub fn load(&self, token_file: &std::path::Path) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    pub(crate) fn load(
+        &self,
+        token_file: &std::path::Path,
+    ) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
         use faultline::tls;
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -66,7 +69,7 @@ impl TlsArgs {
 /// Chaos experiments from FIS-style templates, run by agents that always clean up.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FAULTLINE_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -82,7 +85,7 @@ pub struct Cli {
 
 /// Output format of `validate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ValidateFormat {
+pub(crate) enum ValidateFormat {
     /// One line per error.
     Human,
     /// A JSON array, one object per file.
@@ -91,16 +94,15 @@ pub enum ValidateFormat {
 
 /// Output format of reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     /// Tables.
     Table,
-    /// JSON.
     Json,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check templates against the schema and the semantic rules; exit 2 if any is invalid.
     Validate {
         /// Alarms file that stop conditions may name (same shape as a template's `alarms`).
@@ -268,7 +270,7 @@ pub enum Command {
 
 /// Format of `faultline report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DocumentFormat {
+pub(crate) enum DocumentFormat {
     /// One self-contained HTML file (inline CSS and SVG charts).
     Html,
     /// Markdown, for a wiki.
@@ -277,7 +279,7 @@ pub enum DocumentFormat {
 
 /// The flags of `faultline report`.
 #[derive(Debug, clap::Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// A journal file, or with --server an experiment id.
     #[arg(value_name = "JOURNAL_FILE|EXPERIMENT_ID")]
     pub source: String,
@@ -302,7 +304,7 @@ pub struct ReportArgs {
 
 /// The flags of `faultline serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
     /// token-file, api-token-file, journals, drain, tls-cert, tls-key, allow-command-alarms,
     /// probe-allow and allow-plaintext-agents as arrays, max-connections,
@@ -369,7 +371,7 @@ pub struct ServeArgs {
 
 /// How a client reaches a server.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server's API.
     #[arg(
         long,
@@ -395,7 +397,7 @@ pub struct ClientArgs {
 
 /// What to do with experiments on a server.
 #[derive(Debug, Subcommand)]
-pub enum ExperimentsAction {
+pub(crate) enum ExperimentsAction {
     /// The latest experiments.
     List {
         /// Only those in this state (pending, running, completed, stopped, failed, cancelled).
@@ -406,13 +408,9 @@ pub enum ExperimentsAction {
         limit: u32,
     },
     /// One experiment with its report.
-    Show {
-        /// Its id.
-        id: String,
-    },
+    Show { id: String },
     /// Stop a running experiment (every fault removed).
     Stop {
-        /// Its id.
         id: String,
         /// Why, for the history.
         #[arg(long)]
@@ -422,12 +420,11 @@ pub enum ExperimentsAction {
 
 /// What to do with schedules on a server.
 #[derive(Debug, Subcommand)]
-pub enum SchedulesAction {
+pub(crate) enum SchedulesAction {
     /// Every schedule with its next runs.
     List,
     /// Add a schedule.
     Add {
-        /// Its name.
         name: String,
         /// The stored template it runs.
         #[arg(long)]
@@ -449,25 +446,16 @@ pub enum SchedulesAction {
         blackouts: Vec<String>,
     },
     /// Pause a schedule: its fire times pass without runs.
-    Pause {
-        /// Its name.
-        name: String,
-    },
+    Pause { name: String },
     /// Resume a paused schedule.
-    Resume {
-        /// Its name.
-        name: String,
-    },
+    Resume { name: String },
     /// Remove a schedule (its runs stay in the history).
-    Remove {
-        /// Its name.
-        name: String,
-    },
+    Remove { name: String },
 }
 
 /// What to do with the lever.
 #[derive(Debug, Subcommand)]
-pub enum LeverAction {
+pub(crate) enum LeverAction {
     /// Stop every running experiment and cancel new ones until disengaged.
     Engage {
         /// Why, for the history.
@@ -486,7 +474,7 @@ pub enum LeverAction {
 
 /// Where the topology's files are.
 #[derive(Debug, clap::Args)]
-pub struct TopologyArgs {
+pub(crate) struct TopologyArgs {
     /// The faultline checkout holding agents/compose.yaml and the sources of the image.
     #[arg(long, value_name = "DIR", default_value = env!("CARGO_MANIFEST_DIR"))]
     pub source: PathBuf,
@@ -500,7 +488,7 @@ pub struct TopologyArgs {
 
 /// What to do with the topology.
 #[derive(Debug, Subcommand)]
-pub enum TopologyAction {
+pub(crate) enum TopologyAction {
     /// Build the image from this checkout and start everything; returns when every agent has
     /// connected and the load balancer finds every host healthy.
     Up {
@@ -527,7 +515,7 @@ pub enum TopologyAction {
 
 /// The flags of `faultline run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     pub controller: ControllerArgs,
     /// Alarms file that stop conditions may name.

@@ -251,7 +251,6 @@ pub enum SourceError {
     /// The command outlived its timeout; it and every process of its group were killed.
     #[error("{program} did not finish within {within}; it and the processes it started were killed")]
     Timeout {
-        /// The program.
         program: String,
         /// The timeout, readable.
         within: String,
@@ -259,7 +258,6 @@ pub enum SourceError {
     /// The command could not be started.
     #[error("cannot run {program}: {cause}")]
     Spawn {
-        /// The program.
         program: String,
         /// What the system said.
         cause: String,
@@ -278,7 +276,6 @@ pub enum SourceError {
     /// The command's last line is not a number.
     #[error("{program} printed `{printed}`, not a number")]
     NotNumeric {
-        /// The program.
         program: String,
         /// Its last non-empty line.
         printed: String,

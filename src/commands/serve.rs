@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Serves until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
+pub(super) fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     let flags = Layer {
         listen: args.listen,
         agents_listen: args.agents_listen,
@@ -45,7 +45,7 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
             anyhow::anyhow!("max-connections and max-connections-per-address must be at least 1"),
         ));
     }
-    let token = super::run::token(&s.token_file)?;
+    let token = super::controller::token(&s.token_file)?;
     let tls = TlsArgs {
         tls_cert: s.tls_cert,
         tls_key: s.tls_key,

@@ -46,7 +46,6 @@ pub struct Settings {
     pub drain: Duration,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
     /// Templates from the API may use `command` alarm sources.
     pub allow_command_alarms: bool,
@@ -83,7 +82,6 @@ pub struct Layer {
     pub drain: Option<Duration>,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
     /// Templates from the API may use `command` alarm sources.
     pub allow_command_alarms: Option<bool>,

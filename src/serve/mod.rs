@@ -13,11 +13,12 @@ pub mod scheduler;
 pub mod store;
 
 use crate::controller::{Controller, RunOptions};
-use crate::engine::StopRequest;
+use crate::diagnostic::Diagnostic;
+use crate::fleet::Endpoint;
 use crate::plan;
 use crate::report::junit;
-use crate::server::Endpoint;
-use crate::template::{self, diagnostic::Diagnostic};
+use crate::run::StopRequest;
+use crate::template;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -62,7 +63,6 @@ pub enum ServiceError {
 pub enum TemplateRef {
     /// A stored template, its latest version or a given one.
     Stored {
-        /// Its name.
         name: String,
         /// Its version; the latest when `None`.
         version: Option<i64>,

@@ -6,7 +6,7 @@
 //! port speaks TLS only, but to the agents `--allow-plaintext-agents` names.
 
 use super::Service;
-use crate::server::{websocket_config, Stream};
+use crate::fleet::{websocket_config, Stream};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
