@@ -306,8 +306,9 @@ pub(crate) struct ReportArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
-    /// token-file, api-token-file, journals, drain, tls-cert, tls-key); flags and
-    /// environment win over it.
+    /// token-file, api-token-file, journals, drain, tls-cert, tls-key, allow-command-alarms,
+    /// probe-allow and allow-plaintext-agents as arrays, max-connections,
+    /// max-connections-per-address, header-timeout); flags and environment win over it.
     #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The one address of the server: agents' websocket (/v1/agents), HTTP API (/api/v1),
@@ -326,8 +327,9 @@ pub(crate) struct ServeArgs {
     /// [default: .faultline/token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// File of API tokens, one a line (`TOKEN` or `NAME TOKEN`); created with one random
-    /// token if missing [default: .faultline/api-token].
+    /// File of API tokens, one a line: `NAME ROLE TOKEN` with ROLE read, run or admin (`TOKEN`
+    /// or `NAME TOKEN`: admin); created with one random token if missing
+    /// [default: .faultline/api-token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Directory of running experiments' journals (the database keeps them once ended)
@@ -340,6 +342,31 @@ pub(crate) struct ServeArgs {
     pub drain: Option<Duration>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Let templates that arrive over the API use `command` alarm sources, which run a
+    /// program on this server as its user; off by default: such templates are refused.
+    #[arg(long)]
+    pub allow_command_alarms: bool,
+    /// What the server may fetch for a template's http and prometheus alarms and its
+    /// userExperience: CIDRs, addresses, host names (as written, never resolved), `loopback`,
+    /// `fleet` (the connected hosts' addresses), comma-separated; the list replaces the default
+    /// [default: loopback,fleet].
+    #[arg(long, value_name = "CIDR|HOST,...", value_delimiter = ',')]
+    pub probe_allow: Vec<String>,
+    /// With --tls-cert: agents of these networks may still dial plain ws:// (CIDRs,
+    /// comma-separated; the flag alone: any address). Without it the port speaks TLS only.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', num_args = 0..)]
+    pub allow_plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// Connections the port holds at once; past it, the address holding the most gives up
+    /// its oldest [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Connections the port holds at once from one address [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
+    /// Time a client has to send a request's headers before its connection is closed
+    /// (ISO 8601) [default: PT10S].
+    #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+    pub header_timeout: Option<Duration>,
 }
 
 /// How a client reaches a server.

@@ -497,6 +497,7 @@ mod tests {
             store,
             Arc::new(controller),
             std::env::temp_dir().join("faultline-unit-journals"),
+            crate::serve::policy::Policy::default(),
         )
     }
 

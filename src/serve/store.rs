@@ -102,6 +102,19 @@ pub struct ExperimentRow {
     pub replica: String,
 }
 
+impl ExperimentRow {
+    /// Why an experiment recorded without running (cancelled, failed to resolve) has no
+    /// `what` (a report, a JUnit file): its state and reason.
+    pub fn never_ran(&self, what: &str) -> String {
+        format!(
+            "{} has no {what}: it ended {} without running{}",
+            self.id,
+            self.state,
+            self.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        )
+    }
+}
+
 /// A new experiment.
 pub struct NewExperiment<'a> {
     pub id: &'a str,
