@@ -3,7 +3,11 @@
 //! each scrape journaled as it is read. The report's figures are made from these samples
 //! ([`crate::report::experience`]).
 
-use super::sources::root_cause;
+use super::sources::{read_capped, root_cause, Capped};
+
+/// The most a scrape of the userExperience endpoint reads (a load balancer's `/metrics` is a
+/// few KiB).
+pub const SCRAPE_CAP: usize = 4 << 20;
 use crate::journal::{Event, Journal};
 use crate::template::UserExperience;
 use std::collections::BTreeMap;
@@ -154,6 +158,13 @@ pub enum ScrapeError {
         url: String,
         status: u16,
     },
+    /// The answer is larger than the cap.
+    #[error("{url}: the answer is larger than {cap} bytes, the cap on a userExperience scrape; point it at an endpoint with fewer series")]
+    TooLarge {
+        url: String,
+        /// The cap, bytes.
+        cap: usize,
+    },
     /// A request counter is not in the answer.
     #[error("{url} has none of {metrics}")]
     Missing {
@@ -186,7 +197,16 @@ pub async fn scrape(client: &reqwest::Client, ux: &UserExperience) -> Result<Sam
             status: response.status().as_u16(),
         });
     }
-    let text = response.text().await.map_err(unreachable)?;
+    let text = match read_capped(response, SCRAPE_CAP).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(Capped::Read(e)) => return Err(unreachable(e)),
+        Err(Capped::TooLarge) => {
+            return Err(ScrapeError::TooLarge {
+                url: ux.url.clone(),
+                cap: SCRAPE_CAP,
+            })
+        }
+    };
     let at = SystemTime::now();
     let e = Exposition::parse(&text);
     let requests = e.sum(&ux.requests).ok_or_else(|| ScrapeError::Missing {
@@ -249,4 +269,38 @@ pub async fn watch(ux: UserExperience, journal: Arc<Journal>, cancel: Cancellati
         samples.push(s);
     }
     samples
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarms::sources::tests::answering;
+    use std::time::Duration;
+
+    fn ux(url: String) -> UserExperience {
+        UserExperience {
+            url,
+            requests: vec!["lb_requests_total".into()],
+            errors: Vec::new(),
+            latency: None,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scrape_is_read_up_to_its_cap() {
+        let client = reqwest::Client::new();
+        let small = ux(answering(b"lb_requests_total 12\n".to_vec()).await);
+        assert_eq!(scrape(&client, &small).await.unwrap().requests, Some(12.0));
+
+        // A valid exposition the whole way, so only the cap can refuse it.
+        let mut huge = b"lb_requests_total 12\n".to_vec();
+        while huge.len() <= 2 * SCRAPE_CAP {
+            huge.extend_from_slice(b"# padding padding padding padding padding padding padding\n");
+        }
+        let err = scrape(&client, &ux(answering(huge).await)).await.unwrap_err();
+        assert!(matches!(err, ScrapeError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("the cap on a userExperience scrape"), "{err}");
+    }
 }

@@ -154,24 +154,15 @@ impl Probe {
             .await
             .map_err(unreachable)?;
         let status = response.status().as_u16();
-        let too_large = || SourceError::AnswerTooLarge {
-            endpoint: endpoint.clone(),
-            cap: PROMETHEUS_ANSWER_CAP,
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > PROMETHEUS_ANSWER_CAP as u64)
-        {
-            return Err(too_large());
-        }
-        let mut response = response;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if bytes.len() + chunk.len() > PROMETHEUS_ANSWER_CAP {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let bytes = read_capped(response, PROMETHEUS_ANSWER_CAP)
+            .await
+            .map_err(|e| match e {
+                Capped::TooLarge => SourceError::AnswerTooLarge {
+                    endpoint: endpoint.clone(),
+                    cap: PROMETHEUS_ANSWER_CAP,
+                },
+                Capped::Read(e) => unreachable(e),
+            })?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SourceError::NotPrometheus {
             endpoint: endpoint.clone(),
             status,
@@ -179,6 +170,30 @@ impl Probe {
         })?;
         prometheus_value(&body)
     }
+}
+
+/// Why an HTTP answer was not read.
+pub(crate) enum Capped {
+    /// It is larger than the cap.
+    TooLarge,
+    /// The connection failed while it was read.
+    Read(reqwest::Error),
+}
+
+/// An answer's body, read in chunks and refused as soon as it passes `cap` bytes (or says it
+/// will), so that a probe never holds an endpoint's whole answer in memory.
+pub(crate) async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Read)? {
+        if bytes.len() + chunk.len() > cap {
+            return Err(Capped::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// One period's datapoint and what the probes had to say.
@@ -400,7 +415,7 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -450,7 +465,7 @@ mod tests {
     }
 
     /// A server that answers every request with `body`, chunked (no length to refuse it by).
-    async fn answering(body: Vec<u8>) -> String {
+    pub(crate) async fn answering(body: Vec<u8>) -> String {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
