@@ -27,9 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// How long an agent has to confirm the removal of a fault it reported holding.
-
-/// Something that happened to the fleet, for the journal and the engine.
+/// Something that happened to the fleet, for the journal and the run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FleetEvent {
     /// An agent registered.
