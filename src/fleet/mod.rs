@@ -56,6 +56,14 @@ pub enum FleetEvent {
         /// Why the removal was not confirmed, if it was not.
         error: Option<String>,
     },
+    /// A (re)registering agent holds a fault of another controller: its owner's to refresh
+    /// and remove (it ends with its owner's lease), so this controller leaves it alone.
+    ForeignHeld {
+        host: String,
+        fault_id: String,
+        /// The controller that applied it.
+        owner: String,
+    },
     /// An agent could not remove a fault on its own (at its deadline or lease); it retries.
     RemovalFailed {
         host: String,
