@@ -45,11 +45,34 @@ impl EndingSignals {
         };
         got?;
         self.last = name;
+        if name == "SIGHUP" {
+            quiet_hung_up_terminal();
+        }
         Some(ending)
     }
 
     /// The name of the signal [`EndingSignals::next`] last returned, e.g. `SIGHUP`.
     pub fn last(&self) -> &'static str {
         self.last
+    }
+}
+
+/// After a hang-up, a terminal on stdout or stderr answers every write with EIO, and a
+/// failed print panics: the run would end mid-way, its faults left to the agents' leases.
+/// Such an output is pointed at /dev/null; a file or a pipe keeps what is written to it.
+fn quiet_hung_up_terminal() {
+    use std::os::fd::AsRawFd;
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: fstat and dup2 on the process's own standard descriptors; `null` outlives
+        // the calls, and dup2 replaces the descriptor atomically.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR && libc::isatty(fd) == 0 {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
     }
 }

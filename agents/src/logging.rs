@@ -30,7 +30,10 @@ pub fn init(format: LogFormat, verbosity: i8, ours: &[&str]) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+        .with_target(false)
+        // A log line that cannot be written (a terminal that hung up) is dropped: reporting
+        // it on stderr would panic there, in the middle of removing faults.
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -7,6 +7,7 @@ use faultline::report::table;
 use faultline::signals::{Ending, EndingSignals};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -566,10 +567,16 @@ pub(super) fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
                 },
             };
             if interrupted.replace(code).is_none() {
-                eprintln!("stopping {id} on {server}; its faults are removed there");
-                let reason = json!({ "reason": "interrupted from the CLI" });
-                if let Err(e) = client.call(Method::POST, &format!("{exp}/stop"), Some(&reason)).await {
-                    eprintln!("{e:#}");
+                // The stop goes out before anything is printed (a hung-up terminal must not
+                // stand between a signal and the stop).
+                let reason = json!({ "reason": format!("interrupted from the CLI ({})", signals.last()) });
+                let stopped = client.call(Method::POST, &format!("{exp}/stop"), Some(&reason)).await;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stopping {id} on {server}; its faults are removed there"
+                );
+                if let Err(e) = stopped {
+                    let _ = writeln!(std::io::stderr(), "{e:#}");
                 }
             }
         };

@@ -6,6 +6,7 @@ use faultline::report::junit;
 use faultline::run::StopRequest;
 use faultline::signals::{Ending, EndingSignals};
 use faultline::{exit, plan, template};
+use std::io::Write;
 use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
@@ -110,22 +111,26 @@ pub(super) fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
 
 /// The first signal becomes a stop request; a later one does what `second` says.
 async fn forward(mut signals: EndingSignals, stop: mpsc::Sender<StopRequest>, second: Second) {
-    let Some(first) = signals.next().await.map(request) else {
+    let Some(first) = signals.next().await.map(|e| request(e, signals.last())) else {
         return;
     };
-    match second {
-        Second::ExitAtOnce => eprintln!(
-            "stopping ({first}): removing every fault (send the signal again to exit at once; agents' leases clean up)"
-        ),
-        Second::Ignore => eprintln!("stopping ({first}): removing every fault"),
-    }
+    // The stop goes out before anything is printed: a print must never stand between a
+    // signal and the removal of the faults.
+    let said = first.to_string();
     let _ = stop.send(first).await;
+    let _ = match second {
+        Second::ExitAtOnce => writeln!(
+            std::io::stderr(),
+            "stopping ({said}): removing every fault (send the signal again to exit at once; agents' leases clean up)"
+        ),
+        Second::Ignore => writeln!(std::io::stderr(), "stopping ({said}): removing every fault"),
+    };
     loop {
         let Some(again) = signals.next().await else {
             return;
         };
         if second == Second::ExitAtOnce {
-            eprintln!("exiting now");
+            let _ = writeln!(std::io::stderr(), "exiting now");
             std::process::exit(i32::from(match again {
                 Ending::Terminate => exit::TERMINATED,
                 Ending::Interrupt => exit::INTERRUPTED,
@@ -134,10 +139,10 @@ async fn forward(mut signals: EndingSignals, stop: mpsc::Sender<StopRequest>, se
     }
 }
 
-/// The stop a signal asks for.
-fn request(ending: Ending) -> StopRequest {
+/// The stop a signal (named `signal`) asks for.
+fn request(ending: Ending, signal: &'static str) -> StopRequest {
     match ending {
         Ending::Interrupt => StopRequest::Interrupted,
-        Ending::Terminate => StopRequest::Terminated,
+        Ending::Terminate => StopRequest::Terminated { signal },
     }
 }

@@ -20,7 +20,10 @@ pub enum StopRequest {
     /// The operator pressed Ctrl-C (SIGINT).
     Interrupted,
     /// The controller was asked to terminate (SIGTERM: CI cancellation, `timeout`, systemd).
-    Terminated,
+    Terminated {
+        /// SIGTERM, or SIGHUP or SIGQUIT, handled alike.
+        signal: &'static str,
+    },
     /// Someone asked a server to stop the run (the API, the safety lever, the server's own
     /// shutdown): the reason says who and why. The run ends `stopped`, as for a stop condition.
     Requested {
@@ -43,7 +46,7 @@ impl std::fmt::Display for StopRequest {
                 write!(f, "stop condition {alarm} went into ALARM ({detail})")
             }
             StopRequest::Interrupted => write!(f, "interrupted by the operator"),
-            StopRequest::Terminated => write!(f, "terminated (SIGTERM)"),
+            StopRequest::Terminated { signal } => write!(f, "terminated ({signal})"),
             StopRequest::Requested { why } => write!(f, "{why}"),
             StopRequest::Unwatched { alarm, why } => {
                 match alarm {
@@ -149,7 +152,7 @@ pub fn exit_code(state: State, stop: Option<&StopRequest>) -> u8 {
     match (state, stop) {
         (State::Completed, _) => crate::exit::COMPLETED,
         (State::Stopped, Some(StopRequest::Interrupted)) => crate::exit::INTERRUPTED,
-        (State::Stopped, Some(StopRequest::Terminated)) => crate::exit::TERMINATED,
+        (State::Stopped, Some(StopRequest::Terminated { .. })) => crate::exit::TERMINATED,
         // Not a stop condition: the run could not be watched, so it did not do its job.
         (State::Stopped, Some(StopRequest::Unwatched { .. })) => crate::exit::FAILED,
         (State::Stopped, _) => crate::exit::STOPPED,
@@ -164,7 +167,10 @@ mod tests {
 
     #[test]
     fn each_signal_has_its_exit_status() {
-        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
+        assert_eq!(
+            exit_code(State::Stopped, Some(&StopRequest::Terminated { signal: "SIGTERM" })),
+            143
+        );
         assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
         let asked = StopRequest::Requested {
             why: "stopped by ops: a customer call".into(),

@@ -25,16 +25,16 @@ fn long_cpu_fault(s: &Scratch) -> std::path::PathBuf {
 
 #[test]
 fn sigterm_removes_every_fault_reports_and_exits_143() {
-    ends_cleanly_on(libc::SIGTERM);
+    ends_cleanly_on(libc::SIGTERM, "SIGTERM");
 }
 
 #[test]
 fn sighup_and_sigquit_end_the_run_as_sigterm_does() {
-    ends_cleanly_on(libc::SIGHUP);
-    ends_cleanly_on(libc::SIGQUIT);
+    ends_cleanly_on(libc::SIGHUP, "SIGHUP");
+    ends_cleanly_on(libc::SIGQUIT, "SIGQUIT");
 }
 
-fn ends_cleanly_on(signal: i32) {
+fn ends_cleanly_on(signal: i32, name: &str) {
     let s = Scratch::new("sigterm");
     let (mut ctl, port) = controller(&s, &long_cpu_fault(&s), 1, &[]);
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
@@ -48,7 +48,7 @@ fn ends_cleanly_on(signal: i32) {
     assert_eq!(status.code(), Some(143), "signal {signal}: {}", lines.join("\n"));
     let r = report(&out, &lines);
     assert_eq!(r["state"], "stopped");
-    assert!(r["reason"].as_str().unwrap().contains("SIGTERM"), "{r}");
+    assert!(r["reason"].as_str().unwrap().contains(name), "{r}");
     assert_eq!(r["actions"]["A"]["state"], "stopped");
 
     // Removed by the controller, seen from outside: the agent says so, its CPU is idle
@@ -132,4 +132,106 @@ fn sigterm_during_the_steady_state_check_stops_before_anything_is_injected() {
     assert_eq!(r["state"], "stopped");
     assert_eq!(r["actions"]["A"]["state"], "cancelled");
     assert!(!journal(&s).iter().any(|e| e["event"] == "dispatch"));
+}
+
+/// A closed terminal (an SSH session that drops) hangs the controller's terminal up: every
+/// write to it fails from then on, and the SIGHUP that follows must still stop the run with
+/// every fault removed, not end the process in a failed print.
+#[test]
+fn a_terminal_that_hangs_up_stops_the_run_and_removes_its_faults() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("hangup");
+    agent_bin();
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors we own from here on.
+    let opened = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are ours alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = std::process::Command::new(FAULTLINE);
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--format", "json", "--seed", "1"])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--journal")
+        .arg(s.path("journal.jsonl"))
+        .args(["--wait-agents", "1"])
+        .arg(long_cpu_fault(&s))
+        .current_dir(&s.0)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // A session of its own whose controlling terminal is the pty, as a login shell's job.
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut ctl = cmd.spawn().unwrap();
+    drop(slave);
+    // Read here, without a thread of its own that would keep the terminal open: what the
+    // controller writes is drained while the test waits, so it never blocks on a full
+    // terminal.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut terminal = std::fs::File::from(master);
+    let mut seen = String::new();
+    let mut drain = |seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = terminal.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    let mut port = None;
+    eventually("the controller says where it listens", T, || {
+        drain(&mut seen);
+        let rest = seen.split("ws://127.0.0.1:").nth(1).unwrap_or_default();
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        port = (!digits.is_empty() && rest.len() > digits.len()).then(|| digits.parse::<u16>().unwrap());
+        port.is_some()
+    });
+    let mut a = agent(&s, port.unwrap(), "web-a1", "az-a", &[]);
+    eventually("the fault is in effect", T, || {
+        drain(&mut seen);
+        std::fs::read_to_string(s.path("journal.jsonl")).is_ok_and(|j| {
+            j.lines()
+                .any(|l| l.contains("\"action_state\"") && l.contains("\"running\""))
+        })
+    });
+    assert!(!state_files(&s, "web-a1").is_empty(), "the agent records the fault");
+
+    // The terminal goes away: the kernel hangs it up and sends the session SIGHUP.
+    drop(terminal);
+    let mut status = None;
+    eventually("the controller ends after the hang-up", T, || {
+        status = ctl.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(143), "{status:?}");
+    a.expect("removed on request", T);
+    assert!(state_files(&s, "web-a1").is_empty(), "every fault removed");
+    let journal = journal(&s);
+    let last = journal.last().unwrap();
+    assert_eq!(last["event"], "experiment_state", "{journal:?}");
+    assert_eq!(last["state"], "stopped", "{journal:?}");
+    assert!(last["reason"].as_str().unwrap().contains("SIGHUP"), "{last}");
 }
