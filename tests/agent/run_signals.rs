@@ -156,6 +156,12 @@ fn a_terminal_that_hangs_up_stops_the_run_and_removes_its_faults() {
         )
     };
     assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    // openpty's descriptors are inherited across exec: a child (the controller, the agent)
+    // holding the master would keep the terminal from ever hanging up.
+    for fd in [master, slave] {
+        // SAFETY: fcntl on descriptors we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: both descriptors are ours alone.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let mut cmd = std::process::Command::new(FAULTLINE);
