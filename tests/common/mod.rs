@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub(crate) mod fake_agent;
+pub(crate) mod fis;
 pub(crate) mod handshake;
 pub(crate) mod netns;
 

@@ -1,72 +1,31 @@
 //! FIS templates as users bring them: every file of experiments/fis/ validated and planned
 //! (or refused, naming what this build lacks), the FIS template language, and the
-//! AWSFIS-Run-* documents run by real agents with their effect seen from outside.
+//! AWSFIS-Run-* documents run by real agents with their effect seen from outside. Their
+//! set-ups (the examples, the runs, the agents, the demo) are in tests/common/fis.rs.
 
 use crate::common;
 
+use common::fis::*;
 use common::netns::*;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(30);
-/// The tags the FIS documentation's examples select by; the demo hosts carry them.
-const FIS_TAGS: [&str; 4] = ["--tag", "Environment=Production", "--tag", "Tier=Web"];
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fis_alarms() -> PathBuf {
-    root().join("experiments/fis/alarms.json")
-}
-
-/// The templates of experiments/fis/ (everything but its alarms file).
-fn fis_templates() -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(root().join("experiments/fis"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && p.file_name() != Some("alarms.json".as_ref()))
-        .collect();
-    files.sort();
-    files
-}
-
-fn faultline(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(FAULTLINE).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn every_fis_example_validates_and_plans_or_names_what_this_build_lacks() {
-    let alarms = fis_alarms();
-    let inventory = root().join("experiments/inventory.json");
     let mut valid = 0;
     for f in fis_templates() {
         let file = f.to_str().unwrap();
-        let (code, out, err) = faultline(&["validate", "--alarms", alarms.to_str().unwrap(), file]);
+        let (code, out, err) = fis_validate(&f);
         match code {
             Some(0) => {
                 valid += 1;
-                let (code, out, err) = faultline(&[
-                    "plan",
-                    "--alarms",
-                    alarms.to_str().unwrap(),
-                    "--inventory",
-                    inventory.to_str().unwrap(),
-                    "--seed",
-                    "1",
-                    file,
-                ]);
+                let (code, out, err) = fis_plan(&f, &["--seed", "1"]);
                 assert_eq!(code, Some(0), "plan {file}: {out}{err}");
             }
             Some(2) => assert!(
@@ -84,19 +43,11 @@ fn every_fis_example_validates_and_plans_or_names_what_this_build_lacks() {
 #[test]
 fn cloudformation_spelling_is_accepted_and_its_mistakes_point_at_the_users_keys() {
     let s = Scratch::new("fis-cfn");
-    let mut t: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("experiments/fis/docs-cloudformation-cpu-stress.json")).unwrap(),
-    )
-    .unwrap();
+    let mut t = fis_example("docs-cloudformation-cpu-stress.json");
     t["Targets"]["WebInstances"]["SelectionMode"] = json!("SOME");
     t["Actions"]["CpuStress"]["Targets"] = json!({ "Instances": "Nowhere" });
     let file = s.write_json("t.json", &t);
-    let (code, out, _) = faultline(&[
-        "validate",
-        "--alarms",
-        fis_alarms().to_str().unwrap(),
-        file.to_str().unwrap(),
-    ]);
+    let (code, out, _) = fis_validate(&file);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("/Targets/WebInstances/SelectionMode:"), "{out}");
     assert!(
@@ -138,7 +89,6 @@ fn what_has_no_local_meaning_is_refused_by_name() {
 #[test]
 fn targets_named_by_arn_are_never_skipped() {
     let s = Scratch::new("fis-arn");
-    let inventory = root().join("experiments/inventory.json");
     let mut t = single_action("web-a1", "aws:fis:wait", json!({ "duration": "PT1M" }));
     t["actions"]["A"] = json!({
         "actionId": "aws:ssm:send-command",
@@ -155,12 +105,7 @@ fn targets_named_by_arn_are_never_skipped() {
         "selectionMode": "ALL"
     });
     let by_arn = s.write_json("arn.json", &t);
-    let (code, out, err) = faultline(&[
-        "plan",
-        "--inventory",
-        inventory.to_str().unwrap(),
-        by_arn.to_str().unwrap(),
-    ]);
+    let (code, out, err) = plan(&by_arn, &[]);
     assert_eq!(code, Some(3), "{out}{err}");
     assert!(err.contains("i-0gone") && err.contains("never skipped"), "{err}");
 
@@ -170,32 +115,15 @@ fn targets_named_by_arn_are_never_skipped() {
         "selectionMode": "ALL"
     });
     let by_tag = s.write_json("tag.json", &t);
-    let (code, out, err) = faultline(&[
-        "plan",
-        "--inventory",
-        inventory.to_str().unwrap(),
-        by_tag.to_str().unwrap(),
-    ]);
+    let (code, out, err) = plan(&by_tag, &[]);
     assert_eq!(code, Some(0), "tags resolving to nothing are skipped: {out}{err}");
 }
 
 #[test]
 fn subnets_are_chosen_by_their_tags_and_an_unmatched_tag_is_an_empty_target() {
     let s = Scratch::new("fis-subnet-tags");
-    let inventory = root().join("experiments/inventory.json");
     let example = root().join("experiments/fis/subnet-disrupt-by-tag.json");
-    let plan = |file: &Path| {
-        faultline(&[
-            "plan",
-            "--alarms",
-            fis_alarms().to_str().unwrap(),
-            "--inventory",
-            inventory.to_str().unwrap(),
-            "--format",
-            "json",
-            file.to_str().unwrap(),
-        ])
-    };
+    let plan = |file: &Path| fis_plan(file, &["--format", "json"]);
     let selected = |out: &str| {
         let v: Value = serde_json::from_str(out).unwrap();
         v["targets"]["TaggedSubnetsInB"].clone()
@@ -205,7 +133,7 @@ fn subnets_are_chosen_by_their_tags_and_an_unmatched_tag_is_an_empty_target() {
     assert_eq!(selected(&out), json!(["subnet-az-b"]), "{out}");
 
     // Every subnet of the topology has the tag: without the AZ, all three; with its Name, one.
-    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    let mut t = fis_example("subnet-disrupt-by-tag.json");
     let target = &mut t["targets"]["TaggedSubnetsInB"];
     target.as_object_mut().unwrap().remove("parameters");
     let file = s.write_json("all.json", &t);
@@ -238,52 +166,18 @@ fn subnets_are_chosen_by_their_tags_and_an_unmatched_tag_is_an_empty_target() {
     assert_eq!(selected(&out), json!([]), "{out}");
 }
 
-/// An example of experiments/fis/ with its durations and documentParameters changed.
-fn example(name: &str, document: Value, duration: Option<&str>) -> Value {
-    let mut t: Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("experiments/fis").join(name)).unwrap()).unwrap();
-    let params = &mut t["actions"]["RunDocument"]["parameters"];
-    params["documentParameters"] = json!(document.to_string());
-    match duration {
-        Some(d) => params["duration"] = json!(d),
-        None => {
-            params.as_object_mut().unwrap().remove("duration");
-        }
-    }
-    t
-}
-
-/// An alarms file defining the examples' stop condition as one that never fires.
-fn quiet_alarms(s: &Scratch) -> PathBuf {
-    s.write_json(
-        "alarms.json",
-        &json!({
-            "$schema": "alarms.schema.json",
-            "WebErrorRateHigh": {
-                "metric": { "command": { "run": ["true"] }, "statistic": "exitStatus" },
-                "threshold": 0,
-                "comparisonOperator": "GreaterThanThreshold",
-                "period": "PT1S",
-                "evaluationPeriods": 1
-            }
-        }),
-    )
-}
-
 #[test]
 fn cpu_stress_document_burns_for_duration_seconds_within_the_actions_span() {
     let s = Scratch::new("fis-ssm-cpu");
-    let template = s.write_json(
-        "t.json",
+    let (mut ctl, port) = run_quietly(
+        &s,
         &example(
             "ssm-cpu-stress.json",
             json!({ "DurationSeconds": "4", "CPU": "1", "LoadPercent": "100", "InstallDependencies": "True" }),
             Some("PT9S"),
         ),
     );
-    let alarms = quiet_alarms(&s);
-    let (mut ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
-    let a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
+    let a = fis_agent(&s, port);
     ctl.expect("action RunDocument running", T);
     let started = Instant::now();
     let busy = tree_cpu_load(a.pid(), Duration::from_secs(2));
@@ -304,8 +198,7 @@ fn cpu_stress_document_burns_for_duration_seconds_within_the_actions_span() {
         started.elapsed() >= Duration::from_secs(8),
         "the action ended before its duration"
     );
-    let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    let (out, lines) = finish_ok(ctl);
     assert_eq!(report(&out, &lines)["state"], "completed");
 }
 
@@ -314,31 +207,19 @@ fn kill_process_document_signals_the_named_processes() {
     let s = Scratch::new("fis-ssm-kill");
     let name = unique_name("ssm-victim");
     let mut victim = Command::new("sleep").arg0(&name).arg("300").spawn().unwrap();
-    let template = s.write_json(
-        "t.json",
+    let (ctl, port) = run_quietly(
+        &s,
         &example(
             "ssm-kill-process.json",
             json!({ "ProcessName": name, "Signal": "SIGKILL" }),
             None,
         ),
     );
-    let alarms = quiet_alarms(&s);
-    let (ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
-    let _a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
+    let _a = fis_agent(&s, port);
     let (status, out, lines) = ctl.finish(T);
     assert_eq!(victim.wait().unwrap().signal(), Some(libc::SIGKILL));
     assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
     assert_eq!(report(&out, &lines)["state"], "completed");
-}
-
-/// An agent (web-a1, the FIS tags) whose proxy fronts `upstream`; with the proxy's port.
-fn proxied_agent(s: &Scratch, port: u16, upstream: u16) -> (Proc, u16) {
-    let proxy_arg = format!("127.0.0.1:0=127.0.0.1:{upstream}");
-    let mut extra = FIS_TAGS.to_vec();
-    extra.extend(["--proxy", &proxy_arg]);
-    let mut a = agent(s, port, "web-a1", "az-a", &extra);
-    let proxy = a.listen_port("proxy ready");
-    (a, proxy)
 }
 
 #[test]
@@ -352,25 +233,16 @@ fn network_latency_document_delays_by_its_default_200_ms() {
         Some("PT4S"),
     );
     t["targets"]["WebInstances"]["selectionMode"] = json!("ALL");
-    let template = s.write_json("t.json", &t);
-    let alarms = quiet_alarms(&s);
-    let (mut ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
+    let (mut ctl, port) = run_quietly(&s, &t);
     let (_a, proxy) = proxied_agent(&s, port, upstream);
     ctl.expect("action RunDocument running", T);
     let during = round_trip_from([127, 0, 0, 1].into(), proxy);
     ctl.expect("action RunDocument completed", T);
     let after = round_trip_from([127, 0, 0, 1].into(), proxy);
-    let (status, _, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    finish_ok(ctl);
     // Both directions are delayed by 200 ms.
     assert!(during >= Duration::from_millis(380), "during: {during:?}");
     assert!(after < Duration::from_millis(100), "after: {after:?}");
-}
-
-/// `t` with no stop condition, for runs whose alarms would only add time.
-fn without_alarms(mut t: Value) -> Value {
-    t["stopConditions"] = json!([{ "source": "none" }]);
-    t
 }
 
 /// The memory the agent `pid` counts a percent of: the host's, or its cgroup's limit when
@@ -394,16 +266,15 @@ fn memory_total(pid: u32) -> u64 {
 #[test]
 fn memory_stress_document_holds_its_percent_of_memory() {
     let s = Scratch::new("fis-ssm-memory");
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    let (mut ctl, port) = run_without_alarms(
+        &s,
+        example(
             "ssm-memory-stress.json",
             json!({ "DurationSeconds": "5", "Percent": "2", "Workers": "1" }),
             Some("PT5S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = controller(&s, &template, 1, &[]);
-    let a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
+    let a = fis_agent(&s, port);
     ctl.expect("experiment initiating", T);
     let before = tree_rss(a.pid());
     let asked = memory_total(a.pid()) / 100 * 2;
@@ -425,44 +296,7 @@ fn memory_stress_document_holds_its_percent_of_memory() {
     eventually("the memory freed", Duration::from_secs(5), || {
         tree_rss(a.pid()) < before + (16 << 20)
     });
-    let (status, _, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
-}
-
-/// An agent (web-a1, the FIS tags) whose /tmp, where the I/O and disk documents write, is a
-/// 64 MiB tmpfs of its own, in a private mount namespace: never the real disk. Its token and
-/// state dir are recreated inside; its binary is opened before the mount and run from that
-/// descriptor, as a checkout under /tmp (a CI clone) is hidden by it. `None` without root
-/// (the test skips, loudly).
-fn agent_on_tmpfs(s: &Scratch, port: u16) -> Option<Proc> {
-    if !is_root() {
-        assert!(!required(), "CI=true: the I/O and disk document tests must run as root");
-        eprintln!("SKIPPED: the I/O and disk document tests mount a tmpfs and need root");
-        return None;
-    }
-    let (token, state) = (s.path("token"), s.path("state-web-a1"));
-    let script = format!(
-        "exec 3<\"$0\" && t=$(cat '{token}') && mount -t tmpfs -o size=64m tmpfs /tmp && \
-         mkdir -p '{state}' && printf %s \"$t\" > '{token}' && exec /proc/self/fd/3 \"$@\"",
-        token = token.display(),
-        state = state.display()
-    );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(agent_bin())
-        .args(["--controller", &format!("ws://127.0.0.1:{port}")])
-        .arg("--token-file")
-        .arg(&token)
-        .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
-        .args(FIS_TAGS)
-        .arg("--state-dir")
-        .arg(&state);
-    Some(Proc::spawn("web-a1", cmd))
-}
-
-/// The agent's /tmp (its tmpfs), as seen from outside its mount namespace.
-fn agent_tmp(agent: &Proc) -> PathBuf {
-    PathBuf::from(format!("/proc/{}/root/tmp", agent.pid()))
+    finish_ok(ctl);
 }
 
 /// Percent of a filesystem in use, from statvfs.
@@ -478,15 +312,14 @@ fn used_percent(dir: &Path) -> f64 {
 #[test]
 fn io_stress_document_writes_under_its_path_and_leaves_nothing() {
     let s = Scratch::new("fis-ssm-io");
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    let (mut ctl, port) = run_without_alarms(
+        &s,
+        example(
             "ssm-io-stress.json",
             json!({ "DurationSeconds": "4", "Workers": "1", "Percent": "25" }),
             Some("PT4S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let Some(a) = agent_on_tmpfs(&s, port) else { return };
     let tmp = agent_tmp(&a);
     ctl.expect("experiment initiating", T);
@@ -510,8 +343,7 @@ fn io_stress_document_writes_under_its_path_and_leaves_nothing() {
         (15.0..=35.0).contains(&peak),
         "its files took up to {peak:.1} %, asked 25 % of the free space"
     );
-    let (status, _, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    finish_ok(ctl);
     // The files have no name: only statvfs sees that their space is given back.
     let left = used_percent(&tmp);
     assert!(
@@ -523,23 +355,21 @@ fn io_stress_document_writes_under_its_path_and_leaves_nothing() {
 #[test]
 fn disk_fill_document_fills_its_filesystem_to_the_percent_then_empties_it() {
     let s = Scratch::new("fis-ssm-disk");
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    let (mut ctl, port) = run_without_alarms(
+        &s,
+        example(
             "ssm-disk-fill.json",
             json!({ "DurationSeconds": "5", "Percent": "60" }),
             Some("PT5S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let Some(a) = agent_on_tmpfs(&s, port) else { return };
     let tmp = agent_tmp(&a);
     ctl.expect("action RunDocument running", T);
     eventually("the filesystem 60 % full", Duration::from_secs(4), || {
         (57.0..=63.0).contains(&used_percent(&tmp))
     });
-    let (status, _, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    finish_ok(ctl);
     assert!(used_percent(&tmp) < 10.0, "still {:.1} % used", used_percent(&tmp));
 }
 
@@ -547,23 +377,21 @@ fn disk_fill_document_fills_its_filesystem_to_the_percent_then_empties_it() {
 fn network_latency_sources_document_delays_only_the_named_source() {
     let s = Scratch::new("fis-ssm-latency-sources");
     let upstream = echo_server();
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    let (mut ctl, port) = run_without_alarms(
+        &s,
+        example(
             "ssm-network-latency-sources.json",
             json!({ "DurationSeconds": "6", "Sources": "127.0.0.2", "DelayMilliseconds": "300", "JitterMilliseconds": "0" }),
             Some("PT6S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = controller(&s, &template, 1, &[]);
     let (_a, proxy) = proxied_agent(&s, port, upstream);
     ctl.expect("action RunDocument running", T);
     let named = round_trip_from([127, 0, 0, 2].into(), proxy);
     let other = round_trip_from([127, 0, 0, 3].into(), proxy);
     ctl.expect("action RunDocument completed", T);
     let after = round_trip_from([127, 0, 0, 2].into(), proxy);
-    let (status, _, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    finish_ok(ctl);
     // Both directions of the named source's connection are delayed by 300 ms.
     assert!(named >= Duration::from_millis(580), "the source: {named:?}");
     assert!(other < Duration::from_millis(150), "not a source: {other:?}");
@@ -577,39 +405,31 @@ fn loss_from(pair: &Pair, from: std::net::Ipv4Addr, n: u32) -> f64 {
 
 #[test]
 fn network_packet_loss_document_drops_its_share() {
-    if !privileged() {
+    let Some((s, pair)) = pair_world("fis-ssm-loss") else {
         return;
-    }
-    let s = Scratch::new("fis-ssm-loss");
-    let pair = Pair::new();
-    pair.serve();
-    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    };
+    start_service(&pair);
+    let (ctl, _agent) = run_in_pair(
+        &pair,
+        &s,
+        example(
             "ssm-network-packet-loss.json",
             json!({ "DurationSeconds": "6", "LossPercent": "30", "Interface": "eth0" }),
             Some("PT6S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = pair.controller(&s, &template);
-    let _agent = pair.agent(&s, port, &FIS_TAGS);
-    ctl.expect("action RunDocument running", T);
     let loss = loss_from(&pair, pair.cli(), 1000);
     eprintln!("AWSFIS-Run-Network-Packet-Loss: asked 30%, measured {loss:.1}% over 1000 datagrams");
     assert!((25.0..=35.0).contains(&loss), "asked 30% loss, measured {loss}%");
-    let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+    finish_ok(ctl);
     assert_eq!(loss_from(&pair, pair.cli(), 400), 0.0, "loss after the document");
 }
 
 #[test]
 fn network_packet_loss_sources_document_drops_only_the_named_sources_share() {
-    if !privileged() {
+    let Some((s, pair)) = pair_world("fis-ssm-loss-sources") else {
         return;
-    }
-    let s = Scratch::new("fis-ssm-loss-sources");
-    let pair = Pair::new();
+    };
     let other = pair.addr(3);
     ip(&[
         "-n",
@@ -620,74 +440,48 @@ fn network_packet_loss_sources_document_drops_only_the_named_sources_share() {
         "dev",
         "eth0",
     ]);
-    pair.serve();
-    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    start_service(&pair);
+    let (ctl, _agent) = run_in_pair(
+        &pair,
+        &s,
+        example(
             "ssm-network-packet-loss-sources.json",
             json!({ "DurationSeconds": "6", "Sources": pair.cli().to_string(), "LossPercent": "30" }),
             Some("PT6S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = pair.controller(&s, &template);
-    let _agent = pair.agent(&s, port, &FIS_TAGS);
-    ctl.expect("action RunDocument running", T);
     let named = loss_from(&pair, pair.cli(), 1000);
     let unnamed = loss_from(&pair, other, 400);
     eprintln!("AWSFIS-Run-Network-Packet-Loss-Sources: asked 30%, measured {named:.1}% from the source, {unnamed:.1}% from another");
     assert!((25.0..=35.0).contains(&named), "asked 30% loss, measured {named}%");
     assert_eq!(unnamed, 0.0, "{other} is not a source");
-    let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+    finish_ok(ctl);
 }
 
 #[test]
 fn network_blackhole_port_document_silences_the_port_then_lets_it_answer() {
-    if !privileged() {
+    let Some((s, pair)) = pair_world("fis-ssm-blackhole") else {
         return;
-    }
-    let s = Scratch::new("fis-ssm-blackhole");
-    let pair = Pair::new();
-    pair.serve();
-    eventually(
-        "the port answering before the document",
-        Duration::from_secs(10),
-        || pair.answers(),
-    );
-    let template = s.write_json(
-        "t.json",
-        &without_alarms(example(
+    };
+    start_service(&pair);
+    let (ctl, _agent) = run_in_pair(
+        &pair,
+        &s,
+        example(
             "ssm-network-blackhole-port.json",
             json!({ "DurationSeconds": "5", "Protocol": "tcp", "Port": PORT.to_string() }),
             Some("PT5S"),
-        )),
+        ),
     );
-    let (mut ctl, port) = pair.controller(&s, &template);
-    let _agent = pair.agent(&s, port, &FIS_TAGS);
-    ctl.expect("action RunDocument running", T);
     assert!(!pair.answers(), "port {PORT} answered during the blackhole");
-    let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", report(&out, &lines));
+    finish_ok(ctl);
     assert!(pair.answers(), "port {PORT} must answer again after the document");
 }
 
 #[test]
 fn the_demo_runs_a_cloudformation_template_with_alarms_named_by_arn() {
-    workspace_bin("faultline-agent");
-    let _demo = one_demo_at_a_time();
-    let s = Scratch::new("fis-demo");
-    let mut cmd = Command::new(FAULTLINE);
-    cmd.args(["demo", "--format", "json", "--seed", "5", "--template"])
-        .arg(root().join("experiments/fis/docs-cloudformation-cpu-stress.json"))
-        .arg("--alarms")
-        .arg(fis_alarms())
-        .current_dir(&s.0);
-    let mut demo = Proc::spawn("demo", cmd);
-    demo.expect("demo world ready", Duration::from_secs(90));
-    let (status, out, lines) = demo.finish(Duration::from_secs(180));
-    let r = report(&out, &lines);
-    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    let demo = FisDemo::start("fis-demo", "docs-cloudformation-cpu-stress.json");
+    let r = demo.finish(Duration::from_secs(180));
     assert_eq!(r["state"], "completed");
     // PERCENT(50) of the four Production/Web hosts of az-a and az-b.
     let hosts = r["actions"]["CpuStress"]["hosts"].as_array().unwrap();
@@ -713,28 +507,9 @@ fn lb_health(port: u16) -> std::collections::BTreeMap<String, bool> {
 
 #[test]
 fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
-    workspace_bin("faultline-agent");
-    let _demo = one_demo_at_a_time();
-    let s = Scratch::new("fis-subnet");
-    let lb_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "demo",
-        "--format",
-        "json",
-        "--seed",
-        "5",
-        "--lb-port",
-        &lb_port.to_string(),
-    ])
-    .arg("--template")
-    .arg(root().join("experiments/fis/subnet-disrupt-all.json"))
-    .arg("--alarms")
-    .arg(fis_alarms())
-    .current_dir(&s.0);
-    let mut demo = Proc::spawn("demo", cmd);
-    demo.expect("demo world ready", Duration::from_secs(90));
-    demo.expect("action DisruptSubnet running", T);
+    let mut demo = FisDemo::start_with_lb_port("fis-subnet", "subnet-disrupt-all.json");
+    let lb_port = demo.lb_port();
+    demo.world.expect("action DisruptSubnet running", T);
     // Seen from the load balancer, outside the subnet: az-a's hosts stop answering, the
     // others do not.
     eventually("the load balancer to lose az-a", Duration::from_secs(20), || {
@@ -743,10 +518,9 @@ fn the_demo_cuts_a_subnet_off_and_lets_it_back() {
     });
     let h = lb_health(lb_port);
     assert_eq!((h.get("web-b1"), h.get("web-c1")), (Some(&true), Some(&true)), "{h:?}");
-    demo.expect("action DisruptSubnet completed", Duration::from_secs(40));
-    let (status, out, lines) = demo.finish(Duration::from_secs(120));
-    let r = report(&out, &lines);
-    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    demo.world
+        .expect("action DisruptSubnet completed", Duration::from_secs(40));
+    let r = demo.finish(Duration::from_secs(120));
     assert_eq!(r["actions"]["DisruptSubnet"]["hosts"], json!(["web-a1", "web-a2"]));
 }
 
@@ -763,31 +537,12 @@ fn answered(from: [u8; 4], to: [u8; 4]) -> bool {
 
 #[test]
 fn the_demo_cuts_a_subnet_off_from_the_other_azs_only() {
-    workspace_bin("faultline-agent");
-    let _demo = one_demo_at_a_time();
-    let s = Scratch::new("fis-subnet-az");
-    let lb_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut cmd = Command::new(FAULTLINE);
-    cmd.args([
-        "demo",
-        "--format",
-        "json",
-        "--seed",
-        "5",
-        "--lb-port",
-        &lb_port.to_string(),
-    ])
-    .arg("--template")
-    .arg(root().join("experiments/fis/subnet-disrupt-availability-zone.json"))
-    .arg("--alarms")
-    .arg(fis_alarms())
-    .current_dir(&s.0);
-    let mut demo = Proc::spawn("demo", cmd);
-    demo.expect("demo world ready", Duration::from_secs(90));
+    let mut demo = FisDemo::start_with_lb_port("fis-subnet-az", "subnet-disrupt-availability-zone.json");
+    let lb_port = demo.lb_port();
     // The demo's addresses: 127.0.AZ.N, az-a counting 1; 127.0.9.9 is no host's.
     let (web_a1, web_b1, web_c1, outside) = ([127, 0, 1, 11], [127, 0, 2, 11], [127, 0, 3, 11], [127, 0, 9, 9]);
     assert!(answered(web_b1, web_a1), "az-b reaches az-a before the fault");
-    demo.expect("action DisruptSubnet running", T);
+    demo.world.expect("action DisruptSubnet running", T);
     eventually("az-a to refuse the other AZs", Duration::from_secs(10), || {
         !answered(web_b1, web_a1) && !answered(web_c1, web_a1)
     });
@@ -802,11 +557,10 @@ fn the_demo_cuts_a_subnet_off_from_the_other_azs_only() {
         (Some(&true), Some(&true)),
         "the load balancer still reaches az-a: {h:?}"
     );
-    demo.expect("action DisruptSubnet completed", Duration::from_secs(40));
+    demo.world
+        .expect("action DisruptSubnet completed", Duration::from_secs(40));
     assert!(answered(web_b1, web_a1), "az-b reaches az-a again after the fault");
-    let (status, out, lines) = demo.finish(Duration::from_secs(120));
-    let r = report(&out, &lines);
-    assert_eq!(status.code(), Some(0), "{r}\n{}", lines.join("\n"));
+    let r = demo.finish(Duration::from_secs(120));
     assert_eq!(r["actions"]["DisruptSubnet"]["hosts"], json!(["web-a1", "web-a2"]));
 }
 
@@ -815,12 +569,9 @@ fn actions_mode_skip_all_resolves_targets_and_injects_nothing() {
     let s = Scratch::new("fis-skip-all");
     let mut t = example("ssm-cpu-stress.json", json!({ "DurationSeconds": "30" }), Some("PT30S"));
     t["experimentOptions"]["actionsMode"] = json!("skip-all");
-    let template = s.write_json("t.json", &t);
-    let alarms = quiet_alarms(&s);
-    let (ctl, port) = controller(&s, &template, 1, &["--alarms", alarms.to_str().unwrap()]);
-    let a = agent(&s, port, "web-a1", "az-a", &FIS_TAGS);
-    let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
+    let (ctl, port) = run_quietly(&s, &t);
+    let a = fis_agent(&s, port);
+    let (out, _) = finish_ok(ctl);
     assert!(out.contains("\"host\": \"web-a1\"") || out.contains("web-a1"), "{out}");
     assert!(holders(a.pid()).is_empty(), "skip-all started a holder");
     assert!(!s.path("journal.jsonl").exists(), "skip-all ran the experiment");
@@ -829,12 +580,7 @@ fn actions_mode_skip_all_resolves_targets_and_injects_nothing() {
 #[test]
 fn parameters_with_no_local_meaning_are_reported_as_ignored() {
     let file = root().join("experiments/fis/ssm-network-latency.json");
-    let (code, out, _) = faultline(&[
-        "validate",
-        "--alarms",
-        fis_alarms().to_str().unwrap(),
-        file.to_str().unwrap(),
-    ]);
+    let (code, out, _) = fis_validate(&file);
     assert_eq!(code, Some(0), "{out}");
     for ignored in ["Interface is ignored", "InstallDependencies is ignored"] {
         assert!(
