@@ -97,19 +97,29 @@ pub fn render(placement: &Placement, agents: &Agents) -> Mapping {
     doc
 }
 
-/// The control and AZ networks; Docker hands out `.128/25` to services without a fixed
-/// address, so none takes one of the hosts' (`.2` to `.127`).
+/// The control and AZ networks, gateway `.1` (the controller, on the control network);
+/// Docker hands out `.128/25` to services without a fixed address, so none takes one of the
+/// hosts' (`.2` to `.127`). The gateway is explicit: with a range, Docker would take the
+/// range's first address for it.
 fn topology_networks() -> Mapping {
     std::iter::once(CONTROL_NETWORK)
         .chain(ZONES)
         .map(|n| {
             let subnet = format!("{}/24", address(n, 0));
             let range = format!("{}/25", address(n, 128));
+            let gateway = address(n, 1).to_string();
             (
                 s(n),
                 map([(
                     "ipam",
-                    map([("config", list([map([("subnet", s(subnet)), ("ip_range", s(range))])]))]),
+                    map([(
+                        "config",
+                        list([map([
+                            ("subnet", s(subnet)),
+                            ("ip_range", s(range)),
+                            ("gateway", s(gateway)),
+                        ])]),
+                    )]),
                 )]),
             )
         })

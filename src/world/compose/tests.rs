@@ -206,7 +206,7 @@ fn renders_replicas_agents_balancer_and_networks() {
 
     assert_eq!(
         yaml(&doc["networks"]["az-a"]),
-        "ipam:\n  config:\n  - subnet: 10.42.1.0/24\n    ip_range: 10.42.1.128/25\n"
+        "ipam:\n  config:\n  - subnet: 10.42.1.0/24\n    ip_range: 10.42.1.128/25\n    gateway: 10.42.1.1\n"
     );
     assert_eq!(
         doc["networks"]["control"]["ipam"]["config"][0]["subnet"],
