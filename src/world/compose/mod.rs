@@ -428,6 +428,15 @@ fn read_block(name: &str, def: &Mapping, block: &Value, alloc: &mut Allocator, p
             }
         }
     }
+    let deploy_replicas = def.get("deploy").and_then(|d| d.get("replicas")).is_some();
+    if def.contains_key("scale") || deploy_replicas {
+        let key = if deploy_replicas { "deploy.replicas" } else { "scale" };
+        p.add(
+            format!("services.{name}.{key}"),
+            "compose would start copies of each host that faultline cannot name or reach",
+            "remove it; x-faultline.replicasPerZone sets the number of replicas",
+        );
+    }
     if def.contains_key("networks") {
         p.add(
             format!("services.{name}.networks"),

@@ -247,6 +247,8 @@ fn each_bad_input_names_its_key() {
             "host port 9000",
         ),
         (&api("{zones: [az-a, az-b]}", "    networks: [back]\n"), "services.api.networks", "AZ's network"),
+        (&api("{zones: [az-a, az-b]}", "    scale: 3\n"), "services.api.scale", "copies of each host"),
+        (&api("{zones: [az-a]}", "    deploy: {replicas: 2}\n"), "services.api.deploy.replicas", "copies of each host"),
         (
             "services:\n  api:\n    build: .\n    x-faultline: {zones: [az-a]}\n",
             "services.api.build",
