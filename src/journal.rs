@@ -222,6 +222,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A registering agent held a fault of another controller, left to that controller
+    /// (and to its lease, should it be gone).
+    ForeignFault {
+        host: String,
+        fault_id: String,
+        /// The controller that applied it.
+        owner: String,
+    },
     /// An agent ended a fault on its own.
     FaultEnded {
         host: String,

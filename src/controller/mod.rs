@@ -207,7 +207,9 @@ impl Controller {
         let mut orphans = Vec::new();
         loop {
             match fleet_events.try_recv() {
-                Ok(e @ FleetEvent::OrphanRemoved { .. }) => orphans.extend(journal_event(e)),
+                Ok(e @ (FleetEvent::OrphanRemoved { .. } | FleetEvent::ForeignHeld { .. })) => {
+                    orphans.extend(journal_event(e))
+                }
                 Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(_) => break,
             }
@@ -539,6 +541,7 @@ fn journal_event(event: FleetEvent) -> Option<Event> {
             confirmed: error.is_none(),
             error,
         },
+        FleetEvent::ForeignHeld { host, fault_id, owner } => Event::ForeignFault { host, fault_id, owner },
         FleetEvent::RemovalFailed {
             host,
             fault_id,

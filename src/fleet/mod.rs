@@ -27,9 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// How long an agent has to confirm the removal of a fault it reported holding.
-
-/// Something that happened to the fleet, for the journal and the engine.
+/// Something that happened to the fleet, for the journal and the run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FleetEvent {
     /// An agent registered.
@@ -57,6 +55,14 @@ pub enum FleetEvent {
         owner: String,
         /// Why the removal was not confirmed, if it was not.
         error: Option<String>,
+    },
+    /// A (re)registering agent holds a fault of another controller: its owner's to refresh
+    /// and remove (it ends with its owner's lease), so this controller leaves it alone.
+    ForeignHeld {
+        host: String,
+        fault_id: String,
+        /// The controller that applied it.
+        owner: String,
     },
     /// An agent could not remove a fault on its own (at its deadline or lease); it retries.
     RemovalFailed {

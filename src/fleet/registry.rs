@@ -84,11 +84,23 @@ impl Fleet {
         }
     }
 
-    /// Removes every fault a (re)registering agent holds that no running action owns: an
-    /// apply whose answer was lost, or a fault of a run that has ended. Runs in the
+    /// Removes every fault of this controller's that a (re)registering agent holds and no
+    /// running action owns: an apply whose answer was lost, or a fault of a run that has
+    /// ended. A fault of another controller is its owner's to remove, and ends with its
+    /// owner's lease if that controller is gone: it is reported, never touched. Runs in the
     /// background so the connection's frames (the answers) keep being read.
     pub(super) fn registered(&self, description: &HostDescription, held: Vec<HeldFault>) {
         let host = description.host_id.clone();
+        let ours = self.controller_id();
+        let (held, foreign): (Vec<HeldFault>, Vec<HeldFault>) = held.into_iter().partition(|h| h.owner == ours);
+        for HeldFault { fault_id, owner } in foreign {
+            tracing::info!(%host, fault = %fault_id, %owner, "the agent holds a fault of another controller; left to its owner");
+            let _ = self.inner.events.send(FleetEvent::ForeignHeld {
+                host: host.clone(),
+                fault_id,
+                owner,
+            });
+        }
         // By fault id: a fault reported twice is removed once.
         let orphans: BTreeMap<String, String> = {
             let book = self.book();
