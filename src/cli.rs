@@ -198,7 +198,8 @@ pub(crate) enum Command {
         #[arg(long)]
         until_unix_ms: u64,
     },
-    /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it.
+    /// Bring the multi-AZ container topology (agents/compose.yaml) up or down, or show it;
+    /// render your own compose file into it.
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
@@ -510,6 +511,20 @@ pub(crate) enum TopologyAction {
     Status {
         #[command(flatten)]
         topology: TopologyArgs,
+    },
+    /// Print the compose file faultline would run for your own compose file: each replica of
+    /// a service with an `x-faultline` block as a host in its zone, an agent beside it, a load
+    /// balancer where the block asks for one (docs/topology.md). Starts nothing; exits 2 with
+    /// every problem when the file cannot be placed.
+    Render {
+        /// Your compose file, with `x-faultline` blocks on the services that join the
+        /// topology; only read, never modified.
+        #[arg(long, value_name = "FILE", env = "FAULTLINE_COMPOSE")]
+        compose: PathBuf,
+        /// Token file the agents mount (the one `faultline run` uses); the CA mounted is the
+        /// one in tls/ beside it. Not created here.
+        #[arg(long, value_name = "PATH", default_value = faultline::token::DEFAULT_PATH, env = "FAULTLINE_TOKEN_FILE")]
+        token_file: PathBuf,
     },
 }
 

@@ -1,8 +1,9 @@
-//! `faultline topology up|down|status`.
+//! `faultline topology up|down|status|render`.
 
 use crate::cli::{TopologyAction, TopologyArgs};
 use faultline::controller::{AgentWait, Controller};
 use faultline::plan::inventory;
+use faultline::world::compose::{render, Placement};
 use faultline::world::topology::{Topology, CONTROLLER_PORT};
 use faultline::{exit, token};
 use std::collections::BTreeSet;
@@ -50,6 +51,20 @@ pub(super) fn run(action: TopologyAction) -> anyhow::Result<u8> {
             println!(
                 "ready. Run a game day with:\n  faultline run --token-file {} experiments/gameday-az-outage.json",
                 args.token_file.display()
+            );
+            Ok(exit::COMPLETED)
+        }
+        TopologyAction::Render { compose, token_file } => {
+            let placement = Placement::load(&compose).map_err(|e| super::fail(exit::INVALID, e))?;
+            // Absolute: compose resolves relative mounts against the user's file's directory.
+            let token_file = std::path::absolute(&token_file).map_err(|e| super::fail(exit::FAILED, e))?;
+            print!(
+                "{}",
+                render::to_yaml(
+                    &placement,
+                    &render::Agents::new(token_file),
+                    &compose.display().to_string()
+                )
             );
             Ok(exit::COMPLETED)
         }

@@ -3,5 +3,6 @@
 //! containers from `agents/compose.yaml` ([`topology`]). The platforms that stop, start and
 //! replace their hosts are in [`crate::platform`] (`local`, `docker`).
 
+pub mod compose;
 pub mod demo;
 pub mod topology;

@@ -23,6 +23,7 @@ fn every_command_has_help() {
         vec!["topology", "up", "--help"],
         vec!["topology", "down", "--help"],
         vec!["topology", "status", "--help"],
+        vec!["topology", "render", "--help"],
         vec!["serve", "--help"],
         vec!["experiments", "list", "--help"],
         vec!["schedules", "add", "--help"],
