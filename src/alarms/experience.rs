@@ -229,9 +229,18 @@ pub async fn scrape(client: &reqwest::Client, ux: &UserExperience) -> Result<Sam
     })
 }
 
+/// The scrape's client. Never redirected: the server's `--probe-allow` checks the URL as
+/// written, and a redirect would take the scrape anywhere.
+fn redirectless() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client without custom TLS always builds")
+}
+
 /// Scrapes every period until `cancel`, journaling each sample; returns them all.
 pub async fn watch(ux: UserExperience, journal: Arc<Journal>, cancel: CancellationToken) -> Vec<Sample> {
-    let client = reqwest::Client::new();
+    let client = redirectless();
     let mut samples = Vec::new();
     let mut next = tokio::time::Instant::now();
     loop {
@@ -302,5 +311,26 @@ mod tests {
         let err = scrape(&client, &ux(answering(huge).await)).await.unwrap_err();
         assert!(matches!(err, ScrapeError::TooLarge { .. }), "{err:?}");
         assert!(err.to_string().contains("the cap on a userExperience scrape"), "{err}");
+    }
+
+    /// A scrape never follows a redirect: `--probe-allow` checks the URL as written.
+    #[tokio::test]
+    async fn a_scrape_does_not_follow_a_redirect() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = answering(b"lb_requests_total 12\n".to_vec()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let answer = format!("HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n");
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        let err = scrape(&redirectless(), &ux(format!("http://{addr}/metrics")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ScrapeError::Status { status: 302, .. }), "{err:?}");
     }
 }

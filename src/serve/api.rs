@@ -202,8 +202,12 @@ fn required(method: &Method, path: &str) -> (Role, &'static str) {
     if path == "/api/v1/templates/validate" {
         return (Role::Read, "validating a template");
     }
-    if let Some(rest) = path.strip_prefix("/api/v1/schedules") {
-        if !rest.ends_with("/pause") {
+    // Only pausing a schedule is a run token's: the route is POST /api/v1/schedules/NAME/pause
+    // exactly (a schedule may itself be named "pause").
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["api", "v1", "schedules", rest @ ..] = segments.as_slice() {
+        let pause = method == Method::POST && matches!(rest, [name, "pause"] if !name.is_empty());
+        if !pause {
             return (Role::Admin, "changing a schedule");
         }
     }
@@ -928,6 +932,11 @@ mod tests {
         assert_eq!(required(&Method::POST, "/api/v1/experiments").0, Role::Run);
         assert_eq!(required(&Method::POST, "/api/v1/schedules/x/pause").0, Role::Run);
         assert_eq!(required(&Method::POST, "/api/v1/schedules/x/resume").0, Role::Admin);
+        // A schedule named "pause" is changed and removed by an admin only.
+        assert_eq!(required(&Method::PUT, "/api/v1/schedules/pause").0, Role::Admin);
+        assert_eq!(required(&Method::DELETE, "/api/v1/schedules/pause").0, Role::Admin);
+        assert_eq!(required(&Method::POST, "/api/v1/schedules/pause/pause").0, Role::Run);
+        assert_eq!(required(&Method::PUT, "/api/v1/schedules/x/pause").0, Role::Admin);
         assert_eq!(required(&Method::DELETE, "/api/v1/schedules/x").0, Role::Admin);
         assert_eq!(required(&Method::PUT, "/api/v1/lever").0, Role::Run);
     }
