@@ -350,7 +350,9 @@ async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Res
             program: program.clone(),
             cause: e.to_string(),
         })?;
-    let group = child.id();
+    // Whatever the command left behind (a background child) ends with the probe: when it
+    // returns, and when the watch is cancelled mid-probe.
+    let group = ProcessGroup(child.id());
     let mut pipe = child.stdout.take();
     let finished = async {
         let mut out = Vec::new();
@@ -381,14 +383,12 @@ async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Res
         Ok(done) => done,
         Err(e) => {
             // The leader is not reaped yet, so its id still names this group and no other.
-            if let Some(pgid) = group {
-                // SAFETY: a plain system call on the group this function created.
-                unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGKILL) };
-            }
+            group.kill();
             let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
             return Err(e);
         }
     };
+    drop(group);
     match statistic {
         Statistic::ExitStatus => status
             .code()
@@ -402,6 +402,26 @@ async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Res
                 printed: last.to_string(),
             })
         }
+    }
+}
+
+/// The process group of a command probe, killed when dropped. Killed right after its leader
+/// is reaped, the id still names only this group: a pid is not reused while a group of that
+/// id has members.
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    fn kill(&self) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: a plain system call on the group this probe created.
+            unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -544,6 +564,32 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_timeout_kills_everything_the_command_started() {
+        // A timeout well past the child's start, even on a loaded machine.
+        let (slow, survived) = leftover_of(
+            "sleep 60 & echo $! > {pidfile}; wait",
+            Duration::from_secs(2),
+            Statistic::ExitStatus,
+        )
+        .await;
+        assert!(matches!(slow, Err(SourceError::Timeout { .. })), "{slow:?}");
+        assert!(!survived, "the command's child outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ends_leaves_no_child_behind() {
+        let (value, survived) = leftover_of(
+            "sleep 60 >/dev/null & echo $! > {pidfile}; echo 1",
+            Duration::from_secs(10),
+            Statistic::Value,
+        )
+        .await;
+        assert_eq!(value, Ok(1.0));
+        assert!(!survived, "the command's background child outlived the probe");
+    }
+
+    /// Runs `script` (`{pidfile}` replaced by a file where it writes its child's pid) as a
+    /// command probe; its result, and whether that child still runs once the probe is over.
+    async fn leftover_of(script: &str, timeout: Duration, statistic: Statistic) -> (Result<f64, SourceError>, bool) {
         let dir = std::env::temp_dir().join(format!(
             "fl-probe-group-{}-{}",
             std::process::id(),
@@ -551,14 +597,8 @@ pub(crate) mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("child");
-        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
-        let slow = command(
-            &["sh".into(), "-c".into(), script],
-            Duration::from_millis(500),
-            Statistic::ExitStatus,
-        )
-        .await;
-        assert!(matches!(slow, Err(SourceError::Timeout { .. })), "{slow:?}");
+        let script = script.replace("{pidfile}", &pidfile.display().to_string());
+        let result = command(&["sh".into(), "-c".into(), script], timeout, statistic).await;
         let grandchild: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         // SIGKILL is delivered before killpg returns; only the reaping by init may lag.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -571,6 +611,6 @@ pub(crate) mod tests {
             unsafe { libc::kill(grandchild as i32, libc::SIGKILL) };
         }
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(!survived, "the command's child {grandchild} outlived the timeout");
+        (result, survived)
     }
 }
