@@ -368,6 +368,12 @@ impl Agent {
                 }
             }
             ControllerMessage::Remove { fault_id } => {
+                if self.faults.owner(&fault_id).is_some_and(|o| o != owner) {
+                    tracing::warn!(fault = %fault_id, controller = %owner, "refused to remove another controller's fault");
+                    return ack(Outcome::Failed {
+                        message: faultline_agent::faults::not_owner(&fault_id, "removed"),
+                    });
+                }
                 let outcome = match self.faults.remove(&fault_id) {
                     Ok(observed) => {
                         if observed.is_some() {
@@ -388,7 +394,16 @@ impl Agent {
                 let matches =
                     |id: &str, o: &str| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
                 let removed = self.faults.remove_where(|id, o, _| matches(id, o));
-                tracing::info!(count = removed.len(), "removed every fault on request");
+                match &prefix {
+                    Some(p) => {
+                        tracing::info!(count = removed.len(), experiment = %p.trim_end_matches('/'), "removed the experiment's faults on request")
+                    }
+                    // The one removal wider than a run: every run of this controller (its
+                    // lever); another controller's faults stay, whatever it asks.
+                    None => {
+                        tracing::warn!(count = removed.len(), controller = %owner, "removed every fault of this controller on request")
+                    }
+                }
                 self.sync_lease_pause(Instant::now());
                 // What could not be removed stays held and is retried with backoff; the
                 // controller learns of it here rather than from a count that looks complete.
@@ -448,7 +463,8 @@ impl Agent {
             .map(|r| (r, EndReason::DurationElapsed))
             .collect();
         self.sync_lease_pause(now);
-        for owner in self.leases.expired(now) {
+        let expired = self.leases.expired(now);
+        for owner in expired {
             tracing::warn!(controller = %owner, lease = ?self.leases.interval(), "the controller has been silent for the lease; removing its faults");
             ended.extend(
                 self.faults
@@ -502,6 +518,9 @@ impl Agent {
                 }
             }
         }
+        // After the lapsed leases: only the faults of owners still holding one are renewed.
+        let leases = &self.leases;
+        self.faults.refresh(now, |owner| leases.holds(owner));
         if was_cut && !self.faults.cuts_control_plane() {
             // The link may have died during the cut; a fresh one is quicker than finding out.
             tracing::info!("the control plane is back; reconnecting");

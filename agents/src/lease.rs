@@ -37,6 +37,12 @@ impl Leases {
         self.last_heard.insert(owner.to_string(), now);
     }
 
+    /// Whether `owner` holds a lease now: heard from, and not yet found silent by
+    /// [`Leases::expired`].
+    pub fn holds(&self, owner: &str) -> bool {
+        self.last_heard.contains_key(owner)
+    }
+
     /// Pauses or resumes every clock; resuming restarts them at `now`.
     pub fn set_paused(&mut self, paused: bool, now: Instant) {
         if self.paused && !paused {
@@ -84,6 +90,7 @@ mod tests {
         l.heard("a", t0 + Duration::from_secs(6));
         assert_eq!(l.next_expiry(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(l.expired(t0 + Duration::from_secs(10)), vec!["b".to_string()]);
+        assert!(l.holds("a") && !l.holds("b"), "a silent owner holds no lease");
         assert!(l.expired(t0 + Duration::from_secs(15)).is_empty());
         assert_eq!(l.expired(t0 + Duration::from_secs(16)), vec!["a".to_string()]);
         assert_eq!(l.next_expiry(), None);

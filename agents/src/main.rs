@@ -1,6 +1,8 @@
 //! `faultline-agent`: injects faults on one host for a faultline controller, and always
 //! takes them away again: at the end of their duration, on request, when the controller
-//! goes silent, on SIGTERM/SIGINT, and at the next start after a crash.
+//! goes silent, on any signal that would end it (SIGTERM, SIGINT, SIGHUP, SIGQUIT, ...),
+//! and at the next start after a crash; an agent that never comes back leaves no effect
+//! for more than two leases (see docs/creating-faults.md).
 
 mod agent;
 mod lease;
@@ -113,6 +115,7 @@ struct Hold {
 }
 
 fn hold(args: Hold) -> ExitCode {
+    holder::take_name();
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("faultline-agent hold {} (fault {}): {e}", args.kind, args.fault);
         ExitCode::FAILURE
@@ -239,6 +242,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             names: cli.kill_allow.map(|n| n.into_iter().collect()),
             other_users: cli.kill_other_users,
         },
+        lease: cli.lease,
     };
     let (mut faults, notes) = faults::Faults::new(&allow, &setup, state, conditions.clone(), config)?;
     for note in notes {

@@ -6,6 +6,7 @@
 //! cap is much lower, so a `faultline run` started later finds a waiting agent at once.
 
 use faultline_agent::auth::{self, Role};
+use faultline_agent::faults::nft;
 use faultline_agent::protocol::{decode, AgentMessage, ControllerMessage, Frame, AGENT_PATH, MAX_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
@@ -267,7 +268,7 @@ impl Dialer {
             _ => return Err(DialError::Url("the controller URL starts with ws:// or wss://".into())),
         };
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| {
+        let tcp = connect_marked(&host, port).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 DialError::Absent(e.to_string())
             } else {
@@ -372,6 +373,41 @@ enum DialError {
     Absent(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// Connects to `host:port` (each address it resolves to in turn) from a socket marked
+/// [`nft::CONTROL_MARK`] before its first packet, so the agent's network faults let exactly
+/// this connection through. Setting the mark needs CAP_NET_ADMIN, as nf_tables does: without
+/// it there is no nf_tables fault to pass, and the connection goes unmarked.
+async fn connect_marked(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} resolves to no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let mark = nft::CONTROL_MARK;
+        // SAFETY: setsockopt on a socket we own, with a c_uint of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&mark as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if set != 0 && nft::has_net_admin() {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mark the control connection; a network fault may slow it down");
+        }
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// The TCP socket under the websocket.
