@@ -461,3 +461,72 @@ async fn a_controller_never_takes_over_nor_removes_another_controllers_fault() {
     });
     drop(b);
 }
+
+/// faultline's own helpers are never a target: a holder shows as `faultline-holder` (its
+/// argv[0], and its process name as far as the kernel keeps it), and a pause or a kill aimed
+/// at that name is refused whole, the holder left running.
+#[tokio::test]
+async fn a_pause_or_kill_aimed_at_the_agents_holders_is_refused() {
+    use faultline_agent::faults::pause;
+    use faultline_agent::protocol::{AgentMessage, Outcome};
+    let s = Scratch::new("holder-guard");
+    std::fs::write(s.path("token"), format!("{TOKEN}\n")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let agent = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "token", "web-a1", &[]);
+    let mut c = welcome_as(&listener, "ctl-A").await;
+    let burn = FaultSpec {
+        fault_id: "EXPH/burn/web-a1".into(),
+        duration_ms: Some(30_000),
+        kind: FaultKind::Cpu(cpu::Params {
+            load_percent: 50,
+            workers: 1,
+        }),
+    };
+    let applied = ask(&mut c, 2, ControllerMessage::Apply { fault: burn }).await;
+    assert!(
+        matches!(applied, AgentMessage::Ack { outcome: Outcome::Applied { .. }, .. }),
+        "{applied:?}"
+    );
+    eventually("the holder named", T, || {
+        holders(agent.pid()).iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "faultline-holde\n"
+        })
+    });
+    let holder = holders(agent.pid())[0];
+    let argv = std::fs::read(format!("/proc/{holder}/cmdline")).unwrap();
+    assert!(argv.starts_with(b"faultline-holder\0hold\0cpu\0"), "{}", String::from_utf8_lossy(&argv));
+    // Whoever else runs holders on this host, none of them may be touched either: the guard
+    // refuses the whole command, so nothing is signalled.
+    let aimed = [
+        FaultKind::Pause(pause::Params {
+            process_name: "faultline-holder".into(),
+        }),
+        FaultKind::Kill(kill::Params {
+            process_name: "faultline-holde".into(),
+            signal: "SIGKILL".into(),
+        }),
+    ];
+    for (id, kind) in (3..).zip(aimed) {
+        let fault = FaultSpec {
+            fault_id: format!("EXPH/aim{id}/web-a1"),
+            duration_ms: matches!(kind, FaultKind::Pause(_)).then_some(30_000),
+            kind,
+        };
+        match ask(&mut c, id, ControllerMessage::Apply { fault }).await {
+            AgentMessage::Ack {
+                outcome: Outcome::Failed { message },
+                ..
+            } => {
+                assert!(message.contains(&format!("pid {holder} (faultline-holde)")), "{message}");
+                assert!(message.contains("descendant of this agent"), "{message}");
+            }
+            other => panic!("a command aimed at the holders was not refused: {other:?}"),
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+    assert!(matches!(state, Some('R' | 'S')), "the holder is in state {state:?}");
+    drop(c);
+    drop(agent);
+}
