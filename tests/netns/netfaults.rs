@@ -5,6 +5,10 @@
 //!
 //! The nf_tables tests need root (CAP_NET_ADMIN) and iproute2's `ip`; without them they say
 //! so and skip, except under CI=true, where they must run.
+//!
+//! The agents here run with `--lease PT3S`: an nf_tables fault whose agent is SIGKILLed and
+//! never restarted must end within two leases (its dead-man switch), however long it was
+//! asked to last.
 
 use crate::common;
 
@@ -13,9 +17,13 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
+/// The lease of the agents `Pair::agent` starts.
+const LEASE: Duration = Duration::from_secs(3);
+
 fn blackhole(s: &Scratch, seconds: u32) -> std::path::PathBuf {
     s.write_json(
         "t.json",
@@ -403,5 +411,109 @@ fn packet_loss_without_nf_tables_drops_a_share_of_connections_in_the_proxy() {
             fresh.retain_mut(|c| !answered(c));
             held.is_empty() && fresh.is_empty()
         },
+    );
+}
+
+/// The life left on the dead-man switch of the one `fl_*` table of "srv", in ms, as nft
+/// lists it (`expires 4s312ms`); `None` when there is no such element.
+fn expires_ms(pair: &Pair) -> Option<u64> {
+    let table = pair
+        .tables()
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("fl_")).map(str::to_string))?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.ns("srv"), "nft", "list", "table", "inet", &table])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = listed.split("expires ").nth(1)?;
+    let spec = after.split(|c: char| c == ' ' || c == '}' || c == ',').next()?;
+    let mut ms = 0u64;
+    let mut number = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            1
+        } else {
+            match c {
+                'd' => 86_400_000,
+                'h' => 3_600_000,
+                'm' => 60_000,
+                's' => 1000,
+                _ => return None,
+            }
+        };
+        ms += number.parse::<u64>().ok()? * unit;
+        number.clear();
+    }
+    Some(ms)
+}
+
+/// An nf_tables fault of ten minutes whose agent is SIGKILLed and never restarted, its
+/// controller stopped and gone too: while the agent lives, the kernel's timer is a few leases
+/// and kept fresh past its first life; once the agent is dead, the effect ends within two
+/// leases, seen from outside. `faulted` says whether the effect is in place now.
+fn ends_within_two_leases_of_a_dead_agent(name: &str, action: &str, params: Value, faulted: impl Fn(&Pair) -> bool) {
+    let s = Scratch::new(name);
+    let pair = Pair::new();
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    assert!(!faulted(&pair), "faulted before the fault");
+    let template = s.write_json("t.json", &single_action("web-a1", action, params));
+    let (mut ctl, port) = pair.controller(&s, &template);
+    let agent = pair.agent(&s, port, &[]);
+    ctl.expect("action A running", T);
+    let applied = Instant::now();
+    assert!(faulted(&pair), "the fault is not in effect");
+    let life = expires_ms(&pair).expect("a life element");
+    assert!(
+        life <= 2 * LEASE.as_millis() as u64,
+        "the kernel keeps the fault {life} ms without its agent: more than two leases"
+    );
+    // Past its first life (1.5 leases) the living agent has renewed it.
+    while applied.elapsed() < 2 * LEASE {
+        assert!(faulted(&pair), "the fault lapsed while its agent and controller live");
+    }
+    agent.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    drop(agent);
+    ctl.signal(libc::SIGKILL);
+    let _ = ctl.finish(T);
+    eventually("the effect ended without its agent", 2 * LEASE, || !faulted(&pair));
+    eprintln!(
+        "{name}: ended {:.2} leases after its agent was killed",
+        killed.elapsed().as_secs_f64() / LEASE.as_secs_f64()
+    );
+    assert!(pair.tables().contains("fl_"), "only the next agent deletes the inert table");
+}
+
+#[test]
+fn a_blackhole_ends_within_two_leases_of_its_agents_death() {
+    if !privileged() {
+        return;
+    }
+    ends_within_two_leases_of_a_dead_agent(
+        "deadman-blackhole",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT10M", "protocol": "tcp", "port": PORT.to_string(), "trafficType": "ingress" }),
+        |pair| !pair.answers(),
+    );
+}
+
+#[test]
+fn a_packet_loss_ends_within_two_leases_of_its_agents_death() {
+    if !privileged() {
+        return;
+    }
+    ends_within_two_leases_of_a_dead_agent(
+        "deadman-loss",
+        "faultline:network:packet-loss",
+        json!({ "duration": "PT10M", "lossPercent": "100" }),
+        |pair| udp_delivered(pair, 50) == 0,
     );
 }
