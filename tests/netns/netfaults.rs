@@ -517,3 +517,95 @@ fn a_packet_loss_ends_within_two_leases_of_its_agents_death() {
         |pair| udp_delivered(pair, 50) == 0,
     );
 }
+
+/// `faultline run` in "cli", on the client's own address: the controller's machine is the
+/// client's. The port agents dial.
+fn controller_on_the_clients_address(pair: &Pair, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+    agent_bin();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pair.ns("cli"), FAULTLINE, "run", "--format", "json"])
+        .args(["--seed", "1", "--wait-agents", "1"])
+        .args(["--listen", &format!("{}:0", pair.cli())])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--journal")
+        .arg(s.path("journal.jsonl"))
+        .arg(template);
+    let mut p = Proc::spawn("controller", cmd);
+    let port = p.controller_port();
+    (p, port)
+}
+
+/// The agent of "srv", dialing a controller in "cli".
+fn agent_of_a_controller_in_cli(pair: &Pair, s: &Scratch, port: u16) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pair.ns("srv")])
+        .arg(agent_bin())
+        .args(["--controller", &format!("ws://{}:{port}", pair.cli())])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
+        .args(["--address", &pair.srv().to_string()])
+        .arg("--state-dir")
+        .arg(s.path("state-web-a1"));
+    Proc::spawn("web-a1", cmd)
+}
+
+/// The control plane's exemption is exact: with the controller on the client's own address,
+/// its connection to the agent passes (the run is stopped, and the removal confirmed, through
+/// the fault), and any other client on that address is faulted like everyone else.
+fn only_the_control_connection_passes(name: &str, action: &str, params: Value, faulted: impl Fn(&Pair) -> bool) {
+    let s = Scratch::new(name);
+    let pair = Pair::new();
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    let template = s.write_json("t.json", &single_action("web-a1", action, params));
+    let (mut ctl, port) = controller_on_the_clients_address(&pair, &s, &template);
+    let _agent = agent_of_a_controller_in_cli(&pair, &s, port);
+    ctl.expect("action A running", T);
+    assert!(
+        faulted(&pair),
+        "a client on the controller's address ({}) was spared by the fault",
+        pair.cli()
+    );
+    // Pings and answers cross the fault for longer than the lease: the agent keeps its link.
+    let until = Instant::now() + 2 * LEASE;
+    while Instant::now() < until {
+        assert!(faulted(&pair), "the fault ended while its controller lives");
+    }
+    ctl.signal(libc::SIGINT);
+    let (_, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(r["state"], "stopped", "{r}");
+    let removal = journal(&s).into_iter().find(|e| e["event"] == "removal").expect("a removal");
+    assert_eq!(removal["by"], "controller", "{removal}");
+    assert_eq!(removal["confirmed"], true, "the stop crossed the fault: {removal}");
+    assert!(!faulted(&pair), "still faulted after the removal");
+}
+
+#[test]
+fn a_blackhole_spares_the_control_connection_but_not_the_controllers_address() {
+    if !privileged() {
+        return;
+    }
+    only_the_control_connection_passes(
+        "exact-blackhole",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT60S", "protocol": "tcp", "port": PORT.to_string(), "trafficType": "ingress" }),
+        |pair| !pair.answers(),
+    );
+}
+
+#[test]
+fn a_packet_loss_spares_the_control_connection_but_not_the_controllers_address() {
+    if !privileged() {
+        return;
+    }
+    // Every packet from every peer: only the agent's own control connection gets through.
+    only_the_control_connection_passes(
+        "exact-loss",
+        "faultline:network:packet-loss",
+        json!({ "duration": "PT60S", "lossPercent": "100" }),
+        |pair| udp_delivered(pair, 50) == 0,
+    );
+}
