@@ -362,7 +362,7 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// Pids of holder processes run from `agent_bin` (`faultline-agent hold …`), wherever they are.
+/// Pids of holder processes run from `agent_bin` (`faultline-holder hold …`), wherever they are.
 fn holders(agent_bin: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -694,7 +694,11 @@ fn main() {
         let took = match took {
             Ok(_) if !left_without_agent.is_empty() => Err(vec![format!(
                 "without its agent, {} after its end: {}",
-                if kind.nftables() { "two leases" } else { "at once or two leases" },
+                if kind.nftables() {
+                    "two leases"
+                } else {
+                    "at once or two leases"
+                },
                 left_without_agent.join("; ")
             )]),
             other => other,

@@ -90,10 +90,10 @@ struct Cli {
     verbose: u8,
 }
 
-/// `faultline-agent hold KIND ...`: a holder process the agent starts for a fault (see
+/// `faultline-holder hold KIND ...`: a holder process the agent starts for a fault (see
 /// `holder.rs`); not for people.
 #[derive(Debug, Parser)]
-#[command(name = "faultline-agent hold")]
+#[command(name = "faultline-holder hold")]
 struct Hold {
     /// The fault kind whose work this is, e.g. `cpu`.
     kind: String,
@@ -117,7 +117,7 @@ struct Hold {
 fn hold(args: Hold) -> ExitCode {
     holder::take_name();
     let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("faultline-agent hold {} (fault {}): {e}", args.kind, args.fault);
+        eprintln!("faultline-holder hold {} (fault {}): {e}", args.kind, args.fault);
         ExitCode::FAILURE
     };
     let Some(kind) = faults::kind(&args.kind) else {

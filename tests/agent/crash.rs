@@ -222,7 +222,11 @@ fn sigterm_makes_the_agent_remove_its_faults_before_it_exits() {
 
 #[test]
 fn every_signal_that_ends_the_agent_makes_it_remove_its_faults_first() {
-    for (sig, name) in [(libc::SIGHUP, "SIGHUP"), (libc::SIGQUIT, "SIGQUIT"), (libc::SIGUSR1, "SIGUSR1")] {
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGUSR1, "SIGUSR1"),
+    ] {
         let s = Scratch::new(&format!("signal-{name}"));
         let template = cpu_template(&s, 60);
         let (mut ctl, port) = controller(&s, &template, 1, &[]);
@@ -231,7 +235,11 @@ fn every_signal_that_ends_the_agent_makes_it_remove_its_faults_first() {
         assert_eq!(state_files(&s, "web-a1").len(), 1, "{name}: the fault is on record");
         a.signal(sig);
         let (status, _, lines) = a.finish(Duration::from_secs(5));
-        assert_eq!(status.code(), Some(0), "{name} ended the agent without its clean-up: {lines:?}");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{name} ended the agent without its clean-up: {lines:?}"
+        );
         assert!(
             lines
                 .iter()

@@ -420,7 +420,13 @@ async fn a_controller_never_takes_over_nor_removes_another_controllers_fault() {
     let mut a = welcome_as(&listener, "ctl-A").await;
     let applied = ask(&mut a, 2, ControllerMessage::Apply { fault: burn(100) }).await;
     assert!(
-        matches!(applied, AgentMessage::Ack { outcome: Outcome::Applied { .. }, .. }),
+        matches!(
+            applied,
+            AgentMessage::Ack {
+                outcome: Outcome::Applied { .. },
+                ..
+            }
+        ),
         "{applied:?}"
     );
     assert_eq!(holders(agent.pid()).len(), 1, "the fault is in effect");
@@ -447,7 +453,13 @@ async fn a_controller_never_takes_over_nor_removes_another_controllers_fault() {
     for (id, experiment) in [(4, Some("EXPA".to_string())), (5, None)] {
         let answer = ask(&mut b, id, ControllerMessage::RemoveAll { experiment }).await;
         assert!(
-            matches!(answer, AgentMessage::Ack { outcome: Outcome::Removed { count: 0, .. }, .. }),
+            matches!(
+                answer,
+                AgentMessage::Ack {
+                    outcome: Outcome::Removed { count: 0, .. },
+                    ..
+                }
+            ),
             "B's remove_all touched A's fault: {answer:?}"
         );
     }
@@ -485,17 +497,27 @@ async fn a_pause_or_kill_aimed_at_the_agents_holders_is_refused() {
     };
     let applied = ask(&mut c, 2, ControllerMessage::Apply { fault: burn }).await;
     assert!(
-        matches!(applied, AgentMessage::Ack { outcome: Outcome::Applied { .. }, .. }),
+        matches!(
+            applied,
+            AgentMessage::Ack {
+                outcome: Outcome::Applied { .. },
+                ..
+            }
+        ),
         "{applied:?}"
     );
     eventually("the holder named", T, || {
-        holders(agent.pid()).iter().any(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "faultline-holde\n"
-        })
+        holders(agent.pid())
+            .iter()
+            .any(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "faultline-holde\n")
     });
     let holder = holders(agent.pid())[0];
     let argv = std::fs::read(format!("/proc/{holder}/cmdline")).unwrap();
-    assert!(argv.starts_with(b"faultline-holder\0hold\0cpu\0"), "{}", String::from_utf8_lossy(&argv));
+    assert!(
+        argv.starts_with(b"faultline-holder\0hold\0cpu\0"),
+        "{}",
+        String::from_utf8_lossy(&argv)
+    );
     // Whoever else runs holders on this host, none of them may be touched either: the guard
     // refuses the whole command, so nothing is signalled.
     let aimed = [
@@ -518,7 +540,10 @@ async fn a_pause_or_kill_aimed_at_the_agents_holders_is_refused() {
                 outcome: Outcome::Failed { message },
                 ..
             } => {
-                assert!(message.contains(&format!("pid {holder} (faultline-holde)")), "{message}");
+                assert!(
+                    message.contains(&format!("pid {holder} (faultline-holde)")),
+                    "{message}"
+                );
                 assert!(message.contains("descendant of this agent"), "{message}");
             }
             other => panic!("a command aimed at the holders was not refused: {other:?}"),

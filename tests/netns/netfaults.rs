@@ -427,7 +427,7 @@ fn expires_ms(pair: &Pair) -> Option<u64> {
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     let after = listed.split("expires ").nth(1)?;
-    let spec = after.split(|c: char| c == ' ' || c == '}' || c == ',').next()?;
+    let spec = after.split([' ', '}', ',']).next()?;
     let mut ms = 0u64;
     let mut number = String::new();
     let mut chars = spec.chars().peekable();
@@ -489,7 +489,10 @@ fn ends_within_two_leases_of_a_dead_agent(name: &str, action: &str, params: Valu
         "{name}: ended {:.2} leases after its agent was killed",
         killed.elapsed().as_secs_f64() / LEASE.as_secs_f64()
     );
-    assert!(pair.tables().contains("fl_"), "only the next agent deletes the inert table");
+    assert!(
+        pair.tables().contains("fl_"),
+        "only the next agent deletes the inert table"
+    );
 }
 
 #[test]
@@ -577,7 +580,10 @@ fn only_the_control_connection_passes(name: &str, action: &str, params: Value, f
     let (_, out, lines) = ctl.finish(T);
     let r = report(&out, &lines);
     assert_eq!(r["state"], "stopped", "{r}");
-    let removal = journal(&s).into_iter().find(|e| e["event"] == "removal").expect("a removal");
+    let removal = journal(&s)
+        .into_iter()
+        .find(|e| e["event"] == "removal")
+        .expect("a removal");
     assert_eq!(removal["by"], "controller", "{removal}");
     assert_eq!(removal["confirmed"], true, "the stop crossed the fault: {removal}");
     assert!(!faulted(&pair), "still faulted after the removal");

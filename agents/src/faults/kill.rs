@@ -406,6 +406,7 @@ pub mod tests {
     pub struct Orphan(u32);
 
     impl Orphan {
+        /// Its pid.
         pub fn id(&self) -> u32 {
             self.0
         }

@@ -161,7 +161,7 @@ pub trait Kind: std::fmt::Debug + Send {
         Vec::new()
     }
 
-    /// The work of its holder process (`faultline-agent hold KIND`), for kinds that have one.
+    /// The work of its holder process (`faultline-holder hold KIND`), for kinds that have one.
     fn hold(&self, _params: &serde_json::Value, _holding: &Holding) -> std::io::Result<()> {
         Err(std::io::Error::other("this fault kind has no holder process"))
     }
