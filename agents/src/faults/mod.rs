@@ -347,8 +347,9 @@ struct Active {
     retry: Duration,
     /// An unreadable state file to delete once it is removed.
     file: Option<PathBuf>,
-    /// Its removal failed and is being retried: its kernel objects are left to lapse.
-    failing: bool,
+    /// Its removal failed and is being retried, or its dead-man switch could not be renewed:
+    /// its kernel objects are left to lapse.
+    lapsing: bool,
 }
 
 /// The result of an apply: an answer now, or later (memory becomes resident).
@@ -538,7 +539,7 @@ impl Faults {
             deadline: now,
             retry: FIRST_RETRY,
             file,
-            failing: false,
+            lapsing: false,
         };
         let mut found: Vec<(String, Active)> = Vec::new();
         for kind in self.kinds.values() {
@@ -665,7 +666,7 @@ impl Faults {
                         deadline,
                         retry: FIRST_RETRY,
                         file: None,
-                        failing: false,
+                        lapsing: false,
                     },
                 );
                 self.schedule_refresh();
@@ -722,7 +723,7 @@ impl Faults {
             let now = Instant::now();
             active.deadline = now.checked_add(active.retry).unwrap_or(now);
             active.retry = (active.retry * 2).min(MAX_RETRY);
-            active.failing = true;
+            active.lapsing = true;
             self.active.insert(fault_id.to_string(), active);
             return Err(e);
         }
@@ -801,7 +802,7 @@ impl Faults {
 
     /// Plans the next renewal of the dead-man switches, if any fault has one.
     fn schedule_refresh(&mut self) {
-        let any = self.active.values().any(|a| !a.failing && a.fault.dead_man().is_some());
+        let any = self.active.values().any(|a| !a.lapsing && a.fault.dead_man().is_some());
         self.next_refresh = match (any, self.next_refresh) {
             (false, _) => None,
             (true, Some(at)) => Some(at),
@@ -811,14 +812,15 @@ impl Faults {
 
     /// Once due: renews the dead-man switch of every fault whose owner `alive` says still
     /// holds its lease, for [`Config::dead_man`] or what is left of the fault if less. A
-    /// fault whose owner is gone, or whose removal is failing, is left to lapse.
+    /// fault whose owner is gone, whose removal is failing or whose renewal failed (its table
+    /// deleted behind the agent's back) is left to lapse.
     pub fn refresh(&mut self, now: Instant, alive: impl Fn(&str) -> bool) {
         if self.next_refresh.is_none_or(|at| now < at) {
             return;
         }
         let life = self.config.dead_man();
-        for (id, a) in &self.active {
-            let Some(table) = a.fault.dead_man().filter(|_| !a.failing && alive(&a.owner)) else {
+        for (id, a) in self.active.iter_mut() {
+            let Some(table) = a.fault.dead_man().filter(|_| !a.lapsing && alive(&a.owner)) else {
                 continue;
             };
             let left = a.deadline.saturating_duration_since(now).min(life);
@@ -827,6 +829,9 @@ impl Faults {
             }
             if let Err(e) = nft::refresh(table, left) {
                 tracing::error!(fault = %id, %table, error = %e, "cannot renew the fault's dead-man switch; its effect lapses on its own");
+                // A table deleted behind the agent's back stays gone; anything else is tried
+                // again at the next renewal.
+                a.lapsing = e.raw_os_error() == Some(libc::ENOENT);
             }
         }
         self.next_refresh = None;
@@ -1102,7 +1107,7 @@ mod tests {
                 deadline: now,
                 retry: FIRST_RETRY,
                 file: None,
-                failing: false,
+                lapsing: false,
             },
         );
         let mut waits = Vec::new();
