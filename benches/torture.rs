@@ -548,6 +548,8 @@ fn main() {
     let mut slowest: Option<(Duration, usize, Kind, Failure)> = None;
     // The slowest end of an effect with no agent left, in leases.
     let mut slowest_alone: Option<(Duration, usize, Kind, Failure)> = None;
+    // Trials inspected with no agent left: all of them, and those of an nf_tables fault.
+    let (mut alone, mut alone_nft) = (0usize, 0usize);
     let mut total = Duration::ZERO;
     println!("torture: {trials} trials, seed {seed}, faults of {LONG_FAULT:?}, agent lease {LEASE:?}");
     for trial in 1..=trials {
@@ -659,6 +661,8 @@ fn main() {
                 }
                 let died = Instant::now();
                 agent.wait_exit(Duration::from_secs(5));
+                alone += 1;
+                alone_nft += usize::from(kind.nftables());
                 // No agent, a fault of two minutes: only the effect's own end, within two
                 // leases (holders at once, nf_tables by its dead-man switch).
                 match ends_within_two_leases(&host, &agent_bin, &pause_target, died) {
@@ -736,7 +740,8 @@ fn main() {
     }
     if let Some((d, trial, kind, failure)) = slowest_alone {
         println!(
-            "slowest end of an effect with no agent left: {:.2} leases (trial {trial}: {kind:?} + {failure:?}); bound 2 leases",
+            "with no agent left ({alone} trials, {alone_nft} of them nf_tables faults): slowest end of an effect \
+             {:.2} leases (trial {trial}: {kind:?} + {failure:?}); bound 2 leases",
             d.as_secs_f64() / LEASE.as_secs_f64()
         );
     }
