@@ -9,7 +9,7 @@
 //!   HTTP alarm of one 200 ms period.
 
 use faultline::controller::{AgentWait, Controller, RunOptions};
-use faultline::engine::StopRequest;
+use faultline::run::StopRequest;
 use faultline::template;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Where the controller listens and how agents prove themselves.
 #[derive(Debug, clap::Args)]
-pub struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// Address the controller listens on for agents (port 0 picks a free one).
     #[arg(long, default_value = "0.0.0.0:7700", env = "FAULTLINE_LISTEN")]
     pub listen: SocketAddr,
@@ -33,7 +33,7 @@ pub struct ControllerArgs {
 
 /// The controller's certificate for `wss://` agents.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TlsArgs {
+pub(crate) struct TlsArgs {
     /// Certificate chain (PEM) agents see on wss:// [default: tls/controller.pem beside the
     /// token file, when `faultline topology up` made it].
     #[arg(long, value_name = "FILE", env = "FAULTLINE_TLS_CERT", requires = "tls_key")]
@@ -46,7 +46,10 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The TLS configuration: the files given, else those beside `token_file`, else none
     /// (agents then dial ws://, and the challenge-response still keeps the token off the wire).
-    pub fn load(&self, token_file: &std::path::Path) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    pub(crate) fn load(
+        &self,
+        token_file: &std::path::Path,
+    ) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
         use faultline::tls;
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -66,7 +69,7 @@ impl TlsArgs {
 /// Chaos experiments from FIS-style templates, run by agents that always clean up.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FAULTLINE_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -82,7 +85,7 @@ pub struct Cli {
 
 /// Output format of `validate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ValidateFormat {
+pub(crate) enum ValidateFormat {
     /// One line per error.
     Human,
     /// A JSON array, one object per file.
@@ -91,16 +94,15 @@ pub enum ValidateFormat {
 
 /// Output format of reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     /// Tables.
     Table,
-    /// JSON.
     Json,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check templates against the schema and the semantic rules; exit 2 if any is invalid.
     Validate {
         /// Alarms file that stop conditions may name (same shape as a template's `alarms`).
@@ -268,7 +270,7 @@ pub enum Command {
 
 /// Format of `faultline report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DocumentFormat {
+pub(crate) enum DocumentFormat {
     /// One self-contained HTML file (inline CSS and SVG charts).
     Html,
     /// Markdown, for a wiki.
@@ -277,7 +279,7 @@ pub enum DocumentFormat {
 
 /// The flags of `faultline report`.
 #[derive(Debug, clap::Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// A journal file, or with --server an experiment id.
     #[arg(value_name = "JOURNAL_FILE|EXPERIMENT_ID")]
     pub source: String,
@@ -302,10 +304,11 @@ pub struct ReportArgs {
 
 /// The flags of `faultline serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML file of these settings (keys as the flags: listen, agents-listen, database,
-    /// token-file, api-token-file, journals, drain, tls-cert, tls-key); flags and
-    /// environment win over it.
+    /// token-file, api-token-file, journals, drain, tls-cert, tls-key, allow-command-alarms,
+    /// probe-allow and allow-plaintext-agents as arrays, max-connections,
+    /// max-connections-per-address, header-timeout); flags and environment win over it.
     #[arg(long, value_name = "FILE", env = "FAULTLINE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The one address of the server: agents' websocket (/v1/agents), HTTP API (/api/v1),
@@ -324,8 +327,9 @@ pub struct ServeArgs {
     /// [default: .faultline/token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// File of API tokens, one a line (`TOKEN` or `NAME TOKEN`); created with one random
-    /// token if missing [default: .faultline/api-token].
+    /// File of API tokens, one a line: `NAME ROLE TOKEN` with ROLE read, run or admin (`TOKEN`
+    /// or `NAME TOKEN`: admin); created with one random token if missing
+    /// [default: .faultline/api-token].
     #[arg(long, value_name = "PATH", env = "FAULTLINE_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Directory of running experiments' journals (the database keeps them once ended)
@@ -338,11 +342,36 @@ pub struct ServeArgs {
     pub drain: Option<Duration>,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Let templates that arrive over the API use `command` alarm sources, which run a
+    /// program on this server as its user; off by default: such templates are refused.
+    #[arg(long)]
+    pub allow_command_alarms: bool,
+    /// What the server may fetch for a template's http and prometheus alarms and its
+    /// userExperience: CIDRs, addresses, host names (as written, never resolved), `loopback`,
+    /// `fleet` (the connected hosts' addresses), comma-separated; the list replaces the default
+    /// [default: loopback,fleet].
+    #[arg(long, value_name = "CIDR|HOST,...", value_delimiter = ',')]
+    pub probe_allow: Vec<String>,
+    /// With --tls-cert: agents of these networks may still dial plain ws:// (CIDRs,
+    /// comma-separated; the flag alone: any address). Without it the port speaks TLS only.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', num_args = 0..)]
+    pub allow_plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// Connections the port holds at once; past it, the address holding the most gives up
+    /// its oldest [default: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Connections the port holds at once from one address [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: Option<u32>,
+    /// Time a client has to send a request's headers before its connection is closed
+    /// (ISO 8601) [default: PT10S].
+    #[arg(long, value_name = "DURATION", value_parser = faultline::duration::parse)]
+    pub header_timeout: Option<Duration>,
 }
 
 /// How a client reaches a server.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server's API.
     #[arg(
         long,
@@ -368,7 +397,7 @@ pub struct ClientArgs {
 
 /// What to do with experiments on a server.
 #[derive(Debug, Subcommand)]
-pub enum ExperimentsAction {
+pub(crate) enum ExperimentsAction {
     /// The latest experiments.
     List {
         /// Only those in this state (pending, running, completed, stopped, failed, cancelled).
@@ -379,13 +408,9 @@ pub enum ExperimentsAction {
         limit: u32,
     },
     /// One experiment with its report.
-    Show {
-        /// Its id.
-        id: String,
-    },
+    Show { id: String },
     /// Stop a running experiment (every fault removed).
     Stop {
-        /// Its id.
         id: String,
         /// Why, for the history.
         #[arg(long)]
@@ -395,12 +420,11 @@ pub enum ExperimentsAction {
 
 /// What to do with schedules on a server.
 #[derive(Debug, Subcommand)]
-pub enum SchedulesAction {
+pub(crate) enum SchedulesAction {
     /// Every schedule with its next runs.
     List,
     /// Add a schedule.
     Add {
-        /// Its name.
         name: String,
         /// The stored template it runs.
         #[arg(long)]
@@ -422,25 +446,16 @@ pub enum SchedulesAction {
         blackouts: Vec<String>,
     },
     /// Pause a schedule: its fire times pass without runs.
-    Pause {
-        /// Its name.
-        name: String,
-    },
+    Pause { name: String },
     /// Resume a paused schedule.
-    Resume {
-        /// Its name.
-        name: String,
-    },
+    Resume { name: String },
     /// Remove a schedule (its runs stay in the history).
-    Remove {
-        /// Its name.
-        name: String,
-    },
+    Remove { name: String },
 }
 
 /// What to do with the lever.
 #[derive(Debug, Subcommand)]
-pub enum LeverAction {
+pub(crate) enum LeverAction {
     /// Stop every running experiment and cancel new ones until disengaged.
     Engage {
         /// Why, for the history.
@@ -459,7 +474,7 @@ pub enum LeverAction {
 
 /// Where the topology's files are.
 #[derive(Debug, clap::Args)]
-pub struct TopologyArgs {
+pub(crate) struct TopologyArgs {
     /// The faultline checkout holding agents/compose.yaml and the sources of the image.
     #[arg(long, value_name = "DIR", default_value = env!("CARGO_MANIFEST_DIR"))]
     pub source: PathBuf,
@@ -473,7 +488,7 @@ pub struct TopologyArgs {
 
 /// What to do with the topology.
 #[derive(Debug, Subcommand)]
-pub enum TopologyAction {
+pub(crate) enum TopologyAction {
     /// Build the image from this checkout and start everything; returns when every agent has
     /// connected and the load balancer finds every host healthy.
     Up {
@@ -500,7 +515,7 @@ pub enum TopologyAction {
 
 /// The flags of `faultline run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     pub controller: ControllerArgs,
     /// Alarms file that stop conditions may name.

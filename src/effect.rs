@@ -73,7 +73,6 @@ pub fn amount(v: f64, unit: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostEffect {
-    /// The host.
     pub host: String,
     /// The figures the agent measured.
     pub figures: Vec<Figure>,

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 use tokio::sync::broadcast;
 
-/// An experiment or action state (design §3).
+/// An experiment or action state, as FIS names them (docs/architecture.md, "A run").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -105,7 +105,6 @@ pub enum Event {
     },
     /// An action changed state.
     ActionState {
-        /// The action.
         action: String,
         /// New state.
         state: State,
@@ -118,7 +117,6 @@ pub enum Event {
     },
     /// A target was resolved.
     TargetResolved {
-        /// The target.
         target: String,
         /// What it selected.
         selected: Vec<String>,
@@ -127,22 +125,15 @@ pub enum Event {
     },
     /// A fault was sent to an agent.
     Dispatch {
-        /// The action.
         action: String,
-        /// The host.
         host: String,
-        /// The fault id.
         fault_id: String,
-        /// The fault.
         fault: FaultKind,
     },
     /// An agent answered a dispatch.
     Ack {
-        /// The action.
         action: String,
-        /// The host.
         host: String,
-        /// The fault id.
         fault_id: String,
         /// Its answer.
         outcome: Outcome,
@@ -151,20 +142,15 @@ pub enum Event {
     },
     /// A dispatch got no usable answer.
     DispatchFailed {
-        /// The action.
         action: String,
-        /// The host.
         host: String,
         /// Why.
         error: String,
     },
     /// A fault was removed, or could not be confirmed removed.
     Removal {
-        /// The action.
         action: String,
-        /// The host.
         host: String,
-        /// The fault id.
         fault_id: String,
         /// `controller` when removed on request, or the agent's own reason.
         by: String,
@@ -179,9 +165,7 @@ pub enum Event {
     },
     /// The platform acted on a host for an instance action (stop, start, reboot, terminate).
     Instance {
-        /// The action.
         action: String,
-        /// The host.
         host: String,
         /// What the platform did.
         operation: crate::platform::Operation,
@@ -194,10 +178,23 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A platform call of an instance action failed and is tried again (a start that undoes
+    /// a stop is tried until the host runs or is terminated).
+    InstanceRetry {
+        action: String,
+        host: String,
+        /// What the platform was asked.
+        operation: crate::platform::Operation,
+        /// Which try failed, from 1.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// The wait before the next try.
+        retry_in_ms: u64,
+    },
     /// At the end of the run, a host it dispatched to was asked to remove whatever of the run
     /// it still held.
     RemoveAll {
-        /// The host.
         host: String,
         /// How many faults it removed then (more than 0: a fault had been lost track of).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,18 +205,14 @@ pub enum Event {
     },
     /// An agent could not remove a fault on its own (at its deadline or lease) and retries.
     AgentRemovalFailed {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// What went wrong.
         error: String,
     },
     /// A registering agent held a fault no running action owned, and the controller removed it.
     OrphanRemoval {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// The controller that had applied it.
         owner: String,
@@ -229,11 +222,17 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A registering agent held a fault of another controller, left to that controller
+    /// (and to its lease, should it be gone).
+    ForeignFault {
+        host: String,
+        fault_id: String,
+        /// The controller that applied it.
+        owner: String,
+    },
     /// An agent ended a fault on its own.
     FaultEnded {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// Why.
         reason: EndReason,
@@ -244,9 +243,7 @@ pub enum Event {
     /// What an agent saw a fault do, measured while it held and at its removal: each figure
     /// with what was asked, when the fault asked for an amount.
     Observed {
-        /// The host.
         host: String,
-        /// The fault.
         fault_id: String,
         /// The figures.
         observed: Observed,
@@ -254,23 +251,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         far: Vec<String>,
     },
-    /// An agent connected.
     AgentConnected {
-        /// The host.
         host: String,
-        /// Its AZ.
         az: String,
-        /// Its address.
         address: String,
     },
-    /// An agent disconnected.
     AgentDisconnected {
-        /// The host.
         host: String,
     },
     /// An alarm was evaluated.
     AlarmEvaluation {
-        /// The alarm.
         alarm: String,
         /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
         state: String,
@@ -292,7 +282,6 @@ pub struct AlarmRule {
     pub statistic: String,
     /// The comparison's symbol, e.g. `>`.
     pub comparison: String,
-    /// The threshold.
     pub threshold: f64,
     /// One datapoint's window, ms.
     pub period_ms: u64,
@@ -307,7 +296,6 @@ pub struct AlarmRule {
 pub struct Entry {
     /// RFC 3339 UTC with milliseconds.
     pub ts: String,
-    /// The experiment.
     pub experiment: String,
     /// What happened.
     #[serde(flatten)]
@@ -351,7 +339,7 @@ impl Journal {
     /// at once) in one write: a system call per fan-out step, not one per host. Written
     /// before this returns, and before the live view sees them.
     pub fn record_all(&self, events: impl IntoIterator<Item = Event>) {
-        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let ts = ts(&SystemTime::now());
         let entries: Vec<Entry> = events
             .into_iter()
             .map(|event| Entry {
@@ -386,6 +374,11 @@ impl Journal {
     pub fn subscribe(&self) -> broadcast::Receiver<Entry> {
         self.tx.subscribe()
     }
+}
+
+/// RFC 3339 with milliseconds, as the journal writes times.
+pub fn ts(t: &SystemTime) -> String {
+    humantime::format_rfc3339_millis(*t).to_string()
 }
 
 #[cfg(test)]

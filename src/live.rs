@@ -60,6 +60,17 @@ pub fn line(e: &Entry) -> Option<String> {
             }
             s
         }
+        Event::InstanceRetry {
+            action,
+            host,
+            operation,
+            attempt,
+            error,
+            retry_in_ms,
+        } => format!(
+            "action {action}: {host}: {operation:?} failed (try {attempt}): {error}; trying again in {}",
+            crate::duration::human(std::time::Duration::from_millis(*retry_in_ms))
+        ),
         Event::Removal {
             action,
             host,
@@ -257,6 +268,7 @@ fn line_for_log(e: &Entry) -> Option<String> {
     match &e.event {
         Event::DispatchFailed { .. }
         | Event::Instance { .. }
+        | Event::InstanceRetry { .. }
         | Event::Removal { confirmed: false, .. }
         | Event::FaultEnded { .. } => line(e),
         Event::ExperimentState { reason: Some(_), .. } => line(e),

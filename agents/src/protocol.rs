@@ -386,7 +386,7 @@ pub struct FaultSpec {
     pub kind: FaultKind,
 }
 
-/// A host as its agent registers it, and as target filters see it (design §2).
+/// A host as its agent registers it, and as target filters see it (docs/wire.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct HostDescription {

@@ -30,7 +30,7 @@ const DIALING: usize = 256;
 const LEASE_MS: u64 = 10_000;
 
 /// The simulated fleet's settings, from the command line of `scale fleet`.
-pub struct Settings {
+pub(crate) struct Settings {
     pub controller: SocketAddr,
     pub token: Arc<str>,
     pub count: usize,
@@ -39,7 +39,7 @@ pub struct Settings {
 }
 
 /// Runs the fleet on a current-thread runtime until the process is killed.
-pub fn main(args: &[String]) {
+pub(crate) fn main(args: &[String]) {
     let [controller, token_file, count, prefix] = args else {
         eprintln!("usage: scale fleet CONTROLLER_ADDR TOKEN_FILE COUNT HOST_PREFIX");
         std::process::exit(2);

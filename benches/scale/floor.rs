@@ -121,7 +121,7 @@ fn asked(frame: &[u8]) -> usize {
 
 /// Measures the floor at 1,000 and 10,000 connections, as many rounds as the simulated
 /// fan-out.
-pub async fn run(bench: &mut Bench) {
+pub(crate) async fn run(bench: &mut Bench) {
     for n in [1_000, 10_000] {
         floor(bench, n).await;
     }
@@ -241,7 +241,7 @@ async fn connection(
 
 /// After the simulated fleets: each fan-out over its floor, and the floor appended to the
 /// simulated fan-out targets.
-pub fn compare(bench: &mut Bench) {
+pub(crate) fn compare(bench: &mut Bench) {
     for n in [1_000, 10_000] {
         // The row names of `simulated()` in main.rs and of `floor()` above.
         let find = |figure: String| bench.rows.iter().find(|r| r.figure == figure).map(|r| r.summary);
@@ -274,7 +274,7 @@ pub fn compare(bench: &mut Bench) {
 
 /// The answering side (`scale floor ADDR N`): dials N connections and answers every request
 /// at once, until the bench kills it.
-pub fn main(args: &[String]) {
+pub(crate) fn main(args: &[String]) {
     let [addr, count] = args else {
         eprintln!("usage: scale floor ADDR COUNT");
         std::process::exit(2);

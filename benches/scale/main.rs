@@ -16,7 +16,7 @@ mod stats;
 
 use comfy_table::{presets::UTF8_FULL, Cell, CellAlignment, Table};
 use faultline::controller::{AgentWait, Controller, RunOptions};
-use faultline::engine::StopRequest;
+use faultline::run::StopRequest;
 use faultline::template;
 use serde_json::{json, Value};
 use stats::Summary;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// `real` agents are connected to `controller` already; `simulated` more join them.
-pub async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, simulated: usize) {
+pub(crate) async fn rounds(bench: &mut Bench, controller: &Controller, real: usize, simulated: usize) {
     eprintln!("real and simulated agents on one controller: {real} + {simulated}, stopped by an alarm");
     let all = real + simulated;
     let _fleet = spawn_fleet(bench, controller.addr(), simulated, "m-");

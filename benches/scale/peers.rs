@@ -88,7 +88,7 @@ fn round_trip(to: SocketAddr, n: usize) -> f64 {
     Summary::of(&v).median
 }
 
-pub fn proxy(bench: &mut Bench) {
+pub(crate) fn proxy(bench: &mut Bench) {
     eprintln!("proxy against a direct connection");
     let (sink, echo) = (upstream(false), upstream(true));
     let (p_sink, p_echo) = (free_port(), free_port());
@@ -191,7 +191,7 @@ fn still_running(child: &mut std::process::Child, cmd: &Command) {
     }
 }
 
-pub fn cpu(bench: &mut Bench) {
+pub(crate) fn cpu(bench: &mut Bench) {
     eprintln!("CPU stress against stress-ng");
     let Some(stress_ng) = peer("stress-ng") else {
         bench.target("cpu-accuracy", false, "not measured: no stress-ng".into(), "measured");
@@ -270,7 +270,7 @@ pub fn cpu(bench: &mut Bench) {
     );
 }
 
-pub fn memory(bench: &mut Bench) {
+pub(crate) fn memory(bench: &mut Bench) {
     eprintln!("memory stress: resident against asked");
     let asked: u64 = 256 << 20;
     let mut ratio = Vec::new();
@@ -338,7 +338,7 @@ fn peer(name: &str) -> Option<String> {
 
 /// The same experiment, an HTTP probe and a local process kill, by faultline (a long-lived
 /// agent, `faultline run` started per run) and by Chaos Toolkit (`chaos run`).
-pub fn overhead(bench: &mut Bench) {
+pub(crate) fn overhead(bench: &mut Bench) {
     eprintln!("experiment overhead against Chaos Toolkit");
     let Some(chaos) = peer("chaos") else {
         bench.target(
@@ -544,7 +544,7 @@ fn killing_agent(bench: &Bench, port: u16, state: &std::path::Path, victim: &str
 }
 
 /// A tiny HTTP service that answers 200 while `healthy`, 503 once it is not.
-pub fn http_service(healthy: Arc<AtomicBool>) -> SocketAddr {
+pub(crate) fn http_service(healthy: Arc<AtomicBool>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("http");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {

@@ -27,7 +27,7 @@ impl Summary {
 }
 
 /// Lets this process (and what it starts) hold 10,000 connections and more.
-pub fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     let limit = libc::rlimit {
         rlim_cur: 1 << 20,
         rlim_max: 1 << 20,
@@ -47,7 +47,7 @@ pub fn raise_nofile() {
 }
 
 /// Resident set of a process, in bytes (`self` for this one).
-pub fn rss_bytes(pid: &str) -> u64 {
+pub(crate) fn rss_bytes(pid: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -57,7 +57,7 @@ pub fn rss_bytes(pid: &str) -> u64 {
 }
 
 /// CPU time a process has used (user + system, all threads).
-pub fn cpu_time(pid: &str) -> Duration {
+pub(crate) fn cpu_time(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -70,7 +70,7 @@ pub fn cpu_time(pid: &str) -> Duration {
 
 /// A cgroup (v1 `cpu` + `cpuacct`, or v2) for one measured workload: an optional CPU limit,
 /// and the CPU time everything in it used. Removed on drop.
-pub struct Cgroup {
+pub(crate) struct Cgroup {
     dirs: Vec<PathBuf>,
     usage: PathBuf,
     v2: bool,
@@ -78,7 +78,7 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// A fresh cgroup limited to `cpus` CPUs (`None`: no limit), or why there is none.
-    pub fn new(name: &str, cpus: Option<f64>) -> Result<Cgroup, String> {
+    pub(crate) fn new(name: &str, cpus: Option<f64>) -> Result<Cgroup, String> {
         let v2 = Path::new("/sys/fs/cgroup/cgroup.subtree_control").exists();
         let (dirs, usage) = if v2 {
             let d = PathBuf::from("/sys/fs/cgroup").join(name);
@@ -110,7 +110,7 @@ impl Cgroup {
     /// Starts `cmd` inside the group: it joins between fork and exec, so every process and
     /// thread it starts is counted (moving it in after the start missed the workers that
     /// stress-ng forks at once).
-    pub fn spawn(&self, cmd: &mut Command) -> Result<Child, String> {
+    pub(crate) fn spawn(&self, cmd: &mut Command) -> Result<Child, String> {
         use std::os::unix::io::AsRawFd;
         use std::os::unix::process::CommandExt;
         let procs = self
@@ -144,7 +144,7 @@ impl Cgroup {
     }
 
     /// CPU time used by the group so far.
-    pub fn usage(&self) -> Duration {
+    pub(crate) fn usage(&self) -> Duration {
         let text = std::fs::read_to_string(&self.usage).unwrap_or_default();
         if self.v2 {
             let usec = text

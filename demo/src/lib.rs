@@ -1,7 +1,5 @@
 //! Shared pieces of the demo binaries: serving HTTP/1.1 until told to stop, signals, flags.
 
-#![warn(missing_docs)]
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;

@@ -2,7 +2,7 @@
 //! AWSFIS-Run-Network-Blackhole-Port).
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::blackhole_port::{self, Direction, Transport};
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -1,7 +1,7 @@
 //! `faultline:az:blackout`: cut every host of an AZ off from everything outside it.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::blackout;
 use faultline_agent::protocol::FaultKind;
 use ipnet::IpNet;

@@ -1,7 +1,7 @@
 //! `faultline:host:cpu-stress`: hold a CPU load.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::cpu;
 
 pub(super) const DEF: ActionDef = ActionDef {

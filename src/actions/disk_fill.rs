@@ -1,7 +1,7 @@
 //! `faultline:host:disk-fill`: fill a filesystem to a percent, as FIS's Disk-Fill.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::disk_fill;
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -5,8 +5,8 @@
 //! and anything else outside the subnets still get through.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::catalog::did_you_mean;
-use crate::template::ResourceType;
+use crate::diagnostic::did_you_mean;
+use super::ResourceType;
 
 pub(super) const DEF: ActionDef = ActionDef {
     id: "aws:network:disrupt-connectivity",

@@ -2,7 +2,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Params};
 use crate::platform::Operation;
-use crate::template::ResourceType;
+use super::ResourceType;
 use std::time::Duration;
 
 pub(super) const DEF: ActionDef = ActionDef {

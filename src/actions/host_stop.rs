@@ -3,7 +3,7 @@
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params};
 use crate::platform::Operation;
-use crate::template::ResourceType;
+use super::ResourceType;
 use std::time::Duration;
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -1,7 +1,7 @@
 //! `faultline:host:io-stress`: write (with fsync) and read back files, as FIS's IO-Stress.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::io_stress;
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -1,7 +1,7 @@
 //! `faultline:process:kill`: signal every process with a name, once.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::kill;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 
 use super::packet_loss::SOURCES;
 use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::latency;
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -1,7 +1,7 @@
 //! `faultline:host:memory-stress`: hold resident memory.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::memory::{self, MemoryAmount};
 
 pub(super) const DEF: ActionDef = ActionDef {

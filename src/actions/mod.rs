@@ -9,12 +9,13 @@
 //! `docs/creating-faults.md`.
 
 mod params;
+mod resource;
 pub mod schema;
 
 pub use blackout::wire_fault as blackout_fault;
 pub use params::Params;
+pub use resource::ResourceType;
 
-use crate::template::ResourceType;
 use faultline_agent::faults;
 use faultline_agent::limits;
 use faultline_agent::protocol::FaultKind;
@@ -236,7 +237,6 @@ pub enum Effect {
     /// The same fault on every selected host for part of the action's span (an SSM
     /// document's `DurationSeconds` within the action's `duration`).
     Bounded {
-        /// The fault.
         fault: FaultKind,
         /// How long the fault lasts, at most the action's duration; zero for a kill.
         fault_duration: Duration,
@@ -293,11 +293,6 @@ impl ActionSpec {
             Effect::Blackout { .. } | Effect::Instances { .. } | Effect::Sourced { .. } | Effect::Wait => None,
         }
     }
-
-    /// The resource type its target must have; `None` for a wait.
-    pub fn target_type(&self) -> Option<ResourceType> {
-        self.action_id.def().target
-    }
 }
 
 /// `fault` with `more` added to its sources (the addresses of the AZs a template named).
@@ -322,9 +317,15 @@ pub fn sourced(fault: FaultKind, azs: Vec<String>) -> Effect {
 }
 
 /// Every action id, in catalog order.
-pub fn ids() -> impl Iterator<Item = &'static str> {
-    ActionId::ALL.iter().map(|a| a.as_str())
-}
+pub const IDS: [&str; ActionId::ALL.len()] = {
+    let mut out = [""; ActionId::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = ActionId::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
 
 /// The README's action table: one row per action, its target and parameters.
 pub fn markdown_table() -> String {

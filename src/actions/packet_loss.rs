@@ -2,7 +2,7 @@
 //! peers (FIS's AWSFIS-Run-Network-Packet-Loss and -Sources).
 
 use super::{sourced, ActionDef, ActionId, ActionSpec, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::packet_loss;
 
 pub(super) const DEF: ActionDef = ActionDef {

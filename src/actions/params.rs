@@ -1,9 +1,9 @@
 //! Reads and checks one action's parameters against its catalog entry.
 
 use super::{Kind, Param};
+use crate::diagnostic::did_you_mean;
+use crate::diagnostic::{join, Diagnostic, Origin};
 use crate::duration;
-use crate::template::catalog::did_you_mean;
-use crate::template::diagnostic::{join, Diagnostic, Origin};
 use faultline_agent::faults::kill::{SIGNALS, STOP_SIGNALS};
 use faultline_agent::limits;
 use ipnet::IpNet;

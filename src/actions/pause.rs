@@ -1,7 +1,7 @@
 //! `faultline:process:pause`: stop every process with a name for a while, then resume it.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params, DURATION};
-use crate::template::ResourceType;
+use super::ResourceType;
 use faultline_agent::faults::pause;
 
 pub(super) const DEF: ActionDef = ActionDef {

@@ -2,8 +2,8 @@
 //! prints it and `schemas/experiment-template.schema.json` is its output (a test fails when
 //! they differ). Editors use it; `validate` runs it too (see `template::schema`).
 
+use super::ResourceType;
 use super::{ActionId, Kind, Param};
-use crate::template::ResourceType;
 use serde_json::{json, Map, Value};
 
 /// The schema, as `faultline schema` prints it and `schemas/` holds it.

@@ -11,8 +11,8 @@
 //! faultline fault never outlives its action), which validation reports as a warning.
 
 use super::{ActionDef, ActionId, ActionSpec, Effect, Kind, Param, Params};
-use crate::template::catalog::did_you_mean;
-use crate::template::ResourceType;
+use crate::diagnostic::did_you_mean;
+use super::ResourceType;
 use serde_json::{Map, Value};
 
 pub(super) const DEF: ActionDef = ActionDef {
@@ -61,7 +61,7 @@ const DURATION: Param = Param {
 };
 
 /// A pre-configured FIS document and the native action it runs as.
-pub struct Document {
+pub(super) struct Document {
     /// What follows `AWSFIS-Run-` in its name.
     pub name: &'static str,
     /// The native action's id.
@@ -71,7 +71,7 @@ pub struct Document {
 }
 
 /// One parameter of a document.
-pub struct DocParam {
+pub(super) struct DocParam {
     /// Its name in `documentParameters`.
     pub name: &'static str,
     /// Whether the document requires it.
@@ -83,7 +83,7 @@ pub struct DocParam {
 }
 
 /// What a document parameter becomes on the native action.
-pub enum To {
+pub(super) enum To {
     /// Whole seconds, the native `duration`: the fault's length.
     Seconds,
     /// This native parameter, as written.
@@ -144,7 +144,7 @@ const fn param(name: &'static str, required: bool, default: Option<&'static str>
 }
 
 /// Every supported document, with FIS's parameter names and defaults.
-pub const DOCUMENTS: &[Document] = &[
+pub(super) const DOCUMENTS: &[Document] = &[
     Document {
         name: "CPU-Stress",
         native: "faultline:host:cpu-stress",
@@ -276,7 +276,7 @@ impl Document {
 
     /// Why this build cannot run the document, when it cannot: its native action or one of
     /// the native parameters it needs is missing from the catalog.
-    pub fn missing(&self) -> Option<String> {
+    pub(super) fn missing(&self) -> Option<String> {
         let Some(native) = ActionId::find(self.native) else {
             return Some(format!(
                 "AWSFIS-Run-{} maps to {}, which this build lacks",
@@ -301,7 +301,7 @@ impl Document {
     }
 
     /// The documents this build runs, by name.
-    pub fn supported() -> Vec<&'static str> {
+    pub(super) fn supported() -> Vec<&'static str> {
         DOCUMENTS
             .iter()
             .filter(|d| d.missing().is_none())
@@ -312,7 +312,7 @@ impl Document {
 
 /// The documents' table for `docs/actions.md`: each document, its native action, its
 /// parameters with their defaults, and whether this build runs it.
-pub fn markdown_documents() -> String {
+pub(super) fn markdown_documents() -> String {
     let mut out = String::from(
         "The documents (`documentArn` arn:aws:ssm:REGION::document/AWSFIS-Run-NAME; \
          `documentParameters` a JSON string; R = required). `DurationSeconds` is the fault's length, \
@@ -582,7 +582,7 @@ fn native_parameters(p: &mut Params<'_>, doc: &Document, given: &Map<String, Val
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::Diagnostic;
+    use crate::diagnostic::Diagnostic;
     use faultline_agent::faults::{cpu, kill, latency};
     use faultline_agent::protocol::FaultKind;
     use std::time::Duration;

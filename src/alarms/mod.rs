@@ -2,6 +2,7 @@
 //! `evaluationPeriods` of them compared with the threshold, `datapointsToAlarm` of them
 //! breaching for ALARM, and missing datapoints treated as `treatMissingData` says.
 
+pub mod experience;
 pub mod sources;
 
 use crate::template::{Alarm, TreatMissingData};
@@ -77,7 +78,6 @@ pub fn evaluate(alarm: &Alarm, window: &[Option<f64>], current: AlarmState) -> A
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Evaluation {
-    /// The alarm.
     pub alarm: String,
     /// Its state now.
     pub state: AlarmState,
@@ -106,7 +106,6 @@ pub enum Watched {
     /// An alarm's watcher stopped before it was cancelled (it panicked): that alarm is no
     /// longer watched.
     Lost {
-        /// The alarm.
         alarm: String,
         /// What happened to its watcher.
         why: String,
@@ -286,11 +285,8 @@ impl Phase {
 pub struct AlarmReport {
     /// The alarm.
     pub name: String,
-    /// Its statistic.
     pub statistic: crate::template::Statistic,
-    /// Its comparison.
     pub comparison_operator: crate::template::Comparison,
-    /// Its threshold.
     pub threshold: f64,
     /// State at the end of the run.
     pub state: AlarmState,
@@ -447,14 +443,6 @@ impl Monitor {
         self.tracked.iter().all(|t| t.in_phase >= t.alarm.evaluation_periods)
     }
 
-    /// The first alarm in ALARM now, if any.
-    pub fn alarming(&self) -> Option<&Evaluation> {
-        self.tracked
-            .iter()
-            .filter_map(|t| t.latest.as_ref())
-            .find(|e| e.state == AlarmState::Alarm)
-    }
-
     /// Whether every alarm is OK now (recovery).
     pub fn all_ok(&self) -> bool {
         self.tracked
@@ -497,6 +485,20 @@ impl Monitor {
             })
             .collect()
     }
+}
+
+/// The steady-state hypothesis, checked before and after the actions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SteadyState {
+    /// `ok` when every alarm held for a full window before the first action, else `breaching`.
+    pub baseline: String,
+    /// Whether every alarm was OK at the end of a full window after the last action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// From the end of the last action until every alarm had been OK, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_ms: Option<f64>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,17 @@
 //! Metric sources: HTTP probes, a Prometheus instant query, a command. Each turns one
 //! period into one datapoint, or into a reason why there is none (a missing datapoint).
+//! What a source reads is bounded: a Prometheus answer and a command's output have caps, and
+//! a command that outlives its timeout is killed with every process it started.
 
 use crate::template::{Alarm, MetricSource, Statistic};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+/// The largest Prometheus answer read: one aggregated series is a few hundred bytes, so an
+/// answer this large is a query that forgot to aggregate, or not Prometheus.
+pub const PROMETHEUS_ANSWER_CAP: usize = 1 << 20;
+/// The most a command may print: it is asked for one number (or only its exit status).
+pub const COMMAND_OUTPUT_CAP: usize = 64 << 10;
 
 /// A ready-to-use source.
 pub struct Probe {
@@ -145,7 +154,15 @@ impl Probe {
             .await
             .map_err(unreachable)?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(unreachable)?;
+        let bytes = read_capped(response, PROMETHEUS_ANSWER_CAP)
+            .await
+            .map_err(|e| match e {
+                Capped::TooLarge => SourceError::AnswerTooLarge {
+                    endpoint: endpoint.clone(),
+                    cap: PROMETHEUS_ANSWER_CAP,
+                },
+                Capped::Read(e) => unreachable(e),
+            })?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| SourceError::NotPrometheus {
             endpoint: endpoint.clone(),
             status,
@@ -153,6 +170,30 @@ impl Probe {
         })?;
         prometheus_value(&body)
     }
+}
+
+/// Why an HTTP answer was not read.
+pub(crate) enum Capped {
+    /// It is larger than the cap.
+    TooLarge,
+    /// The connection failed while it was read.
+    Read(reqwest::Error),
+}
+
+/// An answer's body, read in chunks and refused as soon as it passes `cap` bytes (or says it
+/// will), so that a probe never holds an endpoint's whole answer in memory.
+pub(crate) async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Read)? {
+        if bytes.len() + chunk.len() > cap {
+            return Err(Capped::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// One period's datapoint and what the probes had to say.
@@ -185,6 +226,14 @@ pub enum SourceError {
         /// Why the body is not an API answer.
         cause: String,
     },
+    /// The answer is larger than [`PROMETHEUS_ANSWER_CAP`]; it was not read further.
+    #[error("{endpoint}: the answer is larger than {cap} bytes, the cap on a Prometheus answer; aggregate the query to one series, e.g. sum(...)")]
+    AnswerTooLarge {
+        /// The query URL.
+        endpoint: String,
+        /// The cap, bytes.
+        cap: usize,
+    },
     /// Prometheus rejected the query.
     #[error("the query failed: {error_type} {error}")]
     QueryFailed {
@@ -214,10 +263,9 @@ pub enum SourceError {
     /// A command source with an empty `run`.
     #[error("no program to run")]
     NoProgram,
-    /// The command outlived its timeout and was killed.
-    #[error("{program} did not finish within {within}")]
+    /// The command outlived its timeout; it and every process of its group were killed.
+    #[error("{program} did not finish within {within}; it and the processes it started were killed")]
     Timeout {
-        /// The program.
         program: String,
         /// The timeout, readable.
         within: String,
@@ -225,10 +273,17 @@ pub enum SourceError {
     /// The command could not be started.
     #[error("cannot run {program}: {cause}")]
     Spawn {
-        /// The program.
         program: String,
         /// What the system said.
         cause: String,
+    },
+    /// The command printed more than [`COMMAND_OUTPUT_CAP`]; it and its group were killed.
+    #[error("{program} printed more than {cap} bytes, the cap on a command's output; print one number")]
+    OutputTooLarge {
+        /// The program.
+        program: String,
+        /// The cap, bytes.
+        cap: usize,
     },
     /// The command died of a signal, so it has no exit status.
     #[error("{0} was killed by a signal")]
@@ -236,7 +291,6 @@ pub enum SourceError {
     /// The command's last line is not a number.
     #[error("{program} printed `{printed}`, not a number")]
     NotNumeric {
-        /// The program.
         program: String,
         /// Its last non-empty line.
         printed: String,
@@ -273,33 +327,75 @@ pub fn prometheus_value(body: &serde_json::Value) -> Result<f64, SourceError> {
     }
 }
 
-/// Runs a program (no shell) and takes its exit status or the number it prints.
+/// Runs a program (no shell) and takes its exit status or the number it prints. The program
+/// leads a process group of its own, so that a timeout or too much output kills whatever it
+/// started too, not only itself.
 async fn command(run: &[String], timeout: Duration, statistic: Statistic) -> Result<f64, SourceError> {
     let (program, args) = run.split_first().ok_or(SourceError::NoProgram)?;
-    let child = tokio::process::Command::new(program)
+    // Only the exit status is wanted: what it prints is not read, so it cannot fill a pipe.
+    let stdout = if statistic == Statistic::ExitStatus {
+        std::process::Stdio::null()
+    } else {
+        std::process::Stdio::piped()
+    };
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
+        .stdout(stdout)
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(timeout, child)
-        .await
-        .map_err(|_| SourceError::Timeout {
-            program: program.clone(),
-            within: crate::duration::human(timeout),
-        })?
+        .spawn()
         .map_err(|e| SourceError::Spawn {
             program: program.clone(),
             cause: e.to_string(),
         })?;
+    let group = child.id();
+    let mut pipe = child.stdout.take();
+    let finished = async {
+        let mut out = Vec::new();
+        if let Some(pipe) = pipe.as_mut() {
+            pipe.take(COMMAND_OUTPUT_CAP as u64 + 1).read_to_end(&mut out).await?;
+            if out.len() > COMMAND_OUTPUT_CAP {
+                return Ok(None);
+            }
+        }
+        child.wait().await.map(|status| Some((status, out)))
+    };
+    let ended = match tokio::time::timeout(timeout, finished).await {
+        Ok(Ok(Some(done))) => Ok(done),
+        Ok(Ok(None)) => Err(SourceError::OutputTooLarge {
+            program: program.clone(),
+            cap: COMMAND_OUTPUT_CAP,
+        }),
+        Ok(Err(e)) => Err(SourceError::Spawn {
+            program: program.clone(),
+            cause: e.to_string(),
+        }),
+        Err(_) => Err(SourceError::Timeout {
+            program: program.clone(),
+            within: crate::duration::human(timeout),
+        }),
+    };
+    let (status, out) = match ended {
+        Ok(done) => done,
+        Err(e) => {
+            // The leader is not reaped yet, so its id still names this group and no other.
+            if let Some(pgid) = group {
+                // SAFETY: a plain system call on the group this function created.
+                unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGKILL) };
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+            return Err(e);
+        }
+    };
     match statistic {
-        Statistic::ExitStatus => output
-            .status
+        Statistic::ExitStatus => status
             .code()
             .map(f64::from)
             .ok_or_else(|| SourceError::Signalled(program.clone())),
         _ => {
-            let text = String::from_utf8_lossy(&output.stdout);
+            let text = String::from_utf8_lossy(&out);
             let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             last.parse::<f64>().map_err(|_| SourceError::NotNumeric {
                 program: program.clone(),
@@ -319,7 +415,7 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -366,5 +462,115 @@ mod tests {
         )
         .await;
         assert!(matches!(slow, Err(SourceError::Timeout { .. })), "{slow:?}");
+    }
+
+    /// A server that answers every request with `body`, chunked (no length to refuse it by).
+    pub(crate) async fn answering(body: Vec<u8>) -> String {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = conn.read(&mut head).await;
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        )
+                        .await;
+                    for piece in body.chunks(16 << 10) {
+                        let _ = conn.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await;
+                        let _ = conn.write_all(piece).await;
+                        let _ = conn.write_all(b"\r\n").await;
+                    }
+                    let _ = conn.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn prometheus_probe(url: &str) -> Probe {
+        Probe {
+            source: MetricSource::Prometheus {
+                url: url.into(),
+                query: "up".into(),
+                timeout: Duration::from_secs(10),
+            },
+            client: reqwest::Client::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prometheus_answer_is_read_up_to_its_cap() {
+        let small = br#"{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}"#.to_vec();
+        let url = answering(small).await;
+        let t = Duration::from_secs(10);
+        assert_eq!(prometheus_probe(&url).prometheus(&url, "up", t).await, Ok(7.0));
+
+        // Valid JSON the whole way, so only the cap can refuse it.
+        let mut huge = br#"{"status":"success","data":{"resultType":"scalar","result":[1,"7"]},"pad":""#.to_vec();
+        huge.extend(std::iter::repeat_n(b'x', 2 * PROMETHEUS_ANSWER_CAP));
+        huge.extend(b"\"}");
+        let url = answering(huge).await;
+        let err = prometheus_probe(&url).prometheus(&url, "up", t).await.unwrap_err();
+        assert!(matches!(err, SourceError::AnswerTooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("the cap on a Prometheus answer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_prints_too_much_is_stopped_at_the_cap() {
+        let started = Instant::now();
+        let err = command(&["yes".into()], Duration::from_secs(20), Statistic::Value)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SourceError::OutputTooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("the cap on a command's output"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refused at the cap, not at the timeout"
+        );
+    }
+
+    /// Whether `pid` is a live process (not gone, not a zombie).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_everything_the_command_started() {
+        let dir = std::env::temp_dir().join(format!(
+            "fl-probe-group-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("child");
+        let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let slow = command(
+            &["sh".into(), "-c".into(), script],
+            Duration::from_millis(500),
+            Statistic::ExitStatus,
+        )
+        .await;
+        assert!(matches!(slow, Err(SourceError::Timeout { .. })), "{slow:?}");
+        let grandchild: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // SIGKILL is delivered before killpg returns; only the reaping by init may lag.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(grandchild) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let survived = running(grandchild);
+        if survived {
+            // SAFETY: the test's own grandchild: it leaves nothing behind either way.
+            unsafe { libc::kill(grandchild as i32, libc::SIGKILL) };
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!survived, "the command's child {grandchild} outlived the timeout");
     }
 }

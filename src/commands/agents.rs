@@ -1,30 +1,14 @@
 //! `faultline agents`: who is connected.
 
 use crate::cli::{ControllerArgs, ReportFormat};
-use faultline::controller::{AgentWait, Controller};
+use faultline::controller::AgentWait;
 use faultline::exit;
 use faultline_agent::protocol::HostDescription;
 
-/// Starts a controller from the flags.
-pub async fn start(args: &ControllerArgs) -> anyhow::Result<Controller> {
-    let token = super::run::token(&args.token_file)?;
-    let tls = args
-        .tls
-        .load(&args.token_file)
-        .map_err(|e| super::fail(faultline::exit::INVALID, e))?;
-    let endpoint = faultline::server::Endpoint {
-        tls,
-        advertise: args.advertise.clone(),
-    };
-    Controller::start(args.listen, token, endpoint)
-        .await
-        .map_err(|e| super::fail(e.code, e))
-}
-
 /// Lists the agents that connect before the wait ends.
-pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
+pub(super) fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
     super::runtime()?.block_on(async move {
-        let controller = start(&args).await?;
+        let controller = super::controller::start(&args).await?;
         let wait = match args.wait_agents {
             Some(n) => AgentWait::Count(n),
             None => AgentWait::Settle(Default::default()),
@@ -41,7 +25,7 @@ pub fn run(args: ControllerArgs, format: ReportFormat) -> anyhow::Result<u8> {
 }
 
 /// Prints hosts as `faultline agents` shows them.
-pub fn print(hosts: &[HostDescription], format: ReportFormat) -> anyhow::Result<()> {
+pub(super) fn print(hosts: &[HostDescription], format: ReportFormat) -> anyhow::Result<()> {
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&hosts)?),
         ReportFormat::Table => {

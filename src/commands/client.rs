@@ -4,11 +4,11 @@ use crate::cli::{ClientArgs, ExperimentsAction, LeverAction, ReportFormat, RunAr
 use anyhow::anyhow;
 use faultline::exit;
 use faultline::report::table;
+use faultline::signals::{Ending, EndingSignals};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// How often `run --server` asks for new journal lines (it hears of the end at once).
 const FOLLOW_EVERY: Duration = Duration::from_millis(300);
@@ -135,7 +135,7 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 }
 
 /// `faultline experiments …`.
-pub fn experiments(c: &ClientArgs, action: ExperimentsAction) -> anyhow::Result<u8> {
+pub(super) fn experiments(c: &ClientArgs, action: ExperimentsAction) -> anyhow::Result<u8> {
     let client = Client::new(&c.server, &c.api_token_file)?;
     block_on(async {
         match action {
@@ -237,7 +237,7 @@ fn show(v: &Value) {
 }
 
 /// `faultline schedules …`.
-pub fn schedules(c: &ClientArgs, action: SchedulesAction) -> anyhow::Result<u8> {
+pub(super) fn schedules(c: &ClientArgs, action: SchedulesAction) -> anyhow::Result<u8> {
     let client = Client::new(&c.server, &c.api_token_file)?;
     block_on(async {
         let v = match action {
@@ -335,7 +335,7 @@ fn window(w: &str) -> anyhow::Result<Value> {
 }
 
 /// `faultline lever …`.
-pub fn lever(c: &ClientArgs, action: LeverAction) -> anyhow::Result<u8> {
+pub(super) fn lever(c: &ClientArgs, action: LeverAction) -> anyhow::Result<u8> {
     let client = Client::new(&c.server, &c.api_token_file)?;
     block_on(async {
         let v = match action {
@@ -393,7 +393,7 @@ pub fn lever(c: &ClientArgs, action: LeverAction) -> anyhow::Result<u8> {
 }
 
 /// `faultline history`.
-pub fn history(c: &ClientArgs, limit: u32) -> anyhow::Result<u8> {
+pub(super) fn history(c: &ClientArgs, limit: u32) -> anyhow::Result<u8> {
     let client = Client::new(&c.server, &c.api_token_file)?;
     block_on(async {
         let v = client
@@ -421,7 +421,7 @@ pub fn history(c: &ClientArgs, limit: u32) -> anyhow::Result<u8> {
 }
 
 /// `faultline agents --server`: the server's hosts, as `faultline agents` shows its own.
-pub fn agents(server: &str, token_file: &Path, format: ReportFormat) -> anyhow::Result<u8> {
+pub(super) fn agents(server: &str, token_file: &Path, format: ReportFormat) -> anyhow::Result<u8> {
     let client = Client::new(server, token_file)?;
     let hosts = block_on(async {
         let v = client.json(Method::GET, "/api/v1/agents", None).await?;
@@ -508,7 +508,7 @@ pub(super) fn segment(s: &str) -> String {
 
 /// `faultline run --server URL TEMPLATE`: submits, follows the journal, prints the report,
 /// and exits as a local run would.
-pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
+pub(super) fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
     let client = Client::new(server, &args.api_token_file)?;
     let template = if args.template.is_file() {
         let text = std::fs::read_to_string(&args.template)
@@ -526,10 +526,9 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
         if let Some(seed) = args.seed {
             body["seed"] = json!(seed);
         }
-        // Ctrl-C or SIGTERM stops the remote run as they would stop a local one.
-        let signals =
-            |kind| signal(kind).map_err(|e| super::fail(exit::FAILED, anyhow!("cannot watch for signals: {e}")));
-        let (mut int, mut term) = (signals(SignalKind::interrupt())?, signals(SignalKind::terminate())?);
+        // Ctrl-C, SIGTERM, SIGHUP or SIGQUIT stops the remote run as it would stop a local one.
+        let mut signals = EndingSignals::install()
+            .map_err(|e| super::fail(exit::FAILED, anyhow!("cannot watch for signals: {e}")))?;
         let started = client.json(Method::POST, "/api/v1/experiments", Some(&body)).await?;
         let id = s(&started["id"]);
         let exp = format!("/api/v1/experiments/{}", segment(&id));
@@ -561,8 +560,10 @@ pub fn run_remote(server: &str, args: &RunArgs) -> anyhow::Result<u8> {
                     row if going(&row) => continue,
                     row => break row,
                 },
-                _ = int.recv() => exit::INTERRUPTED,
-                _ = term.recv() => exit::TERMINATED,
+                Some(ending) = signals.next() => match ending {
+                    Ending::Interrupt => exit::INTERRUPTED,
+                    Ending::Terminate => exit::TERMINATED,
+                },
             };
             if interrupted.replace(code).is_none() {
                 eprintln!("stopping {id} on {server}; its faults are removed there");

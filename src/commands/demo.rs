@@ -2,16 +2,16 @@
 
 use crate::cli::ReportFormat;
 use faultline::controller::{AgentWait, Controller, RunOptions};
-use faultline::demo::{self, World};
-use faultline::engine::StopRequest;
 use faultline::report::junit;
+use faultline::run::StopRequest;
+use faultline::world::demo::{self, World};
 use faultline::{exit, template, token};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Brings the world up, runs the game day, reports, brings the world down.
-pub fn run(
+pub(super) fn run(
     template_file: Option<&Path>,
     alarms_file: Option<&Path>,
     lb_port: Option<u16>,

@@ -2,6 +2,7 @@
 
 mod agents;
 mod client;
+mod controller;
 mod demo;
 mod hold_start;
 mod plan;
@@ -16,7 +17,7 @@ use std::fmt;
 
 /// An error that carries the exit status it ends the process with.
 #[derive(Debug)]
-pub struct Coded {
+pub(crate) struct Coded {
     /// Exit status.
     pub code: u8,
     /// What went wrong.
@@ -32,7 +33,7 @@ impl fmt::Display for Coded {
 impl std::error::Error for Coded {}
 
 /// Wraps an error with the exit status it must end the process with.
-pub fn fail(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
+pub(crate) fn fail(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow::Error::new(Coded {
         code,
         error: error.into(),
@@ -40,7 +41,7 @@ pub fn fail(code: u8, error: impl Into<anyhow::Error>) -> anyhow::Error {
 }
 
 /// A multi-threaded runtime for the commands that serve agents.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -49,7 +50,7 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs one command.
-pub fn dispatch(command: Command) -> anyhow::Result<u8> {
+pub(crate) fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Validate {
             alarms,

@@ -7,7 +7,7 @@ use faultline::template;
 use std::path::Path;
 
 /// Resolves and prints the plan; exit 2 on invalid input, 3 when a target resolves to nothing.
-pub fn run(
+pub(super) fn run(
     template_path: &Path,
     alarms: Option<&Path>,
     inventory: &Path,

@@ -9,7 +9,7 @@ use reqwest::Method;
 use std::path::Path;
 
 /// Reads the journal, renders it, writes it out.
-pub fn run(args: ReportArgs) -> anyhow::Result<u8> {
+pub(super) fn run(args: ReportArgs) -> anyhow::Result<u8> {
     let (text, origin) = match &args.server {
         Some(server) => {
             let client = Client::new(server, &args.api_token_file)?;

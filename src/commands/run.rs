@@ -2,14 +2,14 @@
 
 use crate::cli::{ReportFormat, RunArgs as Args};
 use faultline::controller::{agent_wait, AgentWait, RunOptions};
-use faultline::engine::StopRequest;
 use faultline::report::junit;
-use faultline::{exit, plan, template, token};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use faultline::run::StopRequest;
+use faultline::signals::{Ending, EndingSignals};
+use faultline::{exit, plan, template};
 use tokio::sync::mpsc;
 
 /// Runs the experiment; the exit status follows the experiment's final state.
-pub fn run(args: Args) -> anyhow::Result<u8> {
+pub(super) fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(server) = args.server.clone() {
         return super::client::run_remote(&server, &args);
     }
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 /// Serves agents and runs; the exit status and the report (none for a dry run).
 fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, Option<faultline::report::Report>)> {
     super::runtime()?.block_on(async move {
-        let controller = super::agents::start(&args.controller).await?;
+        let controller = super::controller::start(&args.controller).await?;
         let wait = match args.controller.wait_agents {
             Some(n) => AgentWait::Count(n),
             None => agent_wait(&experiment),
@@ -72,7 +72,7 @@ fn execute(args: Args, experiment: template::Experiment) -> anyhow::Result<(u8, 
     })
 }
 
-pub fn dry_run(
+pub(super) fn dry_run(
     experiment: &template::Experiment,
     hosts: &[faultline_agent::protocol::HostDescription],
     seed: Option<u64>,
@@ -90,27 +90,27 @@ pub fn dry_run(
 
 /// What a second SIGINT or SIGTERM does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Second {
+pub(super) enum Second {
     /// Exit at once with that signal's status; the agents' leases remove what is left.
     ExitAtOnce,
     /// Nothing: the first one's clean-up (which also stops child processes) goes on.
     Ignore,
 }
 
-/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C)
-/// or SIGTERM (CI cancellation, `timeout`, systemd) stops the experiment: every fault
-/// removed, the report printed.
-pub fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
-    let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::error!("cannot install the SIGINT and SIGTERM handlers; a signal ends the run without clean-up");
+/// From now on (the handlers are installed before this returns), the first SIGINT (Ctrl-C),
+/// SIGTERM (CI cancellation, `timeout`, systemd), SIGHUP or SIGQUIT stops the experiment:
+/// every fault removed, the report printed.
+pub(super) fn interrupts(stop: mpsc::Sender<StopRequest>, second: Second) {
+    let Ok(signals) = EndingSignals::install() else {
+        tracing::error!("cannot install the signal handlers; a signal ends the run without clean-up");
         return;
     };
-    tokio::spawn(forward(int, term, stop, second));
+    tokio::spawn(forward(signals, stop, second));
 }
 
 /// The first signal becomes a stop request; a later one does what `second` says.
-async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopRequest>, second: Second) {
-    let Some(first) = next(&mut int, &mut term).await else {
+async fn forward(mut signals: EndingSignals, stop: mpsc::Sender<StopRequest>, second: Second) {
+    let Some(first) = signals.next().await.map(request) else {
         return;
     };
     match second {
@@ -121,34 +121,23 @@ async fn forward(mut int: Signal, mut term: Signal, stop: mpsc::Sender<StopReque
     }
     let _ = stop.send(first).await;
     loop {
-        let Some(again) = next(&mut int, &mut term).await else {
+        let Some(again) = signals.next().await else {
             return;
         };
         if second == Second::ExitAtOnce {
             eprintln!("exiting now");
             std::process::exit(i32::from(match again {
-                StopRequest::Terminated => exit::TERMINATED,
-                _ => exit::INTERRUPTED,
+                Ending::Terminate => exit::TERMINATED,
+                Ending::Interrupt => exit::INTERRUPTED,
             }));
         }
     }
 }
 
-/// The next SIGINT or SIGTERM, as the stop it asks for; `None` once signals can no longer
-/// be received.
-async fn next(int: &mut Signal, term: &mut Signal) -> Option<StopRequest> {
-    tokio::select! {
-        s = int.recv() => s.map(|()| StopRequest::Interrupted),
-        s = term.recv() => s.map(|()| StopRequest::Terminated),
+/// The stop a signal asks for.
+fn request(ending: Ending) -> StopRequest {
+    match ending {
+        Ending::Interrupt => StopRequest::Interrupted,
+        Ending::Terminate => StopRequest::Terminated,
     }
-}
-
-/// Reads or creates the token file, saying so when it is new.
-pub fn token(path: &std::path::Path) -> anyhow::Result<String> {
-    let (t, created) = token::load_or_create(path)
-        .map_err(|e| super::fail(exit::INVALID, anyhow::anyhow!("token file {}: {e}", path.display())))?;
-    if created {
-        tracing::info!(path = %path.display(), "created a new agent token; start agents with --token-file pointing at it");
-    }
-    Ok(t)
 }

@@ -1,16 +1,16 @@
 //! `faultline serve`: the long-running controller.
 
 use crate::cli::{ServeArgs, TlsArgs};
-use faultline::demo::{self, World};
 use faultline::exit;
 use faultline::serve::config::Layer;
 use faultline::serve::store::Store;
-use faultline::serve::{self, api::Tokens, Config};
+use faultline::serve::{self, api::Tokens, policy::Policy, port::Limits, Config};
+use faultline::world::demo::{self, World};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Serves until SIGTERM or Ctrl-C.
-pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
+pub(super) fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     let flags = Layer {
         listen: args.listen,
         agents_listen: args.agents_listen,
@@ -21,6 +21,12 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
         drain: args.drain,
         tls_cert: args.tls.tls_cert,
         tls_key: args.tls.tls_key,
+        allow_command_alarms: args.allow_command_alarms.then_some(true),
+        probe_allow: (!args.probe_allow.is_empty()).then_some(args.probe_allow),
+        allow_plaintext_agents: args.allow_plaintext_agents,
+        max_connections: args.max_connections.map(|n| n as usize),
+        max_connections_per_address: args.max_connections_per_address.map(|n| n as usize),
+        header_timeout: args.header_timeout,
     };
     let file = match &args.config {
         Some(path) => Layer::load(path).map_err(|e| super::fail(exit::INVALID, e))?,
@@ -33,7 +39,13 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
             anyhow::anyhow!("tls-cert and tls-key go together: give both or neither"),
         ));
     }
-    let token = super::run::token(&s.token_file)?;
+    if s.max_connections == 0 || s.max_connections_per_address == 0 {
+        return Err(super::fail(
+            exit::INVALID,
+            anyhow::anyhow!("max-connections and max-connections-per-address must be at least 1"),
+        ));
+    }
+    let token = super::controller::token(&s.token_file)?;
     let tls = TlsArgs {
         tls_cert: s.tls_cert,
         tls_key: s.tls_key,
@@ -44,12 +56,32 @@ pub fn run(args: ServeArgs, demo: bool) -> anyhow::Result<u8> {
     if created {
         tracing::info!(path = %s.api_token_file.display(), "created a new API token; clients send it as Authorization: Bearer");
     }
+    if s.allow_plaintext_agents.is_some() && tls.is_none() {
+        return Err(super::fail(
+            exit::INVALID,
+            anyhow::anyhow!(
+                "allow-plaintext-agents relaxes TLS: without a certificate (tls-cert) every agent dials plain ws:// already"
+            ),
+        ));
+    }
+    let policy = Policy::new(s.allow_command_alarms, &s.probe_allow).map_err(|e| super::fail(exit::INVALID, e))?;
+    if policy.allow_commands {
+        tracing::warn!("--allow-command-alarms: any token of role run may make this server run a program as its user");
+    }
+    let limits = Limits {
+        connections: s.max_connections,
+        per_address: s.max_connections_per_address,
+        header_timeout: s.header_timeout,
+    };
     let mut config = Config {
         listen: s.listen,
         agents_listen: s.agents_listen,
         database: s.database,
         token,
         tls,
+        plaintext_agents: s.allow_plaintext_agents,
+        policy,
+        limits,
         api_tokens,
         journals: s.journals,
         drain: s.drain,
@@ -116,7 +148,7 @@ async fn demo_world(config: &mut Config, token_file: &Path) -> anyhow::Result<(W
     config.platforms = world.platforms();
     let health = format!("{lb_url}lb/healthz");
     tokio::spawn(async move {
-        if faultline::topology::wait_lb_healthy(&health, DEMO_READY).await {
+        if faultline::world::topology::wait_lb_healthy(&health, DEMO_READY).await {
             tracing::info!("demo world ready: the load balancer sees every host healthy");
         } else {
             tracing::warn!(%health, "the load balancer did not see every host healthy in time");

@@ -3,7 +3,7 @@
 use crate::cli::{TopologyAction, TopologyArgs};
 use faultline::controller::{AgentWait, Controller};
 use faultline::plan::inventory;
-use faultline::topology::{Topology, CONTROLLER_PORT};
+use faultline::world::topology::{Topology, CONTROLLER_PORT};
 use faultline::{exit, token};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -26,7 +26,7 @@ fn hosts(t: &Topology) -> anyhow::Result<BTreeSet<String>> {
 }
 
 /// Runs a topology action.
-pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
+pub(super) fn run(action: TopologyAction) -> anyhow::Result<u8> {
     match action {
         TopologyAction::Up {
             topology: args,
@@ -72,7 +72,7 @@ pub fn run(action: TopologyAction) -> anyhow::Result<u8> {
                     Ok(r) => println!("load balancer: {}", r.text().await.unwrap_or_default().trim()),
                     Err(e) => println!("load balancer: {lb} does not answer ({e})"),
                 }
-                let endpoint = faultline::server::Endpoint {
+                let endpoint = faultline::fleet::Endpoint {
                     tls: t.tls().ok().map(|(_, config)| config),
                     ..Default::default()
                 };

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// Validates each file; exit 0 when all are valid, 2 when any is not.
-pub fn run(
+pub(super) fn run(
     files: &[PathBuf],
     alarms: Option<&Path>,
     inventory: Option<&Path>,

@@ -1,6 +1,7 @@
 //! Inventories: JSON arrays of host descriptions, for `plan` and `validate`.
 
-use crate::template::{diagnostic::join, parse_json, Diagnostic, Origin};
+use crate::diagnostic::{join, Diagnostic, Origin};
+use crate::template::parse_json;
 use faultline_agent::protocol::HostDescription;
 use serde_json::Value;
 

@@ -203,7 +203,7 @@ pub fn render_tables(
     plan: &Plan,
     hosts: &[HostDescription],
 ) -> String {
-    let mut targets = crate::report::table(["target", "type", "selection", "matched", "selected"]);
+    let mut targets = crate::table::table(["target", "type", "selection", "matched", "selected"]);
     for (name, r) in &resolution.targets {
         let t = &experiment.targets[name];
         let selected = if r.selected.is_empty() {
@@ -238,7 +238,7 @@ pub fn render_tables(
             Cell::new(selected_cell),
         ]);
     }
-    let mut timeline = crate::report::table(["action", "actionId", "target", "start", "duration", "after"]);
+    let mut timeline = crate::table::table(["action", "actionId", "target", "start", "duration", "after"]);
     for s in &plan.actions {
         let target = match (&s.target, s.skipped) {
             (Some(t), true) => format!("{t} (skipped)"),

@@ -42,7 +42,6 @@ pub struct Resolution {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("target `{target}` resolved to no {kind}: {why}")]
 pub struct EmptyTarget {
-    /// The target.
     pub target: String,
     /// `hosts` or `availability zones`.
     pub kind: &'static str,

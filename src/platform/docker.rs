@@ -11,7 +11,8 @@
 //!
 //! A stop with a duration is guarded by a watchdog process ([`super::watch`]) started before
 //! the container stops: should the controller die while the container is stopped, the
-//! watchdog starts it at the end of the duration. The controller's own start releases it.
+//! watchdog starts it at the end of the duration (and shortly after it should the controller
+//! live without having started it). The controller's own start releases it.
 
 use super::state::InstanceState;
 use super::{Operation, PlatformError, Replacement, REPLACEMENT_DELAY};
@@ -31,6 +32,8 @@ const STOP_SECONDS: i32 = 15;
 
 /// The label compose puts on the topology's containers.
 const PROJECT_LABEL: &str = "com.docker.compose.project";
+/// The topology's compose project name; its containers are named `faultline-HOST`.
+pub const PROJECT: &str = "faultline";
 
 /// A connection to the Docker Engine.
 #[derive(Debug, Clone)]
@@ -42,7 +45,7 @@ pub struct Docker {
 
 /// The container of a host.
 pub fn container(host_id: &str) -> String {
-    format!("{}-{host_id}", crate::topology::PROJECT)
+    format!("{}-{host_id}", PROJECT)
 }
 
 impl Docker {
@@ -69,7 +72,8 @@ impl Docker {
     }
 
     /// Stops a host's container until `until`, with a watchdog that starts it then should
-    /// this controller die meanwhile. The stop is refused when the watchdog cannot start.
+    /// this controller die (or fail to start it) meanwhile. The stop is refused when the
+    /// watchdog cannot start.
     pub async fn stop_until(&self, host: &HostDescription, until: SystemTime) -> Result<(), PlatformError> {
         let id = host.host_id.clone();
         let watch = super::watch::Watch::spawn(&container(&id), until).map_err(|e| PlatformError::Failed {
@@ -82,8 +86,15 @@ impl Docker {
             old.release().await;
         }
         let stopped = self.act(host, Operation::Stop).await.map(|_| ());
-        if stopped.is_err() {
-            self.release(&id).await;
+        match &stopped {
+            Ok(()) => {}
+            Err(PlatformError::Terminated(_)) => self.release(&id).await,
+            // A failed stop may still have stopped it (an answer lost on the way back), and
+            // the action, failed, will not start it: start it now (which releases the
+            // watchdog); should even that fail, the watchdog stays and starts it later.
+            Err(_) => {
+                let _ = self.act(host, Operation::Start).await;
+            }
         }
         stopped
     }
@@ -131,7 +142,8 @@ impl Docker {
                     .await
                     .map_err(failed);
                 // Started, or terminated: the watchdog has nothing left to do. On another
-                // failure it stays, and starts the container once this controller ends.
+                // failure it stays: it starts the container once this controller ends, or
+                // shortly after the deadline should this controller still not have.
                 if matches!(started, Ok(()) | Err(PlatformError::Terminated(_))) {
                     self.release(id).await;
                 }
@@ -308,7 +320,7 @@ impl Docker {
                 all: true,
                 filters: Some(HashMap::from([(
                     "label".to_string(),
-                    vec![format!("{PROJECT_LABEL}={}", crate::topology::PROJECT)],
+                    vec![format!("{PROJECT_LABEL}={}", PROJECT)],
                 )])),
                 ..Default::default()
             }))
@@ -373,6 +385,15 @@ fn described(env: &[String]) -> Option<HostDescription> {
         "Address": var("FAULTLINE_ADDRESS").unwrap_or_default(),
     }))
     .ok()
+}
+
+/// Starts `container` through a fresh connection to the engine (the one of the failed try
+/// may be what failed); running already, or removed, is success.
+pub async fn start_container(container: &str) -> Result<(), String> {
+    match Docker::connect().await {
+        Ok(d) => d.start(container).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot reach the Docker Engine: {e}")),
+    }
 }
 
 #[cfg(test)]

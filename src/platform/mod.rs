@@ -23,6 +23,45 @@ pub const TAG: &str = "faultline:platform";
 /// replacement.
 pub const REPLACEMENT_DELAY: Duration = Duration::from_secs(3);
 
+/// The first wait before a failed start is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// The longest wait between two tries of a start: once the platform is back, a host stays
+/// stopped at most this long.
+pub const RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// Capped exponential backoff with jitter: each wait is drawn between half and all of a
+/// ceiling that doubles from [`RETRY_FIRST`] up to [`RETRY_CAP`], so that hosts (or a
+/// controller and its watchdog) retrying at once spread out.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff { ceiling: RETRY_FIRST }
+    }
+
+    /// The wait before the next try.
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = (ceiling * 2).min(RETRY_CAP);
+        ceiling / 2 + (ceiling / 2).mul_f64(rand::random::<f64>())
+    }
+}
+
+/// One failed try of [`Platforms::start_until_running`], for the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedStart {
+    /// Which try failed, from 1.
+    pub attempt: u32,
+    /// What the platform said.
+    pub error: PlatformError,
+    /// How long until the next try.
+    pub retry_in: Duration,
+}
+
 /// What the platform does to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,11 +116,8 @@ pub enum PlatformError {
     /// The host's platform is not reachable from this controller.
     #[error("{host} is on the {platform} platform, which this controller cannot reach: {why}")]
     Unreachable {
-        /// The host.
         host: String,
-        /// Its platform.
         platform: &'static str,
-        /// Why.
         why: String,
     },
     /// The host was terminated: nothing can act on it any more.
@@ -90,13 +126,25 @@ pub enum PlatformError {
     /// The platform refused or failed.
     #[error("{host}: {operation:?} failed: {message}")]
     Failed {
-        /// The host.
         host: String,
         /// What was asked.
         operation: Operation,
         /// What the platform said.
         message: String,
     },
+}
+
+impl PlatformError {
+    /// Whether trying again may succeed: the platform failed or could not be reached (Docker
+    /// restarting, a socket hiccup); not when the host is terminated or on no platform this
+    /// controller can ever reach.
+    pub fn may_pass(&self) -> bool {
+        match self {
+            PlatformError::Failed { .. } => true,
+            PlatformError::Unreachable { platform, .. } => *platform == Kind::Docker.as_str(),
+            PlatformError::NoPlatform(_) | PlatformError::Terminated(_) => false,
+        }
+    }
 }
 
 /// What a termination left: the replacement's id.
@@ -112,7 +160,8 @@ pub struct Replacement {
 #[derive(Clone, Default)]
 pub struct Platforms {
     local: Option<local::Local>,
-    docker: Arc<tokio::sync::OnceCell<Result<docker::Docker, String>>>,
+    /// Connected once it worked: a failed connection is tried again on the next call.
+    docker: Arc<tokio::sync::OnceCell<docker::Docker>>,
     /// Every host acted on, so that one stopped or terminated is still known.
     ledger: Ledger,
 }
@@ -155,17 +204,16 @@ impl Platforms {
                 Err(why) => Err(PlatformError::Unreachable {
                     host: host.host_id.clone(),
                     platform: "docker",
-                    why: why.to_string(),
+                    why,
                 }),
             },
         }
     }
 
-    async fn docker(&self) -> Result<&docker::Docker, &String> {
+    async fn docker(&self) -> Result<&docker::Docker, String> {
         self.docker
-            .get_or_init(|| async { docker::Docker::connect().await.map_err(|e| e.to_string()) })
+            .get_or_try_init(|| async { docker::Docker::connect().await.map_err(|e| e.to_string()) })
             .await
-            .as_ref()
     }
 
     /// Does `operation` to `host`; for a termination, waits for the replacement to be
@@ -195,9 +243,39 @@ impl Platforms {
         result
     }
 
+    /// Starts `host` and tries again, with [`Backoff`], until it runs: a Docker hiccup at the
+    /// end of a stop must not leave a host stopped for good. Each failed try is handed to
+    /// `report` (the engine journals it). Ends with the host running, or with the error that
+    /// no retry can mend: the host was terminated, or this controller can never reach its
+    /// platform (a `local` host of another demo, a bare agent).
+    pub async fn start_until_running(
+        &self,
+        host: &HostDescription,
+        mut report: impl FnMut(&FailedStart),
+    ) -> Result<(), PlatformError> {
+        let mut backoff = Backoff::new();
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let error = match self.act(host, Operation::Start).await {
+                Ok(_) => return Ok(()),
+                Err(e) if !e.may_pass() => return Err(e),
+                Err(e) => e,
+            };
+            let retry_in = backoff.next_wait();
+            report(&FailedStart {
+                attempt,
+                error,
+                retry_in,
+            });
+            tokio::time::sleep(retry_in).await;
+        }
+    }
+
     /// Stops `host` until `until` (the action starts it then): as [`Platforms::act`] with
     /// [`Operation::Stop`], and on docker with a watchdog that starts the container at
-    /// `until` should this controller die meanwhile (the local platform's hosts die with it).
+    /// `until` should this controller die meanwhile, or shortly after it should this
+    /// controller live without having started it (the local platform's hosts die with it).
     pub async fn stop_until(&self, host: &HostDescription, until: std::time::SystemTime) -> Result<(), PlatformError> {
         let platform = self.platform(host).await?;
         self.ledger.begin(host, Some(InstanceState::Stopping));
@@ -274,6 +352,98 @@ pub fn replacement_id<'a>(old: &'a str, in_use: impl IntoIterator<Item = &'a str
 mod tests {
     use super::*;
 
+    fn host(id: &str, platform: Option<&str>) -> HostDescription {
+        let mut h: HostDescription = serde_json::from_value(serde_json::json!({
+            "HostId": id, "Placement": { "AvailabilityZone": "az-a" }
+        }))
+        .unwrap();
+        if let Some(p) = platform {
+            h.tags.insert(TAG.into(), p.into());
+        }
+        h
+    }
+
+    /// Ends the world's process trees however the test ends.
+    struct World(local::Local);
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            self.0.shutdown();
+        }
+    }
+
+    /// A local world of one host whose process tree is a real process; the next `failures`
+    /// launches fail, as a fork would under a full process table.
+    fn flaky_world(failures: &Arc<std::sync::atomic::AtomicU32>) -> (Platforms, World, HostDescription) {
+        use std::sync::atomic::Ordering;
+        let failures = failures.clone();
+        let spawn: Arc<local::Spawner> = Arc::new(move |_| {
+            if failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(std::io::Error::other("cannot fork"));
+            }
+            std::process::Command::new("sleep").arg("600").spawn()
+        });
+        let h = host("web-a1", Some("local"));
+        let world = local::Local::start(std::slice::from_ref(&h), spawn).unwrap();
+        (Platforms::with_local(world.clone()), World(world), h)
+    }
+
+    #[tokio::test]
+    async fn a_start_is_tried_again_with_backoff_until_the_host_runs() {
+        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (platforms, world, h) = flaky_world(&failures);
+        platforms.act(&h, Operation::Stop).await.unwrap();
+        assert_eq!(world.0.state("web-a1"), Some(InstanceState::Stopped));
+        // The backoff's waits pass at once on a paused clock.
+        tokio::time::pause();
+        failures.store(6, std::sync::atomic::Ordering::SeqCst);
+        let mut reports = Vec::new();
+        platforms
+            .start_until_running(&h, |f| reports.push(f.clone()))
+            .await
+            .unwrap();
+        assert_eq!(world.0.state("web-a1"), Some(InstanceState::Running));
+        assert_eq!(
+            reports.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        assert!(reports.iter().all(|f| matches!(
+            &f.error,
+            PlatformError::Failed { operation: Operation::Start, message, .. } if message == "cannot fork"
+        )));
+        assert!(reports[5].retry_in > reports[0].retry_in);
+    }
+
+    #[tokio::test]
+    async fn a_start_ends_at_once_for_a_terminated_host_or_one_on_no_platform() {
+        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (platforms, _world, h) = flaky_world(&failures);
+        platforms.act(&h, Operation::Stop).await.unwrap();
+        tokio::time::pause();
+        platforms.act(&h, Operation::Terminate).await.unwrap();
+        let mut reports = 0;
+        let started = platforms.start_until_running(&h, |_| reports += 1).await;
+        assert_eq!(started, Err(PlatformError::Terminated("web-a1".into())));
+        let bare = platforms.start_until_running(&host("db", None), |_| reports += 1).await;
+        assert_eq!(bare, Err(PlatformError::NoPlatform("db".into())));
+        assert_eq!(reports, 0);
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_with_jitter_below_each_ceiling() {
+        let mut backoff = Backoff::new();
+        let mut ceiling = RETRY_FIRST;
+        for _ in 0..12 {
+            let wait = backoff.next_wait();
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "{wait:?} outside {ceiling:?}");
+            ceiling = (ceiling * 2).min(RETRY_CAP);
+        }
+        assert_eq!(ceiling, RETRY_CAP);
+    }
+
     #[test]
     fn a_replacement_never_reuses_a_number_of_its_stem() {
         assert_eq!(replacement_id("web-a1", ["web-a2", "web-b1"]), "web-a3");
@@ -284,10 +454,7 @@ mod tests {
 
     #[test]
     fn the_platform_is_the_hosts_tag() {
-        let mut h: HostDescription = serde_json::from_value(serde_json::json!({
-            "HostId": "web-a1", "Placement": { "AvailabilityZone": "az-a" }
-        }))
-        .unwrap();
+        let mut h = host("web-a1", None);
         assert_eq!(Kind::of(&h), None);
         h.tags.insert(TAG.into(), "docker".into());
         assert_eq!(Kind::of(&h), Some(Kind::Docker));

@@ -4,6 +4,7 @@
 
 use super::experience::{self, PhaseKind};
 use super::record::{clock, human, RunRecord};
+use super::summary::summary;
 use crate::journal::State;
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -298,7 +299,7 @@ pub fn render(r: &RunRecord) -> String {
             "Ran",
             format!(
                 "{} → {} UTC ({})",
-                esc(&crate::engine::ts(&r.started_at)),
+                esc(&crate::journal::ts(&r.started_at)),
                 clock(r.ended_at),
                 human(r.ended_at.duration_since(r.started_at).unwrap_or_default())
             ),
@@ -315,52 +316,16 @@ pub fn render(r: &RunRecord) -> String {
 
     // Summary: why it ended, how fast faultline reacted, how fast the system came back.
     out.push_str("<section id=\"summary\"><h2>Summary</h2>");
-    let mut rows = Vec::new();
-    rows.push((
-        "Stop reason",
-        match (&r.reason, r.state) {
-            (Some(reason), _) => esc(reason),
-            (None, State::Completed) => "none: every action ran to its end".into(),
-            (None, _) => "not recorded".into(),
-        },
-    ));
-    if let Some(stop) = &r.stop {
-        if let (Some((alarm, at)), Some(reaction)) = (&stop.fired, stop.reaction()) {
-            rows.push((
-                "Reaction time",
-                format!(
-                    "{} from alarm {} going into ALARM ({} UTC) to the stop",
-                    human(reaction),
-                    esc(alarm),
-                    clock(*at)
-                ),
-            ));
-        }
-        rows.push((
-            "Rollback",
-            match stop.rollback() {
-                Some(d) => format!("every fault removed {} after the stop", human(d)),
-                None => "no fault was in effect when it stopped".into(),
-            },
-        ));
-    }
-    rows.push((
-        "Time to recover",
-        match r.recovery() {
-            Some((_, Some(d))) => format!("{} after the last action ended, every alarm was OK again", human(d)),
-            Some((_, None)) => "<strong>NOT recovered</strong> within the recovery window".into(),
-            None => "not watched (no stop condition, or the run was interrupted)".into(),
-        },
-    ));
-    if r.unconfirmed_removals > 0 {
-        rows.push((
-            "Warning",
-            format!(
-                "{} removal(s) not confirmed by an agent; their leases remove them",
-                r.unconfirmed_removals
-            ),
-        ));
-    }
+    let rows: Vec<(&str, String)> = summary(r)
+        .into_iter()
+        .map(|f| {
+            let text = match f.strong.and_then(|s| Some((s, f.text.strip_prefix(s)?))) {
+                Some((strong, rest)) => format!("<strong>{}</strong>{}", esc(strong), esc(rest)),
+                None => esc(&f.text),
+            };
+            (f.label, text)
+        })
+        .collect();
     facts(&mut out, &rows);
     out.push_str("</section>");
 

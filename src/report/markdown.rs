@@ -3,7 +3,7 @@
 
 use super::experience::{self, Point};
 use super::record::{clock, human, RunRecord};
-use crate::journal::State;
+use super::summary::summary;
 use std::fmt::Write;
 
 /// Text from the journal (a description, a stop reason) as Markdown prose: `&` and `<`
@@ -74,54 +74,19 @@ pub fn render(r: &RunRecord) -> String {
         "**Outcome:** {} · **Experiment:** `{}` · **Ran:** {} → {} UTC ({}){}\n",
         state(r.state.as_str()),
         r.experiment_id,
-        crate::engine::ts(&r.started_at),
+        crate::journal::ts(&r.started_at),
         clock(r.ended_at),
         human(r.ended_at.duration_since(r.started_at).unwrap_or_default()),
         r.seed.map_or(String::new(), |s| format!(" · **Seed:** {s}"))
     );
 
     out.push_str("## Summary\n\n");
-    let reason = match (&r.reason, r.state) {
-        (Some(reason), _) => reason.clone(),
-        (None, State::Completed) => "none: every action ran to its end".into(),
-        (None, _) => "not recorded".into(),
-    };
-    let _ = writeln!(out, "- **Stop reason:** {}", text(&reason));
-    if let Some(stop) = &r.stop {
-        if let (Some((alarm, at)), Some(reaction)) = (&stop.fired, stop.reaction()) {
-            let _ = writeln!(
-                out,
-                "- **Reaction time:** {} from alarm {} going into ALARM ({} UTC) to the stop",
-                human(reaction),
-                text(alarm),
-                clock(*at)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "- **Rollback:** {}",
-            stop.rollback()
-                .map_or("no fault was in effect when it stopped".into(), |d| format!(
-                    "every fault removed {} after the stop",
-                    human(d)
-                ))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "- **Time to recover:** {}",
-        match r.recovery() {
-            Some((_, Some(d))) => format!("{} after the last action ended, every alarm was OK again", human(d)),
-            Some((_, None)) => "**NOT recovered** within the recovery window".into(),
-            None => "not watched (no stop condition, or the run was interrupted)".into(),
-        }
-    );
-    if r.unconfirmed_removals > 0 {
-        let _ = writeln!(
-            out,
-            "- **Warning:** {} removal(s) not confirmed by an agent; their leases remove them",
-            r.unconfirmed_removals
-        );
+    for f in summary(r) {
+        let text = match f.strong.and_then(|s| Some((s, f.text.strip_prefix(s)?))) {
+            Some((strong, rest)) => format!("**{}**{}", text(strong), text(rest)),
+            None => text(&f.text),
+        };
+        let _ = writeln!(out, "- **{}:** {text}", f.label);
     }
     out.push('\n');
 

@@ -5,13 +5,15 @@ pub mod html;
 pub mod junit;
 pub mod markdown;
 pub mod record;
+pub mod summary;
 
 use crate::alarms::AlarmReport;
-use crate::controller::SteadyState;
+use crate::alarms::SteadyState;
 use crate::duration;
-use crate::engine::{ts, ActionRecord, RunOutcome};
+use crate::journal::ts;
 use crate::journal::State;
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
+use crate::run::{ActionRecord, RunOutcome};
+use comfy_table::{Cell, Color};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +23,6 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
-    /// Experiment id.
     pub experiment_id: String,
     /// The template's description.
     pub description: String,
@@ -87,19 +88,12 @@ fn clock(t: &SystemTime) -> String {
     full.get(11..23).unwrap_or(&full).to_string()
 }
 
-/// A table in faultline's one style, with its header.
-pub fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
-    t
-}
+pub use crate::table::table;
 
 /// One figure of one fault as a report row: asked versus observed, for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EffectRow {
-    /// The action.
     pub action: String,
-    /// The host.
     pub host: String,
     /// What was measured.
     pub figure: String,

@@ -4,7 +4,7 @@
 
 use super::experience::{self, PhaseFigures, Sample};
 use crate::effect::HostEffect;
-use crate::journal::{AlarmRule, Entry, Event, State};
+use crate::journal::{AlarmRule, Event, State};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,24 +42,11 @@ pub enum JournalError {
 pub struct Line {
     /// When it happened.
     pub at: SystemTime,
-    /// The experiment.
     pub experiment: String,
     /// What happened; `None` for events this build does not know.
     pub event: Option<Event>,
     /// The line as written.
     pub raw: Value,
-}
-
-impl Line {
-    /// A journal entry as it was recorded (e.g. from [`crate::journal::Journal::subscribe`]).
-    pub fn from_entry(e: &Entry) -> Line {
-        Line {
-            at: humantime::parse_rfc3339(&e.ts).unwrap_or(SystemTime::UNIX_EPOCH),
-            experiment: e.experiment.clone(),
-            event: Some(e.event.clone()),
-            raw: serde_json::to_value(e).unwrap_or_default(),
-        }
-    }
 }
 
 /// Parses JSON Lines text into journal lines.
@@ -184,7 +171,6 @@ impl Stop {
 /// A run, from its journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
-    /// The experiment id.
     pub experiment_id: String,
     /// The template's description.
     pub description: String,
@@ -516,7 +502,7 @@ fn actions_of(template: &Value) -> BTreeMap<String, ActionLine> {
 
 /// The time of day of a timestamp, UTC, with milliseconds.
 pub fn clock(t: SystemTime) -> String {
-    let full = crate::engine::ts(&t);
+    let full = crate::journal::ts(&t);
     full.get(11..23).unwrap_or(&full).to_string()
 }
 

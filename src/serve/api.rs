@@ -1,11 +1,13 @@
 //! The HTTP API (docs/api.md): JSON in and out, bearer tokens on everything but `/healthz`.
+//! Each token has a role: `read` sees everything, `run` also changes what runs, `admin` also
+//! changes what runs unattended (schedules) and releases the safety lever.
 
 use super::scheduler::{self, Compiled, Spec};
 use super::store::StoreError;
 use super::{metrics, Service, ServiceError, Started, TemplateRef};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -16,9 +18,48 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// API tokens: who holds each. (No `Debug`: the tokens stay out of logs.)
+/// What a token may do; each role may do what the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Every `GET`, and validating a template.
+    Read,
+    /// Also: store templates, start and stop experiments, engage the lever, pause a schedule.
+    Run,
+    /// Also: add, change, remove and resume schedules, disengage the lever.
+    Admin,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Run => "run",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        [Role::Read, Role::Run, Role::Admin].into_iter().find(|r| r.name() == s)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One line of the token file.
 #[derive(Clone)]
-pub struct Tokens(Vec<(String, String)>);
+struct Holder {
+    name: String,
+    role: Role,
+    token: String,
+}
+
+/// API tokens: who holds each, with which role. (No `Debug`: the tokens stay out of logs.)
+#[derive(Clone)]
+pub struct Tokens(Vec<Holder>);
 
 /// Why the API token file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +75,33 @@ pub enum TokensError {
     /// It holds no token.
     #[error("API token file {0} holds no token")]
     Empty(String),
+    /// A line names a role that does not exist.
+    #[error(
+        "API token file {path}, line {line}: unknown role {role:?}; write NAME ROLE TOKEN with ROLE read, run or admin"
+    )]
+    Role {
+        /// The file.
+        path: String,
+        /// The line, from 1.
+        line: usize,
+        /// What it says.
+        role: String,
+    },
+    /// A line has more than three words.
+    #[error("API token file {path}, line {line}: expected TOKEN, NAME TOKEN or NAME ROLE TOKEN")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// The line, from 1.
+        line: usize,
+    },
 }
 
 impl Tokens {
     /// Reads the token file (created with one random token when missing): one token a line,
-    /// either `TOKEN` or `NAME TOKEN`; `#` starts a comment. Returns the tokens and whether
-    /// the file was created.
+    /// `TOKEN`, `NAME TOKEN` or `NAME ROLE TOKEN` (ROLE `read`, `run` or `admin`); `#`
+    /// starts a comment. A token without a role is `admin`, what every token was before
+    /// roles. Returns the tokens and whether the file was created.
     pub fn load(path: &std::path::Path) -> Result<(Tokens, bool), TokensError> {
         let io = |source| TokensError::Io {
             path: path.display().to_string(),
@@ -47,37 +109,106 @@ impl Tokens {
         };
         let (_, created) = crate::token::load_or_create(path).map_err(io)?;
         let text = std::fs::read_to_string(path).map_err(io)?;
-        let tokens: Vec<(String, String)> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .enumerate()
-            .map(|(i, l)| match l.split_once(char::is_whitespace) {
-                Some((name, token)) => (name.to_string(), token.trim().to_string()),
-                None => (format!("token-{}", i + 1), l.to_string()),
-            })
-            .collect();
-        if tokens.is_empty() {
-            return Err(TokensError::Empty(path.display().to_string()));
+        let tokens = Tokens::parse(&text, &path.display().to_string())?;
+        Ok((tokens, created))
+    }
+
+    fn parse(text: &str, path: &str) -> Result<Tokens, TokensError> {
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (name, role, token) = match words[..] {
+                [token] => (format!("token-{}", tokens.len() + 1), Role::Admin, token),
+                [name, token] => (name.to_string(), Role::Admin, token),
+                [name, role, token] => (
+                    name.to_string(),
+                    Role::parse(role).ok_or_else(|| TokensError::Role {
+                        path: path.to_string(),
+                        line: i + 1,
+                        role: role.to_string(),
+                    })?,
+                    token,
+                ),
+                _ => {
+                    return Err(TokensError::Malformed {
+                        path: path.to_string(),
+                        line: i + 1,
+                    })
+                }
+            };
+            tokens.push(Holder {
+                name,
+                role,
+                token: token.to_string(),
+            });
         }
-        Ok((Tokens(tokens), created))
+        if tokens.is_empty() {
+            return Err(TokensError::Empty(path.to_string()));
+        }
+        Ok(Tokens(tokens))
     }
 
     /// Who holds `presented`, compared in constant time against every token.
-    fn holder(&self, presented: &str) -> Option<String> {
+    fn holder(&self, presented: &str) -> Option<Caller> {
         let mut found = None;
-        for (name, token) in &self.0 {
-            if bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
-                found = Some(name.clone());
+        for h in &self.0 {
+            if bool::from(h.token.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(Caller {
+                    name: h.name.clone(),
+                    role: h.role,
+                });
             }
         }
         found
     }
 }
 
-/// Who made the request.
+/// Who made the request, with the role of their token.
 #[derive(Debug, Clone)]
-struct Caller(String);
+struct Caller {
+    name: String,
+    role: Role,
+}
+
+impl Caller {
+    /// Refuses, naming the role that would allow it, what this caller's role does not.
+    fn needs(&self, role: Role, what: &str) -> Result<(), ApiError> {
+        if self.role >= role {
+            return Ok(());
+        }
+        let needed = match role {
+            Role::Admin => "admin",
+            _ => "run or admin",
+        };
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{what} needs a token with role {needed}; {}'s token has role {} (the role is the middle word of NAME ROLE TOKEN in --api-token-file)",
+                self.name, self.role
+            ),
+        ))
+    }
+}
+
+/// The least role a route needs; some handlers ask more of some bodies (disengaging the lever).
+fn required(method: &Method, path: &str) -> (Role, &'static str) {
+    if method == Method::GET || method == Method::HEAD {
+        return (Role::Read, "reading");
+    }
+    if path == "/api/v1/templates/validate" {
+        return (Role::Read, "validating a template");
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/schedules") {
+        if !rest.ends_with("/pause") {
+            return (Role::Admin, "changing a schedule");
+        }
+    }
+    (Role::Run, "this change")
+}
 
 /// An API error: a status and a JSON body with a message (and the validator's pointers).
 #[derive(Debug)]
@@ -111,6 +242,13 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Store(e) => e.into(),
             ServiceError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+            ServiceError::Refused(reasons) => ApiError {
+                status: StatusCode::FORBIDDEN,
+                body: json!({
+                    "error": format!("the server does not run this template: {}", reasons.join("; ")),
+                    "refusals": reasons,
+                }),
+            },
             ServiceError::Invalid(diagnostics) => ApiError {
                 status: StatusCode::UNPROCESSABLE_ENTITY,
                 body: json!({
@@ -203,16 +341,26 @@ async fn json_errors(resp: Response) -> Response {
     json
 }
 
+/// The credentials of an `Authorization: Bearer` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
+}
+
 async fn auth(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match presented.and_then(|p| tokens.holder(p)) {
         Some(who) => {
-            req.extensions_mut().insert(Caller(who));
+            let (role, what) = required(req.method(), req.uri().path());
+            if let Err(e) = who.needs(role, what) {
+                return e.into_response();
+            }
+            req.extensions_mut().insert(who);
             next.run(req).await
         }
         None => {
@@ -274,26 +422,20 @@ async fn templates(State(s): State<Arc<Service>>) -> ApiResult {
     Ok(Json(json!({ "templates": s.store.templates().await? })).into_response())
 }
 
-fn check_template(body: &Value) -> Result<(), ApiError> {
-    crate::template::validate(body, None)
-        .map(|_| ())
-        .map_err(|d| ServiceError::Invalid(d).into())
-}
-
-async fn validate(body: Bytes) -> ApiResult {
+async fn validate(State(s): State<Arc<Service>>, body: Bytes) -> ApiResult {
     let template: Value = parse(&body)?;
-    check_template(&template)?;
+    s.admissible(&template).await?;
     Ok(Json(json!({ "valid": true })).into_response())
 }
 
 async fn put_template(
     State(s): State<Arc<Service>>,
-    Extension(Caller(who)): Extension<Caller>,
+    Extension(Caller { name: who, .. }): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
     let template: Value = parse(&body)?;
-    check_template(&template)?;
+    s.admissible(&template).await?;
     let version = s.store.put_template(&name, &template, &who).await?;
     tracing::info!(template = %name, version, by = %who, "template stored");
     Ok((StatusCode::CREATED, Json(json!({ "name": name, "version": version }))).into_response())
@@ -333,7 +475,11 @@ struct StartBody {
     seed: Option<u64>,
 }
 
-async fn start(State(s): State<Arc<Service>>, Extension(Caller(who)): Extension<Caller>, body: Bytes) -> ApiResult {
+async fn start(
+    State(s): State<Arc<Service>>,
+    Extension(Caller { name: who, .. }): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
     let b: StartBody = parse(&body)?;
     let template = match b.template {
         Value::String(name) => TemplateRef::Stored {
@@ -454,7 +600,7 @@ struct StopBody {
 
 async fn stop(
     State(s): State<Arc<Service>>,
-    Extension(Caller(who)): Extension<Caller>,
+    Extension(Caller { name: who, .. }): Extension<Caller>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
@@ -514,19 +660,9 @@ async fn junit(State(s): State<Arc<Service>>, Path(id): Path<String>) -> ApiResu
     let row = experiment_row(&s, &id).await?;
     match s.store.junit(&id).await? {
         Some(xml) => Ok(([(header::CONTENT_TYPE, "application/xml")], xml).into_response()),
-        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, never_ran(&row, "JUnit"))),
+        None if row.ended_at.is_some() => Err(error(StatusCode::NOT_FOUND, row.never_ran("JUnit"))),
         None => Err(error(StatusCode::CONFLICT, format!("{id} has not ended yet"))),
     }
-}
-
-/// Why an experiment recorded without running (cancelled, failed to resolve) has no `what`.
-pub(super) fn never_ran(row: &super::store::ExperimentRow, what: &str) -> String {
-    format!(
-        "{} has no {what}: it ended {} without running{}",
-        row.id,
-        row.state,
-        row.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
-    )
 }
 
 fn schedule_json(s: &Service, row: &super::store::ScheduleRow) -> Value {
@@ -578,7 +714,7 @@ async fn checked_schedule(s: &Service, body: &Bytes) -> Result<(Spec, Value), Ap
 
 async fn add_schedule(
     State(s): State<Arc<Service>>,
-    Extension(Caller(who)): Extension<Caller>,
+    Extension(Caller { name: who, .. }): Extension<Caller>,
     body: Bytes,
 ) -> ApiResult {
     let (spec, stored) = checked_schedule(&s, &body).await?;
@@ -598,7 +734,7 @@ async fn add_schedule(
 
 async fn update_schedule(
     State(s): State<Arc<Service>>,
-    Extension(Caller(who)): Extension<Caller>,
+    Extension(Caller { name: who, .. }): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
@@ -683,8 +819,13 @@ async fn lever_json(s: &Service) -> Result<Value, ApiError> {
     })
 }
 
-async fn set_lever(State(s): State<Arc<Service>>, Extension(Caller(who)): Extension<Caller>, body: Bytes) -> ApiResult {
+async fn set_lever(State(s): State<Arc<Service>>, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult {
     let b: LeverBody = parse(&body)?;
+    // Anyone who may start a run may stop them all; lifting that stop is the admin's.
+    if !b.engaged {
+        caller.needs(Role::Admin, "disengaging the safety lever")?;
+    }
+    let who = caller.name;
     if b.reason.trim().is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -752,13 +893,42 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fl-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("api-tokens");
-        std::fs::write(&path, "# on call\nalice s3cret\nplain-token\n").unwrap();
+        std::fs::write(&path, "# on call\nalice s3cret\nplain-token\nbob read r3ad\n").unwrap();
         let (t, created) = Tokens::load(&path).unwrap();
         assert!(!created);
-        assert_eq!(t.holder("s3cret").as_deref(), Some("alice"));
-        assert_eq!(t.holder("plain-token").as_deref(), Some("token-2"));
-        assert_eq!(t.holder("s3cre"), None);
-        assert_eq!(t.holder(""), None);
+        let holder = |p: &str| t.holder(p).map(|c| (c.name, c.role));
+        assert_eq!(holder("s3cret"), Some(("alice".into(), Role::Admin)));
+        assert_eq!(holder("plain-token"), Some(("token-2".into(), Role::Admin)));
+        assert_eq!(holder("r3ad"), Some(("bob".into(), Role::Read)));
+        assert_eq!(holder("s3cre"), None);
+        assert_eq!(holder(""), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_line_names_a_known_role() {
+        let e = Tokens::parse("carol root t0k\n", "f").err().unwrap().to_string();
+        assert!(e.contains("line 1") && e.contains("read, run or admin"), "{e}");
+        assert!(Tokens::parse("a b c d\n", "f").is_err());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[test]
+    fn writes_need_more_than_read() {
+        assert_eq!(required(&Method::GET, "/api/v1/schedules").0, Role::Read);
+        assert_eq!(required(&Method::POST, "/api/v1/templates/validate").0, Role::Read);
+        assert_eq!(required(&Method::POST, "/api/v1/experiments").0, Role::Run);
+        assert_eq!(required(&Method::POST, "/api/v1/schedules/x/pause").0, Role::Run);
+        assert_eq!(required(&Method::POST, "/api/v1/schedules/x/resume").0, Role::Admin);
+        assert_eq!(required(&Method::DELETE, "/api/v1/schedules/x").0, Role::Admin);
+        assert_eq!(required(&Method::PUT, "/api/v1/lever").0, Role::Run);
     }
 }

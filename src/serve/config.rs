@@ -46,8 +46,19 @@ pub struct Settings {
     pub drain: Duration,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
+    /// Templates from the API may use `command` alarm sources.
+    pub allow_command_alarms: bool,
+    /// What probes may fetch (`--probe-allow`); empty: the default, loopback and the fleet.
+    pub probe_allow: Vec<String>,
+    /// With TLS, the networks whose agents may dial plain `ws://` (empty: any).
+    pub allow_plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// Connection cap of the port.
+    pub max_connections: usize,
+    /// The cap's share of one address.
+    pub max_connections_per_address: usize,
+    /// Time a request's headers may take.
+    pub header_timeout: Duration,
 }
 
 /// Settings, each optional: one layer of flags, of a file, or the defaults.
@@ -71,8 +82,20 @@ pub struct Layer {
     pub drain: Option<Duration>,
     /// The agents' TLS certificate.
     pub tls_cert: Option<PathBuf>,
-    /// Its key.
     pub tls_key: Option<PathBuf>,
+    /// Templates from the API may use `command` alarm sources.
+    pub allow_command_alarms: Option<bool>,
+    /// What probes may fetch.
+    pub probe_allow: Option<Vec<String>>,
+    /// With TLS, the networks whose agents may dial plain `ws://` (empty: any).
+    pub allow_plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// Connection cap of the port.
+    pub max_connections: Option<usize>,
+    /// The cap's share of one address.
+    pub max_connections_per_address: Option<usize>,
+    /// Time a request's headers may take, ISO 8601.
+    #[serde(default, deserialize_with = "iso_duration")]
+    pub header_timeout: Option<Duration>,
 }
 
 fn iso_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -95,6 +118,7 @@ impl Layer {
 
     /// The settings: this layer's, else the defaults.
     pub fn resolve(self) -> Settings {
+        let limits = super::port::Limits::default();
         Settings {
             listen: self.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7800))),
             agents_listen: self.agents_listen,
@@ -105,6 +129,12 @@ impl Layer {
             drain: self.drain.unwrap_or(Duration::from_secs(60)),
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            allow_command_alarms: self.allow_command_alarms.unwrap_or(false),
+            probe_allow: self.probe_allow.unwrap_or_default(),
+            allow_plaintext_agents: self.allow_plaintext_agents,
+            max_connections: self.max_connections.unwrap_or(limits.connections),
+            max_connections_per_address: self.max_connections_per_address.unwrap_or(limits.per_address),
+            header_timeout: self.header_timeout.unwrap_or(limits.header_timeout),
         }
     }
 
@@ -120,6 +150,12 @@ impl Layer {
             drain: self.drain.or(under.drain),
             tls_cert: self.tls_cert.or(under.tls_cert),
             tls_key: self.tls_key.or(under.tls_key),
+            allow_command_alarms: self.allow_command_alarms.or(under.allow_command_alarms),
+            probe_allow: self.probe_allow.or(under.probe_allow),
+            allow_plaintext_agents: self.allow_plaintext_agents.or(under.allow_plaintext_agents),
+            max_connections: self.max_connections.or(under.max_connections),
+            max_connections_per_address: self.max_connections_per_address.or(under.max_connections_per_address),
+            header_timeout: self.header_timeout.or(under.header_timeout),
         }
     }
 }
@@ -142,6 +178,17 @@ mod tests {
         assert_eq!(s.database, "postgres://f@db/f");
         assert_eq!(s.drain, Duration::from_secs(5));
         assert_eq!(s.agents_listen, None, "agents use the one port unless told otherwise");
+        assert!(!s.allow_command_alarms, "no command from the API unless told");
+        assert!(s.probe_allow.is_empty(), "the default list");
+        let file: Layer = toml::from_str(
+            "allow-command-alarms = true\nprobe-allow = [\"10.0.0.0/8\"]\nallow-plaintext-agents = [\"127.0.0.0/8\"]\nheader-timeout = \"PT3S\"\n",
+        )
+        .unwrap();
+        let s = Layer::default().over(file).resolve();
+        assert!(s.allow_command_alarms);
+        assert_eq!(s.probe_allow, ["10.0.0.0/8"]);
+        assert_eq!(s.allow_plaintext_agents, Some(vec!["127.0.0.0/8".parse().unwrap()]));
+        assert_eq!(s.header_timeout, Duration::from_secs(3));
     }
 
     #[test]

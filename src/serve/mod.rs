@@ -7,16 +7,18 @@ pub mod api;
 pub mod config;
 pub mod dashboard;
 pub mod metrics;
+pub mod policy;
 pub mod port;
 pub mod scheduler;
 pub mod store;
 
 use crate::controller::{Controller, RunOptions};
-use crate::engine::StopRequest;
+use crate::diagnostic::Diagnostic;
+use crate::fleet::Endpoint;
 use crate::plan;
 use crate::report::junit;
-use crate::server::Endpoint;
-use crate::template::{self, diagnostic::Diagnostic};
+use crate::run::StopRequest;
+use crate::template;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +52,10 @@ pub enum ServiceError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// The template would make the server run a command or fetch an address its flags do
+    /// not permit ([`policy::Policy`]); each reason names the flag that would.
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
 }
 
 /// Which template to run.
@@ -57,7 +63,6 @@ pub enum ServiceError {
 pub enum TemplateRef {
     /// A stored template, its latest version or a given one.
     Stored {
-        /// Its name.
         name: String,
         /// Its version; the latest when `None`.
         version: Option<i64>,
@@ -113,6 +118,8 @@ pub struct Service {
     count: watch::Sender<usize>,
     /// Prometheus metrics kept in memory.
     pub metrics: metrics::Metrics,
+    /// What templates may make the server run or fetch.
+    pub policy: policy::Policy,
     /// Every host that connected since the start, for the map's `disconnected` hosts.
     seen: Mutex<BTreeMap<String, faultline_agent::protocol::HostDescription>>,
     /// Cancelled when the server begins to shut down: no new run starts, the scheduler and
@@ -121,8 +128,9 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over `store`, its runs on `controller`, journals under `journals`.
-    pub fn new(store: Store, controller: Arc<Controller>, journals: PathBuf) -> Arc<Service> {
+    /// A service over `store`, its runs on `controller`, journals under `journals`, its
+    /// templates held to `policy`.
+    pub fn new(store: Store, controller: Arc<Controller>, journals: PathBuf, policy: policy::Policy) -> Arc<Service> {
         Arc::new(Service {
             store,
             controller,
@@ -132,6 +140,7 @@ impl Service {
             running: Mutex::new(HashMap::new()),
             count: watch::Sender::new(0),
             metrics: metrics::Metrics::default(),
+            policy,
             seen: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
         })
@@ -160,7 +169,7 @@ impl Service {
                 (t.body, Some((name, t.version)))
             }
         };
-        let experiment = template::validate(&body, None).map_err(ServiceError::Invalid)?;
+        let experiment = self.admissible(&body).await?;
         let id = crate::token::random_id("EXP");
         let journal = self.journals.join(format!("{id}.jsonl"));
         let journal_path = journal.to_string_lossy().into_owned();
@@ -294,6 +303,20 @@ impl Service {
             .await;
         }
         Ok(Started::Running { id })
+    }
+
+    /// The template validated and held to the policy: every template reaches the server
+    /// through the API (stored ones too, before they run), so it runs no command and fetches
+    /// no address that the server's flags do not allow.
+    pub async fn admissible(&self, body: &Value) -> Result<crate::template::Experiment, ServiceError> {
+        let experiment = template::validate(body, None).map_err(ServiceError::Invalid)?;
+        let fleet = self.controller.hosts().await;
+        let refused = self.policy.refusals(&experiment, &fleet);
+        if refused.is_empty() {
+            Ok(experiment)
+        } else {
+            Err(ServiceError::Refused(refused))
+        }
     }
 
     fn forget(&self, id: &str) {
@@ -550,9 +573,15 @@ pub struct Config {
     pub database: String,
     /// The agents' token.
     pub token: String,
-    /// TLS for the port (and the agents' extra address), if any; clients may still speak
-    /// plain TCP.
+    /// TLS for the port (and the agents' extra address), if any: then they speak TLS only,
+    /// but to the agents of `plaintext_agents`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `tls`, the networks whose agents may still dial plain `ws://` (empty: any).
+    pub plaintext_agents: Option<Vec<ipnet::IpNet>>,
+    /// What templates that arrive over the API may make the server run or fetch.
+    pub policy: policy::Policy,
+    /// Connection cap, per-address share and header timeout of the port.
+    pub limits: port::Limits,
     /// The API's tokens.
     pub api_tokens: api::Tokens,
     /// Where running experiments' journals are written until the database holds them.
@@ -582,12 +611,10 @@ pub enum ServeError {
     Signals(std::io::Error),
 }
 
-/// Serves until SIGTERM or SIGINT; then stops every running experiment (each removes its
+/// Serves until SIGTERM, SIGINT, SIGHUP or SIGQUIT; then stops every running experiment (each removes its
 /// faults) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let mut signals = crate::signals::EndingSignals::install().map_err(ServeError::Signals)?;
     let store = Store::open(&config.database).await?;
     let listen_error = |source| ServeError::Listen {
         addr: config.listen,
@@ -604,45 +631,73 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut controller = Controller::attached(addr, config.token, endpoint);
     controller.set_platforms(config.platforms);
     let controller = Arc::new(controller);
-    if let Some(extra) = config.agents_listen {
-        let bound = controller
-            .fleet()
-            .listen(extra)
-            .await
-            .map_err(|source| ServeError::Listen { addr: extra, source })?;
-        tracing::info!(agents = %bound, "agents may also dial this extra address");
-    }
-    let service = Service::new(store, controller.clone(), config.journals);
+    // The extra address is served as the port is (the same TLS rule, the same limits), with
+    // the agents' route only.
+    let extra = match config.agents_listen {
+        Some(extra) => {
+            let error = |source| ServeError::Listen { addr: extra, source };
+            let l = tokio::net::TcpListener::bind(extra).await.map_err(error)?;
+            let bound = l.local_addr().map_err(error)?;
+            tracing::info!(agents = %bound, "agents may also dial this extra address");
+            Some(l)
+        }
+        None => None,
+    };
+    let service = Service::new(store, controller.clone(), config.journals, config.policy);
     service.store.heartbeat(&service.replica).await?;
     for id in service.reap().await? {
         tracing::info!(experiment = %id, "an interrupted run was marked failed");
     }
     let secure = config.tls.is_some();
-    let listener = port::PortListener::new(listener, config.tls).map_err(listen_error)?;
+    let beyond = std::iter::once(addr.ip())
+        .chain(extra.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback());
+    if let (false, Some(ip)) = (secure, beyond) {
+        tracing::warn!(
+            listen = %ip,
+            "listening beyond loopback without TLS: API tokens and the agents' traffic cross the network in the clear; give --tls-cert and --tls-key"
+        );
+    }
+    let transport = port::Transport {
+        tls: config.tls,
+        plaintext_agents: config.plaintext_agents,
+    };
     let cancel = service.shutdown.clone();
     let http_cancel = CancellationToken::new();
+    if let Some(extra) = extra {
+        let agents_only = axum::Router::new()
+            .route(faultline_agent::protocol::AGENT_PATH, axum::routing::get(port::agents))
+            .with_state(service.clone());
+        let serving = port::serve(
+            extra,
+            transport.clone(),
+            config.limits,
+            agents_only,
+            http_cancel.clone(),
+        );
+        tokio::spawn(serving);
+    }
     let app = api::router(service.clone(), config.api_tokens);
-    let http = tokio::spawn({
-        let c = http_cancel.clone();
-        async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<port::Peer>())
-                .with_graceful_shutdown(c.cancelled_owned())
-                .await
-        }
-    });
+    let http = tokio::spawn(port::serve(
+        listener,
+        transport,
+        config.limits,
+        app,
+        http_cancel.clone(),
+    ));
     tokio::spawn(housekeeping(service.clone(), cancel.clone()));
     let scheduler = tokio::spawn(scheduler::run(service.clone(), cancel.clone()));
     let path = faultline_agent::protocol::AGENT_PATH;
-    let (web, ws) = if secure { ("http(s)", "ws(s)") } else { ("http", "ws") };
+    let (web, ws) = if secure { ("https", "wss") } else { ("http", "ws") };
     tracing::info!(
         listen = %addr,
         replica = %service.replica,
         "serving the API and the dashboard at {web}://{addr}/, agents dial {ws}://{addr}{path}"
     );
 
-    let signal = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let signal = match signals.next().await {
+        Some(_) => signals.last(),
+        None => "the end of its signals",
     };
     let running = service.running_ids().len();
     tracing::info!(signal, running, "shutting down: stopping running experiments");
@@ -728,6 +783,7 @@ mod tests {
             store,
             Arc::new(controller),
             std::env::temp_dir().join("faultline-unit-journals"),
+            policy::Policy::default(),
         );
         svc.shutdown.cancel();
         let template = serde_json::json!({

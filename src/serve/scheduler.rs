@@ -27,7 +27,6 @@ pub const NEXT_RUNS_HORIZON_MS: i64 = 30 * 24 * 3600 * 1000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
-    /// Its name.
     pub name: String,
     /// The stored template it runs (latest version at each run).
     pub template: String,
@@ -498,6 +497,7 @@ mod tests {
             store,
             Arc::new(controller),
             std::env::temp_dir().join("faultline-unit-journals"),
+            crate::serve::policy::Policy::default(),
         )
     }
 

@@ -52,7 +52,6 @@ pub struct Store {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateVersion {
-    /// Its name.
     pub name: String,
     /// 1, 2, …
     pub version: i64,
@@ -68,7 +67,6 @@ pub struct TemplateVersion {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentRow {
-    /// Its id.
     pub id: String,
     /// The stored template it ran, if any.
     pub template_name: Option<String>,
@@ -104,13 +102,24 @@ pub struct ExperimentRow {
     pub replica: String,
 }
 
+impl ExperimentRow {
+    /// Why an experiment recorded without running (cancelled, failed to resolve) has no
+    /// `what` (a report, a JUnit file): its state and reason.
+    pub fn never_ran(&self, what: &str) -> String {
+        format!(
+            "{} has no {what}: it ended {} without running{}",
+            self.id,
+            self.state,
+            self.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        )
+    }
+}
+
 /// A new experiment.
 pub struct NewExperiment<'a> {
-    /// Its id.
     pub id: &'a str,
     /// Stored template name and version, if it came from one.
     pub template_ref: Option<(&'a str, i64)>,
-    /// The template.
     pub template: &'a Value,
     /// The schedule that started it.
     pub schedule: Option<&'a str>,
@@ -118,13 +127,10 @@ pub struct NewExperiment<'a> {
     pub state: &'a str,
     /// Why, for a refused one.
     pub reason: Option<String>,
-    /// Seed.
     pub seed: Option<u64>,
-    /// Hosts.
     pub hosts: Vec<String>,
     /// The journal file.
     pub journal_path: &'a str,
-    /// The replica.
     pub replica: &'a str,
     /// Who.
     pub created_by: &'a str,
@@ -147,11 +153,9 @@ pub struct LeverChange {
 /// A stored schedule.
 #[derive(Debug, Clone)]
 pub struct ScheduleRow {
-    /// Its name.
     pub name: String,
     /// Its definition as posted.
     pub spec: Value,
-    /// Paused.
     pub paused: bool,
     /// Fire times up to this instant (ms) have been decided on.
     pub checked_until: i64,
@@ -161,7 +165,6 @@ pub struct ScheduleRow {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleRun {
-    /// The schedule.
     pub schedule: String,
     /// The fire time, ms.
     pub fire_at: i64,

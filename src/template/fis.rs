@@ -6,7 +6,7 @@
 //! Only structural keys are renamed: names of targets and actions, tags, parameters and
 //! alarms are the user's and stay as written.
 
-use super::diagnostic::escape;
+use crate::diagnostic::escape;
 use serde_json::{Map, Value};
 
 /// FIS's action target key for EC2 instances, and the key faultline uses for hosts.

@@ -1,13 +1,11 @@
-//! Experiment templates (design §2, §4): parsing, the schema pass, the semantic pass.
+//! Experiment templates: parsing, the schema pass, the semantic pass (docs/architecture.md, "Validate").
 
-pub mod catalog;
-pub mod diagnostic;
 pub mod fis;
 pub mod model;
 pub mod schema;
 pub mod semantic;
 
-pub use diagnostic::{At, Diagnostic, Origin};
+pub use crate::diagnostic::{At, Diagnostic, Origin};
 pub use model::*;
 
 use serde_json::Value;

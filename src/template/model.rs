@@ -1,6 +1,6 @@
 //! A validated experiment: what `faultline validate` accepts and every later stage consumes.
 
-pub use crate::actions::{ActionSpec, Effect};
+pub use crate::actions::{ActionSpec, Effect, ResourceType};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -90,59 +90,6 @@ pub enum EmptyTargetMode {
     Skip,
 }
 
-/// What a target selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ResourceType {
-    /// Hosts (also `aws:ec2:instance`).
-    #[serde(rename = "faultline:host")]
-    Host,
-    /// Availability zones.
-    #[serde(rename = "faultline:az")]
-    Az,
-    /// Subnets: each AZ's network is one (`subnet-<AZ>` in `vpc-faultline`).
-    #[serde(rename = "aws:ec2:subnet")]
-    Subnet,
-}
-
-impl ResourceType {
-    /// The name used in templates.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceType::Host => "faultline:host",
-            ResourceType::Az => "faultline:az",
-            ResourceType::Subnet => "aws:ec2:subnet",
-        }
-    }
-
-    /// What resources of this type are called, in messages.
-    pub fn plural(self) -> &'static str {
-        match self {
-            ResourceType::Host => "hosts",
-            ResourceType::Az => "availability zones",
-            ResourceType::Subnet => "subnets",
-        }
-    }
-
-    /// The key of `action.targets` that names a target of this type.
-    pub fn target_key(self) -> &'static str {
-        match self {
-            ResourceType::Host => "Hosts",
-            ResourceType::Az => "AvailabilityZones",
-            ResourceType::Subnet => "Subnets",
-        }
-    }
-
-    /// Every key of `action.targets` that names a target of this type: FIS writes
-    /// `Instances` for `aws:ec2:instance`.
-    pub fn target_keys(self) -> &'static [&'static str] {
-        match self {
-            ResourceType::Host => &["Hosts", "Instances"],
-            ResourceType::Az => &["AvailabilityZones"],
-            ResourceType::Subnet => &["Subnets"],
-        }
-    }
-}
-
 /// A named set of resources.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Target {
@@ -195,7 +142,6 @@ impl std::fmt::Display for Selection {
 pub struct Action {
     /// What it does, with typed parameters.
     pub spec: ActionSpec,
-    /// Its description.
     pub description: Option<String>,
     /// The target it acts on; `None` for `aws:fis:wait`.
     pub target: Option<String>,
@@ -203,7 +149,7 @@ pub struct Action {
     pub start_after: Vec<String>,
 }
 
-/// An alarm with CloudWatch semantics (design §4).
+/// An alarm with CloudWatch semantics (README, "Stop conditions and CI gates").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alarm {
     /// Where datapoints come from and which statistic is taken.
@@ -232,11 +178,9 @@ pub enum MetricSource {
     Http {
         /// URL probed.
         url: String,
-        /// Method.
         method: String,
         /// Per-probe timeout.
         timeout: Duration,
-        /// Probes per period.
         probes_per_period: u32,
     },
     /// Prometheus instant query.

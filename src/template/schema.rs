@@ -7,8 +7,8 @@
 //! them, more than the rest of `faultline validate` together; this one reads the schema as
 //! it goes. A test runs both on the same documents and compares their findings.
 
-use super::catalog::did_you_mean;
-use super::diagnostic::{join, Diagnostic, Origin};
+use crate::diagnostic::did_you_mean;
+use crate::diagnostic::{join, Diagnostic, Origin};
 use regex::Regex;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,10 +3,11 @@
 //! It reads the raw JSON tolerantly, so it can report what it finds even in a document the
 //! schema pass already refused; the caller drops its findings where the schema spoke first.
 
-use super::catalog::{did_you_mean, ACTION_IDS};
-use super::diagnostic::{join, Diagnostic, Origin};
 use super::model::*;
+use crate::actions::IDS as ACTION_IDS;
 use crate::actions::{ActionId, Params};
+use crate::diagnostic::did_you_mean;
+use crate::diagnostic::{join, Diagnostic, Origin};
 use crate::duration;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};

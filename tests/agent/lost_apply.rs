@@ -1,6 +1,7 @@
 //! No fault is lost track of: an apply whose answer a disconnect swallowed is removed, a
-//! reconnecting agent's faults that no running action owns are removed, every run ends with
-//! a remove-all on each host it dispatched to, and only a fault's own host can end it.
+//! reconnecting agent's faults of this controller that no running action owns are removed
+//! (another controller's are left to it), every run ends with a remove-all on each host it
+//! dispatched to, and only a fault's own host can end it.
 
 use crate::common;
 
@@ -72,7 +73,9 @@ fn an_apply_lost_to_a_disconnect_is_removed_when_the_agent_comes_back() {
     agent.disconnect();
     ctl.expect("disconnected before answering", T);
 
+    // A fault of an earlier run of this controller, and one of another controller.
     let orphan = "EXPgone00000000/A/web-a1".to_string();
+    let foreign = "EXPother0000000/A/web-a1".to_string();
     agent.reconnect(vec![
         HeldFault {
             fault_id: fault.fault_id.clone(),
@@ -80,12 +83,20 @@ fn an_apply_lost_to_a_disconnect_is_removed_when_the_agent_comes_back() {
         },
         HeldFault {
             fault_id: orphan.clone(),
-            owner: "ctl-gone".into(),
+            owner: agent.controller_id.clone(),
+        },
+        HeldFault {
+            fault_id: foreign.clone(),
+            owner: "ctl-other".into(),
         },
     ]);
     let (removed, experiment) = removals_until_remove_all(&mut agent);
     assert!(removed.contains(&fault.fault_id), "{removed:?}");
     assert!(removed.contains(&orphan), "{removed:?}");
+    assert!(
+        !removed.contains(&foreign),
+        "another controller's fault was removed: {removed:?}"
+    );
     let run_id = fault.fault_id.split('/').next().unwrap();
     assert_eq!(experiment.as_deref(), Some(run_id));
 
@@ -105,9 +116,13 @@ fn an_apply_lost_to_a_disconnect_is_removed_when_the_agent_comes_back() {
     assert!(
         orphans
             .iter()
-            .any(|e| e["fault_id"] == orphan.as_str() && e["owner"] == "ctl-gone" && e["confirmed"] == true),
+            .any(|e| e["fault_id"] == orphan.as_str() && e["confirmed"] == true),
         "{orphans:?}"
     );
+    let foreigners = events(&journal, "foreign_fault");
+    assert_eq!(foreigners.len(), 1, "{journal:?}");
+    assert_eq!(foreigners[0]["fault_id"], foreign.as_str());
+    assert_eq!(foreigners[0]["owner"], "ctl-other");
     let sweeps = events(&journal, "remove_all");
     assert_eq!(sweeps.len(), 1, "{sweeps:?}");
     assert_eq!(sweeps[0]["host"], "web-a1");
@@ -141,7 +156,7 @@ fn a_reconnect_keeps_the_faults_of_running_actions_and_removes_the_others() {
         },
         HeldFault {
             fault_id: orphan.clone(),
-            owner: "ctl-gone".into(),
+            owner: agent.controller_id.clone(),
         },
     ]);
     let (removed, _) = removals_until_remove_all(&mut agent);
@@ -202,32 +217,19 @@ fn only_the_host_of_a_fault_can_end_or_answer_for_it() {
 }
 
 #[test]
-fn faults_a_dead_controller_left_are_removed_when_their_agent_registers() {
+fn faults_of_another_controller_are_left_to_it_when_their_agent_registers() {
     let s = Scratch::new("dead-controller");
     let (ctl, port) = controller(&s, &cpu_template(&s, "PT1S"), 2, &[]);
-    let orphan = "EXPgone00000000/A/web-a1".to_string();
+    // Another controller's fault (alive or not: its lease ends it if it is gone).
+    let foreign = "EXPgone00000000/A/web-a1".to_string();
     let held = vec![HeldFault {
-        fault_id: orphan.clone(),
+        fault_id: foreign.clone(),
         owner: "ctl-gone".into(),
     }];
     let mut a1 = FakeAgent::connect_holding(port, &s.path("token"), "web-a1", "az-a", &["cpu"], held);
-    // Removed at once, before any run (the second agent the run waits for is not there yet).
-    let (id, msg) = a1.next_command(T);
-    assert_eq!(
-        msg,
-        ControllerMessage::Remove {
-            fault_id: orphan.clone()
-        }
-    );
-    a1.ack(
-        id,
-        Outcome::Removed {
-            count: 1,
-            observed: None,
-        },
-    );
     a1.sync();
     let _b1 = FakeAgent::connect(port, &s.path("token"), "web-b1", "az-b", &["cpu"]);
+    // The first command is the run's apply: nothing was asked of the foreign fault.
     let (id, msg) = a1.next_command(T);
     assert!(matches!(msg, ControllerMessage::Apply { .. }), "{msg:?}");
     a1.ack(
@@ -238,13 +240,14 @@ fn faults_a_dead_controller_left_are_removed_when_their_agent_registers() {
         },
     );
     let (removed, _) = removals_until_remove_all(&mut a1);
-    assert!(!removed.contains(&orphan), "{removed:?}");
+    assert!(!removed.contains(&foreign), "{removed:?}");
     let (status, _, lines) = ctl.finish(T);
     assert_eq!(status.code(), Some(0), "{}", lines.join("\n"));
-    // The run's journal says what was removed before it began.
+    // The run's journal says what the agent held before it began, and whose it was.
     let journal = journal(&s);
-    let orphans = events(&journal, "orphan_removal");
-    assert_eq!(orphans.len(), 1, "{journal:?}");
-    assert_eq!(orphans[0]["fault_id"], orphan.as_str());
-    assert_eq!(orphans[0]["confirmed"], true);
+    assert!(events(&journal, "orphan_removal").is_empty(), "{journal:?}");
+    let foreigners = events(&journal, "foreign_fault");
+    assert_eq!(foreigners.len(), 1, "{journal:?}");
+    assert_eq!(foreigners[0]["fault_id"], foreign.as_str());
+    assert_eq!(foreigners[0]["owner"], "ctl-gone");
 }

@@ -1,5 +1,6 @@
-//! `faultline run` stops on SIGTERM exactly as on the first Ctrl-C: every fault removed, the
-//! report printed, the journal closed, exit status 143; a second signal exits at once.
+//! `faultline run` stops on SIGTERM (and on SIGHUP and SIGQUIT, handled as SIGTERM) exactly
+//! as on the first Ctrl-C: every fault removed, the report printed, the journal closed, exit
+//! status 143; a second signal exits at once.
 
 use crate::common;
 
@@ -24,6 +25,16 @@ fn long_cpu_fault(s: &Scratch) -> std::path::PathBuf {
 
 #[test]
 fn sigterm_removes_every_fault_reports_and_exits_143() {
+    ends_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn sighup_and_sigquit_end_the_run_as_sigterm_does() {
+    ends_cleanly_on(libc::SIGHUP);
+    ends_cleanly_on(libc::SIGQUIT);
+}
+
+fn ends_cleanly_on(signal: i32) {
     let s = Scratch::new("sigterm");
     let (mut ctl, port) = controller(&s, &long_cpu_fault(&s), 1, &[]);
     let mut a = agent(&s, port, "web-a1", "az-a", &[]);
@@ -32,9 +43,9 @@ fn sigterm_removes_every_fault_reports_and_exits_143() {
     // A low bar: the machine may be busy with other work; idle is below 0.1.
     assert!(busy > 0.2, "the fault is in effect: the agent used {busy:.2} CPU");
 
-    ctl.signal(libc::SIGTERM);
+    ctl.signal(signal);
     let (status, out, lines) = ctl.finish(T);
-    assert_eq!(status.code(), Some(143), "{}", lines.join("\n"));
+    assert_eq!(status.code(), Some(143), "signal {signal}: {}", lines.join("\n"));
     let r = report(&out, &lines);
     assert_eq!(r["state"], "stopped");
     assert!(r["reason"].as_str().unwrap().contains("SIGTERM"), "{r}");

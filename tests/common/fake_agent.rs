@@ -21,7 +21,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 use super::handshake::LEASE_MS;
 
 /// One fake agent host; its calls block the test thread (each runs on its own runtime).
-pub struct FakeAgent {
+pub(crate) struct FakeAgent {
     rt: tokio::runtime::Runtime,
     ws: Option<Ws>,
     url: String,
@@ -39,12 +39,12 @@ pub struct FakeAgent {
 impl FakeAgent {
     /// Connects to the controller on `port` with the token in `token_file`, registers `host`
     /// in `az` offering `capabilities`, and waits for the welcome.
-    pub fn connect(port: u16, token_file: &Path, host: &str, az: &str, capabilities: &[&str]) -> FakeAgent {
+    pub(crate) fn connect(port: u16, token_file: &Path, host: &str, az: &str, capabilities: &[&str]) -> FakeAgent {
         Self::connect_holding(port, token_file, host, az, capabilities, Vec::new())
     }
 
     /// [`FakeAgent::connect`], reporting the faults in `held` at registration.
-    pub fn connect_holding(
+    pub(crate) fn connect_holding(
         port: u16,
         token_file: &Path,
         host: &str,
@@ -88,13 +88,13 @@ impl FakeAgent {
     }
 
     /// Drops the connection at once, without a close frame and without answering anything.
-    pub fn disconnect(&mut self) {
+    pub(crate) fn disconnect(&mut self) {
         self.ws = None;
     }
 
     /// Connects again (dropping the current connection, if any), registering the faults
     /// in `held`, and waits for the welcome.
-    pub fn reconnect(&mut self, held: Vec<HeldFault>) {
+    pub(crate) fn reconnect(&mut self, held: Vec<HeldFault>) {
         self.ws = None;
         let host = self.description.host_id.clone();
         let (mut ws, _) = self
@@ -118,7 +118,7 @@ impl FakeAgent {
     }
 
     /// Sends one message.
-    pub fn send(&mut self, msg: AgentMessage) {
+    pub(crate) fn send(&mut self, msg: AgentMessage) {
         let id = self.next_id;
         self.next_id += 1;
         let text = Frame::new(id, msg).encode();
@@ -130,7 +130,7 @@ impl FakeAgent {
 
     /// Returns once the controller has read every frame sent before: a second registration
     /// is always refused with an error, which comes back after them.
-    pub fn sync(&mut self) {
+    pub(crate) fn sync(&mut self) {
         self.send(AgentMessage::Register {
             proof: String::new(),
             host: self.description.clone(),
@@ -146,12 +146,12 @@ impl FakeAgent {
     }
 
     /// Answers the command `re`.
-    pub fn ack(&mut self, re: u64, outcome: Outcome) {
+    pub(crate) fn ack(&mut self, re: u64, outcome: Outcome) {
         self.send(AgentMessage::Ack { re, outcome });
     }
 
     /// The next command other than a ping (pings are answered), within `timeout`.
-    pub fn next_command(&mut self, timeout: Duration) -> (u64, ControllerMessage) {
+    pub(crate) fn next_command(&mut self, timeout: Duration) -> (u64, ControllerMessage) {
         let deadline = Instant::now() + timeout;
         loop {
             let frame = self.read(deadline);

@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The lease fake agents register with; the controller pings within it.
-pub const LEASE_MS: u64 = 3000;
+pub(crate) const LEASE_MS: u64 = 3000;
 
 /// A websocket either side of the handshake can use.
-pub trait Socket:
+pub(crate) trait Socket:
     StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
     + SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error>
     + Unpin
@@ -29,14 +29,14 @@ impl<T> Socket for T where
 }
 
 /// The next text frame, decoded; panics after 20 s, on a close or on garbage.
-pub async fn next_frame<M: for<'de> serde::Deserialize<'de>>(ws: &mut impl Socket) -> Frame<M> {
+pub(crate) async fn next_frame<M: for<'de> serde::Deserialize<'de>>(ws: &mut impl Socket) -> Frame<M> {
     try_next_frame(ws, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("expected a frame: {e}"))
 }
 
 /// The next text frame within `timeout`, or why there was none.
-pub async fn try_next_frame<M: for<'de> serde::Deserialize<'de>>(
+pub(crate) async fn try_next_frame<M: for<'de> serde::Deserialize<'de>>(
     ws: &mut impl Socket,
     timeout: Duration,
 ) -> Result<Frame<M>, String> {
@@ -55,7 +55,7 @@ pub async fn try_next_frame<M: for<'de> serde::Deserialize<'de>>(
 }
 
 /// A host description for a fake agent in az-a.
-pub fn host(id: &str) -> HostDescription {
+pub(crate) fn host(id: &str) -> HostDescription {
     HostDescription {
         host_id: id.into(),
         placement: Placement {
@@ -69,7 +69,7 @@ pub fn host(id: &str) -> HostDescription {
 }
 
 /// What a fake agent registers with.
-pub struct Registration {
+pub(crate) struct Registration {
     pub host: HostDescription,
     pub instance: String,
     pub held: Vec<HeldFault>,
@@ -77,7 +77,7 @@ pub struct Registration {
 
 impl Registration {
     /// A registration of `host_id` as agent instance `instance`, holding nothing.
-    pub fn new(host_id: &str, instance: &str) -> Self {
+    pub(crate) fn new(host_id: &str, instance: &str) -> Self {
         Registration {
             host: host(host_id),
             instance: instance.into(),
@@ -89,7 +89,7 @@ impl Registration {
 /// The agent's half: hello, check the controller's proof, register with this side's proof.
 /// `dialed` is the controller's address as this side connected to it. Returns the
 /// controller's answer to the registration (a welcome, or an error).
-pub async fn agent_side(
+pub(crate) async fn agent_side(
     ws: &mut impl Socket,
     token: &str,
     dialed: &str,
@@ -139,7 +139,7 @@ pub async fn agent_side(
 
 /// Connects to a controller's agent endpoint on loopback and runs [`agent_side`]; the
 /// socket and the controller's answer.
-pub async fn connect_agent(
+pub(crate) async fn connect_agent(
     port: u16,
     token: &str,
     reg: Registration,
@@ -156,7 +156,7 @@ pub async fn connect_agent(
 
 /// What an agent said in the controller's half of the handshake.
 #[derive(Debug)]
-pub struct Registered {
+pub(crate) struct Registered {
     pub host: HostDescription,
     pub proof_ok: bool,
 }
@@ -164,7 +164,7 @@ pub struct Registered {
 /// The controller's half with a real proof of `token`: waits for the hello, answers with a
 /// challenge, reads the registration and says whether the agent's proof verifies. Sends no
 /// welcome: the test decides.
-pub async fn controller_side(ws: &mut impl Socket, token: &str) -> Result<Registered, String> {
+pub(crate) async fn controller_side(ws: &mut impl Socket, token: &str) -> Result<Registered, String> {
     let hello = try_next_frame::<AgentMessage>(ws, Duration::from_secs(20)).await?;
     let AgentMessage::Hello {
         nonce: agent_nonce,

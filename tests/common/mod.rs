@@ -3,9 +3,9 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
-pub mod fake_agent;
-pub mod handshake;
-pub mod netns;
+pub(crate) mod fake_agent;
+pub(crate) mod handshake;
+pub(crate) mod netns;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-pub const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
+pub(crate) const FAULTLINE: &str = env!("CARGO_BIN_EXE_faultline");
 
 /// A binary of the agent or demo package. `cargo test` builds only this package's
 /// binaries, so these are built here, once per test process, always by the same command (a
 /// different package selection would resolve features differently and rebuild them), and
 /// before anything whose timer is running is started.
-pub fn workspace_bin(bin: &str) -> PathBuf {
+pub(crate) fn workspace_bin(bin: &str) -> PathBuf {
     use std::sync::Once;
     static BUILT: Once = Once::new();
     BUILT.call_once(|| {
@@ -46,15 +46,15 @@ pub fn workspace_bin(bin: &str) -> PathBuf {
 }
 
 /// The agent binary.
-pub fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     workspace_bin("faultline-agent")
 }
 
 /// A scratch directory, removed when dropped.
-pub struct Scratch(pub PathBuf);
+pub(crate) struct Scratch(pub PathBuf);
 
 impl Scratch {
-    pub fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "faultline-{name}-{}-{}",
@@ -66,11 +66,11 @@ impl Scratch {
         Scratch(dir)
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 
-    pub fn write_json(&self, name: &str, v: &Value) -> PathBuf {
+    pub(crate) fn write_json(&self, name: &str, v: &Value) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).unwrap();
         p
@@ -84,7 +84,7 @@ impl Drop for Scratch {
 }
 
 /// A child process whose stderr is read line by line and stdout collected.
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     child: Option<Child>,
     lines: Receiver<String>,
@@ -93,7 +93,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+    pub(crate) fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stderr = child.stderr.take().unwrap();
@@ -120,12 +120,12 @@ impl Proc {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
     /// Waits for a stderr line matching `pred`; panics with everything seen on timeout.
-    pub fn wait_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -151,12 +151,12 @@ impl Proc {
     }
 
     /// Waits for a line containing `text`.
-    pub fn expect(&mut self, text: &str, timeout: Duration) -> String {
+    pub(crate) fn expect(&mut self, text: &str, timeout: Duration) -> String {
         self.wait_line(text, timeout, |l| l.contains(text))
     }
 
     /// Waits for the controller's "listening" line; the port agents dial.
-    pub fn controller_port(&mut self) -> u16 {
+    pub(crate) fn controller_port(&mut self) -> u16 {
         let line = self.expect("controller listening on ws://", Duration::from_secs(30));
         let port = line
             .rsplit(':')
@@ -167,7 +167,7 @@ impl Proc {
     }
 
     /// Waits for a line with `what` and returns the port of its `listen=HOST:PORT` field.
-    pub fn listen_port(&mut self, what: &str) -> u16 {
+    pub(crate) fn listen_port(&mut self, what: &str) -> u16 {
         let line = self.expect(what, Duration::from_secs(30));
         let port = line
             .split("listen=")
@@ -179,13 +179,13 @@ impl Proc {
     }
 
     /// Sends a signal.
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     /// Waits for exit (killing it after `timeout`), returning status, stdout and the rest of stderr.
-    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
+    pub(crate) fn finish(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + timeout;
         let status = loop {
@@ -225,7 +225,7 @@ impl Drop for Proc {
 }
 
 /// Starts `faultline run` on a free loopback port; returns it and the port agents dial.
-pub fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra: &[&str]) -> (Proc, u16) {
+pub(crate) fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra: &[&str]) -> (Proc, u16) {
     // Build the agent before the controller's wait for agents starts counting.
     agent_bin();
     let mut cmd = Command::new(FAULTLINE);
@@ -244,7 +244,7 @@ pub fn controller(scratch: &Scratch, template: &Path, wait_agents: usize, extra:
 }
 
 /// Starts an agent dialing `port`, with the scratch token and its own state dir.
-pub fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str]) -> Proc {
+pub(crate) fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(agent_bin());
     cmd.args(["--controller", &format!("ws://127.0.0.1:{port}")])
         .arg("--token-file")
@@ -257,7 +257,7 @@ pub fn agent(scratch: &Scratch, port: u16, host: &str, az: &str, extra: &[&str])
 }
 
 /// Runs `template` with one agent, web-a1 in az-a, to its end: exit status, stdout, stderr.
-pub fn run_with_one_agent(
+pub(crate) fn run_with_one_agent(
     scratch: &Scratch,
     template: &Path,
     agent_args: &[&str],
@@ -268,7 +268,7 @@ pub fn run_with_one_agent(
 }
 
 /// A one-action template against one host by id.
-pub fn single_action(host: &str, action_id: &str, params: Value) -> Value {
+pub(crate) fn single_action(host: &str, action_id: &str, params: Value) -> Value {
     serde_json::json!({
         "description": format!("test {action_id}"),
         "targets": { "T": { "resourceType": "faultline:host", "resourceIds": [host], "selectionMode": "ALL" } },
@@ -278,7 +278,7 @@ pub fn single_action(host: &str, action_id: &str, params: Value) -> Value {
 }
 
 /// Parses the JSON report a controller printed; without one, shows what it said instead.
-pub fn report(stdout: &str, stderr: &[String]) -> Value {
+pub(crate) fn report(stdout: &str, stderr: &[String]) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| {
         panic!(
             "no JSON report ({e}); stdout:\n{stdout}\nstderr:\n{}",
@@ -288,7 +288,7 @@ pub fn report(stdout: &str, stderr: &[String]) -> Value {
 }
 
 /// CPU seconds a process has used (user + system), from /proc.
-pub fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let rest = stat.rsplit_once(')').unwrap().1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -299,14 +299,14 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// CPUs a process used on average over `window` (1.0 = one full CPU).
-pub fn cpu_load(pid: u32, window: Duration) -> f64 {
+pub(crate) fn cpu_load(pid: u32, window: Duration) -> f64 {
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(window);
     (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64()
 }
 
 /// Resident set size of a process, bytes.
-pub fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
@@ -323,7 +323,7 @@ pub fn rss(pid: u32) -> u64 {
 }
 
 /// Files left in an agent's state dir.
-pub fn state_files(scratch: &Scratch, host: &str) -> Vec<PathBuf> {
+pub(crate) fn state_files(scratch: &Scratch, host: &str) -> Vec<PathBuf> {
     let dir = scratch.path(&format!("state-{host}/faults"));
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("state dir {} cannot be read (did the agent start?): {e}", dir.display()))
@@ -332,7 +332,7 @@ pub fn state_files(scratch: &Scratch, host: &str) -> Vec<PathBuf> {
 }
 
 /// The journal's events.
-pub fn journal(scratch: &Scratch) -> Vec<Value> {
+pub(crate) fn journal(scratch: &Scratch) -> Vec<Value> {
     let path = scratch.path("journal.jsonl");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| {
@@ -347,18 +347,18 @@ pub fn journal(scratch: &Scratch) -> Vec<Value> {
 }
 
 /// Whether the tests must not skip privileged parts (CI runs as root and says so).
-pub fn required() -> bool {
+pub(crate) fn required() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// Whether this process is root (network namespaces, nf_tables).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// A demo web service under a name of its own (argv[0]), on a free loopback port.
-pub fn web_service(name: &str) -> (Proc, u16) {
+pub(crate) fn web_service(name: &str) -> (Proc, u16) {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(workspace_bin("demo-web"));
     cmd.arg0(name).args(["--listen", "127.0.0.1:0", "--name", name]);
@@ -368,7 +368,7 @@ pub fn web_service(name: &str) -> (Proc, u16) {
 }
 
 /// A name no other test process uses, for processes a test kills by name.
-pub fn unique_name(what: &str) -> String {
+pub(crate) fn unique_name(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("fl-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
@@ -382,12 +382,12 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 /// Whether a process exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f[0] != "Z")
 }
 
 /// A process and all its live descendants (the agent and its holder processes).
-pub fn process_tree(root: u32) -> Vec<u32> {
+pub(crate) fn process_tree(root: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -405,7 +405,7 @@ pub fn process_tree(root: u32) -> Vec<u32> {
 
 /// CPU seconds used by a process and its descendants, live or reaped: a reaped child's time
 /// moves into its parent's cutime/cstime, so the sum never drops when a holder ends.
-pub fn tree_cpu_seconds(root: u32) -> f64 {
+pub(crate) fn tree_cpu_seconds(root: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     process_tree(root)
@@ -417,14 +417,14 @@ pub fn tree_cpu_seconds(root: u32) -> f64 {
 }
 
 /// CPUs a process and its descendants used on average over `window` (1.0 = one full CPU).
-pub fn tree_cpu_load(root: u32, window: Duration) -> f64 {
+pub(crate) fn tree_cpu_load(root: u32, window: Duration) -> f64 {
     let (c0, t0) = (tree_cpu_seconds(root), Instant::now());
     std::thread::sleep(window);
     (tree_cpu_seconds(root) - c0) / t0.elapsed().as_secs_f64()
 }
 
 /// Resident set size of a process and its descendants, bytes.
-pub fn tree_rss(root: u32) -> u64 {
+pub(crate) fn tree_rss(root: u32) -> u64 {
     process_tree(root)
         .into_iter()
         .filter_map(|p| {
@@ -437,7 +437,7 @@ pub fn tree_rss(root: u32) -> u64 {
 }
 
 /// Bytes a process has written through write calls (tmpfs has no storage to count).
-pub fn written(pid: u32) -> u64 {
+pub(crate) fn written(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
         .ok()
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok())
@@ -446,7 +446,7 @@ pub fn written(pid: u32) -> u64 {
 
 /// Live holder processes of the agent `agent_pid` (`faultline-agent hold ... --parent PID`),
 /// found by their command line, so also after the agent is gone.
-pub fn holders(agent_pid: u32) -> Vec<u32> {
+pub(crate) fn holders(agent_pid: u32) -> Vec<u32> {
     let parent = agent_pid.to_string();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -466,7 +466,7 @@ pub fn holders(agent_pid: u32) -> Vec<u32> {
 }
 
 /// Polls `check` every 200 ms until it holds; fails the test when `limit` passes first.
-pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
@@ -476,7 +476,10 @@ pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
 
 /// A TCP connection to `to` from the local address `from` (a 127.0.x.y address standing in
 /// for a host), or the error connecting.
-pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> std::io::Result<std::net::TcpStream> {
+pub(crate) fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+) -> std::io::Result<std::net::TcpStream> {
     let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: a.port().to_be(),
@@ -507,7 +510,7 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> std
 }
 
 /// An echo server on loopback; each connection echoes until closed.
-pub fn echo_server() -> u16 {
+pub(crate) fn echo_server() -> u16 {
     use std::io::Write;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -528,7 +531,7 @@ pub fn echo_server() -> u16 {
 
 /// The round trip of a small message through 127.0.0.1:`port` (to an [`echo_server`]), on a
 /// fresh connection from `from` (a 127.0.0.x: distinct peers to a proxy).
-pub fn round_trip_from(from: std::net::Ipv4Addr, port: u16) -> Duration {
+pub(crate) fn round_trip_from(from: std::net::Ipv4Addr, port: u16) -> Duration {
     use std::io::Write;
     let mut c = connect_from(from, std::net::SocketAddrV4::new([127, 0, 0, 1].into(), port)).unwrap();
     c.set_nodelay(true).unwrap();
@@ -543,7 +546,7 @@ pub fn round_trip_from(from: std::net::Ipv4Addr, port: u16) -> Duration {
 
 /// Held while a test runs `faultline demo`: its hosts listen on fixed ports of their loopback
 /// addresses, so two demos of one test binary at once would take each other's ports.
-pub fn one_demo_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn one_demo_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
     DEMO.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,9 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 
 /// The port of the service in "srv".
-pub const PORT: u16 = 9100;
+pub(crate) const PORT: u16 = 9100;
 
-pub fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip from iproute2");
     assert!(
         out.status.success(),
@@ -21,12 +21,12 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-pub fn privileged() -> bool {
+pub(crate) fn privileged() -> bool {
     privileged_for("network fault tests")
 }
 
 /// Whether `what` can run (root and `ip`); says so when not, and fails under CI=true.
-pub fn privileged_for(what: &str) -> bool {
+pub(crate) fn privileged_for(what: &str) -> bool {
     let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
     if !ok {
         assert!(!required(), "CI=true: {what} need root and iproute2");
@@ -36,7 +36,7 @@ pub fn privileged_for(what: &str) -> bool {
 }
 
 /// Runs `f` on a thread inside the network namespace `ns`; sockets it creates live there.
-pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+pub(crate) fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = File::open(&path).unwrap();
@@ -53,13 +53,13 @@ pub fn in_netns<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'sta
 }
 
 /// Two namespaces on a veth pair, deleted when dropped.
-pub struct Pair {
+pub(crate) struct Pair {
     prefix: String,
     subnet: u8,
 }
 
 impl Pair {
-    pub fn new() -> Pair {
+    pub(crate) fn new() -> Pair {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let pair = Pair {
@@ -90,29 +90,29 @@ impl Pair {
         pair
     }
 
-    pub fn ns(&self, name: &str) -> String {
+    pub(crate) fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
-    pub fn addr(&self, last: u8) -> Ipv4Addr {
+    pub(crate) fn addr(&self, last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 214, self.subnet, last)
     }
 
-    pub fn srv(&self) -> Ipv4Addr {
+    pub(crate) fn srv(&self) -> Ipv4Addr {
         self.addr(1)
     }
 
-    pub fn cli(&self) -> Ipv4Addr {
+    pub(crate) fn cli(&self) -> Ipv4Addr {
         self.addr(2)
     }
 
     /// Runs `f` on a thread inside namespace `name`; sockets it creates live there.
-    pub fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    pub(crate) fn inside<R: Send + 'static>(&self, name: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
         in_netns(&self.ns(name), f)
     }
 
     /// A TCP service in "srv" answering every connection with one byte.
-    pub fn serve(&self) {
+    pub(crate) fn serve(&self) {
         let l: TcpListener = self.inside("srv", || TcpListener::bind(("0.0.0.0", PORT)).unwrap());
         std::thread::spawn(move || {
             for mut c in l.incoming().flatten() {
@@ -122,7 +122,7 @@ impl Pair {
     }
 
     /// Whether the client gets the service's byte.
-    pub fn answers(&self) -> bool {
+    pub(crate) fn answers(&self) -> bool {
         let to = SocketAddr::from((self.srv(), PORT));
         self.inside("cli", move || {
             let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_millis(700)) else {
@@ -134,7 +134,7 @@ impl Pair {
     }
 
     /// The nf_tables tables of "srv", as the nft tool lists them.
-    pub fn tables(&self) -> String {
+    pub(crate) fn tables(&self) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns("srv"), "nft", "list", "tables"])
             .output()
@@ -144,7 +144,7 @@ impl Pair {
     }
 
     /// `faultline run` in "srv" on loopback; the port agents dial.
-    pub fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+    pub(crate) fn controller(&self, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
         agent_bin();
         let mut cmd = Command::new("ip");
         cmd.args([
@@ -170,7 +170,7 @@ impl Pair {
     }
 
     /// The agent of "srv", host web-a1, its state dir in the scratch dir; `extra` flags.
-    pub fn agent(&self, s: &Scratch, port: u16, extra: &[&str]) -> Proc {
+    pub(crate) fn agent(&self, s: &Scratch, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns("srv")])
             .arg(agent_bin())
@@ -204,13 +204,13 @@ impl Drop for Pair {
 }
 
 /// Sends `n` UDP datagrams from "cli" to a counter in "srv"; how many arrived.
-pub fn udp_delivered(pair: &Pair, n: u32) -> u32 {
+pub(crate) fn udp_delivered(pair: &Pair, n: u32) -> u32 {
     udp_delivered_from(pair, pair.cli(), n)
 }
 
 /// Sends `n` UDP datagrams from `from` (an address of "cli") to a counter in "srv"; how
 /// many arrived.
-pub fn udp_delivered_from(pair: &Pair, from: Ipv4Addr, n: u32) -> u32 {
+pub(crate) fn udp_delivered_from(pair: &Pair, from: Ipv4Addr, n: u32) -> u32 {
     let rx: UdpSocket = pair.inside("srv", || UdpSocket::bind(("0.0.0.0", 0)).unwrap());
     let to = SocketAddr::from((pair.srv(), rx.local_addr().unwrap().port()));
     rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();

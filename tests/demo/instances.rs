@@ -309,3 +309,61 @@ fn a_stopped_host_is_listed_stopped_while_its_agent_is_gone_and_running_after() 
     let (status, _, lines) = srv.finish(Duration::from_secs(60));
     assert!(status.success(), "{}", lines.join("\n"));
 }
+
+#[test]
+fn a_start_that_fails_is_tried_again_until_the_host_runs() {
+    let _one = one_demo_at_a_time();
+    let s = Scratch::new("instances-start-retry");
+    // The demo launches hosts from the directory of its own binary: one of this test's, whose
+    // demo-init can be taken away (a launch that fails, as a platform's hiccup) and put back.
+    let bin = s.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::hard_link(FAULTLINE, bin.join("faultline"))
+        .or_else(|_| std::fs::copy(FAULTLINE, bin.join("faultline")).map(|_| ()))
+        .unwrap();
+    for b in ["faultline-agent", "demo-web", "demo-lb", "demo-init"] {
+        std::os::unix::fs::symlink(workspace_bin(b), bin.join(b)).unwrap();
+    }
+    let mut cmd = Command::new(bin.join("faultline"));
+    cmd.args(["demo", "--format", "json", "--template", &example("ec2-stop.json")])
+        .args(["--lb-port", &free_port().to_string()])
+        .current_dir(&s.0);
+    let mut demo = Proc::spawn("demo", cmd);
+    let victim = selected(&mut demo, "OneWebInstanceInA");
+    demo.expect("action StopInstances running", Duration::from_secs(30));
+    std::fs::rename(bin.join("demo-init"), bin.join("demo-init.away")).unwrap();
+    // The experiment stops: the host is started at once, and that start fails.
+    demo.signal(libc::SIGTERM);
+    demo.expect(&format!("{victim}: Start failed"), Duration::from_secs(15));
+    assert_eq!(
+        get(&address(&victim)),
+        None,
+        "{victim} answers although its start failed"
+    );
+    std::fs::rename(bin.join("demo-init.away"), bin.join("demo-init")).unwrap();
+    demo.expect(&format!("{victim}: Start done"), Duration::from_secs(30));
+    let (status, out, lines) = demo.finish(Duration::from_secs(60));
+    let r = report(&out, &lines);
+    assert_eq!(status.code(), Some(143), "{r}");
+    assert_eq!(r["actions"]["StopInstances"]["state"], "stopped", "{r}");
+    let journals: Vec<_> = std::fs::read_dir(s.path(".faultline/journals"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    let retries: Vec<serde_json::Value> = std::fs::read_to_string(&journals[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["event"] == "instance_retry")
+        .collect();
+    assert!(!retries.is_empty(), "no failed try journaled");
+    assert_eq!(retries[0]["host"], victim.as_str());
+    assert_eq!(retries[0]["operation"], "start");
+    assert_eq!(retries[0]["attempt"], 1);
+    assert!(
+        retries[0]["error"].as_str().unwrap().contains("No such file"),
+        "{}",
+        retries[0]
+    );
+}

@@ -31,7 +31,10 @@ fn examples_in(dir: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn every_example_validates() {
     let files = examples();
-    assert!(files.len() >= 9, "expected the examples of design §2, found {files:?}");
+    assert!(
+        files.len() >= 9,
+        "expected one example per action in experiments/, found {files:?}"
+    );
     let out = faultline().arg("validate").args(&files).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -65,7 +68,7 @@ fn every_action_of_the_design_has_an_example() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for id in template::catalog::ACTION_IDS {
+    for id in faultline::actions::IDS {
         assert!(ids.iter().any(|i| i == id), "no example uses {id}");
     }
 }

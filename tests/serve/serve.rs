@@ -54,7 +54,14 @@ fn serve_with(s: &Scratch, port: u16, extra: &[&str]) -> Server {
     let api = proc.listen_port("serving the API");
     let agents = api;
     assert!(db.exists(), "the database is the one the configuration file names");
-    let token = std::fs::read_to_string(s.path("api-token")).unwrap().trim().to_string();
+    // The first token of the file (a test may have written one per role before the start).
+    let token = std::fs::read_to_string(s.path("api-token"))
+        .unwrap()
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
     Server {
         proc,
         api,
@@ -784,22 +791,48 @@ fn a_scheduled_run_never_overlaps_another_on_its_hosts() {
     }
 }
 
-/// One port with a certificate: a `wss://` agent, a plain `ws://` agent and the plain HTTP
-/// API share it; an agent with another token is refused there.
+/// One HTTPS exchange with a server whose certificate `ca` signed; the status and the body.
+fn https(port: u16, ca: &std::path::Path, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+        let mut req = client
+            .request(method.parse().unwrap(), format!("https://127.0.0.1:{port}{path}"))
+            .bearer_auth(token)
+            .timeout(T);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    })
+}
+
+/// One port with a certificate speaks TLS only (issue 21, item 8): the API over `https://`
+/// and a `wss://` agent; plain HTTP gets a 400 that names https://, and a plain `ws://` agent
+/// is served only from a network `--allow-plaintext-agents` names; an agent with another
+/// token is refused there.
 #[test]
 fn agents_over_tls_and_plain_and_the_api_share_one_port() {
     let s = Scratch::new("serve-one-port");
     let files = faultline::tls::generate(&s.path("tls"), &["127.0.0.1".parse().unwrap()], &["localhost"]).unwrap();
-    let srv = serve_with(
-        &s,
-        0,
-        &[
-            "--tls-cert",
-            files.cert.to_str().unwrap(),
-            "--tls-key",
-            files.key.to_str().unwrap(),
-        ],
-    );
+    let tls_flags = [
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ];
+    let mut flags = tls_flags.to_vec();
+    flags.extend(["--allow-plaintext-agents", "127.0.0.0/8"]);
+    let srv = serve_with(&s, 0, &flags);
+    let call =
+        |method: &str, path: &str, body: Option<Value>| https(srv.api, &files.ca, method, path, &srv.token, body);
     let wss = format!("wss://127.0.0.1:{}", srv.api);
     let ca = files.ca.to_str().unwrap();
     let agent_at = |url: &str, token: &str, host: &str, az: &str, extra: &[&str]| {
@@ -819,9 +852,16 @@ fn agents_over_tls_and_plain_and_the_api_share_one_port() {
     std::fs::write(s.path("other-token"), "not-the-agents-token\n").unwrap();
     let mut intruder = agent_at(&ws, "other-token", "intruder", "az-c", &[]);
     secure.expect("registered", T);
-    let v = srv.until("/api/v1/agents", "both agents", |v| {
-        v["agents"].as_array().unwrap().len() == 2
-    });
+    let deadline = Instant::now() + T;
+    let v = loop {
+        let (status, v) = call("GET", "/api/v1/agents", None);
+        assert_eq!(status, 200, "{v}");
+        if v["agents"].as_array().unwrap().len() == 2 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "both agents: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut hosts: Vec<&str> = v["agents"]
         .as_array()
         .unwrap()
@@ -831,7 +871,382 @@ fn agents_over_tls_and_plain_and_the_api_share_one_port() {
     hosts.sort();
     assert_eq!(hosts, ["web-a1", "web-b1"], "{v}");
     intruder.expect("could not prove", T);
-    srv.put_template("cpu", cpu("web-a1", 1));
-    let e = srv.ended(&srv.start("cpu").0);
+
+    // Plain HTTP on the TLS port: refused before any token is read, naming https://.
+    for path in ["/healthz", "/api/v1/agents", "/"] {
+        let (status, body) = http(srv.api, "GET", path, Some(&srv.token), None);
+        assert_eq!(status, 400, "plain GET {path}: {body}");
+        assert!(body.contains(&format!("https://127.0.0.1:{}/", srv.api)), "{body}");
+    }
+
+    let (status, v) = call("PUT", "/api/v1/templates/cpu", Some(cpu("web-a1", 1)));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call("POST", "/api/v1/experiments", Some(json!({ "template": "cpu" })));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + T;
+    let e = loop {
+        let (_, e) = call("GET", &format!("/api/v1/experiments/{id}?wait=PT10S"), None);
+        if !matches!(e["state"].as_str(), Some("pending" | "running" | "stopping")) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the run's end: {e}");
+    };
     assert_eq!(e["state"], "completed", "a command reaches the wss:// agent: {e}");
+    drop(srv);
+
+    // Without --allow-plaintext-agents, a plain ws:// agent is refused too.
+    let s2 = Scratch::new("serve-tls-only");
+    let srv = serve_with(&s2, 0, &tls_flags);
+    std::fs::copy(s2.path("token"), s.path("token-2")).unwrap();
+    let mut plain = agent_at(&format!("ws://127.0.0.1:{}", srv.api), "token-2", "web-c1", "az-c", &[]);
+    let line = plain.expect("retrying", T);
+    assert!(line.contains("400"), "{line}");
+    let (status, v) = https(srv.api, &files.ca, "GET", "/api/v1/agents", &srv.token, None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["agents"].as_array().unwrap().len(), 0, "{v}");
+}
+
+/// One raw HTTP/1.1 exchange (the request as given, `Connection: close` in it); the status
+/// and the body.
+fn raw(port: u16, request: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(T)).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = conn.read_to_string(&mut resp);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Issue 21, items 7 and 12: each role does what it may and is told which role would allow
+/// the rest; the `Bearer` scheme is case-insensitive.
+#[test]
+fn tokens_have_roles_and_the_bearer_scheme_is_case_insensitive() {
+    let s = Scratch::new("serve-roles");
+    std::fs::write(
+        s.path("api-token"),
+        "# NAME ROLE TOKEN\nops admin adm1n-token\nci run ru9-token\nwatch read re4d-token\n",
+    )
+    .unwrap();
+    let srv = serve(&s);
+    let as_ = |token: &str, method: &str, path: &str, body: Option<Value>| {
+        let (status, text) = http(srv.api, method, path, Some(token), body.as_ref());
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+        )
+    };
+    let lower = "GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nauthorization: bearer re4d-token\r\n\r\n";
+    assert_eq!(raw(srv.api, lower).0, 200, "`bearer` in lower case is the same scheme");
+    let upper = lower.replace("bearer", "BEARER");
+    assert_eq!(raw(srv.api, &upper).0, 200);
+
+    // read: everything it can see, nothing it can change.
+    for path in [
+        "/api/v1/agents",
+        "/api/v1/templates",
+        "/api/v1/experiments",
+        "/api/v1/schedules",
+        "/api/v1/lever",
+        "/api/v1/history",
+        "/metrics",
+    ] {
+        assert_eq!(as_("re4d-token", "GET", path, None).0, 200, "read may GET {path}");
+    }
+    assert_eq!(
+        as_("re4d-token", "POST", "/api/v1/templates/validate", Some(wait_only(1))).0,
+        200
+    );
+    let (status, v) = as_("re4d-token", "PUT", "/api/v1/templates/w", Some(wait_only(1)));
+    assert_eq!(status, 403, "{v}");
+    let message = v["error"].as_str().unwrap();
+    assert!(
+        message.contains("role run or admin") && message.contains("watch's token has role read"),
+        "{v}"
+    );
+    let start = json!({ "template": wait_only(1) });
+    assert_eq!(
+        as_("re4d-token", "POST", "/api/v1/experiments", Some(start.clone())).0,
+        403
+    );
+    let engage = json!({ "engaged": true, "reason": "drill" });
+    assert_eq!(as_("re4d-token", "PUT", "/api/v1/lever", Some(engage.clone())).0, 403);
+
+    // run: templates, runs and pulling the lever; not schedules, not releasing the lever.
+    assert_eq!(
+        as_("ru9-token", "PUT", "/api/v1/templates/w", Some(wait_only(1))).0,
+        201
+    );
+    let (status, v) = as_("ru9-token", "POST", "/api/v1/experiments", Some(start));
+    assert_eq!(status, 201, "{v}");
+    let schedule = json!({ "name": "nightly", "template": "w", "cron": "0 0 3 * * *" });
+    let (status, v) = as_("ru9-token", "POST", "/api/v1/schedules", Some(schedule.clone()));
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("role admin"), "{v}");
+    assert_eq!(as_("ru9-token", "PUT", "/api/v1/lever", Some(engage)).0, 200);
+    let release = json!({ "engaged": false, "reason": "drill over" });
+    let (status, v) = as_("ru9-token", "PUT", "/api/v1/lever", Some(release.clone()));
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("disengaging the safety lever needs a token with role admin"),
+        "{v}"
+    );
+
+    // admin: the rest.
+    assert_eq!(as_("adm1n-token", "PUT", "/api/v1/lever", Some(release)).0, 200);
+    assert_eq!(as_("adm1n-token", "POST", "/api/v1/schedules", Some(schedule)).0, 201);
+    assert_eq!(as_("adm1n-token", "DELETE", "/api/v1/schedules/nightly", None).0, 204);
+    assert_eq!(as_("not-a-token", "GET", "/api/v1/agents", None).0, 401);
+}
+
+fn with_alarm(metric: Value) -> Value {
+    let mut t = wait_only(2);
+    t["alarms"] = json!({ "Probe": {
+        "metric": metric,
+        "threshold": 0, "comparisonOperator": "GreaterThanThreshold",
+        "period": "PT1S", "evaluationPeriods": 1
+    } });
+    t["stopConditions"] = json!([{ "source": "faultline:alarm", "value": "Probe" }]);
+    t
+}
+
+/// Issue 21, items 7 and 8: a template that arrives over the API runs no command on the
+/// server and makes it fetch no address outside `--probe-allow`, unless the flags say so;
+/// and a server beyond loopback without TLS says that it is one.
+#[test]
+fn a_template_from_the_api_runs_no_command_and_fetches_only_allowed_addresses() {
+    let s = Scratch::new("serve-policy");
+    let proof = s.path("ran-as");
+    let command = with_alarm(json!({
+        "command": { "run": ["sh", "-c", format!("id > {}", proof.display())], "timeout": "PT2S" },
+        "statistic": "exitStatus"
+    }));
+    let metadata =
+        with_alarm(json!({ "http": { "url": "http://169.254.169.254/latest/meta-data/" }, "statistic": "errorRate" }));
+    let inside = with_alarm(json!({ "http": { "url": "http://10.11.12.13:9/" }, "statistic": "errorRate" }));
+    let local = with_alarm(json!({ "http": { "url": "http://127.0.0.1:9/" }, "statistic": "errorRate" }));
+    {
+        let srv = serve(&s);
+        for (path, body) in [
+            ("/api/v1/templates/cmd", command.clone()),
+            ("/api/v1/templates/validate", command.clone()),
+        ] {
+            let method = if path.ends_with("validate") { "POST" } else { "PUT" };
+            let (status, v) = srv.call(method, path, Some(body));
+            assert_eq!(status, 403, "{method} {path}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("--allow-command-alarms"), "{v}");
+        }
+        let (status, v) = srv.call(
+            "POST",
+            "/api/v1/experiments",
+            Some(json!({ "template": command.clone() })),
+        );
+        assert_eq!(status, 403, "an inline template runs no command either: {v}");
+        let (status, v) = srv.call("PUT", "/api/v1/templates/meta", Some(metadata.clone()));
+        assert_eq!(status, 403, "{v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(message.contains("--probe-allow loopback,fleet,169.254.169.254"), "{v}");
+        let (status, v) = srv.call(
+            "POST",
+            "/api/v1/experiments",
+            Some(json!({ "template": inside.clone() })),
+        );
+        assert_eq!(status, 403, "{v}");
+        assert_eq!(
+            srv.put_template("local", local.clone()),
+            1,
+            "loopback is allowed by default"
+        );
+        assert_eq!(
+            srv.get("/api/v1/experiments")["experiments"].as_array().unwrap().len(),
+            0,
+            "nothing ran"
+        );
+    }
+    assert!(!proof.exists(), "the server ran the template's command");
+
+    let s = Scratch::new("serve-policy-flags");
+    let srv = serve_with(
+        &s,
+        0,
+        &["--allow-command-alarms", "--probe-allow", "10.0.0.0/8,loopback"],
+    );
+    assert_eq!(srv.put_template("cmd", command), 1);
+    assert_eq!(srv.put_template("inside", inside), 1);
+    assert_eq!(srv.put_template("local", local), 1);
+    let (status, v) = srv.call("PUT", "/api/v1/templates/meta", Some(metadata));
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("--probe-allow 10.0.0.0/8,loopback,169.254.169.254"),
+        "{v}"
+    );
+    drop(srv);
+
+    // Beyond loopback without a certificate: a warning names the flags.
+    let s = Scratch::new("serve-wide");
+    let mut cmd = Command::new(FAULTLINE);
+    cmd.args(["serve", "--listen", "0.0.0.0:0", "--database"])
+        .arg(format!("sqlite:{}", s.path("db").display()))
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--api-token-file")
+        .arg(s.path("api-token"))
+        .arg("--journals")
+        .arg(s.path("journals"))
+        .current_dir(&s.0);
+    let mut wide = Proc::spawn("serve", cmd);
+    let line = wide.expect("without TLS", T);
+    assert!(line.contains("--tls-cert"), "{line}");
+}
+
+/// Issue 21, item 9: while 5,000 slow connections (headers never finished) are open from
+/// 20 addresses, past the cap of 1,000 connections, the lever engages at once from another
+/// address; the server holds no more than its cap, and the header timeout closes them all.
+#[test]
+fn the_lever_engages_while_5000_slow_connections_are_open() {
+    let s = Scratch::new("serve-flood");
+    let srv = serve_with(&s, 0, &["--header-timeout", "PT3S", "--max-connections", "1000"]);
+    let serve_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", srv.proc.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = serve_fds();
+    let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, srv.api);
+    // One address past its share (256 by default) is told which flag sets it.
+    let greedy = std::net::Ipv4Addr::new(127, 0, 2, 1);
+    let share: Vec<TcpStream> = (0..256).map(|_| connect_from(greedy, to).unwrap()).collect();
+    let mut one_more = connect_from(greedy, to).unwrap();
+    one_more.set_read_timeout(Some(T)).unwrap();
+    let mut told = String::new();
+    let _ = one_more.read_to_string(&mut told);
+    assert!(
+        told.starts_with("HTTP/1.1 503") && told.contains("--max-connections-per-address"),
+        "{told:?}"
+    );
+    drop((share, one_more));
+    eventually("the share's connections to close", T, || serve_fds() <= before + 16);
+    let mut slow = Vec::with_capacity(5000);
+    for i in 0..5000u32 {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + (i % 20) as u8);
+        let mut c = connect_from(from, to).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        // A request that never ends its headers.
+        let _ = c.write_all(b"GET /api/v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        slow.push(c);
+    }
+
+    let asked = Instant::now();
+    let (status, v) = srv.call(
+        "PUT",
+        "/api/v1/lever",
+        Some(json!({ "engaged": true, "reason": "flood drill" })),
+    );
+    let latency = asked.elapsed();
+    // The lever's connection was accepted after every slow one: each is held or refused now.
+    let held = serve_fds().saturating_sub(before);
+    println!("slow connections open: {}, held by the server: {held}", slow.len());
+    println!(
+        "lever engaged in {:.1} ms with {} slow connections open",
+        latency.as_secs_f64() * 1000.0,
+        slow.len()
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["engaged"], true, "{v}");
+    // Generous for a debug build on a shared machine; the figure above is what counts.
+    assert!(latency < Duration::from_secs(5), "the lever took {latency:?}");
+    assert!(
+        held <= 1000 + 16,
+        "the server held {held} connections, past its cap of 1000"
+    );
+    eventually("the header timeout to close the slow connections", T, || {
+        serve_fds() <= before + 16
+    });
+    drop(slow);
+}
+
+/// Issue 21, item 10, as a server runs them (with --allow-command-alarms): a command alarm
+/// that prints without end is cut at the output cap, and one that outlives its timeout is
+/// killed with every process it started.
+#[test]
+fn command_alarms_are_capped_and_killed_with_their_group() {
+    let s = Scratch::new("serve-command-bounds");
+    let pids = s.path("started");
+    let srv = serve_with(&s, 0, &["--allow-command-alarms"]);
+    let alarm = |metric: Value| {
+        json!({
+            "metric": metric,
+            "threshold": 1000, "comparisonOperator": "GreaterThanThreshold",
+            "period": "PT2S", "evaluationPeriods": 1, "treatMissingData": "notBreaching"
+        })
+    };
+    let mut t = wait_only(5);
+    t["alarms"] = json!({
+        "Slow": alarm(json!({
+            "command": { "run": ["sh", "-c", format!("sleep 60 & echo $! >> {}; wait", pids.display())], "timeout": "PT1S" },
+            "statistic": "exitStatus"
+        })),
+        "Loud": alarm(json!({ "command": { "run": ["yes"], "timeout": "PT1S" }, "statistic": "value" })),
+    });
+    t["stopConditions"] = json!([
+        { "source": "faultline:alarm", "value": "Slow" },
+        { "source": "faultline:alarm", "value": "Loud" }
+    ]);
+    let (status, v) = srv.call("POST", "/api/v1/experiments", Some(json!({ "template": t })));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    // The report keeps what each probe said about its last datapoint.
+    let report = srv.ended(&id)["report"].to_string();
+    assert!(report.contains("the cap on a command's output"), "{report}");
+    assert!(
+        report.contains("it and the processes it started were killed"),
+        "{report}"
+    );
+    let started: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(!started.is_empty());
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    };
+    let outlived: Vec<u32> = started.iter().copied().filter(running).collect();
+    for pid in &outlived {
+        // SAFETY: the test's own probes' children; nothing is left behind either way.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        outlived.is_empty(),
+        "processes the timed-out command started outlived it: {outlived:?}"
+    );
+}
+
+/// `--agents-listen` is served as the port is (its limits, its TLS rule), with the agents'
+/// route only.
+#[test]
+fn the_extra_agents_address_serves_agents_only() {
+    let s = Scratch::new("serve-agents-listen");
+    // A free port for the extra address: taken, then given back for the server to bind.
+    let extra = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let srv = serve_with(&s, 0, &["--agents-listen", &format!("127.0.0.1:{extra}")]);
+    let mut a = agent(&s, extra, "web-a1", "az-a", &[]);
+    a.expect("connected", T);
+    srv.wait_agents(1);
+    let (status, body) = http(extra, "GET", "/api/v1/agents", Some(&srv.token), None);
+    assert_eq!(status, 404, "the API is not on the agents' address: {body}");
 }

@@ -3,6 +3,8 @@
 //! asserted from outside the hosts: processes through `docker top`, CPU and memory through
 //! the containers' cgroups, latency and availability through the load balancer, reachability
 //! from inside other containers' network namespaces. The topology always comes down.
+//! Beside it, the stop watchdog (`faultline hold-start`) against a container of its own,
+//! through a socket that stands in for an engine that drops connections.
 //!
 //! Needs Docker and root; without them the test says so and skips, except under CI=true.
 
@@ -195,7 +197,7 @@ fn shorten(mut t: Value, duration: &str, lb_port: u16) -> Value {
             }
         }
     }
-    faultline::demo::retarget_alarms(&mut t, &format!("http://127.0.0.1:{lb_port}/"));
+    faultline::world::demo::retarget_alarms(&mut t, &format!("http://127.0.0.1:{lb_port}/"));
     t
 }
 
@@ -549,4 +551,157 @@ fn instance_actions(env: &Env, port: u16) {
     eventually("web-b3 serving behind the LB", Duration::from_secs(20), || {
         lb_body(port).contains("hello from web-b3")
     });
+}
+
+/// A stand-in for the Docker Engine's socket that drops its first `refuse` connections (the
+/// engine restarting) and passes the others through to the real engine.
+fn flaky_docker(socket: &std::path::Path, refuse: u32) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::Ordering;
+    let engine = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let listener = UnixListener::bind(socket).unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = refused.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            if count.load(Ordering::SeqCst) < refuse {
+                count.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let Ok(upstream) = UnixStream::connect(&engine) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    refused
+}
+
+/// A container of a one-program image (`sleep`, imported from this machine's own files),
+/// removed with its image when dropped.
+struct Sleeper {
+    name: String,
+    image: String,
+}
+
+impl Sleeper {
+    fn new(s: &Scratch) -> Sleeper {
+        let name = unique_name("watchdog");
+        let image = format!("{name}:e2e");
+        let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+        let ldd = Command::new("ldd").arg(&sleep).output().unwrap();
+        let mut files: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(str::to_string)
+            .collect();
+        files.push(sleep.to_string_lossy().into_owned());
+        let rootfs = s.path("rootfs.tar");
+        let tar = Command::new("tar")
+            .arg("-chf")
+            .arg(&rootfs)
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+        let sleeper = Sleeper { name, image };
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        docker(&["import", &rootfs.to_string_lossy(), &sleeper.image]);
+        let program = sleep.to_string_lossy();
+        docker(&["create", "--name", &sleeper.name, &sleeper.image, &program, "600"]);
+        docker(&["start", &sleeper.name]);
+        // As a stop-instances would leave it: exited.
+        docker(&["kill", &sleeper.name]);
+        sleeper
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.name]).output();
+        let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
+    }
+}
+
+#[test]
+fn a_watchdog_whose_controller_lives_starts_the_container_through_docker_hiccups() {
+    if !docker_ok() || !is_root() {
+        assert!(!required(), "CI=true: the watchdog test needs Docker and root");
+        eprintln!("SKIPPED: the watchdog test needs Docker and root");
+        return;
+    }
+    let s = Scratch::new("watchdog");
+    let sleeper = Sleeper::new(&s);
+    assert_eq!(inspect(&sleeper.name, "{{.State.Status}}"), "exited");
+    let socket = s.path("docker.sock");
+    let refused = flaky_docker(&socket, 3);
+    let until = std::time::SystemTime::now() + Duration::from_secs(1);
+    let until_ms = until.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    // The controller lives (this test holds the watchdog's stdin) and never starts it.
+    let mut watchdog = Command::new(FAULTLINE)
+        .args(["hold-start", "--container", &sleeper.name])
+        .args(["--until-unix-ms", &until_ms.to_string()])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _controller = watchdog.stdin.take().unwrap();
+    let stderr = watchdog.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut all);
+        all
+    });
+    // The grace past the deadline, then three refused connections, then the start.
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("the watchdog starting the container", Duration::from_secs(90), || {
+            inspect(&sleeper.name, "{{.State.Status}}") == "running"
+        })
+    }));
+    let late = std::time::SystemTime::now().duration_since(until).unwrap_or_default();
+    let exited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(
+            "the watchdog exiting once it started it",
+            Duration::from_secs(10),
+            || watchdog.try_wait().unwrap().is_some(),
+        )
+    }));
+    if exited.is_err() {
+        let _ = watchdog.kill();
+    }
+    let status = watchdog.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(
+        started.is_ok(),
+        "the container was left stopped; the watchdog said:\n{log}"
+    );
+    assert!(exited.is_ok(), "the watchdog stayed after starting it:\n{log}");
+    assert!(status.success(), "{status:?}:\n{log}");
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(log.matches("trying again").count(), 3, "{log}");
+    assert!(
+        late >= Duration::from_secs(30),
+        "started {late:?} after the deadline, before the grace"
+    );
+    eprintln!("started {late:?} after its deadline, after 3 failed tries");
 }

@@ -142,7 +142,7 @@ async fn report(State(s): State<Arc<Service>>, Path(id): Path<String>, Query(q):
         Ok(Some(row)) if format != "json" => {
             let lines = match s.journal(&row).await {
                 Ok(lines) if lines.is_empty() && row.ended_at.is_some() => {
-                    return fail(StatusCode::NOT_FOUND, super::api::never_ran(&row, "report"))
+                    return fail(StatusCode::NOT_FOUND, row.never_ran("report"))
                 }
                 Ok(lines) => lines,
                 Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

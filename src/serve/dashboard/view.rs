@@ -27,7 +27,6 @@ pub struct Fault {
     pub host: String,
     /// Which experiment and action applied it.
     pub experiment: String,
-    /// The action.
     pub action: String,
     /// The fault as dispatched (`kind` and its parameters).
     pub fault: Value,

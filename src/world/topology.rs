@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Compose project name; containers are named `faultline-HOST`.
-pub const PROJECT: &str = "faultline";
+pub use crate::platform::docker::PROJECT;
 /// Image the compose file runs.
 pub const IMAGE: &str = "faultline-demo:latest";
 /// Port the controller listens on for the topology's agents (their `FAULTLINE_CONTROLLER`).
@@ -28,7 +27,6 @@ pub enum TopologyError {
     /// A program the topology needs is missing.
     #[error("`{program}` is needed: {why}")]
     Missing {
-        /// The program.
         program: String,
         /// Why it could not be run.
         why: String,
@@ -36,7 +34,6 @@ pub enum TopologyError {
     /// A step failed.
     #[error("{step} failed{}", .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Step {
-        /// The step.
         step: String,
         /// What it said.
         detail: Option<String>,
@@ -262,7 +259,7 @@ impl Topology {
         let controller = Controller::start(
             ([0, 0, 0, 0], CONTROLLER_PORT).into(),
             token,
-            crate::server::Endpoint {
+            crate::fleet::Endpoint {
                 tls: Some(tls),
                 ..Default::default()
             },

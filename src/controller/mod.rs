@@ -1,17 +1,20 @@
 //! The embedded controller: serves agents, waits for them, and runs an experiment end to
 //! end (resolve, preflight, engine, report). `faultline run` and `faultline demo` use it.
 
-use crate::alarms::{self, AlarmReport, Monitor, Phase};
-use crate::engine::{Run, RunOutcome, Settings, StopRequest};
+mod phases;
+
+use crate::alarms::{self, AlarmReport, SteadyState};
 use crate::exit;
+use crate::fleet::{Endpoint, Fleet, FleetEvent};
 use crate::journal::{Event, Journal, State};
 use crate::plan;
 use crate::platform::Platforms;
 use crate::report::Report;
-use crate::server::{Endpoint, Fleet, FleetEvent};
+use crate::run::{Run, RunOutcome, Settings, StopRequest};
 use crate::template::{Alarm, Experiment};
 use crate::token;
 use faultline_agent::protocol::HostDescription;
+use phases::Watch;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -204,7 +207,9 @@ impl Controller {
         let mut orphans = Vec::new();
         loop {
             match fleet_events.try_recv() {
-                Ok(e @ FleetEvent::OrphanRemoved { .. }) => orphans.extend(journal_event(e)),
+                Ok(e @ (FleetEvent::OrphanRemoved { .. } | FleetEvent::ForeignHeld { .. })) => {
+                    orphans.extend(journal_event(e))
+                }
                 Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
                 Err(_) => break,
             }
@@ -241,7 +246,7 @@ impl Controller {
         let ux = experiment
             .user_experience
             .clone()
-            .map(|ux| tokio::spawn(crate::report::experience::watch(ux, journal.clone(), ux_cancel.clone())));
+            .map(|ux| tokio::spawn(crate::alarms::experience::watch(ux, journal.clone(), ux_cancel.clone())));
 
         let result = self
             .run_phases(&id, experiment.clone(), &opts, journal.clone(), interrupts)
@@ -263,7 +268,7 @@ impl Controller {
             let _ = l.await;
         }
         let ran = result?;
-        let exit_code = exit_code(ran.outcome.state, ran.outcome.stop.as_ref());
+        let exit_code = ran.outcome.exit_code();
         let started: Vec<_> = ran
             .outcome
             .actions
@@ -331,21 +336,12 @@ impl Controller {
             platforms: self.platforms.clone(),
         };
         let placements = run.preflight().await.map_err(|e| failed(e.to_string()))?;
+        let watch_cancel = CancellationToken::new();
+        let _stop_watching = watch_cancel.clone().drop_guard();
+        let mut watch = Watch::new(&alarms, &journal, &mut interrupts, watch_cancel);
+        let (stop_tx, stop_rx) = mpsc::channel(4);
         if alarms.is_empty() {
-            let (stop_tx, stop_rx) = mpsc::channel(4);
-            let engine = run.run(placements, stop_rx);
-            tokio::pin!(engine);
-            let mut interrupts_open = true;
-            let outcome = loop {
-                tokio::select! {
-                    o = &mut engine => break o,
-                    i = interrupts.recv(), if interrupts_open => match i {
-                        // Never waits on the engine: a full channel means a stop is under way.
-                        Some(i) => { let _ = stop_tx.try_send(i); }
-                        None => interrupts_open = false,
-                    },
-                }
-            };
+            let (outcome, _) = watch.experiment(run.run(placements, stop_rx), &stop_tx).await;
             return Ok(Ran {
                 outcome,
                 seed,
@@ -355,54 +351,18 @@ impl Controller {
             });
         }
 
-        let watch_cancel = CancellationToken::new();
-        let _stop_watching = watch_cancel.clone().drop_guard();
-        let mut monitor = Monitor::new(&alarms);
-        let mut evaluations = alarms::watch(alarms.clone(), monitor.periods(), watch_cancel.clone());
-        let record = |monitor: &mut Monitor, e: alarms::Evaluation| {
-            journal.record(Event::AlarmEvaluation {
-                alarm: e.alarm.clone(),
-                state: e.state.as_str().into(),
-                value: e.value,
-                datapoints: e.window.clone(),
-                phase: monitor.phase_of(&e).as_str().into(),
-            });
-            monitor.record(e)
-        };
-
         // Steady state first: a full window of every alarm before anything is injected.
         tracing::info!(
             window = %crate::duration::human(alarms::longest_window(&alarms)),
             "checking steady state before the first action"
         );
-        let mut interrupts_open = true;
-        let blocked = loop {
-            tokio::select! {
-                w = evaluations.recv() => match evaluation(w) {
-                    Ok(e) => {
-                        if let Some(fired) = record(&mut monitor, e) {
-                            break Some(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
-                        }
-                        if monitor.window_complete() {
-                            break None;
-                        }
-                    }
-                    Err(lost) => break Some(lost),
-                },
-                i = interrupts.recv(), if interrupts_open => match i {
-                    Some(i) => break Some(i),
-                    None => interrupts_open = false,
-                },
-            }
-        };
-        if let Some(stop) = blocked {
+        if let Some(stop) = watch.baseline().await {
             let outcome = run.never_started(stop);
-            let report = monitor.report(None);
             return Ok(Ran {
                 outcome,
                 seed,
                 targets,
-                alarms: report,
+                alarms: watch.monitor.report(None),
                 steady_state: Some(SteadyState {
                     baseline: "breaching".into(),
                     recovered: None,
@@ -410,67 +370,17 @@ impl Controller {
                 }),
             });
         }
-
-        monitor.enter(Phase::Experiment);
-        let (stop_tx, stop_rx) = mpsc::channel(4);
-        let engine = run.run(placements, stop_rx);
-        tokio::pin!(engine);
-        let mut interrupted = false;
-        let mut watching = true;
-        // Stops never wait on the engine: a full channel means a stop is already under way.
-        let outcome = loop {
-            tokio::select! {
-                o = &mut engine => break o,
-                w = evaluations.recv(), if watching => match evaluation(w) {
-                    Ok(e) => {
-                        if let Some(fired) = record(&mut monitor, e) {
-                            let _ = stop_tx.try_send(StopRequest::Alarm { alarm: fired.alarm.clone(), detail: alarm_detail(&fired, &alarms) });
-                        }
-                    }
-                    Err(lost) => {
-                        watching = false;
-                        let _ = stop_tx.try_send(lost);
-                    }
-                },
-                i = interrupts.recv(), if interrupts_open => match i {
-                    Some(i) => {
-                        interrupted = true;
-                        let _ = stop_tx.try_send(i);
-                    }
-                    None => interrupts_open = false,
-                },
-            }
-        };
+        let (outcome, interrupted) = watch.experiment(run.run(placements, stop_rx), &stop_tx).await;
 
         // Did the system come back? One more full window, unless the operator wants out or
         // the alarms cannot be watched.
         let mut recovery = None;
-        if !interrupted && watching {
+        if !interrupted && watch.watching() {
             let started = SystemTime::now();
-            monitor.enter(Phase::Recovery);
             tracing::info!("checking that the system recovers");
-            let watched = loop {
-                tokio::select! {
-                    w = evaluations.recv() => match evaluation(w) {
-                        Ok(e) => {
-                            record(&mut monitor, e);
-                            if monitor.window_complete() {
-                                break true;
-                            }
-                        }
-                        Err(lost) => {
-                            tracing::warn!(reason = %lost, "the recovery could not be watched to its end");
-                            break false;
-                        }
-                    },
-                    i = interrupts.recv(), if interrupts_open => match i {
-                        Some(_) => break true,
-                        None => interrupts_open = false,
-                    },
-                }
-            };
-            recovery = watched.then_some(started);
+            recovery = watch.recovery().await.then_some(started);
         }
+        let monitor = &watch.monitor;
         let steady_state = Some(SteadyState {
             baseline: "ok".into(),
             recovered: recovery.map(|_| monitor.all_ok()),
@@ -506,71 +416,6 @@ struct Ran {
     targets: BTreeMap<String, Vec<String>>,
     alarms: Vec<AlarmReport>,
     steady_state: Option<SteadyState>,
-}
-
-/// The steady-state hypothesis, checked before and after the actions.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SteadyState {
-    /// `ok` when every alarm held for a full window before the first action, else `breaching`.
-    pub baseline: String,
-    /// Whether every alarm was OK at the end of a full window after the last action.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovered: Option<bool>,
-    /// From the end of the last action until every alarm had been OK, ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recovery_ms: Option<f64>,
-}
-
-/// The exit status of a run that ended in `state`, stopped by `stop`.
-fn exit_code(state: State, stop: Option<&StopRequest>) -> u8 {
-    match (state, stop) {
-        (State::Completed, _) => exit::COMPLETED,
-        (State::Stopped, Some(StopRequest::Interrupted)) => exit::INTERRUPTED,
-        (State::Stopped, Some(StopRequest::Terminated)) => exit::TERMINATED,
-        // Not a stop condition: the run could not be watched, so it did not do its job.
-        (State::Stopped, Some(StopRequest::Unwatched { .. })) => exit::FAILED,
-        (State::Stopped, _) => exit::STOPPED,
-        _ => exit::FAILED,
-    }
-}
-
-/// The evaluation a watcher sent, or the stop its loss calls for (a closed channel means
-/// every watcher is gone).
-fn evaluation(watched: Option<alarms::Watched>) -> Result<alarms::Evaluation, StopRequest> {
-    match watched {
-        Some(alarms::Watched::Evaluation(e)) => Ok(e),
-        Some(alarms::Watched::Lost { alarm, why }) => Err(StopRequest::Unwatched {
-            alarm: Some(alarm),
-            why,
-        }),
-        None => Err(StopRequest::Unwatched {
-            alarm: None,
-            why: "every watcher stopped".into(),
-        }),
-    }
-}
-
-/// What an alarm saw when it fired, for people.
-fn alarm_detail(e: &alarms::Evaluation, alarms: &[(String, Alarm)]) -> String {
-    let a = alarms.iter().find(|(n, _)| *n == e.alarm).map(|(_, a)| a);
-    let points: Vec<String> = e
-        .window
-        .iter()
-        .map(|d| d.map_or("missing".into(), |v| format!("{v:.4}")))
-        .collect();
-    match a {
-        Some(a) => format!(
-            "{} of the last {} datapoints [{}] {} {} {}",
-            a.datapoints_to_alarm,
-            a.evaluation_periods,
-            points.join(", "),
-            a.statistic.as_str(),
-            a.comparison.symbol(),
-            a.threshold
-        ),
-        None => points.join(", "),
-    }
 }
 
 /// An alarm's rule, for the journal.
@@ -696,6 +541,7 @@ fn journal_event(event: FleetEvent) -> Option<Event> {
             confirmed: error.is_none(),
             error,
         },
+        FleetEvent::ForeignHeld { host, fault_id, owner } => Event::ForeignFault { host, fault_id, owner },
         FleetEvent::RemovalFailed {
             host,
             fault_id,
@@ -712,45 +558,6 @@ fn journal_event(event: FleetEvent) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_lost_or_silent_watcher_is_a_stop_that_fails_the_run() {
-        let lost = evaluation(Some(alarms::Watched::Lost {
-            alarm: "errors".into(),
-            why: "its watcher panicked: boom".into(),
-        }))
-        .unwrap_err();
-        assert_eq!(
-            lost.to_string(),
-            "alarm errors can no longer be watched (its watcher panicked: boom); stopping rather than running unwatched"
-        );
-        let closed = evaluation(None).unwrap_err();
-        assert!(
-            matches!(closed, StopRequest::Unwatched { alarm: None, .. }),
-            "{closed:?}"
-        );
-        assert_eq!(exit_code(State::Stopped, Some(&lost)), exit::FAILED);
-        assert_eq!(exit_code(State::Stopped, Some(&closed)), exit::FAILED);
-    }
-
-    #[test]
-    fn each_signal_has_its_exit_status() {
-        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Terminated)), 143);
-        assert_eq!(exit_code(State::Stopped, Some(&StopRequest::Interrupted)), 130);
-        let asked = StopRequest::Requested {
-            why: "stopped by ops: a customer call".into(),
-        };
-        assert_eq!(
-            exit_code(State::Stopped, Some(&asked)),
-            1,
-            "a stop through a server is a stop"
-        );
-        let alarm = StopRequest::Alarm {
-            alarm: "a".into(),
-            detail: "d".into(),
-        };
-        assert_eq!(exit_code(State::Stopped, Some(&alarm)), exit::STOPPED);
-    }
 
     fn experiment(targets: serde_json::Value) -> Experiment {
         let template = serde_json::json!({

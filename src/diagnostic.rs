@@ -1,4 +1,6 @@
-//! One validation finding: which document, where in it, what is wrong, what to do.
+//! One validation finding: which document, where in it, what is wrong, what to do; and the
+//! did-you-mean that suggests a name for a typo. Shared by the template passes and the action
+//! catalog's parameter checks.
 
 use serde::Serialize;
 use std::fmt;
@@ -107,4 +109,52 @@ pub fn escape(token: &str) -> String {
 /// `base` extended by one token.
 pub fn join(base: &str, token: impl fmt::Display) -> String {
     format!("{base}/{}", escape(&token.to_string()))
+}
+
+/// The closest candidate to `word`, when one is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len().min(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(
+            did_you_mean(
+                "faultline:host:cpu-stres",
+                [
+                    "faultline:host:cpu-stress",
+                    "faultline:host:memory-stress",
+                    "faultline:host:stop"
+                ]
+            ),
+            Some("faultline:host:cpu-stress")
+        );
+        assert_eq!(
+            did_you_mean("sigkill", faultline_agent::faults::kill::SIGNALS),
+            Some("SIGKILL")
+        );
+        assert_eq!(
+            did_you_mean(
+                "reboot",
+                [
+                    "faultline:host:cpu-stress",
+                    "faultline:host:memory-stress",
+                    "faultline:host:stop"
+                ]
+            ),
+            None
+        );
+        assert_eq!(did_you_mean("fial", ["fail", "skip"]), Some("fail"));
+        assert_eq!(did_you_mean("zz", ["a", "b"]), None);
+    }
 }

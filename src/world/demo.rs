@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The showcase game day, as shipped in `experiments/`.
-pub const GAME_DAY: &str = include_str!("../experiments/gameday-az-outage.json");
+pub const GAME_DAY: &str = include_str!("../../experiments/gameday-az-outage.json");
 /// The default topology, as shipped in `experiments/`.
-pub const INVENTORY: &str = include_str!("../experiments/inventory.json");
+pub const INVENTORY: &str = include_str!("../../experiments/inventory.json");
 /// Binaries the demo starts, found next to `faultline`.
 pub const BINARIES: [&str; 4] = ["faultline-agent", "demo-web", "demo-lb", "demo-init"];
 /// Tags the FIS documentation's examples select instances by, on every demo host.
@@ -197,7 +197,7 @@ impl World {
             .await
             .map_err(|e| DemoError(e.message))?;
         let health = format!("{}lb/healthz", self.lb_url);
-        if crate::topology::wait_lb_healthy(&health, timeout).await {
+        if crate::world::topology::wait_lb_healthy(&health, timeout).await {
             Ok(())
         } else {
             Err(DemoError(format!(
