@@ -29,15 +29,15 @@ const MAX_PENDING_NOTICES: usize = 256;
 
 /// Who this agent says it is.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Host id.
-    pub host_id: String,
+    pub(crate) host_id: String,
     /// Availability zone.
-    pub az: String,
+    pub(crate) az: String,
     /// Tags.
-    pub tags: std::collections::BTreeMap<String, String>,
+    pub(crate) tags: std::collections::BTreeMap<String, String>,
     /// Address to register; the local end of the controller connection when `None`.
-    pub address: Option<IpAddr>,
+    pub(crate) address: Option<IpAddr>,
 }
 
 /// The state of the link to the controller.
@@ -58,7 +58,7 @@ enum Link {
 }
 
 /// The agent.
-pub struct Agent {
+pub(crate) struct Agent {
     dialer: session::Dialer,
     identity: Identity,
     faults: Faults,
@@ -76,7 +76,7 @@ pub struct Agent {
 impl Agent {
     /// An agent that will dial with `dialer`; `restarted` are faults a previous life left behind
     /// and this start-up removed, to be reported to their owners.
-    pub fn new(
+    pub(crate) fn new(
         dialer: session::Dialer,
         identity: Identity,
         faults: Faults,
@@ -120,7 +120,7 @@ impl Agent {
     }
 
     /// Runs until `shutdown` is cancelled; removes every fault before it returns.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut link = Link::Down;
         let (connected_tx, mut connected_rx) = mpsc::channel::<Connected>(1);
         let mut dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown, Duration::ZERO));
