@@ -7,17 +7,23 @@
 //! The agent runs in a network namespace the harness makes, in front of a demo service and
 //! beside a process it may pause; it dials the controller through a TCP relay in the harness,
 //! which can cut the control connection and restore it. Each trial picks a fault (CPU, memory,
-//! latency, blackout through nf_tables, pause) and a failure at a random moment of the fault's
-//! life, then waits until the host is clean: no `fl_*` table in the namespace, no stopped
-//! process, no holder process and the agent's CPU idle, its memory back, the proxy answering
-//! without delay and reachable, the state dir empty. A trial not clean within its budget is a
-//! leak, printed with what was left.
+//! latency, pause, and through nf_tables a blackout, a port blackhole and a packet loss) and a
+//! failure at a random moment of the fault's life, then waits until the host is clean: no
+//! `fl_*` table in the namespace, no stopped process, no holder process and the agent's CPU
+//! idle, its memory back, the proxy answering without delay and reachable, the state dir
+//! empty. A trial not clean within its budget is a leak, printed with what was left.
 //!
-//! The failures: controller kill -9 (the lease must end the fault), agent kill -9 then restart
-//! (recovery), agent SIGTERM then restart (shutdown), the control connection cut for longer
-//! than the lease (the lease again), each against a fault of two minutes, so that only the
-//! path under test can have removed it within the budget; and agent kill -9 never restarted,
-//! against a short fault, whose effect must end by its own deadline with no agent left.
+//! Every fault lasts two minutes, far longer than the agent's one-second lease, so that only
+//! the path under test can have removed it within the budget. The failures: controller kill
+//! -9 (the lease must end the fault), agent kill -9 then restart (recovery), agent SIGTERM
+//! or SIGHUP then restart (shutdown), the control connection cut for longer than the lease
+//! (the lease again); and, with no agent left at all, agent kill -9 and a kill -9 of the
+//! agent's whole process group, never restarted until the host has been inspected from
+//! outside at two leases: the service answers (directly and through twenty connections in a
+//! row, none waiting for a retransmitted SYN: no packet dropped), no process is stopped, no
+//! holder burns CPU or holds memory. The agent then starts again to clear what is inert (a
+//! lapsed table, a record). It prints `trials: N, clean: N, leaked: N` and the slowest
+//! clean-up, also in leases.
 
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -32,10 +38,10 @@ use std::time::{Duration, Instant};
 /// How long a trial may take to come clean after its failure before it counts as a leak:
 /// well within the two-minute faults, well beyond the one-second lease.
 const CLEAN_BUDGET: Duration = Duration::from_secs(10);
-/// The fault's duration, when something else than its end must remove it.
+/// The fault's duration: something else than its end must remove it.
 const LONG_FAULT: Duration = Duration::from_secs(120);
-/// The fault's duration when the agent dies for good: its effect must end by itself.
-const SHORT_FAULT: Duration = Duration::from_secs(3);
+/// The agent's lease (`--lease PT1S`): an effect outlives a dead agent by two at most.
+const LEASE: Duration = Duration::from_secs(1);
 /// When the failure strikes: within this long after the fault is in effect.
 const STRIKE_WITHIN: Duration = Duration::from_millis(2500);
 const PROXY_PORT: u16 = 8080;
@@ -237,7 +243,16 @@ enum Kind {
     Memory,
     Latency,
     Blackout,
+    BlackholePort,
+    PacketLoss,
     Pause,
+}
+
+impl Kind {
+    /// Whether nf_tables enforces it (its end without an agent is its dead-man switch).
+    fn nftables(self) -> bool {
+        matches!(self, Kind::Blackout | Kind::BlackholePort | Kind::PacketLoss)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,17 +260,29 @@ enum Failure {
     ControllerKill,
     AgentKillRestart,
     AgentTerm,
+    AgentHup,
     ConnectionCut,
     AgentKillForGood,
+    GroupKillForGood,
 }
 
-const KINDS: [Kind; 5] = [Kind::Cpu, Kind::Memory, Kind::Latency, Kind::Blackout, Kind::Pause];
-const FAILURES: [Failure; 5] = [
+const KINDS: [Kind; 7] = [
+    Kind::Cpu,
+    Kind::Memory,
+    Kind::Latency,
+    Kind::Blackout,
+    Kind::BlackholePort,
+    Kind::PacketLoss,
+    Kind::Pause,
+];
+const FAILURES: [Failure; 7] = [
     Failure::ControllerKill,
     Failure::AgentKillRestart,
     Failure::AgentTerm,
+    Failure::AgentHup,
     Failure::ConnectionCut,
     Failure::AgentKillForGood,
+    Failure::GroupKillForGood,
 ];
 
 fn template(kind: Kind, fault: Duration, pause_target: &str) -> serde_json::Value {
@@ -280,6 +307,14 @@ fn template(kind: Kind, fault: Duration, pause_target: &str) -> serde_json::Valu
         Kind::Latency => host_action(
             "faultline:network:latency",
             json!({ "duration": duration, "delayMilliseconds": DELAY_MS.to_string() }),
+        ),
+        Kind::BlackholePort => host_action(
+            "faultline:network:blackhole-port",
+            json!({ "duration": duration, "protocol": "tcp", "port": SERVICE_PORT.to_string(), "trafficType": "ingress" }),
+        ),
+        Kind::PacketLoss => host_action(
+            "faultline:network:packet-loss",
+            json!({ "duration": duration, "lossPercent": "100" }),
         ),
         Kind::Pause => host_action(
             "faultline:process:pause",
@@ -327,7 +362,7 @@ fn process_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// Pids of holder processes run from `agent_bin` (`faultline-agent hold …`), wherever they are.
+/// Pids of holder processes run from `agent_bin` (`faultline-holder hold …`), wherever they are.
 fn holders(agent_bin: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -357,14 +392,17 @@ fn proxy_round_trip(host: &Host) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
-/// Whether the demo service answers from outside the namespace, not through the proxy: the
-/// effect of a blackout whose agent is gone.
+/// Whether the demo service answers from outside the namespace, not through the proxy, with
+/// no packet dropped: twenty connections in a row, each within 500 ms (a dropped SYN is sent
+/// again only after a second). An nf_tables fault whose agent is gone must not stop that.
 fn service_reachable(host: &Host) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from((host.inside, SERVICE_PORT)),
-        Duration::from_millis(700),
-    )
-    .is_ok()
+    (0..20).all(|_| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((host.inside, SERVICE_PORT)),
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    })
 }
 
 /// The effects left once the agent is gone for good; empty when they all ended on their own.
@@ -375,12 +413,36 @@ fn effects_left(host: &Host, agent_bin: &Path, pause_target: &Proc) -> Vec<Strin
     }
     let h = holders(agent_bin);
     if !h.is_empty() {
-        left.push(format!("holder processes {h:?}"));
+        let cpu: f64 = h.iter().filter_map(|p| cpu_seconds(*p)).sum();
+        let mib: u64 = h.iter().filter_map(|p| rss_mib(*p)).sum();
+        left.push(format!("holder processes {h:?} ({cpu:.1} CPU s, {mib} MiB resident)"));
     }
     if !service_reachable(host) {
-        left.push("the service is unreachable (a blackout outlived its deadline)".into());
+        left.push("the service does not answer every connection (an nf_tables fault outlived its agent)".into());
     }
     left
+}
+
+/// Waits, with no agent left, until the effects are gone or two leases have passed since
+/// `died`: how long they took, or what was left at two leases.
+fn ends_within_two_leases(
+    host: &Host,
+    agent_bin: &Path,
+    pause_target: &Proc,
+    died: Instant,
+) -> Result<Duration, Vec<String>> {
+    loop {
+        // A probe that succeeds saw the host clean when it started.
+        let at = died.elapsed();
+        let left = effects_left(host, agent_bin, pause_target);
+        if left.is_empty() {
+            return Ok(at);
+        }
+        if died.elapsed() >= 2 * LEASE {
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// What is left on the host; empty when it is clean.
@@ -465,6 +527,9 @@ fn main() {
 
     let start_agent = || {
         let mut c = host.exec(&agent_bin);
+        // A process group of its own (`ip netns exec` execs the agent): what a group kill
+        // takes is the agent and what it started, never this harness.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         c.args(["--controller", &format!("ws://{}", relay.addr)])
             .arg("--token-file")
             .arg(dir.join("token"))
@@ -481,20 +546,17 @@ fn main() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut clean, mut leaked) = (0usize, 0usize);
     let mut slowest: Option<(Duration, usize, Kind, Failure)> = None;
+    // The slowest end of an effect with no agent left, in leases.
+    let mut slowest_alone: Option<(Duration, usize, Kind, Failure)> = None;
+    // Trials inspected with no agent left: all of them, and those of an nf_tables fault.
+    let (mut alone, mut alone_nft) = (0usize, 0usize);
     let mut total = Duration::ZERO;
-    println!(
-        "torture: {trials} trials, seed {seed}, faults of {LONG_FAULT:?} ({SHORT_FAULT:?} when the agent dies for \
-         good), agent lease 1 s"
-    );
+    println!("torture: {trials} trials, seed {seed}, faults of {LONG_FAULT:?}, agent lease {LEASE:?}");
     for trial in 1..=trials {
         let kind = KINDS[rng.random_range(0..KINDS.len())];
         let failure = FAILURES[rng.random_range(0..FAILURES.len())];
         let at = Duration::from_millis(rng.random_range(100..STRIKE_WITHIN.as_millis() as u64));
-        let fault = if failure == Failure::AgentKillForGood {
-            SHORT_FAULT
-        } else {
-            LONG_FAULT
-        };
+        let fault = LONG_FAULT;
         let t_path = dir.join("t.json");
         std::fs::write(&t_path, template(kind, fault, &pause_name).to_string()).unwrap();
 
@@ -556,7 +618,6 @@ fn main() {
             leaked += 1;
             continue;
         }
-        let running_at = Instant::now();
         std::thread::sleep(at);
         let failed_at = Instant::now();
         let mut left_without_agent = Vec::new();
@@ -568,10 +629,20 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
                 agent = start_agent();
             }
-            Failure::AgentTerm => {
-                agent.signal(libc::SIGTERM);
+            Failure::AgentTerm | Failure::AgentHup => {
+                let (sig, name) = if failure == Failure::AgentTerm {
+                    (libc::SIGTERM, "SIGTERM")
+                } else {
+                    (libc::SIGHUP, "SIGHUP")
+                };
+                agent.signal(sig);
                 if !agent.wait_exit(Duration::from_secs(10)) {
-                    println!("trial {trial}: the agent did not exit within 10 s of SIGTERM");
+                    println!("trial {trial}: the agent did not exit within 10 s of {name}");
+                }
+                // It removed its faults before it exited: nothing may be left now.
+                let left = effects_left(&host, &agent_bin, &pause_target);
+                if !left.is_empty() {
+                    left_without_agent = left;
                 }
                 agent = start_agent();
             }
@@ -581,29 +652,31 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(rng.random_range(1500..3000)));
                 relay.restore();
             }
-            Failure::AgentKillForGood => {
-                agent.signal(libc::SIGKILL);
+            Failure::AgentKillForGood | Failure::GroupKillForGood => {
+                if failure == Failure::AgentKillForGood {
+                    agent.signal(libc::SIGKILL);
+                } else {
+                    // SAFETY: kill(2) of the process group the harness made for its agent.
+                    unsafe { libc::kill(-(agent.pid() as i32), libc::SIGKILL) };
+                }
+                let died = Instant::now();
                 agent.wait_exit(Duration::from_secs(5));
-                // No agent, no controller command, no lease: only the effect's own end.
-                let by = running_at + SHORT_FAULT + Duration::from_secs(2);
-                let left = loop {
-                    let left = effects_left(&host, &agent_bin, &pause_target);
-                    if left.is_empty() || Instant::now() >= by {
-                        break left;
+                alone += 1;
+                alone_nft += usize::from(kind.nftables());
+                // No agent, a fault of two minutes: only the effect's own end, within two
+                // leases (holders at once, nf_tables by its dead-man switch).
+                match ends_within_two_leases(&host, &agent_bin, &pause_target, died) {
+                    Ok(took) => {
+                        if slowest_alone.is_none_or(|(s, ..)| took > s) {
+                            slowest_alone = Some((took, trial, kind, failure));
+                        }
                     }
-                    std::thread::sleep(Duration::from_millis(100));
-                };
-                left_without_agent = left;
+                    Err(left) => left_without_agent = left,
+                }
                 agent = start_agent();
             }
         }
-        let deadline = failed_at
-            + CLEAN_BUDGET
-            + if failure == Failure::AgentKillForGood {
-                SHORT_FAULT
-            } else {
-                Duration::ZERO
-            };
+        let deadline = failed_at + CLEAN_BUDGET;
         let took = loop {
             let left = leftovers(&host, &agent, &agent_bin, &state, &pause_target);
             let busy = cpu_seconds(agent.pid()).and_then(|c0| {
@@ -624,7 +697,12 @@ fn main() {
         };
         let took = match took {
             Ok(_) if !left_without_agent.is_empty() => Err(vec![format!(
-                "without its agent, past the fault's deadline: {}",
+                "without its agent, {} after its end: {}",
+                if kind.nftables() {
+                    "two leases"
+                } else {
+                    "at once or two leases"
+                },
                 left_without_agent.join("; ")
             )]),
             other => other,
@@ -654,9 +732,17 @@ fn main() {
     println!("trials: {trials}, clean: {clean}, leaked: {leaked}");
     if let Some((d, trial, kind, failure)) = slowest {
         println!(
-            "slowest clean-up: {:.0} ms (trial {trial}: {kind:?} + {failure:?}); mean {:.0} ms",
+            "slowest clean-up: {:.0} ms = {:.2} leases (trial {trial}: {kind:?} + {failure:?}); mean {:.0} ms",
             d.as_secs_f64() * 1000.0,
+            d.as_secs_f64() / LEASE.as_secs_f64(),
             total.as_secs_f64() * 1000.0 / clean.max(1) as f64
+        );
+    }
+    if let Some((d, trial, kind, failure)) = slowest_alone {
+        println!(
+            "with no agent left ({alone} trials, {alone_nft} of them nf_tables faults): slowest end of an effect \
+             {:.2} leases (trial {trial}: {kind:?} + {failure:?}); bound 2 leases",
+            d.as_secs_f64() / LEASE.as_secs_f64()
         );
     }
     drop(agent);

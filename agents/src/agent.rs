@@ -29,15 +29,15 @@ const MAX_PENDING_NOTICES: usize = 256;
 
 /// Who this agent says it is.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Host id.
-    pub host_id: String,
+    pub(crate) host_id: String,
     /// Availability zone.
-    pub az: String,
+    pub(crate) az: String,
     /// Tags.
-    pub tags: std::collections::BTreeMap<String, String>,
+    pub(crate) tags: std::collections::BTreeMap<String, String>,
     /// Address to register; the local end of the controller connection when `None`.
-    pub address: Option<IpAddr>,
+    pub(crate) address: Option<IpAddr>,
 }
 
 /// The state of the link to the controller.
@@ -58,7 +58,7 @@ enum Link {
 }
 
 /// The agent.
-pub struct Agent {
+pub(crate) struct Agent {
     dialer: session::Dialer,
     identity: Identity,
     faults: Faults,
@@ -76,7 +76,7 @@ pub struct Agent {
 impl Agent {
     /// An agent that will dial with `dialer`; `restarted` are faults a previous life left behind
     /// and this start-up removed, to be reported to their owners.
-    pub fn new(
+    pub(crate) fn new(
         dialer: session::Dialer,
         identity: Identity,
         faults: Faults,
@@ -120,7 +120,7 @@ impl Agent {
     }
 
     /// Runs until `shutdown` is cancelled; removes every fault before it returns.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut link = Link::Down;
         let (connected_tx, mut connected_rx) = mpsc::channel::<Connected>(1);
         let mut dialer = Some(self.spawn_dialer(connected_tx.clone(), &shutdown, Duration::ZERO));
@@ -368,6 +368,12 @@ impl Agent {
                 }
             }
             ControllerMessage::Remove { fault_id } => {
+                if self.faults.owner(&fault_id).is_some_and(|o| o != owner) {
+                    tracing::warn!(fault = %fault_id, controller = %owner, "refused to remove another controller's fault");
+                    return ack(Outcome::Failed {
+                        message: faultline_agent::faults::not_owner(&fault_id, "removed"),
+                    });
+                }
                 let outcome = match self.faults.remove(&fault_id) {
                     Ok(observed) => {
                         if observed.is_some() {
@@ -388,7 +394,16 @@ impl Agent {
                 let matches =
                     |id: &str, o: &str| o == owner && prefix.as_ref().is_none_or(|p| id.starts_with(p.as_str()));
                 let removed = self.faults.remove_where(|id, o, _| matches(id, o));
-                tracing::info!(count = removed.len(), "removed every fault on request");
+                match &prefix {
+                    Some(p) => {
+                        tracing::info!(count = removed.len(), experiment = %p.trim_end_matches('/'), "removed the experiment's faults on request")
+                    }
+                    // The one removal wider than a run: every run of this controller (its
+                    // lever); another controller's faults stay, whatever it asks.
+                    None => {
+                        tracing::warn!(count = removed.len(), controller = %owner, "removed every fault of this controller on request")
+                    }
+                }
                 self.sync_lease_pause(Instant::now());
                 // What could not be removed stays held and is retried with backoff; the
                 // controller learns of it here rather than from a count that looks complete.
@@ -448,7 +463,8 @@ impl Agent {
             .map(|r| (r, EndReason::DurationElapsed))
             .collect();
         self.sync_lease_pause(now);
-        for owner in self.leases.expired(now) {
+        let expired = self.leases.expired(now);
+        for owner in expired {
             tracing::warn!(controller = %owner, lease = ?self.leases.interval(), "the controller has been silent for the lease; removing its faults");
             ended.extend(
                 self.faults
@@ -502,6 +518,9 @@ impl Agent {
                 }
             }
         }
+        // After the lapsed leases: only the faults of owners still holding one are renewed.
+        let leases = &self.leases;
+        self.faults.refresh(now, |owner| leases.holds(owner));
         if was_cut && !self.faults.cuts_control_plane() {
             // The link may have died during the cut; a fresh one is quicker than finding out.
             tracing::info!("the control plane is back; reconnecting");

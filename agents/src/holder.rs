@@ -1,9 +1,17 @@
 //! Holders: long work of a fault (CPU burn, memory, I/O, a pause's own end) runs in child
-//! processes, the agent binary re-executed as `faultline-agent hold KIND --fault HASH ...`,
-//! which runs that fault kind's `hold`. A holder ends on its own at its deadline, and when
-//! the agent dies, by its [`Bond`]: at once (`PR_SET_PDEATHSIG`), or once it has undone its
-//! work (a pipe). It is also what an OOM kill takes instead of the agent. So a SIGKILLed
-//! agent that never comes back leaves nothing burning.
+//! processes, the agent binary re-executed as `faultline-holder hold KIND --fault HASH ...`
+//! (argv[0] and its process name are [`NAME`], so `ps` tells them apart and a kill or pause
+//! refuses them), which runs that fault kind's `hold`. A holder ends on its own at its
+//! deadline, and when the agent dies, by its [`Bond`]: at once (`PR_SET_PDEATHSIG`), or
+//! once it has undone its work (a pipe). It is also what an OOM kill takes instead of the
+//! agent. So a SIGKILLed agent that never comes back leaves nothing burning.
+//!
+//! A [`Bond::Pipe`] holder (a guardian: it undoes work when the agent is gone) runs in a
+//! session of its own, so a kill of the agent's process group or session (a shell job, an
+//! OOM group kill) does not take it along: it sees the agent gone and undoes its work. A
+//! kill of the whole cgroup (systemd's `KillMode=control-group` on a SIGKILL) takes it too;
+//! then the next start's recovery undoes the work, from the state dir
+//! (`agents/faultline-agent.service` restarts the agent at once).
 //!
 //! PDEATHSIG fires when the *thread* that forked the child exits: holders are spawned only
 //! from the agent's main thread (the one running its runtime), never from a helper thread.
@@ -15,6 +23,10 @@ use std::time::Duration;
 
 /// What a holder's stdout says once its work has fully taken effect (memory resident).
 pub const READY: &str = "ready";
+
+/// A holder's argv[0] and process name (`/proc/PID/comm`, which the kernel cuts to its first
+/// 15 bytes, `faultline-holde`).
+pub const NAME: &str = "faultline-holder";
 
 /// A point on CLOCK_MONOTONIC, which the agent and its holders share (it counts from boot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,8 +100,8 @@ impl Holder {
     /// ending on its own at `until`. Returns its stdout, where it writes [`READY`].
     pub fn spawn(fault: &str, work: &Work, until: Deadline) -> io::Result<(Holder, ChildStdout)> {
         let mut cmd = Command::new("/proc/self/exe");
-        // A name to recognise leftovers by: `faultline-agent hold cpu --fault HASH ...`.
-        cmd.arg0("faultline-agent")
+        // A name to recognise holders and leftovers by: `faultline-holder hold cpu --fault HASH ...`.
+        cmd.arg0(NAME)
             .args(["hold", work.kind])
             .args(["--params", &work.params.to_string()])
             .args(["--bond", if work.bond == Bond::Pipe { "pipe" } else { "death" }])
@@ -103,6 +115,18 @@ impl Holder {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if work.bond == Bond::Pipe {
+            // SAFETY: setsid(2) is async-signal-safe, and nothing else runs in the child
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn()?;
         let stdout = child
             .stdout
@@ -115,6 +139,19 @@ impl Holder {
     /// The holder's pid, to measure what it does from /proc.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Tells a [`Bond::Pipe`] holder one line of its work (a pause's guardian: a process
+    /// about to be stopped). Once this returns the line is in the pipe: the holder reads it
+    /// even if the agent dies at once.
+    pub fn tell(&mut self, line: &str) -> io::Result<()> {
+        use std::io::Write;
+        let pipe = self
+            .alive
+            .as_mut()
+            .ok_or_else(|| io::Error::other("only a holder bound by a pipe can be told its work"))?;
+        pipe.write_all(format!("{line}\n").as_bytes())?;
+        pipe.flush()
     }
 
     /// Asks a [`Bond::Pipe`] holder to undo its work and end, and waits for it; kills one
@@ -148,35 +185,62 @@ impl Drop for Holder {
     }
 }
 
-/// In a [`Bond::Pipe`] holder: tells when the agent is gone (stdin reaches end of file).
+/// In a [`Bond::Pipe`] holder: tells when the agent is gone (stdin reaches end of file), and
+/// passes on the lines the agent tells it ([`Holder::tell`]).
 #[derive(Debug)]
-pub struct AgentGone(std::sync::mpsc::Receiver<()>);
+pub struct AgentGone(std::sync::mpsc::Receiver<String>);
+
+/// What [`AgentGone::next`] heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A line from the agent.
+    Line(String),
+    /// The agent is gone, or the deadline has passed.
+    End,
+    /// Nothing yet (the wait's step passed).
+    Nothing,
+}
 
 impl AgentGone {
     /// Starts watching stdin.
     pub fn watch() -> AgentGone {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
-            use std::io::Read;
-            let mut sink = [0u8; 64];
-            // Nothing is ever written: a read returns only at end of file, or on an error.
-            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
-            let _ = tx.send(());
+            use std::io::BufRead;
+            // A read returns nothing only at end of file (the agent is gone), or on an error.
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
         });
         AgentGone(rx)
     }
 
-    /// Waits until `until` or until the agent is gone, whichever comes first, at most
-    /// `step`; whether either has happened.
-    pub fn wait(&self, until: Deadline, step: Duration) -> bool {
+    /// Waits, at most `step`, for a line from the agent, its end, or `until`.
+    pub fn next(&self, until: Deadline, step: Duration) -> Heard {
         let now = Deadline::after(Duration::ZERO);
         if now >= until {
-            return true;
+            return Heard::End;
         }
         let left = Duration::from_millis(until.monotonic_ms - now.monotonic_ms).min(step);
         match self.0.recv_timeout(left) {
-            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => until.passed(),
+            Ok(line) => Heard::Line(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Heard::End,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if until.passed() => Heard::End,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Heard::Nothing,
+        }
+    }
+
+    /// Waits until `until` or until the agent is gone, whichever comes first, at most
+    /// `step`; whether either has happened. Lines told meanwhile are dropped.
+    pub fn wait(&self, until: Deadline, step: Duration) -> bool {
+        loop {
+            match self.next(until, step) {
+                Heard::Line(_) => continue,
+                Heard::End => return true,
+                Heard::Nothing => return false,
+            }
         }
     }
 }
@@ -234,6 +298,14 @@ pub fn path_param<'a>(params: &'a serde_json::Value, name: &str) -> io::Result<&
         .as_str()
         .map(std::path::Path::new)
         .ok_or_else(|| io::Error::other(format!("holder parameter {name} missing")))
+}
+
+/// In the holder, first thing: takes its name ([`NAME`]) as its process name too, which
+/// re-execution through `/proc/self/exe` left as `exe`.
+pub fn take_name() {
+    let name = std::ffi::CString::new(NAME).expect("no NUL in the name");
+    // Longer than the kernel keeps: it cuts the name, which is no error.
+    let _ = nix::sys::prctl::set_name(&name);
 }
 
 /// In the holder, first thing: die with the agent, and make sure it is still there (it may

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 /// Lease clocks per owning controller.
 #[derive(Debug)]
-pub struct Leases {
+pub(crate) struct Leases {
     interval: Duration,
     last_heard: HashMap<String, Instant>,
     paused: bool,
@@ -19,7 +19,7 @@ pub struct Leases {
 
 impl Leases {
     /// Leases of `interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Leases {
             interval,
             last_heard: HashMap::new(),
@@ -28,17 +28,23 @@ impl Leases {
     }
 
     /// The interval.
-    pub fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         self.interval
     }
 
     /// The owner was heard from at `now`.
-    pub fn heard(&mut self, owner: &str, now: Instant) {
+    pub(crate) fn heard(&mut self, owner: &str, now: Instant) {
         self.last_heard.insert(owner.to_string(), now);
     }
 
+    /// Whether `owner` holds a lease now: heard from, and not yet found silent by
+    /// [`Leases::expired`].
+    pub(crate) fn holds(&self, owner: &str) -> bool {
+        self.last_heard.contains_key(owner)
+    }
+
     /// Pauses or resumes every clock; resuming restarts them at `now`.
-    pub fn set_paused(&mut self, paused: bool, now: Instant) {
+    pub(crate) fn set_paused(&mut self, paused: bool, now: Instant) {
         if self.paused && !paused {
             self.last_heard.values_mut().for_each(|t| *t = now);
         }
@@ -46,7 +52,7 @@ impl Leases {
     }
 
     /// Owners whose lease ran out by `now`; they are forgotten.
-    pub fn expired(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<String> {
         if self.paused {
             return Vec::new();
         }
@@ -63,7 +69,7 @@ impl Leases {
     }
 
     /// When the next lease can run out, if any is running.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         if self.paused {
             return None;
         }
@@ -84,6 +90,7 @@ mod tests {
         l.heard("a", t0 + Duration::from_secs(6));
         assert_eq!(l.next_expiry(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(l.expired(t0 + Duration::from_secs(10)), vec!["b".to_string()]);
+        assert!(l.holds("a") && !l.holds("b"), "a silent owner holds no lease");
         assert!(l.expired(t0 + Duration::from_secs(15)).is_empty());
         assert_eq!(l.expired(t0 + Duration::from_secs(16)), vec!["a".to_string()]);
         assert_eq!(l.next_expiry(), None);

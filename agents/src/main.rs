@@ -1,6 +1,8 @@
 //! `faultline-agent`: injects faults on one host for a faultline controller, and always
 //! takes them away again: at the end of their duration, on request, when the controller
-//! goes silent, on SIGTERM/SIGINT, and at the next start after a crash.
+//! goes silent, on any signal that would end it (SIGTERM, SIGINT, SIGHUP, SIGQUIT, ...),
+//! and at the next start after a crash; an agent that never comes back leaves no effect
+//! for more than two leases (see docs/creating-faults.md).
 
 mod agent;
 mod lease;
@@ -88,10 +90,10 @@ struct Cli {
     verbose: u8,
 }
 
-/// `faultline-agent hold KIND ...`: a holder process the agent starts for a fault (see
+/// `faultline-holder hold KIND ...`: a holder process the agent starts for a fault (see
 /// `holder.rs`); not for people.
 #[derive(Debug, Parser)]
-#[command(name = "faultline-agent hold")]
+#[command(name = "faultline-holder hold")]
 struct Hold {
     /// The fault kind whose work this is, e.g. `cpu`.
     kind: String,
@@ -113,8 +115,9 @@ struct Hold {
 }
 
 fn hold(args: Hold) -> ExitCode {
+    holder::take_name();
     let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("faultline-agent hold {} (fault {}): {e}", args.kind, args.fault);
+        eprintln!("faultline-holder hold {} (fault {}): {e}", args.kind, args.fault);
         ExitCode::FAILURE
     };
     let Some(kind) = faults::kind(&args.kind) else {
@@ -239,6 +242,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             names: cli.kill_allow.map(|n| n.into_iter().collect()),
             other_users: cli.kill_other_users,
         },
+        lease: cli.lease,
     };
     let (mut faults, notes) = faults::Faults::new(&allow, &setup, state, conditions.clone(), config)?;
     for note in notes {

@@ -6,6 +6,7 @@
 //! cap is much lower, so a `faultline run` started later finds a waiting agent at once.
 
 use faultline_agent::auth::{self, Role};
+use faultline_agent::faults::nft;
 use faultline_agent::protocol::{decode, AgentMessage, ControllerMessage, Frame, AGENT_PATH, MAX_FRAME_BYTES};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
@@ -25,14 +26,14 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// The byte stream under the websocket: plain TCP for `ws://`, TLS for `wss://`.
-pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The websocket to the controller.
-pub type Ws = WebSocketStream<Stream>;
+pub(crate) type Ws = WebSocketStream<Stream>;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Cap of the backoff: a restarted controller sees every agent within about this long.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Cap of the backoff while the controller's address refuses connections (nothing listens):
 /// a refused dial costs that host one reset and no controller any work, so the agent may
 /// retry often, and a controller that starts finds it within this long.
@@ -41,19 +42,19 @@ const ABSENT_BACKOFF: Duration = Duration::from_millis(250);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to a controller that proved the token; the agent registers next.
-pub struct Connected {
+pub(crate) struct Connected {
     /// The websocket.
-    pub ws: Ws,
+    pub(crate) ws: Ws,
     /// The controller's address, kept reachable by blackouts that keep the control plane.
-    pub controller_ip: IpAddr,
+    pub(crate) controller_ip: IpAddr,
     /// This end's address, registered when `--address` is not given.
-    pub local_ip: IpAddr,
+    pub(crate) local_ip: IpAddr,
     /// This agent's proof of the token for this connection, sent with the registration.
-    pub proof: String,
+    pub(crate) proof: String,
 }
 
 /// The endpoint URL: the controller address with the agent path when none is given.
-pub fn endpoint(controller: &str) -> String {
+pub(crate) fn endpoint(controller: &str) -> String {
     let has_path = controller
         .split_once("://")
         .is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'));
@@ -66,14 +67,14 @@ pub fn endpoint(controller: &str) -> String {
 
 /// Backoff before attempt `n` (0-based): exponential, capped at `cap`, with the upper half
 /// jittered.
-pub fn backoff(attempt: u32, cap: Duration, rng: &mut impl Rng) -> Duration {
+pub(crate) fn backoff(attempt: u32, cap: Duration, rng: &mut impl Rng) -> Duration {
     let base = FIRST_BACKOFF.saturating_mul(1u32 << attempt.min(16)).min(cap);
     base / 2 + base.mul_f64(rng.random_range(0.0..0.5))
 }
 
 /// How the agent trusts a `wss://` controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trust {
+pub(crate) enum Trust {
     /// Certificates signed by the CA in this PEM file.
     Ca(std::path::PathBuf),
     /// Exactly the certificate with this SHA-256 fingerprint of its DER encoding.
@@ -82,7 +83,7 @@ pub enum Trust {
 
 /// Why the TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
+pub(crate) enum TlsSetupError {
     /// The CA file cannot be read or holds no certificate.
     #[error("--ca {path}: {why}")]
     Ca {
@@ -100,7 +101,7 @@ pub enum TlsSetupError {
 }
 
 /// The client configuration for `wss://`, checked at start-up so a bad file fails at once.
-pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+pub(crate) fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -134,7 +135,7 @@ pub fn tls_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, TlsSetupEr
 
 /// Parses a SHA-256 fingerprint: 64 hex digits, colons allowed (as `openssl x509 -fingerprint`
 /// prints it).
-pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_pin(s: &str) -> Result<[u8; 32], String> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     let bytes = hex::decode(&hex).map_err(|_| format!("`{s}` is not a hex SHA-256 fingerprint"))?;
     bytes
@@ -196,18 +197,18 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 
 /// Where and how to dial.
 #[derive(Clone)]
-pub struct Dialer {
+pub(crate) struct Dialer {
     /// The endpoint URL, `ws://` or `wss://`.
-    pub url: String,
+    pub(crate) url: String,
     /// The shared token; never sent.
-    pub token: String,
+    pub(crate) token: String,
     /// For `wss://`.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Dialer {
     /// Dials, after `first_wait`, until a controller proves the token or until cancelled.
-    pub async fn connect(&self, cancel: &CancellationToken, first_wait: Duration) -> Option<Connected> {
+    pub(crate) async fn connect(&self, cancel: &CancellationToken, first_wait: Duration) -> Option<Connected> {
         let mut rng = rand::rngs::SmallRng::from_os_rng();
         let mut attempt = 0u32;
         tokio::select! {
@@ -267,7 +268,7 @@ impl Dialer {
             _ => return Err(DialError::Url("the controller URL starts with ws:// or wss://".into())),
         };
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| {
+        let tcp = connect_marked(&host, port).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                 DialError::Absent(e.to_string())
             } else {
@@ -374,6 +375,41 @@ enum DialError {
     Other(String),
 }
 
+/// Connects to `host:port` (each address it resolves to in turn) from a socket marked
+/// [`nft::CONTROL_MARK`] before its first packet, so the agent's network faults let exactly
+/// this connection through. Setting the mark needs CAP_NET_ADMIN, as nf_tables does: without
+/// it there is no nf_tables fault to pass, and the connection goes unmarked.
+async fn connect_marked(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} resolves to no address"));
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let mark = nft::CONTROL_MARK;
+        // SAFETY: setsockopt on a socket we own, with a c_uint of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&mark as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if set != 0 && nft::has_net_admin() {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot mark the control connection; a network fault may slow it down");
+        }
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// The TCP socket under the websocket.
 fn tcp(ws: &Ws) -> &TcpStream {
     match ws.get_ref() {
@@ -384,7 +420,7 @@ fn tcp(ws: &Ws) -> &TcpStream {
 
 /// Waits (up to 200 ms) until the kernel has sent everything written to the connection,
 /// so a blackout installed next cannot swallow it.
-pub async fn wait_sent(ws: &Ws) {
+pub(crate) async fn wait_sent(ws: &Ws) {
     use std::os::fd::AsRawFd;
     const SIOCOUTQNSD: libc::c_ulong = 0x894B;
     let fd = tcp(ws).as_raw_fd();
@@ -399,7 +435,7 @@ pub async fn wait_sent(ws: &Ws) {
 }
 
 /// Reads the trust settings of the command line into a TLS configuration, when `url` needs one.
-pub fn tls_for(
+pub(crate) fn tls_for(
     url: &str,
     ca: Option<&Path>,
     pin: Option<[u8; 32]>,

@@ -1,5 +1,6 @@
 //! The first invariant: no fault is left behind when the controller dies, when the agent is
-//! killed and restarted, on Ctrl-C and on SIGTERM.
+//! killed and restarted, when its whole process group is killed, on Ctrl-C and on any signal
+//! that ends the agent.
 
 use crate::common;
 
@@ -217,4 +218,91 @@ fn sigterm_makes_the_agent_remove_its_faults_before_it_exits() {
     );
     assert!(state_files(&s, "web-a1").is_empty());
     ctl.expect("ended EXP", T);
+}
+
+#[test]
+fn every_signal_that_ends_the_agent_makes_it_remove_its_faults_first() {
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGUSR1, "SIGUSR1"),
+    ] {
+        let s = Scratch::new(&format!("signal-{name}"));
+        let template = cpu_template(&s, 60);
+        let (mut ctl, port) = controller(&s, &template, 1, &[]);
+        let a = agent(&s, port, "web-a1", "az-a", &[]);
+        ctl.expect("action A running", T);
+        assert_eq!(state_files(&s, "web-a1").len(), 1, "{name}: the fault is on record");
+        a.signal(sig);
+        let (status, _, lines) = a.finish(Duration::from_secs(5));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{name} ended the agent without its clean-up: {lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(name) && l.contains("removing every fault")),
+            "{name}: {lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("every fault removed") && l.contains("count=1")),
+            "{name}: {lines:?}"
+        );
+        assert!(state_files(&s, "web-a1").is_empty(), "{name} left the state record");
+        ctl.signal(libc::SIGINT);
+        let _ = ctl.finish(T);
+    }
+}
+
+/// A kill of the agent's whole process group (a shell job's `kill -9 -- -PGID`, an OOM
+/// group kill) during a pause far longer than the lease, the agent never restarted: the
+/// pause's guardian, in a session of its own, resumes the process as soon as the agent is
+/// gone.
+#[test]
+fn a_kill_of_the_agents_whole_process_group_still_resumes_a_paused_process() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("kill-group-pause");
+    let name = unique_name("frozen-group");
+    let victim = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg0(&name)
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
+    let template = s.write_json(
+        "t.json",
+        &single_action(
+            "web-a1",
+            "faultline:process:pause",
+            json!({ "duration": "PT10M", "processName": name }),
+        ),
+    );
+    let (mut ctl, port) = controller(&s, &template, 1, &[]);
+    let mut cmd = std::process::Command::new(agent_bin());
+    cmd.args(["--controller", &format!("ws://127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
+        .arg("--state-dir")
+        .arg(s.path("state-web-a1"))
+        // A group of its own, as a shell job is: the group below is the agent's alone.
+        .process_group(0);
+    let a = Proc::spawn("web-a1", cmd);
+    ctl.expect("action A running", T);
+    assert!(becomes_stopped(victim.0.id(), true), "the fault should be in effect");
+    // SAFETY: kill(2) of the process group this test made for the agent it started.
+    assert_eq!(unsafe { libc::kill(-(a.pid() as i32), libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    assert_eq!(a.finish(T).0.code(), None, "killed by SIGKILL");
+    eventually("the paused process resumed with no agent left", 2 * LEASE, || {
+        becomes_stopped(victim.0.id(), false)
+    });
+    eprintln!("resumed {:?} after the group kill", killed.elapsed());
+    ctl.signal(libc::SIGINT);
+    let _ = ctl.finish(T);
 }

@@ -360,3 +360,198 @@ async fn a_relay_cannot_borrow_a_real_controllers_proof() {
     agent.expect("could not prove that it knows the token", T);
     assert!(alive(victim.pid()), "the relay killed the victim through the agent");
 }
+
+/// A fake controller's side of one connection of a real agent: the handshake with the real
+/// token, then a welcome as `controller_id`.
+async fn welcome_as(
+    listener: &TcpListener,
+    controller_id: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let (tcp, _) = tokio::time::timeout(T, listener.accept()).await.unwrap().unwrap();
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let reg = handshake::controller_side(&mut ws, TOKEN).await.unwrap();
+    assert!(reg.proof_ok);
+    let welcome = ControllerMessage::Welcome {
+        controller_id: controller_id.into(),
+    };
+    ws.send(Message::text(Frame::new(1, welcome).encode())).await.unwrap();
+    ws
+}
+
+/// Sends `msg` as frame `id` and returns the agent's answer to it (skipping notices).
+async fn ask(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    id: u64,
+    msg: ControllerMessage,
+) -> faultline_agent::protocol::AgentMessage {
+    use faultline_agent::protocol::AgentMessage;
+    ws.send(Message::text(Frame::new(id, msg).encode())).await.unwrap();
+    loop {
+        let frame = handshake::next_frame::<AgentMessage>(ws).await;
+        match &frame.msg {
+            AgentMessage::Ack { re, .. } if *re == id => return frame.msg,
+            AgentMessage::Error { re: Some(re), .. } if *re == id => return frame.msg,
+            _ => {}
+        }
+    }
+}
+
+/// Faults have owners. A controller whose connection dropped keeps its fault until its
+/// lease runs out; another controller (another id) the agent meets meanwhile can neither
+/// take it over by applying the same id, nor remove it, nor sweep it with `remove_all`, of
+/// its run or of everything it owns.
+#[tokio::test]
+async fn a_controller_never_takes_over_nor_removes_another_controllers_fault() {
+    use faultline_agent::protocol::{AgentMessage, Outcome};
+    let s = Scratch::new("owners");
+    std::fs::write(s.path("token"), format!("{TOKEN}\n")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let agent = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "token", "web-a1", &[]);
+    let burn = |load_percent| FaultSpec {
+        fault_id: "EXPA/burn/web-a1".into(),
+        duration_ms: Some(60_000),
+        kind: FaultKind::Cpu(cpu::Params {
+            load_percent,
+            workers: 1,
+        }),
+    };
+
+    let mut a = welcome_as(&listener, "ctl-A").await;
+    let applied = ask(&mut a, 2, ControllerMessage::Apply { fault: burn(100) }).await;
+    assert!(
+        matches!(
+            applied,
+            AgentMessage::Ack {
+                outcome: Outcome::Applied { .. },
+                ..
+            }
+        ),
+        "{applied:?}"
+    );
+    assert_eq!(holders(agent.pid()).len(), 1, "the fault is in effect");
+    // A's connection drops; the agent dials again and meets B, within A's lease (3 s).
+    drop(a);
+    let mut b = welcome_as(&listener, "ctl-B").await;
+    match ask(&mut b, 2, ControllerMessage::Apply { fault: burn(50) }).await {
+        AgentMessage::Ack {
+            outcome: Outcome::Failed { message },
+            ..
+        } => assert!(message.contains("held for another controller"), "{message}"),
+        other => panic!("another controller's fault was answered as B's own: {other:?}"),
+    }
+    let removal = ControllerMessage::Remove {
+        fault_id: "EXPA/burn/web-a1".into(),
+    };
+    match ask(&mut b, 3, removal).await {
+        AgentMessage::Ack {
+            outcome: Outcome::Failed { message },
+            ..
+        } => assert!(message.contains("only its owner"), "{message}"),
+        other => panic!("B removed A's fault: {other:?}"),
+    }
+    for (id, experiment) in [(4, Some("EXPA".to_string())), (5, None)] {
+        let answer = ask(&mut b, id, ControllerMessage::RemoveAll { experiment }).await;
+        assert!(
+            matches!(
+                answer,
+                AgentMessage::Ack {
+                    outcome: Outcome::Removed { count: 0, .. },
+                    ..
+                }
+            ),
+            "B's remove_all touched A's fault: {answer:?}"
+        );
+    }
+    assert_eq!(holders(agent.pid()).len(), 1, "A's fault is still in effect");
+    assert_eq!(state_files(&s, "web-a1").len(), 1, "and still on record");
+    // A's lease, not B, ends it.
+    let mut agent = agent;
+    agent.expect("silent for the lease", T);
+    eventually("A's fault removed at its lease", T, || {
+        holders(agent.pid()).is_empty() && state_files(&s, "web-a1").is_empty()
+    });
+    drop(b);
+}
+
+/// faultline's own helpers are never a target: a holder shows as `faultline-holder` (its
+/// argv[0], and its process name as far as the kernel keeps it), and a pause or a kill aimed
+/// at that name is refused whole, the holder left running.
+#[tokio::test]
+async fn a_pause_or_kill_aimed_at_the_agents_holders_is_refused() {
+    use faultline_agent::faults::pause;
+    use faultline_agent::protocol::{AgentMessage, Outcome};
+    let s = Scratch::new("holder-guard");
+    std::fs::write(s.path("token"), format!("{TOKEN}\n")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let agent = real_agent(&s, &format!("ws://127.0.0.1:{port}"), "token", "web-a1", &[]);
+    let mut c = welcome_as(&listener, "ctl-A").await;
+    let burn = FaultSpec {
+        fault_id: "EXPH/burn/web-a1".into(),
+        duration_ms: Some(30_000),
+        kind: FaultKind::Cpu(cpu::Params {
+            load_percent: 50,
+            workers: 1,
+        }),
+    };
+    let applied = ask(&mut c, 2, ControllerMessage::Apply { fault: burn }).await;
+    assert!(
+        matches!(
+            applied,
+            AgentMessage::Ack {
+                outcome: Outcome::Applied { .. },
+                ..
+            }
+        ),
+        "{applied:?}"
+    );
+    eventually("the holder named", T, || {
+        holders(agent.pid())
+            .iter()
+            .any(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() == "faultline-holde\n")
+    });
+    let holder = holders(agent.pid())[0];
+    let argv = std::fs::read(format!("/proc/{holder}/cmdline")).unwrap();
+    assert!(
+        argv.starts_with(b"faultline-holder\0hold\0cpu\0"),
+        "{}",
+        String::from_utf8_lossy(&argv)
+    );
+    // Whoever else runs holders on this host, none of them may be touched either: the guard
+    // refuses the whole command, so nothing is signalled.
+    let aimed = [
+        FaultKind::Pause(pause::Params {
+            process_name: "faultline-holder".into(),
+        }),
+        FaultKind::Kill(kill::Params {
+            process_name: "faultline-holde".into(),
+            signal: "SIGKILL".into(),
+        }),
+    ];
+    for (id, kind) in (3..).zip(aimed) {
+        let fault = FaultSpec {
+            fault_id: format!("EXPH/aim{id}/web-a1"),
+            duration_ms: matches!(kind, FaultKind::Pause(_)).then_some(30_000),
+            kind,
+        };
+        match ask(&mut c, id, ControllerMessage::Apply { fault }).await {
+            AgentMessage::Ack {
+                outcome: Outcome::Failed { message },
+                ..
+            } => {
+                assert!(
+                    message.contains(&format!("pid {holder} (faultline-holde)")),
+                    "{message}"
+                );
+                assert!(message.contains("descendant of this agent"), "{message}");
+            }
+            other => panic!("a command aimed at the holders was not refused: {other:?}"),
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap();
+    let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+    assert!(matches!(state, Some('R' | 'S')), "the holder is in state {state:?}");
+    drop(c);
+    drop(agent);
+}

@@ -5,6 +5,10 @@
 //!
 //! The nf_tables tests need root (CAP_NET_ADMIN) and iproute2's `ip`; without them they say
 //! so and skip, except under CI=true, where they must run.
+//!
+//! The agents here run with `--lease PT3S`: an nf_tables fault whose agent is SIGKILLed and
+//! never restarted must end within two leases (its dead-man switch), however long it was
+//! asked to last.
 
 use crate::common;
 
@@ -13,9 +17,13 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
+/// The lease of the agents `Pair::agent` starts.
+const LEASE: Duration = Duration::from_secs(3);
+
 fn blackhole(s: &Scratch, seconds: u32) -> std::path::PathBuf {
     s.write_json(
         "t.json",
@@ -403,5 +411,207 @@ fn packet_loss_without_nf_tables_drops_a_share_of_connections_in_the_proxy() {
             fresh.retain_mut(|c| !answered(c));
             held.is_empty() && fresh.is_empty()
         },
+    );
+}
+
+/// The life left on the dead-man switch of the one `fl_*` table of "srv", in ms, as nft
+/// lists it (`expires 4s312ms`); `None` when there is no such element.
+fn expires_ms(pair: &Pair) -> Option<u64> {
+    let table = pair
+        .tables()
+        .lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("fl_")).map(str::to_string))?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pair.ns("srv"), "nft", "list", "table", "inet", &table])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = listed.split("expires ").nth(1)?;
+    let spec = after.split([' ', '}', ',']).next()?;
+    let mut ms = 0u64;
+    let mut number = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            1
+        } else {
+            match c {
+                'd' => 86_400_000,
+                'h' => 3_600_000,
+                'm' => 60_000,
+                's' => 1000,
+                _ => return None,
+            }
+        };
+        ms += number.parse::<u64>().ok()? * unit;
+        number.clear();
+    }
+    Some(ms)
+}
+
+/// An nf_tables fault of ten minutes whose agent is SIGKILLed and never restarted, its
+/// controller stopped and gone too: while the agent lives, the kernel's timer is a few leases
+/// and kept fresh past its first life; once the agent is dead, the effect ends within two
+/// leases, seen from outside. `faulted` says whether the effect is in place now.
+fn ends_within_two_leases_of_a_dead_agent(name: &str, action: &str, params: Value, faulted: impl Fn(&Pair) -> bool) {
+    let s = Scratch::new(name);
+    let pair = Pair::new();
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    assert!(!faulted(&pair), "faulted before the fault");
+    let template = s.write_json("t.json", &single_action("web-a1", action, params));
+    let (mut ctl, port) = pair.controller(&s, &template);
+    let agent = pair.agent(&s, port, &[]);
+    ctl.expect("action A running", T);
+    let applied = Instant::now();
+    assert!(faulted(&pair), "the fault is not in effect");
+    let life = expires_ms(&pair).expect("a life element");
+    assert!(
+        life <= 2 * LEASE.as_millis() as u64,
+        "the kernel keeps the fault {life} ms without its agent: more than two leases"
+    );
+    // Past its first life (1.5 leases) the living agent has renewed it.
+    while applied.elapsed() < 2 * LEASE {
+        assert!(faulted(&pair), "the fault lapsed while its agent and controller live");
+    }
+    agent.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    drop(agent);
+    ctl.signal(libc::SIGKILL);
+    let _ = ctl.finish(T);
+    eventually("the effect ended without its agent", 2 * LEASE, || !faulted(&pair));
+    eprintln!(
+        "{name}: ended {:.2} leases after its agent was killed",
+        killed.elapsed().as_secs_f64() / LEASE.as_secs_f64()
+    );
+    assert!(
+        pair.tables().contains("fl_"),
+        "only the next agent deletes the inert table"
+    );
+}
+
+#[test]
+fn a_blackhole_ends_within_two_leases_of_its_agents_death() {
+    if !privileged() {
+        return;
+    }
+    ends_within_two_leases_of_a_dead_agent(
+        "deadman-blackhole",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT10M", "protocol": "tcp", "port": PORT.to_string(), "trafficType": "ingress" }),
+        |pair| !pair.answers(),
+    );
+}
+
+#[test]
+fn a_packet_loss_ends_within_two_leases_of_its_agents_death() {
+    if !privileged() {
+        return;
+    }
+    ends_within_two_leases_of_a_dead_agent(
+        "deadman-loss",
+        "faultline:network:packet-loss",
+        json!({ "duration": "PT10M", "lossPercent": "100" }),
+        |pair| udp_delivered(pair, 50) == 0,
+    );
+}
+
+/// `faultline run` in "cli", on the client's own address: the controller's machine is the
+/// client's. The port agents dial.
+fn controller_on_the_clients_address(pair: &Pair, s: &Scratch, template: &std::path::Path) -> (Proc, u16) {
+    agent_bin();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pair.ns("cli"), FAULTLINE, "run", "--format", "json"])
+        .args(["--seed", "1", "--wait-agents", "1"])
+        .args(["--listen", &format!("{}:0", pair.cli())])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .arg("--journal")
+        .arg(s.path("journal.jsonl"))
+        .arg(template);
+    let mut p = Proc::spawn("controller", cmd);
+    let port = p.controller_port();
+    (p, port)
+}
+
+/// The agent of "srv", dialing a controller in "cli".
+fn agent_of_a_controller_in_cli(pair: &Pair, s: &Scratch, port: u16) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pair.ns("srv")])
+        .arg(agent_bin())
+        .args(["--controller", &format!("ws://{}:{port}", pair.cli())])
+        .arg("--token-file")
+        .arg(s.path("token"))
+        .args(["--host-id", "web-a1", "--az", "az-a", "--lease", "PT3S"])
+        .args(["--address", &pair.srv().to_string()])
+        .arg("--state-dir")
+        .arg(s.path("state-web-a1"));
+    Proc::spawn("web-a1", cmd)
+}
+
+/// The control plane's exemption is exact: with the controller on the client's own address,
+/// its connection to the agent passes (the run is stopped, and the removal confirmed, through
+/// the fault), and any other client on that address is faulted like everyone else.
+fn only_the_control_connection_passes(name: &str, action: &str, params: Value, faulted: impl Fn(&Pair) -> bool) {
+    let s = Scratch::new(name);
+    let pair = Pair::new();
+    pair.serve();
+    eventually("the link passing traffic", Duration::from_secs(10), || pair.answers());
+    let template = s.write_json("t.json", &single_action("web-a1", action, params));
+    let (mut ctl, port) = controller_on_the_clients_address(&pair, &s, &template);
+    let _agent = agent_of_a_controller_in_cli(&pair, &s, port);
+    ctl.expect("action A running", T);
+    assert!(
+        faulted(&pair),
+        "a client on the controller's address ({}) was spared by the fault",
+        pair.cli()
+    );
+    // Pings and answers cross the fault for longer than the lease: the agent keeps its link.
+    let until = Instant::now() + 2 * LEASE;
+    while Instant::now() < until {
+        assert!(faulted(&pair), "the fault ended while its controller lives");
+    }
+    ctl.signal(libc::SIGINT);
+    let (_, out, lines) = ctl.finish(T);
+    let r = report(&out, &lines);
+    assert_eq!(r["state"], "stopped", "{r}");
+    let removal = journal(&s)
+        .into_iter()
+        .find(|e| e["event"] == "removal")
+        .expect("a removal");
+    assert_eq!(removal["by"], "controller", "{removal}");
+    assert_eq!(removal["confirmed"], true, "the stop crossed the fault: {removal}");
+    assert!(!faulted(&pair), "still faulted after the removal");
+}
+
+#[test]
+fn a_blackhole_spares_the_control_connection_but_not_the_controllers_address() {
+    if !privileged() {
+        return;
+    }
+    only_the_control_connection_passes(
+        "exact-blackhole",
+        "faultline:network:blackhole-port",
+        json!({ "duration": "PT60S", "protocol": "tcp", "port": PORT.to_string(), "trafficType": "ingress" }),
+        |pair| !pair.answers(),
+    );
+}
+
+#[test]
+fn a_packet_loss_spares_the_control_connection_but_not_the_controllers_address() {
+    if !privileged() {
+        return;
+    }
+    // Every packet from every peer: only the agent's own control connection gets through.
+    only_the_control_connection_passes(
+        "exact-loss",
+        "faultline:network:packet-loss",
+        json!({ "duration": "PT60S", "lossPercent": "100" }),
+        |pair| udp_delivered(pair, 50) == 0,
     );
 }

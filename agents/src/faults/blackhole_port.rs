@@ -1,9 +1,11 @@
 //! `faultline:network:blackhole-port`: drop every packet of one protocol to one port, arriving
 //! (ingress) or sent (egress), as FIS's AWSFIS-Run-Network-Blackhole-Port. With nf_tables
 //! (`nft.rs`) when the agent may use it: the table holds its own end, a set element the
-//! kernel expires at the deadline, so the port answers again on time even if the agent never
-//! comes back. Its table is recorded and swept like a blackout's (`blackout.rs` sweeps every
-//! `fl_*` table no record names).
+//! kernel expires unless the living agent renews it (its dead-man switch), so the port
+//! answers again within two leases of the agent's death, and never after the deadline. Only
+//! the agent's own control connection passes (by its socket's mark): any other client, also
+//! one on the controller's address, is blackholed. Its table is recorded and swept like a
+//! blackout's (`blackout.rs` sweeps every `fl_*` table no record names).
 //!
 //! Else (no CAP_NET_ADMIN, or `--blackout-backend proxy`) the agent's proxy stands in for
 //! its own ports: TCP arriving at a port it listens on. It then answers nothing there, new
@@ -23,9 +25,7 @@ use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, S
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
 use crate::proxy::{Condition, Enforced};
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 
 /// The wire parameters: `{"kind":"blackhole_port","protocol":"tcp","port":5432,"traffic":"ingress"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +106,7 @@ impl Kind for BlackholePort {
             return via_proxy(a, env, ports, (protocol, port, traffic));
         }
         let table = nft::table_in(undo, "blackhole-port")?;
-        nft::install_rules(&table, a.duration, &[rules(protocol, port, traffic, a.controller)])
+        nft::install_rules(&table, a.kernel_life, &[rules(protocol, port, traffic)])
             .map_err(FaultError::io("cannot install the nf_tables port blackhole"))?;
         Ok(Started {
             fault: Box::new(Blackholed { table }),
@@ -174,10 +174,10 @@ impl Fault for ProxyBlackholed {
     }
 }
 
-/// The chain of a blackhole: the controller's packets pass when it is known (blackholing its
-/// port, egress, would otherwise cut the agent's own link and so the fault's removal); every
-/// other packet of `protocol` to `port` is counted and dropped.
-fn rules(protocol: Transport, port: u16, traffic: Direction, controller: Option<IpAddr>) -> (Hook, Vec<Vec<Expr>>) {
+/// The chain of a blackhole: the agent's control connection passes (blackholing the
+/// controller's port, egress, would otherwise cut the agent's own link and so the fault's
+/// removal); every other packet of `protocol` to `port` is counted and dropped.
+fn rules(protocol: Transport, port: u16, traffic: Direction) -> (Hook, Vec<Vec<Expr>>) {
     let proto = match protocol {
         Transport::Tcp => libc::IPPROTO_TCP as u8,
         Transport::Udp => libc::IPPROTO_UDP as u8,
@@ -186,11 +186,10 @@ fn rules(protocol: Transport, port: u16, traffic: Direction, controller: Option<
         Direction::Ingress => Hook::Input,
         Direction::Egress => Hook::Output,
     };
-    let mut rules: Vec<Vec<Expr>> = controller
-        .map(|ip| vec![Expr::Peer(IpNet::from(ip)), Expr::Accept])
-        .into_iter()
-        .collect();
-    rules.push(vec![Expr::L4Proto(proto), Expr::DstPort(port), Expr::Counter, Expr::Drop]);
+    let rules = vec![
+        vec![Expr::ControlConnection, Expr::Accept],
+        vec![Expr::L4Proto(proto), Expr::DstPort(port), Expr::Counter, Expr::Drop],
+    ];
     (hook, rules)
 }
 
@@ -203,6 +202,10 @@ struct Blackholed {
 impl Fault for Blackholed {
     fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
         nft::Table(self.table.clone()).remove(env)
+    }
+
+    fn dead_man(&self) -> Option<&str> {
+        Some(&self.table)
     }
 
     /// The packets dropped, from the rule's counter in the kernel.
@@ -228,30 +231,30 @@ mod tests {
 
     #[test]
     fn ingress_matches_the_destination_port_on_input() {
-        let (hook, rules) = rules(Transport::Udp, 53, Direction::Ingress, None);
+        let (hook, rules) = rules(Transport::Udp, 53, Direction::Ingress);
         assert_eq!(hook, Hook::Input);
-        assert_eq!(
-            rules,
-            vec![vec![Expr::L4Proto(17), Expr::DstPort(53), Expr::Counter, Expr::Drop]]
-        );
+        assert_eq!(rules[1], vec![Expr::L4Proto(17), Expr::DstPort(53), Expr::Counter, Expr::Drop]);
         assert_eq!(rules_hook(Direction::Egress), Hook::Output);
     }
 
     fn rules_hook(d: Direction) -> Hook {
-        rules(Transport::Tcp, 1, d, None).0
+        rules(Transport::Tcp, 1, d).0
     }
 
     #[test]
-    fn the_controller_passes_before_the_drop() {
-        let controller: IpAddr = "10.0.0.5".parse().unwrap();
-        let (hook, rules) = rules(Transport::Tcp, 7000, Direction::Egress, Some(controller));
+    fn only_the_control_connection_passes_before_the_drop() {
+        let (hook, rules) = rules(Transport::Tcp, 7000, Direction::Egress);
         assert_eq!(hook, Hook::Output);
         assert_eq!(
             rules,
             vec![
-                vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept],
+                vec![Expr::ControlConnection, Expr::Accept],
                 vec![Expr::L4Proto(6), Expr::DstPort(7000), Expr::Counter, Expr::Drop],
             ]
+        );
+        assert!(
+            !rules.iter().flatten().any(|e| matches!(e, Expr::Peer(_))),
+            "no address passes whole: {rules:?}"
         );
     }
 }

@@ -1,10 +1,13 @@
 //! `faultline:az:blackout`: cut the host off from everything but the other hosts of its AZ
 //! (and, unless asked otherwise, the controller); with a deny-list, from those networks only
 //! (`aws:network:disrupt-connectivity` scope `availability-zone`). nf_tables (`nft.rs`) when the agent may
-//! use it, whose table ends on its own in the kernel at the deadline; the proxy always.
+//! use it, whose table ends on its own in the kernel within two leases of the agent's death
+//! (its dead-man switch, renewed by the living agent) and never after the deadline; the
+//! proxy always.
 //!
 //! The control plane is cut only once the apply's answer is on the wire, and for at most
-//! `--max-cut`; leases pause while it is cut.
+//! `--max-cut`; leases pause while it is cut, and the living agent keeps renewing the table,
+//! so a cut whose agent dies ends within two leases too.
 
 use super::nft;
 use super::{Answer, Apply, Detection, Env, Fault, FaultError, FaultKind, Kind, Leftover, Setup, Started, WireParams};
@@ -118,7 +121,7 @@ impl Kind for Blackout {
         allow.extend(a.controller);
         let table = table_of(undo);
         if let Some(t) = &table {
-            nft::install(t, &allow, deny, a.duration)
+            nft::install(t, &allow, deny, a.kernel_life)
                 .map_err(FaultError::io("cannot install the nf_tables blackout"))?;
         }
         env.conditions.set(
@@ -254,8 +257,10 @@ impl Fault for Cut {
         if let Some(t) = &self.table {
             let max_cut = env.config.max_cut;
             let until = left.min(max_cut);
-            // The kernel ends the cut at --max-cut too, should this agent be gone by then.
-            nft::replace(t, &strict, &deny, until).map_err(FaultError::io("cannot cut the control plane"))?;
+            // The kernel ends the cut at --max-cut too, and within the dead-man switch's life
+            // should this agent die.
+            nft::replace(t, &strict, &deny, until.min(env.config.dead_man()))
+                .map_err(FaultError::io("cannot cut the control plane"))?;
             self.is_cut = true;
             if until < left {
                 tracing::warn!(fault = %self.fault_id, ?max_cut, "the control plane is cut; the blackout ends at --max-cut");
@@ -269,6 +274,10 @@ impl Fault for Cut {
 
     fn cuts_control_plane(&self) -> bool {
         self.is_cut
+    }
+
+    fn dead_man(&self) -> Option<&str> {
+        self.table.as_deref()
     }
 
     /// With nf_tables, the packets its rules dropped; the proxy's refusals are not counted.

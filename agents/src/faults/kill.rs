@@ -1,5 +1,7 @@
 //! `faultline:process:kill`: signal every process with a given name, and the guard shared
-//! with `faultline:process:pause` that decides which processes may be signalled at all.
+//! with `faultline:process:pause` that decides which processes may be signalled at all: never
+//! PID 1, the agent, its ancestors (its supervisor), its descendants, nor any faultline
+//! holder (`faultline-holder`, an agent's helper), whatever the policy.
 
 use super::{Answer, Apply, Env, FaultError, FaultKind, Gone, Kind, Started, WireParams};
 use crate::limits::{self, OutOfRange};
@@ -89,7 +91,7 @@ pub fn signal_number(name: &str) -> Option<Signal> {
 }
 
 /// Which processes a kill or a pause may signal, beyond the fixed rule that PID 1, the
-/// agent and its ancestors are never signalled.
+/// agent, its ancestors, its descendants and faultline's holders are never signalled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     /// The only process names that may be signalled (`--kill-allow`); any name when `None`.
@@ -170,6 +172,45 @@ fn ancestors() -> BTreeSet<u32> {
     seen
 }
 
+/// This process's descendants: its children, theirs, and so on (holders among them, also
+/// those in a session of their own).
+fn descendants() -> BTreeSet<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?.ppid)))
+        .collect();
+    let mut found = BTreeSet::new();
+    let mut frontier = vec![std::process::id()];
+    while let Some(parent) = frontier.pop() {
+        for (pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            if found.insert(*pid) {
+                frontier.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+/// The `comm` and argv[0] basename of `pid` (empty when unreadable).
+fn names(pid: u32) -> (String, Vec<u8>) {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let argv = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = argv.split(|b| *b == 0).next().unwrap_or_default();
+    let base = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+    (comm.trim_end_matches('\n').to_string(), base.to_vec())
+}
+
+/// Whether `pid` is a faultline holder, of this agent or of another one (by its name).
+fn is_holder(pid: u32) -> bool {
+    let name = crate::holder::NAME;
+    let (comm, argv0) = names(pid);
+    // The kernel keeps 15 bytes of a process name.
+    argv0 == name.as_bytes() || comm == name[..name.len().min(15)]
+}
+
 /// Pids of live processes whose `comm` or argv[0] basename is `name`.
 pub fn find(name: &str) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -180,11 +221,8 @@ pub fn find(name: &str) -> Vec<u32> {
         .filter(|pid| {
             // A zombie is already dead; signalling it would report a kill that did nothing.
             let live = stat(*pid).is_some_and(|s| s.state != 'Z');
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let argv0 = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default();
-            let base = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
-            live && (comm.trim_end_matches('\n') == name || base == name.as_bytes())
+            let (comm, base) = names(*pid);
+            live && (comm == name || base == name.as_bytes())
         })
         .collect();
     pids.sort_unstable();
@@ -250,6 +288,7 @@ pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
     }
     let me = std::process::id();
     let ancestors = ancestors();
+    let descendants = descendants();
     let uid = nix::unistd::getuid().as_raw();
     let mut refused = Vec::new();
     let mut targets = Vec::new();
@@ -260,6 +299,10 @@ pub fn targets(name: &str, policy: &Policy) -> Result<Vec<Target>, KillError> {
             Some("it is this agent".to_string())
         } else if ancestors.contains(&pid) {
             Some("it is an ancestor of this agent (its supervisor)".to_string())
+        } else if descendants.contains(&pid) {
+            Some("it is a descendant of this agent (one of its holders)".to_string())
+        } else if is_holder(pid) {
+            Some("it is a faultline holder, the helper of an agent".to_string())
         } else if !policy.other_users && real_uid(pid) != Some(uid) {
             // A process whose owner cannot be read is refused: the guard fails closed.
             Some(match real_uid(pid) {
@@ -357,32 +400,107 @@ pub mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
-    /// A `sleep` whose argv[0] is `name`, once its exec has completed.
-    pub fn named_sleep(name: &str) -> std::process::Child {
-        let child = std::process::Command::new("sleep")
-            .arg0(name)
-            .arg("30")
-            .spawn()
-            .unwrap();
-        // Until its exec completes the child still carries this test's name; wait for it.
+    /// A `sleep` this test started that is not its descendant (the agent here is the test
+    /// process, whose descendants the guard refuses): forked twice, so it is reparented at
+    /// once. Killed when dropped.
+    pub struct Orphan(u32);
+
+    impl Orphan {
+        /// Its pid.
+        pub fn id(&self) -> u32 {
+            self.0
+        }
+    }
+
+    impl Drop for Orphan {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process this test started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// A `sleep` whose argv[0] is `name`, once its exec has completed: an [`Orphan`].
+    pub fn named_sleep(name: &str) -> Orphan {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let write_fd = write.as_raw_fd();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg0(name).arg("30");
+        // SAFETY: fork, write and _exit are async-signal-safe; the intermediate child writes
+        // the grandchild's pid and exits, the grandchild goes on to exec.
+        unsafe {
+            cmd.pre_exec(move || match libc::fork() {
+                -1 => Err(io::Error::last_os_error()),
+                0 => Ok(()),
+                pid => {
+                    libc::write(write_fd, (&pid as *const libc::pid_t).cast(), 4);
+                    libc::_exit(0)
+                }
+            });
+        }
+        cmd.spawn().unwrap().wait().unwrap();
+        drop(write);
+        let mut buf = [0u8; 4];
+        io::Read::read_exact(&mut fs::File::from(read), &mut buf).unwrap();
+        let pid = i32::from_ne_bytes(buf) as u32;
+        // Until its exec completes it still carries this test's name; wait for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while find(name).is_empty() && std::time::Instant::now() < deadline {
+        while names(pid).1 != name.as_bytes() {
+            assert!(std::time::Instant::now() < deadline, "{name} did not start");
             std::thread::yield_now();
         }
-        child
+        Orphan(pid)
+    }
+
+    /// Whether no live process is named `name` within five seconds.
+    pub fn gone(name: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !find(name).is_empty() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+        true
     }
 
     #[test]
     fn kills_by_argv0_and_reports_absence() {
         let name = format!("fl-kill-test-{}", std::process::id());
-        let mut child = named_sleep(&name);
+        let child = named_sleep(&name);
         let policy = Policy::default();
         assert_eq!(find(&name), vec![child.id()]);
         assert_eq!(kill(&name, "SIGKILL", &policy), Ok(vec![child.id()]));
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(gone(&name), "SIGKILL ends it");
         assert_eq!(kill(&name, "SIGKILL", &policy), Err(KillError::NoProcess(name.clone())));
+    }
+
+    #[test]
+    fn the_agents_descendants_and_faultline_holders_are_refused() {
+        let policy = Policy::default();
+        // A direct child of this process (the agent, here): refused, and still running.
+        let name = format!("fl-child-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep").arg0(&name).arg("30").spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while find(&name).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        match kill(&name, "SIGKILL", &policy) {
+            Err(KillError::Guarded { refused, .. }) => {
+                assert!(refused.iter().any(|r| r.contains("a descendant of this agent")), "{refused:?}")
+            }
+            other => panic!("a descendant was not refused: {other:?}"),
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the descendant was signalled");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A holder by its name, whoever's it is: an orphan named like one is refused too.
+        let holder = named_sleep(crate::holder::NAME);
+        match targets(crate::holder::NAME, &policy) {
+            Err(KillError::Guarded { refused, .. }) => {
+                assert!(refused.iter().any(|r| r.contains(&format!("pid {} ", holder.id())) && r.contains("faultline holder")), "{refused:?}")
+            }
+            other => panic!("a holder was not refused: {other:?}"),
+        }
     }
 
     #[test]
@@ -414,7 +532,7 @@ pub mod tests {
     #[test]
     fn a_reused_pid_is_not_signalled() {
         let name = format!("fl-reuse-test-{}", std::process::id());
-        let mut child = named_sleep(&name);
+        let child = named_sleep(&name);
         let real = Target {
             pid: child.id(),
             start_time: start_time(child.id()).unwrap(),
@@ -425,7 +543,7 @@ pub mod tests {
         };
         assert!(!signal(other, Signal::SIGKILL).unwrap());
         assert!(signal(real, Signal::SIGKILL).unwrap());
-        child.wait().unwrap();
+        assert!(gone(&name));
     }
 
     #[test]

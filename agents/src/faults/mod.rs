@@ -161,7 +161,7 @@ pub trait Kind: std::fmt::Debug + Send {
         Vec::new()
     }
 
-    /// The work of its holder process (`faultline-agent hold KIND`), for kinds that have one.
+    /// The work of its holder process (`faultline-holder hold KIND`), for kinds that have one.
     fn hold(&self, _params: &serde_json::Value, _holding: &Holding) -> std::io::Result<()> {
         Err(std::io::Error::other("this fault kind has no holder process"))
     }
@@ -187,6 +187,12 @@ pub trait Fault: std::fmt::Debug + Send {
     /// Whether it cuts this host off from its controller right now (leases then pause).
     fn cuts_control_plane(&self) -> bool {
         false
+    }
+
+    /// The nf_tables table whose life element ([`nft::refresh`]) the living agent renews
+    /// while the fault's owner holds its lease: its dead-man switch, when it has one.
+    fn dead_man(&self) -> Option<&str> {
+        None
     }
 
     /// Memory it has asked for that is not resident yet (so not free for another).
@@ -250,6 +256,9 @@ pub struct Apply<'a> {
     pub duration: Duration,
     /// Its deadline on the monotonic clock holders share.
     pub until: Deadline,
+    /// How long a kernel object of it may live unless the agent renews it: the dead-man
+    /// switch's life ([`Config::dead_man`]), never past the deadline.
+    pub kernel_life: Duration,
     /// A short stable hash of its id (names holders, files and tables).
     pub hash: String,
     /// The controller's address, when known.
@@ -306,6 +315,22 @@ pub struct Config {
     pub max_cut: Duration,
     /// Which processes a kill or pause may signal.
     pub kill: kill::Policy,
+    /// The lease (`--lease`): a controller silent this long loses its faults.
+    pub lease: Duration,
+}
+
+impl Config {
+    /// How long a kernel object lives unless the living agent renews it: one and a half
+    /// leases, so an effect outlives a dead (or frozen) agent by less than two leases.
+    pub fn dead_man(&self) -> Duration {
+        self.lease * 3 / 2
+    }
+
+    /// How often the living agent renews its kernel objects: four times a lease, so a
+    /// renewal late by a whole lease still comes before the object lapses.
+    pub fn refresh_every(&self) -> Duration {
+        self.lease / 4
+    }
 }
 
 /// The first wait before a failed removal is tried again; it doubles up to [`MAX_RETRY`].
@@ -322,6 +347,9 @@ struct Active {
     retry: Duration,
     /// An unreadable state file to delete once it is removed.
     file: Option<PathBuf>,
+    /// Its removal failed and is being retried, or its dead-man switch could not be renewed:
+    /// its kernel objects are left to lapse.
+    lapsing: bool,
 }
 
 /// The result of an apply: an answer now, or later (memory becomes resident).
@@ -395,6 +423,8 @@ pub struct Faults {
     state: StateDir,
     conditions: Arc<Conditions>,
     failed: Vec<FailedRemoval>,
+    /// When the dead-man switches are renewed next, while any fault has one.
+    next_refresh: Option<Instant>,
 }
 
 /// A fault removed, with what it was seen to do.
@@ -474,6 +504,7 @@ impl Faults {
             state,
             conditions,
             failed: Vec::new(),
+            next_refresh: None,
         };
         Ok((faults, notes))
     }
@@ -508,6 +539,7 @@ impl Faults {
             deadline: now,
             retry: FIRST_RETRY,
             file,
+            lapsing: false,
         };
         let mut found: Vec<(String, Active)> = Vec::new();
         for kind in self.kinds.values() {
@@ -561,10 +593,18 @@ impl Faults {
             }
         };
         limits::check(&spec, self.config.max_duration)?;
-        if self.active.contains_key(&spec.fault_id) {
-            return Ok(Applied::Now(Outcome::Applied {
-                detail: "already in effect".into(),
-                pids: vec![],
+        if let Some(held) = self.active.get(&spec.fault_id) {
+            // An apply repeated by its owner (its answer was lost) is answered again; another
+            // controller's fault is never taken over, nor reported as applied to it.
+            return Ok(Applied::Now(if held.owner == owner {
+                Outcome::Applied {
+                    detail: "already in effect".into(),
+                    pids: vec![],
+                }
+            } else {
+                Outcome::Failed {
+                    message: not_owner(&spec.fault_id, "applied"),
+                }
             }));
         }
         let env = Env {
@@ -577,6 +617,7 @@ impl Faults {
             spec: &spec,
             duration,
             until: Deadline::after(duration),
+            kernel_life: duration.min(self.config.dead_man()),
             hash: state::fault_hash(&spec.fault_id),
             controller,
             memory_pending: self.active.values().map(|a| a.fault.memory_pending()).sum(),
@@ -625,8 +666,10 @@ impl Faults {
                         deadline,
                         retry: FIRST_RETRY,
                         file: None,
+                        lapsing: false,
                     },
                 );
+                self.schedule_refresh();
                 Ok(match answer {
                     Answer::Later(rx) => Applied::Later(rx),
                     Answer::ThenAct(detail) => Applied::ThenAct(Outcome::Applied { detail, pids: vec![] }),
@@ -680,10 +723,12 @@ impl Faults {
             let now = Instant::now();
             active.deadline = now.checked_add(active.retry).unwrap_or(now);
             active.retry = (active.retry * 2).min(MAX_RETRY);
+            active.lapsing = true;
             self.active.insert(fault_id.to_string(), active);
             return Err(e);
         }
         drop(active.fault);
+        self.schedule_refresh();
         if let Some(path) = &active.file {
             self.state
                 .discard(path)
@@ -745,15 +790,66 @@ impl Faults {
             .collect()
     }
 
-    /// The earliest deadline of a fault in effect.
+    /// The earliest deadline of a fault in effect, or renewal of its dead-man switch.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.active.values().map(|a| a.deadline).min()
+        self.active.values().map(|a| a.deadline).chain(self.next_refresh).min()
+    }
+
+    /// The controller that owns a fault in effect.
+    pub fn owner(&self, fault_id: &str) -> Option<&str> {
+        self.active.get(fault_id).map(|a| a.owner.as_str())
+    }
+
+    /// Plans the next renewal of the dead-man switches, if any fault has one.
+    fn schedule_refresh(&mut self) {
+        let any = self.active.values().any(|a| !a.lapsing && a.fault.dead_man().is_some());
+        self.next_refresh = match (any, self.next_refresh) {
+            (false, _) => None,
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(Instant::now() + self.config.refresh_every()),
+        };
+    }
+
+    /// Once due: renews the dead-man switch of every fault whose owner `alive` says still
+    /// holds its lease, for [`Config::dead_man`] or what is left of the fault if less. A
+    /// fault whose owner is gone, whose removal is failing or whose renewal failed (its table
+    /// deleted behind the agent's back) is left to lapse.
+    pub fn refresh(&mut self, now: Instant, alive: impl Fn(&str) -> bool) {
+        if self.next_refresh.is_none_or(|at| now < at) {
+            return;
+        }
+        let life = self.config.dead_man();
+        for (id, a) in self.active.iter_mut() {
+            let Some(table) = a.fault.dead_man().filter(|_| !a.lapsing && alive(&a.owner)) else {
+                continue;
+            };
+            let left = a.deadline.saturating_duration_since(now).min(life);
+            if left.is_zero() {
+                continue; // its removal is due now
+            }
+            if let Err(e) = nft::refresh(table, left) {
+                tracing::error!(fault = %id, %table, error = %e, "cannot renew the fault's dead-man switch; its effect lapses on its own");
+                // A table deleted behind the agent's back stays gone; anything else is tried
+                // again at the next renewal.
+                a.lapsing = e.raw_os_error() == Some(libc::ENOENT);
+            }
+        }
+        self.next_refresh = None;
+        self.schedule_refresh();
     }
 
     /// Whether a fault in effect cuts this host off from its controller right now.
     pub fn cuts_control_plane(&self) -> bool {
         self.active.values().any(|a| a.fault.cuts_control_plane())
     }
+}
+
+/// Why a controller may not act on a fault another one owns.
+pub fn not_owner(fault_id: &str, done: &str) -> String {
+    format!(
+        "fault {fault_id} is held for another controller and is not {done} for this one: only its owner applies, \
+         renews or removes it (its lease removes it should that controller be gone)"
+    )
 }
 
 fn outcome_now(answer: Answer) -> Outcome {
@@ -786,6 +882,7 @@ mod tests {
             max_duration: Duration::from_secs(60),
             max_cut: Duration::from_secs(300),
             kill: kill::Policy::default(),
+            lease: Duration::from_secs(10),
         };
         let allow = CAPABILITIES.iter().map(|c| c.to_string()).collect();
         let setup = Setup {
@@ -1010,6 +1107,7 @@ mod tests {
                 deadline: now,
                 retry: FIRST_RETRY,
                 file: None,
+                lapsing: false,
             },
         );
         let mut waits = Vec::new();

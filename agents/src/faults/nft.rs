@@ -1,12 +1,16 @@
-//! nf_tables over netlink, from Rust: just enough to install and delete a blackout table.
+//! nf_tables over netlink, from Rust: just enough to install, refresh and delete a fault's
+//! table.
 //!
-//! The table (family `inet`) has an input and an output chain. Each accepts loopback and the
-//! allowed addresses and drops everything else. The table carries its own end: a set with
-//! one element that the kernel expires at the fault's deadline, and a first rule in each
-//! chain that accepts everything once that element is gone. So the blackout ends on time
-//! even if no agent is left to delete the table. Dropping is final across all base chains of
-//! a hook, so other firewalls on the host cannot re-open what the blackout closes. No `nft`
-//! binary and no libnftnl: the messages are encoded here.
+//! The table (family `inet`) has an input and an output chain. A blackout's accept loopback
+//! and the allowed addresses and drop everything else. The table carries its own end, a
+//! dead-man switch: a set with one element that the kernel expires, and a first rule in each
+//! chain that accepts everything once that element is gone. The element lives a few leases
+//! at most ([`super::Config::dead_man`]), never past the fault's deadline, and the living
+//! agent [`refresh`]es it while the fault's owner holds its lease; so an agent that dies and
+//! never comes back leaves the effect for at most that long, with no one left to delete the
+//! table. Dropping is final across all base chains of a hook, so other firewalls on the host
+//! cannot re-open what the blackout closes. No `nft` binary and no libnftnl: the messages
+//! are encoded here.
 
 use std::io;
 use std::net::IpAddr;
@@ -23,6 +27,7 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_LOOKUP_F_INV: u32 = 1;
 /// nft's `mark` type: a 4-byte integer that `nft list` can print.
@@ -49,7 +54,9 @@ const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
+const NFT_META_MARK: u32 = 3;
 const NFT_META_IIFNAME: u32 = 6;
+const NFT_SOCKET_MARK: u32 = 1;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -152,6 +159,12 @@ fn add_table(batch: &mut Batch, table: &str, allow: &[IpAddr], deny: &[ipnet::Ip
     }
 }
 
+/// The mark the agent puts on its own control connection's socket (`SO_MARK`, which only a
+/// process with CAP_NET_ADMIN can set), so a fault's rules can let exactly that connection
+/// pass ([`Expr::ControlConnection`]) and nothing else of the controller's address. Its bits
+/// stay clear of those that kube-proxy (0xc000), Cilium (0x0f00) and Calico (0xffff0000) use.
+pub const CONTROL_MARK: u32 = 0x30f1;
+
 /// The table and its life: a set whose one element the kernel expires after `left`.
 fn add_guarded_table(batch: &mut Batch, table: &str, left: Duration) {
     batch.message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
@@ -166,6 +179,11 @@ fn add_guarded_table(batch: &mut Batch, table: &str, left: Duration) {
         m.u32_attr(5, LIVE_KEY.len() as u32); // NFTA_SET_KEY_LEN
         m.u32_attr(10, LIVE_SET_ID); // NFTA_SET_ID
     });
+    add_life(batch, table, left, Some(LIVE_SET_ID));
+}
+
+/// The set's one element, living `left`; `set_id` names a set made in the same batch.
+fn add_life(batch: &mut Batch, table: &str, left: Duration, set_id: Option<u32>) {
     // A zero timeout would mean "never expires": the shortest life is 1 ms.
     let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
     batch.message(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |m| {
@@ -179,8 +197,25 @@ fn add_guarded_table(batch: &mut Batch, table: &str, left: Duration) {
                 e.u64_attr(4, timeout_ms); // NFTA_SET_ELEM_TIMEOUT
             });
         });
-        m.u32_attr(4, LIVE_SET_ID); // NFTA_SET_ELEM_LIST_SET_ID
+        if let Some(id) = set_id {
+            m.u32_attr(4, id); // NFTA_SET_ELEM_LIST_SET_ID
+        }
     });
+}
+
+/// The dead-man switch: gives the table's life element `left` from now, in one transaction
+/// (the set is flushed and the element added again, so there is no moment without it, and
+/// one that has already expired comes back: its owner is alive). A table that is gone stays
+/// gone (`ENOENT`).
+pub fn refresh(table: &str, left: Duration) -> io::Result<()> {
+    let mut batch = Batch::new();
+    // DELSETELEM without elements flushes the set.
+    batch.message(NFT_MSG_DELSETELEM, 0, |m| {
+        m.str_attr(1, table); // NFTA_SET_ELEM_LIST_TABLE
+        m.str_attr(2, LIVE_SET); // NFTA_SET_ELEM_LIST_SET
+    });
+    add_life(&mut batch, table, left, None);
+    batch.send()
 }
 
 /// A base chain that accepts by default, whose first rule accepts everything once the
@@ -227,6 +262,9 @@ pub enum Expr {
     Peer(ipnet::IpNet),
     /// A random draw below `n` in 10,000: drops n/100 percent of the packets matched so far.
     Chance(u32),
+    /// The packet is of a socket marked [`CONTROL_MARK`] (the agent's control connection):
+    /// its socket's mark on input, the packet's own (copied from its socket) on output.
+    ControlConnection,
     /// Counts the packets that reach it (read back by [`counted`]).
     Counter,
     /// Accept the packet (no later rule of this table sees it).
@@ -651,6 +689,18 @@ impl Msg<'_> {
                     d.nested(3, |v| v.attr(1, &n.to_be_bytes())); // NFTA_CMP_DATA
                 });
             }
+            Expr::ControlConnection => {
+                if c.hook == NF_INET_LOCAL_IN {
+                    self.expr("socket", |d| {
+                        d.u32_attr(1, NFT_SOCKET_MARK); // NFTA_SOCKET_KEY
+                        d.u32_attr(2, NFT_REG_1); // NFTA_SOCKET_DREG
+                    });
+                } else {
+                    self.meta(NFT_META_MARK);
+                }
+                // A mark sits in the register in host byte order.
+                self.cmp(&CONTROL_MARK.to_ne_bytes());
+            }
             Expr::Counter => self.expr("counter", |d| {
                 d.u64_attr(1, 0); // NFTA_COUNTER_BYTES
                 d.u64_attr(2, 0); // NFTA_COUNTER_PACKETS
@@ -967,6 +1017,38 @@ mod tests {
     }
 
     #[test]
+    fn the_living_agent_refreshes_the_dead_man_switch() {
+        in_private_netns(|| {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            install_rules(
+                "fl_dead",
+                Duration::from_millis(300),
+                &[(Hook::Input, vec![vec![Expr::Drop]])],
+            )
+            .unwrap();
+            // Refreshed before it lapses: it lives on, for the new life.
+            refresh("fl_dead", Duration::from_secs(7)).unwrap();
+            let t = listed(tid, "fl_dead");
+            assert!(t.contains("timeout 7s"), "{t}");
+            refresh("fl_dead", Duration::from_millis(200)).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let t = listed(tid, "fl_dead");
+            assert!(!t.contains("elements"), "not refreshed, the element lapses:\n{t}");
+            // An element that lapsed comes back while its owner lives.
+            refresh("fl_dead", Duration::from_secs(5)).unwrap();
+            assert!(listed(tid, "fl_dead").contains("timeout 5s"));
+            remove("fl_dead").unwrap();
+            let gone = refresh("fl_dead", Duration::from_secs(5)).unwrap_err();
+            assert_eq!(
+                gone.raw_os_error(),
+                Some(libc::ENOENT),
+                "a table that is gone stays gone"
+            );
+        });
+    }
+
+    #[test]
     fn a_deny_list_drops_only_its_networks_after_the_allowed_peers() {
         in_private_netns(|| {
             // SAFETY: gettid has no preconditions.
@@ -1000,8 +1082,6 @@ mod tests {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() };
             let net: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
-            // The controller's pass of packet-loss and blackhole-port, a single address.
-            let controller = ipnet::IpNet::from("10.9.0.1".parse::<std::net::IpAddr>().unwrap());
             install_rules(
                 "fl_rules",
                 Duration::from_secs(60),
@@ -1010,7 +1090,7 @@ mod tests {
                         Hook::Input,
                         vec![
                             vec![Expr::Loopback, Expr::Accept],
-                            vec![Expr::Peer(controller), Expr::Accept],
+                            vec![Expr::ControlConnection, Expr::Accept],
                             vec![
                                 Expr::Peer(net),
                                 Expr::Counter,
@@ -1023,7 +1103,7 @@ mod tests {
                     (
                         Hook::Output,
                         vec![
-                            vec![Expr::Peer(controller), Expr::Accept],
+                            vec![Expr::ControlConnection, Expr::Accept],
                             vec![Expr::L4Proto(17), Expr::DstPort(5353), Expr::Counter, Expr::Drop],
                         ],
                     ),
@@ -1032,14 +1112,15 @@ mod tests {
             .unwrap();
             let t = listed(tid, "fl_rules");
             assert!(t.contains("iifname \"lo\" accept"), "{t}");
-            // The controller passes before the draw (input) and before the drop (output).
+            // The control connection passes before the draw (input: its socket's mark) and
+            // before the drop (output: the packet's mark, from its socket).
             let (pass_in, lossy) = (
-                t.find("ip saddr 10.9.0.1 accept").expect(&t),
+                t.find("socket mark 0x000030f1 accept").expect(&t),
                 t.find("numgen").expect(&t),
             );
             assert!(pass_in < lossy, "{t}");
             let (pass_out, drop) = (
-                t.find("ip daddr 10.9.0.1 accept").expect(&t),
+                t.find("meta mark 0x000030f1 accept").expect(&t),
                 t.find("udp dport").expect(&t),
             );
             assert!(pass_out < drop, "{t}");

@@ -2,8 +2,11 @@
 //! peers (every peer but loopback by default), as FIS's AWSFIS-Run-Network-Packet-Loss(-Sources).
 //! With nf_tables (`nft.rs`) when the agent may use it: each packet draws a random number in
 //! the kernel (`numgen`), and the table holds its own end, a set element the kernel expires
-//! at the deadline. Its table is recorded and swept like a blackout's (`blackout.rs` sweeps
-//! every `fl_*` table no record names).
+//! unless the living agent renews it (its dead-man switch: the loss ends within two leases
+//! of the agent's death, and never after the deadline). Only the agent's own control
+//! connection is spared (by its socket's mark), not the controller's whole address. Its
+//! table is recorded and swept like a blackout's (`blackout.rs` sweeps every `fl_*` table no
+//! record names).
 //!
 //! Only arriving packets are dropped, so a request and its answer are not both at risk:
 //! the loss a peer measures is the one asked. Loopback is never touched, so the agent's own
@@ -34,7 +37,6 @@ use crate::protocol::Observed;
 use crate::proxy::{Condition, Enforced};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 
 /// The wire parameters: `{"kind":"packet_loss","loss_percent":7.0,"sources":["10.0.0.0/8"]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,11 +119,7 @@ impl Kind for PacketLoss {
             });
         }
         let table = nft::table_in(undo, "packet-loss")?;
-        nft::install_rules(
-            &table,
-            a.duration,
-            &[(Hook::Input, rules(loss_percent, sources, a.controller))],
-        )
+        nft::install_rules(&table, a.kernel_life, &[(Hook::Input, rules(loss_percent, sources))])
             .map_err(FaultError::io("cannot install the nf_tables packet loss"))?;
         Ok(Started {
             fault: Box::new(Losing { table, loss_percent }),
@@ -140,19 +138,21 @@ impl Kind for PacketLoss {
     }
 }
 
-/// The input chain's rules: loopback passes, and so does the controller when known (a lossy
-/// link to it would delay the fault's own removal and the agent's leases); then, for each
-/// source (or for every packet), one rule counts what it matches, draws, counts what it
-/// drops and drops it.
-fn rules(loss_percent: f64, sources: &[IpNet], controller: Option<IpAddr>) -> Vec<Vec<Expr>> {
+/// The input chain's rules: loopback passes, and so does the agent's control connection (a
+/// lossy link to its controller would delay the fault's own removal and the agent's leases);
+/// then, for each source (or for every packet), one rule counts what it matches, draws,
+/// counts what it drops and drops it.
+fn rules(loss_percent: f64, sources: &[IpNet]) -> Vec<Vec<Expr>> {
     let chance = (loss_percent / 100.0 * f64::from(nft::CHANCE_SCALE)).round() as u32;
     let lossy = |peer: Option<IpNet>| {
         let mut rule: Vec<Expr> = peer.map(Expr::Peer).into_iter().collect();
         rule.extend([Expr::Counter, Expr::Chance(chance), Expr::Counter, Expr::Drop]);
         rule
     };
-    let mut rules = vec![vec![Expr::Loopback, Expr::Accept]];
-    rules.extend(controller.map(|ip| vec![Expr::Peer(IpNet::from(ip)), Expr::Accept]));
+    let mut rules = vec![
+        vec![Expr::Loopback, Expr::Accept],
+        vec![Expr::ControlConnection, Expr::Accept],
+    ];
     if sources.is_empty() {
         rules.push(lossy(None));
     } else {
@@ -171,6 +171,10 @@ struct Losing {
 impl Fault for Losing {
     fn remove(&mut self, env: &Env<'_>) -> Result<(), FaultError> {
         nft::Table(self.table.clone()).remove(env)
+    }
+
+    fn dead_man(&self) -> Option<&str> {
+        Some(&self.table)
     }
 
     /// Packets seen and dropped, from the rules' counters in the kernel: the first counter of
@@ -236,32 +240,27 @@ mod tests {
 
     #[test]
     fn each_source_draws_on_its_own_and_loopback_passes() {
-        let r = rules(7.0, &["10.0.0.0/8".parse().unwrap(), "127.0.0.2/32".parse().unwrap()], None);
+        let r = rules(7.0, &["10.0.0.0/8".parse().unwrap(), "127.0.0.2/32".parse().unwrap()]);
         assert_eq!(r[0], vec![Expr::Loopback, Expr::Accept]);
-        assert_eq!(r.len(), 3);
-        assert_eq!(r[1][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
-        assert!(r[1].contains(&Expr::Chance(700)));
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[2][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
+        assert!(r[2].contains(&Expr::Chance(700)));
         assert_eq!(
-            rules(33.33, &[], None)[1],
+            rules(33.33, &[])[2],
             vec![Expr::Counter, Expr::Chance(3333), Expr::Counter, Expr::Drop]
         );
     }
 
     #[test]
-    fn the_controller_passes_before_any_draw() {
-        let controller: IpAddr = "10.0.0.5".parse().unwrap();
-        let every = rules(50.0, &[], Some(controller));
+    fn only_the_control_connection_passes_before_any_draw() {
+        let every = rules(50.0, &[]);
         assert_eq!(
             every,
             vec![
                 vec![Expr::Loopback, Expr::Accept],
-                vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept],
+                vec![Expr::ControlConnection, Expr::Accept],
                 vec![Expr::Counter, Expr::Chance(5000), Expr::Counter, Expr::Drop],
             ]
         );
-        // A source network holding the controller still spares it.
-        let some = rules(50.0, &["10.0.0.0/8".parse().unwrap()], Some(controller));
-        assert_eq!(some[1], vec![Expr::Peer("10.0.0.5/32".parse().unwrap()), Expr::Accept]);
-        assert_eq!(some[2][0], Expr::Peer("10.0.0.0/8".parse().unwrap()));
     }
 }

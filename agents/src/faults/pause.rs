@@ -5,16 +5,23 @@
 //! stopped (a marker of the set [`MARKERS`], `<fault file stem>.<pid>-<start time>`, written
 //! and synced before the SIGSTOP), so a restart after a crash resumes it whatever became of
 //! the record, and a pid reused since is left alone.
+//!
+//! Before the first SIGSTOP a guardian starts: a holder in a session of its own that is told
+//! each process before it is stopped, and resumes them all at the deadline or as soon as the
+//! agent is gone, however it ends (SIGKILL, a kill of its process group or session). Only a
+//! kill of the whole cgroup takes the guardian too; the markers then let the next start
+//! resume them.
 
 use super::kill::{self, Policy, Target};
 use super::{Answer, Apply, Env, Fault, FaultError, FaultKind, Kind, Leftover, Started, WireParams};
-use crate::holder::{Bond, Holder, Holding, Work};
+use crate::holder::{Bond, Heard, Holder, Holding, Work};
 use crate::limits::{self, OutOfRange};
 use crate::protocol::Observed;
 use crate::state::{Record, StateDir};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The wire parameters: `{"kind":"pause","process_name":"web"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,22 +93,18 @@ impl Kind for Pause {
             return Err(super::mismatch(a.spec));
         };
         let fault_id = &a.spec.fault_id;
-        let targets = pause(fault_id, process_name, &env.config.kill, env.state).map_err(FaultError::refused)?;
-        // The pause's own end: a holder that resumes them when this agent dies.
+        // The pause's own end, before anything is stopped: a guardian that resumes them when
+        // this agent dies.
         let work = Work {
             kind: Params::CAPABILITY,
-            params: serde_json::json!({ "targets": targets.iter().map(|t| (t.pid, t.start_time)).collect::<Vec<_>>() }),
+            params: serde_json::json!({}),
             bond: Bond::Pipe,
         };
-        let guard = match Holder::spawn(&a.hash, &work, a.until) {
-            Ok((guard, _)) => guard,
-            Err(e) => {
-                if let Err(e) = resume(fault_id, &targets, env.state) {
-                    tracing::error!(error = %e, "cannot resume what a failed pause stopped");
-                }
-                return Err(FaultError::io("cannot start the process that resumes a pause")(e));
-            }
-        };
+        let (mut guard, _) = Holder::spawn(&a.hash, &work, a.until)
+            .map_err(FaultError::io("cannot start the process that resumes a pause"))?;
+        let mut tell = |t: Target| guard.tell(&format!("{} {}", t.pid, t.start_time));
+        let targets =
+            pause(fault_id, process_name, &env.config.kill, env.state, &mut tell).map_err(FaultError::refused)?;
         let pids = targets.iter().map(|t| t.pid).collect();
         let detail = format!("pause in effect for {} ms", a.duration.as_millis());
         Ok(Started {
@@ -130,9 +133,8 @@ impl Kind for Pause {
             .collect()
     }
 
-    fn hold(&self, params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
-        let targets: Vec<(u32, u64)> = serde_json::from_value(params["targets"].clone()).map_err(io::Error::other)?;
-        resume_when_left(&targets, holding)
+    fn hold(&self, _params: &serde_json::Value, holding: &Holding) -> io::Result<()> {
+        resume_when_left(holding)
     }
 }
 
@@ -191,7 +193,7 @@ pub enum PauseError {
     /// No process may be or could be stopped.
     #[error(transparent)]
     Target(#[from] kill::KillError),
-    /// A marker could not be written, or SIGSTOP failed.
+    /// A marker could not be written, the guardian could not be told, or SIGSTOP failed.
     #[error("cannot pause pid {pid}: {source}")]
     Io {
         /// The process.
@@ -202,12 +204,20 @@ pub enum PauseError {
 }
 
 /// Stops every process named `name` that `policy` allows, for `fault_id`; the processes
-/// stopped.
-pub fn pause(fault_id: &str, name: &str, policy: &Policy, state: &StateDir) -> Result<Vec<Target>, PauseError> {
+/// stopped. Each is marked on disk and told to its guardian (`tell`) before it is stopped.
+pub fn pause(
+    fault_id: &str,
+    name: &str,
+    policy: &Policy,
+    state: &StateDir,
+    tell: &mut dyn FnMut(Target) -> io::Result<()>,
+) -> Result<Vec<Target>, PauseError> {
     let targets = kill::targets(name, policy)?;
     let mut stopped = Vec::new();
     for t in &targets {
-        let result = mark(state, fault_id, *t).and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
+        let result = mark(state, fault_id, *t)
+            .and_then(|()| tell(*t))
+            .and_then(|()| kill::signal(*t, kill::Signal::SIGSTOP));
         match result {
             Ok(true) => stopped.push(*t),
             Ok(false) => {
@@ -240,17 +250,28 @@ pub fn resume(fault_id: &str, targets: &[Target], state: &StateDir) -> io::Resul
     Ok(())
 }
 
-/// The end of a pause of its own, run in a holder process: waits until its deadline or until
-/// the agent is gone, then resumes every target that is still the process it was (same start
-/// time).
-pub fn resume_when_left(targets: &[(u32, u64)], holding: &Holding) -> io::Result<()> {
-    holding.wait_end();
+/// The end of a pause of its own, run in its guardian: learns each process (`PID START`
+/// lines) before the agent stops it, and once its deadline passes or the agent is gone,
+/// resumes every one that is still the process it was (same start time).
+pub fn resume_when_left(holding: &Holding) -> io::Result<()> {
+    let gone = holding
+        .gone
+        .as_ref()
+        .ok_or_else(|| io::Error::other("a pause's guardian is bound by a pipe"))?;
+    let mut targets = Vec::new();
+    loop {
+        match gone.next(holding.until, Duration::from_secs(3600)) {
+            Heard::Line(line) => match line.split_once(' ').and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?))) {
+                Some((pid, start_time)) => targets.push(Target { pid, start_time }),
+                None => eprintln!("a pause's guardian cannot read `{line}`; expected PID START"),
+            },
+            Heard::End => break,
+            Heard::Nothing => {}
+        }
+    }
     let mut first_error = None;
-    for (pid, start_time) in targets {
-        let target = Target {
-            pid: *pid,
-            start_time: *start_time,
-        };
+    for target in targets {
+        let pid = target.pid;
         // Every target gets its chance, whatever happened to the one before.
         if let Err(e) = kill::signal(target, kill::Signal::SIGCONT) {
             eprintln!("cannot resume pid {pid}: {e}");
@@ -313,10 +334,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let state = StateDir::open(&dir).unwrap();
         let name = format!("fl-pause-test-{}", std::process::id());
-        let mut child = kill::tests::named_sleep(&name);
+        let child = kill::tests::named_sleep(&name);
         let policy = Policy::default();
 
-        let targets = pause("e/a/h", &name, &policy, &state).unwrap();
+        let mut told = Vec::new();
+        let targets = pause("e/a/h", &name, &policy, &state, &mut |t| {
+            // Told before it is stopped.
+            assert!(!kill::is_stopped(t.pid));
+            told.push(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(told, targets, "the guardian knows every process stopped");
         assert_eq!(targets.iter().map(|t| t.pid).collect::<Vec<_>>(), vec![child.id()]);
         assert!(becomes(child.id(), true));
         assert_eq!(marked(&state).unwrap().len(), 1, "marked before it was stopped");
@@ -325,7 +354,7 @@ mod tests {
         assert!(marked(&state).unwrap().is_empty());
 
         // A crash between pause and resume: the marker alone brings the process back.
-        pause("e/b/h", &name, &policy, &state).unwrap();
+        pause("e/b/h", &name, &policy, &state, &mut |_| Ok(())).unwrap();
         assert!(becomes(child.id(), true));
         let left = marked(&state).unwrap();
         assert_eq!(left.len(), 1);
@@ -335,8 +364,7 @@ mod tests {
         assert!(becomes(child.id(), false));
         assert!(marked(&state).unwrap().is_empty());
 
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
