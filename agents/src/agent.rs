@@ -30,11 +30,9 @@ const MAX_PENDING_NOTICES: usize = 256;
 /// Who this agent says it is.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
-    /// Host id.
     pub(crate) host_id: String,
     /// Availability zone.
     pub(crate) az: String,
-    /// Tags.
     pub(crate) tags: std::collections::BTreeMap<String, String>,
     /// Address to register; the local end of the controller connection when `None`.
     pub(crate) address: Option<IpAddr>,

@@ -105,9 +105,7 @@ pub struct Policy {
 /// ticks since boot), so that a pid reused by another process is never mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Target {
-    /// Its pid.
     pub pid: u32,
-    /// Its start time.
     pub start_time: u64,
 }
 

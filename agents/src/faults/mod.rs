@@ -272,7 +272,6 @@ pub struct Apply<'a> {
 pub struct Started {
     /// The fault in effect (for an instant fault, dropped at once).
     pub fault: Box<dyn Fault>,
-    /// The answer.
     pub answer: Answer,
 }
 
@@ -430,7 +429,6 @@ pub struct Faults {
 /// A fault removed, with what it was seen to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Removed {
-    /// The fault.
     pub fault_id: String,
     /// The controller that owned it.
     pub owner: String,
@@ -441,7 +439,6 @@ pub struct Removed {
 /// A removal the agent started on its own that failed; the fault stays on record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRemoval {
-    /// The fault.
     pub fault_id: String,
     /// The controller that owns it.
     pub owner: String,
