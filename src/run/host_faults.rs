@@ -24,12 +24,7 @@ pub(super) async fn act(
 ) -> Finished {
     let action = &run.experiment.actions[name];
     let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
-        run.journal.record(Event::ActionState {
-            action: name.to_string(),
-            state,
-            reason,
-            duration_ms,
-        })
+        run.action_state(name, state, reason, duration_ms)
     };
     let duration = action.spec.duration();
     // The fault may end before the action does (an SSM document's DurationSeconds).

@@ -22,12 +22,7 @@ pub(super) async fn act_instances(
 ) -> Finished {
     let action = &run.experiment.actions[name];
     let state = |state: State, reason: Option<String>, duration_ms: Option<u64>| {
-        run.journal.record(Event::ActionState {
-            action: name.to_string(),
-            state,
-            reason,
-            duration_ms,
-        })
+        run.action_state(name, state, reason, duration_ms)
     };
     let ids = action
         .target

@@ -255,6 +255,18 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Journals that action `name` went into `state`.
+    fn action_state(&self, name: &str, state: State, reason: Option<String>, duration_ms: Option<u64>) {
+        self.journal.record(Event::ActionState {
+            action: name.to_string(),
+            state,
+            reason,
+            duration_ms,
+        })
+    }
+}
+
 /// Starts every pending action whose startAfter actions are all done.
 fn start_ready(
     run: &Arc<Run>,
@@ -323,12 +335,7 @@ fn fault_id(run: &str, action: &str, host: &str) -> String {
 /// Runs one action to its end, removing what it put in place before returning; from then
 /// on, no running action owns its faults.
 async fn run_action(run: Arc<Run>, name: String, placements: Vec<Placement>, cancel: CancellationToken) -> Finished {
-    run.journal.record(Event::ActionState {
-        action: name.clone(),
-        state: State::Initiating,
-        reason: None,
-        duration_ms: None,
-    });
+    run.action_state(&name, State::Initiating, None, None);
     let finished = Finished {
         name: name.clone(),
         state: State::Completed,

@@ -551,3 +551,23 @@ pub(crate) fn one_demo_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
     DEMO.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Asserts that a demo world run from `s` left nothing: no process whose working directory is
+/// `s`, no `demo-*` work directory under its `.faultline/`.
+pub(crate) fn nothing_of_the_demo_is_left(s: &Scratch) {
+    let here = std::fs::canonicalize(&s.0).unwrap();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == here))
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "processes of the demo are still running: {left:?}");
+    let dirs: Vec<_> = std::fs::read_dir(s.path(".faultline"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("demo-"))
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+}
