@@ -4,7 +4,7 @@
 use super::fanout::journaled;
 use super::placement::Placement;
 use super::removal::remove_all;
-use super::{fault_id, Finished, Run};
+use super::{cancelled_within, fault_id, Finished, Run};
 use crate::fleet::DispatchError;
 use crate::journal::{Event, State};
 use faultline_agent::protocol::{ControllerMessage, FaultSpec, Outcome};
@@ -63,14 +63,7 @@ pub(super) async fn act(
         }
     }
     judge(run, &mut finished, stopped);
-    state(
-        finished.state,
-        finished
-            .error
-            .clone()
-            .or_else(|| stopped.then(|| "the experiment is stopping".into())),
-        None,
-    );
+    run.action_ended(&finished, stopped);
     finished
 }
 
@@ -150,14 +143,6 @@ async fn dispatch(
         }
     }
     (applied, errors)
-}
-
-/// Waits `d`; true when `cancel` came first.
-async fn cancelled_within(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = cancel.cancelled() => true,
-    }
 }
 
 /// The state of an action whose faults were held and removed: stopped, completed, or failed

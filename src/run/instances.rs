@@ -1,7 +1,7 @@
 //! An instance action (stop, start, reboot, terminate) done through the platform that runs
 //! each host; a stop with a duration is undone at its end or when the run stops.
 
-use super::{Finished, Run};
+use super::{cancelled_within, Finished, Run};
 use crate::journal::{Event, State};
 use crate::platform::{Operation, PlatformError};
 use faultline_agent::protocol::HostDescription;
@@ -63,10 +63,7 @@ pub(super) async fn act_instances(
     let mut stopped = false;
     if errors.is_empty() && restart {
         state(State::Running, None, Some(duration.as_millis() as u64));
-        stopped = tokio::select! {
-            _ = tokio::time::sleep(duration) => false,
-            _ = cancel.cancelled() => true,
-        };
+        stopped = cancelled_within(duration, &cancel).await;
         if stopped {
             state(State::Stopping, None, None);
         }
@@ -93,14 +90,7 @@ pub(super) async fn act_instances(
     if !errors.is_empty() {
         finished.error = Some(errors.join("; "));
     }
-    state(
-        finished.state,
-        finished
-            .error
-            .clone()
-            .or_else(|| stopped.then(|| "the experiment is stopping".into())),
-        None,
-    );
+    run.action_ended(&finished, stopped);
     finished
 }
 

@@ -256,6 +256,19 @@ impl Run {
 }
 
 impl Run {
+    /// Journals how an action ended: its state, and its error or why it stopped.
+    fn action_ended(&self, finished: &Finished, stopped: bool) {
+        self.action_state(
+            &finished.name,
+            finished.state,
+            finished
+                .error
+                .clone()
+                .or_else(|| stopped.then(|| "the experiment is stopping".into())),
+            None,
+        );
+    }
+
     /// Journals that action `name` went into `state`.
     fn action_state(&self, name: &str, state: State, reason: Option<String>, duration_ms: Option<u64>) {
         self.journal.record(Event::ActionState {
@@ -264,6 +277,14 @@ impl Run {
             reason,
             duration_ms,
         })
+    }
+}
+
+/// Waits `d`; true when `cancel` came first.
+async fn cancelled_within(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = cancel.cancelled() => true,
     }
 }
 
